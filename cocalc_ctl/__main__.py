@@ -1,0 +1,3 @@
+from cocalc_ctl.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""One module per capability: plain functions returning dataclasses, used by the CLI and tests."""

@@ -1,0 +1,183 @@
+"""Projects as btrfs subvolumes: create, list, show, delete.
+
+A project is `<btrfs_root>/project-<uuid>` with a nested subvolume `.snapshots/` for its read-only
+snapshots (nested, so taking a snapshot or a lock does not change the project's own generation and
+snapshots never contain each other).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+
+from cocalc_ctl import ids, layout, proc
+from cocalc_ctl.actions.pool import require_pool
+from cocalc_ctl.config import Config, parse_size
+from cocalc_ctl.errors import Busy, NotFound, OperationFailed
+from cocalc_ctl.state import host_db
+from cocalc_ctl.tools import btrfs
+
+
+class AlreadyExists(OperationFailed):
+    pass
+
+
+@dataclass
+class ProjectInfo:
+    project_id: str
+    path: str
+    state: str
+    exists: bool
+    referenced_bytes: int | None = None
+    exclusive_bytes: int | None = None
+    quota_bytes: int | None = None
+    generation: int | None = None
+    snapshots: list[str] = field(default_factory=list)
+    locked_snapshots: list[str] = field(default_factory=list)
+    image: str | None = None
+    http_port: int | None = None
+    ssh_port: int | None = None
+
+
+def _existing(cfg: Config, project_id: str) -> str:
+    pid = ids.project_id(project_id)
+    require_pool(cfg)
+    if not layout.project_subvolume(cfg, pid).is_dir():
+        raise NotFound(f"project {pid} does not exist on this host", hint="see `cocalc-ctl project list`")
+    return pid
+
+
+def create(cfg: Config, project_id: str, *, quota: str | None = None) -> ProjectInfo:
+    pid = ids.project_id(project_id)
+    quota = quota or cfg["project.quota"]
+    quota_bytes = parse_size(quota) if quota else None
+    require_pool(cfg)
+    path = layout.project_subvolume(cfg, pid)
+    if os.path.lexists(path):
+        raise AlreadyExists(f"project {pid} already exists at {path}")
+    snaps = layout.snapshots_dir(cfg, pid)
+    try:
+        proc.run(btrfs.subvolume_create(str(path)))
+        proc.run(btrfs.subvolume_create(str(snaps)))
+        if quota_bytes:
+            proc.run(btrfs.qgroup_limit(quota_bytes, str(path)))
+    except BaseException:
+        if not proc.DRY_RUN:  # leave nothing half made
+            if snaps.is_dir():
+                proc.run(btrfs.subvolume_delete(str(snaps)), check=False)
+            if path.is_dir():
+                proc.run(btrfs.subvolume_delete(str(path)), check=False)
+        raise
+    if not proc.plan_only(f"# record project {pid} in {host_db.db_path(cfg.data_dir)}"):
+        with host_db.connect(cfg.data_dir) as conn:
+            host_db.upsert_project(conn, pid, state="stopped")
+    return ProjectInfo(pid, str(path), "stopped", True, quota_bytes=quota_bytes)
+
+
+def snapshot_names(cfg: Config, pid: str) -> tuple[list[str], list[str]]:
+    """(snapshot names, locked names) of a project, from its `.snapshots` directory."""
+    d = layout.snapshots_dir(cfg, pid)
+    names, locked = [], []
+    try:
+        entries = list(os.scandir(d))
+    except FileNotFoundError:
+        return [], []
+    present = {e.name for e in entries}
+    for e in entries:
+        if not e.name.startswith(".") and e.is_dir(follow_symlinks=False):
+            names.append(e.name)
+            if f".{e.name}.lock" in present:
+                locked.append(e.name)
+    return sorted(names), sorted(locked)
+
+
+def list_projects(cfg: Config) -> list[ProjectInfo]:
+    require_pool(cfg)
+    on_disk = {}
+    for e in os.scandir(cfg.btrfs_root):
+        if e.name.startswith(ids.PROJECT_PREFIX) and ids.is_uuid(e.name[len(ids.PROJECT_PREFIX):]):
+            on_disk[e.name[len(ids.PROJECT_PREFIX):]] = e.path
+    rows = {}
+    if host_db.db_path(cfg.data_dir).exists():
+        with host_db.connect(cfg.data_dir) as conn:
+            rows = {r["project_id"]: r for r in host_db.list_projects(conn)}
+    qg = btrfs.qgroups(str(cfg.btrfs_root)) if on_disk else {}
+    # one `subvolume list` maps every project to its subvolume id (= its qgroup 0/<id>)
+    subvol_ids = {s.name: s.subvolume_id for s in btrfs.list_below(str(cfg.btrfs_root))} if qg else {}
+    out = []
+    for pid in sorted(set(on_disk) | set(rows)):
+        row = rows.get(pid)
+        exists = pid in on_disk
+        info = ProjectInfo(pid, str(layout.project_subvolume(cfg, pid)),
+                           (row["state"] if row else "unregistered") if exists else "missing", exists)
+        if exists:
+            info.snapshots, info.locked_snapshots = snapshot_names(cfg, pid)
+            q = qg.get(f"0/{subvol_ids.get(f'project-{pid}')}")
+            if q:
+                info.referenced_bytes, info.exclusive_bytes = q.referenced, q.exclusive
+        if row:
+            info.image, info.http_port, info.ssh_port = row["image"], row["http_port"], row["ssh_port"]
+        out.append(info)
+    return out
+
+
+def show(cfg: Config, project_id: str) -> ProjectInfo:
+    pid = _existing(cfg, project_id)
+    path = layout.project_subvolume(cfg, pid)
+    sub = btrfs.show(str(path))
+    info = ProjectInfo(pid, str(path), "unregistered", True, generation=sub.generation)
+    q = btrfs.qgroups(str(path)).get(f"0/{sub.subvolume_id}")
+    if q:
+        info.referenced_bytes, info.exclusive_bytes, info.quota_bytes = q.referenced, q.exclusive, q.max_referenced
+    info.snapshots, info.locked_snapshots = snapshot_names(cfg, pid)
+    if host_db.db_path(cfg.data_dir).exists():
+        with host_db.connect(cfg.data_dir) as conn:
+            row = host_db.get_project(conn, pid)
+        if row:
+            info.state, info.image, info.http_port, info.ssh_port = (row["state"], row["image"], row["http_port"],
+                                                                     row["ssh_port"])
+    return info
+
+
+@dataclass
+class DeleteResult:
+    project_id: str
+    deleted_snapshots: list[str]
+    deleted: bool
+
+
+def delete(cfg: Config, project_id: str, *, force: bool = False) -> DeleteResult:
+    pid = _existing(cfg, project_id)
+    path = layout.project_subvolume(cfg, pid)
+    names, locked = snapshot_names(cfg, pid)
+    if locked and not force:
+        raise Busy(f"project {pid} has locked snapshots: {', '.join(locked)}",
+                   hint="unlock them with `snapshot unlock` or pass --force")
+    if host_db.db_path(cfg.data_dir).exists():
+        with host_db.connect(cfg.data_dir) as conn:
+            row = host_db.get_project(conn, pid)
+        if row and row["state"] == "running" and not force:
+            raise Busy(f"project {pid} is running", hint="stop it first with `project stop` or pass --force")
+    snaps = layout.snapshots_dir(cfg, pid)
+    for name in names:  # snapshots first: a failure leaves the project itself intact
+        proc.run(btrfs.subvolume_delete(str(snaps / name)))
+    if snaps.is_dir():
+        for lock in snaps.glob(".*.lock"):
+            if not proc.plan_only(f"rm -f {lock}"):
+                lock.unlink(missing_ok=True)
+        proc.run(btrfs.subvolume_delete(str(snaps)))
+    # Any other nested subvolume (e.g. made by a user) would block the delete; remove them too.
+    if not proc.DRY_RUN:
+        for sub in sorted(btrfs.list_below(str(path)), key=lambda s: -len(s.path)):
+            rel = sub.path.split(f"project-{pid}/", 1)[-1]
+            proc.run(btrfs.subvolume_delete(str(path / rel)))
+    proc.run(btrfs.subvolume_delete(str(path)))
+    persist = layout.persist_dir(cfg, pid)
+    if persist.exists() and not proc.plan_only(f"rm -rf {persist}"):
+        shutil.rmtree(persist)
+    if not proc.plan_only(f"# remove project {pid} from {host_db.db_path(cfg.data_dir)}"):
+        if host_db.db_path(cfg.data_dir).exists():
+            with host_db.connect(cfg.data_dir) as conn:
+                host_db.delete_project(conn, pid)
+    return DeleteResult(pid, names, True)

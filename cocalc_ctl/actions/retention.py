@@ -1,0 +1,87 @@
+"""Snapshot retention: restic/btrbk-style buckets over timestamp-named snapshots. Pure functions.
+
+Walking from newest to oldest, each policy keeps the first snapshot it sees in each new bucket
+until its count is used up (`--keep-daily 7` keeps the newest snapshot of each of the 7 most
+recent days that have one). Locked snapshots are always kept and never use up a bucket; the newest
+snapshot is always kept; names that are not timestamps are not managed and never pruned.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+TIMESTAMP_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z")
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+BUCKETS: dict[str, Callable[[dt.datetime], tuple]] = {
+    "frequent": lambda t: (t.year, t.month, t.day, t.hour, t.minute // 15),
+    "hourly": lambda t: (t.year, t.month, t.day, t.hour),
+    "daily": lambda t: (t.year, t.month, t.day),
+    "weekly": lambda t: tuple(t.isocalendar()[:2]),
+    "monthly": lambda t: (t.year, t.month),
+}
+
+
+def timestamp_name(now: dt.datetime) -> str:
+    return now.astimezone(dt.timezone.utc).strftime(TIMESTAMP_FORMAT)
+
+
+def parse_timestamp_name(name: str) -> dt.datetime | None:
+    if not TIMESTAMP_RE.fullmatch(name):
+        return None
+    try:
+        return dt.datetime.strptime(name, TIMESTAMP_FORMAT).replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        return None
+
+
+@dataclass
+class Policy:
+    frequent: int = 0
+    hourly: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+
+    def counts(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in BUCKETS}
+
+    def empty(self) -> bool:
+        return not any(self.counts().values())
+
+
+@dataclass
+class Decision:
+    name: str
+    keep: bool
+    reasons: list[str] = field(default_factory=list)
+
+
+def plan(names: Sequence[str], policy: Policy, locked: set[str] = frozenset()) -> list[Decision]:
+    """Decide keep/remove for each snapshot name, newest first."""
+    managed = sorted(((parse_timestamp_name(n), n) for n in names if parse_timestamp_name(n)), reverse=True)
+    unmanaged = [n for n in names if parse_timestamp_name(n) is None]
+    remaining = policy.counts()
+    last_bucket: dict[str, tuple | None] = {k: None for k in BUCKETS}
+    decisions: list[Decision] = []
+    for i, (when, name) in enumerate(managed):
+        reasons = []
+        if i == 0:
+            reasons.append("newest")
+        if name in locked:
+            reasons.append("locked")
+        else:
+            for kind, bucket_of in BUCKETS.items():
+                if remaining[kind] <= 0:
+                    continue
+                bucket = bucket_of(when)
+                if bucket != last_bucket[kind]:
+                    last_bucket[kind] = bucket
+                    remaining[kind] -= 1
+                    reasons.append(kind)
+        decisions.append(Decision(name, bool(reasons), reasons))
+    decisions.extend(Decision(n, True, ["not a timestamp name"]) for n in sorted(unmanaged))
+    return decisions

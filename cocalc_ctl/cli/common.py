@@ -1,0 +1,53 @@
+"""State shared by the commands of one invocation: global flags and the lazily loaded config."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from cocalc_ctl import output, proc
+
+
+class Globals:
+    config_path: str | None = None
+    json: bool = False
+    dry_run: bool = False
+    verbose: bool = False
+    quiet: bool = False
+    _config = None
+
+
+G = Globals()
+
+
+def apply_globals(*, config: str | None, json: bool, dry_run: bool, verbose: bool, quiet: bool) -> None:
+    G.config_path = config or G.config_path
+    G.json = json or G.json
+    G.dry_run = dry_run or G.dry_run
+    G.verbose = verbose or G.verbose
+    G.quiet = quiet or G.quiet
+    output.JSON, output.QUIET, output.VERBOSE = G.json, G.quiet, G.verbose
+    proc.DRY_RUN, proc.VERBOSE = G.dry_run, G.verbose
+    proc.ECHO_PLAN = not G.json
+
+
+def config():
+    """The effective config, loaded once (errors name the key and the file)."""
+    if G._config is None:
+        from cocalc_ctl import config as config_mod
+
+        G._config = config_mod.load(G.config_path)
+        proc.DEFAULT_TIMEOUT = float(G._config["command_timeout"])
+    return G._config
+
+
+def render(result: Any, human: Callable[[Any], None]) -> None:
+    """--json: the result as one JSON document (plus the dry-run plan); else the human form."""
+    if G.json:
+        data = output.to_jsonable(result)
+        if G.dry_run:
+            data = {"dry_run": True, "commands": list(proc.PLAN), "result": data}
+        output.print_json(data)
+    elif G.dry_run:
+        pass  # the plan printed above is the whole answer; "created X" would be a lie
+    else:
+        human(result)

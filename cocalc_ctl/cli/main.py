@@ -1,0 +1,124 @@
+"""Entry point: global flags, the noun apps, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from cocalc_ctl import __version__
+from cocalc_ctl.cli import common
+
+GLOBAL_FLAGS = {"--json", "--dry-run", "-v", "--verbose", "-q", "--quiet"}
+
+app = typer.Typer(
+    name="cocalc-ctl",
+    help="Operate a CoCalc-style project host: btrfs projects and snapshots, backups, moves, keys, "
+         "the SSH auth hook and the HTTP proxy.\n\nExit codes: 0 ok, 1 operation failed, 2 usage or invalid "
+         "input, 3 not found, 4 busy/locked, 5 missing tool or precondition.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"cocalc-ctl {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    config: Optional[str] = typer.Option(None, "--config", metavar="FILE",
+                                         help="Config file (default $COCALC_CTL_CONFIG or /etc/cocalc-ctl/config.yaml)."),
+    json: bool = typer.Option(False, "--json", help="Print one JSON document (JSON lines for progress)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact commands; change nothing."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Log each command; tracebacks on errors."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors and requested output."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    common.apply_globals(config=config, json=json, dry_run=dry_run, verbose=verbose, quiet=quiet)
+
+
+def _register() -> None:
+    from cocalc_ctl.cli import config_cmd, host, hub, project, snapshot
+
+    app.add_typer(config_cmd.app, name="config")
+    app.add_typer(host.app, name="host")
+    app.add_typer(hub.app, name="hub")
+    app.add_typer(project.app, name="project")
+    app.add_typer(snapshot.app, name="snapshot")
+
+
+_register()
+
+
+def hoist_global_flags(argv: list[str]) -> list[str]:
+    """Allow global flags anywhere (`project list --json`) by moving them in front of the noun."""
+    front, rest = [], []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            rest.extend(argv[i:])
+            break
+        if a in GLOBAL_FLAGS:
+            front.append(a)
+        elif a == "--config" and i + 1 < len(argv):
+            front.extend([a, argv[i + 1]])
+            i += 1
+        elif a.startswith("--config="):
+            front.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    return front + rest
+
+
+def _error(msg: str, code: int) -> int:
+    print(f"cocalc-ctl: error: {msg}", file=sys.stderr, flush=True)
+    return code
+
+
+def run(argv: list[str]) -> int:
+    from cocalc_ctl.errors import EXIT_FAILED, EXIT_USAGE, CocalcError
+
+    argv = hoist_global_flags(argv)
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="cocalc-ctl", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except CocalcError as exc:
+        if common.G.verbose:
+            import traceback
+
+            traceback.print_exc()
+        return _error(exc.one_line(), exc.exit_code)
+    except KeyboardInterrupt:
+        return _error("interrupted", 130)
+    except BrokenPipeError:
+        return 141
+    except Exception as exc:  # click's own exceptions and anything unexpected
+        name = type(exc).__name__
+        if name == "Exit":
+            return getattr(exc, "exit_code", 0)
+        if name == "Abort":
+            return _error("aborted", 1)
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            ctx = getattr(exc, "ctx", None)
+            where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            return _error(" ".join(exc.format_message().split()) + where, exc.exit_code or EXIT_USAGE)
+        if common.G.verbose:
+            import traceback
+
+            traceback.print_exc()
+        return _error(f"internal error: {name}: {' '.join(str(exc).split())[:300]} (rerun with -v for a traceback)",
+                      EXIT_FAILED)
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))

@@ -1,0 +1,71 @@
+"""`cocalc-ctl project`: project subvolumes."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from cocalc_ctl.cli.common import config, render
+
+app = typer.Typer(help="Create, list, inspect and delete projects (btrfs subvolumes).", no_args_is_help=True)
+
+PROJECT = typer.Argument(..., metavar="PROJECT", help="Project id: a lowercase UUID (or project-<uuid>).")
+
+
+@app.command("create")
+def create(
+    project: str = PROJECT,
+    quota: Optional[str] = typer.Option(None, "--quota", metavar="SIZE", help="qgroup limit (e.g. 10G)."),
+) -> None:
+    """Create the subvolume project-<uuid> with its .snapshots/ and qgroup."""
+    from cocalc_ctl.actions import projects
+
+    result = projects.create(config(), project, quota=quota)
+    render(result, lambda r: print(f"created project {r.project_id} at {r.path}"))
+
+
+@app.command("list")
+def list_() -> None:
+    """Every project on this host with state, size and snapshot count."""
+    from cocalc_ctl import output
+    from cocalc_ctl.actions import projects
+
+    result = projects.list_projects(config())
+    render(result, lambda rs: output.table(
+        ["project", "state", "referenced", "exclusive", "snapshots", "locked"],
+        [(p.project_id, p.state, output.human_bytes(p.referenced_bytes), output.human_bytes(p.exclusive_bytes),
+          len(p.snapshots), len(p.locked_snapshots)) for p in rs]))
+
+
+@app.command("show")
+def show(project: str = PROJECT) -> None:
+    """Path, size (qgroups), quota, generation, snapshots and state of one project."""
+    from cocalc_ctl import output
+    from cocalc_ctl.actions import projects
+
+    result = projects.show(config(), project)
+
+    def human(p):
+        output.kv([("project", p.project_id), ("path", p.path), ("state", p.state),
+                   ("referenced", output.human_bytes(p.referenced_bytes)),
+                   ("exclusive", output.human_bytes(p.exclusive_bytes)),
+                   ("quota", output.human_bytes(p.quota_bytes) if p.quota_bytes else "none"),
+                   ("generation", p.generation), ("image", p.image),
+                   ("ports", f"http {p.http_port}, ssh {p.ssh_port}" if p.http_port or p.ssh_port else None),
+                   ("snapshots", ", ".join(f"{s} (locked)" if s in p.locked_snapshots else s for s in p.snapshots)
+                    or "none")])
+
+    render(result, human)
+
+
+@app.command("delete")
+def delete(
+    project: str = PROJECT,
+    force: bool = typer.Option(False, "--force", help="Delete even with locked snapshots or while running."),
+) -> None:
+    """Delete a project: its snapshots first, then the subvolume, persist store and state row."""
+    from cocalc_ctl.actions import projects
+
+    result = projects.delete(config(), project, force=force)
+    render(result, lambda r: print(f"deleted project {r.project_id} and {len(r.deleted_snapshots)} snapshot(s)"))

@@ -1,0 +1,274 @@
+"""Configuration: one YAML file plus `COCALC_CTL_<KEY>` environment overrides, validated by a schema.
+
+The file comes from `--config`, `$COCALC_CTL_CONFIG`, or `/etc/cocalc-ctl/config.yaml` (a missing
+default file is fine: defaults apply). Nested YAML sections map to dotted keys (`backup.repo`), and
+the env var of a dotted key joins its parts with `_` (`COCALC_CTL_BACKUP_REPO`). Every value remembers
+where it came from, so `config show` can say so.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from cocalc_ctl.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "/etc/cocalc-ctl/config.yaml"
+ENV_CONFIG = "COCALC_CTL_CONFIG"
+ENV_PREFIX = "COCALC_CTL_"
+_RESERVED_ENV = {ENV_CONFIG, "COCALC_CTL_NO_VENV"}
+
+
+def _parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b)?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (use e.g. 500M, 2G)")
+    mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}[m.group(2).lower()]
+    return int(float(m.group(1)) * mult)
+
+
+def parse_size(text: str) -> int:
+    """Parse `500M`, `2G`, `1.5GiB`, `4096` into bytes (binary units)."""
+    try:
+        return _parse_size(text)
+    except ValueError as exc:
+        from cocalc_ctl.errors import InvalidInput
+
+        raise InvalidInput(str(exc)) from None
+
+
+def _as_str(v: Any) -> str:
+    if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+        raise ValueError("expected a string")
+    return str(v)
+
+
+def _as_path(v: Any) -> str:
+    s = _as_str(v)
+    if not s.startswith("/"):
+        raise ValueError(f"expected an absolute path, got {s!r}")
+    if "\x00" in s or "\n" in s:
+        raise ValueError("path contains a NUL or newline")
+    return os.path.normpath(s)
+
+
+def _as_opt_path(v: Any) -> str | None:
+    return None if v in (None, "") else _as_path(v)
+
+
+def _as_int(v: Any) -> int:
+    if isinstance(v, bool):
+        raise ValueError("expected an integer")
+    try:
+        return int(str(v).strip())
+    except ValueError:
+        raise ValueError(f"expected an integer, got {v!r}") from None
+
+
+def _as_nonneg_int(v: Any) -> int:
+    n = _as_int(v)
+    if n < 0:
+        raise ValueError(f"expected an integer >= 0, got {n}")
+    return n
+
+
+def _as_pos_int(v: Any) -> int:
+    n = _as_int(v)
+    if n < 1:
+        raise ValueError(f"expected an integer >= 1, got {n}")
+    return n
+
+
+def _as_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {v!r}")
+
+
+def _as_opt_uuid(v: Any) -> str | None:
+    if v in (None, ""):
+        return None
+    from cocalc_ctl.ids import is_uuid
+
+    s = _as_str(v).strip()
+    if not is_uuid(s):
+        raise ValueError(f"expected a lowercase UUID, got {s!r}")
+    return s
+
+
+def _as_opt_str(v: Any) -> str | None:
+    return None if v in (None, "") else _as_str(v)
+
+
+def _as_size(v: Any) -> int:
+    return _parse_size(str(v))
+
+
+def _as_choice(*choices: str) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        s = _as_str(v)
+        if s not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {s!r}")
+        return s
+
+    return check
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    convert: Callable[[Any], Any]
+    default: Any
+    help: str
+    secret: bool = False
+
+
+def _k(name, convert, default, help, secret=False) -> Key:
+    return Key(name, convert, default, help, secret)
+
+
+SCHEMA: dict[str, Key] = {k.name: k for k in [
+    _k("host_id", _as_opt_uuid, None, "this host's UUID (if unset, the one `host init` stored in data_dir)"),
+    _k("host_name", _as_opt_str, None, "human name of this host (default: the system hostname)"),
+    _k("btrfs_root", _as_path, "/mnt/cocalc", "mount point of the btrfs pool holding project subvolumes"),
+    _k("data_dir", _as_path, "/var/lib/cocalc-ctl", "host state: sqlite, persist stores, rootfs cache, locks"),
+    _k("secrets_dir", _as_opt_path, None, "private keys and tokens, mode 0700 (default: <data_dir>/secrets)"),
+    _k("hub_dsn", _as_opt_str, None, "PostgreSQL connection string of the hub (libpq DSN or URL)", True),
+    _k("ssh_server", _as_opt_str, None, "host:port where peers reach this host's sshpiperd"),
+    _k("command_timeout", _as_pos_int, 3600, "default timeout in seconds for external commands"),
+    _k("project.quota", _as_opt_str, None, "default qgroup limit for new projects (e.g. 10G); unset = none"),
+    _k("snapshot.keep_frequent", _as_nonneg_int, 4, "snapshot auto: keep the newest per 15 minutes, this many"),
+    _k("snapshot.keep_hourly", _as_nonneg_int, 0, "snapshot auto: keep the newest per hour, this many"),
+    _k("snapshot.keep_daily", _as_nonneg_int, 7, "snapshot auto: keep the newest per day, this many"),
+    _k("snapshot.keep_weekly", _as_nonneg_int, 4, "snapshot auto: keep the newest per ISO week, this many"),
+    _k("snapshot.keep_monthly", _as_nonneg_int, 6, "snapshot auto: keep the newest per month, this many"),
+    _k("backup.engine", _as_choice("auto", "rustic", "restic"), "auto", "backup engine (auto prefers rustic)"),
+    _k("backup.repo", _as_opt_str, None, "repository: local path, rest:http://..., s3:..."),
+    _k("backup.password_file", _as_opt_path, None, "file (0600) holding the repository password"),
+    _k("backup.max_concurrent", _as_pos_int, 2, "backups running at once on this host"),
+    _k("backup.stale_after", _as_pos_int, 600, "seconds without heartbeat before a running job is stale"),
+]}
+
+
+@dataclass
+class Config:
+    values: dict[str, Any]
+    sources: dict[str, str]
+    file: str | None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    @property
+    def btrfs_root(self) -> Path:
+        return Path(self.values["btrfs_root"])
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.values["data_dir"])
+
+    @property
+    def secrets_dir(self) -> Path:
+        s = self.values["secrets_dir"]
+        return Path(s) if s else self.data_dir / "secrets"
+
+    @property
+    def host_name(self) -> str:
+        return self.values["host_name"] or socket.gethostname()
+
+    def redacted(self) -> dict[str, Any]:
+        out = {}
+        for name, value in self.values.items():
+            key = SCHEMA[name]
+            out[name] = redact_dsn(value) if (key.secret and value) else value
+        return out
+
+
+def redact_dsn(dsn: str) -> str:
+    """Hide a password in a libpq URL (`postgresql://u:pw@h/db`) or key/value DSN (`password=pw`)."""
+    dsn = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    dsn = re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", dsn, flags=re.IGNORECASE)
+    return dsn
+
+
+def _flatten(data: Any, prefix: str, out: dict[str, Any], origin: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping at {prefix or 'top level'}",
+                          hint="the config file is YAML key: value pairs")
+    for k, v in data.items():
+        if not isinstance(k, str):
+            raise ConfigError(f"{origin}: key {k!r} is not a string")
+        name = f"{prefix}{k}"
+        if isinstance(v, dict) and name not in SCHEMA:
+            _flatten(v, name + ".", out, origin)
+        else:
+            out[name] = v
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.replace(".", "_").upper()
+
+
+def load(path: str | None = None, env: dict[str, str] | None = None) -> Config:
+    """Load the effective configuration; raise ConfigError naming the key and its source."""
+    env = dict(os.environ if env is None else env)
+    explicit = path or env.get(ENV_CONFIG)
+    file = explicit or DEFAULT_CONFIG_PATH
+    raw: dict[str, Any] = {}
+    used_file: str | None = None
+    if os.path.exists(file):
+        import yaml  # imported here: PyYAML costs startup time that --help does not need
+
+        try:
+            with open(file, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config file {file}{where}: invalid YAML", hint="fix the syntax") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {file}: {exc.strerror}") from None
+        if data is not None:
+            _flatten(data, "", raw, file)
+        used_file = file
+    elif explicit:
+        raise ConfigError(f"config file {file} does not exist",
+                          hint="pass an existing file to --config or unset COCALC_CTL_CONFIG")
+
+    for name in raw:
+        if name not in SCHEMA:
+            raise ConfigError(f"config file {file}: unknown key {name!r}",
+                              hint="see `cocalc-ctl config show` for the valid keys")
+    known_env = {env_name(k): k for k in SCHEMA}
+    for var in env:
+        if var.startswith(ENV_PREFIX) and var not in known_env and var not in _RESERVED_ENV:
+            raise ConfigError(f"environment variable {var} is not a config key",
+                              hint="unset it or fix the name (see `cocalc-ctl config show`)")
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, key in SCHEMA.items():
+        var = env_name(name)
+        if var in env:
+            value, source = env[var], f"env:{var}"
+        elif name in raw:
+            value, source = raw[name], f"file:{file}"
+        else:
+            values[name], sources[name] = key.default, "default"
+            continue
+        try:
+            values[name] = key.convert(value)
+        except ValueError as exc:
+            where = f"environment variable {var}" if source.startswith("env:") else f"config file {file}"
+            raise ConfigError(f"{where}: key {name}: {exc}") from None
+        sources[name] = source
+    return Config(values=values, sources=sources, file=used_file)

@@ -1,0 +1,65 @@
+"""Validation of every identifier that comes from outside: project/host ids and snapshot names.
+
+Nothing from a user, the hub, sshpiperd or a peer reaches a path, a command line or SQL
+without passing one of these functions first.
+"""
+
+from __future__ import annotations
+
+import re
+
+from cocalc_ctl.errors import InvalidInput
+
+# Canonical lowercase UUID, ASCII only (re.ASCII keeps unicode digits out of \d-like classes).
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII)
+_HEX32_RE = re.compile(r"[0-9a-f]{32}", re.ASCII)
+_SNAPSHOT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+@-]{0,199}", re.ASCII)
+
+RESERVED_NAMES = frozenset({"_incoming", "_streams", ".restore-staging", ".snapshots", ".", ".."})
+PROJECT_PREFIX = "project-"
+
+
+def is_uuid(value: object) -> bool:
+    return isinstance(value, str) and _UUID_RE.fullmatch(value) is not None
+
+
+def project_id(value: str, *, what: str = "project id") -> str:
+    """Return a canonical project uuid; accepts `<uuid>` or `project-<uuid>`, nothing else."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"invalid {what}: empty", hint="give a lowercase UUID like 1b4e28ba-2fa1-11d2-883f-0016d3cca427")
+    candidate = value[len(PROJECT_PREFIX):] if value.startswith(PROJECT_PREFIX) else value
+    if not is_uuid(candidate):
+        raise InvalidInput(f"invalid {what}: {_show(value)}",
+                           hint="give a lowercase UUID like 1b4e28ba-2fa1-11d2-883f-0016d3cca427")
+    return candidate
+
+
+def host_id(value: str) -> str:
+    if not is_uuid(value):
+        raise InvalidInput(f"invalid host id: {_show(value)}", hint="host ids are lowercase UUIDs")
+    return value
+
+
+def uuid_from_hex32(value: str) -> str | None:
+    if _HEX32_RE.fullmatch(value) is None:
+        return None
+    return f"{value[0:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:32]}"
+
+
+def snapshot_name(value: str) -> str:
+    """A snapshot name is a single safe path component: no `/`, no leading `.`, not reserved."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput("invalid snapshot name: empty", hint="use letters, digits and . _ - : + @")
+    if value in RESERVED_NAMES or value.startswith(".") or "/" in value or "\x00" in value:
+        raise InvalidInput(f"invalid snapshot name: {_show(value)}",
+                           hint="names must not start with '.', contain '/', or be reserved")
+    if _SNAPSHOT_NAME_RE.fullmatch(value) is None or value.endswith(".lock"):
+        raise InvalidInput(f"invalid snapshot name: {_show(value)}",
+                           hint="use up to 200 letters, digits and . _ - : + @, starting with a letter or digit")
+    return value
+
+
+def _show(value: object) -> str:
+    """Render untrusted input safely inside a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "...'"

@@ -1,0 +1,344 @@
+"""The one place a process starts.
+
+Commands are argument lists (never a shell string) run with `LC_ALL=C`, a timeout and captured
+stderr. Pipelines connect their stages kernel to kernel: stage N's stdout pipe is stage N+1's stdin,
+and when byte counting is asked for, a thread moves the bytes between two pipes with `os.splice`
+so they never enter Python's memory. Every stage's exit status is checked.
+
+`--dry-run` is enforced here: a command marked `mutates=True` is printed (shell-quoted, ready to
+paste) and recorded in `PLAN` instead of being run. Read-only commands still run so plans are real.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from cocalc_ctl.errors import CommandFailed, CommandTimeout, ToolMissing
+
+# Settings the CLI sets once per invocation.
+DRY_RUN = False
+VERBOSE = False
+ECHO_PLAN = True  # print planned commands to stdout in dry-run (off for --json)
+DEFAULT_TIMEOUT: float | None = 3600.0
+PLAN: list[str] = []
+
+DEBIAN_PACKAGES = {
+    "btrfs": "btrfs-progs", "mkfs.btrfs": "btrfs-progs", "restic": "restic", "rclone": "rclone",
+    "podman": "podman", "runc": "runc", "skopeo": "skopeo", "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client", "sshd": "openssh-server", "rsync": "rsync", "lz4": "lz4",
+    "zstd": "zstd", "mount": "mount", "umount": "mount", "losetup": "mount", "findmnt": "util-linux",
+    "truncate": "coreutils", "tar": "tar", "initdb": "postgresql", "pg_ctl": "postgresql",
+    "nginx": "nginx-light", "wrk": "wrk", "hyperfine": "hyperfine", "bats": "bats",
+}
+
+STDERR_TAIL_BYTES = 4096
+
+
+@dataclass
+class Result:
+    argv: list[str]
+    returncode: int
+    stdout: str | bytes = ""
+    stderr: str = ""
+    duration: float = 0.0
+    dry_run: bool = False
+
+
+@dataclass
+class Stage:
+    """One process of a pipeline. `stdin_path`/`stdout_path` apply to the first/last stage only."""
+
+    argv: list[str]
+    stdin_path: str | None = None
+    stdout_path: str | None = None
+    ok_codes: tuple[int, ...] = (0,)
+    env: dict[str, str] | None = None
+    cwd: str | None = None
+
+
+@dataclass
+class PipelineResult:
+    stages: list[Result]
+    bytes_counted: list[int] = field(default_factory=list)
+    duration: float = 0.0
+    dry_run: bool = False
+
+
+def display(argv: Sequence[str]) -> str:
+    return shlex.join(str(a) for a in argv)
+
+
+def display_pipeline(stages: Sequence[Stage]) -> str:
+    parts = []
+    for i, st in enumerate(stages):
+        text = display(st.argv)
+        if i == 0 and st.stdin_path:
+            text += f" < {shlex.quote(st.stdin_path)}"
+        if i == len(stages) - 1 and st.stdout_path:
+            text += f" > {shlex.quote(st.stdout_path)}"
+        parts.append(text)
+    return " | ".join(parts)
+
+
+def _plan(text: str) -> None:
+    PLAN.append(text)
+    if ECHO_PLAN:
+        print(text, flush=True)
+
+
+def _log(text: str) -> None:
+    if VERBOSE:
+        print(f"+ {text}", file=sys.stderr, flush=True)
+
+
+def _environment(extra: dict[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if extra:
+        env.update(extra)
+    env["LC_ALL"] = "C"
+    env.pop("LANGUAGE", None)
+    return env
+
+
+def which(program: str, env: dict[str, str] | None = None) -> str:
+    """Absolute path of `program`, or ToolMissing naming the Debian package that has it."""
+    if "/" in program:
+        if os.access(program, os.X_OK):
+            return program
+        found = None
+    else:
+        found = shutil.which(program, path=(env or os.environ).get("PATH"))
+    if not found:
+        base = os.path.basename(program)
+        pkg = DEBIAN_PACKAGES.get(base)
+        hint = f"install it: apt-get install {pkg}" if pkg else "install it and make sure it is on PATH"
+        raise ToolMissing(f"required program {base!r} not found", hint=hint)
+    return found
+
+
+def have(program: str) -> bool:
+    try:
+        which(program)
+        return True
+    except ToolMissing:
+        return False
+
+
+def _tail(path_or_bytes) -> str:
+    if isinstance(path_or_bytes, (bytes, bytearray)):
+        data = bytes(path_or_bytes[-STDERR_TAIL_BYTES:])
+    else:
+        with open(path_or_bytes, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - STDERR_TAIL_BYTES))
+            data = fh.read()
+    return data.decode("utf-8", "replace")
+
+
+def run(argv: Sequence[str], *, mutates: bool = True, check: bool = True, timeout: float | None = None,
+        input: bytes | str | None = None, cwd: str | None = None, env: dict[str, str] | None = None,
+        text: bool = True, capture: bool = True, ok_codes: Sequence[int] = (0,),
+        stdout_path: str | None = None) -> Result:
+    """Run one command. With `mutates` and --dry-run it is only printed."""
+    argv = [str(a) for a in argv]
+    shown = display(argv) + (f" > {shlex.quote(stdout_path)}" if stdout_path else "")
+    if mutates and DRY_RUN:
+        _plan(shown)
+        return Result(argv, 0, "" if text else b"", "", 0.0, dry_run=True)
+    full_env = _environment(env)
+    exe = which(argv[0], full_env)
+    _log(shown)
+    start = time.monotonic()
+    out_fh = open(stdout_path, "wb") if stdout_path else None
+    try:
+        proc = subprocess.run(
+            [exe, *argv[1:]], input=input.encode() if isinstance(input, str) else input,
+            stdout=out_fh if out_fh else (subprocess.PIPE if capture else None),
+            stderr=subprocess.PIPE, stdin=None if input is not None else subprocess.DEVNULL,
+            cwd=cwd, env=full_env, timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
+            start_new_session=False)
+    except subprocess.TimeoutExpired:
+        raise CommandTimeout(f"{argv[0]} timed out after {timeout or DEFAULT_TIMEOUT:.0f}s",
+                             hint="raise command_timeout or check the target") from None
+    finally:
+        if out_fh:
+            out_fh.close()
+    stdout = proc.stdout if proc.stdout is not None else b""
+    stderr = _tail(proc.stderr or b"")
+    result = Result(argv, proc.returncode, stdout.decode("utf-8", "surrogateescape") if text else stdout,
+                    stderr, time.monotonic() - start)
+    if check and proc.returncode not in ok_codes:
+        raise CommandFailed(argv, proc.returncode, stderr)
+    return result
+
+
+def _splice_relay(src_fd: int, dst_fd: int, counter: list[int], idx: int,
+                  on_progress: Callable[[int], None] | None, errors: list[BaseException]) -> None:
+    """Move bytes pipe→pipe inside the kernel, counting them; closes both ends when done."""
+    chunk = 1 << 20
+    try:
+        while True:
+            try:
+                n = os.splice(src_fd, dst_fd, chunk)
+            except BrokenPipeError:
+                break
+            if n == 0:
+                break
+            counter[idx] += n
+            if on_progress:
+                on_progress(counter[idx])
+    except BaseException as exc:  # recorded and re-raised by the pipeline
+        errors.append(exc)
+    finally:
+        os.close(src_fd)
+        os.close(dst_fd)
+
+
+def _enlarge_pipe(fd: int) -> None:
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, 1031, 1 << 20)  # F_SETPIPE_SZ: fewer context switches for bulk streams
+    except OSError:
+        pass
+
+
+def pipeline(stages: Sequence[Stage], *, mutates: bool = True, timeout: float | None = None,
+             count_after: Sequence[int] = (), on_progress: Callable[[int], None] | None = None) -> PipelineResult:
+    """Run `a | b | c`, kernel to kernel, checking every stage's exit status.
+
+    `count_after=[i]` inserts a splice relay after stage i that counts the bytes flowing to stage
+    i+1; `on_progress(total)` is called with the running count of the first counted link.
+    """
+    if not stages:
+        raise ValueError("empty pipeline")
+    shown = display_pipeline(stages)
+    if mutates and DRY_RUN:
+        _plan(shown)
+        return PipelineResult([Result(list(s.argv), 0, dry_run=True) for s in stages], dry_run=True)
+    for st in stages:
+        which(st.argv[0], _environment(st.env))
+    _log(shown)
+    deadline = time.monotonic() + (timeout if timeout is not None else (DEFAULT_TIMEOUT or 1e12))
+    start = time.monotonic()
+    procs: list[subprocess.Popen] = []
+    err_files = []
+    relays: list[threading.Thread] = []
+    relay_errors: list[BaseException] = []
+    counters = [0] * len(count_after)
+    prev_read: int | None = None
+    opened: list[int] = []
+    try:
+        for i, st in enumerate(stages):
+            if i == 0:
+                stdin = os.open(st.stdin_path, os.O_RDONLY) if st.stdin_path else subprocess.DEVNULL
+                if st.stdin_path:
+                    opened.append(stdin)
+            else:
+                stdin = prev_read
+            last = i == len(stages) - 1
+            if last:
+                if st.stdout_path:
+                    stdout = os.open(st.stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    opened.append(stdout)
+                else:
+                    stdout = subprocess.DEVNULL
+                next_read = None
+            else:
+                r, w = os.pipe()
+                _enlarge_pipe(w)
+                stdout, next_read = w, r
+            ef = tempfile.TemporaryFile()
+            err_files.append(ef)
+            p = subprocess.Popen([which(st.argv[0], _environment(st.env)), *st.argv[1:]], stdin=stdin, stdout=stdout,
+                                 stderr=ef, env=_environment(st.env), cwd=st.cwd)
+            procs.append(p)
+            # The parent must not hold pipe ends, or EOF/EPIPE never propagate.
+            if i > 0 and prev_read is not None:
+                os.close(prev_read)
+            if not last:
+                os.close(stdout)
+            if not last and i in count_after:
+                r2, w2 = os.pipe()
+                _enlarge_pipe(w2)
+                idx = list(count_after).index(i)
+                t = threading.Thread(target=_splice_relay, daemon=True,
+                                     args=(next_read, w2, counters, idx, on_progress if idx == 0 else None,
+                                           relay_errors))
+                t.start()
+                relays.append(t)
+                next_read = r2
+            prev_read = next_read
+        for fd in opened:
+            os.close(fd)
+        opened.clear()
+        timed_out = False
+        for p in procs:
+            remaining = deadline - time.monotonic()
+            try:
+                p.wait(timeout=max(remaining, 0.001))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                break
+        if timed_out:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            for p in procs:
+                p.wait()
+            raise CommandTimeout(f"pipeline timed out: {shown[:200]}", hint="raise command_timeout or check the target")
+        for t in relays:
+            t.join()
+    except BaseException:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        raise
+    finally:
+        for fd in opened:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    results = []
+    for st, p, ef in zip(stages, procs, err_files):
+        ef.seek(0, os.SEEK_END)
+        size = ef.tell()
+        ef.seek(max(0, size - STDERR_TAIL_BYTES))
+        results.append(Result(list(st.argv), p.returncode, "", ef.read().decode("utf-8", "replace")))
+        ef.close()
+    failed = [(st, r) for st, r in zip(stages, results) if r.returncode not in st.ok_codes]
+    if failed:
+        # A downstream failure makes upstream stages die of SIGPIPE, and an upstream failure starves
+        # the stages after it: blame the first stage that failed for a reason of its own.
+        def is_sigpipe(r: Result) -> bool:
+            return r.returncode in (-signal.SIGPIPE, 128 + signal.SIGPIPE) or "Broken pipe" in r.stderr
+
+        real = [f for f in failed if not is_sigpipe(f[1])]
+        st, r = (real[0] if real else failed[0])
+        raise CommandFailed(r.argv, r.returncode, r.stderr,
+                            hint=f"stage {stages.index(st) + 1} of {len(stages)} in: {shown[:160]}")
+    if relay_errors:
+        raise relay_errors[0]
+    return PipelineResult(results, counters, time.monotonic() - start)
+
+
+def plan_only(text: str) -> bool:
+    """For changes made in Python (mkdir, chmod, file writes): under --dry-run print the equivalent
+    shell command and return True so the caller skips the change."""
+    if DRY_RUN:
+        _plan(text)
+        return True
+    return False

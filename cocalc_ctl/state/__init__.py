@@ -1,0 +1,1 @@
+"""Host sqlite and hub PostgreSQL access, each with versioned migrations."""

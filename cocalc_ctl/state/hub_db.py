@@ -1,0 +1,99 @@
+"""Hub PostgreSQL access (psycopg 3) and its versioned, additive migrations.
+
+`hub migrate` is safe to run against a hub that already has some of these tables (a CoCalc hub
+owns `projects`): tables are created if missing and columns added if missing; nothing is dropped
+or retyped. Concurrent migrations are serialised by an advisory lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cocalc_ctl.errors import OperationFailed, PreconditionFailed
+
+MIGRATION_LOCK_KEY = 0x636F63616C63  # "cocalc"
+
+# Each migration is (name, statements). Append only.
+MIGRATIONS: list[tuple[str, list[str]]] = [
+    ("core tables", [
+        """CREATE TABLE IF NOT EXISTS projects (project_id uuid PRIMARY KEY)""",
+        """ALTER TABLE projects ADD COLUMN IF NOT EXISTS host_id uuid""",
+        """ALTER TABLE projects ADD COLUMN IF NOT EXISTS rootfs_image text""",
+        """ALTER TABLE projects ADD COLUMN IF NOT EXISTS compute_image text""",
+        """ALTER TABLE projects ADD COLUMN IF NOT EXISTS move_status jsonb""",
+        """ALTER TABLE projects ADD COLUMN IF NOT EXISTS last_backup timestamptz""",
+        """CREATE TABLE IF NOT EXISTS project_hosts (id uuid PRIMARY KEY)""",
+        """ALTER TABLE project_hosts ADD COLUMN IF NOT EXISTS name text""",
+        """ALTER TABLE project_hosts ADD COLUMN IF NOT EXISTS ssh_server text""",
+        """ALTER TABLE project_hosts ADD COLUMN IF NOT EXISTS status text NOT NULL DEFAULT 'active'""",
+        """ALTER TABLE project_hosts ADD COLUMN IF NOT EXISTS last_seen timestamptz""",
+        """ALTER TABLE project_hosts ADD COLUMN IF NOT EXISTS host_to_host_public_key text""",
+        """ALTER TABLE project_hosts ADD COLUMN IF NOT EXISTS sshpiperd_public_key text""",
+        """ALTER TABLE project_hosts ADD COLUMN IF NOT EXISTS trusted boolean NOT NULL DEFAULT false""",
+        """ALTER TABLE project_hosts ADD COLUMN IF NOT EXISTS internal_url text""",
+        """CREATE TABLE IF NOT EXISTS project_moves (
+               project_id     uuid PRIMARY KEY,
+               source_host_id uuid,
+               dest_host_id   uuid,
+               state          text NOT NULL DEFAULT 'queued',
+               mode           text NOT NULL DEFAULT 'pipe',
+               snapshot_name  text,
+               progress       jsonb,
+               status_reason  text,
+               attempt        integer NOT NULL DEFAULT 0,
+               lease_owner    text,
+               lease_until    timestamptz,
+               created_at     timestamptz NOT NULL DEFAULT now(),
+               updated_at     timestamptz NOT NULL DEFAULT now())""",
+        """CREATE INDEX IF NOT EXISTS project_moves_state ON project_moves(state, lease_until)""",
+    ]),
+]
+
+
+@dataclass
+class MigrateResult:
+    applied: list[str]
+    version: int
+
+
+def connect(dsn: str | None, *, autocommit: bool = True):
+    if not dsn:
+        raise PreconditionFailed("hub_dsn is not configured", hint="set hub_dsn in the config or COCALC_CTL_HUB_DSN")
+    import psycopg
+
+    try:
+        return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
+        raise OperationFailed(f"cannot connect to the hub database: {first}",
+                              hint="check hub_dsn and that PostgreSQL is running") from None
+
+
+def migrate(dsn: str | None) -> MigrateResult:
+    with connect(dsn, autocommit=False) as conn:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+            conn.execute("""CREATE TABLE IF NOT EXISTS cocalc_ctl_schema_migrations (
+                               version    integer PRIMARY KEY,
+                               name       text NOT NULL,
+                               applied_at timestamptz NOT NULL DEFAULT now())""")
+            done = {r[0] for r in conn.execute("SELECT version FROM cocalc_ctl_schema_migrations")}
+            applied = []
+            for version, (name, statements) in enumerate(MIGRATIONS, start=1):
+                if version in done:
+                    continue
+                for sql in statements:
+                    conn.execute(sql)
+                conn.execute("INSERT INTO cocalc_ctl_schema_migrations(version, name) VALUES (%s, %s)",
+                             (version, name))
+                applied.append(f"{version}: {name}")
+            top = max(done | {v for v in range(1, len(MIGRATIONS) + 1)}) if MIGRATIONS else 0
+    return MigrateResult(applied=applied, version=top)
+
+
+def schema_version(dsn: str | None) -> int:
+    with connect(dsn) as conn:
+        row = conn.execute("SELECT to_regclass('cocalc_ctl_schema_migrations')").fetchone()
+        if row[0] is None:
+            return 0
+        return conn.execute("SELECT coalesce(max(version), 0) FROM cocalc_ctl_schema_migrations").fetchone()[0]

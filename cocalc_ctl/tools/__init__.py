@@ -1,0 +1,1 @@
+"""Builders and parsers for external programs. No policy lives here."""
