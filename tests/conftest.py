@@ -1,0 +1,75 @@
+"""Shared fixtures: loopback btrfs hosts, one throwaway PostgreSQL per session, root checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.support.hosts import Host, cleanup_mounts_under
+from tests.support.postgres import Postgres
+
+IS_ROOT = os.geteuid() == 0
+
+
+def pytest_collection_modifyitems(config, items):
+    if IS_ROOT:
+        return
+    skip = pytest.mark.skip(reason="integration tests need root (loop devices, mounts, sshd)")
+    for item in items:
+        if "integration" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def workdir():
+    """A temp dir outside /tmp's tmpfs-style quirks; everything mounted below it is undone."""
+    base = Path(tempfile.mkdtemp(prefix="cocalc-test-", dir="/var/tmp"))
+    try:
+        yield base
+    finally:
+        cleanup_mounts_under(base)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def make_host(workdir):
+    """Factory: make_host(name='a', size='1G', init=True) -> Host with a mounted loopback pool."""
+    made: list[Host] = []
+
+    def make(name: str = "a", size: str = "1G", init: bool = True, **config) -> Host:
+        h = Host(workdir / name, extra_config=dict(config))
+        made.append(h)
+        if init:
+            h.init(size)
+        return h
+
+    try:
+        yield make
+    finally:
+        for h in reversed(made):
+            cleanup_mounts_under(h.base)
+
+
+@pytest.fixture
+def host(make_host) -> Host:
+    return make_host("a")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One PostgreSQL server for the whole session; tests get their own database via `hub_dsn`."""
+    pg = Postgres().start()
+    try:
+        pg.wait_ready()
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture
+def hub_dsn(postgres) -> str:
+    return postgres.new_database()
