@@ -163,7 +163,7 @@ def run(argv: Sequence[str], *, mutates: bool = True, check: bool = True, timeou
     out_fh = open(stdout_path, "wb") if stdout_path else None
     try:
         proc = subprocess.run(
-            [exe, *argv[1:]], input=input.encode() if isinstance(input, str) else input,
+            argv, executable=exe, input=input.encode() if isinstance(input, str) else input,
             stdout=out_fh if out_fh else (subprocess.PIPE if capture else None),
             stderr=subprocess.PIPE, stdin=None if input is not None else subprocess.DEVNULL,
             cwd=cwd, env=full_env, timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
@@ -261,7 +261,8 @@ def pipeline(stages: Sequence[Stage], *, mutates: bool = True, timeout: float | 
                 stdout, next_read = w, r
             ef = tempfile.TemporaryFile()
             err_files.append(ef)
-            p = subprocess.Popen([which(st.argv[0], _environment(st.env)), *st.argv[1:]], stdin=stdin, stdout=stdout,
+            p = subprocess.Popen(list(st.argv), executable=which(st.argv[0], _environment(st.env)), stdin=stdin,
+                                 stdout=stdout,
                                  stderr=ef, env=_environment(st.env), cwd=st.cwd)
             procs.append(p)
             # The parent must not hold pipe ends, or EOF/EPIPE never propagate.

@@ -165,6 +165,8 @@ def changed_since_newest_snapshot(cfg: Config, pid: str) -> tuple[bool, str]:
     listed = btrfs.list_below(str(layout.snapshots_dir(cfg, pid)))
     if not listed:
         return True, "no snapshot yet"
+    # commit pending writes first, or changes from the last ~30 s would not show in the generation
+    proc.run(btrfs.filesystem_sync(str(layout.project_subvolume(cfg, pid))), mutates=False)
     newest = max(s.cgen for s in listed)
     gen = btrfs.show(str(layout.project_subvolume(cfg, pid))).generation
     if gen > newest:

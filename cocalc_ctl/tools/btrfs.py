@@ -49,6 +49,10 @@ def property_set_readonly(path: str, readonly: bool) -> list[str]:
     return ["btrfs", "property", "set", "-ts", path, "ro", "true" if readonly else "false"]
 
 
+def filesystem_sync(path: str) -> list[str]:
+    return ["btrfs", "filesystem", "sync", path]
+
+
 def mkfs(image: str, label: str | None = None) -> list[str]:
     return ["mkfs.btrfs", "-q", *(["-L", label] if label else []), image]
 
