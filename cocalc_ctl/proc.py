@@ -106,6 +106,7 @@ def _environment(extra: dict[str, str] | None) -> dict[str, str]:
     if extra:
         env.update(extra)
     env["LC_ALL"] = "C"
+    env["TZ"] = "UTC"  # tools print times (btrfs otime, …) in UTC, like everything we print
     env.pop("LANGUAGE", None)
     return env
 

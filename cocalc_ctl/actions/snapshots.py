@@ -81,7 +81,7 @@ def _creation_times(path: str) -> dict[str, str]:
         if "otime" in parts and "path" in parts:
             i = parts.index("otime")
             name = line.split(" path ", 1)[1].rsplit("/", 1)[-1]
-            out[name] = f"{parts[i + 1]}T{parts[i + 2]}"
+            out[name] = f"{parts[i + 1]}T{parts[i + 2]}+00:00"
     return out
 
 

@@ -12,13 +12,8 @@ app = typer.Typer(help="Hub PostgreSQL schema (projects, project_hosts, project_
 @app.command("migrate")
 def migrate() -> None:
     """Create or extend the hub tables (idempotent, versioned, never drops)."""
-    from cocalc_ctl import proc
-    from cocalc_ctl.state import hub_db
+    from cocalc_ctl.actions import hub
 
-    cfg = config()
-    if proc.plan_only("# apply hub migrations to hub_dsn"):
-        render({"applied": [], "version": None}, lambda r: None)
-        return
-    result = hub_db.migrate(cfg["hub_dsn"])
+    result = hub.migrate(config())
     render(result, lambda r: print(
         "\n".join(f"applied {a}" for a in r.applied) + ("\n" if r.applied else "") + f"hub schema at version {r.version}"))
