@@ -1,0 +1,142 @@
+"""A project's root filesystem: overlayfs of a cached image (lower) and the project's own upper dir.
+
+upper/work live in the project subvolume at `.local/share/overlay/<image-key>/{upper,work}`, so what
+a user changes in `/` is snapshotted, backed up and moved with the project, and each image has its
+own upper (switching images leaves the old one intact). The merged root is mounted at
+`<data_dir>/project-roots/<uuid>`; `.local/share/overlay/current-image` names the image in use.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from cocalc_ctl import layout, proc
+from cocalc_ctl.actions import rootfs
+from cocalc_ctl.actions.projects import _existing
+from cocalc_ctl.config import Config
+from cocalc_ctl.errors import Busy
+from cocalc_ctl.tools import mounts, overlay
+
+OVERLAY_DIR = ".local/share/overlay"
+CURRENT_IMAGE = "current-image"
+
+
+def overlay_dir(cfg: Config, pid: str) -> Path:
+    return layout.project_subvolume(cfg, pid) / OVERLAY_DIR
+
+
+def upper_dir(cfg: Config, pid: str, key: str) -> Path:
+    return overlay_dir(cfg, pid) / key / "upper"
+
+
+def work_dir(cfg: Config, pid: str, key: str) -> Path:
+    return overlay_dir(cfg, pid) / key / "work"
+
+
+def current_image(cfg: Config, pid: str) -> str | None:
+    try:
+        return (overlay_dir(cfg, pid) / CURRENT_IMAGE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def mounted_lower(cfg: Config, pid: str) -> str | None:
+    """The escaped lowerdir of the overlay mounted at the project's root, or None if not mounted."""
+    m = mounts.mount_at(str(layout.project_root_mount(cfg, pid)))
+    if m is None or m.fstype != "overlay":
+        return None
+    return overlay.lowerdir_of(m.options) or ""
+
+
+def is_mounted(cfg: Config, pid: str) -> bool:
+    return mounted_lower(cfg, pid) is not None
+
+
+@dataclass
+class MountResult:
+    project_id: str
+    image: str
+    merged: str
+    upper: str
+    lower: str
+    already_mounted: bool
+
+
+def recorded_running(cfg: Config, pid: str) -> bool:
+    """Host sqlite says the project's container is running (set by `project start`, cleared by stop)."""
+    from cocalc_ctl.state import host_db
+
+    if not host_db.db_path(cfg.data_dir).exists():
+        return False
+    with host_db.connect(cfg.data_dir) as conn:
+        row = host_db.get_project(conn, pid)
+    return bool(row and row["state"] == "running")
+
+
+def mount(cfg: Config, project_id: str, *, image: str | None = None, remount: bool = False) -> MountResult:
+    pid = _existing(cfg, project_id)
+    resolved = rootfs.resolve(cfg, pid, image=image)
+    ref = rootfs.normalize(resolved.image, cfg["rootfs.default_image"])
+    merged = layout.project_root_mount(cfg, pid)
+    rootfs.require_project_root_path_ok(merged)
+    rootfs.ensure_cached(cfg, ref)
+    lower = rootfs.lower_dir(cfg, ref.key)
+    upper, work = upper_dir(cfg, pid, ref.key), work_dir(cfg, pid, ref.key)
+    result = MountResult(pid, ref.ref, str(merged), str(upper), str(lower), False)
+    current = mounted_lower(cfg, pid)
+    if current is not None:
+        if current == overlay.escape_path(str(lower)):
+            result.already_mounted = True
+            return result
+        if not remount:
+            raise Busy(f"project {pid} has its root mounted with another image ({current_image(cfg, pid) or current})",
+                       hint="pass --remount to switch images (the old upper dir is kept)")
+        if recorded_running(cfg, pid):
+            raise Busy(f"project {pid} is running", hint="stop it first with `project stop`")
+        proc.run(mounts.umount(str(merged)))
+    if proc.plan_only(f"mkdir -p {upper} {merged} && rm -rf {work} && mkdir {work}"):
+        proc.run(overlay.mount(str(lower), str(upper), str(work), str(merged)))
+        return result
+    upper.mkdir(parents=True, exist_ok=True)
+    # overlayfs needs an empty workdir; a crash can leave `work/work` behind.
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    merged.mkdir(parents=True, exist_ok=True)
+    proc.run(overlay.mount(str(lower), str(upper), str(work), str(merged)))
+    tmp = overlay_dir(cfg, pid) / (CURRENT_IMAGE + ".tmp")
+    tmp.write_text(ref.ref + "\n")
+    os.rename(tmp, overlay_dir(cfg, pid) / CURRENT_IMAGE)
+    return result
+
+
+@dataclass
+class UmountResult:
+    project_id: str
+    merged: str
+    was_mounted: bool
+
+
+def umount(cfg: Config, project_id: str, *, stopping: bool = False) -> UmountResult:
+    pid = _existing(cfg, project_id)
+    merged = layout.project_root_mount(cfg, pid)
+    if not is_mounted(cfg, pid):
+        return UmountResult(pid, str(merged), False)
+    if not stopping and recorded_running(cfg, pid):
+        # the container keeps its own view of the root; unmounting here would orphan it
+        raise Busy(f"project {pid} is running", hint="stop it with `project stop` (that unmounts its root too)")
+    try:
+        proc.run(mounts.umount(str(merged)))
+    except Exception as exc:
+        if "busy" in str(exc).lower():
+            raise Busy(f"the root of project {pid} is busy", hint="stop the project first with `project stop`") from None
+        raise
+    if not proc.DRY_RUN:
+        try:
+            merged.rmdir()
+        except OSError:
+            pass
+    return UmountResult(pid, str(merged), True)
