@@ -180,6 +180,8 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
        "command of a project container (words split like a shell, never run by one); unset = the image's"),
     _k("podman.http_port", _as_pos_int, 8080, "port the project's HTTP server listens on inside the container"),
     _k("podman.ssh_port", _as_pos_int, 22, "port the project's sshd listens on inside the container"),
+    _k("podman.init", _as_bool, True,
+       "run an init (catatonit) as PID 1 of project containers: reaps zombies, forwards signals"),
     _k("podman.stop_timeout", _as_nonneg_int, 10, "seconds `project stop` waits before killing the container"),
 ]}
 

@@ -101,6 +101,8 @@ def _is_running(info: dict | None) -> bool:
 
 def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartResult:
     pid = _existing(cfg, project_id)
+    if image is not None:
+        rootfs.normalize(image, cfg["rootfs.default_image"])  # refuse a bad reference before any command runs
     try:
         ulimits = podman.parse_ulimits(cfg["podman.ulimits"])
     except ValueError as exc:
@@ -142,7 +144,7 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
                     f"{LABEL_PREFIX}.managed-by": "cocalc-ctl"},
             env=env, volumes=[(str(layout.project_subvolume(cfg, pid)), home)],
             publish=[(LOOPBACK, http_port, cfg["podman.http_port"]), (LOOPBACK, ssh_port, cfg["podman.ssh_port"])],
-            network=cfg["podman.network"], workdir=home, hostname=container_name(pid)[:63])
+            network=cfg["podman.network"], workdir=home, hostname=container_name(pid)[:63], init=cfg["podman.init"])
         try:
             res = proc.run(podman.run(store, spec))
         except BaseException:

@@ -470,6 +470,10 @@ class CacheEntry:
     digest: str | None
     projects: list[str] = field(default_factory=list)  # projects whose image this is (host sqlite)
     mounted_by: list[str] = field(default_factory=list)
+    _marker_mtime_ns: int = 0  # orders entries pulled within the same second
+
+    def age_key(self) -> tuple[str, int]:
+        return (self.pulled_at or "", self._marker_mtime_ns)
 
 
 def list_cache(cfg: Config) -> list[CacheEntry]:
@@ -491,9 +495,13 @@ def list_cache(cfg: Config) -> list[CacheEntry]:
         data = read_marker(cfg, key)
         if data is None or not os.path.lexists(entry_path(cfg, key)):
             continue
+        try:
+            mtime = marker_path(cfg, key).stat().st_mtime_ns
+        except OSError:
+            mtime = 0
         out.append(CacheEntry(data.get("image") or key, key, str(entry_path(cfg, key)), data.get("size_bytes"),
                               data.get("pulled_at"), data.get("digest"), sorted(users.get(key, [])),
-                              sorted(mounted.get(key, []))))
+                              sorted(mounted.get(key, [])), mtime))
     return out
 
 
@@ -545,8 +553,8 @@ def gc(cfg: Config, *, max_size: str | None = None) -> RemoveResult:
             if not locks.is_held(cfg.data_dir, f"rootfs-{d.name}"):
                 if not proc.plan_only(f"rm -rf {d}"):
                     _rm_tree(d)
-    unused = sorted((e for e in entries if not e.projects and not e.mounted_by), key=lambda e: e.pulled_at or "")
-    named = sorted((e for e in entries if e.projects and not e.mounted_by), key=lambda e: e.pulled_at or "")
+    unused = sorted((e for e in entries if not e.projects and not e.mounted_by), key=CacheEntry.age_key)
+    named = sorted((e for e in entries if e.projects and not e.mounted_by), key=CacheEntry.age_key)
     removed, kept, freed = [], [], 0
     candidates = unused if budget is None else unused + named
     for e in candidates:

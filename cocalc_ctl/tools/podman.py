@@ -92,12 +92,15 @@ class RunSpec:
     network: str | None = None
     workdir: str | None = None
     hostname: str | None = None
+    init: bool = False
 
 
 def run(storage: Storage, spec: RunSpec) -> list[str]:
     args = ["run", "--detach", "--name", spec.name]
     if spec.runtime:
         args += ["--runtime", spec.runtime]
+    if spec.init:
+        args.append("--init")
     for u in spec.ulimits:
         args += ["--ulimit", u]
     if spec.memory:
