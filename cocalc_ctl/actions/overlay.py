@@ -82,6 +82,9 @@ def mount(cfg: Config, project_id: str, *, image: str | None = None, remount: bo
     ref = rootfs.normalize(resolved.image, cfg["rootfs.default_image"])
     merged = layout.project_root_mount(cfg, pid)
     rootfs.require_project_root_path_ok(merged)
+    if not remount and is_mounted(cfg, pid) and current_image(cfg, pid) not in (None, ref.ref):
+        raise Busy(f"project {pid} has its root mounted with another image ({current_image(cfg, pid)})",
+                   hint="pass --remount to switch images (the old upper dir is kept)")
     rootfs.ensure_cached(cfg, ref)
     lower = rootfs.lower_dir(cfg, ref.key)
     upper, work = upper_dir(cfg, pid, ref.key), work_dir(cfg, pid, ref.key)
