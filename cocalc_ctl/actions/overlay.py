@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from cocalc_ctl import layout, proc
 from cocalc_ctl.actions import rootfs
 from cocalc_ctl.actions.projects import _existing
 from cocalc_ctl.config import Config
-from cocalc_ctl.errors import Busy
+from cocalc_ctl.errors import Busy, PreconditionFailed
 from cocalc_ctl.tools import mounts, overlay
 
 OVERLAY_DIR = ".local/share/overlay"
@@ -38,9 +39,50 @@ def work_dir(cfg: Config, pid: str, key: str) -> Path:
 
 def current_image(cfg: Config, pid: str) -> str | None:
     try:
-        return (overlay_dir(cfg, pid) / CURRENT_IMAGE).read_text().strip() or None
+        fd = os.open(overlay_dir(cfg, pid) / CURRENT_IMAGE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        return os.read(fd, 1024).decode("utf-8", "replace").strip() or None
+    finally:
+        os.close(fd)
+
+
+def _real_dir(base: Path, rel: str) -> Path:
+    """`base/rel` as a chain of real directories, creating what is missing.
+
+    The project tree belongs to its user, who could plant a symlink (`.local -> /etc`) to make us
+    create, empty or mount directories outside the project: every component is checked with lstat
+    and a symlink or non-directory anywhere is refused. Only called while the project is stopped,
+    so nothing of the user's runs to swap a component afterwards.
+    """
+    path = base
+    for part in Path(rel).parts:
+        path = path / part
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            pass
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            raise PreconditionFailed(f"{path} inside the project is a symlink or not a directory; refusing to use it",
+                                     hint="remove or rename it (it must be a plain directory)")
+    return path
+
+
+def _write_current_image(cfg: Config, pid: str, ref: str) -> None:
+    d = overlay_dir(cfg, pid)
+    tmp = d / (CURRENT_IMAGE + ".tmp")
+    try:
+        os.unlink(tmp)  # never follows a planted symlink
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, (ref + "\n").encode())
+    finally:
+        os.close(fd)
+    os.rename(tmp, d / CURRENT_IMAGE)
 
 
 def mounted_lower(cfg: Config, pid: str) -> str | None:
@@ -103,16 +145,19 @@ def mount(cfg: Config, project_id: str, *, image: str | None = None, remount: bo
     if proc.plan_only(f"mkdir -p {upper} {merged} && rm -rf {work} && mkdir {work}"):
         proc.run(overlay.mount(str(lower), str(upper), str(work), str(merged)))
         return result
-    upper.mkdir(parents=True, exist_ok=True)
+    project = layout.project_subvolume(cfg, pid)
+    image_dir = _real_dir(project, f"{OVERLAY_DIR}/{ref.key}")
     # overlayfs needs an empty workdir; a crash can leave `work/work` behind.
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work_entry = image_dir / "work"
+    if os.path.islink(work_entry) or (os.path.lexists(work_entry) and not work_entry.is_dir()):
+        os.unlink(work_entry)
+    elif work_entry.exists():
+        shutil.rmtree(work_entry)  # fd-based walk: never follows symlinks inside
+    _real_dir(image_dir, "upper")
+    _real_dir(image_dir, "work")
     merged.mkdir(parents=True, exist_ok=True)
     proc.run(overlay.mount(str(lower), str(upper), str(work), str(merged)))
-    tmp = overlay_dir(cfg, pid) / (CURRENT_IMAGE + ".tmp")
-    tmp.write_text(ref.ref + "\n")
-    os.rename(tmp, overlay_dir(cfg, pid) / CURRENT_IMAGE)
+    _write_current_image(cfg, pid, ref.ref)
     return result
 
 

@@ -58,18 +58,19 @@ def test_pull_dir_source_copies_tree_faithfully_and_second_pull_is_cached(rhost,
     assert [e["image"] for e in listed] == [f"dir:{tree}"]
 
 
-def test_pull_oci_archive_extracts_and_drops_podmans_copy(rhost, workdir, podman_store):  # noqa: F811
-    tree = busybox_tree(workdir / "tree", marker="oci")
-    import_image(podman_store, tree, "localhost/bb:oci", workdir)
+@pytest.mark.parametrize("transport", ["oci-archive", "docker-archive"])
+def test_pull_archive_extracts_and_drops_podmans_copy(rhost, workdir, podman_store, transport):  # noqa: F811
+    tree = busybox_tree(workdir / "tree", marker=transport)
+    import_image(podman_store, tree, "localhost/bb:archive", workdir)
     archive = workdir / "bb.tar"
-    podman_store.run("save", "--format", "oci-archive", "-o", str(archive), "localhost/bb:oci")
-    podman_store.run("rmi", "localhost/bb:oci")
+    podman_store.run("save", "--format", transport, "-o", str(archive), "localhost/bb:archive")
+    podman_store.run("rmi", "localhost/bb:archive")
     assert podman_store.images() == []
-    out = rhost.json("rootfs", "pull", f"oci-archive:{archive}")
-    entry = cache_entry(rhost, f"oci-archive{archive}")
-    assert (entry / "etc" / "image").read_text() == "oci\n"
+    out = rhost.json("rootfs", "pull", f"{transport}:{archive}")
+    entry = cache_entry(rhost, f"{transport}{archive}")
+    assert (entry / "etc" / "image").read_text() == f"{transport}\n"
     assert_tree_faithful(entry)
-    m = marker(rhost, f"oci-archive{archive}")
+    m = marker(rhost, f"{transport}{archive}")
     assert m["image_id"] and m["inspect"]["Os"] == "linux"
     assert out["kept_podman_copy"] is False
     assert podman_store.images() == [], "podman's copy must be removed after extraction"
@@ -145,3 +146,22 @@ def test_hostile_references_are_refused_before_any_command(rhost, workdir):
         assert len(res.stderr.strip().splitlines()) == 1
     assert not calls.exists()
     assert not (rhost.data / "rootfs").exists() or rhost.json("rootfs", "list") == []
+
+
+def test_leftovers_of_an_interrupted_pull_are_never_used_and_are_cleaned(rhost, workdir):
+    tree = busybox_tree(workdir / "tree", marker="fresh")
+    key = f"dir{tree}"
+    cache = rhost.data / "rootfs"
+    # what a pull killed at various points leaves: a half-extracted partial, and an entry renamed
+    # into place whose marker was never written
+    partial = cache / ".partial" / "0123456789abcdef01234567"
+    (partial / "root" / "bin").mkdir(parents=True)
+    half = cache_entry(rhost, key)
+    (half / "etc").mkdir(parents=True)
+    (half / "etc" / "image").write_text("half\n")
+    assert rhost.json("rootfs", "list") == []
+    pid_res = rhost.json("rootfs", "pull", f"dir:{tree}")
+    assert pid_res["downloaded"] is True
+    assert (half / "etc" / "image").read_text() == "fresh\n"
+    rhost.json("rootfs", "gc")
+    assert not partial.exists()

@@ -123,3 +123,29 @@ def test_bind_mode_dir_source_uses_the_directory_in_place(make_host, workdir, po
     h.cli("rootfs", "umount", pid)
     h.cli("rootfs", "rm", f"dir:{tree}")
     assert (tree / "bin" / "busybox").exists(), "rm drops the cache link, never the source"
+
+
+def test_symlinks_planted_in_the_project_are_refused(rhost, workdir):
+    tree = busybox_tree(workdir / "tree")
+    outside = workdir / "outside"
+    outside.mkdir()
+    pid = str(uuid.uuid4())
+    rhost.cli("project", "create", pid)
+    project = rhost.project_path(pid)
+    os.symlink(outside, project / ".local")
+    res = rhost.cli("rootfs", "mount", pid, "--image", f"dir:{tree}", check=False)
+    assert res.returncode == 5 and "symlink" in res.stderr
+    assert list(outside.iterdir()) == [], "nothing is created through the link"
+    assert not is_mounted(rhost.data / "project-roots" / pid)
+
+    # a planted work -> / link is dropped as a link, never followed
+    os.unlink(project / ".local")
+    image_dir = project / ".local" / "share" / "overlay" / f"dir{tree}"
+    image_dir.mkdir(parents=True)
+    os.symlink(outside, image_dir / "work")
+    (outside / "precious").write_text("keep me")
+    os.symlink(outside / "precious", project / ".local" / "share" / "overlay" / "current-image.tmp")
+    rhost.cli("rootfs", "mount", pid, "--image", f"dir:{tree}")
+    assert (outside / "precious").read_text() == "keep me"
+    assert not os.path.islink(image_dir / "work")
+    rhost.cli("rootfs", "umount", pid)
