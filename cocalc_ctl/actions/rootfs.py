@@ -198,9 +198,16 @@ def hub_image(cfg: Config, pid: str) -> str | None:
     """`COALESCE(rootfs_image, compute_image)` of a project in the hub; NotFound if it has no row."""
     from cocalc_ctl.state import hub_db
 
-    with hub_db.connect(cfg["hub_dsn"]) as conn:
-        row = conn.execute("SELECT COALESCE(rootfs_image, compute_image) FROM projects WHERE project_id = %s",
-                           (pid,)).fetchone()
+    import psycopg
+
+    try:
+        with hub_db.connect(cfg["hub_dsn"]) as conn:
+            row = conn.execute("SELECT COALESCE(rootfs_image, compute_image) FROM projects WHERE project_id = %s",
+                               (pid,)).fetchone()
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or ["query failed"])[0]
+        raise OperationFailed(f"cannot read the project's image from the hub: {first}",
+                              hint="run `cocalc-ctl hub migrate` or check hub_dsn") from None
     if row is None:
         raise NotFound(f"project {pid} is not in the hub's projects table",
                        hint="check the project id, or pass --image")
@@ -215,25 +222,33 @@ def resolve(cfg: Config, project_id: str, *, image: str | None = None, store: bo
     pid = ids.project_id(project_id)
     default = cfg["rootfs.default_image"]
     if image is not None:
-        ref, source, raw = normalize(image, default), "option", image
+        ref, source, raw = normalize(image, default), "option", image  # refused before any I/O
+        _existing(cfg, pid)
     else:
         _existing(cfg, pid)
         row = None
         if host_db.db_path(cfg.data_dir).exists():
             with host_db.connect(cfg.data_dir) as conn:
                 row = host_db.get_project(conn, pid)
+        hub_raw: str | None = None
+        hub_ok = False
         if cfg["hub_dsn"]:
-            raw = hub_image(cfg, pid)
+            try:
+                hub_raw, hub_ok = hub_image(cfg, pid), True
+            except OperationFailed as exc:
+                # a host must still start its projects while the hub is down: use what it recorded
+                if row is None or not row["image"]:
+                    raise
+                output.warn(f"{exc.message}; using the image recorded on this host")
+        if hub_ok:
+            raw = hub_raw
             ref, source = normalize(raw, default), "hub" if (raw or "").strip() else "default"
         elif row is not None and row["image"]:
             raw = row["image"]
             ref, source = normalize(raw, default), "host"
         else:
             raw, ref, source = None, normalize_default(default), "default"
-    _existing(cfg, pid)
     if store and not proc.plan_only(f"# record image {ref.ref} for project {pid} in host sqlite"):
-        from cocalc_ctl.state import host_db
-
         with host_db.connect(cfg.data_dir) as conn:
             host_db.upsert_project(conn, pid, image=ref.ref)
     return ResolveResult(pid, ref.ref, ref.key, source, raw)

@@ -131,3 +131,18 @@ def test_resolve_reads_the_hub_and_records_the_normalised_image(make_host, hub_d
     h.cli("project", "create", missing)
     res = h.cli("rootfs", "resolve", missing, check=False)
     assert res.returncode == 3 and "hub" in res.stderr
+
+
+def test_start_uses_the_recorded_image_when_the_hub_is_down(make_host, workdir, podman_store):  # noqa: F811
+    tree = busybox_tree(workdir / "tree")
+    h = make_host("d", **{**podman_store.config, "podman.command": "/bin/sh -c 'exec /bin/sleep 1000'",
+                          "hub_dsn": f"host={workdir}/no-such-socket-dir user=postgres dbname=x"})
+    pid = str(uuid.uuid4())
+    h.cli("project", "create", pid)
+    res = h.cli("rootfs", "resolve", pid, check=False)
+    assert res.returncode == 1 and "cannot connect to the hub" in res.stderr
+    h.cli("rootfs", "resolve", pid, "--image", f"dir:{tree}")
+    res = h.cli("project", "start", pid)
+    assert "using the image recorded on this host" in res.stderr
+    assert host_row(h, pid)["state"] == "running"
+    h.cli("project", "stop", pid)

@@ -165,3 +165,13 @@ def test_leftovers_of_an_interrupted_pull_are_never_used_and_are_cleaned(rhost, 
     assert (half / "etc" / "image").read_text() == "fresh\n"
     rhost.json("rootfs", "gc")
     assert not partial.exists()
+
+
+def test_pull_of_a_local_podman_image_uses_it_and_keeps_it(rhost, workdir, podman_store):  # noqa: F811
+    tree = busybox_tree(workdir / "tree", marker="local")
+    iid = import_image(podman_store, tree, "localhost/bb:3", workdir)
+    out = rhost.json("rootfs", "pull", "localhost/bb:3")
+    assert out["downloaded"] is True and out["kept_podman_copy"] is True
+    assert (cache_entry(rhost, "localhost/bb:3") / "etc" / "image").read_text() == "local\n"
+    assert any(i.endswith(iid.split(":")[-1]) or iid.endswith(i) for i in podman_store.images()), \
+        "an image that was in podman before the pull is not ours to remove"
