@@ -138,13 +138,21 @@ def test_hostile_references_are_refused_before_any_command(rhost, workdir):
         (fake / prog).write_text(f"#!/bin/sh\necho {prog} \"$@\" >> {calls}\nexit 1\n")
         (fake / prog).chmod(0o755)
     env = {"PATH": f"{fake}:/usr/bin:/bin"}
-    for ref in ("../../etc", "ubuntu;rm -rf /", "$(touch /tmp/pwned)", "a" * 10_000, "dir:/etc/../root",
-                "oci-archive:relative.tar", "`id`", "UPPER/Case:1", "x\ny"):
-        res = rhost.cli("rootfs", "pull", ref, check=False, env=env)
-        assert res.returncode == 2, (ref, res.stderr)
+    pid = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+    rhost.cli("project", "create", pid)
+    refs = ("../../etc", "ubuntu;rm -rf /", "$(touch /tmp/pwned)", "a" * 10_000, "dir:/etc/../root",
+            "oci-archive:relative.tar", "`id`", "UPPER/Case:1", "x\ny")
+    cases = [["rootfs", "pull", ref] for ref in refs]
+    for ref in refs[:2]:  # every command that takes an image, with a path escape and a shell injection
+        cases += [["rootfs", "rm", ref], ["rootfs", "resolve", pid, "--image", ref],
+                  ["rootfs", "mount", pid, "--image", ref], ["project", "start", pid, "--image", ref]]
+    for argv in cases:
+        res = rhost.cli(*argv, check=False, env=env)
+        assert res.returncode == 2, (argv, res.stderr)
         assert res.stderr.startswith("cocalc-ctl: error: invalid image reference")
         assert len(res.stderr.strip().splitlines()) == 1
     assert not calls.exists()
+    assert not (rhost.data / "project-roots").exists()
     assert not (rhost.data / "rootfs").exists() or rhost.json("rootfs", "list") == []
 
 
