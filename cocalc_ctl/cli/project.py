@@ -8,7 +8,7 @@ import typer
 
 from cocalc_ctl.cli.common import config, render
 
-app = typer.Typer(help="Create, list, inspect and delete projects (btrfs subvolumes).", no_args_is_help=True)
+app = typer.Typer(help="Create, list, inspect, delete, start and stop projects (btrfs subvolumes).", no_args_is_help=True)
 
 PROJECT = typer.Argument(..., metavar="PROJECT", help="Project id: a lowercase UUID (or project-<uuid>).")
 
@@ -69,3 +69,39 @@ def delete(
 
     result = projects.delete(config(), project, force=force)
     render(result, lambda r: print(f"deleted project {r.project_id} and {len(r.deleted_snapshots)} snapshot(s)"))
+
+
+@app.command("start")
+def start(
+    project: str = PROJECT,
+    image: Optional[str] = typer.Option(None, "--image", metavar="IMAGE", help="Use this image (default: resolve)."),
+) -> None:
+    """Resolve, pull and mount the root image, then run the project container with podman."""
+    from cocalc_ctl.actions import containers
+
+    result = containers.start(config(), project, image=image)
+    render(result, lambda r: print(
+        f"project {r.project_id} {'already running' if r.already_running else 'started'} ({r.image}); "
+        f"http 127.0.0.1:{r.http_port}, ssh 127.0.0.1:{r.ssh_port}"))
+
+
+@app.command("stop")
+def stop(project: str = PROJECT) -> None:
+    """Remove the project container, unmount its root and clear its ports."""
+    from cocalc_ctl.actions import containers
+
+    result = containers.stop(config(), project)
+    render(result, lambda r: print(f"project {r.project_id} stopped"))
+
+
+@app.command("status")
+def status(project: str = PROJECT) -> None:
+    """State, container, image, root mount and ports of one project."""
+    from cocalc_ctl import output
+    from cocalc_ctl.actions import containers
+
+    result = containers.status(config(), project)
+    render(result, lambda s: output.kv([
+        ("project", s.project_id), ("state", s.state), ("container", f"{s.container} ({s.container_state or 'none'})"),
+        ("image", s.image), ("root", f"{s.root} ({'mounted' if s.root_mounted else 'not mounted'})"),
+        ("current image", s.current_image), ("http port", s.http_port), ("ssh port", s.ssh_port)]))

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""rootfs benchmarks: each figure is a ratio against a baseline measured in the same run.
+
+1. extraction method: `cp -a` (what `rootfs pull` uses) against `tar | tar` and `rsync -aHAX`,
+   all keeping hard links, xattrs and numeric owners;
+2. `rootfs pull dir:TREE --force` (lock, partial dir, rename, marker, du) against a bare `cp -a`;
+3. `rootfs mount` + `rootfs umount` through the CLI against bare `mount -t overlay` + `umount`.
+
+Run as root from the repository root:  python3 benchmarks/rootfs/bench_rootfs.py [--runs 7] [--tree DIR]
+The test tree defaults to a copy of /usr/lib/python3.* (tens of MB, thousands of files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "cocalc_ctl"]
+
+
+def timed(fn, runs: int) -> float:
+    samples = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+
+def sh(*argv, **kw):
+    subprocess.run(argv, check=True, capture_output=True, **kw)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--tree", default=sorted(glob.glob("/usr/lib/python3.*"))[-1])
+    args = ap.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="cocalc-bench-rootfs-", dir="/var/tmp"))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COCALC_CTL_CONFIG": str(base / "config.yaml")}
+    pool_mounted = False
+    try:
+        (base / "config.yaml").write_text(f"btrfs_root: {base / 'pool'}\ndata_dir: {base / 'data'}\n")
+        subprocess.run([*CLI, "host", "init", "--loopback", "2G"], check=True, env=env, capture_output=True)
+        pool_mounted = True
+        tree = base / "tree"
+        tree.mkdir()
+        sh("cp", "-a", args.tree + "/.", str(tree) + "/")
+        files = sum(len(f) for _, _, f in os.walk(tree))
+        size = int(subprocess.run(["du", "-sb", str(tree)], capture_output=True, text=True).stdout.split()[0])
+        print(f"tree: {args.tree} ({files} files, {size / 2**20:.0f} MiB), {args.runs} runs each, medians")
+
+        dst = base / "dst"
+
+        def fresh():
+            shutil.rmtree(dst, ignore_errors=True)
+            dst.mkdir()
+
+        def cp_a():
+            fresh()
+            sh("cp", "-a", "--", f"{tree}/.", str(dst))
+
+        def tar_pipe():
+            fresh()
+            p1 = subprocess.Popen(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-C", str(tree),
+                                   "-cf", "-", "."], stdout=subprocess.PIPE)
+            p2 = subprocess.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-C", str(dst), "-xpf",
+                                 "-"], stdin=p1.stdout, capture_output=True)
+            p1.stdout.close()
+            assert p1.wait() == 0 and p2.returncode == 0
+
+        def rsync():
+            fresh()
+            sh("rsync", "-aHAX", "--numeric-ids", f"{tree}/", f"{dst}/")
+
+        t_cp = timed(cp_a, args.runs)
+        t_tar = timed(tar_pipe, args.runs)
+        t_rsync = timed(rsync, args.runs) if shutil.which("rsync") else None
+        print(f"extract  cp -a        {t_cp * 1000:8.1f} ms  (baseline 1.00)")
+        print(f"extract  tar | tar    {t_tar * 1000:8.1f} ms  ratio {t_tar / t_cp:.2f}")
+        if t_rsync:
+            print(f"extract  rsync -aHAX  {t_rsync * 1000:8.1f} ms  ratio {t_rsync / t_cp:.2f}")
+
+        def pull():
+            subprocess.run([*CLI, "rootfs", "pull", "--force", f"dir:{tree}"], check=True, env=env,
+                           capture_output=True)
+
+        def cli_noop():
+            subprocess.run([*CLI, "--version"], check=True, env=env, capture_output=True)
+
+        t_pull = timed(pull, args.runs)
+        t_start = timed(cli_noop, args.runs)
+        print(f"pull     rootfs pull dir: --force {t_pull * 1000:8.1f} ms  ratio vs cp -a {t_pull / t_cp:.2f} "
+              f"(of which CLI start {t_start * 1000:.0f} ms)")
+
+        pid = str(uuid.uuid4())
+        subprocess.run([*CLI, "project", "create", pid], check=True, env=env, capture_output=True)
+        subprocess.run([*CLI, "rootfs", "mount", pid, "--image", f"dir:{tree}"], check=True, env=env,
+                       capture_output=True)
+        subprocess.run([*CLI, "rootfs", "umount", pid], check=True, env=env, capture_output=True)
+        up, wk, mp = base / "raw-up", base / "raw-wk", base / "raw-mp"
+        for d in (up, wk, mp):
+            d.mkdir()
+
+        def raw_mount():
+            sh("mount", "-t", "overlay", "overlay", "-o", f"lowerdir={tree},upperdir={up},workdir={wk}", str(mp))
+            sh("umount", str(mp))
+
+        def cli_mount():
+            subprocess.run([*CLI, "rootfs", "mount", pid], check=True, env=env, capture_output=True)
+            subprocess.run([*CLI, "rootfs", "umount", pid], check=True, env=env, capture_output=True)
+
+        t_raw = timed(raw_mount, args.runs)
+        t_cli = timed(cli_mount, args.runs)
+        print(f"mount    mount+umount (bare)      {t_raw * 1000:8.1f} ms  (baseline 1.00)")
+        print(f"mount    rootfs mount+umount      {t_cli * 1000:8.1f} ms  ratio {t_cli / t_raw:.2f} "
+              f"(two CLI starts {2 * t_start * 1000:.0f} ms)")
+    finally:
+        sys.path.insert(0, str(REPO))
+        from tests.support.hosts import cleanup_mounts_under  # unmounts deepest first, detaches loops
+
+        if pool_mounted:
+            cleanup_mounts_under(base)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

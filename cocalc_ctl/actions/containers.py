@@ -1,0 +1,231 @@
+"""Project containers: `project start|stop|status` with podman on the project's overlay root.
+
+start = resolve the image → pull if missing → mount the overlay → `podman run --rootfs <merged>`
+with the project subvolume at the container's home, published on free loopback ports that are
+recorded in host sqlite. stop removes the container, unmounts the root and clears the ports, so the
+host proxy answers 502 at once instead of forwarding to a dead port. Runtime, ulimits and limits
+come from config (`podman.*`), never from code.
+"""
+
+from __future__ import annotations
+
+import shlex
+import socket
+from dataclasses import dataclass
+
+from cocalc_ctl import layout, locks, proc
+from cocalc_ctl.actions import overlay, rootfs
+from cocalc_ctl.actions.projects import _existing
+from cocalc_ctl.config import Config
+from cocalc_ctl.errors import InvalidInput, PreconditionFailed
+from cocalc_ctl.state import host_db
+from cocalc_ctl.tools import podman
+
+LOOPBACK = "127.0.0.1"
+LABEL_PREFIX = "org.cocalc"
+
+
+def container_name(pid: str) -> str:
+    return f"project-{pid}"
+
+
+def _lock(pid: str) -> str:
+    return f"project-{pid}.run"
+
+
+def _free_ports(taken: set[int], n: int) -> list[int]:
+    """n distinct free loopback ports, avoiding ports host sqlite already gave to other projects."""
+    ports: list[int] = []
+    socks = []
+    try:
+        while len(ports) < n:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind((LOOPBACK, 0))
+            port = s.getsockname()[1]
+            if port not in taken and port not in ports:
+                ports.append(port)
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def _command(cfg: Config, marker: dict) -> list[str]:
+    configured = cfg["podman.command"]
+    if configured:
+        try:
+            argv = shlex.split(configured)
+        except ValueError as exc:
+            raise InvalidInput(f"podman.command: {exc}") from None
+        if argv:
+            return argv
+    conf = (marker.get("inspect") or {}).get("Config") or {}
+    argv = list(conf.get("Entrypoint") or []) + list(conf.get("Cmd") or [])
+    if not argv:
+        raise PreconditionFailed("the image defines no command to run",
+                                 hint="set podman.command in the config (e.g. '/bin/sh -c \"exec sleep 1d\"')")
+    return argv
+
+
+def _base_env(marker: dict) -> dict[str, str]:
+    env = {}
+    for item in ((marker.get("inspect") or {}).get("Config") or {}).get("Env") or []:
+        if isinstance(item, str) and "=" in item:
+            k, v = item.split("=", 1)
+            env[k] = v
+    return env
+
+
+@dataclass
+class StartResult:
+    project_id: str
+    container: str
+    image: str
+    root: str
+    http_port: int | None
+    ssh_port: int | None
+    already_running: bool
+    container_id: str | None = None
+
+
+def _container_state(cfg: Config, pid: str) -> dict | None:
+    res = proc.run(podman.container_inspect(rootfs.podman_storage(cfg), container_name(pid)), mutates=False,
+                   check=False)
+    return podman.parse_inspect(res.stdout) if res.returncode == 0 else None
+
+
+def _is_running(info: dict | None) -> bool:
+    return bool(info and (info.get("State") or {}).get("Running"))
+
+
+def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartResult:
+    pid = _existing(cfg, project_id)
+    if image is not None:
+        rootfs.normalize(image, cfg["rootfs.default_image"])  # refuse a bad reference before any command runs
+    try:
+        ulimits = podman.parse_ulimits(cfg["podman.ulimits"])
+    except ValueError as exc:
+        raise InvalidInput(f"podman.ulimits: {exc}") from None
+    proc.which("podman")
+    store = rootfs.podman_storage(cfg)
+    with locks.hold(cfg.data_dir, _lock(pid), wait=True, timeout=60, what=f"start/stop of project {pid}"):
+        with host_db.connect(cfg.data_dir) as conn:
+            row = host_db.get_project(conn, pid)
+            taken = {p for r in host_db.list_projects(conn) if r["project_id"] != pid
+                     for p in (r["http_port"], r["ssh_port"]) if p}
+        info = _container_state(cfg, pid)
+        if _is_running(info) and row and row["state"] == "running" and overlay.is_mounted(cfg, pid):
+            return StartResult(pid, container_name(pid), row["image"], str(layout.project_root_mount(cfg, pid)),
+                               row["http_port"], row["ssh_port"], True, info.get("Id"))
+        if info is not None:  # an exited or half-made container of an earlier run
+            proc.run(podman.rm_container(store, container_name(pid), stop_timeout=cfg["podman.stop_timeout"]))
+        if not proc.plan_only(f"# record project {pid} starting in host sqlite"):
+            with host_db.connect(cfg.data_dir) as conn:
+                host_db.upsert_project(conn, pid, state="starting", http_port=None, ssh_port=None)
+        try:
+            mounted = overlay.mount(cfg, pid, image=image, remount=True)
+        except BaseException:
+            _record_stopped(cfg, pid)
+            raise
+        key = rootfs.normalize(mounted.image, cfg["rootfs.default_image"]).key
+        marker = rootfs.read_marker(cfg, key) or {}
+        http_port, ssh_port = _free_ports(taken, 2)
+        home = cfg["podman.home"]
+        env = _base_env(marker)
+        env.update({"HOME": home, "COCALC_PROJECT_ID": pid, "COCALC_HTTP_PORT": str(cfg["podman.http_port"]),
+                    "COCALC_SSH_PORT": str(cfg["podman.ssh_port"])})
+        memory = cfg["podman.memory"]
+        spec = podman.RunSpec(
+            name=container_name(pid), rootfs=mounted.merged, command=_command(cfg, marker),
+            runtime=cfg["podman.runtime"] or None, ulimits=ulimits, memory=memory or None,
+            pids_limit=cfg["podman.pids_limit"] or None,
+            labels={f"{LABEL_PREFIX}.project_id": pid, f"{LABEL_PREFIX}.image": mounted.image,
+                    f"{LABEL_PREFIX}.managed-by": "cocalc-ctl"},
+            env=env, volumes=[(str(layout.project_subvolume(cfg, pid)), home)],
+            publish=[(LOOPBACK, http_port, cfg["podman.http_port"]), (LOOPBACK, ssh_port, cfg["podman.ssh_port"])],
+            network=cfg["podman.network"], workdir=home, hostname=container_name(pid)[:63], init=cfg["podman.init"])
+        try:
+            res = proc.run(podman.run(store, spec))
+        except BaseException:
+            if not proc.DRY_RUN:
+                proc.run(podman.rm_container(store, container_name(pid), stop_timeout=0), check=False)
+                overlay.umount(cfg, pid, stopping=True)
+                _record_stopped(cfg, pid)
+            raise
+        if proc.plan_only(f"# record project {pid} running on ports http {http_port}, ssh {ssh_port}"):
+            return StartResult(pid, container_name(pid), mounted.image, mounted.merged, None, None, False)
+        with host_db.connect(cfg.data_dir) as conn:
+            host_db.upsert_project(conn, pid, state="running", image=mounted.image, http_port=http_port,
+                                   ssh_port=ssh_port)
+        return StartResult(pid, container_name(pid), mounted.image, mounted.merged, http_port, ssh_port, False,
+                           res.stdout.strip() or None)
+
+
+def _record_stopped(cfg: Config, pid: str) -> None:
+    if proc.DRY_RUN:
+        return
+    with host_db.connect(cfg.data_dir) as conn:
+        host_db.upsert_project(conn, pid, state="stopped", http_port=None, ssh_port=None)
+
+
+@dataclass
+class StopResult:
+    project_id: str
+    container: str
+    removed_container: bool
+    unmounted: bool
+
+
+def stop(cfg: Config, project_id: str) -> StopResult:
+    pid = _existing(cfg, project_id)
+    store = rootfs.podman_storage(cfg)
+    with locks.hold(cfg.data_dir, _lock(pid), wait=True, timeout=float(cfg["podman.stop_timeout"]) + 60,
+                    what=f"start/stop of project {pid}"):
+        # Ports first: the proxy must stop forwarding before the upstream goes away.
+        if not proc.plan_only(f"# clear ports of project {pid} in host sqlite"):
+            with host_db.connect(cfg.data_dir) as conn:
+                if host_db.get_project(conn, pid) is not None:
+                    host_db.upsert_project(conn, pid, state="stopping", http_port=None, ssh_port=None)
+        existed = False
+        if proc.have("podman"):
+            existed = _container_state(cfg, pid) is not None
+            proc.run(podman.rm_container(store, container_name(pid), stop_timeout=cfg["podman.stop_timeout"]))
+        unmounted = overlay.umount(cfg, pid, stopping=True).was_mounted
+        if not proc.plan_only(f"# record project {pid} stopped in host sqlite"):
+            with host_db.connect(cfg.data_dir) as conn:
+                if host_db.get_project(conn, pid) is not None:
+                    host_db.upsert_project(conn, pid, state="stopped")
+    return StopResult(pid, container_name(pid), existed, unmounted)
+
+
+@dataclass
+class ProjectStatus:
+    project_id: str
+    state: str
+    container: str
+    container_state: str | None
+    container_id: str | None
+    image: str | None
+    current_image: str | None
+    root_mounted: bool
+    root: str
+    http_port: int | None
+    ssh_port: int | None
+
+
+def status(cfg: Config, project_id: str) -> ProjectStatus:
+    pid = _existing(cfg, project_id)
+    row = None
+    if host_db.db_path(cfg.data_dir).exists():
+        with host_db.connect(cfg.data_dir) as conn:
+            row = host_db.get_project(conn, pid)
+    info = _container_state(cfg, pid) if proc.have("podman") else None
+    cstate = ((info or {}).get("State") or {}).get("Status") if info else None
+    state = row["state"] if row else "unregistered"
+    if state == "running" and not _is_running(info):
+        state = "crashed"  # sqlite says running but the container is gone or exited
+    return ProjectStatus(pid, state, container_name(pid), cstate, (info or {}).get("Id"),
+                         row["image"] if row else None, overlay.current_image(cfg, pid), overlay.is_mounted(cfg, pid),
+                         str(layout.project_root_mount(cfg, pid)), row["http_port"] if row else None,
+                         row["ssh_port"] if row else None)

@@ -1,0 +1,190 @@
+"""A project's root filesystem: overlayfs of a cached image (lower) and the project's own upper dir.
+
+upper/work live in the project subvolume at `.local/share/overlay/<image-key>/{upper,work}`, so what
+a user changes in `/` is snapshotted, backed up and moved with the project, and each image has its
+own upper (switching images leaves the old one intact). The merged root is mounted at
+`<data_dir>/project-roots/<uuid>`; `.local/share/overlay/current-image` names the image in use.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from cocalc_ctl import layout, proc
+from cocalc_ctl.actions import rootfs
+from cocalc_ctl.actions.projects import _existing
+from cocalc_ctl.config import Config
+from cocalc_ctl.errors import Busy, PreconditionFailed
+from cocalc_ctl.tools import mounts, overlay
+
+OVERLAY_DIR = ".local/share/overlay"
+CURRENT_IMAGE = "current-image"
+
+
+def overlay_dir(cfg: Config, pid: str) -> Path:
+    return layout.project_subvolume(cfg, pid) / OVERLAY_DIR
+
+
+def upper_dir(cfg: Config, pid: str, key: str) -> Path:
+    return overlay_dir(cfg, pid) / key / "upper"
+
+
+def work_dir(cfg: Config, pid: str, key: str) -> Path:
+    return overlay_dir(cfg, pid) / key / "work"
+
+
+def current_image(cfg: Config, pid: str) -> str | None:
+    try:
+        fd = os.open(overlay_dir(cfg, pid) / CURRENT_IMAGE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 1024).decode("utf-8", "replace").strip() or None
+    finally:
+        os.close(fd)
+
+
+def _real_dir(base: Path, rel: str) -> Path:
+    """`base/rel` as a chain of real directories, creating what is missing.
+
+    The project tree belongs to its user, who could plant a symlink (`.local -> /etc`) to make us
+    create, empty or mount directories outside the project: every component is checked with lstat
+    and a symlink or non-directory anywhere is refused. Only called while the project is stopped,
+    so nothing of the user's runs to swap a component afterwards.
+    """
+    path = base
+    for part in Path(rel).parts:
+        path = path / part
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            pass
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            raise PreconditionFailed(f"{path} inside the project is a symlink or not a directory; refusing to use it",
+                                     hint="remove or rename it (it must be a plain directory)")
+    return path
+
+
+def _write_current_image(cfg: Config, pid: str, ref: str) -> None:
+    d = overlay_dir(cfg, pid)
+    tmp = d / (CURRENT_IMAGE + ".tmp")
+    try:
+        os.unlink(tmp)  # never follows a planted symlink
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, (ref + "\n").encode())
+    finally:
+        os.close(fd)
+    os.rename(tmp, d / CURRENT_IMAGE)
+
+
+def mounted_lower(cfg: Config, pid: str) -> str | None:
+    """The escaped lowerdir of the overlay mounted at the project's root, or None if not mounted."""
+    m = mounts.mount_at(str(layout.project_root_mount(cfg, pid)))
+    if m is None or m.fstype != "overlay":
+        return None
+    return overlay.lowerdir_of(m.options) or ""
+
+
+def is_mounted(cfg: Config, pid: str) -> bool:
+    return mounted_lower(cfg, pid) is not None
+
+
+@dataclass
+class MountResult:
+    project_id: str
+    image: str
+    merged: str
+    upper: str
+    lower: str
+    already_mounted: bool
+
+
+def recorded_running(cfg: Config, pid: str) -> bool:
+    """Host sqlite says the project's container is running (set by `project start`, cleared by stop)."""
+    from cocalc_ctl.state import host_db
+
+    if not host_db.db_path(cfg.data_dir).exists():
+        return False
+    with host_db.connect(cfg.data_dir) as conn:
+        row = host_db.get_project(conn, pid)
+    return bool(row and row["state"] == "running")
+
+
+def mount(cfg: Config, project_id: str, *, image: str | None = None, remount: bool = False) -> MountResult:
+    pid = _existing(cfg, project_id)
+    resolved = rootfs.resolve(cfg, pid, image=image)
+    ref = rootfs.normalize(resolved.image, cfg["rootfs.default_image"])
+    merged = layout.project_root_mount(cfg, pid)
+    rootfs.require_project_root_path_ok(merged)
+    if not remount and is_mounted(cfg, pid) and current_image(cfg, pid) not in (None, ref.ref):
+        raise Busy(f"project {pid} has its root mounted with another image ({current_image(cfg, pid)})",
+                   hint="pass --remount to switch images (the old upper dir is kept)")
+    rootfs.ensure_cached(cfg, ref)
+    lower = rootfs.lower_dir(cfg, ref.key)
+    upper, work = upper_dir(cfg, pid, ref.key), work_dir(cfg, pid, ref.key)
+    result = MountResult(pid, ref.ref, str(merged), str(upper), str(lower), False)
+    current = mounted_lower(cfg, pid)
+    if current is not None:
+        if current == overlay.escape_path(str(lower)):
+            result.already_mounted = True
+            return result
+        if not remount:
+            raise Busy(f"project {pid} has its root mounted with another image ({current_image(cfg, pid) or current})",
+                       hint="pass --remount to switch images (the old upper dir is kept)")
+        if recorded_running(cfg, pid):
+            raise Busy(f"project {pid} is running", hint="stop it first with `project stop`")
+        proc.run(mounts.umount(str(merged)))
+    if proc.plan_only(f"mkdir -p {upper} {merged} && rm -rf {work} && mkdir {work}"):
+        proc.run(overlay.mount(str(lower), str(upper), str(work), str(merged)))
+        return result
+    project = layout.project_subvolume(cfg, pid)
+    image_dir = _real_dir(project, f"{OVERLAY_DIR}/{ref.key}")
+    # overlayfs needs an empty workdir; a crash can leave `work/work` behind.
+    work_entry = image_dir / "work"
+    if os.path.islink(work_entry) or (os.path.lexists(work_entry) and not work_entry.is_dir()):
+        os.unlink(work_entry)
+    elif work_entry.exists():
+        shutil.rmtree(work_entry)  # fd-based walk: never follows symlinks inside
+    _real_dir(image_dir, "upper")
+    _real_dir(image_dir, "work")
+    merged.mkdir(parents=True, exist_ok=True)
+    proc.run(overlay.mount(str(lower), str(upper), str(work), str(merged)))
+    _write_current_image(cfg, pid, ref.ref)
+    return result
+
+
+@dataclass
+class UmountResult:
+    project_id: str
+    merged: str
+    was_mounted: bool
+
+
+def umount(cfg: Config, project_id: str, *, stopping: bool = False) -> UmountResult:
+    pid = _existing(cfg, project_id)
+    merged = layout.project_root_mount(cfg, pid)
+    if not is_mounted(cfg, pid):
+        return UmountResult(pid, str(merged), False)
+    if not stopping and recorded_running(cfg, pid):
+        # the container keeps its own view of the root; unmounting here would orphan it
+        raise Busy(f"project {pid} is running", hint="stop it with `project stop` (that unmounts its root too)")
+    try:
+        proc.run(mounts.umount(str(merged)))
+    except Exception as exc:
+        if "busy" in str(exc).lower():
+            raise Busy(f"the root of project {pid} is busy", hint="stop the project first with `project stop`") from None
+        raise
+    if not proc.DRY_RUN:
+        try:
+            merged.rmdir()
+        except OSError:
+            pass
+    return UmountResult(pid, str(merged), True)

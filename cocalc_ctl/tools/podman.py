@@ -1,0 +1,177 @@
+"""podman command lines (pull, image mount/inspect/rm, run/rm/inspect of containers) and parsers.
+
+No policy here: which runtime, ulimits, limits and storage to use come from the caller (config).
+Every builder starts with the same global options so all commands of one host see one storage.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+_ULIMIT_RE = re.compile(r"([a-z]+)=(-1|\d+)(?::(-1|\d+))?", re.ASCII)
+_IMAGE_ID_RE = re.compile(r"(?:sha256:)?([0-9a-f]{64})", re.ASCII)
+
+
+@dataclass(frozen=True)
+class Storage:
+    """podman's global storage options (`--root`, `--runroot`, `--tmpdir`, `--storage-driver`, `--storage-opt`)."""
+
+    root: str | None = None
+    runroot: str | None = None
+    tmpdir: str | None = None
+    driver: str | None = None
+    opts: tuple[str, ...] = ()
+
+
+def podman(storage: Storage, *args: str) -> list[str]:
+    argv = ["podman"]
+    if storage.root:
+        argv += ["--root", storage.root]
+    if storage.runroot:
+        argv += ["--runroot", storage.runroot]
+    if storage.tmpdir:
+        argv += ["--tmpdir", storage.tmpdir]
+    if storage.driver:
+        argv += ["--storage-driver", storage.driver]
+    for opt in storage.opts:
+        argv += ["--storage-opt", opt]
+    return argv + list(args)
+
+
+def pull(storage: Storage, source: str, *, tls_verify: bool = True, cert_dir: str | None = None) -> list[str]:
+    """`podman pull -q` prints only the image id on stdout."""
+    args = ["pull", "-q"]
+    if not tls_verify:
+        args.append("--tls-verify=false")
+    if cert_dir:
+        args += ["--cert-dir", cert_dir]
+    return podman(storage, *args, "--", source)
+
+
+def image_ids(storage: Storage) -> list[str]:
+    return podman(storage, "images", "--all", "--no-trunc", "--format", "{{.ID}}")
+
+
+def image_exists(storage: Storage, ref: str) -> list[str]:
+    return podman(storage, "image", "exists", "--", ref)
+
+
+def image_inspect(storage: Storage, ref: str) -> list[str]:
+    return podman(storage, "image", "inspect", "--format", "json", "--", ref)
+
+
+def image_mount(storage: Storage, image_id: str) -> list[str]:
+    return podman(storage, "image", "mount", "--", image_id)
+
+
+def image_umount(storage: Storage, image_id: str) -> list[str]:
+    return podman(storage, "image", "umount", "--", image_id)
+
+
+def rmi(storage: Storage, image_id: str) -> list[str]:
+    return podman(storage, "rmi", "--", image_id)
+
+
+@dataclass
+class RunSpec:
+    """Everything `podman run --rootfs` needs for one project container."""
+
+    name: str
+    rootfs: str
+    command: list[str]
+    runtime: str | None = None
+    ulimits: list[str] = field(default_factory=list)
+    memory: str | None = None
+    pids_limit: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    volumes: list[tuple[str, str]] = field(default_factory=list)
+    publish: list[tuple[str, int, int]] = field(default_factory=list)  # (host ip, host port, container port)
+    network: str | None = None
+    workdir: str | None = None
+    hostname: str | None = None
+    init: bool = False
+
+
+def run(storage: Storage, spec: RunSpec) -> list[str]:
+    args = ["run", "--detach", "--name", spec.name]
+    if spec.runtime:
+        args += ["--runtime", spec.runtime]
+    if spec.init:
+        args.append("--init")
+    for u in spec.ulimits:
+        args += ["--ulimit", u]
+    if spec.memory:
+        args += ["--memory", spec.memory]
+    if spec.pids_limit:
+        args += ["--pids-limit", str(spec.pids_limit)]
+    for k, v in spec.labels.items():
+        args += ["--label", f"{k}={v}"]
+    for k, v in spec.env.items():
+        args += ["--env", f"{k}={v}"]
+    for src, dst in spec.volumes:
+        args += ["--volume", f"{src}:{dst}"]
+    if spec.network:
+        args += ["--network", spec.network]
+    for ip, host_port, container_port in spec.publish:
+        args += ["--publish", f"{ip}:{host_port}:{container_port}"]
+    if spec.workdir:
+        args += ["--workdir", spec.workdir]
+    if spec.hostname:
+        args += ["--hostname", spec.hostname]
+    # --rootfs: the merged overlay is the container's / (a `:O` suffix would mean something else,
+    # so the caller guarantees the path has no colon).
+    args += ["--rootfs", spec.rootfs, *spec.command]
+    return podman(storage, *args)
+
+
+def rm_container(storage: Storage, name: str, *, stop_timeout: int) -> list[str]:
+    return podman(storage, "rm", "--force", "--ignore", "--time", str(stop_timeout), "--", name)
+
+
+def container_inspect(storage: Storage, name: str) -> list[str]:
+    return podman(storage, "container", "inspect", "--format", "json", "--", name)
+
+
+# -- parsers ----------------------------------------------------------------------------------
+
+def parse_ulimits(text: str | None) -> list[str]:
+    """`nofile=4096:4096,nproc=2048:2048` → ['nofile=4096:4096', 'nproc=2048:2048']; ValueError if malformed."""
+    out = []
+    for part in re.split(r"[,\s]+", (text or "").strip()):
+        if not part:
+            continue
+        m = _ULIMIT_RE.fullmatch(part)
+        if not m:
+            raise ValueError(f"bad ulimit {part!r} (use NAME=SOFT:HARD, e.g. nofile=4096:4096)")
+        soft, hard = m.group(2), m.group(3) or m.group(2)
+        if soft != "-1" and hard != "-1" and int(soft) > int(hard):
+            raise ValueError(f"bad ulimit {part!r}: soft limit above hard limit")
+        out.append(f"{m.group(1)}={soft}:{hard}")
+    return out
+
+
+def parse_image_id(stdout: str) -> str | None:
+    """The image id `podman pull -q` prints (last non-empty line)."""
+    lines = [ln.strip() for ln in stdout.splitlines() if ln.strip()]
+    if not lines:
+        return None
+    m = _IMAGE_ID_RE.fullmatch(lines[-1])
+    return m.group(1) if m else None
+
+
+def parse_image_ids(stdout: str) -> set[str]:
+    return {m.group(1) for ln in stdout.split() if (m := _IMAGE_ID_RE.fullmatch(ln.strip()))}
+
+
+def parse_inspect(stdout: str) -> dict | None:
+    """First object of `inspect --format json` output, or None."""
+    try:
+        data = json.loads(stdout or "null")
+    except json.JSONDecodeError:
+        return None
+    if isinstance(data, list):
+        return data[0] if data and isinstance(data[0], dict) else None
+    return data if isinstance(data, dict) else None
