@@ -156,6 +156,15 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("backup.password_file", _as_opt_path, None, "file (0600) holding the repository password"),
     _k("backup.max_concurrent", _as_pos_int, 2, "backups running at once on this host"),
     _k("backup.stale_after", _as_pos_int, 600, "seconds without heartbeat before a running job is stale"),
+    # ops: timers, doctor, metrics
+    _k("ops.bin", _as_opt_path, None, "cocalc-ctl executable the generated units and cron lines run (default: found on PATH)"),
+    _k("ops.unit_dir", _as_path, "/etc/systemd/system", "where `timers install` writes systemd units"),
+    _k("ops.receiver_sshd_config", _as_opt_path, None,
+       "sshd_config of the move receiver sshd (default: <data_dir>/ssh/receiver_sshd_config)"),
+    _k("ops.free_warn_percent", _as_nonneg_int, 15, "doctor: warn when the pool or data_dir has less free space (%)"),
+    _k("ops.free_fail_percent", _as_nonneg_int, 5, "doctor: fail when the pool or data_dir has less free space (%)"),
+    _k("metrics.textfile_dir", _as_path, "/var/lib/prometheus/node-exporter",
+       "node_exporter textfile-collector directory `metrics write` writes cocalc_ctl.prom into"),
 ]}
 
 
