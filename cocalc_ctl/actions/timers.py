@@ -56,7 +56,7 @@ JOBS: list[Job] = [
         profile="state", default=False),
     Job("rootfs-gc", ("rootfs", "gc"), "Remove root filesystem images no project uses",
         on_calendar="daily", cron="daily", random_delay="1h", profile="rootfs", batch=True),
-    Job("move-worker", ("move", "worker"), "Advance queued project moves (hub)", role="hub"),
+    Job("move-worker", ("move", "worker"), "Advance queued project moves (hub)", role="hub", profile="move"),
     Job("sshpiper-serve", ("sshpiper", "serve"), "SSH auth hook for sshpiperd's REST plugin", profile="auth"),
     Job("receiver-sshd", (), "OpenSSH server for incoming project moves", profile="sshd",
         program=("{sshd}", "-D", "-e", "-f", "{receiver_config}")),
@@ -76,7 +76,8 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "btrfs": Profile(BTRFS_CAPS, network=True),
+    "btrfs": Profile(BTRFS_CAPS),
+    "move": Profile(BTRFS_CAPS, network=True),
     "backup": Profile(BTRFS_CAPS, network=True),
     "rootfs": Profile(BTRFS_CAPS, rw_extra=("-/var/lib/containers", "-/run/containers")),
     "state": Profile("CAP_DAC_OVERRIDE CAP_FOWNER CAP_CHOWN", private_devices=True, network=True),
@@ -85,6 +86,9 @@ PROFILES: dict[str, Profile] = {
     # the receiver's own sshd_config (ForceCommand, AllowUsers) is what confines it.
     "sshd": Profile(None, protect_system=None, network=True, sandbox=False),
 }
+
+
+BTRFS_PROFILES = ("btrfs", "move", "backup", "rootfs")
 
 
 def job_names() -> list[str]:
@@ -191,7 +195,7 @@ def render_service(ctx: Context, job: Job) -> str:
                                    ("Documentation", "man:cocalc-ctl(1)")]
     if prof.network:
         unit += [("Wants", "network-online.target"), ("After", "network-online.target")]
-    if job.profile in ("btrfs", "backup", "rootfs"):
+    if job.profile in BTRFS_PROFILES:
         unit.append(("RequiresMountsFor", f"{ctx.btrfs_root} {ctx.data_dir}"))
     if not job.on_calendar:
         unit += [("StartLimitIntervalSec", "300"), ("StartLimitBurst", "10")]
@@ -213,7 +217,7 @@ def render_service(ctx: Context, job: Job) -> str:
     if job.batch:
         svc += [("Nice", "10"), ("CPUSchedulingPolicy", "batch"), ("IOSchedulingClass", "idle")]
     if prof.sandbox:
-        rw = [ctx.btrfs_root] if job.profile in ("btrfs", "backup", "rootfs") else []
+        rw = [ctx.btrfs_root] if job.profile in BTRFS_PROFILES else []
         rw += [ctx.data_dir, *prof.rw_extra, f"-{ctx.textfile_dir}"]
         svc += [("UMask", "0077"), ("ProtectSystem", prof.protect_system or "full"),
                 ("ReadWritePaths", " ".join(rw)), ("ProtectHome", "read-only"), ("PrivateTmp", "true"),
