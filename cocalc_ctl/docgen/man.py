@@ -33,9 +33,9 @@ FILES = [
 
 
 def esc(text: str) -> str:
-    """Escape text for roff: backslashes, hyphens in option-like words, leading dots/quotes."""
+    """Escape text for roff: backslashes, hyphens, leading dots and quotes."""
     text = text.replace("\\", "\\e")
-    text = re.sub(r"(?<![\w])-", r"\\-", text)
+    text = text.replace("-", "\\-")  # a real minus everywhere, so options copy-paste correctly
     lines = []
     for line in text.split("\n"):
         if line.startswith((".", "'")):
