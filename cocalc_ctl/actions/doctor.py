@@ -105,7 +105,8 @@ def check_program(name: str, candidates: tuple[str, ...], required: bool) -> Che
 
 
 def _mode_problems(path: Path, uid: int) -> list[tuple[str, str]]:
-    """(problem, fix) for a secrets tree: dirs 0700, files without group/other bits, owned by us."""
+    """(problem, fix) for a secrets tree: dirs 0700, files without group/other bits (`.pub` files may be
+    readable, never writable, by others), everything owned by us."""
     out = []
     for root, dirs, files in os.walk(path):
         for name in [None, *files]:
@@ -118,7 +119,8 @@ def _mode_problems(path: Path, uid: int) -> list[tuple[str, str]]:
                 continue
             mode = stat.S_IMODE(st.st_mode)
             want = 0o700 if name is None else 0o600
-            if mode & 0o077:
+            public = name is not None and name.endswith(".pub")  # public keys may be world-readable
+            if mode & (0o022 if public else 0o077):
                 out.append((f"{p} is mode {mode:04o}", f"chmod {want:o} {p}"))
             elif st.st_uid != uid:
                 out.append((f"{p} is owned by uid {st.st_uid}", f"chown {uid} {p}"))
