@@ -79,6 +79,8 @@ def check_pool(cfg: Config) -> Check:
     if not programs.locate("btrfs"):
         return Check("pool", WARN, f"btrfs mounted at {root} ({m.source}); quotas unknown (no btrfs program)")
     res = proc.run(["btrfs", "qgroup", "show", root], mutates=False, check=False, timeout=30)
+    if res.returncode != 0 and os.geteuid() != 0:
+        return Check("pool", WARN, f"btrfs mounted at {root}; quotas unknown (not root)", "run doctor as root")
     if res.returncode != 0:
         return Check("pool", FAIL, f"btrfs mounted at {root} but quotas are off",
                      f"enable them: btrfs quota enable {root}")
@@ -181,6 +183,9 @@ def _hub_state(cfg: Config) -> tuple[Check, bool]:
         version = hub_db.schema_version(dsn)
     except CocalcError as exc:
         return Check("hub", FAIL, exc.message, "check hub_dsn and that PostgreSQL is running and reachable"), False
+    except Exception as exc:  # e.g. a malformed DSN or a permission error on the schema table
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        return Check("hub", FAIL, f"hub query failed: {redact_dsn(first)}", "check hub_dsn and the role's grants"), False
     want = len(hub_db.MIGRATIONS)
     if version < want:
         return Check("hub", FAIL, f"hub schema at version {version}, this cocalc-ctl needs {want}",
