@@ -367,6 +367,8 @@ def check_host_state(cfg: Config) -> Check:
         return Check("host-state", FAIL, f"{path}: {exc}", "check the file; restore it from a backup")
     if not hid:
         return Check("host-state", FAIL, "this host has no id", "run: cocalc-ctl host init")
+    if not (cfg.data_dir / "locks").is_dir():  # the timers' flock guard opens its lock files there
+        return Check("host-state", FAIL, f"{cfg.data_dir / 'locks'} does not exist", "run: cocalc-ctl host init")
     return Check("host-state", OK, f"host {hid}, {path} at schema version {version}")
 
 

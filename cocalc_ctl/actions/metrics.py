@@ -201,10 +201,6 @@ def collect(cfg: Config, *, now: float | None = None) -> list[Family]:
     return [f for f in families if f.samples]
 
 
-def collect_text(cfg: Config) -> str:
-    return render(collect(cfg))
-
-
 def write(cfg: Config, *, textfile_dir: str | None = None) -> WriteResult:
     d = Path(textfile_dir or cfg["metrics.textfile_dir"])
     if not d.is_dir():

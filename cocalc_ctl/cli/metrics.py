@@ -25,5 +25,12 @@ def write(textfile_dir: Optional[str] = typer.Option(
 def show() -> None:
     """Print the metrics in the Prometheus text format instead of writing them."""
     from cocalc_ctl.actions import metrics
+    from cocalc_ctl.cli.common import G
 
-    print(metrics.collect_text(config()), end="")
+    families = metrics.collect(config())
+    if G.json:
+        render([{"name": f.name, "type": f.kind, "help": f.help,
+                 "samples": [{"labels": labels, "value": value} for labels, value in f.samples]}
+                for f in families], lambda r: None)
+    else:
+        print(metrics.render(families), end="")

@@ -53,3 +53,19 @@ def test_write_replaces_the_file_atomically_and_keeps_the_old_one_on_error(cfg, 
     monkeypatch.undo()
     assert (d / "cocalc_ctl.prom").read_text() == text  # the collector never sees a partial file
     assert sorted(p.name for p in d.iterdir()) == ["cocalc_ctl.prom"]
+
+
+def test_metrics_show_json_lists_families(cfg):
+    import json
+    import subprocess
+
+    from tests.support.hosts import CLI, REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COCALC_CTL_")}
+    env.update({"COCALC_CTL_CONFIG": cfg.file, "PYTHONPATH": str(REPO)})
+    res = subprocess.run([*CLI, "--json", "metrics", "show"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    fams = {f["name"]: f for f in json.loads(res.stdout)}
+    assert fams["cocalc_ctl_pool_mounted"]["samples"] == [{"labels": {}, "value": 0}]
+    res = subprocess.run([*CLI, "metrics", "show"], capture_output=True, text=True, env=env)
+    assert "# TYPE cocalc_ctl_pool_mounted gauge\ncocalc_ctl_pool_mounted 0\n" in res.stdout
