@@ -8,13 +8,11 @@ import time
 
 import pytest
 
-from tests.support.hosts import REPO
-from tests.support.ops import exec_argv, parse_unit
+from tests.support.ops import cli_wrapper, exec_argv, parse_unit
 
 pytestmark = pytest.mark.integration
 
 PID = "33333333-3333-4333-8333-333333333333"
-BIN = str(REPO / "bin" / "cocalc-ctl")
 
 
 def _run(argv, host):
@@ -22,6 +20,7 @@ def _run(argv, host):
 
 
 def test_snapshot_auto_unit_runs_by_hand_and_refuses_an_overlap(host, workdir):
+    BIN = cli_wrapper(workdir)
     tf = workdir / "textfile"
     tf.mkdir()
     host.write_config(metrics={"textfile_dir": str(tf)})
@@ -64,6 +63,7 @@ def test_snapshot_auto_unit_runs_by_hand_and_refuses_an_overlap(host, workdir):
 
 
 def test_cron_line_runs_by_hand(host, workdir):
+    BIN = cli_wrapper(workdir)
     host.cli("project", "create", PID)
     cron = host.cli("timers", "cron", "--bin", BIN, "--only", "snapshot-auto").stdout
     line = next(l for l in cron.splitlines() if l.startswith("*/15"))

@@ -45,3 +45,16 @@ def check_golden(name: str, actual: str) -> None:
     assert path.is_file(), f"golden file {path} is missing: run with UPDATE_GOLDEN=1"
     expected = path.read_text()
     assert actual == expected, f"{name} differs from the golden file (UPDATE_GOLDEN=1 regenerates it)"
+
+
+def cli_wrapper(directory: Path) -> str:
+    """An executable that runs this checkout's CLI with the test's Python (the --bin the tests' units run)."""
+    import sys
+
+    from tests.support.hosts import REPO
+
+    path = Path(directory) / "cocalc-ctl"
+    path.write_text(f'#!/bin/sh\nPYTHONPATH={shlex.quote(str(REPO))} exec {shlex.quote(sys.executable)} '
+                    f'-m cocalc_ctl "$@"\n')
+    path.chmod(0o755)
+    return str(path)

@@ -13,9 +13,7 @@ import pytest
 from cocalc_ctl import config as config_mod
 from cocalc_ctl.docgen import completions, examples, helptext, man, model, regenerate
 from tests.support.hosts import REPO
-from tests.support.ops import UPDATE_GOLDEN, exec_argv, parse_unit
-
-BIN = str(REPO / "bin" / "cocalc-ctl")
+from tests.support.ops import UPDATE_GOLDEN, cli_wrapper, exec_argv, parse_unit
 
 
 def test_generated_files_are_current():
@@ -117,6 +115,29 @@ def test_zsh_completion_parses_and_registers():
     assert "'prune:Delete timestamp-named snapshots" in text
 
 
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh not installed (apt-get install zsh)")
+def test_zsh_completion_offers_the_right_candidates():
+    """Call the completion function with zsh's completion helpers replaced by printers."""
+    def complete(*words):
+        script = ("compdef() { : }\n"
+                  f"source {REPO}/completions/_cocalc-ctl\n"
+                  "_describe() { local arr=${@[-1]}; print -l -- ${(P)arr} }\n"
+                  "_files() { print -- \"<files $*>\" }\n"
+                  "_message() { print -- \"<message $*>\" }\n"
+                  'words=("$@"); CURRENT=$#words; _cocalc_ctl\n')
+        res = subprocess.run(["zsh", "-f", "-c", script, "zsh", *words], capture_output=True, text=True,
+                             timeout=60)
+        assert res.returncode == 0 and res.stderr == "", res.stderr
+        return [l.split(":")[0] for l in res.stdout.splitlines()]
+
+    assert complete("cocalc-ctl", "--json", "snapshot", "p") == ["auto", "create", "delete", "list", "lock",
+                                                                  "prune", "unlock"]
+    assert "--keep-daily" in complete("cocalc-ctl", "snapshot", "prune", "--keep-d")
+    assert "--dry-run" in complete("cocalc-ctl", "snapshot", "prune", "--")  # global flags at every level
+    assert complete("cocalc-ctl", "timers", "install", "--user-unit-dir", "") == ["<files -/>"]
+    assert complete("cocalc-ctl", "--config", "") == ["<files >"]
+
+
 def test_completions_know_every_command():
     text = {n: (REPO / "completions" / n).read_text() for n in completions.FILES}
     for c in model().walk():
@@ -159,8 +180,12 @@ def test_example_config_documents_every_key_and_loads(tmp_path):
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_example_units_verify(tmp_path):
     """examples/systemd, with the binary path pointed at this checkout, passes systemd-analyze verify."""
+    (tmp_path / "bin").mkdir()
+    bin_path = cli_wrapper(tmp_path / "bin")
+    (tmp_path / "units").mkdir()
     for p in (REPO / "examples" / "systemd").iterdir():
-        (tmp_path / p.name).write_text(p.read_text().replace(examples.EXAMPLE_BIN, BIN))
+        (tmp_path / "units" / p.name).write_text(p.read_text().replace(examples.EXAMPLE_BIN, bin_path))
+    tmp_path = tmp_path / "units"
     res = subprocess.run(["systemd-analyze", "verify", "--man=no", *sorted(str(p) for p in tmp_path.iterdir())],
                          capture_output=True, text=True, cwd=str(tmp_path))
     assert res.returncode == 0 and res.stderr.strip() == "", res.stderr

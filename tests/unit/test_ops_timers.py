@@ -13,10 +13,17 @@ import pytest
 from cocalc_ctl import config as config_mod
 from cocalc_ctl.actions import timers
 from cocalc_ctl.errors import InvalidInput
-from tests.support.hosts import REPO
-from tests.support.ops import exec_argv, parse_unit
+from tests.support.hosts import CLI, REPO
+from tests.support.ops import cli_wrapper, exec_argv, parse_unit
 
-BIN = str(REPO / "bin" / "cocalc-ctl")
+BIN = ""  # set by the autouse fixture below: a wrapper running this checkout with the test's Python
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _bin(tmp_path_factory):
+    global BIN
+    BIN = cli_wrapper(tmp_path_factory.mktemp("bin"))
+    yield
 
 
 @pytest.fixture
@@ -187,7 +194,7 @@ def test_install_refuses_to_overwrite_a_foreign_unit(cfg, tmp_path):
 def _cli(cfg, *args, env_extra=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("COCALC_CTL_")}
     env.update({"COCALC_CTL_CONFIG": cfg.file, "PYTHONPATH": str(REPO), **(env_extra or {})})
-    return subprocess.run([BIN, *args], capture_output=True, text=True, env=env)
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env)
 
 
 def test_cli_dry_run_install_writes_nothing(cfg, tmp_path):
