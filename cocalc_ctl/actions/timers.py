@@ -196,7 +196,7 @@ def render_service(ctx: Context, job: Job) -> str:
     if prof.network:
         unit += [("Wants", "network-online.target"), ("After", "network-online.target")]
     if job.profile in BTRFS_PROFILES:
-        unit.append(("RequiresMountsFor", f"{ctx.btrfs_root} {ctx.data_dir}"))
+        unit.append(("RequiresMountsFor", f"{_q(ctx.btrfs_root)} {_q(ctx.data_dir)}"))
     if not job.on_calendar:
         unit += [("StartLimitIntervalSec", "300"), ("StartLimitBurst", "10")]
 
@@ -220,7 +220,7 @@ def render_service(ctx: Context, job: Job) -> str:
         rw = [ctx.btrfs_root] if job.profile in BTRFS_PROFILES else []
         rw += [ctx.data_dir, *prof.rw_extra, f"-{ctx.textfile_dir}"]
         svc += [("UMask", "0077"), ("ProtectSystem", prof.protect_system or "full"),
-                ("ReadWritePaths", " ".join(rw)), ("ProtectHome", "read-only"), ("PrivateTmp", "true"),
+                ("ReadWritePaths", " ".join(_q(p) for p in rw)), ("ProtectHome", "read-only"), ("PrivateTmp", "true"),
                 ("NoNewPrivileges", "true")]
         if prof.caps is not None:
             svc.append(("CapabilityBoundingSet", prof.caps))

@@ -231,3 +231,9 @@ def test_exec_lines_quote_odd_paths(tmp_path, monkeypatch):
     svc = parse_unit(timers.render_service(timers.context(cfg, bin=BIN), timers.get_job("keys-sync")))
     argv = exec_argv(svc["Service"]["ExecStart"][0])
     assert argv[argv.index("--config") + 1] == str(path)
+    if shutil.which("systemd-analyze"):
+        units = tmp_path / "units"
+        timers.install(cfg, unit_dir=str(units), only=["snapshot-auto", "keys-sync"], bin=BIN)
+        res = subprocess.run(["systemd-analyze", "verify", "--man=no", *sorted(map(str, units.iterdir()))],
+                             capture_output=True, text=True, cwd=str(units))
+        assert res.returncode == 0 and res.stderr.strip() == "", res.stderr
