@@ -260,7 +260,7 @@ def check_backup_repo(cfg: Config) -> Check:
                    env=programs.repo_env(name, repo, pw))
     shown = redact_dsn(repo)
     if res.returncode != 0:
-        tail = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1][:160]
+        tail = redact_dsn((res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1])[:160]
         return Check("backup-repo", FAIL, f"{name} cannot open {shown}: {tail}",
                      f"check backup.repo and the password; create a new repository with `{name} init`")
     return Check("backup-repo", OK, f"{name} opened {shown}")
