@@ -9,41 +9,10 @@ import subprocess
 
 import pytest
 
+from tests.support.ops import prepare_host as prepare
 from tests.support.postgres import Postgres
 
 pytestmark = pytest.mark.integration
-
-
-def _keygen(path):
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test", "-f", str(path)], check=True)
-
-
-def prepare(host, dsn, workdir):
-    """Everything doctor wants: keys, token, hub registration, a restic repository."""
-    secrets = host.data / "secrets"
-    _keygen(secrets / "host-to-host" / "id_ed25519")
-    _keygen(secrets / "sshpiperd" / "host_key")
-    (secrets / "sshpiper").mkdir(mode=0o700)
-    token = secrets / "sshpiper" / "token"
-    token.write_text("0123456789abcdef0123456789abcdef\n")
-    token.chmod(0o600)
-    pw = secrets / "backup-password"
-    pw.write_text("correct horse battery staple\n")
-    pw.chmod(0o600)
-    repo = workdir / f"repo-{host.base.name}"
-    subprocess.run(["restic", "init", "--repo", str(repo), "--password-file", str(pw)], check=True,
-                   capture_output=True)
-    host.write_config(hub_dsn=dsn, **{"backup": {"repo": str(repo), "password_file": str(pw)}})
-    host.cli("hub", "migrate")
-    import psycopg
-
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO project_hosts (id, name, host_to_host_public_key, sshpiperd_public_key, trusted) "
-                     "VALUES (%s, 'a', %s, %s, true)",
-                     (host.host_id, (secrets / "host-to-host" / "id_ed25519.pub").read_text().strip(),
-                      (secrets / "sshpiperd" / "host_key.pub").read_text().strip()))
-    return host
 
 
 def doctor(host, env=None):

@@ -65,7 +65,7 @@ def test_metrics_write_reports_backups_snapshots_pool_and_moves(host, hub_dsn, w
     out = workdir / "textfile"
     out.mkdir()
     res = host.cli("metrics", "write", "--textfile-dir", str(out))
-    assert res.stdout.startswith(f"wrote ") and str(out / "cocalc_ctl.prom") in res.stdout
+    assert res.stdout.startswith("wrote ") and str(out / "cocalc_ctl.prom") in res.stdout
     files = sorted(p.name for p in out.iterdir())
     assert files == ["cocalc_ctl.prom"], "no temp file may be left behind"
     prom = out / "cocalc_ctl.prom"
