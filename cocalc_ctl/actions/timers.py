@@ -43,6 +43,7 @@ class Job:
     profile: str = "btrfs"           # hardening profile, see PROFILES
     batch: bool = False              # low CPU and IO priority (backups, garbage collection)
     program: tuple[str, ...] = ()    # an external program instead of cocalc-ctl ({sshd}, {receiver_config})
+    restart: str = "on-failure"      # Restart= of a long-running service
 
 
 JOBS: list[Job] = [
@@ -57,7 +58,8 @@ JOBS: list[Job] = [
     Job("rootfs-gc", ("rootfs", "gc"), "Remove root filesystem images no project uses",
         on_calendar="daily", cron="daily", random_delay="1h", profile="rootfs", batch=True),
     Job("move-worker", ("move", "worker"), "Advance queued project moves (hub)", role="hub", profile="move"),
-    Job("sshpiper-serve", ("sshpiper", "serve"), "SSH auth hook for sshpiperd's REST plugin", profile="auth"),
+    Job("sshpiper-serve", ("sshpiper", "serve"), "SSH auth hook for sshpiperd's REST plugin", profile="auth",
+        restart="always"),
     Job("receiver-sshd", (), "OpenSSH server for incoming project moves", profile="sshd",
         program=("{sshd}", "-D", "-e", "-f", "{receiver_config}")),
 ]
@@ -211,9 +213,10 @@ def render_service(ctx: Context, job: Job) -> str:
             svc.append(("ExecStartPre", " ".join(_q(a) for a in [ctx.sshd, "-t", "-f", ctx.receiver_config])))
         svc += [("ExecStart", " ".join(_q(a) for a in run_argv(ctx, job)))]
         if job.program:
-            svc += [("ExecReload", "/bin/kill -HUP $MAINPID"), ("RuntimeDirectory", "sshd"),
+            # KillMode=process: restarting sshd must not kill a receive that is in flight (as ssh.service)
+            svc += [("ExecReload", "/bin/kill -HUP $MAINPID"), ("KillMode", "process"), ("RuntimeDirectory", "sshd"),
                     ("RuntimeDirectoryMode", "0755"), ("RuntimeDirectoryPreserve", "yes")]
-        svc += [("Restart", "on-failure"), ("RestartSec", "5s")]
+        svc += [("Restart", job.restart), ("RestartSec", "5s")]
     if job.batch:
         svc += [("Nice", "10"), ("CPUSchedulingPolicy", "batch"), ("IOSchedulingClass", "idle")]
     if prof.sandbox:

@@ -55,7 +55,7 @@ def test_every_periodic_job_gets_a_persistent_randomized_timer(cfg):
             assert svc["Type"] == ["oneshot"]
         else:
             assert f"cocalc-ctl-{job.name}.timer" not in units
-            assert svc["Restart"] == ["on-failure"]
+            assert svc["Restart"] == [job.restart] and job.restart in ("on-failure", "always")
 
 
 def test_periodic_runs_are_guarded_by_flock_and_refresh_metrics(cfg):
