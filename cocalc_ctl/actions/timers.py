@@ -220,8 +220,10 @@ def render_service(ctx: Context, job: Job) -> str:
     if job.batch:
         svc += [("Nice", "10"), ("CPUSchedulingPolicy", "batch"), ("IOSchedulingClass", "idle")]
     if prof.sandbox:
+        # "-": a missing path is skipped instead of failing namespace setup, so the command itself runs
+        # and says what is missing (no pool yet, a hub-only machine without data_dir...)
         rw = [ctx.btrfs_root] if job.profile in BTRFS_PROFILES else []
-        rw += [ctx.data_dir, *prof.rw_extra, f"-{ctx.textfile_dir}"]
+        rw = [f"-{p}" for p in (*rw, ctx.data_dir, ctx.textfile_dir)] + list(prof.rw_extra)
         svc += [("UMask", "0077"), ("ProtectSystem", prof.protect_system or "full"),
                 ("ReadWritePaths", " ".join(_q(p) for p in rw)), ("ProtectHome", "read-only"), ("PrivateTmp", "true"),
                 ("NoNewPrivileges", "true")]

@@ -82,14 +82,14 @@ def test_units_are_hardened_and_backups_run_at_low_priority(cfg):
         assert svc["PrivateTmp"] == ["true"] and svc["NoNewPrivileges"] == ["true"], name
         assert "CapabilityBoundingSet" in svc, name
         rw = svc["ReadWritePaths"][0].split()
-        assert str(cfg.data_dir) in rw, name
+        assert f"-{cfg.data_dir}" in rw, name
     snap = parse_unit(units["cocalc-ctl-snapshot-auto.service"])
     assert "CAP_SYS_ADMIN" in snap["Service"]["CapabilityBoundingSet"][0].split()
-    assert str(cfg.btrfs_root) in snap["Service"]["ReadWritePaths"][0].split()
+    assert f"-{cfg.btrfs_root}" in snap["Service"]["ReadWritePaths"][0].split()
     assert snap["Unit"]["RequiresMountsFor"] == [f"{cfg.btrfs_root} {cfg.data_dir}"]
     piper = parse_unit(units["cocalc-ctl-sshpiper-serve.service"])["Service"]
     assert "CAP_SYS_ADMIN" not in piper["CapabilityBoundingSet"][0]
-    assert str(cfg.btrfs_root) not in piper["ReadWritePaths"][0].split()
+    assert f"-{cfg.btrfs_root}" not in piper["ReadWritePaths"][0].split()
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
