@@ -183,6 +183,15 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("podman.init", _as_bool, True,
        "run an init (catatonit) as PID 1 of project containers: reaps zombies, forwards signals"),
     _k("podman.stop_timeout", _as_nonneg_int, 10, "seconds `project stop` waits before killing the container"),
+    # ops: timers, doctor, metrics
+    _k("ops.bin", _as_opt_path, None, "cocalc-ctl executable the generated units and cron lines run (default: found on PATH)"),
+    _k("ops.unit_dir", _as_path, "/etc/systemd/system", "where `timers install` writes systemd units"),
+    _k("ops.receiver_sshd_config", _as_opt_path, None,
+       "sshd_config of the move receiver sshd (default: <data_dir>/ssh/receiver_sshd_config)"),
+    _k("ops.free_warn_percent", _as_nonneg_int, 15, "doctor: warn when the pool or data_dir has less free space (%)"),
+    _k("ops.free_fail_percent", _as_nonneg_int, 5, "doctor: fail when the pool or data_dir has less free space (%)"),
+    _k("metrics.textfile_dir", _as_path, "/var/lib/prometheus/node-exporter",
+       "node_exporter textfile-collector directory `metrics write` writes cocalc_ctl.prom into"),
 ]}
 
 

@@ -1,0 +1,224 @@
+"""Static bash, zsh and fish completion scripts generated from the command tree.
+
+Static (no call back into cocalc-ctl per TAB press), so completing is instant. Each script finds
+the command path typed so far by walking the words, skipping options and the value of any option
+that takes one; global flags may appear anywhere (the CLI hoists them), so they are offered at
+every level.
+"""
+
+from __future__ import annotations
+
+from cocalc_ctl.docgen import Cmd, model, value_options
+
+HEADER = "generated from the CLI by scripts/regenerate; do not edit"
+
+
+def _subs(root: Cmd) -> dict[str, list[Cmd]]:
+    return {c.name: c.commands for c in root.walk() if c.commands}
+
+
+def _sh_words(items: list[str]) -> str:
+    return " ".join(items)
+
+
+def _squote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def bash(root: Cmd | None = None) -> str:
+    root = root or model()
+    globals_ = [n for o in root.options for n in o.names]
+    lines = [f"# bash completion for cocalc-ctl ({HEADER})", "",
+             "_cocalc_ctl() {",
+             '    local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"',
+             "    local -A subs=(",
+             ]
+    for path, cmds in _subs(root).items():
+        lines.append(f"        [{_squote(path)}]={_squote(_sh_words([c.path[-1] for c in cmds]))}")
+    lines.append("    )")
+    lines.append("    local -A opts=(")
+    for c in root.walk():
+        if c.path:
+            names = [n for o in c.options for n in o.names]
+            lines.append(f"        [{_squote(c.name)}]={_squote(_sh_words(names))}")
+    lines.append("    )")
+    lines.append(f"    local globals={_squote(_sh_words(globals_))}")
+    lines.append(f"    local valopts={_squote(' ' + _sh_words(value_options(root)) + ' ')}")
+    lines += [
+        '    local cmdpath=cocalc-ctl i w',
+        "    for ((i = 1; i < COMP_CWORD; i++)); do",
+        '        w="${COMP_WORDS[i]}"',
+        '        if [[ $valopts == *" $w "* ]]; then ((i++)); continue; fi',
+        "        [[ $w == -* ]] && continue",
+        '        if [[ -n ${subs[$cmdpath]+x} && " ${subs[$cmdpath]} " == *" $w "* ]]; then',
+        '            cmdpath="$cmdpath $w"',
+        "        fi",
+        "    done",
+        '    case "$prev" in',
+    ]
+    by_kind: dict[str, set[str]] = {"file": set(), "dir": set(), "value": set()}
+    for c in root.walk():
+        for o in c.options:
+            if o.completes in by_kind:
+                by_kind[o.completes].update(o.names)
+    for n in sorted(by_kind["file"] - by_kind["dir"]):
+        lines.append(f'        {n}) COMPREPLY=($(compgen -f -- "$cur")); return ;;')
+    for n in sorted(by_kind["dir"]):
+        lines.append(f'        {n}) COMPREPLY=($(compgen -d -- "$cur")); return ;;')
+    for n in sorted(by_kind["value"] - by_kind["file"] - by_kind["dir"]):
+        lines.append(f"        {n}) COMPREPLY=(); return ;;")
+    lines += [
+        "    esac",
+        '    if [[ $cur == -* ]]; then',
+        '        COMPREPLY=($(compgen -W "${opts[$cmdpath]-} $globals" -- "$cur"))',
+        '    elif [[ -n ${subs[$cmdpath]+x} ]]; then',
+        '        COMPREPLY=($(compgen -W "${subs[$cmdpath]}" -- "$cur"))',
+        "    else",
+        '        COMPREPLY=($(compgen -f -- "$cur"))',
+        "    fi",
+        "}",
+        "complete -F _cocalc_ctl cocalc-ctl",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _zq(text: str) -> str:
+    """A zsh _describe entry: escape colons in the name part and quote the whole."""
+    return _squote(text)
+
+
+def _zdesc(text: str) -> str:
+    return " ".join(text.split()).replace("[", "(").replace("]", ")")
+
+
+def zsh(root: Cmd | None = None) -> str:
+    root = root or model()
+    lines = ["#compdef cocalc-ctl", f"# zsh completion for cocalc-ctl ({HEADER})", "",
+             "_cocalc_ctl() {",
+             "    local -A subs",
+             "    subs=("]
+    for path, cmds in _subs(root).items():
+        lines.append(f"        {_squote(path)} {_squote(' '.join(c.path[-1] for c in cmds))}")
+    lines += ["    )",
+              f"    local valopts={_squote(' ' + ' '.join(value_options(root)) + ' ')}",
+              '    local cmdpath=cocalc-ctl w i',
+              "    for ((i = 2; i < CURRENT; i++)); do",
+              '        w="${words[i]}"',
+              '        if [[ $valopts == *" $w "* ]]; then ((i++)); continue; fi',
+              "        [[ $w == -* ]] && continue",
+              '        if (( ${+subs[$cmdpath]} )) && [[ " ${subs[$cmdpath]} " == *" $w "* ]]; then',
+              '            cmdpath="$cmdpath $w"',
+              "        fi",
+              "    done",
+              '    case "${words[CURRENT-1]}" in']
+    kinds: dict[str, set[str]] = {"file": set(), "dir": set(), "value": set()}
+    for c in root.walk():
+        for o in c.options:
+            if o.completes in kinds:
+                kinds[o.completes].update(o.names)
+    for n in sorted(kinds["file"] - kinds["dir"]):
+        lines.append(f"        {n}) _files; return ;;")
+    for n in sorted(kinds["dir"]):
+        lines.append(f"        {n}) _files -/; return ;;")
+    for n in sorted(kinds["value"] - kinds["file"] - kinds["dir"]):
+        lines.append(f"        {n}) _message {_squote(n.lstrip('-') + ' value')}; return ;;")
+    lines += ["    esac",
+              "    local -a cmds opts",
+              '    case "$cmdpath" in']
+    for c in root.walk():
+        lines.append(f"        {_squote(c.name)})")
+        if c.commands:
+            entries = [_zq(f"{s.path[-1]}:{_zdesc(s.short)}") for s in c.commands]
+            lines.append(f"            cmds=({' '.join(entries)})")
+        opts = c.options + ([] if not c.path else [o for o in root.options if o.names != ["-h", "--help"]])
+        entries = [_zq(f"{n}:{_zdesc(o.help)}") for o in opts for n in o.names]
+        lines.append(f"            opts=({' '.join(entries)})")
+        lines.append("            ;;")
+    lines += ["    esac",
+              '    if [[ ${words[CURRENT]} == -* ]]; then',
+              "        _describe -t options option opts",
+              "    elif (( ${#cmds} )); then",
+              "        _describe -t commands command cmds",
+              "    else",
+              "        _files",
+              "    fi",
+              "}",
+              "",
+              "# autoloaded from $fpath as _cocalc-ctl: complete now; sourced: register",
+              "if [[ $zsh_eval_context[-1] == loadautofunc ]]; then",
+              '    _cocalc_ctl "$@"',
+              "else",
+              "    compdef _cocalc_ctl cocalc-ctl",
+              "fi",
+              ""]
+    return "\n".join(lines)
+
+
+def _fq(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def fish(root: Cmd | None = None) -> str:
+    root = root or model()
+    pairs = [f"{path}:{c.path[-1]}" for path, cmds in _subs(root).items() for c in cmds]
+    lines = [f"# fish completion for cocalc-ctl ({HEADER})", "",
+             f"set -g __cocalc_ctl_subs {' '.join(_fq(p) for p in pairs)}",
+             f"set -g __cocalc_ctl_valopts {' '.join(_fq(v) for v in value_options(root))}",
+             "",
+             "function __cocalc_ctl_path",
+             "    set -l cmdpath cocalc-ctl",
+             "    set -l skip 0",
+             "    for w in (commandline -opc)[2..-1]",
+             "        if test $skip = 1",
+             "            set skip 0",
+             "            continue",
+             "        end",
+             "        if contains -- $w $__cocalc_ctl_valopts",
+             "            set skip 1",
+             "            continue",
+             "        end",
+             "        string match -q -- '-*' $w; and continue",
+             '        if contains -- "$cmdpath:$w" $__cocalc_ctl_subs',
+             '            set cmdpath "$cmdpath $w"',
+             "        end",
+             "    end",
+             '    echo "$cmdpath"',
+             "end",
+             "",
+             "complete -c cocalc-ctl -f"]
+
+    def opt_line(cond: str, o) -> str:
+        parts = ["complete -c cocalc-ctl", f"-n {_fq(cond)}"]
+        for n in o.names:
+            parts.append(f"-l {n[2:]}" if n.startswith("--") else f"-s {n[1:]}")
+        if o.completes == "file":
+            parts.append("-r -F")
+        elif o.completes == "dir":
+            parts.append("-r -F -a '(__fish_complete_directories)'")
+        elif o.completes == "value":
+            parts.append("-x")
+        if o.help:
+            parts.append(f"-d {_fq(' '.join(o.help.split())[:90])}")
+        return " ".join(parts)
+
+    for o in root.options:
+        if o.names != ["-h", "--help"]:
+            lines.append(opt_line("true", o))
+    for c in root.walk():
+        cond = f'test (__cocalc_ctl_path) = "{c.name}"'
+        for s in c.commands:
+            lines.append(f"complete -c cocalc-ctl -n {_fq(cond)} -a {s.path[-1]} -d {_fq(' '.join(s.short.split())[:90])}")
+        for o in c.options:
+            lines.append(opt_line(cond, o))
+        if c.arguments and not c.commands:
+            lines.append(f"complete -c cocalc-ctl -n {_fq(cond)} -F")
+    return "\n".join(lines) + "\n"
+
+
+FILES = {"cocalc-ctl.bash": bash, "_cocalc-ctl": zsh, "cocalc-ctl.fish": fish}
+
+
+def render_all(root: Cmd | None = None) -> dict[str, str]:
+    root = root or model()
+    return {name: fn(root) for name, fn in FILES.items()}

@@ -1,0 +1,85 @@
+# bash completion for cocalc-ctl (generated from the CLI by scripts/regenerate; do not edit)
+
+_cocalc_ctl() {
+    local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
+    local -A subs=(
+        ['cocalc-ctl']='config doctor host hub metrics project snapshot timers'
+        ['cocalc-ctl config']='show'
+        ['cocalc-ctl host']='init status teardown'
+        ['cocalc-ctl hub']='migrate'
+        ['cocalc-ctl metrics']='show write'
+        ['cocalc-ctl project']='create delete list show'
+        ['cocalc-ctl snapshot']='auto create delete list lock prune unlock'
+        ['cocalc-ctl timers']='cron install list remove'
+    )
+    local -A opts=(
+        ['cocalc-ctl config']='-h --help'
+        ['cocalc-ctl config show']='-h --help'
+        ['cocalc-ctl doctor']='-h --help'
+        ['cocalc-ctl host']='-h --help'
+        ['cocalc-ctl host init']='--loopback --image -h --help'
+        ['cocalc-ctl host status']='-h --help'
+        ['cocalc-ctl host teardown']='--delete-image -h --help'
+        ['cocalc-ctl hub']='-h --help'
+        ['cocalc-ctl hub migrate']='-h --help'
+        ['cocalc-ctl metrics']='-h --help'
+        ['cocalc-ctl metrics show']='-h --help'
+        ['cocalc-ctl metrics write']='--textfile-dir -h --help'
+        ['cocalc-ctl project']='-h --help'
+        ['cocalc-ctl project create']='--quota -h --help'
+        ['cocalc-ctl project delete']='--force -h --help'
+        ['cocalc-ctl project list']='-h --help'
+        ['cocalc-ctl project show']='-h --help'
+        ['cocalc-ctl snapshot']='-h --help'
+        ['cocalc-ctl snapshot auto']='-h --help'
+        ['cocalc-ctl snapshot create']='-h --help'
+        ['cocalc-ctl snapshot delete']='-h --help'
+        ['cocalc-ctl snapshot list']='-h --help'
+        ['cocalc-ctl snapshot lock']='--reason -h --help'
+        ['cocalc-ctl snapshot prune']='--keep-frequent --keep-hourly --keep-daily --keep-weekly --keep-monthly -h --help'
+        ['cocalc-ctl snapshot unlock']='-h --help'
+        ['cocalc-ctl timers']='-h --help'
+        ['cocalc-ctl timers cron']='--role --only --bin --user -h --help'
+        ['cocalc-ctl timers install']='--user-unit-dir --unit-dir --role --only --bin --no-enable -h --help'
+        ['cocalc-ctl timers list']='--user-unit-dir --unit-dir --bin -h --help'
+        ['cocalc-ctl timers remove']='--user-unit-dir --unit-dir --only -h --help'
+    )
+    local globals='--config --json --dry-run -v --verbose -q --quiet --version -h --help'
+    local valopts=' --bin --config --image --keep-daily --keep-frequent --keep-hourly --keep-monthly --keep-weekly --loopback --only --quota --reason --role --textfile-dir --unit-dir --user --user-unit-dir '
+    local cmdpath=cocalc-ctl i w
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        w="${COMP_WORDS[i]}"
+        if [[ $valopts == *" $w "* ]]; then ((i++)); continue; fi
+        [[ $w == -* ]] && continue
+        if [[ -n ${subs[$cmdpath]+x} && " ${subs[$cmdpath]} " == *" $w "* ]]; then
+            cmdpath="$cmdpath $w"
+        fi
+    done
+    case "$prev" in
+        --bin) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --image) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --textfile-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
+        --unit-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
+        --user-unit-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
+        --keep-daily) COMPREPLY=(); return ;;
+        --keep-frequent) COMPREPLY=(); return ;;
+        --keep-hourly) COMPREPLY=(); return ;;
+        --keep-monthly) COMPREPLY=(); return ;;
+        --keep-weekly) COMPREPLY=(); return ;;
+        --loopback) COMPREPLY=(); return ;;
+        --only) COMPREPLY=(); return ;;
+        --quota) COMPREPLY=(); return ;;
+        --reason) COMPREPLY=(); return ;;
+        --role) COMPREPLY=(); return ;;
+        --user) COMPREPLY=(); return ;;
+    esac
+    if [[ $cur == -* ]]; then
+        COMPREPLY=($(compgen -W "${opts[$cmdpath]-} $globals" -- "$cur"))
+    elif [[ -n ${subs[$cmdpath]+x} ]]; then
+        COMPREPLY=($(compgen -W "${subs[$cmdpath]}" -- "$cur"))
+    else
+        COMPREPLY=($(compgen -f -- "$cur"))
+    fi
+}
+complete -F _cocalc_ctl cocalc-ctl

@@ -1,0 +1,134 @@
+# fish completion for cocalc-ctl (generated from the CLI by scripts/regenerate; do not edit)
+
+set -g __cocalc_ctl_subs 'cocalc-ctl:config' 'cocalc-ctl:doctor' 'cocalc-ctl:host' 'cocalc-ctl:hub' 'cocalc-ctl:metrics' 'cocalc-ctl:project' 'cocalc-ctl:snapshot' 'cocalc-ctl:timers' 'cocalc-ctl config:show' 'cocalc-ctl host:init' 'cocalc-ctl host:status' 'cocalc-ctl host:teardown' 'cocalc-ctl hub:migrate' 'cocalc-ctl metrics:show' 'cocalc-ctl metrics:write' 'cocalc-ctl project:create' 'cocalc-ctl project:delete' 'cocalc-ctl project:list' 'cocalc-ctl project:show' 'cocalc-ctl snapshot:auto' 'cocalc-ctl snapshot:create' 'cocalc-ctl snapshot:delete' 'cocalc-ctl snapshot:list' 'cocalc-ctl snapshot:lock' 'cocalc-ctl snapshot:prune' 'cocalc-ctl snapshot:unlock' 'cocalc-ctl timers:cron' 'cocalc-ctl timers:install' 'cocalc-ctl timers:list' 'cocalc-ctl timers:remove'
+set -g __cocalc_ctl_valopts '--bin' '--config' '--image' '--keep-daily' '--keep-frequent' '--keep-hourly' '--keep-monthly' '--keep-weekly' '--loopback' '--only' '--quota' '--reason' '--role' '--textfile-dir' '--unit-dir' '--user' '--user-unit-dir'
+
+function __cocalc_ctl_path
+    set -l cmdpath cocalc-ctl
+    set -l skip 0
+    for w in (commandline -opc)[2..-1]
+        if test $skip = 1
+            set skip 0
+            continue
+        end
+        if contains -- $w $__cocalc_ctl_valopts
+            set skip 1
+            continue
+        end
+        string match -q -- '-*' $w; and continue
+        if contains -- "$cmdpath:$w" $__cocalc_ctl_subs
+            set cmdpath "$cmdpath $w"
+        end
+    end
+    echo "$cmdpath"
+end
+
+complete -c cocalc-ctl -f
+complete -c cocalc-ctl -n 'true' -l config -r -F -d 'Config file (default $COCALC_CTL_CONFIG or /etc/cocalc-ctl/config.yaml).'
+complete -c cocalc-ctl -n 'true' -l json -d 'Print one JSON document (JSON lines for progress).'
+complete -c cocalc-ctl -n 'true' -l dry-run -d 'Print the exact commands; change nothing.'
+complete -c cocalc-ctl -n 'true' -s v -l verbose -d 'Log each command; tracebacks on errors.'
+complete -c cocalc-ctl -n 'true' -s q -l quiet -d 'Only errors and requested output.'
+complete -c cocalc-ctl -n 'true' -l version -d 'Print the version.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a config -d 'Show the effective configuration.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a doctor -d 'Check pool, programs, secrets, keys, hub, backup repo, time and free space; exit 1 on any '
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a host -d 'Set up, inspect and tear down this host\'s btrfs pool.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a hub -d 'Hub PostgreSQL schema (projects, project_hosts, project_moves).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a metrics -d 'Prometheus metrics for node_exporter\'s textfile collector.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a project -d 'Create, list, inspect and delete projects (btrfs subvolumes).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a snapshot -d 'Create, list, lock, delete and prune project snapshots.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a timers -d 'Install, list and remove the systemd timers and services (or print crontab lines).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -l config -r -F -d 'Config file (default $COCALC_CTL_CONFIG or /etc/cocalc-ctl/config.yaml).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -l json -d 'Print one JSON document (JSON lines for progress).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -l dry-run -d 'Print the exact commands; change nothing.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -s v -l verbose -d 'Log each command; tracebacks on errors.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -s q -l quiet -d 'Only errors and requested output.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -l version -d 'Print the version.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl config"' -a show -d 'Print every config key, its effective value and its source (secrets redacted).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl config"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl config show"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl doctor"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl host"' -a init -d 'Create/mount the pool (with --loopback), enable quotas, create data and secrets dirs.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl host"' -a status -d 'Pool size/used/free, quota state, project and snapshot counts.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl host"' -a teardown -d 'Unmount and detach a loopback pool that `host init --loopback` made (refuses any other).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl host"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl host init"' -l loopback -x -d 'Create a loopback btrfs pool of SIZE (e.g. 10G) when there is none.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl host init"' -l image -r -F -d 'Image file for --loopback (default <data_dir>/pool.img).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl host init"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl host status"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl host teardown"' -l delete-image -d 'Also delete the loopback image file.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl host teardown"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub"' -a migrate -d 'Create or extend the hub tables (idempotent, versioned, never drops).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub migrate"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl metrics"' -a show -d 'Print the metrics in the Prometheus text format instead of writing them.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl metrics"' -a write -d 'Write backup ages, failed jobs, snapshot counts, pool usage and move states atomically.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl metrics"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl metrics show"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl metrics write"' -l textfile-dir -r -F -a '(__fish_complete_directories)' -d 'Directory to write cocalc_ctl.prom into (default metrics.textfile_dir).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl metrics write"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project"' -a create -d 'Create the subvolume project-<uuid> with its .snapshots/ and qgroup.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project"' -a delete -d 'Delete a project: its snapshots first, then the subvolume, persist store and state row.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project"' -a list -d 'Every project on this host with state, size and snapshot count.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project"' -a show -d 'Path, size (qgroups), quota, generation, snapshots and state of one project.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project create"' -l quota -x -d 'qgroup limit (e.g. 10G).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project create"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project create"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project delete"' -l force -d 'Delete even with locked snapshots or while running.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project delete"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project delete"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project list"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project show"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project show"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot"' -a auto -d 'For the timer: snapshot projects whose generation advanced, then prune with the config\'s c'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot"' -a create -d 'Take a read-only snapshot .snapshots/NAME of the project.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot"' -a delete -d 'Delete one snapshot (refused while it is locked).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot"' -a list -d 'Snapshots with creation time, generation, sizes (qgroups) and lock state.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot"' -a lock -d 'Protect a snapshot from delete and prune.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot"' -a prune -d 'Delete timestamp-named snapshots outside the retention buckets (locked and newest kept).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot"' -a unlock -d 'Remove a snapshot\'s lock.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot auto"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot auto"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot create"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot create"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot delete"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot delete"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot list"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot list"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot lock"' -l reason -x -d 'Why it is kept (stored in the lock file).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot lock"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot lock"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot prune"' -l keep-frequent -x -d 'Keep the newest snapshot of each of the last N frequent buckets.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot prune"' -l keep-hourly -x -d 'Keep the newest snapshot of each of the last N hourly buckets.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot prune"' -l keep-daily -x -d 'Keep the newest snapshot of each of the last N daily buckets.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot prune"' -l keep-weekly -x -d 'Keep the newest snapshot of each of the last N weekly buckets.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot prune"' -l keep-monthly -x -d 'Keep the newest snapshot of each of the last N monthly buckets.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot prune"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot prune"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot unlock"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot unlock"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl timers"' -a cron -d 'Print the same schedule as /etc/cron.d lines, for hosts without systemd.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl timers"' -a install -d 'Write service + timer units (hardened, lock-guarded) and enable them.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl timers"' -a list -d 'Every job: kind, schedule, role, whether its units are installed (and enabled/active).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl timers"' -a remove -d 'Stop, disable and delete the units `timers install` wrote (others are never touched).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl timers"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl timers cron"' -l role -x -d 'Which jobs: host (project hosts), hub (move worker) or all.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl timers cron"' -l only -x -d 'Just this job (repeatable); see `timers list`.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl timers cron"' -l bin -r -F -d 'cocalc-ctl executable the units run (default ops.bin or PATH).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl timers cron"' -l user -x -d 'User field of the cron.d lines.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl timers cron"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl timers install"' -l user-unit-dir -l unit-dir -r -F -a '(__fish_complete_directories)' -d 'Write units here instead of ops.unit_dir (/etc/systemd/system); systemctl is then left alo'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl timers install"' -l role -x -d 'Which jobs: host (project hosts), hub (move worker) or all.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl timers install"' -l only -x -d 'Just this job (repeatable); see `timers list`.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl timers install"' -l bin -r -F -d 'cocalc-ctl executable the units run (default ops.bin or PATH).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl timers install"' -l no-enable -d 'Write and reload, but do not enable/start.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl timers install"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl timers list"' -l user-unit-dir -l unit-dir -r -F -a '(__fish_complete_directories)' -d 'Write units here instead of ops.unit_dir (/etc/systemd/system); systemctl is then left alo'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl timers list"' -l bin -r -F -d 'cocalc-ctl executable the units run (default ops.bin or PATH).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl timers list"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl timers remove"' -l user-unit-dir -l unit-dir -r -F -a '(__fish_complete_directories)' -d 'Write units here instead of ops.unit_dir (/etc/systemd/system); systemctl is then left alo'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl timers remove"' -l only -x -d 'Just this job (repeatable); see `timers list`.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl timers remove"' -s h -l help -d 'Show the help and exit.'
