@@ -3,12 +3,13 @@
 _cocalc_ctl() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
     local -A subs=(
-        ['cocalc-ctl']='config doctor host hub metrics project snapshot timers'
+        ['cocalc-ctl']='config doctor host hub metrics project rootfs snapshot timers'
         ['cocalc-ctl config']='show'
         ['cocalc-ctl host']='init status teardown'
         ['cocalc-ctl hub']='migrate'
         ['cocalc-ctl metrics']='show write'
-        ['cocalc-ctl project']='create delete list show'
+        ['cocalc-ctl project']='create delete list show start status stop'
+        ['cocalc-ctl rootfs']='gc list mount pull resolve rm umount'
         ['cocalc-ctl snapshot']='auto create delete list lock prune unlock'
         ['cocalc-ctl timers']='cron install list remove'
     )
@@ -30,6 +31,17 @@ _cocalc_ctl() {
         ['cocalc-ctl project delete']='--force -h --help'
         ['cocalc-ctl project list']='-h --help'
         ['cocalc-ctl project show']='-h --help'
+        ['cocalc-ctl project start']='--image -h --help'
+        ['cocalc-ctl project status']='-h --help'
+        ['cocalc-ctl project stop']='-h --help'
+        ['cocalc-ctl rootfs']='-h --help'
+        ['cocalc-ctl rootfs gc']='--max-size -h --help'
+        ['cocalc-ctl rootfs list']='-h --help'
+        ['cocalc-ctl rootfs mount']='--image --remount -h --help'
+        ['cocalc-ctl rootfs pull']='--force --keep -h --help'
+        ['cocalc-ctl rootfs resolve']='--image -h --help'
+        ['cocalc-ctl rootfs rm']='-h --help'
+        ['cocalc-ctl rootfs umount']='-h --help'
         ['cocalc-ctl snapshot']='-h --help'
         ['cocalc-ctl snapshot auto']='-h --help'
         ['cocalc-ctl snapshot create']='-h --help'
@@ -45,7 +57,7 @@ _cocalc_ctl() {
         ['cocalc-ctl timers remove']='--user-unit-dir --unit-dir --only -h --help'
     )
     local globals='--config --json --dry-run -v --verbose -q --quiet --version -h --help'
-    local valopts=' --bin --config --image --keep-daily --keep-frequent --keep-hourly --keep-monthly --keep-weekly --loopback --only --quota --reason --role --textfile-dir --unit-dir --user --user-unit-dir '
+    local valopts=' --bin --config --image --keep-daily --keep-frequent --keep-hourly --keep-monthly --keep-weekly --loopback --max-size --only --quota --reason --role --textfile-dir --unit-dir --user --user-unit-dir '
     local cmdpath=cocalc-ctl i w
     for ((i = 1; i < COMP_CWORD; i++)); do
         w="${COMP_WORDS[i]}"
@@ -68,6 +80,7 @@ _cocalc_ctl() {
         --keep-monthly) COMPREPLY=(); return ;;
         --keep-weekly) COMPREPLY=(); return ;;
         --loopback) COMPREPLY=(); return ;;
+        --max-size) COMPREPLY=(); return ;;
         --only) COMPREPLY=(); return ;;
         --quota) COMPREPLY=(); return ;;
         --reason) COMPREPLY=(); return ;;

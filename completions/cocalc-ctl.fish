@@ -1,7 +1,7 @@
 # fish completion for cocalc-ctl (generated from the CLI by scripts/regenerate; do not edit)
 
-set -g __cocalc_ctl_subs 'cocalc-ctl:config' 'cocalc-ctl:doctor' 'cocalc-ctl:host' 'cocalc-ctl:hub' 'cocalc-ctl:metrics' 'cocalc-ctl:project' 'cocalc-ctl:snapshot' 'cocalc-ctl:timers' 'cocalc-ctl config:show' 'cocalc-ctl host:init' 'cocalc-ctl host:status' 'cocalc-ctl host:teardown' 'cocalc-ctl hub:migrate' 'cocalc-ctl metrics:show' 'cocalc-ctl metrics:write' 'cocalc-ctl project:create' 'cocalc-ctl project:delete' 'cocalc-ctl project:list' 'cocalc-ctl project:show' 'cocalc-ctl snapshot:auto' 'cocalc-ctl snapshot:create' 'cocalc-ctl snapshot:delete' 'cocalc-ctl snapshot:list' 'cocalc-ctl snapshot:lock' 'cocalc-ctl snapshot:prune' 'cocalc-ctl snapshot:unlock' 'cocalc-ctl timers:cron' 'cocalc-ctl timers:install' 'cocalc-ctl timers:list' 'cocalc-ctl timers:remove'
-set -g __cocalc_ctl_valopts '--bin' '--config' '--image' '--keep-daily' '--keep-frequent' '--keep-hourly' '--keep-monthly' '--keep-weekly' '--loopback' '--only' '--quota' '--reason' '--role' '--textfile-dir' '--unit-dir' '--user' '--user-unit-dir'
+set -g __cocalc_ctl_subs 'cocalc-ctl:config' 'cocalc-ctl:doctor' 'cocalc-ctl:host' 'cocalc-ctl:hub' 'cocalc-ctl:metrics' 'cocalc-ctl:project' 'cocalc-ctl:rootfs' 'cocalc-ctl:snapshot' 'cocalc-ctl:timers' 'cocalc-ctl config:show' 'cocalc-ctl host:init' 'cocalc-ctl host:status' 'cocalc-ctl host:teardown' 'cocalc-ctl hub:migrate' 'cocalc-ctl metrics:show' 'cocalc-ctl metrics:write' 'cocalc-ctl project:create' 'cocalc-ctl project:delete' 'cocalc-ctl project:list' 'cocalc-ctl project:show' 'cocalc-ctl project:start' 'cocalc-ctl project:status' 'cocalc-ctl project:stop' 'cocalc-ctl rootfs:gc' 'cocalc-ctl rootfs:list' 'cocalc-ctl rootfs:mount' 'cocalc-ctl rootfs:pull' 'cocalc-ctl rootfs:resolve' 'cocalc-ctl rootfs:rm' 'cocalc-ctl rootfs:umount' 'cocalc-ctl snapshot:auto' 'cocalc-ctl snapshot:create' 'cocalc-ctl snapshot:delete' 'cocalc-ctl snapshot:list' 'cocalc-ctl snapshot:lock' 'cocalc-ctl snapshot:prune' 'cocalc-ctl snapshot:unlock' 'cocalc-ctl timers:cron' 'cocalc-ctl timers:install' 'cocalc-ctl timers:list' 'cocalc-ctl timers:remove'
+set -g __cocalc_ctl_valopts '--bin' '--config' '--image' '--keep-daily' '--keep-frequent' '--keep-hourly' '--keep-monthly' '--keep-weekly' '--loopback' '--max-size' '--only' '--quota' '--reason' '--role' '--textfile-dir' '--unit-dir' '--user' '--user-unit-dir'
 
 function __cocalc_ctl_path
     set -l cmdpath cocalc-ctl
@@ -35,7 +35,8 @@ complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a doctor -d
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a host -d 'Set up, inspect and tear down this host\'s btrfs pool.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a hub -d 'Hub PostgreSQL schema (projects, project_hosts, project_moves).'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a metrics -d 'Prometheus metrics for node_exporter\'s textfile collector.'
-complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a project -d 'Create, list, inspect and delete projects (btrfs subvolumes).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a project -d 'Create, list, inspect, delete, start and stop projects (btrfs subvolumes).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a rootfs -d 'Root filesystem images: resolve, pull into the local cache, overlay-mount per project.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a snapshot -d 'Create, list, lock, delete and prune project snapshots.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a timers -d 'Install, list and remove the systemd timers and services (or print crontab lines).'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -l config -r -F -d 'Config file (default $COCALC_CTL_CONFIG or /etc/cocalc-ctl/config.yaml).'
@@ -72,6 +73,9 @@ complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project"' -a c
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project"' -a delete -d 'Delete a project: its snapshots first, then the subvolume, persist store and state row.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project"' -a list -d 'Every project on this host with state, size and snapshot count.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project"' -a show -d 'Path, size (qgroups), quota, generation, snapshots and state of one project.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project"' -a start -d 'Resolve, pull and mount the root image, then run the project container with podman.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project"' -a status -d 'State, container, image, root mount and ports of one project.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project"' -a stop -d 'Remove the project container, unmount its root and clear its ports.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project create"' -l quota -x -d 'qgroup limit (e.g. 10G).'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project create"' -s h -l help -d 'Show the help and exit.'
@@ -82,6 +86,39 @@ complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project delete
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project list"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project show"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project show"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project start"' -l image -x -d 'Use this image (default: resolve).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project start"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project start"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project status"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project status"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project stop"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project stop"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs"' -a gc -d 'Remove cached images no project uses (oldest first) until the cache fits the budget.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs"' -a list -d 'Cached images with size, pull time and the projects using them.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs"' -a mount -d 'Mount the project\'s overlay root at <data_dir>/project-roots/<uuid> (pulls the image if mi'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs"' -a pull -d 'Pull an image and extract its filesystem into the cache (one pull per image at a time).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs"' -a resolve -d 'Normalise the project\'s image (hub COALESCE(rootfs_image, compute_image)) and record it on'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs"' -a rm -d 'Remove one image from the cache (refused while a project has it mounted).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs"' -a umount -d 'Unmount the project\'s overlay root (refused while the project runs).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs gc"' -l max-size -x -d 'Size budget (e.g. 20G); default rootfs.gc_max_size, else remove every unused image.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs gc"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs list"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs mount"' -l image -x -d 'Use this image.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs mount"' -l remount -d 'Switch a root mounted with another image.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs mount"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs mount"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs pull"' -l force -d 'Pull and extract again even if cached.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs pull"' -l keep -d 'Keep podman\'s copy of the image.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs pull"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs pull"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs resolve"' -l image -x -d 'Use this image instead of asking the hub.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs resolve"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs resolve"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs rm"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs rm"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs umount"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs umount"' -F
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot"' -a auto -d 'For the timer: snapshot projects whose generation advanced, then prune with the config\'s c'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot"' -a create -d 'Take a read-only snapshot .snapshots/NAME of the project.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl snapshot"' -a delete -d 'Delete one snapshot (refused while it is locked).'
