@@ -156,6 +156,14 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("backup.password_file", _as_opt_path, None, "file (0600) holding the repository password"),
     _k("backup.max_concurrent", _as_pos_int, 2, "backups running at once on this host"),
     _k("backup.stale_after", _as_pos_int, 600, "seconds without heartbeat before a running job is stale"),
+    # keys / sshpiper area
+    _k("sshpiper.rest_listen", _as_str, "127.0.0.1:8089", "host:port of `sshpiper serve` (sshpiperd's REST plugin)"),
+    _k("sshpiper.upstream_user", _as_str, "user", "login name sshpiperd uses on a project container's sshd"),
+    _k("sshpiper.receiver_listen", _as_str, "127.0.0.1:2222", "host:port of the move receiver's sshd"),
+    _k("sshpiper.sshpiperd_listen", _as_str, "0.0.0.0:22", "host:port sshpiperd listens on"),
+    _k("sshpiper.cocalc_ctl", _as_path, "/usr/local/bin/cocalc-ctl",
+       "cocalc-ctl as sshd runs it (AuthorizedKeysCommand, forced command); root-owned path"),
+    _k("keys.resync_every", _as_pos_int, 300, "keys watch: full sync at least this often (seconds)"),
 ]}
 
 

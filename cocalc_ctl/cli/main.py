@@ -45,13 +45,15 @@ def _root(
 
 
 def _register() -> None:
-    from cocalc_ctl.cli import config_cmd, host, hub, project, snapshot
+    from cocalc_ctl.cli import config_cmd, host, hub, keys, project, snapshot, sshpiper
 
     app.add_typer(config_cmd.app, name="config")
     app.add_typer(host.app, name="host")
     app.add_typer(hub.app, name="hub")
+    app.add_typer(keys.app, name="keys")
     app.add_typer(project.app, name="project")
     app.add_typer(snapshot.app, name="snapshot")
+    app.add_typer(sshpiper.app, name="sshpiper")
 
 
 _register()
