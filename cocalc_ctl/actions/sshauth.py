@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shlex
 import sqlite3
 import stat
 import sys
@@ -136,6 +135,8 @@ def _dedupe(lines: list[str]) -> list[str]:
 
 def forced_command(cfg: Config, peer_id: str) -> str:
     """The receiver's forced command for a peer: `<cocalc-ctl> [--config F] move recv --from <uuid>`."""
+    import shlex
+
     exe = cfg["sshpiper.cocalc_ctl"]
     argv = [exe] + (["--config", cfg.file] if cfg.file else []) + ["move", "recv", "--from", ids.host_id(peer_id)]
     text = shlex.join(argv)

@@ -138,7 +138,7 @@ class _HttpProtocol(asyncio.Protocol):
 
 def parse_listen(text: str, *, allow_remote: bool) -> tuple[str, int]:
     try:
-        host, port = ssh.parse_host_port(text, default_port=8089)
+        host, port = ssh.parse_host_port(text, default_port=8089, min_port=0)
     except ValueError as exc:
         raise InvalidInput(f"--listen: {exc}", hint="use e.g. 127.0.0.1:8089") from None
     loopback = host == "localhost"

@@ -9,8 +9,6 @@ host's host-to-host key (IdentitiesOnly=yes), never an agent or the user's ~/.ss
 from __future__ import annotations
 
 import base64
-import hashlib
-import ipaddress
 import re
 import struct
 from dataclasses import dataclass
@@ -62,14 +60,18 @@ def paths_for(cfg_or_paths) -> SshPaths:
 def valid_host(host: str) -> bool:
     if not isinstance(host, str) or not host or not host.isascii():
         return False
+    if _HOSTNAME_RE.fullmatch(host) is not None:
+        return True
+    import ipaddress  # only for literal IPv6 (and odd IPv4) forms: keeps the auth hook's startup short
+
     try:
         ipaddress.ip_address(host)
         return True
     except ValueError:
-        return _HOSTNAME_RE.fullmatch(host) is not None
+        return False
 
 
-def parse_host_port(text: str, *, default_port: int = 22) -> tuple[str, int]:
+def parse_host_port(text: str, *, default_port: int = 22, min_port: int = 1) -> tuple[str, int]:
     """`host`, `host:port`, `[v6]:port` or `v6` -> (host, port); ValueError when malformed."""
     if not isinstance(text, str) or not text or len(text) > 300 or not text.isascii():
         raise ValueError(f"not a host:port: {text!r}")
@@ -78,9 +80,13 @@ def parse_host_port(text: str, *, default_port: int = 22) -> tuple[str, int]:
         if not m:
             raise ValueError(f"not a host:port: {text!r}")
         host, port = m.group(1), m.group(2)
+        import ipaddress
+
         ipaddress.IPv6Address(host)
     elif text.count(":") > 1:
         host, port = text, None
+        import ipaddress
+
         ipaddress.IPv6Address(host)
     else:
         host, _, port = text.partition(":")
@@ -90,7 +96,7 @@ def parse_host_port(text: str, *, default_port: int = 22) -> tuple[str, int]:
     if not valid_host(host):
         raise ValueError(f"not a host name or address: {host!r}")
     n = int(port) if port is not None else default_port
-    if not 1 <= n <= 65535:
+    if not min_port <= n <= 65535:
         raise ValueError(f"port out of range in {text!r}")
     return host, n
 
@@ -132,6 +138,8 @@ class PublicKey:
 
 def fingerprint(blob_b64: str) -> str:
     """`SHA256:...` as ssh-keygen -l prints it."""
+    import hashlib
+
     digest = hashlib.sha256(base64.b64decode(blob_b64)).digest()
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
