@@ -76,7 +76,7 @@ def parse_host_port(text: str, *, default_port: int = 22, min_port: int = 1) -> 
     if not isinstance(text, str) or not text or len(text) > 300 or not text.isascii():
         raise ValueError(f"not a host:port: {text!r}")
     if text.startswith("["):
-        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d{1,5}))?", text)
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::([0-9]{1,5}))?", text)
         if not m:
             raise ValueError(f"not a host:port: {text!r}")
         host, port = m.group(1), m.group(2)
@@ -89,9 +89,9 @@ def parse_host_port(text: str, *, default_port: int = 22, min_port: int = 1) -> 
 
         ipaddress.IPv6Address(host)
     else:
-        host, _, port = text.partition(":")
-        port = port or None
-        if port is not None and not port.isdigit():
+        host, sep, port = text.partition(":")
+        port = port if sep else None
+        if port is not None and not (port.isascii() and port.isdigit() and len(port) <= 5):
             raise ValueError(f"not a port in {text!r}")
     if not valid_host(host):
         raise ValueError(f"not a host name or address: {host!r}")
