@@ -222,13 +222,10 @@ def watch(cfg: Config, *, max_seconds: float | None = None, resync_every: float 
                 last_full = time.monotonic()
                 while left() > 0:
                     wait = min(left(), max(0.1, resync_every - (time.monotonic() - last_full)), 5.0)
-                    got = False
-                    for _ in conn.notifies(timeout=wait):
-                        got = True
-                        # drain a burst so one change set costs one sync
-                        for _ in conn.notifies(timeout=0.05):
-                            pass
-                        break
+                    # one generator at a time: notifies() holds the connection lock while it runs
+                    got = len(list(conn.notifies(timeout=wait, stop_after=1))) > 0
+                    if got:  # drain a burst so one change set costs one sync
+                        list(conn.notifies(timeout=0.05))
                     if got or time.monotonic() - last_full >= resync_every:
                         result = sync(cfg, conn=conn)
                         syncs += 1
