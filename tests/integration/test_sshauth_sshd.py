@@ -193,3 +193,34 @@ def test_known_hosts_pinning_on_port_22_and_a_high_port(tmp_path):
         for port, _, _ in servers:
             res = login(_Cfg(a), f"btrfs-{a.host_id}", port, ["hello"], server="127.0.0.3")
             assert res.returncode == 255 and "Host key verification failed" in res.stderr
+
+
+def test_hub_trust_end_to_end_login_then_untrust_refuses(tmp_path, hub_dsn):
+    """Register and trust through the hub, sync, log in for real; untrust, sync, and the login is refused."""
+    with contextlib.ExitStack() as stack:
+        rundir = stack.enter_context(root_owned_dir())
+        record = tmp_path / "forced.log"
+        wrapper = write_script(rundir / "cocalc-ctl", WRAPPER.format(repo=REPO, python=sys.executable,
+                                                                     record=record))
+        port = free_port("127.0.0.2")
+        r = KeyHost(tmp_path / "r", extra={"hub_dsn": hub_dsn, "ssh_server": f"127.0.0.2:{port}",
+                                            "sshpiper.cocalc_ctl": str(wrapper),
+                                            "sshpiper.receiver_listen": f"127.0.0.2:{port}"})
+        a = KeyHost(tmp_path / "a", extra={"hub_dsn": hub_dsn, "ssh_server": "127.0.0.3:22"})
+        r.cli("hub", "migrate")
+        for h in (r, a):
+            h.cli("keys", "ensure")
+            h.cli("keys", "register")
+            h.cli("keys", "trust", h.host_id)
+        for h in (r, a):
+            h.cli("keys", "sync")  # A pins R's sshpiperd key in its known_hosts from the hub
+        stack.enter_context(passwd_users([f"btrfs-{a.host_id}"]))
+        sshd = Sshd(r.cli("sshpiper", "config", "--sshd").stdout, tmp_path, "receiver")
+        stack.callback(sshd.stop)
+        sshd.start("127.0.0.2", port)
+        res = login(_Cfg(a), f"btrfs-{a.host_id}", port, ["recv"])
+        assert res.returncode == 0 and "stub move recv got: recv" in res.stdout, res.stderr
+        r.cli("keys", "untrust", a.host_id)
+        assert r.json("keys", "sync")["removed"] == [a.host_id]
+        res = login(_Cfg(a), f"btrfs-{a.host_id}", port, ["recv"])
+        assert res.returncode == 255 and "Permission denied" in res.stderr

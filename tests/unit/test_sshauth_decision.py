@@ -154,7 +154,10 @@ def test_rest_contract_allow_deny_wrong_token_healthz(kh, peer):
         # the plugin escapes with url.QueryEscape; a valid name arrives unchanged or %-escaped
         assert c.lookup_path(f"/{tok}/{quote_plus('project-' + P)}")[1]["host"] == "127.0.0.1:2201"
         c.close()
-    assert "Traceback" not in proc.stderr.read()
+    log = proc.stderr.read()
+    assert "Traceback" not in log and "listening on http://127.0.0.1:" in log
+    private = (kh.secrets / "sshpiper" / "upstream_key").read_text().splitlines()[1]
+    assert tok not in log and private not in log
 
 
 def test_rest_stopping_a_project_denies_at_once(kh):
