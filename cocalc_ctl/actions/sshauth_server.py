@@ -19,6 +19,7 @@ import json
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
@@ -29,6 +30,7 @@ from cocalc_ctl.errors import InvalidInput
 from cocalc_ctl.tools import ssh
 
 MAX_HEAD = 16 << 10
+IDLE_TIMEOUT = 60.0  # close connections that send nothing for this long (sshpiperd reconnects at will)
 EMPTY_BODY = json.dumps(DENY.as_dict()).encode()
 HEALTH_BODY = b'{"ok": true}'
 
@@ -84,20 +86,24 @@ class Handler:
 
 
 class _HttpProtocol(asyncio.Protocol):
-    __slots__ = ("handler", "transport", "buf", "closing")
+    __slots__ = ("handler", "transport", "buf", "closing", "last", "conns")
 
-    def __init__(self, handler: Handler):
+    def __init__(self, handler: Handler, conns: set):
         self.handler = handler
         self.transport = None
         self.buf = b""
         self.closing = False
+        self.last = time.monotonic()
+        self.conns = conns
 
     def connection_made(self, transport):
         self.transport = transport
+        self.conns.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        self.last = time.monotonic()
         self.buf += data
         while not self.closing:
             end = self.buf.find(b"\r\n\r\n")
@@ -134,6 +140,17 @@ class _HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.buf = b""
+        self.conns.discard(self)
+
+
+async def _reap_idle(conns: set, idle: float) -> None:
+    """A client that opens connections and goes quiet must not pin file descriptors forever."""
+    while True:
+        await asyncio.sleep(min(idle / 4, 15.0))
+        cutoff = time.monotonic() - idle
+        for p in [p for p in conns if p.last < cutoff]:
+            p.transport.close()
+            conns.discard(p)
 
 
 def parse_listen(text: str, *, allow_remote: bool) -> tuple[str, int]:
@@ -158,7 +175,7 @@ def _log(msg: str) -> None:
 
 
 def serve(cfg: Config, *, listen: str | None = None, allow_remote: bool = False,
-          max_seconds: float | None = None) -> Stats:
+          max_seconds: float | None = None, idle_timeout: float = IDLE_TIMEOUT) -> Stats:
     """Run until SIGINT/SIGTERM (or `max_seconds`); returns request counters."""
     from cocalc_ctl.actions import keys
 
@@ -169,11 +186,14 @@ def serve(cfg: Config, *, listen: str | None = None, allow_remote: bool = False,
     async def main() -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        server = await loop.create_server(lambda: _HttpProtocol(handler), host, port, family=family,
+        conns: set = set()
+        server = await loop.create_server(lambda: _HttpProtocol(handler, conns), host, port, family=family,
                                           reuse_address=True, backlog=1024)
+        reaper = asyncio.ensure_future(_reap_idle(conns, idle_timeout))
         bound = server.sockets[0].getsockname()
         _log(f"listening on http://{ssh.listen_address(bound[0], bound[1])}/ (token from the secrets dir)")
         started = time.monotonic()
@@ -186,7 +206,10 @@ def serve(cfg: Config, *, listen: str | None = None, allow_remote: bool = False,
                 except asyncio.TimeoutError:
                     pass
         finally:
+            reaper.cancel()
             server.close()
+            for p in list(conns):
+                p.transport.close()
             try:  # keep-alive clients may hold connections open; do not wait on them forever
                 await asyncio.wait_for(server.wait_closed(), 2)
             except asyncio.TimeoutError:

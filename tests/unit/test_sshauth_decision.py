@@ -221,3 +221,26 @@ def test_rest_survives_thousands_of_hostile_names_and_paths(kh, peer):
 def test_rest_refuses_a_non_loopback_listen_address(kh):
     res = kh.cli("sshpiper", "serve", "--listen", "0.0.0.0:18099", check=False)
     assert res.returncode == 2 and "--allow-remote" in res.stderr
+
+
+def test_rest_closes_idle_connections(kh):
+    import socket
+    import threading
+
+    from cocalc_ctl import config
+    from cocalc_ctl.actions import sshauth_server
+    from tests.support.keys import free_port, wait_port
+
+    port = free_port()
+    cfg = config.load(str(kh.config_path), env={})
+    t = threading.Thread(target=sshauth_server.serve, args=(cfg,),
+                         kwargs={"listen": f"127.0.0.1:{port}", "max_seconds": 3, "idle_timeout": 0.4}, daemon=True)
+    t.start()
+    wait_port("127.0.0.1", port)
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"200 OK" in s.recv(4096)
+    s.sendall(b"GET /hea")  # then nothing more: an idle, half-sent request
+    assert s.recv(4096) == b""  # the server closed it (well before the test's 5 s socket timeout)
+    s.close()
+    t.join(10)
