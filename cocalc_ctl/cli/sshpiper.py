@@ -90,3 +90,17 @@ def config_(
             print(r.sshd_config, end="")
 
     render(result, human)
+
+
+@app.command("receiver-users")
+def receiver_users(
+    out: Optional[str] = typer.Option(None, "--out", metavar="FILE",
+                                      help="Rewrite this passwd-format file's cocalc-ctl lines (e.g. /etc/passwd "
+                                           "or /var/lib/extrausers/passwd); default: print them."),
+) -> None:
+    """passwd lines for the receiver's login users (btrfs-<uuid>, project-host-<uuid>) of trusted peers."""
+    from cocalc_ctl.actions import receiver_users as ru
+
+    result = ru.apply(config(), out)
+    render(result, lambda r: print("\n".join(r.lines)) if not r.file else print(
+        f"{r.file}: {len(r.users)} receiver user(s), {len(r.added)} added, {len(r.removed)} removed"))

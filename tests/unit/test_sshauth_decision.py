@@ -244,3 +244,21 @@ def test_rest_closes_idle_connections(kh):
     assert s.recv(4096) == b""  # the server closed it (well before the test's 5 s socket timeout)
     s.close()
     t.join(10)
+
+
+def test_receiver_users_rewrites_only_its_own_lines(kh, peer, tmp_path):
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\n")
+    kh.add_peer(peer.host_id, peer.pub("host-to-host/id_ed25519"))
+    printed = kh.cli("sshpiper", "receiver-users").stdout.splitlines()
+    assert printed == [f"btrfs-{peer.host_id}:*:0:0:cocalc-ctl move receiver:/:/bin/sh",
+                       f"project-host-{peer.host_id}:*:0:0:cocalc-ctl move receiver:/:/bin/sh"]
+    r = kh.json("sshpiper", "receiver-users", "--out", str(passwd))
+    assert r["added"] == sorted([f"btrfs-{peer.host_id}", f"project-host-{peer.host_id}"])
+    assert passwd.read_text().splitlines() == ["root:x:0:0:root:/root:/bin/bash",
+                                               "alice:x:1000:1000::/home/alice:/bin/sh", *printed]
+    kh.add_peer(peer.host_id, peer.pub("host-to-host/id_ed25519"), trusted=False)
+    r = kh.json("sshpiper", "receiver-users", "--out", str(passwd))
+    assert len(r["removed"]) == 2
+    assert passwd.read_text().splitlines() == ["root:x:0:0:root:/root:/bin/bash",
+                                               "alice:x:1000:1000::/home/alice:/bin/sh"]
