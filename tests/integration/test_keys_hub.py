@@ -140,3 +140,14 @@ def test_watch_reconnects_after_the_hub_drops_it(hosts, postgres):
             watch.wait()
     err = watch.stderr.read()
     assert "hub connection lost" in err and "Traceback" not in err
+
+
+def test_dry_run_changes_nothing_in_the_hub_or_sqlite(hosts):
+    import psycopg
+
+    a, _ = hosts
+    for args in (("keys", "register"), ("keys", "trust", a.host_id), ("keys", "sync"), ("keys", "broadcast")):
+        res = a.cli("--dry-run", *args)
+        assert res.stdout.startswith("# ")
+    with psycopg.connect(a.extra["hub_dsn"]) as conn:
+        assert conn.execute("SELECT count(*) FROM project_hosts").fetchone()[0] == 0
