@@ -151,3 +151,25 @@ def test_dry_run_changes_nothing_in_the_hub_or_sqlite(hosts):
         assert res.stdout.startswith("# ")
     with psycopg.connect(a.extra["hub_dsn"]) as conn:
         assert conn.execute("SELECT count(*) FROM project_hosts").fetchone()[0] == 0
+
+
+def test_sync_keeps_only_clean_keys_from_the_hub(hosts):
+    """A hub row cannot smuggle key options (command=, from=) or junk into a host's authorized keys."""
+    import psycopg
+
+    a, b = hosts
+    for h in hosts:
+        h.cli("keys", "register")
+        h.cli("keys", "trust", h.host_id)
+    good = a.pub("host-to-host/id_ed25519")
+    evil = f'command="/bin/sh" {good}\nnot a key at all\nssh-ed25519 !!!!\n{good}'
+    with psycopg.connect(a.extra["hub_dsn"], autocommit=True) as conn:
+        conn.execute("UPDATE project_hosts SET host_to_host_public_key=%s, ssh_server='x y:22' WHERE id=%s",
+                     (evil, a.host_id))
+    r = b.json("keys", "sync")
+    assert r["peers"] == [a.host_id]
+    stored = b.db().execute("SELECT host_to_host_public_key, ssh_server FROM project_hosts WHERE host_id=?",
+                            (a.host_id,)).fetchone()
+    assert stored[0] == good and stored[1] is None
+    lines = b.cli("sshpiper", "authorized-keys", f"btrfs-{a.host_id}").stdout.splitlines()
+    assert len(lines) == 2 and all(ln.startswith('restrict,command="') and ln.count("command=") == 1 for ln in lines)
