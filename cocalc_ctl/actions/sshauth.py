@@ -75,7 +75,7 @@ def _log(msg: str) -> None:
         pass
 
 
-def read_file_below(root: Path, parts: tuple[str, ...], *, limit: int = MAX_KEYS_FILE,
+def read_file_below(root: Path | str, parts: tuple[str, ...], *, limit: int = MAX_KEYS_FILE,
                     log=_log) -> bytes | None:
     """Read root/parts… without following any symlink the project owner may have planted; a
     missing file is None silently, an unreadable, special or oversized one is None with a log line."""
@@ -155,6 +155,7 @@ class Resolver:
         self.db_path = Path(cfg.data_dir) / "host.sqlite"
         self.upstream_key_path = Path(cfg.secrets_dir) / "sshpiper" / "upstream_key"
         self.upstream_user = cfg["sshpiper.upstream_user"]
+        self.pool = str(layout.project_subvolume(cfg, "x").parent)
         self.receiver = ssh.listen_address(*ssh.parse_host_port(cfg["sshpiper.receiver_listen"]))
         self._local = threading.local()
         self._key_cache: tuple[tuple[int, int, int], str] | None = None
@@ -192,7 +193,7 @@ class Resolver:
         return k.bare if k else None
 
     def project_keys(self, project_id: str, db_keys: str | None) -> list[str]:
-        root = layout.project_subvolume(self.cfg, project_id)
+        root = f"{self.pool}/project-{project_id}"  # = layout.project_subvolume, without pathlib per request
         lines = key_lines(db_keys)
         for parts in (MANAGED_KEYS, USER_KEYS):
             lines += key_lines(read_file_below(root, parts, log=self.log))

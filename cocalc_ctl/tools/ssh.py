@@ -159,7 +159,9 @@ def parse_public_key(line: str) -> PublicKey | None:
     except (ValueError, struct.error, UnicodeDecodeError):
         return None
     comment = parts[2].strip() if len(parts) > 2 else ""
-    return PublicKey(parts[0], parts[1], "".join(ch for ch in comment if ch.isprintable()))
+    if not comment.isprintable():
+        comment = "".join(ch for ch in comment if ch.isprintable())
+    return PublicKey(parts[0], parts[1], comment)
 
 
 def parse_public_keys(text: str | None) -> list[PublicKey]:
