@@ -233,7 +233,23 @@ def require_host_id(cfg: Config) -> str:
     return hid
 
 
+def _keys_lock(cfg: Config):
+    """Serialise ensure/rotate (two boots' `keys ensure` racing must not half-make a pair)."""
+    from contextlib import nullcontext
+
+    from cocalc_ctl import locks
+
+    if proc.DRY_RUN and not cfg.data_dir.exists():
+        return nullcontext()
+    return locks.hold(cfg.data_dir, "keys", wait=True, timeout=60, what="key management")
+
+
 def ensure(cfg: Config) -> EnsureResult:
+    with _keys_lock(cfg):
+        return _ensure(cfg)
+
+
+def _ensure(cfg: Config) -> EnsureResult:
     hid = require_host_id(cfg)
     result = EnsureResult(host_id=hid)
     if os.path.lexists(cfg.secrets_dir):
@@ -315,6 +331,11 @@ def record_self(cfg: Config, hid: str | None = None) -> None:
 # -- rotation ---------------------------------------------------------------------------------
 
 def rotate(cfg: Config, which: str, *, finish: bool = False) -> RotateResult:
+    with _keys_lock(cfg):
+        return _rotate(cfg, which, finish=finish)
+
+
+def _rotate(cfg: Config, which: str, *, finish: bool = False) -> RotateResult:
     hid = require_host_id(cfg)
     path, prev = key_path(cfg, which), previous_path(cfg, which)
     if not os.path.lexists(path):

@@ -140,3 +140,19 @@ def test_ensure_needs_a_host_id(tmp_path):
     h.write_config(host_id=None)
     res = h.cli("keys", "ensure", check=False)
     assert res.returncode == 5 and "host init" in res.stderr
+
+
+def test_concurrent_ensure_makes_one_consistent_set(kh):
+    import subprocess as sp
+
+    from tests.support.keys import CLI, REPO
+
+    procs = [sp.Popen([*CLI, "keys", "ensure"], env=kh.env, cwd=str(REPO), stdout=sp.PIPE, stderr=sp.PIPE, text=True)
+             for _ in range(4)]
+    results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+    assert all(rc == 0 for _, _, rc in results), results
+    assert sum(out.count("created ") for out, _, _ in results) == 4  # three keys and the token, made once
+    for rel in KEYFILES:
+        derived = subprocess.run(["ssh-keygen", "-y", "-f", str(kh.secrets / rel)], capture_output=True, text=True,
+                                 check=True).stdout.split()[:2]
+        assert derived == kh.pub(rel).split()[:2]
