@@ -276,3 +276,29 @@ def test_peer_target_gives_the_move_login_for_a_trusted_peer(kh, peer):
     kh.add_peer(peer.host_id, peer.pub("host-to-host/id_ed25519"), trusted=False, ssh_server="10.0.0.12:2222")
     with pytest.raises(NotFound):
         keysync.peer_target(cfg, peer.host_id)
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["sshpiper", "authorized-keys", "btrfs-x"], (None, "btrfs-x")),
+    (["--config", "/etc/c.yaml", "sshpiper", "authorized-keys", "u"], ("/etc/c.yaml", "u")),
+    (["--config=/c", "-q", "sshpiper", "authorized-keys", "u"], ("/c", "u")),
+    (["sshpiper", "authorized-keys", "--help"], None),
+    (["sshpiper", "authorized-keys"], None),
+    (["sshpiper", "auth", "u"], None),
+    (["--json", "sshpiper", "authorized-keys", "u"], None),
+])
+def test_entry_fast_path_only_for_the_exact_command(argv, expected):
+    from cocalc_ctl.cli.entry import fast_authorized_keys
+
+    assert fast_authorized_keys(argv) == expected
+
+
+def test_authorized_keys_fast_path_imports_no_cli_framework(kh):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "cocalc_ctl", "sshpiper", "authorized-keys",
+                          f"btrfs-{uuid.uuid4()}"], env=kh.env, capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout == ""
+    imported = {line.split("|")[-1].strip() for line in res.stderr.splitlines() if "import time:" in line}
+    assert not imported & {"typer", "click", "rich", "psycopg", "cryptography", "asyncio"}
