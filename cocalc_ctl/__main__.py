@@ -1,3 +1,3 @@
-from cocalc_ctl.cli.main import main
+from cocalc_ctl.cli.entry import main
 
 main()

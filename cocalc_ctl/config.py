@@ -192,6 +192,14 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("ops.free_fail_percent", _as_nonneg_int, 5, "doctor: fail when the pool or data_dir has less free space (%)"),
     _k("metrics.textfile_dir", _as_path, "/var/lib/prometheus/node-exporter",
        "node_exporter textfile-collector directory `metrics write` writes cocalc_ctl.prom into"),
+    # keys / sshpiper area
+    _k("sshpiper.rest_listen", _as_str, "127.0.0.1:8089", "host:port of `sshpiper serve` (sshpiperd's REST plugin)"),
+    _k("sshpiper.upstream_user", _as_str, "user", "login name sshpiperd uses on a project container's sshd"),
+    _k("sshpiper.receiver_listen", _as_str, "127.0.0.1:2222", "host:port of the move receiver's sshd"),
+    _k("sshpiper.sshpiperd_listen", _as_str, "0.0.0.0:22", "host:port sshpiperd listens on"),
+    _k("sshpiper.cocalc_ctl", _as_path, "/usr/local/bin/cocalc-ctl",
+       "cocalc-ctl as sshd runs it (AuthorizedKeysCommand, forced command); root-owned path"),
+    _k("keys.resync_every", _as_pos_int, 300, "keys watch: full sync at least this often (seconds)"),
 ]}
 
 

@@ -63,3 +63,44 @@ def _show(value: object) -> str:
     """Render untrusted input safely inside a one-line message."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "...'"
+
+
+# -- SSH login names (sshpiper/keys area) --------------------------------------------------------
+# The one parser for the usernames sshpiperd and OpenSSH hand us. Strict: ASCII only, exact shapes,
+# no trailing junk; anything else is None (= denied). Kept import-light: the AuthorizedKeysCommand
+# fast path uses it.
+
+SSH_USER_MAX = 64
+_SSH_USER_RE = re.compile(
+    r"(?:(?P<host>project-host-)|(?P<btrfs>btrfs-)|(?P<project>project-))?"
+    r"(?P<uuid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+    r"|(?P<hex>[0-9a-f]{32})", re.ASCII)
+
+
+class SshUser:
+    """A parsed login name: `kind` is 'project', 'host' (project-host-<uuid>) or 'btrfs' (move receiver)."""
+
+    __slots__ = ("kind", "id", "name")
+
+    def __init__(self, kind: str, id: str, name: str):
+        self.kind, self.id, self.name = kind, id, name
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SshUser) and (self.kind, self.id, self.name) == (other.kind, other.id, other.name)
+
+    def __repr__(self) -> str:
+        return f"SshUser({self.kind!r}, {self.id!r})"
+
+
+def parse_ssh_user(name: object) -> SshUser | None:
+    """`project-<uuid>`, `<uuid>`, `<32 hex>` -> project; `project-host-<uuid>` -> host;
+    `btrfs-<uuid>` -> move receiver. Everything else (including non-str) -> None."""
+    if not isinstance(name, str) or not name or len(name) > SSH_USER_MAX or not name.isascii():
+        return None
+    m = _SSH_USER_RE.fullmatch(name)
+    if m is None:
+        return None
+    if m.group("hex") is not None:
+        return SshUser("project", uuid_from_hex32(m.group("hex")), name)
+    kind = "host" if m.group("host") else "btrfs" if m.group("btrfs") else "project"
+    return SshUser(kind, m.group("uuid"), name)

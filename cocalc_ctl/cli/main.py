@@ -45,18 +45,19 @@ def _root(
 
 
 def _register() -> None:
-    from cocalc_ctl.cli import config_cmd, host, hub, project, rootfs, snapshot
-    from cocalc_ctl.cli import doctor, metrics, timers  # ops
+    from cocalc_ctl.cli import config_cmd, doctor, host, hub, keys, metrics, project, rootfs, snapshot, sshpiper, timers
 
     app.add_typer(config_cmd.app, name="config")
     app.add_typer(host.app, name="host")
     app.add_typer(hub.app, name="hub")
+    app.add_typer(keys.app, name="keys")
     app.add_typer(project.app, name="project")
     app.add_typer(rootfs.app, name="rootfs")
     app.add_typer(snapshot.app, name="snapshot")
     app.add_typer(timers.app, name="timers")  # ops
     app.add_typer(metrics.app, name="metrics")  # ops
     app.command("doctor")(doctor.doctor)  # ops
+    app.add_typer(sshpiper.app, name="sshpiper")
 
 
 _register()

@@ -47,6 +47,25 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                updated_at     timestamptz NOT NULL DEFAULT now())""",
         """CREATE INDEX IF NOT EXISTS project_moves_state ON project_moves(state, lease_until)""",
     ]),
+    # keys: NOTIFY cocalc_ctl_keys when a host's keys, address, status or trust change (keys watch)
+    ("keys: notify", [
+        """CREATE OR REPLACE FUNCTION cocalc_ctl_notify_keys() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             PERFORM pg_notify('cocalc_ctl_keys', coalesce(NEW.id, OLD.id)::text);
+             RETURN NULL;
+           END $$""",
+        """DROP TRIGGER IF EXISTS cocalc_ctl_keys_changed ON project_hosts""",
+        """CREATE TRIGGER cocalc_ctl_keys_changed AFTER INSERT OR DELETE ON project_hosts
+           FOR EACH ROW EXECUTE FUNCTION cocalc_ctl_notify_keys()""",
+        """DROP TRIGGER IF EXISTS cocalc_ctl_keys_updated ON project_hosts""",
+        """CREATE TRIGGER cocalc_ctl_keys_updated AFTER UPDATE ON project_hosts
+           FOR EACH ROW WHEN (OLD.trusted IS DISTINCT FROM NEW.trusted
+                              OR OLD.status IS DISTINCT FROM NEW.status
+                              OR OLD.ssh_server IS DISTINCT FROM NEW.ssh_server
+                              OR OLD.host_to_host_public_key IS DISTINCT FROM NEW.host_to_host_public_key
+                              OR OLD.sshpiperd_public_key IS DISTINCT FROM NEW.sshpiperd_public_key)
+           EXECUTE FUNCTION cocalc_ctl_notify_keys()""",
+    ]),
 ]
 
 

@@ -1,0 +1,326 @@
+"""Distributing public keys through the hub: register, trust/untrust, sync, watch, known_hosts.
+
+The hub's `project_hosts` table is the registry. A trigger (hub migration "keys: notify") sends
+`NOTIFY cocalc_ctl_keys` whenever a host's keys, address, status or trust change, so `keys watch`
+sees a change within a round trip; `keys sync` is the same full refresh for timers. Only trusted
+hosts are distributed, and a host the hub does not trust receives no peers at all.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from contextlib import closing
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from cocalc_ctl import ids, output, proc
+from cocalc_ctl.actions import keys as keys_mod
+from cocalc_ctl.config import Config
+from cocalc_ctl.errors import NotFound, OperationFailed, PreconditionFailed
+from cocalc_ctl.tools import ssh
+
+CHANNEL = "cocalc_ctl_keys"
+
+
+@dataclass
+class RegisterResult:
+    host_id: str
+    name: str
+    ssh_server: str | None
+    trusted: bool
+    host_to_host_fingerprints: list[str]
+    sshpiperd_fingerprints: list[str]
+
+
+@dataclass
+class TrustResult:
+    host_id: str
+    trusted: bool
+    changed: bool
+
+
+@dataclass
+class SyncResult:
+    host_id: str
+    self_trusted: bool
+    peers: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    known_hosts: str | None = None
+
+
+@dataclass
+class KnownHostsResult:
+    path: str | None
+    entries: int
+    text: str
+
+
+@dataclass
+class PeerInfo:
+    host_id: str
+    name: str | None
+    ssh_server: str | None
+    host_to_host_fingerprints: list[str]
+    sshpiperd_fingerprints: list[str]
+
+
+def _hub(cfg: Config, autocommit: bool = True):
+    from cocalc_ctl.state import hub_db
+
+    return hub_db.connect(cfg["hub_dsn"], autocommit=autocommit)
+
+
+def _clean_keys(text: str | None) -> str | None:
+    lines = [k.line for k in ssh.parse_public_keys(text)]
+    return "\n".join(lines) or None
+
+
+def _fps(text: str | None) -> list[str]:
+    return [k.fingerprint for k in ssh.parse_public_keys(text)]
+
+
+# -- hub writes -------------------------------------------------------------------------------
+
+def register(cfg: Config) -> RegisterResult:
+    """Upsert this host (id, name, ssh_server, status, last_seen, public keys) into the hub.
+    The trusted flag is never touched here: trust is the hub admin's decision."""
+    hid = keys_mod.require_host_id(cfg)
+    h2h = "\n".join(keys_mod.public_lines(cfg, "host"))
+    piper = "\n".join(keys_mod.public_lines(cfg, "sshpiperd"))
+    if not h2h or not piper:
+        raise PreconditionFailed("this host has no keys yet", hint="run `cocalc-ctl keys ensure` first")
+    ssh_server = cfg["ssh_server"]
+    if ssh_server:
+        try:
+            ssh.parse_host_port(ssh_server)
+        except ValueError as exc:
+            raise PreconditionFailed(f"config ssh_server: {exc}", hint="use host:port, e.g. 10.0.0.5:22") from None
+    else:
+        output.warn("ssh_server is not configured: peers will not be able to reach this host")
+    name = cfg.host_name
+    if proc.plan_only(f"# upsert host {hid} into hub project_hosts and NOTIFY {CHANNEL}"):
+        return RegisterResult(hid, name, ssh_server, False, _fps(h2h), _fps(piper))
+    with _hub(cfg, autocommit=False) as conn:
+        with conn.transaction():
+            row = conn.execute(
+                """INSERT INTO project_hosts(id, name, ssh_server, status, last_seen,
+                                             host_to_host_public_key, sshpiperd_public_key)
+                   VALUES (%s, %s, %s, 'active', now(), %s, %s)
+                   ON CONFLICT (id) DO UPDATE SET name=EXCLUDED.name, ssh_server=EXCLUDED.ssh_server,
+                       status='active', last_seen=now(),
+                       host_to_host_public_key=EXCLUDED.host_to_host_public_key,
+                       sshpiperd_public_key=EXCLUDED.sshpiperd_public_key
+                   RETURNING trusted""",
+                (hid, name, ssh_server, h2h, piper)).fetchone()
+    return RegisterResult(hid, name, ssh_server, bool(row[0]), _fps(h2h), _fps(piper))
+
+
+def set_trust(cfg: Config, host: str, trusted: bool) -> TrustResult:
+    hid = ids.host_id(host)
+    if proc.plan_only(f"# UPDATE hub project_hosts SET trusted={str(trusted).lower()} WHERE id={hid}"):
+        return TrustResult(hid, trusted, True)
+    with _hub(cfg, autocommit=False) as conn:
+        with conn.transaction():
+            row = conn.execute("SELECT trusted FROM project_hosts WHERE id=%s FOR UPDATE", (hid,)).fetchone()
+            if row is None:
+                raise NotFound(f"host {hid} is not registered in the hub",
+                               hint="run `cocalc-ctl keys register` on that host first")
+            if bool(row[0]) != trusted:
+                conn.execute("UPDATE project_hosts SET trusted=%s WHERE id=%s", (trusted, hid))
+    return TrustResult(hid, trusted, bool(row[0]) != trusted)
+
+
+def broadcast(cfg: Config) -> None:
+    """Ask every watching host to resync now."""
+    if proc.plan_only(f"# NOTIFY {CHANNEL}"):
+        return
+    with _hub(cfg) as conn:
+        conn.execute("SELECT pg_notify(%s, 'all')", (CHANNEL,))
+
+
+# -- sync -------------------------------------------------------------------------------------
+
+def _fetch_peers(conn, hid: str) -> tuple[bool, list, list[str]]:
+    from cocalc_ctl.state.peers import PeerRow
+
+    row = conn.execute("SELECT trusted, status FROM project_hosts WHERE id=%s", (hid,)).fetchone()
+    self_trusted = bool(row and row[0] and row[1] != "deleted")
+    if not self_trusted:
+        return False, [], []
+    rows = conn.execute(
+        """SELECT id::text, name, ssh_server, host_to_host_public_key, sshpiperd_public_key
+             FROM project_hosts
+            WHERE trusted AND id <> %s AND coalesce(status, 'active') NOT IN ('deleted', 'off')
+            ORDER BY id""", (hid,)).fetchall()
+    peers, skipped = [], []
+    for pid, name, server, h2h, piper in rows:
+        if not ids.is_uuid(pid):
+            skipped.append(str(pid))
+            continue
+        if server:
+            try:
+                ssh.parse_host_port(server)
+            except ValueError:
+                output.warn(f"peer {pid}: ignoring invalid ssh_server {server!r}")
+                server = None
+        h2h, piper = _clean_keys(h2h), _clean_keys(piper)
+        if not h2h:
+            skipped.append(pid)
+            continue
+        clean_name = "".join(ch for ch in (name or "") if ch.isprintable())[:200] or None
+        peers.append(PeerRow(pid, clean_name, server, h2h, piper, True, False))
+    return True, peers, skipped
+
+
+def sync(cfg: Config, *, conn=None) -> SyncResult:
+    from cocalc_ctl.state import host_db, peers as peers_db
+
+    hid = keys_mod.require_host_id(cfg)
+    if proc.plan_only(f"# copy trusted peers' public keys from the hub into {host_db.db_path(cfg.data_dir)}"):
+        return SyncResult(hid, False)
+    if conn is None:
+        with _hub(cfg) as hub:
+            self_trusted, rows, skipped = _fetch_peers(hub, hid)
+    else:
+        self_trusted, rows, skipped = _fetch_peers(conn, hid)
+    with closing(host_db.connect(cfg.data_dir)) as db:
+        added, changed, removed = peers_db.replace_peers(db, rows, host_db.now_iso())
+        peers_db.set_self_trusted(db, hid, self_trusted)
+    res = SyncResult(hid, self_trusted, [p.host_id for p in rows], added, changed, removed, skipped)
+    res.known_hosts = write_known_hosts(cfg).path
+    return res
+
+
+def watch(cfg: Config, *, max_seconds: float | None = None, resync_every: float = 300.0,
+          on_sync: Callable[[SyncResult], None] | None = None) -> int:
+    """LISTEN for key changes and sync on each; reconnect with backoff and resync after every
+    (re)connect. Returns the number of syncs done (when `max_seconds` ends it)."""
+    import psycopg
+
+    deadline = None if max_seconds is None else time.monotonic() + max_seconds
+    backoff = 1.0
+    syncs = 0
+
+    def left() -> float:
+        return float("inf") if deadline is None else deadline - time.monotonic()
+
+    while left() > 0:
+        try:
+            with _hub(cfg) as conn:
+                conn.execute(f"LISTEN {CHANNEL}")
+                result = sync(cfg, conn=conn)  # after LISTEN: nothing between the two is missed
+                syncs += 1
+                if on_sync:
+                    on_sync(result)
+                backoff = 1.0
+                last_full = time.monotonic()
+                while left() > 0:
+                    wait = min(left(), max(0.1, resync_every - (time.monotonic() - last_full)), 5.0)
+                    # one generator at a time: notifies() holds the connection lock while it runs
+                    got = len(list(conn.notifies(timeout=wait, stop_after=1))) > 0
+                    if got:  # drain a burst so one change set costs one sync
+                        list(conn.notifies(timeout=0.05))
+                    if got or time.monotonic() - last_full >= resync_every:
+                        result = sync(cfg, conn=conn)
+                        syncs += 1
+                        last_full = time.monotonic()
+                        if on_sync:
+                            on_sync(result)
+                    else:
+                        conn.execute("SELECT 1")  # notice a dead connection promptly
+        except (psycopg.OperationalError, OperationFailed, psycopg.InterfaceError) as exc:
+            msg = " ".join(str(exc).split())[:200]
+            output.warn(f"keys watch: hub connection lost ({msg}); retrying in {backoff:.0f}s")
+            time.sleep(min(backoff, max(0.0, left())) + random.uniform(0, 0.2))
+            backoff = min(backoff * 2, 30.0)
+    return syncs
+
+
+# -- known_hosts ------------------------------------------------------------------------------
+
+def known_hosts_text(cfg: Config) -> tuple[str, int]:
+    from cocalc_ctl.state import host_db, peers as peers_db
+
+    lines = ["# pinned sshpiperd host keys of trusted peers (written by cocalc-ctl keys known-hosts)"]
+    n = 0
+    if host_db.db_path(cfg.data_dir).exists():
+        with closing(host_db.connect(cfg.data_dir)) as db:
+            rows = peers_db.list_peers(db)
+        for p in rows:
+            if not p.trusted or not p.ssh_server:
+                continue
+            try:
+                host, port = ssh.parse_host_port(p.ssh_server)
+            except ValueError:
+                continue
+            pattern = ssh.known_hosts_pattern(host, port)
+            for k in ssh.parse_public_keys(p.sshpiperd_public_key):
+                lines.append(f"{pattern} {k.bare}")
+                n += 1
+    return "\n".join(lines) + "\n", n
+
+
+def write_known_hosts(cfg: Config, out: str | None = None) -> KnownHostsResult:
+    text, n = known_hosts_text(cfg)
+    if out == "-":
+        return KnownHostsResult(None, n, text)
+    path = Path(out) if out else ssh.known_hosts_path(cfg.data_dir)
+    if proc.plan_only(f"# write {n} pinned host key(s) to {path}"):
+        return KnownHostsResult(str(path), n, text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)  # atomic: a concurrent ssh sees the old or the new file, never half
+    return KnownHostsResult(str(path), n, text)
+
+
+def list_peers(cfg: Config) -> list[PeerInfo]:
+    from cocalc_ctl.state import host_db, peers as peers_db
+
+    if not host_db.db_path(cfg.data_dir).exists():
+        return []
+    with closing(host_db.connect(cfg.data_dir)) as db:
+        rows = peers_db.list_peers(db)
+    return [PeerInfo(p.host_id, p.name, p.ssh_server, _fps(p.host_to_host_public_key), _fps(p.sshpiperd_public_key))
+            for p in rows]
+
+
+@dataclass
+class PeerTarget:
+    """Where and as whom this host reaches a trusted peer's move receiver (via its sshpiperd)."""
+
+    host_id: str
+    user: str
+    host: str
+    port: int
+
+
+def peer_target(cfg: Config, peer_id: str) -> PeerTarget:
+    """For outbound moves: the peer's `ssh_server` and the login `btrfs-<this host>`; use it with
+    `tools.ssh.ssh_command(cfg, t.user, t.host, t.port, argv)` (pinned known_hosts, host-to-host key)."""
+    from cocalc_ctl.state import host_db, peers as peers_db
+
+    pid = ids.host_id(peer_id)
+    me = keys_mod.require_host_id(cfg)
+    row = None
+    if host_db.db_path(cfg.data_dir).exists():
+        with closing(host_db.connect(cfg.data_dir)) as db:
+            row = peers_db.trusted_peer(db, pid)
+    if row is None:
+        raise NotFound(f"host {pid} is not a trusted peer of this host",
+                       hint="trust it in the hub (`keys trust`) and run `keys sync`")
+    if not row.ssh_server:
+        raise PreconditionFailed(f"peer {pid} has no ssh_server", hint="set ssh_server there and run `keys register`")
+    host, port = ssh.parse_host_port(row.ssh_server)
+    return PeerTarget(pid, f"btrfs-{me}", host, port)
