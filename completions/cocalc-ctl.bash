@@ -3,14 +3,16 @@
 _cocalc_ctl() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
     local -A subs=(
-        ['cocalc-ctl']='config doctor host hub metrics project rootfs snapshot timers'
+        ['cocalc-ctl']='config doctor host hub keys metrics project rootfs snapshot sshpiper timers'
         ['cocalc-ctl config']='show'
         ['cocalc-ctl host']='init status teardown'
         ['cocalc-ctl hub']='migrate'
+        ['cocalc-ctl keys']='broadcast ensure known-hosts peers register rotate show sync trust untrust watch'
         ['cocalc-ctl metrics']='show write'
         ['cocalc-ctl project']='create delete list show start status stop'
         ['cocalc-ctl rootfs']='gc list mount pull resolve rm umount'
         ['cocalc-ctl snapshot']='auto create delete list lock prune unlock'
+        ['cocalc-ctl sshpiper']='auth authorized-keys config keys-refresh receiver-users serve'
         ['cocalc-ctl timers']='cron install list remove'
     )
     local -A opts=(
@@ -23,6 +25,18 @@ _cocalc_ctl() {
         ['cocalc-ctl host teardown']='--delete-image -h --help'
         ['cocalc-ctl hub']='-h --help'
         ['cocalc-ctl hub migrate']='-h --help'
+        ['cocalc-ctl keys']='-h --help'
+        ['cocalc-ctl keys broadcast']='-h --help'
+        ['cocalc-ctl keys ensure']='-h --help'
+        ['cocalc-ctl keys known-hosts']='--out -h --help'
+        ['cocalc-ctl keys peers']='-h --help'
+        ['cocalc-ctl keys register']='-h --help'
+        ['cocalc-ctl keys rotate']='--which --finish -h --help'
+        ['cocalc-ctl keys show']='-h --help'
+        ['cocalc-ctl keys sync']='-h --help'
+        ['cocalc-ctl keys trust']='-h --help'
+        ['cocalc-ctl keys untrust']='-h --help'
+        ['cocalc-ctl keys watch']='--seconds -h --help'
         ['cocalc-ctl metrics']='-h --help'
         ['cocalc-ctl metrics show']='-h --help'
         ['cocalc-ctl metrics write']='--textfile-dir -h --help'
@@ -50,6 +64,13 @@ _cocalc_ctl() {
         ['cocalc-ctl snapshot lock']='--reason -h --help'
         ['cocalc-ctl snapshot prune']='--keep-frequent --keep-hourly --keep-daily --keep-weekly --keep-monthly -h --help'
         ['cocalc-ctl snapshot unlock']='-h --help'
+        ['cocalc-ctl sshpiper']='-h --help'
+        ['cocalc-ctl sshpiper auth']='-h --help'
+        ['cocalc-ctl sshpiper authorized-keys']='-h --help'
+        ['cocalc-ctl sshpiper config']='--sshd --sshpiperd -h --help'
+        ['cocalc-ctl sshpiper keys-refresh']='-h --help'
+        ['cocalc-ctl sshpiper receiver-users']='--out -h --help'
+        ['cocalc-ctl sshpiper serve']='--listen --allow-remote --seconds -h --help'
         ['cocalc-ctl timers']='-h --help'
         ['cocalc-ctl timers cron']='--role --only --bin --user -h --help'
         ['cocalc-ctl timers install']='--user-unit-dir --unit-dir --role --only --bin --no-enable -h --help'
@@ -57,7 +78,7 @@ _cocalc_ctl() {
         ['cocalc-ctl timers remove']='--user-unit-dir --unit-dir --only -h --help'
     )
     local globals='--config --json --dry-run -v --verbose -q --quiet --version -h --help'
-    local valopts=' --bin --config --image --keep-daily --keep-frequent --keep-hourly --keep-monthly --keep-weekly --loopback --max-size --only --quota --reason --role --textfile-dir --unit-dir --user --user-unit-dir '
+    local valopts=' --bin --config --image --keep-daily --keep-frequent --keep-hourly --keep-monthly --keep-weekly --listen --loopback --max-size --only --out --quota --reason --role --seconds --textfile-dir --unit-dir --user --user-unit-dir --which '
     local cmdpath=cocalc-ctl i w
     for ((i = 1; i < COMP_CWORD; i++)); do
         w="${COMP_WORDS[i]}"
@@ -71,6 +92,7 @@ _cocalc_ctl() {
         --bin) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --image) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --textfile-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
         --unit-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
         --user-unit-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
@@ -79,13 +101,16 @@ _cocalc_ctl() {
         --keep-hourly) COMPREPLY=(); return ;;
         --keep-monthly) COMPREPLY=(); return ;;
         --keep-weekly) COMPREPLY=(); return ;;
+        --listen) COMPREPLY=(); return ;;
         --loopback) COMPREPLY=(); return ;;
         --max-size) COMPREPLY=(); return ;;
         --only) COMPREPLY=(); return ;;
         --quota) COMPREPLY=(); return ;;
         --reason) COMPREPLY=(); return ;;
         --role) COMPREPLY=(); return ;;
+        --seconds) COMPREPLY=(); return ;;
         --user) COMPREPLY=(); return ;;
+        --which) COMPREPLY=(); return ;;
     esac
     if [[ $cur == -* ]]; then
         COMPREPLY=($(compgen -W "${opts[$cmdpath]-} $globals" -- "$cur"))

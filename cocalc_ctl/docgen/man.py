@@ -36,6 +36,7 @@ def esc(text: str) -> str:
     """Escape text for roff: backslashes, hyphens, leading dots and quotes."""
     text = text.replace("\\", "\\e")
     text = text.replace("-", "\\-")  # a real minus everywhere, so options copy-paste correctly
+    text = "".join(c if ord(c) < 128 else f"\\[u{ord(c):04X}]" for c in text)  # troff input is ASCII
     lines = []
     for line in text.split("\n"):
         if line.startswith((".", "'")):

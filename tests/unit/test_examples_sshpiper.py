@@ -1,0 +1,37 @@
+"""The sshpiperd unit and the receiver sshd_config in examples/ are what `sshpiper config` prints
+for a host with default paths, so they cannot drift from the code."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def sshpiper_config(tmp_path, *flags):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COCALC_CTL_")}
+    res = subprocess.run([sys.executable, "-m", "cocalc_ctl", "sshpiper", "config", *flags], capture_output=True,
+                         text=True, env=env, cwd=REPO, check=True)
+    return res.stdout
+
+
+def test_receiver_sshd_config_example_matches_the_generator(tmp_path):
+    if Path("/etc/cocalc-ctl/config.yaml").exists():
+        import pytest
+
+        pytest.skip("a real config on this machine changes the defaults")
+    assert sshpiper_config(tmp_path, "--sshd") == (REPO / "examples/sshd/receiver_sshd_config").read_text()
+
+
+def test_sshpiperd_unit_runs_the_generated_command_line(tmp_path):
+    if Path("/etc/cocalc-ctl/config.yaml").exists():
+        import pytest
+
+        pytest.skip("a real config on this machine changes the defaults")
+    cmd = sshpiper_config(tmp_path, "--sshpiperd").strip().splitlines()[-1]
+    unit = (REPO / "examples/sshpiperd/cocalc-sshpiperd.service").read_text()
+    execstart = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    # the unit uses absolute binaries; everything else is the generated line
+    assert execstart.replace("/usr/local/bin/sshpiperd-rest", "sshpiperd-rest").replace(
+        "/usr/local/bin/sshpiperd", "sshpiperd") == f"ExecStart=/bin/sh -c 'exec {cmd}'"
