@@ -156,6 +156,13 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("backup.password_file", _as_opt_path, None, "file (0600) holding the repository password"),
     _k("backup.max_concurrent", _as_pos_int, 2, "backups running at once on this host"),
     _k("backup.stale_after", _as_pos_int, 600, "seconds without heartbeat before a running job is stale"),
+    # move: host-to-host moves and the hub's move worker
+    _k("move.mode", _as_choice("pipe", "staged"), "pipe", "default move mode: pipe (stream) or staged (files + rsync)"),
+    _k("move.compress", _as_choice("none", "lz4", "zstd"), "none", "default compression of move streams"),
+    _k("move.transport", _as_choice("ssh", "local"), "ssh", "how the move worker reaches hosts (local: by config files)"),
+    _k("move.host_configs", _as_opt_path, None, "local transport: directory of <host-uuid>.yaml host configs"),
+    _k("move.lease_seconds", _as_pos_int, 60, "move worker: lease length, renewed while a step runs"),
+    _k("move.max_attempts", _as_pos_int, 3, "move worker: claims of one move before it ends failing"),
 ]}
 
 

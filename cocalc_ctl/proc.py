@@ -64,6 +64,8 @@ class Stage:
     ok_codes: tuple[int, ...] = (0,)
     env: dict[str, str] | None = None
     cwd: str | None = None
+    stdin_fd: int | None = None  # first stage: read this inherited fd (e.g. 0) instead of stdin_path/DEVNULL
+    stdout_fd: int | None = None  # last stage: write this inherited fd (e.g. 1) instead of stdout_path/DEVNULL
 
 
 @dataclass
@@ -243,6 +245,8 @@ def pipeline(stages: Sequence[Stage], *, mutates: bool = True, timeout: float | 
         for i, st in enumerate(stages):
             if i == 0:
                 stdin = os.open(st.stdin_path, os.O_RDONLY) if st.stdin_path else subprocess.DEVNULL
+                if st.stdin_fd is not None and not st.stdin_path:
+                    stdin = st.stdin_fd
                 if st.stdin_path:
                     opened.append(stdin)
             else:
@@ -252,6 +256,8 @@ def pipeline(stages: Sequence[Stage], *, mutates: bool = True, timeout: float | 
                 if st.stdout_path:
                     stdout = os.open(st.stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                     opened.append(stdout)
+                elif st.stdout_fd is not None:
+                    stdout = st.stdout_fd
                 else:
                     stdout = subprocess.DEVNULL
                 next_read = None

@@ -46,12 +46,14 @@ def _root(
 
 def _register() -> None:
     from cocalc_ctl.cli import config_cmd, host, hub, project, snapshot
+    from cocalc_ctl.cli import move
 
     app.add_typer(config_cmd.app, name="config")
     app.add_typer(host.app, name="host")
     app.add_typer(hub.app, name="hub")
     app.add_typer(project.app, name="project")
     app.add_typer(snapshot.app, name="snapshot")
+    app.add_typer(move.app, name="move")
 
 
 _register()

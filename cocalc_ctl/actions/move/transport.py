@@ -1,0 +1,133 @@
+"""How a move reaches other machines: the outbound ssh command line to a peer's receiver, and how the
+hub's worker runs host-side steps (`move send|finalize|cleanup|abort`) on a host.
+
+Outbound ssh always uses the pinned known_hosts (`<data_dir>/ssh/known_hosts`) and this host's
+host-to-host key (`<secrets_dir>/host-to-host/id_ed25519`), with StrictHostKeyChecking=yes,
+IdentitiesOnly=yes and BatchMode=yes. The worker's host transport is either `local` (run
+`cocalc-ctl --config <move.host_configs>/<host-uuid>.yaml …` on this machine: single-machine setups
+and tests) or `ssh` (log in as `project-host-<uuid>` on the host's ssh_server, whose forced command
+runs the same `cocalc-ctl move …` verbs).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cocalc_ctl import ids, proc
+from cocalc_ctl.config import Config
+from cocalc_ctl.errors import InvalidInput, PreconditionFailed
+
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\]", re.ASCII)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """`btrfs-<host-uuid>@HOST:PORT` — who we log in as on the destination, and where."""
+
+    user: str
+    host: str
+    port: int
+
+    @property
+    def spec(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+def parse_peer(text: str) -> Peer:
+    """Parse and validate `USER@HOST[:PORT]` (normally USER is `btrfs-<uuid>` or `project-host-<uuid>`)."""
+    m = re.fullmatch(r"([a-z_][a-z0-9_-]{0,63})@([^@:\[\]]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?", text or "",
+                     re.ASCII)
+    if not m:
+        raise InvalidInput(f"invalid destination {ids._show(text)}", hint="use btrfs-<source-host-uuid>@HOST:PORT")
+    user, host, port = m.group(1), m.group(2), int(m.group(3) or 22)
+    for prefix in ("btrfs-", "project-host-"):
+        # sshpiperd routes these names; anything else is a plain sshd account (single-machine setups)
+        if user.startswith(prefix) and not ids.is_uuid(user[len(prefix):]):
+            raise InvalidInput(f"invalid ssh user {ids._show(user)}", hint=f"use {prefix}<host-uuid>")
+    if not _HOSTNAME_RE.fullmatch(host) or not 0 < port < 65536:
+        raise InvalidInput(f"invalid host or port in {ids._show(text)}")
+    return Peer(user, host, port)
+
+
+def known_hosts_file(cfg: Config) -> Path:
+    return cfg.data_dir / "ssh" / "known_hosts"
+
+
+def host_key_file(cfg: Config) -> Path:
+    return cfg.secrets_dir / "host-to-host" / "id_ed25519"
+
+
+def ssh_options(cfg: Config, *, port: int) -> list[str]:
+    """ssh with pinned host keys and only our key; everything after this is `user@host command`."""
+    key = host_key_file(cfg)
+    if not proc.DRY_RUN and not key.exists():
+        raise PreconditionFailed(f"host-to-host key {key} does not exist", hint="run `cocalc-ctl keys ensure`")
+    return ["ssh", "-p", str(port), "-i", str(key),
+            "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+            "-o", f"UserKnownHostsFile={known_hosts_file(cfg)}", "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-o", "ConnectTimeout=20",
+            "-o", "LogLevel=ERROR", "-T", "-x", "-a"]
+
+
+def ssh_command(cfg: Config, peer: Peer, remote: list[str]) -> list[str]:
+    """Full ssh argv running `remote` (validated words only: it becomes SSH_ORIGINAL_COMMAND)."""
+    for word in remote:
+        if not re.fullmatch(r"[A-Za-z0-9._:+@/=-]+", word, re.ASCII):
+            raise InvalidInput(f"refusing to send unsafe word {ids._show(word)} to a peer")
+    return [*ssh_options(cfg, port=peer.port), f"{peer.user}@{peer.host}", " ".join(remote)]
+
+
+# -- the worker's host transport --------------------------------------------------------------------
+
+class HostTransport:
+    """Runs one `cocalc-ctl move …` verb on a host and returns its JSON result."""
+
+    def run(self, host_id: str, args: list[str], *, timeout: float | None = None) -> dict:
+        raise NotImplementedError
+
+
+class LocalTransport(HostTransport):
+    """Every host's config is a file `<dir>/<host-uuid>.yaml` on this machine."""
+
+    def __init__(self, configs_dir: Path):
+        self.configs_dir = Path(configs_dir)
+
+    def argv(self, host_id: str, args: list[str]) -> list[str]:
+        cfg_file = self.configs_dir / f"{ids.host_id(host_id)}.yaml"
+        if not cfg_file.exists():
+            raise PreconditionFailed(f"no config for host {host_id} in {self.configs_dir}",
+                                     hint="write <move.host_configs>/<host-uuid>.yaml or use move.transport=ssh")
+        return [sys.executable, "-m", "cocalc_ctl", "--config", str(cfg_file), "--json", *args]
+
+    def run(self, host_id: str, args: list[str], *, timeout: float | None = None) -> dict:
+        res = proc.run(self.argv(host_id, args), timeout=timeout)
+        return json.loads(res.stdout) if res.stdout.strip() else {}
+
+
+class SshTransport(HostTransport):
+    """Log in as `project-host-<uuid>` on the host's ssh_server (looked up by the caller)."""
+
+    def __init__(self, cfg: Config, servers: dict[str, str]):
+        self.cfg, self.servers = cfg, servers
+
+    def run(self, host_id: str, args: list[str], *, timeout: float | None = None) -> dict:
+        server = self.servers.get(ids.host_id(host_id))
+        if not server:
+            raise PreconditionFailed(f"host {host_id} has no ssh_server in the hub", hint="run `keys register` there")
+        peer = parse_peer(f"project-host-{host_id}@{server}")
+        res = proc.run(ssh_command(self.cfg, peer, ["move", "--json", *args]), timeout=timeout)
+        return json.loads(res.stdout) if res.stdout.strip() else {}
+
+
+def host_transport(cfg: Config, servers: dict[str, str]) -> HostTransport:
+    kind = cfg["move.transport"]
+    if kind == "local":
+        if not cfg["move.host_configs"]:
+            raise PreconditionFailed("move.transport is local but move.host_configs is not set",
+                                     hint="set move.host_configs to a directory of <host-uuid>.yaml configs")
+        return LocalTransport(Path(cfg["move.host_configs"]))
+    return SshTransport(cfg, servers)
