@@ -127,3 +127,73 @@ def abort(project: str = PROJECT) -> None:
     result = fin.abort(config(), project)
     render(result, lambda r: print(f"aborted {r.project_id}: removed {len(r.deleted_received)} received snapshots"
                                    + (" and the half-finalized project" if r.deleted_partial_project else "")))
+
+
+# -- hub side -----------------------------------------------------------------------------------------
+
+def _status_table(moves) -> None:
+    from cocalc_ctl import output
+
+    output.table(["project", "state", "from", "to", "mode", "attempt", "bytes", "reason"],
+                 [(m.project_id, m.state, (m.source_host_id or "-")[:8], (m.dest_host_id or "-")[:8],
+                   f"{m.mode}/{m.compress}", m.attempt,
+                   output.human_bytes((m.progress or {}).get("bytes")) if m.progress else "-",
+                   m.status_reason or "") for m in moves])
+
+
+@app.command("start")
+def start(project: str = PROJECT,
+          to: Optional[str] = typer.Option(None, "--to", metavar="HOST",
+                                           help="Destination host uuid or name (default: a trusted, active host)."),
+          mode: Optional[str] = typer.Option(None, "--mode", metavar="pipe|staged", help="Transfer mode."),
+          compress: Optional[str] = typer.Option(None, "--compress", metavar="none|lz4|zstd",
+                                                 help="Stream compression.")) -> None:
+    """Queue a move in the hub and return at once (a `move worker` carries it out)."""
+    from cocalc_ctl.actions.move import hub
+
+    result = hub.start(config(), project, to=to, mode=mode, compress=compress)
+    render(result, lambda m: print(f"move of {m.project_id} to {m.dest_host_id}: {m.state}"
+                                   + (f" ({m.status_reason})" if m.status_reason else "")))
+
+
+@app.command("status")
+def status(project: Optional[str] = typer.Argument(None, metavar="[PROJECT]", help="One project (default: all)."),
+           watch: bool = typer.Option(False, "--watch", help="Refresh every second until every move is finished.")) -> None:
+    """Moves in the hub with state, attempt, bytes and reason."""
+    import time
+
+    from cocalc_ctl import output
+    from cocalc_ctl.actions.move import hub
+
+    while True:
+        moves = hub.status(config(), project)
+        if G.json and watch:
+            for m in moves:
+                output.json_line(m)
+        else:
+            render(moves, _status_table)
+        if not watch or all(m.state in hub.TERMINAL for m in moves):
+            return
+        time.sleep(1.0)
+
+
+@app.command("cancel")
+def cancel(project: str = PROJECT) -> None:
+    """Cancel a move that has not reached finalizing; the worker then rolls back the destination."""
+    from cocalc_ctl.actions.move import hub
+
+    result = hub.cancel(config(), project)
+    render(result, lambda m: print(f"cancelled the move of {m.project_id}"))
+
+
+@app.command("worker")
+def worker(once: bool = typer.Option(False, "--once", help="Exit when no move is claimable."),
+           concurrency: int = typer.Option(1, "--concurrency", min=1, max=64, metavar="N",
+                                           help="Moves handled at once."),
+           poll: float = typer.Option(2.0, "--poll", min=0.1, metavar="SECONDS", help="Idle poll interval.")) -> None:
+    """Advance queued moves (queued → preparing → sending → finalizing → done) under leases."""
+    from cocalc_ctl.actions.move import worker as worker_action
+
+    result = worker_action.run(config(), once=once, concurrency=concurrency, poll=poll)
+    render(result, lambda r: [print(f"{p['project_id']}: {p['state']}" + (f" ({p['reason']})" if p["reason"] else ""))
+                              for p in r.processed])

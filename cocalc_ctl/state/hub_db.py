@@ -47,6 +47,11 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                updated_at     timestamptz NOT NULL DEFAULT now())""",
         """CREATE INDEX IF NOT EXISTS project_moves_state ON project_moves(state, lease_until)""",
     ]),
+    # move: compression per move, and when the post-move clean-up (source delete / destination roll-back) ran
+    ("move: compression and clean-up tracking", [
+        """ALTER TABLE project_moves ADD COLUMN IF NOT EXISTS compress text NOT NULL DEFAULT 'none'""",
+        """ALTER TABLE project_moves ADD COLUMN IF NOT EXISTS cleaned_at timestamptz""",
+    ]),
 ]
 
 

@@ -83,6 +83,17 @@ def ssh_command(cfg: Config, peer: Peer, remote: list[str]) -> list[str]:
 
 # -- the worker's host transport --------------------------------------------------------------------
 
+def parse_result(stdout: str) -> dict:
+    """A verb's `--json` answer: one document, or JSON lines (progress) ending with the result."""
+    text = stdout.strip()
+    if not text:
+        return {}
+    try:
+        return json.loads(text)
+    except ValueError:
+        return json.loads(text.splitlines()[-1])
+
+
 class HostTransport:
     """Runs one `cocalc-ctl move …` verb on a host and returns its JSON result."""
 
@@ -105,7 +116,7 @@ class LocalTransport(HostTransport):
 
     def run(self, host_id: str, args: list[str], *, timeout: float | None = None) -> dict:
         res = proc.run(self.argv(host_id, args), timeout=timeout)
-        return json.loads(res.stdout) if res.stdout.strip() else {}
+        return parse_result(res.stdout)
 
 
 class SshTransport(HostTransport):
@@ -120,7 +131,7 @@ class SshTransport(HostTransport):
             raise PreconditionFailed(f"host {host_id} has no ssh_server in the hub", hint="run `keys register` there")
         peer = parse_peer(f"project-host-{host_id}@{server}")
         res = proc.run(ssh_command(self.cfg, peer, ["move", "--json", *args]), timeout=timeout)
-        return json.loads(res.stdout) if res.stdout.strip() else {}
+        return parse_result(res.stdout)
 
 
 def host_transport(cfg: Config, servers: dict[str, str]) -> HostTransport:

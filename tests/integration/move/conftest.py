@@ -26,3 +26,4 @@ def pair(make_host, workdir):
     finally:
         for r in receivers:
             r.close()
+
