@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from tests.support.move import Receiver, ensure_host_key
 
 
-@pytest.fixture
-def pair(make_host, workdir):
-    """(A, B, rb, ra): host A sends to B through sshd `rb` on 127.0.0.3 (and B to A through `ra`)."""
+@contextlib.contextmanager
+def _pair(make_host, workdir, b_size: str):
     a = make_host("a", "1G")
-    b = make_host("b", "1G")
+    b = make_host("b", b_size)
     ensure_host_key(a)
     ensure_host_key(b)
     receivers = []
@@ -27,3 +28,16 @@ def pair(make_host, workdir):
         for r in receivers:
             r.close()
 
+
+@pytest.fixture
+def pair(make_host, workdir):
+    """(A, B, rb, ra): host A sends to B through sshd `rb` on 127.0.0.3 (and B to A through `ra`)."""
+    with _pair(make_host, workdir, "1G") as p:
+        yield p
+
+
+@pytest.fixture
+def small_pair(make_host, workdir):
+    """Like `pair`, but B's pool is a tiny 128M filesystem (about 48M free)."""
+    with _pair(make_host, workdir, "128M") as p:
+        yield p
