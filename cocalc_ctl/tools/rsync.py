@@ -16,5 +16,7 @@ def push_dir(local_dir: str, remote_spec: str, ssh_argv: list[str], *, bwlimit: 
 
 
 # The server side command lines our own client produces, e.g. `rsync --server -tre.iLsfxCIvu --partial . D/`.
-SERVER_SHORT_FLAGS = "rtvze.iLsfxCIu0123456789"
+# Only -r -t -v -z, then `e<version info>` whose letters are capabilities, not options (so `s` there is
+# not --secluded-args, which would smuggle further arguments past this filter).
+SERVER_SHORT_BUNDLE = r"-[rtvz]+(?:e[0-9.]*[A-Za-z]*)?"
 SERVER_LONG_OPTIONS = frozenset({"--partial", "--no-perms", "--no-owner", "--no-group"})

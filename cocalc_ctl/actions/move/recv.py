@@ -107,7 +107,7 @@ def _parse_rsync(words: list[str]) -> Request:
     for w in words[1:-2]:
         if w in rsync_tool.SERVER_LONG_OPTIONS or re.fullmatch(r"--bwlimit=\d+", w):
             continue
-        if w.startswith("-") and not w.startswith("--") and set(w[1:]) <= set(rsync_tool.SERVER_SHORT_FLAGS):
+        if re.fullmatch(rsync_tool.SERVER_SHORT_BUNDLE, w, re.ASCII):
             continue
         raise Refused(f"refused command: rsync option {ids._show(w)} is not allowed")
     m = re.fullmatch(r"_streams/([0-9a-f-]{36})/([^/]+)/", words[-1], re.ASCII)
