@@ -86,16 +86,16 @@ def _ordered_snapshots(cfg: Config, pid: str, move_name: str) -> list[_Snap]:
     return [*out, move]
 
 
-def _remote(cfg: Config, peer: transport.Peer, words: list[str]) -> list[str]:
-    return transport.ssh_command(cfg, peer, words)
+def _remote(cfg: Config, sess: transport.PeerSession, words: list[str]) -> list[str]:
+    return sess.command(words)
 
 
-def remote_list(cfg: Config, peer: transport.Peer, pid: str) -> dict:
-    res = proc.run(_remote(cfg, peer, ["list", pid]), mutates=False)
+def remote_list(cfg: Config, sess: transport.PeerSession, pid: str) -> dict:
+    res = proc.run(_remote(cfg, sess, ["list", pid]), mutates=False)
     try:
         return json.loads(res.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        raise OperationFailed(f"the receiver at {peer.host}:{peer.port} gave no inventory",
+        raise OperationFailed(f"the receiver at {sess.peer.host}:{sess.peer.port} gave no inventory",
                               hint="check that its forced command is `cocalc-ctl move recv`") from None
 
 
@@ -142,9 +142,10 @@ def send(cfg: Config, project_id: str, to: str, *, mode: str | None = None, code
     name = ids.snapshot_name(snapshot) if snapshot else common.now_name()
     emit = progress or (lambda ev: None)
     start = time.monotonic()
-    with locks.hold(cfg.data_dir, f"project-{pid}.move", what=f"move of project {pid}"):
+    with locks.hold(cfg.data_dir, f"project-{pid}.move", what=f"move of project {pid}"), \
+            transport.PeerSession(cfg, peer) as sess:
         _stop_if_running(cfg, pid)
-        inv = remote_list(cfg, peer, pid)
+        inv = remote_list(cfg, sess, pid)
         if inv.get("project_exists"):
             raise PreconditionFailed(f"project {pid} already exists on {peer.host}",
                                      hint="it was moved already; run `move cleanup` here if the hub says done")
@@ -159,17 +160,17 @@ def send(cfg: Config, project_id: str, to: str, *, mode: str | None = None, code
         common.log(cfg, pid, "send", "start", "ok", move_id=name, detail=f"{mode}/{codec} to {peer.spec}")
         try:
             if mode == "pipe":
-                _send_persist(cfg, peer, pid, result, inv)
+                _send_persist(cfg, sess, pid, result, inv)
                 for snap in snaps:
-                    _send_pipe(cfg, peer, pid, snap, snaps, held, codec, rate, result, emit)
+                    _send_pipe(cfg, sess, pid, snap, snaps, held, codec, rate, result, emit)
             else:
-                _send_staged(cfg, peer, pid, name, snaps, held, codec, bwlimit, result, emit, inv)
+                _send_staged(cfg, sess, pid, name, snaps, held, codec, bwlimit, result, emit, inv)
         except CocalcError as exc:
             common.log(cfg, pid, "send", "failed", "failed", move_id=name, detail=exc.one_line())
             if mode == "pipe" and _out_of_space(exc):
-                _remote_abort(cfg, peer, pid)
+                _remote_abort(cfg, sess, pid)
             raise
-        final = remote_list(cfg, peer, pid)
+        final = remote_list(cfg, sess, pid)
         missing = [s.name for s in snaps if s.uuid not in {r["received_uuid"] for r in final.get("received", [])}]
         if missing or final.get("move_snapshot") != name:
             raise OperationFailed(f"the receiver does not hold {', '.join(missing) or name} after the send")
@@ -184,8 +185,8 @@ def _out_of_space(exc: CocalcError) -> bool:
     return "No space left" in text or "ENOSPC" in text or "too small" in text
 
 
-def _remote_abort(cfg: Config, peer: transport.Peer, pid: str) -> None:
-    proc.run(_remote(cfg, peer, ["abort", pid]), check=False)
+def _remote_abort(cfg: Config, sess: transport.PeerSession, pid: str) -> None:
+    proc.run(_remote(cfg, sess, ["abort", pid]), check=False)
 
 
 def _check_space(cfg: Config, pid: str, inv: dict) -> None:
@@ -215,7 +216,7 @@ def _send_argv(cfg: Config, pid: str, snap: _Snap, parent: _Snap | None) -> list
     return ["btrfs", "send", "-q", *(["-p", _snap_path(cfg, pid, parent)] if parent else []), _snap_path(cfg, pid, snap)]
 
 
-def _send_pipe(cfg, peer, pid, snap, snaps, held, codec, rate, result, emit) -> None:
+def _send_pipe(cfg, sess, pid, snap, snaps, held, codec, rate, result, emit) -> None:
     if snap.uuid in held:
         result.snapshots.append(SentSnapshot(snap.name, snap.kind, None, 0, 0.0, skipped=True))
         return
@@ -225,7 +226,7 @@ def _send_pipe(cfg, peer, pid, snap, snaps, held, codec, rate, result, emit) -> 
     comp = compress.compressor(codec)
     if comp:
         stages.append(proc.Stage(comp))
-    stages.append(proc.Stage(_remote(cfg, peer, words)))
+    stages.append(proc.Stage(_remote(cfg, sess, words)))
     t0 = time.monotonic()
     throttle = _throttle(rate, t0)
     last = [0.0]
@@ -251,13 +252,13 @@ def _send_pipe(cfg, peer, pid, snap, snaps, held, codec, rate, result, emit) -> 
           "seconds": round(sent.seconds, 3)})
 
 
-def _send_persist(cfg, peer, pid, result, inv) -> None:
+def _send_persist(cfg, sess, pid, result, inv) -> None:
     pdir = layout.persist_dir(cfg, pid)
     if not pdir.is_dir() or inv.get("persist"):
         result.persist = pdir.is_dir()
         return
     proc.pipeline([proc.Stage(["tar", "-C", str(pdir), "--numeric-owner", "-cf", "-", "."]),
-                   proc.Stage(_remote(cfg, peer, ["persist", pid]))])
+                   proc.Stage(_remote(cfg, sess, ["persist", pid]))])
     result.persist = True
 
 
@@ -272,7 +273,7 @@ def _write_manifest(path: Path, doc: dict) -> None:
     os.replace(tmp, path)
 
 
-def _send_staged(cfg, peer, pid, move_id, snaps, held, codec, bwlimit, result, emit, inv) -> None:
+def _send_staged(cfg, sess, pid, move_id, snaps, held, codec, bwlimit, result, emit, inv) -> None:
     sdir = layout.streams_dir(cfg, pid) / move_id
     sdir.mkdir(parents=True, exist_ok=True)
     os.chmod(layout.streams_dir(cfg, pid).parent, 0o700)
@@ -326,13 +327,13 @@ def _send_staged(cfg, peer, pid, move_id, snaps, held, codec, bwlimit, result, e
     _write_manifest(mpath, manifest)
     remote_dir = f"_streams/{pid}/{move_id}/"
     t0 = time.monotonic()
-    proc.run(rsync_tool.push_dir(str(sdir), f"{peer.user}@{peer.host}:{remote_dir}",
-                                 transport.ssh_options(cfg, port=peer.port), bwlimit=_rsync_bwlimit(bwlimit)))
+    proc.run(rsync_tool.push_dir(str(sdir), f"{sess.peer.user}@{sess.peer.host}:{remote_dir}",
+                                 sess.options(), bwlimit=_rsync_bwlimit(bwlimit)))
     emit({"event": "copied", "files": len(files), "seconds": round(time.monotonic() - t0, 3)})
-    _send_persist(cfg, peer, pid, result, inv)
+    _send_persist(cfg, sess, pid, result, inv)
     for entry in files:
         t1 = time.monotonic()
-        proc.run(_remote(cfg, peer, ["receive-file", pid, move_id, entry["file"]]))
+        proc.run(_remote(cfg, sess, ["receive-file", pid, move_id, entry["file"]]))
         result.snapshots.append(SentSnapshot(entry["name"], entry["kind"], entry["parent"], entry["size"],
                                              time.monotonic() - t1))
         result.bytes_total += entry["size"]

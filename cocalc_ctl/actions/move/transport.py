@@ -12,6 +12,7 @@ runs the same `cocalc-ctl move …` verbs).
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -61,24 +62,74 @@ def host_key_file(cfg: Config) -> Path:
     return cfg.secrets_dir / "host-to-host" / "id_ed25519"
 
 
-def ssh_options(cfg: Config, *, port: int) -> list[str]:
+def ssh_options(cfg: Config, *, port: int, control_path: str | None = None) -> list[str]:
     """ssh with pinned host keys and only our key; everything after this is `user@host command`."""
     key = host_key_file(cfg)
     if not proc.DRY_RUN and not key.exists():
         raise PreconditionFailed(f"host-to-host key {key} does not exist", hint="run `cocalc-ctl keys ensure`")
+    mux = ["-o", f"ControlPath={control_path}", "-o", "ControlMaster=no"] if control_path else []
     return ["ssh", "-p", str(port), "-i", str(key),
             "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
             "-o", f"UserKnownHostsFile={known_hosts_file(cfg)}", "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-o", "ConnectTimeout=20",
-            "-o", "LogLevel=ERROR", "-T", "-x", "-a"]
+            "-o", "LogLevel=ERROR", *mux, "-T", "-x", "-a"]
 
 
-def ssh_command(cfg: Config, peer: Peer, remote: list[str]) -> list[str]:
-    """Full ssh argv running `remote` (validated words only: it becomes SSH_ORIGINAL_COMMAND)."""
+def _check_words(remote: list[str]) -> None:
     for word in remote:
         if not re.fullmatch(r"[A-Za-z0-9._:+@/=-]+", word, re.ASCII):
             raise InvalidInput(f"refusing to send unsafe word {ids._show(word)} to a peer")
-    return [*ssh_options(cfg, port=peer.port), f"{peer.user}@{peer.host}", " ".join(remote)]
+
+
+def ssh_command(cfg: Config, peer: Peer, remote: list[str], *, control_path: str | None = None) -> list[str]:
+    """Full ssh argv running `remote` (validated words only: it becomes SSH_ORIGINAL_COMMAND)."""
+    _check_words(remote)
+    return [*ssh_options(cfg, port=peer.port, control_path=control_path), f"{peer.user}@{peer.host}",
+            " ".join(remote)]
+
+
+class PeerSession:
+    """All ssh of one move to one peer, multiplexed over one authenticated master connection.
+
+    The handshake costs far more than a small incremental stream, so a move opens it once
+    (`ssh -M -N -f`, its control socket in `<data_dir>/ssh/mux/`, private to this host's key) and
+    closes it at the end. Without a usable socket path every command simply connects on its own.
+    """
+
+    def __init__(self, cfg: Config, peer: Peer):
+        self.cfg, self.peer = cfg, peer
+        self.control_path: str | None = None
+
+    def __enter__(self) -> "PeerSession":
+        mux_dir = self.cfg.data_dir / "ssh" / "mux"
+        path = str(mux_dir / f"{self.peer.user[:40]}@{self.peer.host}:{self.peer.port}")
+        if proc.DRY_RUN or len(path) > 100:
+            return self
+        mux_dir.mkdir(parents=True, exist_ok=True)
+        mux_dir.chmod(0o700)
+        if os.path.exists(path):
+            proc.run(["ssh", "-o", f"ControlPath={path}", "-O", "exit", "x"], check=False, mutates=False)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        opts = ssh_options(self.cfg, port=self.peer.port)
+        proc.run([*opts[:-3], "-o", f"ControlPath={path}", "-o", "ControlMaster=yes", "-o", "ControlPersist=yes",
+                  "-N", "-f", f"{self.peer.user}@{self.peer.host}"], mutates=False, timeout=60)
+        self.control_path = path
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.control_path:
+            proc.run(["ssh", "-o", f"ControlPath={self.control_path}", "-O", "exit", "x"], check=False,
+                     mutates=False, timeout=30)
+            self.control_path = None
+
+    def options(self) -> list[str]:
+        return ssh_options(self.cfg, port=self.peer.port, control_path=self.control_path)
+
+    def command(self, remote: list[str]) -> list[str]:
+        return ssh_command(self.cfg, self.peer, remote, control_path=self.control_path)
 
 
 # -- the worker's host transport --------------------------------------------------------------------

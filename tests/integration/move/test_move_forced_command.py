@@ -14,33 +14,20 @@ pytestmark = pytest.mark.integration
 PID = "0b1c8a36-7f0e-4d2a-9a57-3c2b1e0f9d11"
 SNAP_UUID = "5d8e2c1a-1111-4a2b-8c3d-9e8f7a6b5c4d"
 
+# Over real sshd: one of each kind (the unit tests cover the grammar exhaustively).
 REFUSED = [
     "rm -rf /",
-    "bash -i",
     "",
     f"list {PID}; id",
-    f"list {PID} && id",
-    f"list {PID} | id",
     f"list $(id)",
-    "list `id`",
     f"list {PID}\nid",
-    f"list {PID} extra",
     "list ../../etc",
-    f"list project-{PID}/../x",
-    f"list {PID.upper()}",
     f"receive {PID} ../../etc/passwd snapshot none {SNAP_UUID}",
-    f"receive {PID} .hidden snapshot none {SNAP_UUID}",
-    f"receive {PID} s1 snapshot gzip {SNAP_UUID}",
-    f"receive {PID} s1 other none {SNAP_UUID}",
-    f"receive {PID} s1 snapshot none not-a-uuid",
     f"receive-file {PID} move-1 ../../../etc/shadow",
-    f"receive-file {PID} ../x 0001-s1.btrfs",
     f"persist {PID} /etc",
     "rsync --server --sender -vlogDtpre.iLsfxCIvu . /etc/",
-    "rsync --server -tre.iLsfxCIvu --partial . /etc/",
     f"rsync --server -tre.iLsfxCIvu --partial . _streams/{PID}/../../../etc/",
     f"rsync --server -tre.iLsfxCIvu --delete --partial . _streams/{PID}/m1/",
-    f"rsync --server -tre.iLsfxCIvu --rsync-path=x . _streams/{PID}/m1/",
 ]
 
 
