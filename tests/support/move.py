@@ -118,6 +118,13 @@ LogLevel VERBOSE
 
     def close(self) -> None:
         if self.proc and self.proc.poll() is None:
+            # per-connection sshd processes outlive the listener's SIGTERM: end them too
+            out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
+            for child in out.stdout.split():
+                try:
+                    os.kill(int(child), signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=5)

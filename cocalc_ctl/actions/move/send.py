@@ -75,7 +75,9 @@ def _ordered_snapshots(cfg: Config, pid: str, move_name: str) -> list[_Snap]:
             continue  # something nested inside a snapshot: not a snapshot of ours
         if s.name not in present:
             continue
-        snap = _Snap(s.name, s.uuid, s.cgen, "move" if s.name == move_name else "snapshot")
+        # btrfs send names a stream by the snapshot's received_uuid when it has one (a snapshot that
+        # itself arrived by a move), else by its uuid: that is what the receiver will record
+        snap = _Snap(s.name, s.received_uuid or s.uuid, s.cgen, "move" if s.name == move_name else "snapshot")
         if snap.kind == "move":
             move = snap
         else:

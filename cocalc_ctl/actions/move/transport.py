@@ -92,7 +92,7 @@ class PeerSession:
     """All ssh of one move to one peer, multiplexed over one authenticated master connection.
 
     The handshake costs far more than a small incremental stream, so a move opens it once
-    (`ssh -M -N -f`, its control socket in `<data_dir>/ssh/mux/`, private to this host's key) and
+    (`ssh -M -N -f`, idle timeout 120 s, its control socket in `<data_dir>/ssh/mux/`, private to this host's key) and
     closes it at the end. Without a usable socket path every command simply connects on its own.
     """
 
@@ -114,7 +114,7 @@ class PeerSession:
             except FileNotFoundError:
                 pass
         opts = ssh_options(self.cfg, port=self.peer.port)
-        proc.run([*opts[:-3], "-o", f"ControlPath={path}", "-o", "ControlMaster=yes", "-o", "ControlPersist=yes",
+        proc.run([*opts[:-3], "-o", f"ControlPath={path}", "-o", "ControlMaster=yes", "-o", "ControlPersist=120",
                   "-N", "-f", f"{self.peer.user}@{self.peer.host}"], mutates=False, timeout=60)
         self.control_path = path
         return self

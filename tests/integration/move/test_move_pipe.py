@@ -63,7 +63,7 @@ def is_readonly(path) -> bool:
 
 
 def test_pipe_move_sends_incrementals_and_finalizes_identical_project(pair):
-    a, b, rb, _ = pair
+    a, b, rb, ra = pair
     pid = str(uuid.uuid4())
     digests = build_project(a, pid)
     res = a.cli("--json", "move", "send", pid, "--to", rb.spec(), "--mode", "pipe", "--snapshot", "move-test")
@@ -99,3 +99,11 @@ def test_pipe_move_sends_incrementals_and_finalizes_identical_project(pair):
     a.cli("move", "cleanup", pid, "--force")
     assert not a.project_path(pid).exists()
     assert not (a.data / "sync" / "projects" / pid).exists()
+
+    # and back again: B's snapshots arrived by a move (they carry received_uuids), the chain still works
+    back = events(b.cli("--json", "move", "send", pid, "--to", ra.spec(), "--snapshot", "move-back").stdout)
+    sent = {e["snapshot"]: e for e in back if e["event"] == "sent"}
+    assert [sent[n]["parent"] for n in ("s1", "s2", "s3", "move-back")] == [None, "s1", "s2", "s3"]
+    a.cli("move", "finalize", pid)
+    assert tree_digest(a.project_path(pid) / ".snapshots" / "s2") == digests["s2"]
+    assert (a.project_path(pid) / "writable.txt").read_text() == "yes"
