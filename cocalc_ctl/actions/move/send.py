@@ -83,6 +83,8 @@ def _ordered_snapshots(cfg: Config, pid: str, move_name: str) -> list[_Snap]:
         else:
             out.append(snap)
     out.sort(key=lambda s: (s.cgen, s.name))
+    if move is None and proc.DRY_RUN:  # not taken under --dry-run: plan with a placeholder uuid
+        move = _Snap(move_name, "00000000-0000-0000-0000-000000000000", 1 << 62, "move")
     if move is None:
         raise OperationFailed(f"move snapshot {move_name} is missing")
     return [*out, move]
@@ -114,16 +116,22 @@ def _throttle(rate: int | None, start: float) -> Callable[[int], None] | None:
 
 
 def _stop_if_running(cfg: Config, pid: str) -> None:
-    if not host_db.db_path(cfg.data_dir).exists():
+    """A project moves stopped: its container is stopped and its overlay root unmounted first."""
+    from cocalc_ctl.tools import mounts
+
+    state = None
+    if host_db.db_path(cfg.data_dir).exists():
+        with host_db.connect(cfg.data_dir) as conn:
+            row = host_db.get_project(conn, pid)
+        state = row["state"] if row else None
+    mounted = mounts.mount_at(str(layout.project_root_mount(cfg, pid))) is not None
+    if state not in ("running", "starting", "stopping") and not mounted:
         return
-    with host_db.connect(cfg.data_dir) as conn:
-        row = host_db.get_project(conn, pid)
-    if row and row["state"] == "running":
-        try:
-            from cocalc_ctl.actions import runtime  # provided by the container area when installed
-        except ImportError:
-            raise Busy(f"project {pid} is running", hint="stop it first with `cocalc-ctl project stop`") from None
-        runtime.stop(cfg, pid)
+    try:
+        from cocalc_ctl.actions import containers  # the project runtime (podman), when installed
+    except ImportError:
+        raise Busy(f"project {pid} is running", hint="stop it first with `cocalc-ctl project stop`") from None
+    containers.stop(cfg, pid)
 
 
 def send(cfg: Config, project_id: str, to: str, *, mode: str | None = None, codec: str | None = None,
@@ -153,7 +161,9 @@ def send(cfg: Config, project_id: str, to: str, *, mode: str | None = None, code
                                      hint="it was moved already; run `move cleanup` here if the hub says done")
         if not layout.snapshot_path(cfg, pid, name).exists():
             snapshot_actions.create(cfg, pid, name)
-        if proc.DRY_RUN:
+        if proc.DRY_RUN and mode == "staged":
+            proc.plan_only(f"# staged: btrfs send each snapshot into {layout.streams_dir(cfg, pid) / name}/, "
+                           f"rsync --partial it to {peer.spec}, then receive-file each")
             return SendResult(pid, peer.spec, mode, codec, name)
         _check_space(cfg, pid, inv)
         snaps = _ordered_snapshots(cfg, pid, name)
@@ -172,6 +182,8 @@ def send(cfg: Config, project_id: str, to: str, *, mode: str | None = None, code
             if mode == "pipe" and _out_of_space(exc):
                 _remote_abort(cfg, sess, pid)
             raise
+        if proc.DRY_RUN:
+            return result
         final = remote_list(cfg, sess, pid)
         missing = [s.name for s in snaps if s.uuid not in {r["received_uuid"] for r in final.get("received", [])}]
         if missing or final.get("move_snapshot") != name:

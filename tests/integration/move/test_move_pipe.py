@@ -107,3 +107,29 @@ def test_pipe_move_sends_incrementals_and_finalizes_identical_project(pair):
     a.cli("move", "finalize", pid)
     assert tree_digest(a.project_path(pid) / ".snapshots" / "s2") == digests["s2"]
     assert (a.project_path(pid) / "writable.txt").read_text() == "yes"
+
+
+def test_send_dry_run_prints_the_pipelines_and_a_running_project_is_not_sent(pair):
+    import sqlite3
+
+    a, b, rb, _ = pair
+    pid = str(uuid.uuid4())
+    make_project(a, pid, {"f.txt": b"x\n"})
+    a.cli("snapshot", "create", pid, "s1")
+    res = a.cli("--dry-run", "move", "send", pid, "--to", rb.spec(), "--compress", "zstd", "--snapshot", "move-dry")
+    lines = res.stdout.splitlines()
+    assert any(line.startswith("btrfs subvolume snapshot -r ") and line.endswith("/.snapshots/move-dry") for line in lines)
+    sends = [line for line in lines if line.startswith("btrfs send")]
+    assert len(sends) == 2 and "| zstd -q -c -T0 -3 | ssh " in sends[0] and "-p " in sends[1]
+    assert not (a.project_path(pid) / ".snapshots" / "move-dry").exists()
+    assert not (b.pool / "_incoming" / pid).exists()
+    # a running project is stopped first; without a runtime to stop it, the move is refused
+    import importlib.util
+
+    if importlib.util.find_spec("cocalc_ctl.actions.containers") is not None:
+        return  # the runtime is installed: stopping is its business (covered by its own tests)
+    with sqlite3.connect(a.data / "host.sqlite") as conn:
+        conn.execute("UPDATE projects SET state='running' WHERE project_id=?", (pid,))
+    busy = a.cli("move", "send", pid, "--to", rb.spec(), check=False)
+    assert busy.returncode == 4 and "running" in busy.stderr
+    assert not (b.pool / "_incoming" / pid).exists()
