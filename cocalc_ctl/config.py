@@ -164,6 +164,7 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("move.lease_seconds", _as_pos_int, 60, "move worker: lease length, renewed while a step runs"),
     _k("move.max_attempts", _as_pos_int, 3, "move worker: claims of one move before it ends failing"),
     _k("move.receiver_user", _as_opt_str, None, "ssh user of a destination's receiver (default btrfs-<source-uuid>)"),
+    _k("move.host_user", _as_opt_str, None, "ssh transport: user the worker logs in as (default project-host-<uuid>)"),
     _k("move.bwlimit", _as_opt_str, None, "move worker: --bwlimit passed to every send (e.g. 100M)"),
 ]}
 

@@ -98,6 +98,26 @@ def recv(from_: str = typer.Option(..., "--from", metavar="HOST_UUID",
     raise typer.Exit(code)
 
 
+@app.command("host-step")
+def host_step() -> None:
+    """The forced command for the hub's worker (ssh transport): runs one step from SSH_ORIGINAL_COMMAND."""
+    import sys
+
+    from cocalc_ctl.actions.move import host_step as step
+    from cocalc_ctl.cli.main import run
+    from cocalc_ctl.errors import CocalcError
+
+    try:
+        argv = step.parse(os.environ.get("SSH_ORIGINAL_COMMAND"))
+    except CocalcError as exc:
+        print(f"cocalc-ctl: error: {exc.one_line()}", file=sys.stderr, flush=True)
+        raise typer.Exit(exc.exit_code) from None
+    args = ["--json", *argv]
+    if G.config_path:
+        args = ["--config", G.config_path, *args]
+    raise typer.Exit(run(args))
+
+
 @app.command("finalize")
 def finalize(project: str = PROJECT) -> None:
     """Make the received snapshots the project here (idempotent; refuses an existing project)."""

@@ -107,6 +107,25 @@ LogLevel VERBOSE
             fh.write(f"[{self.addr}]:{self.port} {hostpub[0]} {hostpub[1]}\n")
         self.sources.append(source)
 
+    def allow_worker(self, data_dir: Path) -> None:
+        """Let the hub worker whose key is in `data_dir` run `move host-step` here (ssh transport)."""
+        key = data_dir / "secrets" / "host-to-host" / "id_ed25519"
+        if not key.exists():
+            key.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(key.parent.parent, 0o700)
+            os.chmod(key.parent, 0o700)
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        pub = key.with_suffix(".pub").read_text().split()
+        with open(self.dir / "authorized_keys", "a") as fh:
+            fh.write(f'restrict,environment="COCALC_CTL_CONFIG={self.host.config_path}",'
+                     f'environment="PYTHONPATH={REPO}",'
+                     f'command="{sys.executable} -m cocalc_ctl move host-step" {pub[0]} {pub[1]}\n')
+        hostpub = (self.dir / "ssh_host_ed25519_key.pub").read_text().split()
+        kh = data_dir / "ssh" / "known_hosts"
+        kh.parent.mkdir(parents=True, exist_ok=True)
+        with open(kh, "a") as fh:
+            fh.write(f"[{self.addr}]:{self.port} {hostpub[0]} {hostpub[1]}\n")
+
     def spec(self, source: Host | None = None) -> str:
         return f"root@{self.addr}:{self.port}"
 

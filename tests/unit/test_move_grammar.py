@@ -94,3 +94,21 @@ def test_compressors_really_compress():
     assert compress.compressor("none") is None
     assert compress.decompressor("zstd") == ["zstd", "-q", "-d", "-c"]
     assert compress.codec_of_file("0001-a.btrfs.zst") == "zstd"
+
+
+def test_host_step_accepts_the_workers_steps_only():
+    from cocalc_ctl.actions.move import host_step
+
+    to = "btrfs-" + U + "@10.1.2.3:2222"
+    assert host_step.parse(f"project show {PID}") == ["project", "show", PID]
+    assert host_step.parse(f"move finalize {PID}") == ["move", "finalize", PID]
+    assert host_step.parse(f"move cleanup {PID} --force") == ["move", "cleanup", PID, "--force"]
+    assert host_step.parse(f"move send {PID} --to {to} --mode staged --compress lz4 --snapshot move-1 --bwlimit 10M") \
+        == ["move", "send", PID, "--to", to, "--mode", "staged", "--compress", "lz4", "--snapshot", "move-1",
+            "--bwlimit", "10M"]
+    for bad in [f"project delete {PID}", f"move cleanup {PID}", f"move send {PID} --to {to}",
+                f"move send {PID} --to {to} --snapshot s --config /etc/x", f"move send {PID} --to x;id --snapshot s",
+                f"move send {PID} --to {to} --snapshot s --snapshot t", f"move recv --from {U}", "host teardown",
+                f"move finalize ../{PID}", f"move abort {PID} {PID}", "", None]:
+        with pytest.raises(recv.Refused):
+            host_step.parse(bad)

@@ -6,7 +6,7 @@ host-to-host key (`<secrets_dir>/host-to-host/id_ed25519`), with StrictHostKeyCh
 IdentitiesOnly=yes and BatchMode=yes. The worker's host transport is either `local` (run
 `cocalc-ctl --config <move.host_configs>/<host-uuid>.yaml …` on this machine: single-machine setups
 and tests) or `ssh` (log in as `project-host-<uuid>` on the host's ssh_server, whose forced command
-runs the same `cocalc-ctl move …` verbs).
+`cocalc-ctl move host-step` runs the same verbs, see host_step.py).
 """
 
 from __future__ import annotations
@@ -180,8 +180,9 @@ class SshTransport(HostTransport):
         server = self.servers.get(ids.host_id(host_id))
         if not server:
             raise PreconditionFailed(f"host {host_id} has no ssh_server in the hub", hint="run `keys register` there")
-        peer = parse_peer(f"project-host-{host_id}@{server}")
-        res = proc.run(ssh_command(self.cfg, peer, ["move", "--json", *args]), timeout=timeout)
+        user = self.cfg["move.host_user"] or f"project-host-{host_id}"
+        peer = parse_peer(f"{user}@{server}")
+        res = proc.run(ssh_command(self.cfg, peer, list(args)), timeout=timeout)
         return parse_result(res.stdout)
 
 

@@ -182,3 +182,24 @@ def test_cancel_before_finalizing_rolls_back_the_destination(rig):
     # a finalizing move can no longer be cancelled
     rig.sql("UPDATE project_moves SET state='finalizing', cleaned_at=NULL WHERE project_id=%s", (pid,))
     assert rig.cli("move", "cancel", pid, check=False).returncode == 5
+
+
+def test_worker_over_ssh_transport_runs_host_steps_through_the_forced_command(rig, pair):
+    a, b, rb, ra = pair
+    hub_data = rig.base / "data"
+    ra.allow_worker(hub_data)
+    rb.allow_worker(hub_data)
+    rig.write_config(**{"move.transport": "ssh", "move.host_user": "root"})
+    pid = str(uuid.uuid4())
+    digests = build_project(a, pid)
+    queue(rig, pid)
+    rig.cli("move", "worker", "--once")
+    assert_done(rig, pid, digests)
+    # the host-step forced command refuses anything but its verbs
+    from tests.support.move import ssh_to
+
+    class _Key:  # ssh_to wants a Host-like object with .data holding the key and known_hosts
+        data = hub_data
+
+    res = ssh_to(_Key, ra, f"project delete {pid}")
+    assert res.returncode == 2 and b"refused" in res.stderr
