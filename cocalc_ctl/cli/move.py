@@ -37,12 +37,11 @@ class _Progress:
             self.output.json_line(ev)
             return
         if self.bar is not None:
-            if ev["event"] == "progress":
+            if ev["event"] in ("progress", "sent"):
                 if self.task is None or self.bar.tasks[self.task].description != ev["snapshot"]:
                     self.task = self.bar.add_task(ev["snapshot"], total=None)
-                self.bar.update(self.task, completed=ev["bytes"])
-            elif ev["event"] == "sent" and self.task is not None:
-                self.bar.update(self.task, completed=ev["bytes"], total=ev["bytes"])
+                done = ev["event"] == "sent"
+                self.bar.update(self.task, completed=ev["bytes"], total=ev["bytes"] if done else None)
             return
         if ev["event"] in ("sent", "staged") and not G.quiet:
             how = f"incremental from {ev['parent']}" if ev.get("parent") else "full"
