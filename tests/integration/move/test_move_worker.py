@@ -64,7 +64,7 @@ def _crash_left(rig, pid, state, snapshot="move-crash"):
             "lease_until=now() - interval '1 second' WHERE project_id=%s", (state, snapshot, pid))
 
 
-@pytest.mark.parametrize("state", ["sending", "finalizing", "done"])
+@pytest.mark.parametrize("state", ["preparing", "sending", "finalizing", "done"])
 def test_restarted_worker_resumes_a_move_left_in_each_state(rig, state):
     a, b = rig.a, rig.b
     pid = str(uuid.uuid4())
