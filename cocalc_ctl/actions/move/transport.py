@@ -88,6 +88,23 @@ def ssh_command(cfg: Config, peer: Peer, remote: list[str], *, control_path: str
             " ".join(remote)]
 
 
+def _drop_stale_sockets(mux_dir: Path) -> None:
+    """Remove control sockets left by dead processes (their masters exit on the idle timeout)."""
+    for e in os.scandir(mux_dir):
+        owner = e.name.split("-", 1)[0]
+        if not owner.isdigit() or int(owner) == os.getpid():
+            continue
+        try:
+            os.kill(int(owner), 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(e.path)
+            except FileNotFoundError:
+                pass
+        except PermissionError:
+            pass
+
+
 class PeerSession:
     """All ssh of one move to one peer, multiplexed over one authenticated master connection.
 
@@ -102,17 +119,13 @@ class PeerSession:
 
     def __enter__(self) -> "PeerSession":
         mux_dir = self.cfg.data_dir / "ssh" / "mux"
-        path = str(mux_dir / f"{self.peer.user[:40]}@{self.peer.host}:{self.peer.port}")
+        # one socket per process: concurrent moves to one peer never share (or close) a master
+        path = str(mux_dir / f"{os.getpid()}-{self.peer.host}-{self.peer.port}")
         if proc.DRY_RUN or len(path) > 100:
             return self
         mux_dir.mkdir(parents=True, exist_ok=True)
         mux_dir.chmod(0o700)
-        if os.path.exists(path):
-            proc.run(["ssh", "-o", f"ControlPath={path}", "-O", "exit", "x"], check=False, mutates=False)
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        _drop_stale_sockets(mux_dir)
         opts = ssh_options(self.cfg, port=self.peer.port)
         proc.run([*opts[:-3], "-o", f"ControlPath={path}", "-o", "ControlMaster=yes", "-o", "ControlPersist=120",
                   "-N", "-f", f"{self.peer.user}@{self.peer.host}"], mutates=False, timeout=60)

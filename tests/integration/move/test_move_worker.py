@@ -203,3 +203,15 @@ def test_worker_over_ssh_transport_runs_host_steps_through_the_forced_command(ri
 
     res = ssh_to(_Key, ra, f"project delete {pid}")
     assert res.returncode == 2 and b"refused" in res.stderr
+
+
+def test_worker_with_concurrency_moves_two_projects_at_once(rig):
+    a = rig.a
+    pids = [str(uuid.uuid4()) for _ in range(2)]
+    digests = {p: build_project(a, p) for p in pids}
+    for p in pids:
+        queue(rig, p)
+    out = json.loads(rig.cli("--json", "move", "worker", "--once", "--concurrency", "2").stdout)
+    assert sorted(p["state"] for p in out["processed"]) == ["done", "done"]
+    for p in pids:
+        assert_done(rig, p, digests[p])
