@@ -17,6 +17,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from cocalc_ctl import ids, proc
 from cocalc_ctl.config import Config
@@ -159,10 +160,28 @@ def parse_result(stdout: str) -> dict:
 
 
 class HostTransport:
-    """Runs one `cocalc-ctl move …` verb on a host and returns its JSON result."""
+    """Runs one `cocalc-ctl move …` verb on a host and returns its JSON result; `on_event` receives
+    the JSON progress lines a long verb (send) prints on the way."""
 
-    def run(self, host_id: str, args: list[str], *, timeout: float | None = None) -> dict:
+    def run(self, host_id: str, args: list[str], *, timeout: float | None = None,
+            on_event: Callable[[dict], None] | None = None) -> dict:
         raise NotImplementedError
+
+
+def _run_reporting(argv: list[str], timeout: float | None, on_event: Callable[[dict], None] | None) -> dict:
+    if on_event is None:
+        return parse_result(proc.run(argv, timeout=timeout).stdout)
+
+    def line(text: str) -> None:
+        if text.startswith("{"):
+            try:
+                ev = json.loads(text)
+            except ValueError:
+                return
+            if isinstance(ev, dict) and "event" in ev:
+                on_event(ev)
+
+    return parse_result(proc.run_lines(argv, line, timeout=timeout).stdout)
 
 
 class LocalTransport(HostTransport):
@@ -178,9 +197,9 @@ class LocalTransport(HostTransport):
                                      hint="write <move.host_configs>/<host-uuid>.yaml or use move.transport=ssh")
         return [sys.executable, "-m", "cocalc_ctl", "--config", str(cfg_file), "--json", *args]
 
-    def run(self, host_id: str, args: list[str], *, timeout: float | None = None) -> dict:
-        res = proc.run(self.argv(host_id, args), timeout=timeout)
-        return parse_result(res.stdout)
+    def run(self, host_id: str, args: list[str], *, timeout: float | None = None,
+            on_event: Callable[[dict], None] | None = None) -> dict:
+        return _run_reporting(self.argv(host_id, args), timeout, on_event)
 
 
 class SshTransport(HostTransport):
@@ -189,14 +208,14 @@ class SshTransport(HostTransport):
     def __init__(self, cfg: Config, servers: dict[str, str]):
         self.cfg, self.servers = cfg, servers
 
-    def run(self, host_id: str, args: list[str], *, timeout: float | None = None) -> dict:
+    def run(self, host_id: str, args: list[str], *, timeout: float | None = None,
+            on_event: Callable[[dict], None] | None = None) -> dict:
         server = self.servers.get(ids.host_id(host_id))
         if not server:
             raise PreconditionFailed(f"host {host_id} has no ssh_server in the hub", hint="run `keys register` there")
         user = self.cfg["move.host_user"] or f"project-host-{host_id}"
         peer = parse_peer(f"{user}@{server}")
-        res = proc.run(ssh_command(self.cfg, peer, list(args)), timeout=timeout)
-        return parse_result(res.stdout)
+        return _run_reporting(ssh_command(self.cfg, peer, list(args)), timeout, on_event)
 
 
 def host_transport(cfg: Config, servers: dict[str, str]) -> HostTransport:

@@ -58,6 +58,7 @@ class Worker:
         self.max_attempts = cfg["move.max_attempts"]
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._transport = transport
+        self._live: dict | None = None  # latest progress event of the running step
 
     # -- database ---------------------------------------------------------------------------------
     def claim(self) -> Move | None:
@@ -98,10 +99,16 @@ class Worker:
     def _heartbeat(self, pid: str, stop: threading.Event, lost: threading.Event) -> None:
         while not stop.wait(max(self.lease / 3, 0.2)):
             try:
+                from psycopg.types.json import Jsonb
+
+                live = self._live
                 with hub_db.connect(self.dsn) as conn:
-                    row = conn.execute("UPDATE project_moves SET lease_until = now() + make_interval(secs => %s) "
+                    row = conn.execute("UPDATE project_moves SET lease_until = now() + make_interval(secs => %s), "
+                                       "progress = coalesce(%s, progress) "
                                        "WHERE project_id = %s AND lease_owner = %s RETURNING state",
-                                       (self.lease, pid, self.owner)).fetchone()
+                                       (self.lease, Jsonb(live) if live else None, pid, self.owner)).fetchone()
+                    if live:
+                        conn.execute(MIRROR_SQL, (pid,))
                 if row is None:
                     lost.set()
                     return
@@ -180,7 +187,14 @@ class Worker:
             if self.cfg["move.bwlimit"]:
                 args += ["--bwlimit", self.cfg["move.bwlimit"]]
             t0 = time.monotonic()
-            res = self.transport().run(m.source_host_id, args)
+
+            def on_event(ev: dict) -> None:  # the heartbeat publishes the latest one into `progress`
+                if ev.get("event") in ("progress", "sent", "staged", "copied"):
+                    self._live = {"event": ev["event"], "snapshot": ev.get("snapshot"), "bytes": ev.get("bytes"),
+                                  "rate": ev.get("rate"), "seconds": round(time.monotonic() - t0, 1)}
+
+            res = self.transport().run(m.source_host_id, args, on_event=on_event)
+            self._live = None
             progress = {"bytes": res.get("bytes_total"), "seconds": round(time.monotonic() - t0, 3),
                         "streams": len([s for s in res.get("snapshots", []) if not s.get("skipped")])}
             return self._update(m, state="finalizing", progress=progress)

@@ -127,7 +127,14 @@ def test_sigkill_during_send_then_restart_completes(rig, victim):
     w = rig.popen("move", "worker", "--once")
     try:
         _wait_state(rig, pid, "sending")
-        time.sleep(1.0)
+        # while the stream runs, the worker publishes its progress into the hub row
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            live = rig.move_row(pid)["progress"]
+            if live and live.get("bytes"):
+                break
+            time.sleep(0.1)
+        assert live and live["event"] == "progress" and live["snapshot"] == "s1" and live["bytes"] > 0, live
         if victim == "worker":
             os.killpg(w.pid, signal.SIGKILL)  # the worker and everything it started
         else:

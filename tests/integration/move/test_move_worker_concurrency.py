@@ -28,7 +28,7 @@ class RecordingTransport(HostTransport):
     def __init__(self, path: str, owner: str):
         self.path, self.owner = path, owner
 
-    def run(self, host_id, args, *, timeout=None):
+    def run(self, host_id, args, *, timeout=None, on_event=None):
         with open(self.path, "a") as fh:  # O_APPEND: whole lines from concurrent processes
             fh.write(f"{self.owner}\t{host_id}\t{' '.join(args)}\n")
         time.sleep(0.05)
