@@ -228,6 +228,11 @@ def _receive_stream(cfg: Config, pid: str, incoming: Path, name: str, kind: str,
         for r in before.values():
             if not r.complete:
                 proc.run(btrfs.subvolume_delete(str(incoming / r.name)), check=False)
+        if done and kind == "move" and done.complete:
+            # an earlier attempt's move snapshot, superseded because the project changed since
+            proc.run(btrfs.subvolume_delete(str(incoming / name)))
+            (incoming / common.MOVE_MARKER).unlink(missing_ok=True)
+            before.pop(name)
         if os.path.lexists(incoming / name):
             raise Refused(f"refused: {name} already exists in incoming with another source")
         parent_local = None

@@ -159,8 +159,7 @@ def send(cfg: Config, project_id: str, to: str, *, mode: str | None = None, code
         if inv.get("project_exists"):
             raise PreconditionFailed(f"project {pid} already exists on {peer.host}",
                                      hint="it was moved already; run `move cleanup` here if the hub says done")
-        if not layout.snapshot_path(cfg, pid, name).exists():
-            snapshot_actions.create(cfg, pid, name)
+        _take_move_snapshot(cfg, pid, name)
         if proc.DRY_RUN and mode == "staged":
             proc.plan_only(f"# staged: btrfs send each snapshot into {layout.streams_dir(cfg, pid) / name}/, "
                            f"rsync --partial it to {peer.spec}, then receive-file each")
@@ -192,6 +191,22 @@ def send(cfg: Config, project_id: str, to: str, *, mode: str | None = None, code
         common.log(cfg, pid, "send", "done", "ok", move_id=name, nbytes=result.bytes_total)
         emit({"event": "done", "project_id": pid, "bytes": result.bytes_total, "seconds": round(result.seconds, 3)})
         return result
+
+
+def _take_move_snapshot(cfg: Config, pid: str, name: str) -> None:
+    """The final snapshot; one left by an earlier attempt is reused only if the project has not
+    changed since (else it is replaced, so a retried move never ships stale data)."""
+    path = layout.snapshot_path(cfg, pid, name)
+    if path.exists() and not proc.DRY_RUN:
+        # commit pending writes first: a subvolume's generation only moves at transaction commit
+        proc.run(["btrfs", "filesystem", "sync", str(layout.project_subvolume(cfg, pid))], mutates=False)
+        snap = btrfs.show(str(path))
+        current = btrfs.show(str(layout.project_subvolume(cfg, pid))).generation
+        if current <= snap.gen_at_creation:
+            return
+        proc.run(btrfs.subvolume_delete(str(path)))
+    if not path.exists() or proc.DRY_RUN:
+        snapshot_actions.create(cfg, pid, name)
 
 
 def _out_of_space(exc: CocalcError) -> bool:

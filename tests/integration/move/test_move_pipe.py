@@ -81,6 +81,11 @@ def test_pipe_move_sends_incrementals_and_finalizes_identical_project(pair):
     # a rerun resumes: everything is already there, nothing is sent again
     again = events(a.cli("--json", "move", "send", pid, "--to", rb.spec(), "--snapshot", "move-test").stdout)
     assert [e for e in again if e["event"] == "sent"] == []
+    # the project changed after that attempt (it ran meanwhile): the stale move snapshot is replaced
+    write_files(a, pid, {"late.txt": b"written after the first attempt\n"})
+    digests["live"] = tree_digest(a.project_path(pid))
+    third = events(a.cli("--json", "move", "send", pid, "--to", rb.spec(), "--snapshot", "move-test").stdout)
+    assert [(e["snapshot"], e["parent"]) for e in third if e["event"] == "sent"] == [("move-test", "s3")]
 
     fin = json.loads(b.cli("--json", "move", "finalize", pid).stdout)
     assert fin["already_finalized"] is False and sorted(fin["snapshots"]) == ["s1", "s2", "s3"]
