@@ -94,10 +94,15 @@ def start(cfg: Config, project_id: str, *, to: str | None = None, mode: str | No
                     raise PreconditionFailed("no trusted, active host was seen in the last 2 minutes",
                                              hint="give --to HOST or check that hosts run `keys register`")
                 dest = row[0]
-            existing = conn.execute("SELECT state FROM project_moves WHERE project_id=%s FOR UPDATE", (pid,)).fetchone()
+            existing = conn.execute("SELECT state, cleaned_at FROM project_moves WHERE project_id=%s FOR UPDATE",
+                                    (pid,)).fetchone()
             if existing and existing[0] in ACTIVE:
                 raise Busy(f"project {pid} is already being moved (state {existing[0]})",
                            hint="see `move status`, or `move cancel` it first")
+            if existing and existing[1] is None:
+                # the last move's clean-up (source delete or destination roll-back) has not run yet
+                raise Busy(f"the previous move of {pid} ({existing[0]}) is still being cleaned up",
+                           hint="let a `move worker` finish it, then start again")
             done_at_once = dest == source
             conn.execute(
                 f"""INSERT INTO project_moves (project_id, source_host_id, dest_host_id, state, mode, compress,

@@ -79,3 +79,39 @@ def test_three_workers_move_ten_projects_each_exactly_once(hub_dsn, tmp_path):
     with psycopg.connect(hub_dsn, autocommit=True) as conn:
         hosts = {r[0] for r in conn.execute("SELECT host_id::text FROM projects")}
     assert hosts == {dst}
+
+
+def test_start_picks_a_trusted_active_recent_host_and_refuses_otherwise(hub_dsn, tmp_path):
+    from cocalc_ctl.errors import Busy, NotFound, PreconditionFailed
+
+    (tmp_path / "none.yaml").write_text("{}\n")
+    cfg = config_mod.load(None, env={"COCALC_CTL_HUB_DSN": hub_dsn, "COCALC_CTL_CONFIG": str(tmp_path / "none.yaml")})
+    hub_db.migrate(hub_dsn)
+    src, good, untrusted, stale, inactive = (str(uuid.uuid4()) for _ in range(5))
+    pid = str(uuid.uuid4())
+    with psycopg.connect(hub_dsn, autocommit=True) as conn:
+        for h, trusted, status, seen in ((src, True, "active", "now()"), (untrusted, False, "active", "now()"),
+                                         (stale, True, "active", "now() - interval '10 minutes'"),
+                                         (inactive, True, "draining", "now()")):
+            conn.execute(f"INSERT INTO project_hosts (id, name, ssh_server, status, last_seen, trusted) "
+                         f"VALUES (%s, %s, 'h:22', %s, {seen}, %s)", (h, h[:8], status, trusted))
+        conn.execute("INSERT INTO projects (project_id, host_id) VALUES (%s, %s)", (pid, src))
+    with pytest.raises(PreconditionFailed):  # nobody suitable yet
+        hub.start(cfg, pid)
+    with pytest.raises(PreconditionFailed):  # an untrusted host is never a destination
+        hub.start(cfg, pid, to=untrusted)
+    with pytest.raises(NotFound):
+        hub.start(cfg, str(uuid.uuid4()))
+    with psycopg.connect(hub_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO project_hosts (id, name, ssh_server, status, last_seen, trusted) "
+                     "VALUES (%s, 'good', 'h:22', 'active', now(), true)", (good,))
+    move = hub.start(cfg, pid)
+    assert move.dest_host_id == good and move.state == "queued"
+    with pytest.raises(Busy):
+        hub.start(cfg, pid, to="good")
+    assert hub.cancel(cfg, pid).state == "cancelled"
+    with pytest.raises(Busy):  # the worker has not rolled the destination back yet
+        hub.start(cfg, pid, to="good")
+    with psycopg.connect(hub_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE project_moves SET cleaned_at = now() WHERE project_id = %s", (pid,))
+    assert hub.start(cfg, pid, to="good").state == "queued"  # a finished move can be started again
