@@ -258,7 +258,7 @@ def _receive_stream(cfg: Config, pid: str, incoming: Path, name: str, kind: str,
                 raise OperationFailed(f"received stream did not produce a complete subvolume {name}")
             if mine.received_uuid != src_uuid:
                 raise OperationFailed(f"received {name} has received_uuid {mine.received_uuid}, expected {src_uuid}")
-            if parent_local is not None and mine.parent_uuid != parent_local.uuid:
+            if (mine.parent_uuid != parent_local.uuid) if parent_local is not None else mine.parent_uuid:
                 raise OperationFailed(f"received {name} is not based on the announced parent")
             if len(new) != 1:
                 raise OperationFailed("the stream created unexpected subvolumes")
