@@ -200,6 +200,16 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("sshpiper.cocalc_ctl", _as_path, "/usr/local/bin/cocalc-ctl",
        "cocalc-ctl as sshd runs it (AuthorizedKeysCommand, forced command); root-owned path"),
     _k("keys.resync_every", _as_pos_int, 300, "keys watch: full sync at least this often (seconds)"),
+    # move: host-to-host moves and the hub's move worker
+    _k("move.mode", _as_choice("pipe", "staged"), "pipe", "default move mode: pipe (stream) or staged (files + rsync)"),
+    _k("move.compress", _as_choice("none", "lz4", "zstd"), "none", "default compression of move streams"),
+    _k("move.transport", _as_choice("ssh", "local"), "ssh", "how the move worker reaches hosts (local: by config files)"),
+    _k("move.host_configs", _as_opt_path, None, "local transport: directory of <host-uuid>.yaml host configs"),
+    _k("move.lease_seconds", _as_pos_int, 60, "move worker: lease length, renewed while a step runs"),
+    _k("move.max_attempts", _as_pos_int, 3, "move worker: claims of one move before it ends failing"),
+    _k("move.receiver_user", _as_opt_str, None, "ssh user of a destination's receiver (default btrfs-<source-uuid>)"),
+    _k("move.host_user", _as_opt_str, None, "ssh transport: user the worker logs in as (default project-host-<uuid>)"),
+    _k("move.bwlimit", _as_opt_str, None, "move worker: --bwlimit passed to every send (e.g. 100M)"),
 ]}
 
 

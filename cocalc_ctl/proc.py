@@ -64,6 +64,8 @@ class Stage:
     ok_codes: tuple[int, ...] = (0,)
     env: dict[str, str] | None = None
     cwd: str | None = None
+    stdin_fd: int | None = None  # first stage: read this inherited fd (e.g. 0) instead of stdin_path/DEVNULL
+    stdout_fd: int | None = None  # last stage: write this inherited fd (e.g. 1) instead of stdout_path/DEVNULL
 
 
 @dataclass
@@ -184,6 +186,56 @@ def run(argv: Sequence[str], *, mutates: bool = True, check: bool = True, timeou
     return result
 
 
+def run_lines(argv: Sequence[str], on_line: Callable[[str], None], *, mutates: bool = True,
+              timeout: float | None = None, env: dict[str, str] | None = None) -> Result:
+    """Like `run`, but hand each stdout line to `on_line` as it arrives (progress of a long command).
+
+    The whole stdout is also returned. A timeout kills the command.
+    """
+    argv = [str(a) for a in argv]
+    shown = display(argv)
+    if mutates and DRY_RUN:
+        _plan(shown)
+        return Result(argv, 0, "", "", 0.0, dry_run=True)
+    full_env = _environment(env)
+    exe = which(argv[0], full_env)
+    _log(shown)
+    start = time.monotonic()
+    limit = timeout if timeout is not None else DEFAULT_TIMEOUT
+    with tempfile.TemporaryFile() as err:
+        p = subprocess.Popen([exe, *argv[1:]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                             env=full_env)
+        timer = threading.Timer(limit, p.kill) if limit else None
+        if timer:
+            timer.daemon = True
+            timer.start()
+        lines = []
+        try:
+            for raw in p.stdout:
+                line = raw.decode("utf-8", "surrogateescape")
+                lines.append(line)
+                on_line(line.rstrip("\n"))
+            p.wait()
+        except BaseException:
+            p.kill()
+            p.wait()
+            raise
+        finally:
+            if timer:
+                timer.cancel()
+            p.stdout.close()
+        err.seek(0, os.SEEK_END)
+        size = err.tell()
+        err.seek(max(0, size - STDERR_TAIL_BYTES))
+        stderr = err.read().decode("utf-8", "replace")
+    elapsed = time.monotonic() - start
+    if limit and elapsed >= limit and p.returncode < 0:
+        raise CommandTimeout(f"{argv[0]} timed out after {limit:.0f}s", hint="raise command_timeout or check the target")
+    if p.returncode != 0:
+        raise CommandFailed(argv, p.returncode, stderr)
+    return Result(argv, p.returncode, "".join(lines), stderr, elapsed)
+
+
 def _splice_relay(src_fd: int, dst_fd: int, counter: list[int], idx: int,
                   on_progress: Callable[[int], None] | None, errors: list[BaseException]) -> None:
     """Move bytes pipe→pipe inside the kernel, counting them; closes both ends when done."""
@@ -244,6 +296,8 @@ def pipeline(stages: Sequence[Stage], *, mutates: bool = True, timeout: float | 
         for i, st in enumerate(stages):
             if i == 0:
                 stdin = os.open(st.stdin_path, os.O_RDONLY) if st.stdin_path else subprocess.DEVNULL
+                if st.stdin_fd is not None and not st.stdin_path:
+                    stdin = st.stdin_fd
                 if st.stdin_path:
                     opened.append(stdin)
             else:
@@ -253,6 +307,8 @@ def pipeline(stages: Sequence[Stage], *, mutates: bool = True, timeout: float | 
                 if st.stdout_path:
                     stdout = os.open(st.stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                     opened.append(stdout)
+                elif st.stdout_fd is not None:
+                    stdout = st.stdout_fd
                 else:
                     stdout = subprocess.DEVNULL
                 next_read = None

@@ -45,7 +45,7 @@ def _root(
 
 
 def _register() -> None:
-    from cocalc_ctl.cli import config_cmd, doctor, host, hub, keys, metrics, project, rootfs, snapshot, sshpiper, timers
+    from cocalc_ctl.cli import config_cmd, doctor, host, hub, keys, metrics, move, project, rootfs, snapshot, sshpiper, timers
 
     app.add_typer(config_cmd.app, name="config")
     app.add_typer(host.app, name="host")
@@ -58,6 +58,7 @@ def _register() -> None:
     app.add_typer(metrics.app, name="metrics")  # ops
     app.command("doctor")(doctor.doctor)  # ops
     app.add_typer(sshpiper.app, name="sshpiper")
+    app.add_typer(move.app, name="move")
 
 
 _register()

@@ -66,6 +66,11 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                               OR OLD.sshpiperd_public_key IS DISTINCT FROM NEW.sshpiperd_public_key)
            EXECUTE FUNCTION cocalc_ctl_notify_keys()""",
     ]),
+    # move: compression per move, and when the post-move clean-up (source delete / destination roll-back) ran
+    ("move: compression and clean-up tracking", [
+        """ALTER TABLE project_moves ADD COLUMN IF NOT EXISTS compress text NOT NULL DEFAULT 'none'""",
+        """ALTER TABLE project_moves ADD COLUMN IF NOT EXISTS cleaned_at timestamptz""",
+    ]),
 ]
 
 

@@ -1,0 +1,72 @@
+"""`move host-step`: the forced command a host runs for the hub's move worker (ssh transport).
+
+The worker logs in as `project-host-<uuid>` and sends one of these lines in SSH_ORIGINAL_COMMAND;
+anything else is refused (logged, exit 2, nothing run):
+
+    project show <project>
+    move send <project> --to <user@host:port> --mode pipe|staged --compress none|lz4|zstd
+              --snapshot <name> [--bwlimit <rate>]
+    move finalize <project>
+    move cleanup <project> --force
+    move abort <project>
+
+The answer is the step's JSON result on stdout (JSON lines ending with the result for `send`).
+"""
+
+from __future__ import annotations
+
+import re
+
+from cocalc_ctl import ids
+from cocalc_ctl.actions.move.recv import Refused
+from cocalc_ctl.actions.move.transport import parse_peer
+from cocalc_ctl.errors import InvalidInput
+
+_SAFE = re.compile(r"[A-Za-z0-9._:+@/= -]+", re.ASCII)
+_RATE = re.compile(r"[0-9]+(\.[0-9]+)?[kKmMgG]?", re.ASCII)
+
+
+def parse(command: str | None) -> list[str]:
+    """Validate the worker's request; return the argv for `cocalc-ctl --json …`."""
+    if not command or len(command) > 512 or not _SAFE.fullmatch(command) or "  " in command \
+            or command != command.strip():
+        raise Refused(f"refused host step {ids._show(command)}")
+    words = command.split(" ")
+    try:
+        if words[:2] == ["project", "show"] and len(words) == 3:
+            return ["project", "show", ids.project_id(words[2])]
+        if words[:2] in (["move", "finalize"], ["move", "abort"]) and len(words) == 3:
+            return [*words[:2], ids.project_id(words[2])]
+        if words[:2] == ["move", "cleanup"] and len(words) == 4 and words[3] == "--force":
+            return ["move", "cleanup", ids.project_id(words[2]), "--force"]
+        if words[:2] == ["move", "send"] and len(words) >= 3:
+            argv = ["move", "send", ids.project_id(words[2])]
+            opts = words[3:]
+            if len(opts) % 2:
+                raise Refused("refused host step: options come in pairs")
+            seen = set()
+            for flag, value in zip(opts[::2], opts[1::2]):
+                if flag in seen:
+                    raise Refused(f"refused host step: {flag} given twice")
+                seen.add(flag)
+                if flag == "--to":
+                    parse_peer(value)
+                elif flag == "--mode" and value in ("pipe", "staged"):
+                    pass
+                elif flag == "--compress" and value in ("none", "lz4", "zstd"):
+                    pass
+                elif flag == "--snapshot":
+                    ids.snapshot_name(value)
+                elif flag == "--bwlimit" and _RATE.fullmatch(value):
+                    pass
+                else:
+                    raise Refused(f"refused host step: option {ids._show(flag)} {ids._show(value)}")
+                argv += [flag, value]
+            if not {"--to", "--snapshot"} <= seen:
+                raise Refused("refused host step: send needs --to and --snapshot")
+            return argv
+    except InvalidInput as exc:
+        if isinstance(exc, Refused):
+            raise
+        raise Refused(f"refused host step: {exc.message}") from None
+    raise Refused(f"refused host step {ids._show(command)}")

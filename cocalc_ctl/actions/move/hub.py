@@ -1,0 +1,151 @@
+"""The hub's move queue in PostgreSQL: `move start`, `move status`, `move cancel`.
+
+A move is one row of `project_moves` (keyed by project). States: queued → preparing → sending →
+finalizing → done, any of them → failing; cancelled (only before finalizing). `cleaned_at` records
+that the post-move clean-up ran (source deleted after done; destination rolled back after
+failing/cancelled). `projects.move_status` mirrors the row on every change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from cocalc_ctl import ids
+from cocalc_ctl.config import Config
+from cocalc_ctl.errors import Busy, InvalidInput, NotFound, PreconditionFailed
+from cocalc_ctl.state import hub_db
+
+ACTIVE = ("queued", "preparing", "sending", "finalizing")
+TERMINAL = ("done", "failing", "cancelled")
+CANCELLABLE = ("queued", "preparing", "sending")
+MODES = ("pipe", "staged")
+
+MIRROR_SQL = """UPDATE projects p SET move_status = to_jsonb(m) - 'lease_owner' - 'lease_until'
+                FROM project_moves m WHERE m.project_id = p.project_id AND p.project_id = %s"""
+
+
+@dataclass
+class Move:
+    project_id: str
+    source_host_id: str | None
+    dest_host_id: str | None
+    state: str
+    mode: str
+    compress: str
+    snapshot_name: str | None
+    progress: dict | None
+    status_reason: str | None
+    attempt: int
+    lease_owner: str | None
+    lease_until: dt.datetime | None
+    created_at: dt.datetime | None
+    updated_at: dt.datetime | None
+    cleaned_at: dt.datetime | None
+
+
+COLUMNS = ("project_id::text, source_host_id::text, dest_host_id::text, state, mode, compress, snapshot_name, "
+           "progress, status_reason, attempt, lease_owner, lease_until, created_at, updated_at, cleaned_at")
+
+
+def row_to_move(row) -> Move:
+    return Move(*row)
+
+
+def _resolve_host(conn, ref: str) -> tuple:
+    if ids.is_uuid(ref):
+        row = conn.execute("SELECT id::text, name, trusted, status, ssh_server FROM project_hosts WHERE id=%s",
+                           (ref,)).fetchone()
+    else:
+        if not ref or len(ref) > 200:
+            raise InvalidInput(f"invalid host {ids._show(ref)}", hint="give a host uuid or name")
+        row = conn.execute("SELECT id::text, name, trusted, status, ssh_server FROM project_hosts WHERE name=%s",
+                           (ref,)).fetchone()
+    if row is None:
+        raise NotFound(f"host {ids._show(ref)} is not registered in the hub", hint="see project_hosts; run `keys register`")
+    return row
+
+
+def start(cfg: Config, project_id: str, *, to: str | None = None, mode: str | None = None,
+          compress: str | None = None) -> Move:
+    pid = ids.project_id(project_id)
+    mode = mode or cfg["move.mode"]
+    compress = compress or cfg["move.compress"]
+    if mode not in MODES or compress not in ("none", "lz4", "zstd"):
+        raise InvalidInput(f"invalid mode/compression {mode}/{compress}", hint="mode pipe|staged, compress none|lz4|zstd")
+    with hub_db.connect(cfg["hub_dsn"], autocommit=False) as conn:
+        with conn.transaction():
+            proj = conn.execute("SELECT host_id::text FROM projects WHERE project_id=%s FOR UPDATE", (pid,)).fetchone()
+            if proj is None or proj[0] is None:
+                raise NotFound(f"project {pid} has no host in the hub", hint="register the project's host_id first")
+            source = proj[0]
+            if to:
+                dest, name, trusted, status, _ = _resolve_host(conn, to)
+                if dest != source and (not trusted or status != "active"):
+                    raise PreconditionFailed(f"host {name or dest} is not a trusted, active host",
+                                             hint="mark it trusted/active in project_hosts first")
+            else:
+                row = conn.execute(
+                    """SELECT id::text FROM project_hosts
+                       WHERE trusted AND status = 'active' AND last_seen > now() - interval '2 minutes' AND id <> %s
+                       ORDER BY (SELECT count(*) FROM projects p WHERE p.host_id = project_hosts.id), random()
+                       LIMIT 1""", (source,)).fetchone()
+                if row is None:
+                    raise PreconditionFailed("no trusted, active host was seen in the last 2 minutes",
+                                             hint="give --to HOST or check that hosts run `keys register`")
+                dest = row[0]
+            existing = conn.execute("SELECT state, cleaned_at FROM project_moves WHERE project_id=%s FOR UPDATE",
+                                    (pid,)).fetchone()
+            if existing and existing[0] in ACTIVE:
+                raise Busy(f"project {pid} is already being moved (state {existing[0]})",
+                           hint="see `move status`, or `move cancel` it first")
+            if existing and existing[1] is None:
+                # the last move's clean-up (source delete or destination roll-back) has not run yet
+                raise Busy(f"the previous move of {pid} ({existing[0]}) is still being cleaned up",
+                           hint="let a `move worker` finish it, then start again")
+            done_at_once = dest == source
+            conn.execute(
+                f"""INSERT INTO project_moves (project_id, source_host_id, dest_host_id, state, mode, compress,
+                        snapshot_name, progress, status_reason, attempt, lease_owner, lease_until, created_at,
+                        updated_at, cleaned_at)
+                    VALUES (%(p)s, %(s)s, %(d)s, %(state)s, %(mode)s, %(c)s, NULL, NULL, %(reason)s, 0, NULL, NULL,
+                            now(), now(), %(cleaned)s)
+                    ON CONFLICT (project_id) DO UPDATE SET source_host_id = EXCLUDED.source_host_id,
+                        dest_host_id = EXCLUDED.dest_host_id, state = EXCLUDED.state, mode = EXCLUDED.mode,
+                        compress = EXCLUDED.compress, snapshot_name = NULL, progress = NULL,
+                        status_reason = EXCLUDED.status_reason, attempt = 0, lease_owner = NULL, lease_until = NULL,
+                        created_at = now(), updated_at = now(), cleaned_at = EXCLUDED.cleaned_at""",
+                {"p": pid, "s": source, "d": dest, "state": "done" if done_at_once else "queued", "mode": mode,
+                 "c": compress, "reason": "already on the destination" if done_at_once else None,
+                 "cleaned": dt.datetime.now(dt.timezone.utc) if done_at_once else None})
+            conn.execute(MIRROR_SQL, (pid,))
+            row = conn.execute(f"SELECT {COLUMNS} FROM project_moves WHERE project_id=%s", (pid,)).fetchone()
+    return row_to_move(row)
+
+
+def status(cfg: Config, project_id: str | None = None) -> list[Move]:
+    pid = ids.project_id(project_id) if project_id else None
+    with hub_db.connect(cfg["hub_dsn"]) as conn:
+        if pid:
+            rows = conn.execute(f"SELECT {COLUMNS} FROM project_moves WHERE project_id=%s", (pid,)).fetchall()
+            if not rows:
+                raise NotFound(f"no move of project {pid}", hint="start one with `move start`")
+        else:
+            rows = conn.execute(f"SELECT {COLUMNS} FROM project_moves ORDER BY updated_at DESC").fetchall()
+    return [row_to_move(r) for r in rows]
+
+
+def cancel(cfg: Config, project_id: str) -> Move:
+    pid = ids.project_id(project_id)
+    with hub_db.connect(cfg["hub_dsn"], autocommit=False) as conn:
+        with conn.transaction():
+            row = conn.execute(f"UPDATE project_moves SET state='cancelled', status_reason='cancelled by an admin', "
+                               f"updated_at=now() WHERE project_id=%s AND state = ANY(%s) RETURNING {COLUMNS}",
+                               (pid, list(CANCELLABLE))).fetchone()
+            if row is None:
+                cur = conn.execute("SELECT state FROM project_moves WHERE project_id=%s", (pid,)).fetchone()
+                if cur is None:
+                    raise NotFound(f"no move of project {pid}")
+                raise PreconditionFailed(f"the move of {pid} is {cur[0]}: only a move before finalizing can be cancelled")
+            conn.execute(MIRROR_SQL, (pid,))
+    return row_to_move(row)

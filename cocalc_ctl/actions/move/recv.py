@@ -1,0 +1,356 @@
+"""`move recv --from <src-host-uuid>`: the destination's forced command.
+
+sshd runs it for the source host's key with the client's command in `SSH_ORIGINAL_COMMAND`. Only
+this grammar is accepted, every word validated, anything else refused (logged, non-zero exit,
+nothing touched):
+
+    list <project>                                   JSON inventory of _incoming/<project>
+    receive <project> <name> snapshot|move none|lz4|zstd <src-uuid> [<parent-src-uuid>]
+                                                     a btrfs send stream on stdin
+    receive-file <project> <move-id> <file>          receive a staged stream file
+    persist <project>                                a tar of the persist store on stdin
+    abort <project>                                  drop _incoming/<project> and _streams/<project>
+    rsync --server <flags> . _streams/<project>/<move-id>/     (what our rsync client sends)
+
+Receives land in `<btrfs_root>/_incoming/<project>/`; each one is verified (read-only,
+received_uuid equal to the announced source uuid, parent as announced) and a garbled one is deleted
+at once. A project that already exists here is never received into.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cocalc_ctl import ids, layout, locks, proc
+from cocalc_ctl.actions.host import host_id as own_host_id
+from cocalc_ctl.actions.move import common
+from cocalc_ctl.config import Config
+from cocalc_ctl.errors import CocalcError, InvalidInput, NotFound, OperationFailed
+from cocalc_ctl.state import host_db
+from cocalc_ctl.tools import btrfs, compress
+from cocalc_ctl.tools import rsync as rsync_tool
+
+MAX_COMMAND = 1024
+_SAFE_COMMAND = re.compile(r"[A-Za-z0-9._:+@/= -]+", re.ASCII)
+_STREAM_FILE = re.compile(r"(\d{4})-(.+)\.btrfs(\.lz4|\.zst)?", re.ASCII)
+MANIFEST = "manifest.json"
+
+
+class Refused(InvalidInput):
+    """A command outside the grammar, or one this host will not run for this peer."""
+
+
+@dataclass
+class Request:
+    verb: str
+    project_id: str
+    args: list[str]
+
+
+def parse(command: str | None) -> Request:
+    """Validate SSH_ORIGINAL_COMMAND against the grammar; raise Refused otherwise."""
+    if not command:
+        raise Refused("no command given", hint="this key only runs the move receiver")
+    if len(command) > MAX_COMMAND or not _SAFE_COMMAND.fullmatch(command) or "  " in command \
+            or command != command.strip():
+        raise Refused(f"refused command {ids._show(command)}: characters outside the grammar")
+    words = command.split(" ")
+    verb, rest = words[0], words[1:]
+    if verb == "rsync":
+        return _parse_rsync(rest)
+    if verb not in ("list", "receive", "receive-file", "persist", "abort") or not rest:
+        raise Refused(f"refused command {ids._show(command)}: unknown verb")
+    try:
+        pid = ids.project_id(rest[0])
+    except InvalidInput:
+        raise Refused(f"refused command: invalid project id {ids._show(rest[0])}") from None
+    args = rest[1:]
+    try:
+        if verb in ("list", "persist", "abort"):
+            if args:
+                raise Refused(f"refused command: {verb} takes only a project id")
+        elif verb == "receive":
+            if len(args) not in (4, 5):
+                raise Refused("refused command: receive <project> <name> snapshot|move <codec> <uuid> [<parent>]")
+            ids.snapshot_name(args[0])
+            if args[1] not in ("snapshot", "move") or args[2] not in compress.CODECS:
+                raise Refused("refused command: bad receive kind or codec")
+            for u in args[3:]:
+                if not ids.is_uuid(u):
+                    raise Refused(f"refused command: invalid uuid {ids._show(u)}")
+        elif verb == "receive-file":
+            if len(args) != 2:
+                raise Refused("refused command: receive-file <project> <move-id> <file>")
+            ids.snapshot_name(args[0])
+            m = _STREAM_FILE.fullmatch(args[1])
+            if not m:
+                raise Refused(f"refused command: invalid stream file name {ids._show(args[1])}")
+            ids.snapshot_name(m.group(2))
+    except InvalidInput as exc:
+        if isinstance(exc, Refused):
+            raise
+        raise Refused(f"refused command: {exc.message}") from None
+    return Request(verb, pid, args)
+
+
+def _parse_rsync(words: list[str]) -> Request:
+    """Accept exactly what our own `rsync --partial` push sends; never `--sender` (a read)."""
+    if len(words) < 4 or words[0] != "--server" or words[-2] != ".":
+        raise Refused("refused command: unexpected rsync invocation")
+    for w in words[1:-2]:
+        if w in rsync_tool.SERVER_LONG_OPTIONS or re.fullmatch(r"--bwlimit=\d+", w):
+            continue
+        if re.fullmatch(rsync_tool.SERVER_SHORT_BUNDLE, w, re.ASCII):
+            continue
+        raise Refused(f"refused command: rsync option {ids._show(w)} is not allowed")
+    m = re.fullmatch(r"_streams/([0-9a-f-]{36})/([^/]+)/", words[-1], re.ASCII)
+    if not m or not ids.is_uuid(m.group(1)):
+        raise Refused(f"refused command: rsync target {ids._show(words[-1])} is not a stream directory")
+    try:
+        ids.snapshot_name(m.group(2))
+    except InvalidInput:
+        raise Refused(f"refused command: invalid move id {ids._show(m.group(2))}") from None
+    return Request("rsync", m.group(1), [*words[1:-2], m.group(2)])
+
+
+# -- the receiver ----------------------------------------------------------------------------------
+
+def serve(cfg: Config, source_host: str, command: str | None) -> int:
+    """Run one forced-command request. Returns the exit code; refusals are logged to stderr and sqlite."""
+    try:
+        src = ids.host_id(source_host)
+    except InvalidInput:
+        return _refuse(cfg, None, f"invalid --from {ids._show(source_host)}", command)
+    try:
+        req = parse(command)
+        _check_peer(cfg, src, req)
+    except Refused as exc:
+        return _refuse(cfg, None, exc.message, command)
+    try:
+        handler = {"list": _list, "receive": _receive, "receive-file": _receive_file, "persist": _persist,
+                   "abort": _abort, "rsync": _rsync}[req.verb]
+        handler(cfg, src, req)
+    except Refused as exc:
+        return _refuse(cfg, req.project_id, exc.message, command)
+    except CocalcError as exc:
+        common.log(cfg, req.project_id, "recv", req.verb, "failed", detail=exc.one_line())
+        print(f"cocalc-ctl: error: {exc.one_line()}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    return 0
+
+
+def _refuse(cfg: Config, pid: str | None, message: str, command: str | None) -> int:
+    shown = ids._show(command)
+    print(f"cocalc-ctl: error: {message}", file=sys.stderr, flush=True)
+    common.log(cfg, pid or "-", "recv", "refused", "refused", detail=f"{message}; command={shown}")
+    return Refused.exit_code
+
+
+def _check_peer(cfg: Config, src: str, req: Request) -> None:
+    me = own_host_id(cfg)
+    if me and src == me:
+        raise Refused("refused: a host does not move projects to itself")
+    if host_db.db_path(cfg.data_dir).exists():
+        with host_db.connect(cfg.data_dir) as conn:
+            row = conn.execute("SELECT trusted FROM project_hosts WHERE host_id=?", (src,)).fetchone()
+        if row is not None and not row["trusted"]:
+            raise Refused(f"refused: host {src} is not trusted")
+    if req.verb in ("receive", "receive-file", "persist", "rsync") and \
+            os.path.lexists(layout.project_subvolume(cfg, req.project_id)):
+        raise Refused(f"refused: project {req.project_id} already exists on this host")
+    marker = layout.incoming_dir(cfg, req.project_id) / common.SOURCE_MARKER
+    try:
+        owner = marker.read_text().strip()
+    except OSError:
+        owner = None
+    if owner and owner != src:
+        raise Refused(f"refused: incoming project {req.project_id} belongs to another source host")
+
+
+def _claim_incoming(cfg: Config, src: str, pid: str) -> Path:
+    incoming = layout.incoming_dir(cfg, pid)
+    incoming.mkdir(parents=True, exist_ok=True)
+    os.chmod(incoming.parent, 0o700)
+    marker = incoming / common.SOURCE_MARKER
+    if not marker.exists():
+        marker.write_text(src + "\n")
+    return incoming
+
+
+def _list(cfg: Config, src: str, req: Request) -> None:
+    incoming = layout.incoming_dir(cfg, req.project_id)
+    with locks.hold(cfg.data_dir, f"move-recv-{req.project_id}", wait=True, timeout=600, what="receive"):
+        have = common.inventory(incoming)
+        for r in have:
+            if not r.complete:  # a receive that died half way: never a parent, never finalized
+                proc.run(btrfs.subvolume_delete(str(incoming / r.name)), check=False)
+        have = [r for r in have if r.complete]
+    move = (incoming / common.MOVE_MARKER)
+    doc = {"project_id": req.project_id,
+           "project_exists": os.path.lexists(layout.project_subvolume(cfg, req.project_id)),
+           "received": [{"name": r.name, "received_uuid": r.received_uuid} for r in have],
+           "move_snapshot": move.read_text().strip() if move.exists() else None,
+           "persist": (incoming / common.PERSIST_DIR).is_dir(),
+           "free_bytes": _free_bytes(cfg)}
+    sys.stdout.write(json.dumps(doc) + "\n")
+    sys.stdout.flush()
+
+
+def _free_bytes(cfg: Config) -> int | None:
+    try:
+        return btrfs.usage(str(cfg.btrfs_root)).free_estimated
+    except CocalcError:
+        return None
+
+
+def _receive(cfg: Config, src: str, req: Request) -> None:
+    name, kind, codec, src_uuid = req.args[:4]
+    parent = req.args[4] if len(req.args) > 4 else None
+    incoming = _claim_incoming(cfg, src, req.project_id)
+    _receive_stream(cfg, req.project_id, incoming, name, kind, codec, src_uuid, parent, stdin_path=None)
+
+
+def _receive_stream(cfg: Config, pid: str, incoming: Path, name: str, kind: str, codec: str, src_uuid: str,
+                    parent: str | None, *, stdin_path: str | None) -> None:
+    with locks.hold(cfg.data_dir, f"move-recv-{pid}", wait=True, timeout=600, what="receive"):
+        before = {r.name: r for r in common.inventory(incoming)}
+        done = before.get(name)
+        if done and done.complete and done.received_uuid == src_uuid:
+            _drain_stdin(stdin_path)
+            return  # already here (a resent stream after a lost reply)
+        for r in before.values():
+            if not r.complete:
+                proc.run(btrfs.subvolume_delete(str(incoming / r.name)), check=False)
+        if done and kind == "move" and done.complete:
+            # an earlier attempt's move snapshot, superseded because the project changed since
+            proc.run(btrfs.subvolume_delete(str(incoming / name)))
+            (incoming / common.MOVE_MARKER).unlink(missing_ok=True)
+            before.pop(name)
+        if os.path.lexists(incoming / name):
+            raise Refused(f"refused: {name} already exists in incoming with another source")
+        parent_local = None
+        if parent:
+            parent_local = next((r for r in before.values() if r.complete and r.received_uuid == parent), None)
+            if parent_local is None:
+                raise Refused(f"refused: parent {parent} of {name} has not been received here")
+        stages = []
+        dec = compress.decompressor(codec)
+        if dec:
+            stages.append(proc.Stage(dec, stdin_path=stdin_path, stdin_fd=None if stdin_path else 0))
+        recv_argv = ["btrfs", "receive", str(incoming)]
+        if stages:
+            stages.append(proc.Stage(recv_argv))
+        else:
+            stages.append(proc.Stage(recv_argv, stdin_path=stdin_path, stdin_fd=None if stdin_path else 0))
+        try:
+            proc.pipeline(stages)
+            got = common.inventory(incoming)
+            new = [r for r in got if r.name not in before]
+            mine = next((r for r in new if r.name == name), None)
+            if mine is None or not mine.complete:
+                raise OperationFailed(f"received stream did not produce a complete subvolume {name}")
+            if mine.received_uuid != src_uuid:
+                raise OperationFailed(f"received {name} has received_uuid {mine.received_uuid}, expected {src_uuid}")
+            if (mine.parent_uuid != parent_local.uuid) if parent_local is not None else mine.parent_uuid:
+                raise OperationFailed(f"received {name} is not based on the announced parent")
+            if len(new) != 1:
+                raise OperationFailed("the stream created unexpected subvolumes")
+        except BaseException as exc:
+            # a garbled or partial receive is deleted at once: nothing half-received stays behind
+            for r in common.inventory(incoming):
+                if r.name not in before or not r.complete:
+                    proc.run(btrfs.subvolume_delete(str(incoming / r.name)), check=False)
+            common.log(cfg, pid, "recv", "receive", "failed", snapshot=name, parent=parent,
+                       detail=getattr(exc, "message", str(exc)))
+            raise
+        if kind == "move":
+            (incoming / common.MOVE_MARKER).write_text(name + "\n")
+        common.log(cfg, pid, "recv", "receive", "ok", snapshot=name, parent=parent)
+
+
+def _drain_stdin(stdin_path: str | None) -> None:
+    if stdin_path is None:
+        while os.read(0, 1 << 20):
+            pass
+
+
+def _stream_dir(cfg: Config, pid: str, move_id: str) -> Path:
+    return layout.streams_dir(cfg, pid) / move_id
+
+
+def _receive_file(cfg: Config, src: str, req: Request) -> None:
+    move_id, fname = req.args
+    sdir = _stream_dir(cfg, req.project_id, move_id)
+    try:
+        manifest = json.loads((sdir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        raise NotFound(f"no readable manifest for move {move_id} of {req.project_id}") from None
+    entry = next((e for e in manifest.get("files", []) if e.get("file") == fname), None)
+    if entry is None or not entry.get("complete"):
+        raise Refused(f"refused: {fname} is not a complete file of the manifest")
+    path = sdir / fname
+    if not path.is_file() or path.stat().st_size != entry.get("size"):
+        raise OperationFailed(f"stream file {fname} is missing or has the wrong size (copy incomplete)",
+                              hint="rerun the send: rsync --partial resumes")
+    name, kind, codec = entry["name"], entry["kind"], entry["codec"]
+    ids.snapshot_name(name)
+    if codec not in compress.CODECS or kind not in ("snapshot", "move") or not ids.is_uuid(entry.get("uuid")):
+        raise Refused("refused: manifest entry is malformed")
+    parent = entry.get("parent_uuid")
+    if parent is not None and not ids.is_uuid(parent):
+        raise Refused("refused: manifest entry is malformed")
+    incoming = _claim_incoming(cfg, src, req.project_id)
+    _receive_stream(cfg, req.project_id, incoming, name, kind, codec, entry["uuid"], parent, stdin_path=str(path))
+
+
+def _persist(cfg: Config, src: str, req: Request) -> None:
+    incoming = _claim_incoming(cfg, src, req.project_id)
+    tmp = incoming / (common.PERSIST_DIR + ".tmp")
+    final = incoming / common.PERSIST_DIR
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(mode=0o700)
+    try:
+        with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as tar:
+            tar.extractall(tmp, filter="data")  # no absolute paths, no .., no devices, no links out
+    except (tarfile.TarError, OSError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OperationFailed(f"persist store archive is invalid: {exc}") from None
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(tmp, final)
+    common.log(cfg, req.project_id, "recv", "persist", "ok")
+
+
+def _abort(cfg: Config, src: str, req: Request) -> None:
+    with locks.hold(cfg.data_dir, f"move-recv-{req.project_id}", wait=True, timeout=600, what="receive"):
+        drop_incoming(cfg, req.project_id)
+    common.log(cfg, req.project_id, "recv", "abort", "ok")
+
+
+def drop_incoming(cfg: Config, pid: str) -> list[str]:
+    """Delete `_incoming/<pid>` (its subvolumes first) and `_streams/<pid>`; returns what was deleted."""
+    incoming = layout.incoming_dir(cfg, pid)
+    gone = []
+    for r in common.inventory(incoming):
+        proc.run(btrfs.subvolume_delete(str(incoming / r.name)))
+        gone.append(r.name)
+    for d in (incoming, layout.streams_dir(cfg, pid)):
+        if d.exists() and not proc.plan_only(f"rm -rf {d}"):
+            shutil.rmtree(d)
+    return gone
+
+
+def _rsync(cfg: Config, src: str, req: Request) -> None:
+    *flags, move_id = req.args
+    _claim_incoming(cfg, src, req.project_id)
+    sdir = _stream_dir(cfg, req.project_id, move_id)
+    sdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(layout.streams_dir(cfg, req.project_id).parent, 0o700)
+    # stdin/stdout are the rsync protocol: the server reads and writes them directly
+    proc.pipeline([proc.Stage(["rsync", "--server", *flags, ".", str(sdir) + "/"], stdin_fd=0, stdout_fd=1)])

@@ -1,0 +1,383 @@
+"""`move send`: stream a project and all its snapshots to a peer's receiver.
+
+Order: every snapshot oldest first by creation generation, then the final `move-<time>` snapshot.
+Each is sent incrementally against the newest earlier sibling the receiver already holds (asked with
+`list`), full only when there is none, and skipped when the receiver has it (so a rerun resumes).
+
+Pipe mode: `btrfs send [-p P] SNAP | [lz4|zstd] | ssh … receive …`, kernel to kernel, with a splice
+relay counting the bytes that go onto the wire. Staged mode: stream files `NNNN-<name>.btrfs[.lz4|.zst]`
+plus `manifest.json` under `_streams/<uuid>/<move-id>/` (manifest written incomplete first, each file
+marked complete once verified non-empty), `rsync --partial` to the same place on the peer, then one
+`receive-file` per stream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from cocalc_ctl import ids, layout, locks, proc
+from cocalc_ctl.actions import snapshots as snapshot_actions
+from cocalc_ctl.actions.host import host_id as own_host_id
+from cocalc_ctl.actions.move import common, transport
+from cocalc_ctl.actions.projects import _existing, snapshot_names
+from cocalc_ctl.config import Config, parse_size
+from cocalc_ctl.errors import Busy, CocalcError, InvalidInput, OperationFailed, PreconditionFailed
+from cocalc_ctl.state import host_db
+from cocalc_ctl.tools import btrfs, compress
+from cocalc_ctl.tools import rsync as rsync_tool
+
+Progress = Callable[[dict], None]
+
+
+@dataclass
+class SentSnapshot:
+    name: str
+    kind: str
+    parent: str | None
+    bytes: int
+    seconds: float
+    skipped: bool = False
+
+
+@dataclass
+class SendResult:
+    project_id: str
+    destination: str
+    mode: str
+    compress: str
+    move_snapshot: str
+    snapshots: list[SentSnapshot] = field(default_factory=list)
+    bytes_total: int = 0
+    seconds: float = 0.0
+    persist: bool = False
+
+
+@dataclass
+class _Snap:
+    name: str
+    uuid: str
+    cgen: int
+    kind: str
+
+
+def _ordered_snapshots(cfg: Config, pid: str, move_name: str) -> list[_Snap]:
+    listed = btrfs.list_below(str(layout.snapshots_dir(cfg, pid)))
+    present = set(snapshot_names(cfg, pid)[0])
+    out, move = [], None
+    for s in listed:
+        if "/" in s.path.split(".snapshots/", 1)[-1]:
+            continue  # something nested inside a snapshot: not a snapshot of ours
+        if s.name not in present:
+            continue
+        # btrfs send names a stream by the snapshot's received_uuid when it has one (a snapshot that
+        # itself arrived by a move), else by its uuid: that is what the receiver will record
+        snap = _Snap(s.name, s.received_uuid or s.uuid, s.cgen, "move" if s.name == move_name else "snapshot")
+        if snap.kind == "move":
+            move = snap
+        else:
+            out.append(snap)
+    out.sort(key=lambda s: (s.cgen, s.name))
+    if move is None and proc.DRY_RUN:  # not taken under --dry-run: plan with a placeholder uuid
+        move = _Snap(move_name, "00000000-0000-0000-0000-000000000000", 1 << 62, "move")
+    if move is None:
+        raise OperationFailed(f"move snapshot {move_name} is missing")
+    return [*out, move]
+
+
+def _remote(cfg: Config, sess: transport.PeerSession, words: list[str]) -> list[str]:
+    return sess.command(words)
+
+
+def remote_list(cfg: Config, sess: transport.PeerSession, pid: str) -> dict:
+    res = proc.run(_remote(cfg, sess, ["list", pid]), mutates=False)
+    try:
+        return json.loads(res.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise OperationFailed(f"the receiver at {sess.peer.host}:{sess.peer.port} gave no inventory",
+                              hint="check that its forced command is `cocalc-ctl move recv`") from None
+
+
+def _throttle(rate: int | None, start: float) -> Callable[[int], None] | None:
+    if not rate:
+        return None
+
+    def on_bytes(total: int) -> None:  # runs in the splice relay thread: sleeping there paces the pipe
+        ahead = total / rate - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(ahead)
+
+    return on_bytes
+
+
+def _stop_if_running(cfg: Config, pid: str) -> None:
+    """A project moves stopped: its container is stopped and its overlay root unmounted first."""
+    from cocalc_ctl.tools import mounts
+
+    state = None
+    if host_db.db_path(cfg.data_dir).exists():
+        with host_db.connect(cfg.data_dir) as conn:
+            row = host_db.get_project(conn, pid)
+        state = row["state"] if row else None
+    mounted = mounts.mount_at(str(layout.project_root_mount(cfg, pid))) is not None
+    if state not in ("running", "starting", "stopping") and not mounted:
+        return
+    try:
+        from cocalc_ctl.actions import containers  # the project runtime (podman), when installed
+    except ImportError:
+        raise Busy(f"project {pid} is running", hint="stop it first with `cocalc-ctl project stop`") from None
+    containers.stop(cfg, pid)
+
+
+def send(cfg: Config, project_id: str, to: str, *, mode: str | None = None, codec: str | None = None,
+         bwlimit: str | None = None, snapshot: str | None = None, progress: Progress | None = None) -> SendResult:
+    pid = _existing(cfg, project_id)
+    peer = transport.parse_peer(to)
+    me = own_host_id(cfg)
+    if peer.user.startswith("project-host-"):
+        raise InvalidInput("a move goes to the receiver user btrfs-<this-host-uuid>, not project-host-…")
+    if me and peer.user.startswith("btrfs-") and peer.user != f"btrfs-{me}":
+        raise InvalidInput(f"destination user {peer.user} does not name this host ({me})",
+                           hint=f"use btrfs-{me}@HOST:PORT")
+    mode = mode or cfg["move.mode"]
+    codec = codec or cfg["move.compress"]
+    if mode not in ("pipe", "staged") or codec not in compress.CODECS:
+        raise InvalidInput(f"invalid mode/compression {mode}/{codec}", hint="mode pipe|staged, compress none|lz4|zstd")
+    rate = parse_size(bwlimit) if bwlimit else None
+    name = ids.snapshot_name(snapshot) if snapshot else common.now_name()
+    emit = progress or (lambda ev: None)
+    start = time.monotonic()
+    with locks.hold(cfg.data_dir, f"project-{pid}.move", what=f"move of project {pid}"), \
+            transport.PeerSession(cfg, peer) as sess:
+        _stop_if_running(cfg, pid)
+        inv = remote_list(cfg, sess, pid)
+        if inv.get("project_exists"):
+            raise PreconditionFailed(f"project {pid} already exists on {peer.host}",
+                                     hint="it was moved already; run `move cleanup` here if the hub says done")
+        _take_move_snapshot(cfg, pid, name)
+        if proc.DRY_RUN and mode == "staged":
+            proc.plan_only(f"# staged: btrfs send each snapshot into {layout.streams_dir(cfg, pid) / name}/, "
+                           f"rsync --partial it to {peer.spec}, then receive-file each")
+            return SendResult(pid, peer.spec, mode, codec, name)
+        _check_space(cfg, pid, inv)
+        snaps = _ordered_snapshots(cfg, pid, name)
+        held = {r["received_uuid"] for r in inv.get("received", [])}
+        result = SendResult(pid, peer.spec, mode, codec, name)
+        common.log(cfg, pid, "send", "start", "ok", move_id=name, detail=f"{mode}/{codec} to {peer.spec}")
+        try:
+            if mode == "pipe":
+                _send_persist(cfg, sess, pid, result, inv)
+                for snap in snaps:
+                    _send_pipe(cfg, sess, pid, snap, snaps, held, codec, rate, result, emit)
+            else:
+                _send_staged(cfg, sess, pid, name, snaps, held, codec, bwlimit, result, emit, inv)
+        except CocalcError as exc:
+            common.log(cfg, pid, "send", "failed", "failed", move_id=name, detail=exc.one_line())
+            if mode == "pipe" and _out_of_space(exc):
+                _remote_abort(cfg, sess, pid)
+            raise
+        if proc.DRY_RUN:
+            return result
+        final = remote_list(cfg, sess, pid)
+        missing = [s.name for s in snaps if s.uuid not in {r["received_uuid"] for r in final.get("received", [])}]
+        if missing or final.get("move_snapshot") != name:
+            raise OperationFailed(f"the receiver does not hold {', '.join(missing) or name} after the send")
+        result.seconds = time.monotonic() - start
+        common.log(cfg, pid, "send", "done", "ok", move_id=name, nbytes=result.bytes_total)
+        emit({"event": "done", "project_id": pid, "bytes": result.bytes_total, "seconds": round(result.seconds, 3)})
+        return result
+
+
+def _take_move_snapshot(cfg: Config, pid: str, name: str) -> None:
+    """The final snapshot; one left by an earlier attempt is reused only if the project has not
+    changed since (else it is replaced, so a retried move never ships stale data)."""
+    path = layout.snapshot_path(cfg, pid, name)
+    if path.exists() and not proc.DRY_RUN:
+        # commit pending writes first: a subvolume's generation only moves at transaction commit
+        proc.run(["btrfs", "filesystem", "sync", str(layout.project_subvolume(cfg, pid))], mutates=False)
+        snap = btrfs.show(str(path))
+        current = btrfs.show(str(layout.project_subvolume(cfg, pid))).generation
+        if current <= snap.gen_at_creation:
+            return
+        proc.run(btrfs.subvolume_delete(str(path)))
+    if not path.exists() or proc.DRY_RUN:
+        snapshot_actions.create(cfg, pid, name)
+
+
+def _out_of_space(exc: CocalcError) -> bool:
+    text = (getattr(exc, "stderr_tail", "") or "") + exc.message
+    return "No space left" in text or "ENOSPC" in text or "too small" in text
+
+
+def _remote_abort(cfg: Config, sess: transport.PeerSession, pid: str) -> None:
+    proc.run(_remote(cfg, sess, ["abort", pid]), check=False)
+
+
+def _check_space(cfg: Config, pid: str, inv: dict) -> None:
+    free = inv.get("free_bytes")
+    if not free:
+        return
+    sub = btrfs.show(str(layout.project_subvolume(cfg, pid)))
+    q = btrfs.qgroups(str(layout.project_subvolume(cfg, pid))).get(f"0/{sub.subvolume_id}")
+    if q and q.referenced > free:
+        raise PreconditionFailed(f"destination has {free} bytes free, project {pid} needs at least {q.referenced}",
+                                 hint="choose a bigger destination or free space there")
+
+
+def _parent_for(snap: _Snap, snaps: list[_Snap], held: set[str]) -> _Snap | None:
+    idx = snaps.index(snap)
+    for earlier in reversed(snaps[:idx]):
+        if earlier.uuid in held:
+            return earlier
+    return None
+
+
+def _snap_path(cfg: Config, pid: str, snap: _Snap) -> str:
+    return str(layout.snapshot_path(cfg, pid, snap.name))
+
+
+def _send_argv(cfg: Config, pid: str, snap: _Snap, parent: _Snap | None) -> list[str]:
+    return ["btrfs", "send", "-q", *(["-p", _snap_path(cfg, pid, parent)] if parent else []), _snap_path(cfg, pid, snap)]
+
+
+def _send_pipe(cfg, sess, pid, snap, snaps, held, codec, rate, result, emit) -> None:
+    if snap.uuid in held:
+        result.snapshots.append(SentSnapshot(snap.name, snap.kind, None, 0, 0.0, skipped=True))
+        return
+    parent = _parent_for(snap, snaps, held)
+    words = ["receive", pid, snap.name, snap.kind, codec, snap.uuid, *([parent.uuid] if parent else [])]
+    stages = [proc.Stage(_send_argv(cfg, pid, snap, parent))]
+    comp = compress.compressor(codec)
+    if comp:
+        stages.append(proc.Stage(comp))
+    stages.append(proc.Stage(_remote(cfg, sess, words)))
+    t0 = time.monotonic()
+    throttle = _throttle(rate, t0)
+    last = [0.0]
+
+    def on_bytes(total: int) -> None:
+        if throttle:
+            throttle(total)
+        now = time.monotonic()
+        if now - last[0] >= 0.5:
+            last[0] = now
+            emit({"event": "progress", "snapshot": snap.name, "bytes": total,
+                  "rate": round(total / max(now - t0, 1e-6))})
+
+    res = proc.pipeline(stages, count_after=[len(stages) - 2], on_progress=on_bytes)
+    n = res.bytes_counted[0] if res.bytes_counted else 0
+    held.add(snap.uuid)
+    sent = SentSnapshot(snap.name, snap.kind, parent.name if parent else None, n, time.monotonic() - t0)
+    result.snapshots.append(sent)
+    result.bytes_total += n
+    common.log(cfg, pid, "send", "snapshot", "ok", move_id=result.move_snapshot, snapshot=snap.name,
+               parent=sent.parent, nbytes=n)
+    emit({"event": "sent", "snapshot": snap.name, "parent": sent.parent, "bytes": n,
+          "seconds": round(sent.seconds, 3)})
+
+
+def _send_persist(cfg, sess, pid, result, inv) -> None:
+    pdir = layout.persist_dir(cfg, pid)
+    if not pdir.is_dir() or inv.get("persist"):
+        result.persist = pdir.is_dir()
+        return
+    proc.pipeline([proc.Stage(["tar", "-C", str(pdir), "--numeric-owner", "-cf", "-", "."]),
+                   proc.Stage(_remote(cfg, sess, ["persist", pid]))])
+    result.persist = True
+
+
+# -- staged mode ---------------------------------------------------------------------------------
+
+def _write_manifest(path: Path, doc: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(doc, fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _send_staged(cfg, sess, pid, move_id, snaps, held, codec, bwlimit, result, emit, inv) -> None:
+    sdir = layout.streams_dir(cfg, pid) / move_id
+    sdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(layout.streams_dir(cfg, pid).parent, 0o700)
+    mpath = sdir / "manifest.json"
+    try:
+        old = json.loads(mpath.read_text())
+    except (OSError, ValueError):
+        old = {}
+    old_files = {e["file"]: e for e in old.get("files", [])}
+    plan_held = set(held)
+    files = []
+    for i, snap in enumerate(snaps, start=1):
+        if snap.uuid in held:
+            result.snapshots.append(SentSnapshot(snap.name, snap.kind, None, 0, 0.0, skipped=True))
+            continue
+        parent = _parent_for(snap, snaps, plan_held)
+        plan_held.add(snap.uuid)
+        fname = f"{i:04d}-{snap.name}.btrfs{compress.SUFFIX[codec]}"
+        entry = {"file": fname, "name": snap.name, "kind": snap.kind, "codec": codec, "uuid": snap.uuid,
+                 "parent_uuid": parent.uuid if parent else None, "parent": parent.name if parent else None,
+                 "size": None, "complete": False}
+        prev = old_files.get(fname)
+        if prev and prev.get("complete") and prev.get("uuid") == snap.uuid and \
+                prev.get("parent_uuid") == entry["parent_uuid"] and (sdir / fname).is_file() and \
+                (sdir / fname).stat().st_size == prev.get("size"):
+            entry.update(size=prev["size"], complete=True)  # made by an earlier, interrupted run
+        files.append(entry)
+    manifest = {"version": 1, "project_id": pid, "move_id": move_id, "source_host": own_host_id(cfg),
+                "complete": False, "files": files}
+    _write_manifest(mpath, manifest)  # incomplete first, as a raw target would
+    for entry in files:
+        if entry["complete"]:
+            continue
+        snap = next(s for s in snaps if s.name == entry["name"])
+        parent = next((s for s in snaps if s.name == entry["parent"]), None)
+        stages = [proc.Stage(_send_argv(cfg, pid, snap, parent))]
+        comp = compress.compressor(codec)
+        if comp:
+            stages.append(proc.Stage(comp))
+        stages[-1].stdout_path = str(sdir / entry["file"])
+        t0 = time.monotonic()
+        proc.pipeline(stages)
+        size = (sdir / entry["file"]).stat().st_size
+        if size == 0:
+            raise OperationFailed(f"stream file {entry['file']} is empty")
+        entry.update(size=size, complete=True)
+        _write_manifest(mpath, manifest)
+        emit({"event": "staged", "snapshot": snap.name, "file": entry["file"], "bytes": size,
+              "seconds": round(time.monotonic() - t0, 3)})
+    manifest["complete"] = True
+    _write_manifest(mpath, manifest)
+    remote_dir = f"_streams/{pid}/{move_id}/"
+    t0 = time.monotonic()
+    proc.run(rsync_tool.push_dir(str(sdir), f"{sess.peer.user}@{sess.peer.host}:{remote_dir}",
+                                 sess.options(), bwlimit=_rsync_bwlimit(bwlimit)))
+    emit({"event": "copied", "files": len(files), "seconds": round(time.monotonic() - t0, 3)})
+    _send_persist(cfg, sess, pid, result, inv)
+    for entry in files:
+        t1 = time.monotonic()
+        proc.run(_remote(cfg, sess, ["receive-file", pid, move_id, entry["file"]]))
+        result.snapshots.append(SentSnapshot(entry["name"], entry["kind"], entry["parent"], entry["size"],
+                                             time.monotonic() - t1))
+        result.bytes_total += entry["size"]
+        held.add(entry["uuid"])
+        common.log(cfg, pid, "send", "snapshot", "ok", move_id=move_id, snapshot=entry["name"],
+                   parent=entry["parent"], nbytes=entry["size"])
+        emit({"event": "sent", "snapshot": entry["name"], "parent": entry["parent"], "bytes": entry["size"]})
+    shutil.rmtree(sdir, ignore_errors=True)
+    try:
+        layout.streams_dir(cfg, pid).rmdir()
+    except OSError:
+        pass
+
+
+def _rsync_bwlimit(bwlimit: str | None) -> str | None:
+    if not bwlimit:
+        return None
+    return str(max(1, parse_size(bwlimit) // 1024))  # rsync counts KiB/s

@@ -1,0 +1,253 @@
+"""`move worker`: advance the hub's moves, safely from several workers on several machines.
+
+A worker claims one row with `SELECT … FOR UPDATE SKIP LOCKED` *and* a lease (`lease_owner`,
+`lease_until`), and holds the lease for the whole run of steps, renewing it from a heartbeat
+thread. Every transition is written with `WHERE lease_owner = me AND state = <expected>`, so a worker
+that lost its lease (or a move cancelled meanwhile) changes nothing. A dead worker's lease expires
+and another worker resumes the move from its last recorded state; every step is idempotent on the
+hosts (send skips what the destination holds, finalize resumes, cleanup/abort are repeatable).
+Each claim of an unfinished move counts one attempt; after `move.max_attempts` it ends `failing`
+and the destination is rolled back, leaving the source intact.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from cocalc_ctl import ids
+from cocalc_ctl.actions.move import common
+from cocalc_ctl.actions.move.hub import ACTIVE, COLUMNS, MIRROR_SQL, Move, row_to_move
+from cocalc_ctl.actions.move.transport import HostTransport, host_transport
+from cocalc_ctl.config import Config
+from cocalc_ctl.errors import CocalcError, PreconditionFailed
+from cocalc_ctl.state import hub_db
+
+CLAIMABLE = f"""(state = ANY(ARRAY{list(ACTIVE)!r}::text[])
+                 OR (state IN ('done', 'failing', 'cancelled') AND cleaned_at IS NULL))
+                AND (lease_until IS NULL OR lease_until < now())"""
+
+CLAIM_SQL = f"""
+UPDATE project_moves m
+   SET lease_owner = %(owner)s, lease_until = now() + make_interval(secs => %(lease)s), updated_at = now(),
+       attempt = CASE WHEN m.state = ANY(ARRAY{list(ACTIVE)!r}::text[]) THEN m.attempt + 1 ELSE m.attempt END
+ WHERE m.project_id = (SELECT project_id FROM project_moves WHERE {CLAIMABLE}
+                       ORDER BY created_at, project_id FOR UPDATE SKIP LOCKED LIMIT 1)
+RETURNING {', '.join('m.' + c.strip() for c in COLUMNS.split(','))}"""
+
+
+class LeaseLost(Exception):
+    pass
+
+
+@dataclass
+class WorkerResult:
+    owner: str
+    processed: list[dict] = field(default_factory=list)
+
+
+class Worker:
+    def __init__(self, cfg: Config, *, transport: HostTransport | None = None, owner: str | None = None):
+        self.cfg = cfg
+        self.dsn = cfg["hub_dsn"]
+        self.lease = cfg["move.lease_seconds"]
+        self.max_attempts = cfg["move.max_attempts"]
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._transport = transport
+        self._live: dict | None = None  # latest progress event of the running step
+
+    # -- database ---------------------------------------------------------------------------------
+    def claim(self) -> Move | None:
+        with hub_db.connect(self.dsn) as conn:
+            row = conn.execute(CLAIM_SQL, {"owner": self.owner, "lease": self.lease}).fetchone()
+            if row:
+                conn.execute(MIRROR_SQL, (row[0],))
+        return row_to_move(row) if row else None
+
+    def _update(self, move: Move, *, expect: str | None = None, **fields) -> Move:
+        """Write fields (and a state) iff we still hold the lease and the state is as expected."""
+        sets = ", ".join(f"{k} = %({k})s" for k in fields)
+        params = {**fields, "p": move.project_id, "owner": self.owner, "expect": expect or move.state}
+        if "progress" in params and params["progress"] is not None:
+            from psycopg.types.json import Jsonb
+
+            params["progress"] = Jsonb(params["progress"])
+        with hub_db.connect(self.dsn, autocommit=False) as conn:
+            with conn.transaction():
+                row = conn.execute(f"UPDATE project_moves SET {sets}, updated_at = now() WHERE project_id = %(p)s "
+                                   f"AND lease_owner = %(owner)s AND state = %(expect)s RETURNING {COLUMNS}",
+                                   params).fetchone()
+                if row is None:
+                    raise LeaseLost(move.project_id)
+                if fields.get("state") == "done":
+                    conn.execute("UPDATE projects SET host_id = %s WHERE project_id = %s",
+                                 (move.dest_host_id, move.project_id))
+                conn.execute(MIRROR_SQL, (move.project_id,))
+        return row_to_move(row)
+
+    def _release(self, move: Move, reason: str | None, delay: float = 0.0) -> None:
+        with hub_db.connect(self.dsn) as conn:
+            conn.execute("UPDATE project_moves SET lease_owner = NULL, lease_until = now() + make_interval(secs => %s),"
+                         " status_reason = coalesce(%s, status_reason), updated_at = now() "
+                         "WHERE project_id = %s AND lease_owner = %s", (delay, reason, move.project_id, self.owner))
+            conn.execute(MIRROR_SQL, (move.project_id,))
+
+    def _heartbeat(self, pid: str, stop: threading.Event, lost: threading.Event) -> None:
+        while not stop.wait(max(self.lease / 3, 0.2)):
+            try:
+                from psycopg.types.json import Jsonb
+
+                live = self._live
+                with hub_db.connect(self.dsn) as conn:
+                    row = conn.execute("UPDATE project_moves SET lease_until = now() + make_interval(secs => %s), "
+                                       "progress = coalesce(%s, progress) "
+                                       "WHERE project_id = %s AND lease_owner = %s RETURNING state",
+                                       (self.lease, Jsonb(live) if live else None, pid, self.owner)).fetchone()
+                    if live:
+                        conn.execute(MIRROR_SQL, (pid,))
+                if row is None:
+                    lost.set()
+                    return
+            except CocalcError:
+                pass  # the hub is briefly unreachable: the lease may lapse, transitions will then refuse
+
+    # -- hosts ------------------------------------------------------------------------------------
+    def transport(self) -> HostTransport:
+        if self._transport is None:
+            with hub_db.connect(self.dsn) as conn:
+                servers = {r[0]: r[1] for r in conn.execute("SELECT id::text, ssh_server FROM project_hosts")}
+            return host_transport(self.cfg, servers)
+        return self._transport
+
+    def _ssh_server(self, host: str) -> str:
+        with hub_db.connect(self.dsn) as conn:
+            row = conn.execute("SELECT ssh_server FROM project_hosts WHERE id = %s", (host,)).fetchone()
+        if not row or not row[0]:
+            raise PreconditionFailed(f"host {host} has no ssh_server in the hub", hint="run `keys register` on it")
+        return row[0]
+
+    # -- the state machine ------------------------------------------------------------------------
+    def process(self, move: Move) -> Move:
+        stop, lost = threading.Event(), threading.Event()
+        hb = threading.Thread(target=self._heartbeat, args=(move.project_id, stop, lost), daemon=True)
+        hb.start()
+        try:
+            return self._advance(move, lost)
+        except LeaseLost:  # lease expired or the move was cancelled meanwhile: let the next claim decide
+            self._release(move, None)
+            return move
+        finally:
+            stop.set()
+            hb.join()
+
+    def _advance(self, move: Move, lost: threading.Event) -> Move:
+        if move.state in ACTIVE and move.attempt > self.max_attempts:
+            move = self._update(move, state="failing",
+                                status_reason=f"gave up after {move.attempt - 1} attempts: {move.status_reason or ''}"
+                                .strip().rstrip(":"))
+        while True:
+            if lost.is_set():
+                raise LeaseLost(move.project_id)
+            try:
+                nxt = self._step(move)
+            except LeaseLost:
+                raise
+            except Exception as exc:  # any failure of a step: retry later, or give up → failing
+                reason = exc.one_line() if isinstance(exc, CocalcError) else f"{type(exc).__name__}: {exc}"
+                if move.state in ACTIVE and move.attempt < self.max_attempts:
+                    self._release(move, f"attempt {move.attempt} failed in {move.state}: {reason}",
+                                  delay=min(2.0 * move.attempt, 30.0))
+                    return move
+                if move.state in ACTIVE:
+                    move = self._update(move, state="failing", status_reason=f"{move.state} failed: {reason}")
+                    continue
+                self._release(move, f"clean-up failed: {reason}", delay=min(5.0 * max(move.attempt, 1), 60.0))
+                return move
+            if nxt is None:
+                self._release(move, None)
+                return move
+            move = nxt
+
+    def _step(self, m: Move) -> Move | None:
+        pid = m.project_id
+        if m.state == "queued":
+            return self._update(m, state="preparing", snapshot_name=m.snapshot_name or common.now_name(),
+                                status_reason=None)
+        if m.state == "preparing":
+            self.transport().run(m.source_host_id, ["project", "show", pid])
+            return self._update(m, state="sending")
+        if m.state == "sending":
+            user = self.cfg["move.receiver_user"] or f"btrfs-{m.source_host_id}"
+            args = ["move", "send", pid, "--to", f"{user}@{self._ssh_server(m.dest_host_id)}", "--mode", m.mode,
+                    "--compress", m.compress, "--snapshot", ids.snapshot_name(m.snapshot_name)]
+            if self.cfg["move.bwlimit"]:
+                args += ["--bwlimit", self.cfg["move.bwlimit"]]
+            t0 = time.monotonic()
+
+            def on_event(ev: dict) -> None:  # the heartbeat publishes the latest one into `progress`
+                if ev.get("event") in ("progress", "sent", "staged", "copied"):
+                    self._live = {"event": ev["event"], "snapshot": ev.get("snapshot"), "bytes": ev.get("bytes"),
+                                  "rate": ev.get("rate"), "seconds": round(time.monotonic() - t0, 1)}
+
+            res = self.transport().run(m.source_host_id, args, on_event=on_event)
+            self._live = None
+            progress = {"bytes": res.get("bytes_total"), "seconds": round(time.monotonic() - t0, 3),
+                        "streams": len([s for s in res.get("snapshots", []) if not s.get("skipped")])}
+            return self._update(m, state="finalizing", progress=progress)
+        if m.state == "finalizing":
+            self.transport().run(m.dest_host_id, ["move", "finalize", pid])
+            return self._update(m, state="done", status_reason=None)
+        if m.state == "done" and m.cleaned_at is None:
+            if m.source_host_id != m.dest_host_id:
+                self.transport().run(m.source_host_id, ["move", "cleanup", pid, "--force"])
+            return self._update(m, cleaned_at=_now())
+        if m.state in ("failing", "cancelled") and m.cleaned_at is None:
+            if m.dest_host_id and m.dest_host_id != m.source_host_id:
+                self.transport().run(m.dest_host_id, ["move", "abort", pid])
+            return self._update(m, cleaned_at=_now())
+        return None
+
+
+def _now():
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def run(cfg: Config, *, once: bool = False, concurrency: int = 1, poll: float = 2.0,
+        transport: HostTransport | None = None, stop: threading.Event | None = None) -> WorkerResult:
+    """Claim and advance moves with `concurrency` threads; with `once`, return when nothing is claimable."""
+    base = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    result = WorkerResult(base)
+    stop = stop or threading.Event()
+    lock = threading.Lock()
+
+    def loop(n: int) -> None:
+        w = Worker(cfg, transport=transport, owner=f"{base}:{n}")
+        while not stop.is_set():
+            move = w.claim()
+            if move is None:
+                if once:
+                    return
+                stop.wait(poll)
+                continue
+            final = w.process(move)
+            with lock:
+                result.processed.append({"project_id": final.project_id, "state": final.state,
+                                         "attempt": final.attempt, "reason": final.status_reason})
+
+    threads = [threading.Thread(target=loop, args=(n,), daemon=True) for n in range(max(1, concurrency))]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)
+    except KeyboardInterrupt:
+        stop.set()
+        raise
+    return result

@@ -1,0 +1,218 @@
+"""`cocalc-ctl move`: move a project between hosts (host-side steps and the hub's queue)."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import typer
+
+from cocalc_ctl.cli.common import G, config, render
+
+app = typer.Typer(help="Move projects between hosts: send/recv/finalize/cleanup on hosts; "
+                       "start/status/cancel/worker on the hub.", no_args_is_help=True)
+
+PROJECT = typer.Argument(..., metavar="PROJECT", help="Project id (lowercase UUID).")
+
+
+class _Progress:
+    """JSON lines with --json, a rich transfer bar on a TTY, one plain line per snapshot otherwise."""
+
+    def __init__(self):
+        from cocalc_ctl import output
+
+        self.output = output
+        self.bar = None
+        self.task = None
+        if not G.json and not G.quiet and output.is_tty():
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TransferSpeedColumn)
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                TransferSpeedColumn(), TimeElapsedColumn())
+            self.bar.start()
+
+    def __call__(self, ev: dict) -> None:
+        if G.json:
+            self.output.json_line(ev)
+            return
+        if self.bar is not None:
+            if ev["event"] in ("progress", "sent"):
+                if self.task is None or self.bar.tasks[self.task].description != ev["snapshot"]:
+                    self.task = self.bar.add_task(ev["snapshot"], total=None)
+                done = ev["event"] == "sent"
+                self.bar.update(self.task, completed=ev["bytes"], total=ev["bytes"] if done else None)
+            return
+        if ev["event"] in ("sent", "staged") and not G.quiet:
+            how = f"incremental from {ev['parent']}" if ev.get("parent") else "full"
+            verb = "staged" if ev["event"] == "staged" else "sent"
+            print(f"{verb} {ev['snapshot']} ({how}): {self.output.human_bytes(ev['bytes'])}", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@app.command("send")
+def send(project: str = PROJECT,
+         to: str = typer.Option(..., "--to", metavar="btrfs-<SRC>@HOST:PORT",
+                                help="The destination's move receiver (btrfs-<this-host-uuid>@HOST:PORT)."),
+         mode: Optional[str] = typer.Option(None, "--mode", metavar="pipe|staged",
+                                            help="pipe: stream; staged: files + rsync --partial (default move.mode)."),
+         compress: Optional[str] = typer.Option(None, "--compress", metavar="none|lz4|zstd",
+                                                help="Compress the streams (default move.compress)."),
+         bwlimit: Optional[str] = typer.Option(None, "--bwlimit", metavar="RATE", help="Bytes/s, e.g. 50M."),
+         snapshot: Optional[str] = typer.Option(None, "--snapshot", metavar="NAME",
+                                                help="Name of the final snapshot (default move-<UTC time>; "
+                                                     "reused when it exists, so a rerun resumes).")) -> None:
+    """Stop the project, snapshot it, send every snapshot (incrementally) to the destination."""
+    from cocalc_ctl import output
+    from cocalc_ctl.actions.move import send as send_action
+
+    progress = _Progress()
+    try:
+        result = send_action.send(config(), project, to, mode=mode, codec=compress, bwlimit=bwlimit,
+                                  snapshot=snapshot, progress=progress)
+    finally:
+        progress.close()
+    if G.json:
+        output.json_line({"event": "result", **output.to_jsonable(result)})
+        return
+
+    def human(r):
+        sent = [s for s in r.snapshots if not s.skipped]
+        print(f"moved {r.project_id} to {r.destination}: {len(sent)} streams, {output.human_bytes(r.bytes_total)} "
+              f"in {r.seconds:.1f}s ({r.mode}, {r.compress}); final snapshot {r.move_snapshot}")
+
+    render(result, human)
+
+
+@app.command("recv")
+def recv(from_: str = typer.Option(..., "--from", metavar="HOST_UUID",
+                                   help="The source host whose key runs this forced command.")) -> None:
+    """The destination's forced command: runs the request in SSH_ORIGINAL_COMMAND (own small grammar)."""
+    from cocalc_ctl.actions.move import recv as recv_action
+
+    code = recv_action.serve(config(), from_, os.environ.get("SSH_ORIGINAL_COMMAND"))
+    raise typer.Exit(code)
+
+
+@app.command("host-step")
+def host_step() -> None:
+    """The forced command for the hub's worker (ssh transport): runs one step from SSH_ORIGINAL_COMMAND."""
+    import sys
+
+    from cocalc_ctl.actions.move import host_step as step
+    from cocalc_ctl.cli.main import run
+    from cocalc_ctl.errors import CocalcError
+
+    try:
+        argv = step.parse(os.environ.get("SSH_ORIGINAL_COMMAND"))
+    except CocalcError as exc:
+        print(f"cocalc-ctl: error: {exc.one_line()}", file=sys.stderr, flush=True)
+        raise typer.Exit(exc.exit_code) from None
+    args = ["--json", *argv]
+    if G.config_path:
+        args = ["--config", G.config_path, *args]
+    raise typer.Exit(run(args))
+
+
+@app.command("finalize")
+def finalize(project: str = PROJECT) -> None:
+    """Make the received snapshots the project here (idempotent; refuses an existing project)."""
+    from cocalc_ctl.actions.move import finalize as fin
+
+    result = fin.finalize(config(), project)
+    render(result, lambda r: print(f"project {r.project_id} already finalized at {r.path}" if r.already_finalized
+                                   else f"finalized {r.project_id} at {r.path} with {len(r.snapshots)} snapshots"))
+
+
+@app.command("cleanup")
+def cleanup(project: str = PROJECT,
+            force: bool = typer.Option(False, "--force", help="Delete without asking the hub for confirmation.")) -> None:
+    """On the source: delete the moved project once the hub says the destination finalized."""
+    from cocalc_ctl.actions.move import finalize as fin
+
+    result = fin.cleanup(config(), project, force=force)
+    render(result, lambda r: print(f"deleted {r.project_id} and {len(r.deleted_snapshots)} snapshots ({r.reason})"
+                                   if r.deleted else f"{r.project_id}: {r.reason}"))
+
+
+@app.command("abort")
+def abort(project: str = PROJECT) -> None:
+    """On a destination: delete received data, staged streams and a half-finalized project."""
+    from cocalc_ctl.actions.move import finalize as fin
+
+    result = fin.abort(config(), project)
+    render(result, lambda r: print(f"aborted {r.project_id}: removed {len(r.deleted_received)} received snapshots"
+                                   + (" and the half-finalized project" if r.deleted_partial_project else "")))
+
+
+# -- hub side -----------------------------------------------------------------------------------------
+
+def _status_table(moves) -> None:
+    from cocalc_ctl import output
+
+    output.table(["project", "state", "from", "to", "mode", "attempt", "bytes", "reason"],
+                 [(m.project_id, m.state, (m.source_host_id or "-")[:8], (m.dest_host_id or "-")[:8],
+                   f"{m.mode}/{m.compress}", m.attempt,
+                   output.human_bytes((m.progress or {}).get("bytes")) if m.progress else "-",
+                   m.status_reason or "") for m in moves])
+
+
+@app.command("start")
+def start(project: str = PROJECT,
+          to: Optional[str] = typer.Option(None, "--to", metavar="HOST",
+                                           help="Destination host uuid or name (default: a trusted, active host)."),
+          mode: Optional[str] = typer.Option(None, "--mode", metavar="pipe|staged", help="Transfer mode."),
+          compress: Optional[str] = typer.Option(None, "--compress", metavar="none|lz4|zstd",
+                                                 help="Stream compression.")) -> None:
+    """Queue a move in the hub and return at once (a `move worker` carries it out)."""
+    from cocalc_ctl.actions.move import hub
+
+    result = hub.start(config(), project, to=to, mode=mode, compress=compress)
+    render(result, lambda m: print(f"move of {m.project_id} to {m.dest_host_id}: {m.state}"
+                                   + (f" ({m.status_reason})" if m.status_reason else "")))
+
+
+@app.command("status")
+def status(project: Optional[str] = typer.Argument(None, metavar="[PROJECT]", help="One project (default: all)."),
+           watch: bool = typer.Option(False, "--watch", help="Refresh every second until every move is finished.")) -> None:
+    """Moves in the hub with state, attempt, bytes and reason."""
+    import time
+
+    from cocalc_ctl import output
+    from cocalc_ctl.actions.move import hub
+
+    while True:
+        moves = hub.status(config(), project)
+        if G.json and watch:
+            for m in moves:
+                output.json_line(m)
+        else:
+            render(moves, _status_table)
+        if not watch or all(m.state in hub.TERMINAL for m in moves):
+            return
+        time.sleep(1.0)
+
+
+@app.command("cancel")
+def cancel(project: str = PROJECT) -> None:
+    """Cancel a move that has not reached finalizing; the worker then rolls back the destination."""
+    from cocalc_ctl.actions.move import hub
+
+    result = hub.cancel(config(), project)
+    render(result, lambda m: print(f"cancelled the move of {m.project_id}"))
+
+
+@app.command("worker")
+def worker(once: bool = typer.Option(False, "--once", help="Exit when no move is claimable."),
+           concurrency: int = typer.Option(1, "--concurrency", min=1, max=64, metavar="N",
+                                           help="Moves handled at once."),
+           poll: float = typer.Option(2.0, "--poll", min=0.1, metavar="SECONDS", help="Idle poll interval.")) -> None:
+    """Advance queued moves (queued → preparing → sending → finalizing → done) under leases."""
+    from cocalc_ctl.actions.move import worker as worker_action
+
+    result = worker_action.run(config(), once=once, concurrency=concurrency, poll=poll)
+    render(result, lambda r: [print(f"{p['project_id']}: {p['state']}" + (f" ({p['reason']})" if p["reason"] else ""))
+                              for p in r.processed])

@@ -1,0 +1,79 @@
+"""The receiver's forced command over real sshd refuses everything outside its grammar."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+
+import pytest
+
+from tests.support.move import ensure_host_key, make_project, ssh_to
+
+pytestmark = pytest.mark.integration
+
+PID = "0b1c8a36-7f0e-4d2a-9a57-3c2b1e0f9d11"
+SNAP_UUID = "5d8e2c1a-1111-4a2b-8c3d-9e8f7a6b5c4d"
+
+# Over real sshd: one of each kind (the unit tests cover the grammar exhaustively).
+REFUSED = [
+    "rm -rf /",
+    "",
+    f"list {PID}; id",
+    f"list $(id)",
+    f"list {PID}\nid",
+    "list ../../etc",
+    f"receive {PID} ../../etc/passwd snapshot none {SNAP_UUID}",
+    f"receive-file {PID} move-1 ../../../etc/shadow",
+    f"persist {PID} /etc",
+    "rsync --server --sender -vlogDtpre.iLsfxCIvu . /etc/",
+    f"rsync --server -tre.iLsfxCIvu --partial . _streams/{PID}/../../../etc/",
+    f"rsync --server -tre.iLsfxCIvu --delete --partial . _streams/{PID}/m1/",
+]
+
+
+def test_forced_command_refuses_outside_the_grammar(pair):
+    a, b, rb, _ = pair
+    for command in REFUSED:
+        res = ssh_to(a, rb, command)
+        assert res.returncode != 0, command
+        assert b"refused" in res.stderr or b"error" in res.stderr, (command, res.stderr)
+    # nothing was created on B
+    assert not (b.pool / "_incoming").exists() or not any((b.pool / "_incoming").iterdir())
+    assert not (b.pool / "_streams").exists()
+    # every refusal is logged
+    with sqlite3.connect(b.data / "host.sqlite") as conn:
+        n = conn.execute("SELECT count(*) FROM move_log WHERE role='recv' AND status='refused'").fetchone()[0]
+    assert n >= len(REFUSED)
+    # and the grammar itself still works
+    ok = ssh_to(a, rb, f"list {PID}")
+    assert ok.returncode == 0 and b'"received": []' in ok.stdout
+
+
+def test_forced_command_refuses_another_hosts_incoming_and_existing_projects(pair, make_host):
+    a, b, rb, _ = pair
+    c = make_host("c", init=False)  # a third host with its own key, also allowed on B
+    ensure_host_key(c)
+    rb.allow(c)
+    pid = str(uuid.uuid4())
+    make_project(a, pid, {"f.txt": b"x\n"})
+    a.cli("snapshot", "create", pid, "s1")
+    # A starts a move of pid to B ...
+    a.cli("move", "send", pid, "--to", rb.spec(), "--snapshot", "move-x")
+    assert (b.pool / "_incoming" / pid / "s1").is_dir()
+    # ... C may neither abort it, nor add to it, nor copy files into it
+    for command in (f"abort {pid}", f"receive {pid} s9 snapshot none {SNAP_UUID}",
+                    f"rsync --server -tre.iLsfxCIvu --partial . _streams/{pid}/m1/"):
+        res = ssh_to(c, rb, command)
+        assert res.returncode != 0 and b"another source host" in res.stderr, (command, res.stderr)
+    assert (b.pool / "_incoming" / pid / "s1").is_dir()
+    # once finalized, nobody receives into the existing project
+    b.cli("move", "finalize", pid)
+    for command in (f"receive {pid} s9 snapshot none {SNAP_UUID}", f"persist {pid}"):
+        res = ssh_to(a, rb, command, input=b"garbage")
+        assert res.returncode != 0 and b"already exists" in res.stderr, res.stderr
+    assert not (b.pool / "_incoming" / pid).exists()
+    # a garbled stream is refused by btrfs and leaves nothing behind
+    other = str(uuid.uuid4())
+    res = ssh_to(a, rb, f"receive {other} s1 snapshot none {SNAP_UUID}", input=b"not a btrfs stream" * 100)
+    assert res.returncode != 0
+    assert not any(p.name == "s1" for p in (b.pool / "_incoming" / other).iterdir())

@@ -1,0 +1,77 @@
+"""Staged mode: compressed stream files + manifest, rsync --partial (resumable), receive from files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from tests.integration.move.test_move_pipe import assert_moved, build_project, events, tree_digest
+from tests.support.hosts import CLI, REPO
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("codec,suffix", [("zstd", ".zst"), ("lz4", ".lz4")])
+def test_staged_move_with_compression(pair, codec, suffix):
+    a, b, rb, _ = pair
+    pid = str(uuid.uuid4())
+    digests = build_project(a, pid)
+    # compressible content, so compression visibly works
+    (a.project_path(pid) / "text.txt").write_bytes(b"all work and no play\n" * 200_000)
+    digests["live"] = tree_digest(a.project_path(pid))
+    res = a.cli("--json", "move", "send", pid, "--to", rb.spec(), "--mode", "staged", "--compress", codec,
+                "--snapshot", "move-st")
+    evs = events(res.stdout)
+    staged = {e["snapshot"]: e for e in evs if e["event"] == "staged"}
+    assert [e["file"] for e in staged.values()] == [f"0001-s1.btrfs{suffix}", f"0002-s2.btrfs{suffix}",
+                                                   f"0003-s3.btrfs{suffix}", f"0004-move-st.btrfs{suffix}"]
+    # the move snapshot holds 4 MB of repetitive text on top of s3: compressed it is tiny
+    assert staged["move-st"]["bytes"] < 1 << 20
+    assert not (a.pool / "_streams" / pid).exists()  # the sender's staging is gone after success
+    b.cli("move", "finalize", pid)
+    assert_moved(b, pid, digests)
+    assert not (b.pool / "_streams" / pid).exists()
+
+
+def test_staged_copy_resumes_after_the_send_is_killed(pair):
+    a, b, rb, _ = pair
+    pid = str(uuid.uuid4())
+    digests = build_project(a, pid)
+    env = dict(a.env)
+    p = subprocess.Popen([*CLI, "--json", "move", "send", pid, "--to", rb.spec(), "--mode", "staged",
+                          "--compress", "lz4", "--bwlimit", "1M", "--snapshot", "move-kill"],
+                         env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         start_new_session=True)
+    dest = b.pool / "_streams" / pid / "move-kill"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if dest.is_dir() and any(e.stat().st_size > 0 for e in os.scandir(dest)):
+                break
+            assert p.poll() is None, p.stderr.read().decode()
+            time.sleep(0.1)
+        else:
+            pytest.fail("rsync never started writing on B")
+        os.killpg(p.pid, signal.SIGKILL)  # the sender and its rsync die mid-copy
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    time.sleep(0.5)
+    manifest = json.loads((a.pool / "_streams" / pid / "move-kill" / "manifest.json").read_text())
+    assert manifest["complete"] is True and all(f["complete"] for f in manifest["files"])
+    # nothing has been received yet, and B does not have the project
+    assert not b.project_path(pid).exists()
+    res = events(a.cli("--json", "move", "send", pid, "--to", rb.spec(), "--mode", "staged", "--compress", "lz4",
+                       "--snapshot", "move-kill").stdout)
+    # the rerun reuses the stream files made before the kill instead of regenerating them
+    assert [e for e in res if e["event"] == "staged"] == []
+    assert [e["snapshot"] for e in res if e["event"] == "sent"] == ["s1", "s2", "s3", "move-kill"]
+    b.cli("move", "finalize", pid)
+    assert_moved(b, pid, digests)

@@ -1,0 +1,224 @@
+"""The hub's move queue and worker: real PostgreSQL, real hosts and sshd, leases, crashes, cancel."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from tests.integration.move.test_move_pipe import assert_moved, build_project, tree_digest
+from tests.support.move import ssh_to
+from tests.support.move_hub import make_hub_rig
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def rig(pair, hub_dsn, workdir):
+    a, b, rb, ra = pair
+    rig = make_hub_rig(hub_dsn, workdir / "hub", a, b, ra.port, rb.port)
+    rig.rb = rb
+    return rig
+
+
+def queue(rig, pid):
+    rig.sql("INSERT INTO projects (project_id, host_id) VALUES (%s, %s)", (pid, rig.a.host_id))
+    return json.loads(rig.cli("--json", "move", "start", pid).stdout)
+
+
+def assert_done(rig, pid, digests):
+    row = rig.move_row(pid)
+    assert row["state"] == "done" and row["cleaned_at"] is not None, row
+    assert str(row["dest_host_id"]) == rig.b.host_id
+    host, status = rig.sql("SELECT host_id::text, move_status FROM projects WHERE project_id=%s", (pid,))[0]
+    assert host == rig.b.host_id and status["state"] == "done"
+    assert_moved(rig.b, pid, digests)
+    assert not rig.a.project_path(pid).exists()  # the source is cleaned only after done
+
+
+def test_worker_moves_a_project_and_cleans_the_source_after_done(rig):
+    pid = str(uuid.uuid4())
+    digests = build_project(rig.a, pid)
+    started = queue(rig, pid)
+    assert started["state"] == "queued" and started["dest_host_id"] == rig.b.host_id  # chosen: the only other host
+    assert rig.sql("SELECT move_status->>'state' FROM projects WHERE project_id=%s", (pid,))[0][0] == "queued"
+    again = rig.cli("move", "start", pid, check=False)
+    assert again.returncode == 4  # already being moved
+    out = json.loads(rig.cli("--json", "move", "worker", "--once").stdout)
+    assert [p["state"] for p in out["processed"]] == ["done"]
+    assert_done(rig, pid, digests)
+    assert rig.move_row(pid)["attempt"] == 1
+    # moving to where it already is: done at once
+    same = json.loads(rig.cli("--json", "move", "start", pid, "--to", rig.b.host_id).stdout)
+    assert same["state"] == "done" and same["status_reason"] == "already on the destination"
+
+
+def _crash_left(rig, pid, state, snapshot="move-crash"):
+    """What a worker killed in `state` leaves: the row in that state with a stale lease of a dead owner."""
+    rig.sql("UPDATE project_moves SET state=%s, snapshot_name=%s, attempt=1, lease_owner='dead-worker', "
+            "lease_until=now() - interval '1 second' WHERE project_id=%s", (state, snapshot, pid))
+
+
+@pytest.mark.parametrize("state", ["preparing", "sending", "finalizing", "done"])
+def test_restarted_worker_resumes_a_move_left_in_each_state(rig, state):
+    a, b = rig.a, rig.b
+    pid = str(uuid.uuid4())
+    digests = build_project(a, pid)
+    queue(rig, pid)
+    rb_spec = f"root@{rig.sql('SELECT ssh_server FROM project_hosts WHERE id=%s', (b.host_id,))[0][0]}"
+    if state == "sending":
+        # the killed send had already delivered s1
+        snap = a.project_path(pid) / ".snapshots" / "s1"
+        uid = subprocess.run(["btrfs", "subvolume", "show", str(snap)], capture_output=True, text=True).stdout
+        uid = next(line.split()[-1] for line in uid.splitlines() if line.strip().startswith("UUID:"))
+        stream = subprocess.run(["btrfs", "send", "-q", str(snap)], capture_output=True, check=True).stdout
+        assert ssh_to(a, rig.rb, f"receive {pid} s1 snapshot none {uid}", input=stream).returncode == 0
+    if state in ("finalizing", "done"):
+        a.cli("move", "send", pid, "--to", rb_spec, "--snapshot", "move-crash")
+    if state == "finalizing":
+        # finalize had created the project, then died
+        incoming = b.pool / "_incoming" / pid
+        (incoming / ".finalizing").write_text("x")
+        subprocess.run(["btrfs", "subvolume", "snapshot", str(incoming / "move-crash"), str(b.project_path(pid))],
+                       check=True, capture_output=True)
+    if state == "done":
+        b.cli("move", "finalize", pid)
+        rig.sql("UPDATE projects SET host_id=%s WHERE project_id=%s", (b.host_id, pid))
+    _crash_left(rig, pid, state)
+    assert a.project_path(pid).exists() and tree_digest(a.project_path(pid) / ".snapshots" / "s2") == digests["s2"]
+    rig.cli("move", "worker", "--once")
+    assert_done(rig, pid, digests)
+
+
+def _wait_state(rig, pid, state, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = rig.move_row(pid)
+        if row["state"] == state:
+            return row
+        time.sleep(0.1)
+    pytest.fail(f"move never reached {state}: {rig.move_row(pid)}")
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.parametrize("victim", ["worker", "send"])
+def test_sigkill_during_send_then_restart_completes(rig, victim):
+    a, b = rig.a, rig.b
+    pid = str(uuid.uuid4())
+    digests = build_project(a, pid)
+    queue(rig, pid)
+    rig.write_config(**{"move.bwlimit": "2M"})  # slow enough to be killed mid-stream
+    w = rig.popen("move", "worker", "--once")
+    try:
+        _wait_state(rig, pid, "sending")
+        # while the stream runs, the worker publishes its progress into the hub row
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            live = rig.move_row(pid)["progress"]
+            if live and live.get("bytes"):
+                break
+            time.sleep(0.1)
+        assert live and live["event"] == "progress" and live["snapshot"] == "s1" and live["bytes"] > 0, live
+        if victim == "worker":
+            os.killpg(w.pid, signal.SIGKILL)  # the worker and everything it started
+        else:
+            sends = [c for c in _children(w.pid) if " move send " in _cmdline(c)]
+            assert sends, "no send process found"
+            os.kill(sends[0], signal.SIGKILL)
+        w.wait(timeout=60)
+    finally:
+        if w.poll() is None:
+            os.killpg(w.pid, signal.SIGKILL)
+            w.wait()
+    row = rig.move_row(pid)
+    assert row["state"] == "sending" and row["attempt"] == 1
+    assert a.project_path(pid).exists() and not b.project_path(pid).exists()  # source intact
+    rig.write_config()
+    time.sleep(2.5)  # the dead worker's lease / the retry back-off expires
+    rig.cli("move", "worker", "--once")
+    assert_done(rig, pid, digests)
+    assert rig.move_row(pid)["attempt"] == 2
+
+
+def test_move_gives_up_after_max_attempts_and_leaves_the_source_intact(rig):
+    a, b = rig.a, rig.b
+    pid = str(uuid.uuid4())
+    digests = build_project(a, pid)
+    queue(rig, pid)
+    rig.write_config(**{"move.max_attempts": 1})
+    closed = rig.sql("SELECT ssh_server FROM project_hosts WHERE id=%s", (b.host_id,))[0][0].split(":")[0] + ":1"
+    rig.sql("UPDATE project_hosts SET ssh_server=%s WHERE id=%s", (closed, b.host_id))
+    rig.cli("move", "worker", "--once")
+    row = rig.move_row(pid)
+    assert row["state"] == "failing" and "sending failed" in row["status_reason"] and row["cleaned_at"]
+    assert tree_digest(a.project_path(pid)) == digests["live"]
+    assert rig.sql("SELECT host_id::text FROM projects WHERE project_id=%s", (pid,))[0][0] == a.host_id
+    assert not b.project_path(pid).exists() and not (b.pool / "_incoming" / pid).exists()
+
+
+def test_cancel_before_finalizing_rolls_back_the_destination(rig):
+    a, b = rig.a, rig.b
+    pid = str(uuid.uuid4())
+    digests = build_project(a, pid)
+    queue(rig, pid)
+    rb_spec = f"root@{rig.sql('SELECT ssh_server FROM project_hosts WHERE id=%s', (b.host_id,))[0][0]}"
+    a.cli("move", "send", pid, "--to", rb_spec, "--snapshot", "move-c")  # as if the worker had sent
+    rig.sql("UPDATE project_moves SET state='sending' WHERE project_id=%s", (pid,))
+    assert json.loads(rig.cli("--json", "move", "cancel", pid).stdout)["state"] == "cancelled"
+    rig.cli("move", "worker", "--once")
+    row = rig.move_row(pid)
+    assert row["state"] == "cancelled" and row["cleaned_at"] is not None
+    assert not (b.pool / "_incoming" / pid).exists() and not b.project_path(pid).exists()
+    assert tree_digest(a.project_path(pid) / ".snapshots" / "s3") == digests["s3"]
+    # a finalizing move can no longer be cancelled
+    rig.sql("UPDATE project_moves SET state='finalizing', cleaned_at=NULL WHERE project_id=%s", (pid,))
+    assert rig.cli("move", "cancel", pid, check=False).returncode == 5
+
+
+def test_worker_over_ssh_transport_runs_host_steps_through_the_forced_command(rig, pair):
+    a, b, rb, ra = pair
+    hub_data = rig.base / "data"
+    ra.allow_worker(hub_data)
+    rb.allow_worker(hub_data)
+    rig.write_config(**{"move.transport": "ssh", "move.host_user": "root"})
+    pid = str(uuid.uuid4())
+    digests = build_project(a, pid)
+    queue(rig, pid)
+    rig.cli("move", "worker", "--once")
+    assert_done(rig, pid, digests)
+    # the host-step forced command refuses anything but its verbs
+    from tests.support.move import ssh_to
+
+    class _Key:  # ssh_to wants a Host-like object with .data holding the key and known_hosts
+        data = hub_data
+
+    res = ssh_to(_Key, ra, f"project delete {pid}")
+    assert res.returncode == 2 and b"refused" in res.stderr
+
+
+def test_worker_with_concurrency_moves_two_projects_at_once(rig):
+    a = rig.a
+    pids = [str(uuid.uuid4()) for _ in range(2)]
+    digests = {p: build_project(a, p) for p in pids}
+    for p in pids:
+        queue(rig, p)
+    out = json.loads(rig.cli("--json", "move", "worker", "--once", "--concurrency", "2").stdout)
+    assert sorted(p["state"] for p in out["processed"]) == ["done", "done"]
+    for p in pids:
+        assert_done(rig, p, digests[p])

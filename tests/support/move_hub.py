@@ -1,0 +1,80 @@
+"""Hub side of the move rig: a migrated hub database, both hosts registered, and a worker config
+using the local transport (each host's config file named `<host-uuid>.yaml`)."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tests.support.hosts import CLI, REPO, Host
+
+
+@dataclass
+class HubRig:
+    dsn: str
+    base: Path
+    a: Host
+    b: Host
+
+    @property
+    def config_path(self) -> Path:
+        return self.base / "hub.yaml"
+
+    def write_config(self, **extra) -> None:
+        cfg = {"hub_dsn": self.dsn, "data_dir": str(self.base / "data"), "btrfs_root": str(self.base / "none"),
+               "move.transport": "local", "move.host_configs": str(self.base / "hosts"),
+               "move.receiver_user": "root", "move.lease_seconds": 2, "move.max_attempts": 3}
+        cfg.update(extra)
+        nested: dict = {}
+        for k, v in cfg.items():
+            if k.startswith("move."):
+                nested.setdefault("move", {})[k[5:]] = v
+            else:
+                nested[k] = v
+        self.config_path.write_text(yaml.safe_dump(nested))
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in self.a.env.items() if k != "COCALC_CTL_CONFIG"}
+        res = subprocess.run([*CLI, "--config", str(self.config_path), *args], capture_output=True, text=True,
+                             env=env, cwd=str(REPO), timeout=timeout)
+        if check and res.returncode != 0:
+            raise AssertionError(f"hub cocalc-ctl {' '.join(args)} exited {res.returncode}\n{res.stdout}\n{res.stderr}")
+        return res
+
+    def popen(self, *args: str) -> subprocess.Popen:
+        env = {k: v for k, v in self.a.env.items() if k != "COCALC_CTL_CONFIG"}
+        return subprocess.Popen([*CLI, "--config", str(self.config_path), *args], env=env, cwd=str(REPO),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+    def sql(self, query: str, params=()) -> list:
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if cur.description else []
+
+    def move_row(self, pid: str) -> dict:
+        import psycopg
+        from psycopg.rows import dict_row
+
+        with psycopg.connect(self.dsn, autocommit=True, row_factory=dict_row) as conn:
+            return conn.execute("SELECT * FROM project_moves WHERE project_id=%s", (pid,)).fetchone()
+
+
+def make_hub_rig(dsn: str, base: Path, a: Host, b: Host, ra_port: int | None, rb_port: int | None) -> HubRig:
+    rig = HubRig(dsn, base, a, b)
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "hosts").mkdir(exist_ok=True)
+    for h in (a, b):
+        link = base / "hosts" / f"{h.host_id}.yaml"
+        if not link.exists():
+            link.symlink_to(h.config_path)
+    rig.write_config()
+    rig.cli("hub", "migrate")
+    for h, addr, port in ((a, "127.0.0.2", ra_port), (b, "127.0.0.3", rb_port)):
+        rig.sql("INSERT INTO project_hosts (id, name, ssh_server, status, last_seen, trusted) "
+                "VALUES (%s, %s, %s, 'active', now(), true)", (h.host_id, h.base.name, f"{addr}:{port}"))
+    return rig

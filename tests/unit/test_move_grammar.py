@@ -1,0 +1,114 @@
+"""The receiver's grammar, the peer spec and the exact outbound command lines (no root needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cocalc_ctl import config as config_mod
+from cocalc_ctl.actions.move import recv, transport
+from cocalc_ctl.errors import InvalidInput
+from cocalc_ctl.tools import compress, rsync
+
+PID = "0b1c8a36-7f0e-4d2a-9a57-3c2b1e0f9d11"
+U = "5d8e2c1a-1111-4a2b-8c3d-9e8f7a6b5c4d"
+
+
+@pytest.mark.parametrize("command,verb,args", [
+    (f"list {PID}", "list", []),
+    (f"list project-{PID}", "list", []),
+    (f"receive {PID} s1 snapshot none {U}", "receive", ["s1", "snapshot", "none", U]),
+    (f"receive {PID} 2026-11-27T10:43:45Z move zstd {U} {U}", "receive",
+     ["2026-11-27T10:43:45Z", "move", "zstd", U, U]),
+    (f"receive-file {PID} move-1 0001-s1.btrfs.lz4", "receive-file", ["move-1", "0001-s1.btrfs.lz4"]),
+    (f"persist {PID}", "persist", []),
+    (f"abort {PID}", "abort", []),
+    (f"rsync --server -tre.iLsfxCIvu --bwlimit=100 --partial . _streams/{PID}/move-1/", "rsync",
+     ["-tre.iLsfxCIvu", "--bwlimit=100", "--partial", "move-1"]),
+])
+def test_grammar_accepts_its_own_commands(command, verb, args):
+    req = recv.parse(command)
+    assert (req.verb, req.project_id, req.args) == (verb, PID, args)
+
+
+@pytest.mark.parametrize("command", [
+    None, "", " list " + PID, f"list  {PID}", f"list {PID} ", f"LIST {PID}", f"list {PID};id", f"list {PID}|id",
+    f"list {PID}&", f"list {PID}>x", "list $HOME", "list `id`", f"list {PID}\n", f"list {PID}\x00",
+    f"list {PID[:-1]}", f"list {PID.upper()}", "list ../../etc", f"list {PID}/..", f"list {PID} {PID}",
+    f"receive {PID} ../x snapshot none {U}", f"receive {PID} .x snapshot none {U}", f"receive {PID} a/b snapshot none {U}",
+    f"receive {PID} s1.lock snapshot none {U}", f"receive {PID} s1 snapshot bzip2 {U}",
+    f"receive {PID} s1 snapshot none", f"receive {PID} s1 snapshot none {U} {U} {U}",
+    f"receive-file {PID} m1 ../../etc/passwd", f"receive-file {PID} m1 0001-s1.tar",
+    f"receive-file {PID} m1 1-s1.btrfs", f"receive-file {PID} .. 0001-s1.btrfs",
+    "rsync --server --sender -vlogDtpre.iLsfxCIvu . /", f"rsync --server -tr . _streams/{PID}/m/x/",
+    f"rsync --server -tr --delete . _streams/{PID}/m/", f"rsync --server -tr . /_streams/{PID}/m/",
+    f"rsync --server -tr . _streams/{PID}/../", f"rsync --server -tr= . _streams/{PID}/m/",
+    "rsync --daemon", f"rsync --server -s . _streams/{PID}/m/", f"rsync --server -tsr . _streams/{PID}/m/", "scp -t /", "sh -c id", "x" * 2000,
+])
+def test_grammar_refuses_everything_else(command):
+    with pytest.raises(recv.Refused):
+        recv.parse(command)
+
+
+def test_peer_spec_is_validated():
+    assert transport.parse_peer(f"btrfs-{U}@10.0.0.5:2222") == transport.Peer(f"btrfs-{U}", "10.0.0.5", 2222)
+    assert transport.parse_peer("root@host.example").port == 22
+    for bad in ["btrfs-xyz@h:22", "a@b@c", "root@h:99999", "root@-h", "root@h;id:22", "@h", f"btrfs-{U}@"]:
+        with pytest.raises(InvalidInput):
+            transport.parse_peer(bad)
+
+
+def test_outbound_ssh_is_pinned_and_uses_only_the_host_key(tmp_path):
+    import cocalc_ctl.proc as proc
+
+    cfg = config_mod.load(str(_cfg(tmp_path)), env={})
+    proc.DRY_RUN = True
+    try:
+        argv = transport.ssh_command(cfg, transport.parse_peer(f"btrfs-{U}@127.0.0.3:2222"), ["list", PID])
+    finally:
+        proc.DRY_RUN = False
+    assert argv == ["ssh", "-p", "2222", "-i", "/srv/secrets/host-to-host/id_ed25519",
+                    "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+                    "-o", "UserKnownHostsFile=/srv/data/ssh/known_hosts", "-o", "GlobalKnownHostsFile=/dev/null",
+                    "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-o", "ConnectTimeout=20",
+                    "-o", "LogLevel=ERROR", "-T", "-x", "-a", f"btrfs-{U}@127.0.0.3", f"list {PID}"]
+    with pytest.raises(InvalidInput):
+        transport.ssh_command(cfg, transport.parse_peer("root@h"), ["list", "a;b"])
+
+
+def _cfg(tmp_path):
+    p = tmp_path / "config.yaml"
+    p.write_text("data_dir: /srv/data\nsecrets_dir: /srv/secrets\nbtrfs_root: /srv/pool\n")
+    return p
+
+
+def test_rsync_push_is_partial_and_uses_our_ssh():
+    argv = rsync.push_dir("/p/_streams/x/m1", "root@h:_streams/x/m1/", ["ssh", "-p", "22", "-o", "A=b c"],
+                          bwlimit="100")
+    assert argv == ["rsync", "-rt", "--partial", "--no-perms", "--no-owner", "--no-group", "--bwlimit=100",
+                    "-e", "ssh -p 22 -o 'A=b c'", "/p/_streams/x/m1/", "root@h:_streams/x/m1/"]
+
+
+def test_compressors_really_compress():
+    assert compress.compressor("zstd") == ["zstd", "-q", "-c", "-T0", "-3"]
+    assert compress.compressor("lz4") == ["lz4", "-q", "-c"]
+    assert compress.compressor("none") is None
+    assert compress.decompressor("zstd") == ["zstd", "-q", "-d", "-c"]
+    assert compress.codec_of_file("0001-a.btrfs.zst") == "zstd"
+
+
+def test_host_step_accepts_the_workers_steps_only():
+    from cocalc_ctl.actions.move import host_step
+
+    to = "btrfs-" + U + "@10.1.2.3:2222"
+    assert host_step.parse(f"project show {PID}") == ["project", "show", PID]
+    assert host_step.parse(f"move finalize {PID}") == ["move", "finalize", PID]
+    assert host_step.parse(f"move cleanup {PID} --force") == ["move", "cleanup", PID, "--force"]
+    assert host_step.parse(f"move send {PID} --to {to} --mode staged --compress lz4 --snapshot move-1 --bwlimit 10M") \
+        == ["move", "send", PID, "--to", to, "--mode", "staged", "--compress", "lz4", "--snapshot", "move-1",
+            "--bwlimit", "10M"]
+    for bad in [f"project delete {PID}", f"move cleanup {PID}", f"move send {PID} --to {to}",
+                f"move send {PID} --to {to} --snapshot s --config /etc/x", f"move send {PID} --to x;id --snapshot s",
+                f"move send {PID} --to {to} --snapshot s --snapshot t", f"move recv --from {U}", "host teardown",
+                f"move finalize ../{PID}", f"move abort {PID} {PID}", "", None]:
+        with pytest.raises(recv.Refused):
+            host_step.parse(bad)
