@@ -3,12 +3,13 @@
 _cocalc_ctl() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
     local -A subs=(
-        ['cocalc-ctl']='config doctor host hub keys metrics project rootfs snapshot sshpiper timers'
+        ['cocalc-ctl']='config doctor host hub keys metrics move project rootfs snapshot sshpiper timers'
         ['cocalc-ctl config']='show'
         ['cocalc-ctl host']='init status teardown'
         ['cocalc-ctl hub']='migrate'
         ['cocalc-ctl keys']='broadcast ensure known-hosts peers register rotate show sync trust untrust watch'
         ['cocalc-ctl metrics']='show write'
+        ['cocalc-ctl move']='abort cancel cleanup finalize host-step recv send start status worker'
         ['cocalc-ctl project']='create delete list show start status stop'
         ['cocalc-ctl rootfs']='gc list mount pull resolve rm umount'
         ['cocalc-ctl snapshot']='auto create delete list lock prune unlock'
@@ -40,6 +41,17 @@ _cocalc_ctl() {
         ['cocalc-ctl metrics']='-h --help'
         ['cocalc-ctl metrics show']='-h --help'
         ['cocalc-ctl metrics write']='--textfile-dir -h --help'
+        ['cocalc-ctl move']='-h --help'
+        ['cocalc-ctl move abort']='-h --help'
+        ['cocalc-ctl move cancel']='-h --help'
+        ['cocalc-ctl move cleanup']='--force -h --help'
+        ['cocalc-ctl move finalize']='-h --help'
+        ['cocalc-ctl move host-step']='-h --help'
+        ['cocalc-ctl move recv']='--from -h --help'
+        ['cocalc-ctl move send']='--to --mode --compress --bwlimit --snapshot -h --help'
+        ['cocalc-ctl move start']='--to --mode --compress -h --help'
+        ['cocalc-ctl move status']='--watch -h --help'
+        ['cocalc-ctl move worker']='--once --concurrency --poll -h --help'
         ['cocalc-ctl project']='-h --help'
         ['cocalc-ctl project create']='--quota -h --help'
         ['cocalc-ctl project delete']='--force -h --help'
@@ -78,7 +90,7 @@ _cocalc_ctl() {
         ['cocalc-ctl timers remove']='--user-unit-dir --unit-dir --only -h --help'
     )
     local globals='--config --json --dry-run -v --verbose -q --quiet --version -h --help'
-    local valopts=' --bin --config --image --keep-daily --keep-frequent --keep-hourly --keep-monthly --keep-weekly --listen --loopback --max-size --only --out --quota --reason --role --seconds --textfile-dir --unit-dir --user --user-unit-dir --which '
+    local valopts=' --bin --bwlimit --compress --concurrency --config --from --image --keep-daily --keep-frequent --keep-hourly --keep-monthly --keep-weekly --listen --loopback --max-size --mode --only --out --poll --quota --reason --role --seconds --snapshot --textfile-dir --to --unit-dir --user --user-unit-dir --which '
     local cmdpath=cocalc-ctl i w
     for ((i = 1; i < COMP_CWORD; i++)); do
         w="${COMP_WORDS[i]}"
@@ -96,6 +108,10 @@ _cocalc_ctl() {
         --textfile-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
         --unit-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
         --user-unit-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
+        --bwlimit) COMPREPLY=(); return ;;
+        --compress) COMPREPLY=(); return ;;
+        --concurrency) COMPREPLY=(); return ;;
+        --from) COMPREPLY=(); return ;;
         --keep-daily) COMPREPLY=(); return ;;
         --keep-frequent) COMPREPLY=(); return ;;
         --keep-hourly) COMPREPLY=(); return ;;
@@ -104,11 +120,15 @@ _cocalc_ctl() {
         --listen) COMPREPLY=(); return ;;
         --loopback) COMPREPLY=(); return ;;
         --max-size) COMPREPLY=(); return ;;
+        --mode) COMPREPLY=(); return ;;
         --only) COMPREPLY=(); return ;;
+        --poll) COMPREPLY=(); return ;;
         --quota) COMPREPLY=(); return ;;
         --reason) COMPREPLY=(); return ;;
         --role) COMPREPLY=(); return ;;
         --seconds) COMPREPLY=(); return ;;
+        --snapshot) COMPREPLY=(); return ;;
+        --to) COMPREPLY=(); return ;;
         --user) COMPREPLY=(); return ;;
         --which) COMPREPLY=(); return ;;
     esac

@@ -1,7 +1,7 @@
 # fish completion for cocalc-ctl (generated from the CLI by scripts/regenerate; do not edit)
 
-set -g __cocalc_ctl_subs 'cocalc-ctl:config' 'cocalc-ctl:doctor' 'cocalc-ctl:host' 'cocalc-ctl:hub' 'cocalc-ctl:keys' 'cocalc-ctl:metrics' 'cocalc-ctl:project' 'cocalc-ctl:rootfs' 'cocalc-ctl:snapshot' 'cocalc-ctl:sshpiper' 'cocalc-ctl:timers' 'cocalc-ctl config:show' 'cocalc-ctl host:init' 'cocalc-ctl host:status' 'cocalc-ctl host:teardown' 'cocalc-ctl hub:migrate' 'cocalc-ctl keys:broadcast' 'cocalc-ctl keys:ensure' 'cocalc-ctl keys:known-hosts' 'cocalc-ctl keys:peers' 'cocalc-ctl keys:register' 'cocalc-ctl keys:rotate' 'cocalc-ctl keys:show' 'cocalc-ctl keys:sync' 'cocalc-ctl keys:trust' 'cocalc-ctl keys:untrust' 'cocalc-ctl keys:watch' 'cocalc-ctl metrics:show' 'cocalc-ctl metrics:write' 'cocalc-ctl project:create' 'cocalc-ctl project:delete' 'cocalc-ctl project:list' 'cocalc-ctl project:show' 'cocalc-ctl project:start' 'cocalc-ctl project:status' 'cocalc-ctl project:stop' 'cocalc-ctl rootfs:gc' 'cocalc-ctl rootfs:list' 'cocalc-ctl rootfs:mount' 'cocalc-ctl rootfs:pull' 'cocalc-ctl rootfs:resolve' 'cocalc-ctl rootfs:rm' 'cocalc-ctl rootfs:umount' 'cocalc-ctl snapshot:auto' 'cocalc-ctl snapshot:create' 'cocalc-ctl snapshot:delete' 'cocalc-ctl snapshot:list' 'cocalc-ctl snapshot:lock' 'cocalc-ctl snapshot:prune' 'cocalc-ctl snapshot:unlock' 'cocalc-ctl sshpiper:auth' 'cocalc-ctl sshpiper:authorized-keys' 'cocalc-ctl sshpiper:config' 'cocalc-ctl sshpiper:keys-refresh' 'cocalc-ctl sshpiper:receiver-users' 'cocalc-ctl sshpiper:serve' 'cocalc-ctl timers:cron' 'cocalc-ctl timers:install' 'cocalc-ctl timers:list' 'cocalc-ctl timers:remove'
-set -g __cocalc_ctl_valopts '--bin' '--config' '--image' '--keep-daily' '--keep-frequent' '--keep-hourly' '--keep-monthly' '--keep-weekly' '--listen' '--loopback' '--max-size' '--only' '--out' '--quota' '--reason' '--role' '--seconds' '--textfile-dir' '--unit-dir' '--user' '--user-unit-dir' '--which'
+set -g __cocalc_ctl_subs 'cocalc-ctl:config' 'cocalc-ctl:doctor' 'cocalc-ctl:host' 'cocalc-ctl:hub' 'cocalc-ctl:keys' 'cocalc-ctl:metrics' 'cocalc-ctl:move' 'cocalc-ctl:project' 'cocalc-ctl:rootfs' 'cocalc-ctl:snapshot' 'cocalc-ctl:sshpiper' 'cocalc-ctl:timers' 'cocalc-ctl config:show' 'cocalc-ctl host:init' 'cocalc-ctl host:status' 'cocalc-ctl host:teardown' 'cocalc-ctl hub:migrate' 'cocalc-ctl keys:broadcast' 'cocalc-ctl keys:ensure' 'cocalc-ctl keys:known-hosts' 'cocalc-ctl keys:peers' 'cocalc-ctl keys:register' 'cocalc-ctl keys:rotate' 'cocalc-ctl keys:show' 'cocalc-ctl keys:sync' 'cocalc-ctl keys:trust' 'cocalc-ctl keys:untrust' 'cocalc-ctl keys:watch' 'cocalc-ctl metrics:show' 'cocalc-ctl metrics:write' 'cocalc-ctl move:abort' 'cocalc-ctl move:cancel' 'cocalc-ctl move:cleanup' 'cocalc-ctl move:finalize' 'cocalc-ctl move:host-step' 'cocalc-ctl move:recv' 'cocalc-ctl move:send' 'cocalc-ctl move:start' 'cocalc-ctl move:status' 'cocalc-ctl move:worker' 'cocalc-ctl project:create' 'cocalc-ctl project:delete' 'cocalc-ctl project:list' 'cocalc-ctl project:show' 'cocalc-ctl project:start' 'cocalc-ctl project:status' 'cocalc-ctl project:stop' 'cocalc-ctl rootfs:gc' 'cocalc-ctl rootfs:list' 'cocalc-ctl rootfs:mount' 'cocalc-ctl rootfs:pull' 'cocalc-ctl rootfs:resolve' 'cocalc-ctl rootfs:rm' 'cocalc-ctl rootfs:umount' 'cocalc-ctl snapshot:auto' 'cocalc-ctl snapshot:create' 'cocalc-ctl snapshot:delete' 'cocalc-ctl snapshot:list' 'cocalc-ctl snapshot:lock' 'cocalc-ctl snapshot:prune' 'cocalc-ctl snapshot:unlock' 'cocalc-ctl sshpiper:auth' 'cocalc-ctl sshpiper:authorized-keys' 'cocalc-ctl sshpiper:config' 'cocalc-ctl sshpiper:keys-refresh' 'cocalc-ctl sshpiper:receiver-users' 'cocalc-ctl sshpiper:serve' 'cocalc-ctl timers:cron' 'cocalc-ctl timers:install' 'cocalc-ctl timers:list' 'cocalc-ctl timers:remove'
+set -g __cocalc_ctl_valopts '--bin' '--bwlimit' '--compress' '--concurrency' '--config' '--from' '--image' '--keep-daily' '--keep-frequent' '--keep-hourly' '--keep-monthly' '--keep-weekly' '--listen' '--loopback' '--max-size' '--mode' '--only' '--out' '--poll' '--quota' '--reason' '--role' '--seconds' '--snapshot' '--textfile-dir' '--to' '--unit-dir' '--user' '--user-unit-dir' '--which'
 
 function __cocalc_ctl_path
     set -l cmdpath cocalc-ctl
@@ -36,6 +36,7 @@ complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a host -d '
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a hub -d 'Hub PostgreSQL schema (projects, project_hosts, project_moves).'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a keys -d 'SSH keypairs of this host, registration in the hub, and trusted peers\' keys.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a metrics -d 'Prometheus metrics for node_exporter\'s textfile collector.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a move -d 'Move projects between hosts: send/recv/finalize/cleanup on hosts; start/status/cancel/work'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a project -d 'Create, list, inspect, delete, start and stop projects (btrfs subvolumes).'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a rootfs -d 'Root filesystem images: resolve, pull into the local cache, overlay-mount per project.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a snapshot -d 'Create, list, lock, delete and prune project snapshots.'
@@ -100,6 +101,48 @@ complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl metrics"' -s h
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl metrics show"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl metrics write"' -l textfile-dir -r -F -a '(__fish_complete_directories)' -d 'Directory to write cocalc_ctl.prom into (default metrics.textfile_dir).'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl metrics write"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move"' -a abort -d 'On a destination: delete received data, staged streams and a half-finalized project.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move"' -a cancel -d 'Cancel a move that has not reached finalizing; the worker then rolls back the destination.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move"' -a cleanup -d 'On the source: delete the moved project once the hub says the destination finalized.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move"' -a finalize -d 'Make the received snapshots the project here (idempotent; refuses an existing project).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move"' -a host-step -d 'The forced command for the hub\'s worker (ssh transport): runs one step from SSH_ORIGINAL_C'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move"' -a recv -d 'The destination\'s forced command: runs the request in SSH_ORIGINAL_COMMAND (own small gram'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move"' -a send -d 'Stop the project, snapshot it, send every snapshot (incrementally) to the destination.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move"' -a start -d 'Queue a move in the hub and return at once (a `move worker` carries it out).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move"' -a status -d 'Moves in the hub with state, attempt, bytes and reason.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move"' -a worker -d 'Advance queued moves (queued → preparing → sending → finalizing → done) under leases.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move abort"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move abort"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move cancel"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move cancel"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move cleanup"' -l force -d 'Delete without asking the hub for confirmation.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move cleanup"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move cleanup"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move finalize"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move finalize"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move host-step"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move recv"' -l from -x -d 'The source host whose key runs this forced command.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move recv"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move send"' -l to -x -d 'The destination\'s move receiver (btrfs-<this-host-uuid>@HOST:PORT).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move send"' -l mode -x -d 'pipe: stream; staged: files + rsync --partial (default move.mode).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move send"' -l compress -x -d 'Compress the streams (default move.compress).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move send"' -l bwlimit -x -d 'Bytes/s, e.g. 50M.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move send"' -l snapshot -x -d 'Name of the final snapshot (default move-<UTC time>; reused when it exists, so a rerun res'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move send"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move send"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move start"' -l to -x -d 'Destination host uuid or name (default: a trusted, active host).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move start"' -l mode -x -d 'Transfer mode.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move start"' -l compress -x -d 'Stream compression.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move start"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move start"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move status"' -l watch -d 'Refresh every second until every move is finished.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move status"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move status"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move worker"' -l once -d 'Exit when no move is claimable.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move worker"' -l concurrency -x -d 'Moves handled at once.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move worker"' -l poll -x -d 'Idle poll interval.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move worker"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project"' -a create -d 'Create the subvolume project-<uuid> with its .snapshots/ and qgroup.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project"' -a delete -d 'Delete a project: its snapshots first, then the subvolume, persist store and state row.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl project"' -a list -d 'Every project on this host with state, size and snapshot count.'

@@ -133,12 +133,15 @@ def _dedupe(lines: list[str]) -> list[str]:
     return out
 
 
-def forced_command(cfg: Config, peer_id: str) -> str:
-    """The receiver's forced command for a peer: `<cocalc-ctl> [--config F] move recv --from <uuid>`."""
+def forced_command(cfg: Config, peer_id: str, kind: str = "btrfs") -> str:
+    """The forced command of a peer's key: `<cocalc-ctl> [--config F] move recv --from <uuid>` for the
+    move receiver (`btrfs-<uuid>`), `<cocalc-ctl> [--config F] move host-step` for the hub's move worker
+    driving this host (`project-host-<uuid>`)."""
     import shlex
 
     exe = cfg["sshpiper.cocalc_ctl"]
-    argv = [exe] + (["--config", cfg.file] if cfg.file else []) + ["move", "recv", "--from", ids.host_id(peer_id)]
+    verb = ["move", "host-step"] if kind == "host" else ["move", "recv", "--from", ids.host_id(peer_id)]
+    argv = [exe] + (["--config", cfg.file] if cfg.file else []) + verb
     text = shlex.join(argv)
     if any(c in text for c in '"\\\n\r'):
         raise PreconditionFailed("the cocalc-ctl or config path contains a quote, backslash or newline",
@@ -246,7 +249,7 @@ class Resolver:
             return []
         if u.kind == "project":
             return list(decision.authorized_keys or [])
-        prefix = f'restrict,command="{forced_command(self.cfg, u.id)}" '
+        prefix = f'restrict,command="{forced_command(self.cfg, u.id, u.kind)}" '
         lines = [prefix + k for k in decision.authorized_keys or []]
         own = self.upstream_public_key()
         if own:

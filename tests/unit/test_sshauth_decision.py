@@ -101,6 +101,11 @@ def test_peer_users_get_only_that_trusted_peers_key(kh, peer):
                                f'move recv --from {peer.host_id}" ssh-ed25519 ')
     assert h2h.split()[1] in lines[0]
     assert kh.pub("sshpiper/upstream_key").split()[1] in lines[1]
+    # the hub's move worker logs in as project-host-<uuid> and may only run the host-step command
+    host_lines = kh.cli("sshpiper", "authorized-keys", f"project-host-{peer.host_id}").stdout.splitlines()
+    assert host_lines and all(
+        line.startswith(f'restrict,command="/usr/local/bin/cocalc-ctl --config {kh.config_path} move host-step" ')
+        for line in host_lines)
     kh.add_peer(peer.host_id, h2h, trusted=False)
     assert kh.cli("sshpiper", "authorized-keys", f"btrfs-{peer.host_id}").stdout == ""
     assert not kh.json("sshpiper", "auth", f"project-host-{peer.host_id}")["allowed"]
