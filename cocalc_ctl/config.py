@@ -156,6 +156,18 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("backup.password_file", _as_opt_path, None, "file (0600) holding the repository password"),
     _k("backup.max_concurrent", _as_pos_int, 2, "backups running at once on this host"),
     _k("backup.stale_after", _as_pos_int, 600, "seconds without heartbeat before a running job is stale"),
+    # proxy: `proxy serve` (HTTP/WebSocket reverse proxy)
+    _k("proxy.listen", _as_str, "127.0.0.1:8080", "address:port `proxy serve` listens on"),
+    _k("proxy.connect_timeout", _as_pos_int, 5, "seconds to connect to an upstream before answering 504"),
+    _k("proxy.upstream_timeout", _as_pos_int, 60, "seconds an upstream may stay silent before 504 (or close)"),
+    _k("proxy.idle_timeout", _as_pos_int, 60, "seconds a keep-alive client connection may idle"),
+    _k("proxy.header_timeout", _as_pos_int, 10, "seconds a client has to send a complete request head"),
+    _k("proxy.websocket_idle_timeout", _as_pos_int, 3600, "seconds a WebSocket may pass no bytes either way"),
+    _k("proxy.max_header_bytes", _as_pos_int, 32768, "largest request head accepted (431 beyond)"),
+    _k("proxy.route_cache_ttl", _as_nonneg_int, 5, "hub mode: seconds a project's route is cached (NOTIFY evicts)"),
+    _k("proxy.trust_forwarded", _as_bool, False, "keep X-Forwarded-Proto/-Host/-Port sent by the peer (behind a proxy)"),
+    _k("proxy.scheme", _as_choice("http", "https"), "http", "X-Forwarded-Proto when not trusted from the peer"),
+    _k("proxy.metrics", _as_bool, True, "serve Prometheus text on /metrics"),
 ]}
 
 

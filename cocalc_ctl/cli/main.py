@@ -46,11 +46,13 @@ def _root(
 
 def _register() -> None:
     from cocalc_ctl.cli import config_cmd, host, hub, project, snapshot
+    from cocalc_ctl.cli import proxy as proxy_cmd  # proxy
 
     app.add_typer(config_cmd.app, name="config")
     app.add_typer(host.app, name="host")
     app.add_typer(hub.app, name="hub")
     app.add_typer(project.app, name="project")
+    app.add_typer(proxy_cmd.app, name="proxy")
     app.add_typer(snapshot.app, name="snapshot")
 
 
