@@ -170,6 +170,8 @@ class Proxy:
                     await self._reply_bad(writer, exc, peer_ip, lines[0].split(b" ", 1)[0][:16], b"-")
                     break
                 if not await self.handle_request(head, reader, writer, peer_ip, local_port):
+                    if head.chunked or head.content_length:
+                        await self._linger(reader, writer)
                     break
                 deadline = loop.time() + self.s.idle_timeout
         except (PeerClosed, ClientGone, ConnectionError, OSError):
@@ -178,6 +180,23 @@ class Proxy:
             self._clients.discard(writer)
             self.metrics.active_connections -= 1
             writer.close()
+
+    @staticmethod
+    async def _linger(reader, writer, seconds: float = 2.0, max_bytes: int = 64 << 20) -> None:
+        """Lingering close (RFC 9112 §9.6): after answering without reading the whole body, send FIN and
+        discard what the client still sends for a moment, so our answer is not destroyed by a RST."""
+        try:
+            await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+            async with asyncio.timeout(seconds):
+                while max_bytes > 0:
+                    data = await reader.read(65536)
+                    if not data:
+                        break
+                    max_bytes -= len(data)
+        except (TimeoutError, ConnectionError, OSError, RuntimeError):
+            pass
 
     async def _reply_bad(self, writer, exc: HttpError, peer: str, method: bytes, target: bytes) -> None:
         self.metrics.requests[exc.status] += 1
@@ -347,6 +366,11 @@ class Proxy:
                     return False
                 self._done(head, 499, Counter(), peer, t0, upstream, f"client body: {exc or type(exc).__name__}")
                 return False
+            except TimeoutError:
+                uw.close()
+                _cancel(body_task)
+                self.metrics.upstream_errors["timeout"] += 1
+                return await self._error(writer, head, 504, "upstream timed out", peer, t0, upstream, has_body)
             except (PeerClosed, UpstreamGone, ConnectionError, OSError) as exc:
                 uw.close()
                 if body_task is None and reused and attempt == 0:
@@ -355,11 +379,6 @@ class Proxy:
                 self.metrics.upstream_errors["reset"] += 1
                 return await self._error(writer, head, 502, f"upstream closed the connection ({exc})",
                                          peer, t0, upstream, has_body)
-            except TimeoutError:
-                uw.close()
-                _cancel(body_task)
-                self.metrics.upstream_errors["timeout"] += 1
-                return await self._error(writer, head, 504, "upstream timed out", peer, t0, upstream, has_body)
             except UpstreamProtocolError as exc:
                 uw.close()
                 _cancel(body_task)

@@ -1,6 +1,6 @@
 """A loopback project backend for the proxy tests: plain asyncio, so every framing is under our control.
 
-Run: python -m tests.support.proxy_backend --port N [--canary FILE]
+Run: python -m tests.support.proxy_backend --port N [--canary FILE] [--name TAG]
 Endpoints live under any prefix (the proxy forwards `/<project_id>/...` unchanged); the last path
 segment picks the behaviour:
   info        JSON of method, target, headers (what the proxy sent)
@@ -10,7 +10,7 @@ segment picks the behaviour:
   chunked     ?n=K chunked response of K chunks
   sse         ?n=K server-sent events, 20 ms apart
   slow        ?delay=S seconds of silence before answering
-  reject      413 at once without reading the body
+  reject      413 at once without reading the body (then a lingering close)
   ws          WebSocket echo (text and binary, answers ping, echoes close)
   page        an HTML page whose script does a WebSocket round trip and writes the result into the DOM
 With --canary FILE every request line received is appended to FILE (the canary must never be hit).
@@ -114,7 +114,7 @@ async def websocket(reader, writer, headers):
             return
 
 
-async def handle(reader, writer, canary):
+async def handle(reader, writer, canary, name_tag=None):
     try:
         while True:
             try:
@@ -179,12 +179,21 @@ async def handle(reader, writer, canary):
             elif name == "reject":
                 respond(writer, 413, b'{"error": "too large"}', extra="connection: close\r\n")
                 await writer.drain()
+                writer.write_eof()
+                try:  # lingering close, as real servers do, so the answer is not lost to a RST
+                    async with asyncio.timeout(2):
+                        while await reader.read(65536):
+                            pass
+                except TimeoutError:
+                    pass
                 writer.close()
                 return
             elif name == "page":
                 respond(writer, 200, PAGE, ctype="text/html; charset=utf-8")
             else:
-                body = json.dumps({"method": method, "target": target, "headers": raw_headers}).encode()
+                peer = writer.get_extra_info("peername")
+                body = json.dumps({"method": method, "target": target, "headers": raw_headers, "name": name_tag,
+                                   "peer_port": peer[1]}).encode()
                 async for _ in read_body(reader, headers):
                     pass
                 respond(writer, 200, body)
@@ -197,8 +206,8 @@ async def handle(reader, writer, canary):
         writer.close()
 
 
-async def main(port: int, canary: str | None) -> None:
-    server = await asyncio.start_server(lambda r, w: handle(r, w, canary), "127.0.0.1", port, backlog=1024)
+async def main(port: int, canary: str | None, name_tag: str | None) -> None:
+    server = await asyncio.start_server(lambda r, w: handle(r, w, canary, name_tag), "127.0.0.1", port, backlog=1024)
     print("ready", flush=True)
     async with server:
         await server.serve_forever()
@@ -208,10 +217,11 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--canary")
+    ap.add_argument("--name", help="reported in the info answer (tells two backends apart)")
     args = ap.parse_args()
     try:
         import uvloop
 
-        uvloop.run(main(args.port, args.canary))
+        uvloop.run(main(args.port, args.canary, args.name))
     except ImportError:
-        asyncio.run(main(args.port, args.canary))
+        asyncio.run(main(args.port, args.canary, args.name))
