@@ -149,7 +149,7 @@ def parse_request_head(lines: list[bytes]) -> RequestHead:
         head.version = 10
         head.keep_alive = False
     elif re.fullmatch(rb"HTTP/[0-9]\.[0-9]", version):
-        raise HttpError(505, "only HTTP/1.0 and HTTP/1.1 are spoken here")
+        raise HttpError(505, "only HTTP/1.0 and 1.1 are spoken here")
     else:
         raise HttpError(400, "malformed HTTP version")
     head.method = method

@@ -361,7 +361,7 @@ class Proxy:
             except _ClientBodyError as err:
                 uw.close()
                 exc = err.args[0]
-                if isinstance(exc, HttpError) and sent.n == 0:
+                if isinstance(exc, HttpError):  # malformed body: the upstream got a truncated one, we close it
                     await self._error(writer, head, exc.status, exc.reason, peer, t0, upstream, True)
                     return False
                 self._done(head, 499, Counter(), peer, t0, upstream, f"client body: {exc or type(exc).__name__}")
