@@ -168,6 +168,7 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("proxy.trust_forwarded", _as_bool, False, "keep X-Forwarded-Proto/-Host/-Port sent by the peer (behind a proxy)"),
     _k("proxy.scheme", _as_choice("http", "https"), "http", "X-Forwarded-Proto when not trusted from the peer"),
     _k("proxy.metrics", _as_bool, True, "serve Prometheus text on /metrics"),
+    _k("proxy.event_loop", _as_choice("auto", "uvloop", "asyncio"), "auto", "auto: uvloop when installed"),
 ]}
 
 

@@ -66,10 +66,14 @@ def serve(cfg, *, mode: str, listen: str | None, access_log: bool, json_log: boo
 
     def ready(h: str, p: int) -> None:
         bound.append(f"{h}:{p}")
-        print(f"cocalc-ctl proxy: mode {mode}, listening on http://{h}:{p}", file=sys.stderr, flush=True)
+        import asyncio
+
+        loop = "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
+        print(f"cocalc-ctl proxy: mode {mode}, listening on http://{h}:{p} ({loop})", file=sys.stderr, flush=True)
 
     try:
-        loop_name = server.run(routes, settings, host, port, AccessLog(access_log, json_log), ready)
+        loop_name = server.run(routes, settings, host, port, AccessLog(access_log, json_log), ready,
+                               event_loop=cfg["proxy.event_loop"])
     except OSError as exc:
         raise PreconditionFailed(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
                                  hint="pick a free address with --listen") from None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -603,12 +602,19 @@ async def serve(routes, settings: Settings, host: str, port: int, access_log: Ac
         await routes.close()
 
 
-def run(routes, settings: Settings, host: str, port: int, access_log: AccessLog, ready=None) -> str:
-    """Blocking entry point; uses uvloop when it is installed. Returns the event loop's name."""
-    try:
-        import uvloop
-    except ImportError:
-        uvloop = None
+def run(routes, settings: Settings, host: str, port: int, access_log: AccessLog, ready=None,
+        event_loop: str = "auto") -> str:
+    """Blocking entry point on uvloop (when installed, or asked for) or asyncio; returns which."""
+    uvloop = None
+    if event_loop in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if event_loop == "uvloop":
+                from cocalc_ctl.errors import PreconditionFailed
+
+                raise PreconditionFailed("proxy.event_loop is uvloop but uvloop is not installed",
+                                         hint="pip install uvloop, or set proxy.event_loop: auto") from None
     coro = serve(routes, settings, host, port, access_log, ready)
     if uvloop is not None:
         uvloop.run(coro)
