@@ -84,7 +84,26 @@ async def read_head_lines(reader: asyncio.StreamReader, *, max_bytes: int, max_l
     Raises HttpError(400) for bare LF/CR (strict), HttpError(431) past the limits, PeerClosed on
     EOF inside the head.
     """
-    lines: list[bytes] = []
+    # Fast path: the whole head is usually in the buffer already; take it in one piece. (StreamReader
+    # has no public peek; `_buffer` has been its buffer since asyncio began.)
+    buf = getattr(reader, "_buffer", None)
+    if buf:
+        end = buf.find(b"\r\n\r\n")
+        if 0 < end <= max_bytes - 4 and not buf.startswith(b"\r\n"):
+            head = bytes(await reader.readexactly(end + 4))[:-4]
+            lines = head.split(b"\r\n")
+            for i, line in enumerate(lines):
+                if b"\n" in line or b"\r" in line:
+                    if strict:
+                        raise HttpError(400, "bare LF or CR in message head")
+                    lines = [x[:-1] if x.endswith(b"\r") else x for x in head.split(b"\n")]
+                    if any(b"\r" in x or not x for x in lines):
+                        raise HttpError(400, "bare CR in message head")
+                    break
+            if len(lines) > max_lines:
+                raise HttpError(431, "too many header fields")
+            return lines
+    lines = []
     total = 0
     while True:
         try:
@@ -294,14 +313,23 @@ async def _read(reader: asyncio.StreamReader, n: int, timeout: float) -> bytes:
     return data
 
 
-async def relay_fixed(reader, writer, length: int, *, timeout: float, counter: Counter | None = None) -> None:
-    """Copy exactly `length` body bytes."""
+async def relay_fixed(reader, writer, length: int, *, timeout: float, counter: Counter | None = None,
+                      prefix: bytes = b"") -> None:
+    """Copy exactly `length` body bytes; `prefix` (a message head) goes out with the first piece so a
+    small response costs one write."""
     while length > 0:
         data = await _read(reader, min(length, READ_SIZE), timeout)
         length -= len(data)
-        writer.write(data)
+        if prefix:
+            writer.write(prefix + data)
+            prefix = b""
+        else:
+            writer.write(data)
         if counter is not None:
             counter.n += len(data)
+        await writer.drain()
+    if prefix:
+        writer.write(prefix)
         await writer.drain()
 
 

@@ -426,19 +426,22 @@ class Proxy:
             extra += b"transfer-encoding: chunked\r\n"
         if not keep:
             extra += b"connection: close\r\n"
-        client.write(self._response_head(resp, extra=extra, drop_length=resp.chunked or until_close))
+        head_bytes = self._response_head(resp, extra=extra, drop_length=resp.chunked or until_close)
+        fixed = not no_body and not resp.chunked and not until_close
+        if not fixed:
+            client.write(head_bytes)
         try:
-            if no_body:
+            if fixed:
+                await http1.relay_fixed(ur, client, resp.content_length, timeout=self.s.upstream_timeout,
+                                        counter=counter, prefix=head_bytes)
+            elif no_body:
                 await client.drain()
             elif resp.chunked:
                 await http1.relay_chunked(ur, client, timeout=self.s.upstream_timeout, counter=counter,
                                           strict=False, chunked_out=chunked_out)
-            elif until_close:
+            else:
                 await http1.relay_until_close(ur, client, timeout=self.s.upstream_timeout,
                                               chunked_out=chunked_out, counter=counter)
-            else:
-                await http1.relay_fixed(ur, client, resp.content_length, timeout=self.s.upstream_timeout,
-                                        counter=counter)
         except ClientGone:
             uw.close()
             _cancel(body_task)
