@@ -169,6 +169,7 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("proxy.scheme", _as_choice("http", "https"), "http", "X-Forwarded-Proto when not trusted from the peer"),
     _k("proxy.metrics", _as_bool, True, "serve Prometheus text on /metrics"),
     _k("proxy.event_loop", _as_choice("auto", "uvloop", "asyncio"), "auto", "auto: uvloop when installed"),
+    _k("proxy.fast_path", _as_bool, True, "serve body-less requests on the Protocol fast path (off: streams only)"),
 ]}
 
 

@@ -40,6 +40,7 @@ def settings_from_config(cfg):
         trust_forwarded=bool(cfg["proxy.trust_forwarded"]),
         scheme=cfg["proxy.scheme"],
         metrics=bool(cfg["proxy.metrics"]),
+        fast_path=bool(cfg["proxy.fast_path"]),
     )
 
 

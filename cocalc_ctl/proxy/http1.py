@@ -138,6 +138,17 @@ async def read_head_lines(reader: asyncio.StreamReader, *, max_bytes: int, max_l
             raise HttpError(431, "too many header fields")
 
 
+# One match per well-formed field line; anything else goes through _split_header for a precise error.
+_FIELD_LINE_RE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)[ \t]*")
+
+
+def split_field(line: bytes) -> tuple[bytes, bytes]:
+    m = _FIELD_LINE_RE.fullmatch(line)
+    if m is not None:
+        return m.group(1), m.group(2)
+    return _split_header(line)
+
+
 def _split_header(line: bytes) -> tuple[bytes, bytes]:
     if line[:1] in (b" ", b"\t"):
         raise HttpError(400, "obsolete line folding")
@@ -178,7 +189,7 @@ def parse_request_head(lines: list[bytes]) -> RequestHead:
     connection: list[bytes] = []
     cl: bytes | None = None
     for line in lines[1:]:
-        name, value = _split_header(line)
+        name, value = split_field(line)
         lname = name.lower()
         if lname == b"host":
             hosts += 1
@@ -240,7 +251,7 @@ def parse_response_head(lines: list[bytes]) -> ResponseHead:
     cls: set[bytes] = set()
     for line in lines[1:]:
         try:
-            name, value = _split_header(line)
+            name, value = split_field(line)
         except HttpError as exc:
             raise UpstreamProtocolError(exc.reason) from None
         lname = name.lower()

@@ -78,6 +78,9 @@ class HostRoutes:
         self._conn.close()
 
     async def resolve(self, project_id: str) -> Route:
+        return self.resolve_now(project_id)
+
+    def resolve_now(self, project_id: str) -> Route:
         row = self._lookup(self._conn, project_id)
         if row is None:
             raise HttpError(404, "no such project")
@@ -191,6 +194,17 @@ class HubRoutes:
             self._cache.clear()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10)
+
+    def resolve_now(self, project_id: str) -> Route | None:
+        """The cached route (or raises the cached error); None when a database lookup is needed."""
+        if not self._listening:
+            return None
+        hit = self._cache.get(project_id)
+        if hit is None or hit[0] <= time.monotonic():
+            return None
+        if isinstance(hit[1], HttpError):
+            raise hit[1]
+        return hit[1]
 
     async def resolve(self, project_id: str) -> Route:
         now = time.monotonic()

@@ -39,6 +39,7 @@ class Settings:
     metrics: bool = True
     pool_max_idle: int = 64           # idle upstream connections kept per target
     pool_idle_ttl: float = 30.0
+    fast_path: bool = True            # Protocol fast path for body-less requests (fastpath.py)
 
 
 class ClientGone(Exception):
@@ -135,12 +136,129 @@ class Proxy:
         self.log = access_log
         self.metrics = Metrics()
         self.pool = UpstreamPool(settings.pool_max_idle, settings.pool_idle_ttl, max(65536, settings.max_head_bytes))
-        self._clients: set[asyncio.StreamWriter] = set()
+        self._clients: set = set()  # StreamWriters and transports, closed on shutdown
+        self._fast_pool: dict[tuple[str, int], list] = {}
+
+    # -- fast path glue (fastpath.py) ------------------------------------------------------------
+
+    def fast_dispatch(self, conn, head) -> None:
+        from cocalc_ctl.proxy.fastpath import route_now
+
+        t0 = time.monotonic()
+        if head.chunked or head.content_length or head.upgrade is not None or head.target in (b"/healthz", b"/metrics"):
+            return self._to_stream_path(conn, head)
+        try:
+            project_id = project_from_target(head.target)
+        except HttpError as exc:
+            return conn.reply_error(head, exc.status, exc.reason, t0, None)
+        route = route_now(self.routes, project_id)
+        if route is None:
+            return self._to_stream_path(conn, head)
+        if isinstance(route, HttpError):
+            if route.status >= 500:
+                self.metrics.upstream_errors["not_running" if route.status == 502 else "route_lookup"] += 1
+            return conn.reply_error(head, route.status, route.reason, t0, None)
+        out = bytes(self._upstream_head(head, conn.peer, conn.local_port))
+        key = (route.host, route.port)
+        up = self._fast_pool_take(key)
+        if up is not None:
+            up.start(conn, head, out, t0, reused=True)
+        else:
+            self.fast_connect(conn, head, out, key, t0, retry=True)
+
+    def _to_stream_path(self, conn, head) -> None:
+        reader, writer = conn.to_streams()
+        asyncio.ensure_future(self.handle(reader, writer, pending=head, counted=True))
+
+    def fast_connect(self, conn, head, out: bytes, key, t0: float, *, retry: bool) -> None:
+        from cocalc_ctl.proxy.fastpath import UpstreamProtocol
+
+        async def connect():
+            loop = asyncio.get_running_loop()
+            upstream = f"{key[0]}:{key[1]}"
+            try:
+                async with asyncio.timeout(self.s.connect_timeout):
+                    _, up = await loop.create_connection(lambda: UpstreamProtocol(self, key), key[0], key[1])
+            except TimeoutError:
+                self.metrics.upstream_errors["connect_timeout"] += 1
+                return conn.reply_error(head, 504, "upstream connect timed out", t0, upstream)
+            except OSError:
+                self.metrics.upstream_errors["refused"] += 1
+                return conn.reply_error(head, 502, "upstream refused the connection", t0, upstream)
+            if conn.detached:
+                up.t.close()
+                return
+            up.start(conn, head, out, t0, reused=False)
+
+        asyncio.ensure_future(connect())
+
+    def _fast_pool_take(self, key):
+        lst = self._fast_pool.get(key)
+        while lst:
+            up = lst.pop()
+            if not up.closed and not up.t.is_closing():
+                return up
+        return None
+
+    def fast_pool_put(self, up) -> None:
+        lst = self._fast_pool.setdefault(up.key, [])
+        if len(lst) >= self.s.pool_max_idle:
+            up.t.close()
+            return
+        up.idle_since = time.monotonic()
+        lst.append(up)
+
+    def fast_pool_discard(self, up) -> None:
+        lst = self._fast_pool.get(up.key)
+        if lst and up in lst:
+            lst.remove(up)
+
+    def sweep_fast_pool(self) -> None:
+        cutoff = time.monotonic() - self.s.pool_idle_ttl
+        for key, lst in list(self._fast_pool.items()):
+            for up in [u for u in lst if u.idle_since < cutoff]:
+                lst.remove(up)
+                up.t.close()
+            if not lst:
+                del self._fast_pool[key]
+
+    async def continue_on_streams(self, head, resp, ur, uw, key, cr, cw, peer, local_port, t0, upstream) -> None:
+        """Finish a fast-path exchange whose answer needs the stream relay, then serve on streams."""
+        client = _Side(cw, ClientGone)
+        keep = False
+        try:
+            if resp is not None and 100 <= resp.status < 200 and resp.status != 101:
+                if head.version == 11:
+                    client.write(self._response_head(resp, extra=b""))
+                    await client.drain()
+                resp = None
+            if resp is None:
+                resp = await self._read_response(ur, client, head, self.s.upstream_timeout)
+        except TimeoutError:
+            uw.close()
+            self.metrics.upstream_errors["timeout"] += 1
+            keep = await self._error(cw, head, 504, "upstream timed out", peer, t0, upstream, False)
+        except ClientGone:
+            uw.close()
+        except (PeerClosed, ConnectionError, OSError, UpstreamProtocolError, HttpError) as exc:
+            uw.close()
+            self.metrics.upstream_errors["protocol"] += 1
+            keep = await self._error(cw, head, 502, f"bad upstream response: {exc}", peer, t0, upstream, False)
+        else:
+            keep = await self._relay_response(head, resp, ur, uw, key, client, peer, t0, upstream)
+        if keep:
+            await self.handle(cr, cw, counted=True)
+        else:
+            self.metrics.active_connections -= 1
+            cw.close()
 
     # -- client connections ----------------------------------------------------------------
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.metrics.active_connections += 1
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, pending=None,
+                     counted: bool = False) -> None:
+        """Serve a client connection on streams; `pending` is a request head the fast path already read."""
+        if not counted:
+            self.metrics.active_connections += 1
         self._clients.add(writer)
         peer = writer.get_extra_info("peername")
         peer_ip = peer[0] if peer else "-"
@@ -149,6 +267,12 @@ class Proxy:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.s.header_timeout
         try:
+            if pending is not None:
+                if not await self.handle_request(pending, reader, writer, peer_ip, local_port):
+                    if pending.chunked or pending.content_length:
+                        await self._linger(reader, writer)
+                    return
+                deadline = loop.time() + self.s.idle_timeout
             while True:
                 try:
                     async with asyncio.timeout_at(deadline) as cm:
@@ -570,6 +694,10 @@ class Proxy:
         for w in list(self._clients):
             w.close()
         self.pool.close()
+        for lst in self._fast_pool.values():
+            for up in lst:
+                up.t.close()
+        self._fast_pool.clear()
 
 
 async def serve(routes, settings: Settings, host: str, port: int, access_log: AccessLog,
@@ -577,8 +705,14 @@ async def serve(routes, settings: Settings, host: str, port: int, access_log: Ac
     """Run until SIGTERM/SIGINT (or `stop` is set); `ready(host, port)` is called once listening."""
     await routes.start()
     proxy = Proxy(routes, settings, access_log)
-    server = await asyncio.start_server(proxy.handle, host, port, limit=settings.max_head_bytes,
-                                        backlog=1024, reuse_address=True)
+    if settings.fast_path:
+        from cocalc_ctl.proxy.fastpath import ClientProtocol
+
+        server = await asyncio.get_running_loop().create_server(lambda: ClientProtocol(proxy), host, port,
+                                                                backlog=1024, reuse_address=True)
+    else:
+        server = await asyncio.start_server(proxy.handle, host, port, limit=settings.max_head_bytes,
+                                            backlog=1024, reuse_address=True)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -594,6 +728,7 @@ async def serve(routes, settings: Settings, host: str, port: int, access_log: Ac
         while True:
             await asyncio.sleep(5)
             proxy.pool.sweep()
+            proxy.sweep_fast_pool()
 
     sweep_task = asyncio.create_task(sweeper())
     try:

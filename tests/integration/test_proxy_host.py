@@ -20,14 +20,14 @@ STOPPED = str(uuid.uuid4())
 REFUSED = str(uuid.uuid4())
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
+@pytest.fixture(scope="module", params=[True, False], ids=["fast-path", "streams-only"])
+def env(request, tmp_path_factory):
     work = tmp_path_factory.mktemp("proxy-host")
     backend = start_backend(work)
     dead_port = free_port()  # registered, but nothing listens there
     host_state(work / "data", {RUNNING: backend.port, STOPPED: None, REFUSED: dead_port})
     proxy = start_proxy(work, "host", {"data_dir": str(work / "data"), "proxy": {
-        "upstream_timeout": 1, "header_timeout": 2, "idle_timeout": 3}}, json_log=True)
+        "upstream_timeout": 1, "header_timeout": 2, "idle_timeout": 3, "fast_path": request.param}}, json_log=True)
     try:
         yield {"work": work, "backend": backend, "proxy": proxy}
     finally:

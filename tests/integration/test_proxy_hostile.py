@@ -20,8 +20,8 @@ pytestmark = pytest.mark.integration
 PID = str(uuid.uuid4())
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
+@pytest.fixture(scope="module", params=[True, False], ids=["fast-path", "streams-only"])
+def env(request, tmp_path_factory):
     work = tmp_path_factory.mktemp("proxy-hostile")
     canary_log = work / "canary.log"
     canary_log.touch()
@@ -29,7 +29,8 @@ def env(tmp_path_factory):
     backend = start_backend(work, canary=work / "backend.log")
     host_state(work / "data", {PID: backend.port})
     proxy = start_proxy(work, "host", {"data_dir": str(work / "data"), "proxy": {
-        "upstream_timeout": 2, "header_timeout": 2, "idle_timeout": 2, "max_header_bytes": 8192}})
+        "upstream_timeout": 2, "header_timeout": 2, "idle_timeout": 2, "max_header_bytes": 8192,
+        "fast_path": request.param}})
     try:
         yield {"work": work, "canary": canary, "canary_log": canary_log, "backend": backend, "proxy": proxy}
     finally:
