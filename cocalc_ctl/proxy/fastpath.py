@@ -33,12 +33,14 @@ def to_streams(transport: asyncio.Transport, buffered: bytes, *, limit: int, eof
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
     transport.set_protocol(protocol)
     protocol.connection_made(transport)
+    # Resume first, then feed: feed_data pauses the transport again if `buffered` is already over the
+    # reader's limit, and the reader's own flow control stays consistent.
+    transport.resume_reading()
     if buffered:
         reader.feed_data(buffered)
     if eof:
         reader.feed_eof()
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-    transport.resume_reading()
     return reader, writer
 
 

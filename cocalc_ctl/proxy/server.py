@@ -72,6 +72,12 @@ class _ClientBodyError(Exception):
     """Reading the request body from the client failed (args[0] is the cause)."""
 
 
+def _connect_failure(exc: OSError) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "upstream refused the connection"
+    return f"cannot connect to the upstream: {exc.strerror or type(exc).__name__}"
+
+
 def _cancel(task) -> None:
     if task is not None and not task.done():
         task.cancel()
@@ -138,6 +144,7 @@ class Proxy:
         self.pool = UpstreamPool(settings.pool_max_idle, settings.pool_idle_ttl, max(65536, settings.max_head_bytes))
         self._clients: set = set()  # StreamWriters and transports, closed on shutdown
         self._fast_pool: dict[tuple[str, int], list] = {}
+        self.tunnels: set = set()
 
     # -- fast path glue (fastpath.py) ------------------------------------------------------------
 
@@ -182,9 +189,9 @@ class Proxy:
             except TimeoutError:
                 self.metrics.upstream_errors["connect_timeout"] += 1
                 return conn.reply_error(head, 504, "upstream connect timed out", t0, upstream)
-            except OSError:
+            except OSError as exc:
                 self.metrics.upstream_errors["refused"] += 1
-                return conn.reply_error(head, 502, "upstream refused the connection", t0, upstream)
+                return conn.reply_error(head, 502, _connect_failure(exc), t0, upstream)
             if conn.detached:
                 up.t.close()
                 return
@@ -266,9 +273,14 @@ class Proxy:
         local_port = sock[1] if sock and len(sock) > 1 else 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.s.header_timeout
+        detached = False  # an upgraded connection is handed to a Tunnel and must stay open
         try:
             if pending is not None:
-                if not await self.handle_request(pending, reader, writer, peer_ip, local_port):
+                keep = await self.handle_request(pending, reader, writer, peer_ip, local_port)
+                if keep is None:
+                    detached = True
+                    return
+                if not keep:
                     if pending.chunked or pending.content_length:
                         await self._linger(reader, writer)
                     return
@@ -292,7 +304,11 @@ class Proxy:
                 except HttpError as exc:
                     await self._reply_bad(writer, exc, peer_ip, lines[0].split(b" ", 1)[0][:16], b"-")
                     break
-                if not await self.handle_request(head, reader, writer, peer_ip, local_port):
+                keep = await self.handle_request(head, reader, writer, peer_ip, local_port)
+                if keep is None:
+                    detached = True
+                    break
+                if not keep:
                     if head.chunked or head.content_length:
                         await self._linger(reader, writer)
                     break
@@ -302,7 +318,8 @@ class Proxy:
         finally:
             self._clients.discard(writer)
             self.metrics.active_connections -= 1
-            writer.close()
+            if not detached:
+                writer.close()
 
     @staticmethod
     async def _linger(reader, writer, seconds: float = 2.0, max_bytes: int = 64 << 20) -> None:
@@ -333,8 +350,9 @@ class Proxy:
 
     # -- one request -------------------------------------------------------------------------
 
-    async def handle_request(self, head, reader, writer, peer: str, local_port: int) -> bool:
-        """Serve one request; return whether the client connection may carry another."""
+    async def handle_request(self, head, reader, writer, peer: str, local_port: int) -> bool | None:
+        """Serve one request; return whether the client connection may carry another (None: it became
+        a tunnel and is no longer ours)."""
         t0 = time.monotonic()
         target = head.target
         has_body = head.chunked or bool(head.content_length)
@@ -463,9 +481,9 @@ class Proxy:
             except TimeoutError:
                 self.metrics.upstream_errors["connect_timeout"] += 1
                 return await self._error(writer, head, 504, "upstream connect timed out", peer, t0, upstream, has_body)
-            except OSError:
+            except OSError as exc:
                 self.metrics.upstream_errors["refused"] += 1
-                return await self._error(writer, head, 502, "upstream refused the connection", peer, t0, upstream,
+                return await self._error(writer, head, 502, _connect_failure(exc), peer, t0, upstream,
                                          has_body)
             up = _Side(uw, UpstreamGone)
             up.write(out)
@@ -601,7 +619,7 @@ class Proxy:
 
     # -- upgrades -------------------------------------------------------------------------------
 
-    async def _tunnel(self, head, out, route: Route, reader, writer, peer, t0, upstream) -> bool:
+    async def _tunnel(self, head, out, route: Route, reader, writer, peer, t0, upstream) -> bool | None:
         key = (route.host, route.port)
         has_body = head.chunked or bool(head.content_length)
         if has_body:
@@ -611,9 +629,9 @@ class Proxy:
         except TimeoutError:
             self.metrics.upstream_errors["connect_timeout"] += 1
             return await self._error(writer, head, 504, "upstream connect timed out", peer, t0, upstream, False)
-        except OSError:
+        except OSError as exc:
             self.metrics.upstream_errors["refused"] += 1
-            return await self._error(writer, head, 502, "upstream refused the connection", peer, t0, upstream, False)
+            return await self._error(writer, head, 502, _connect_failure(exc), peer, t0, upstream, False)
         client = _Side(writer, ClientGone)
         uw.write(out)
         try:
@@ -635,62 +653,22 @@ class Proxy:
         self.metrics.requests[101] += 1
         self.metrics.active_websockets += 1
         self.metrics.websockets_total += 1
-        up_count, down_count = Counter(), Counter()
-        note = None
         try:
             await client.drain()
-            await self._pipe(reader, writer, ur, uw, up_count, down_count)
-        except Exception as exc:  # any failure just ends the tunnel
-            note = f"tunnel: {type(exc).__name__}"
-        finally:
+        except ClientGone:
             self.metrics.active_websockets -= 1
-            self.metrics.bytes_upstream += up_count.n
-            self.metrics.bytes_downstream += down_count.n
             uw.close()
-        self.log.log(peer=peer, method=head.method, target=head.target, status=101,
-                     bytes_out=down_count.n, seconds=time.monotonic() - t0, upstream=upstream, note=note)
-        return False
+            return False
+        from cocalc_ctl.proxy.tunnel import Tunnel
 
-    async def _pipe(self, creader, cwriter, ureader, uwriter, up_count: Counter, down_count: Counter) -> None:
-        loop = asyncio.get_running_loop()
-        idle = self.s.websocket_idle_timeout
-        last = [loop.time()]
-
-        async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter, count: Counter) -> None:
-            while True:
-                try:
-                    async with asyncio.timeout(idle):
-                        data = await src.read(http1.READ_SIZE)
-                except TimeoutError:
-                    if loop.time() - last[0] < idle:
-                        continue  # the other direction is busy: this one may stay quiet
-                    raise
-                if not data:
-                    break
-                last[0] = loop.time()
-                count.n += len(data)
-                dst.write(data)
-                await dst.drain()
-            # half-close: pass the FIN on and keep the other direction flowing
-            if dst.can_write_eof() and not dst.is_closing():
-                dst.write_eof()
-
-        a = asyncio.create_task(copy(creader, uwriter, up_count))
-        b = asyncio.create_task(copy(ureader, cwriter, down_count))
-        try:
-            pending = {a, b}
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for t in done:
-                    if t.exception() is not None:
-                        raise t.exception()
-        finally:
-            for t in (a, b):
-                t.cancel()
+        Tunnel(self, peer=peer, head=head, t0=t0, upstream=upstream).start(reader, writer, ur, uw)
+        return None  # the connection now belongs to the tunnel
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def close_clients(self) -> None:
+        for tunnel in list(self.tunnels):
+            tunnel.close()
         for w in list(self._clients):
             w.close()
         self.pool.close()
@@ -729,6 +707,9 @@ async def serve(routes, settings: Settings, host: str, port: int, access_log: Ac
             await asyncio.sleep(5)
             proxy.pool.sweep()
             proxy.sweep_fast_pool()
+            now = loop.time()
+            for tunnel in list(proxy.tunnels):
+                tunnel.expire_if_idle(now, settings.websocket_idle_timeout)
 
     sweep_task = asyncio.create_task(sweeper())
     try:

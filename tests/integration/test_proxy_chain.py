@@ -106,6 +106,7 @@ def test_streamed_upload_and_download_keep_proxy_memory_flat(chain):
         for _ in range(n_blocks):
             crc = zlib.crc32(block, crc)
         assert answer == {"bytes": n_blocks * len(block), "crc32": crc}
+        after_upload = dict(rss.peak_kb)
 
         conn.request("GET", f"/{PID}/download?size={STREAM_BYTES}")
         resp = conn.getresponse()
@@ -119,7 +120,7 @@ def test_streamed_upload_and_download_keep_proxy_memory_flat(chain):
         assert got == STREAM_BYTES
         conn.close()
     peaks = {"hub": rss.peak_kb[chain["hub"].pid], "host": rss.peak_kb[chain["a"].pid]}
-    print(f"peak RSS during {STREAM_BYTES} B up + down: {peaks} kB")
+    print(f"peak RSS during {STREAM_BYTES} B up + down: {peaks} kB (after the upload: {after_upload})")
     assert all(0 < v < RSS_LIMIT_KB for v in peaks.values()), peaks
     assert chain["hub"].status_kb("VmHWM") < RSS_LIMIT_KB
 

@@ -97,7 +97,7 @@ def test_hub_cache_eviction_by_project_and_host():
     async def go():
         routes = HubRoutes("dbname=none", ttl=60)
         routes._cache = {PID: (1e18, Route("a", 1, "h1")), "other": (1e18, Route("b", 2, "h2"))}
-        routes.evict(f"host:h1")
+        routes.evict("host:h1")
         assert list(routes._cache) == ["other"]
         routes.evict("anything else")
         assert routes._cache == {}
