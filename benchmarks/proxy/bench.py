@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Proxy benchmark: wrk with keep-alive against the same backend, directly and through nginx
-(proxy_pass, 1 worker), configurable-http-proxy and `cocalc-ctl proxy serve` (1 process, on uvloop
-and on plain asyncio), in interleaved rounds of one run; then N idle WebSockets held through ours.
+(proxy_pass, 1 worker), configurable-http-proxy and `cocalc-ctl proxy serve` (1 process: fast path on
+uvloop and on asyncio, and the stream path alone), in interleaved rounds of one run; then N idle
+WebSockets held through ours.
 
     python3 benchmarks/proxy/bench.py [--duration 10] [--rounds 3] [--connections 64] [--websockets 10000]
 
@@ -155,6 +156,8 @@ def report(med: dict, args) -> None:
     print(f"ours / nginx req/s: {ours_m['rps'] / ngx_m['rps']:.2f} (target >= 0.5)")
     print(f"ours p99 / configurable-http-proxy p99: {ours_m['p99'] / chp_m['p99']:.2f} (target < 1.5)")
     print(f"ours p99 / nginx p99: {ours_m['p99'] / ngx_m['p99']:.2f} (target < 1.5)")
+    streams = med["cocalc-ctl (streams-only)"]
+    print(f"fast path / streams-only req/s: {ours_m['rps'] / streams['rps']:.2f}")
     if "cocalc-ctl (uvloop)" in med:
         print(f"uvloop / asyncio req/s: {ours_m['rps'] / med['cocalc-ctl (asyncio)']['rps']:.2f}")
 
@@ -214,23 +217,25 @@ def main() -> int:
             loops = ("uvloop", "asyncio")
         except ImportError:
             loops = ("asyncio",)
-        for loop in loops:
+        variants = [(loop, True) for loop in loops] + [(loops[-1], False)]
+        for loop, fast in variants:
+            name = loop if fast else "streams-only"
             port = free_port()
-            cfg = work / f"ours-{loop}.yaml"
-            cfg.write_text(f"data_dir: {work / 'data'}\nproxy:\n  event_loop: {loop}\n")
+            cfg = work / f"ours-{name}.yaml"
+            cfg.write_text(f"data_dir: {work / 'data'}\nproxy:\n  event_loop: {loop}\n  fast_path: {str(fast).lower()}\n")
             procs.start([sys.executable, "-m", "cocalc_ctl", "--config", str(cfg), "proxy", "serve", "--mode", "host",
-                         "--no-access-log", "--listen", f"127.0.0.1:{port}"], work / f"ours-{loop}.log", env=env,
+                         "--no-access-log", "--listen", f"127.0.0.1:{port}"], work / f"ours-{name}.log", env=env,
                         cwd=REPO)
             wait_port(port)
-            ours[loop] = port
+            ours[name] = port
 
         targets = {
             "direct": f"http://127.0.0.1:{backend}/{PID}/bench",
             "nginx (1 worker)": f"http://127.0.0.1:{nginx}/{PID}/bench",
             "configurable-http-proxy": f"http://127.0.0.1:{chp}/{PID}/bench",
         }
-        for loop in loops:
-            targets[f"cocalc-ctl ({loop})"] = f"http://127.0.0.1:{ours[loop]}/{PID}/bench"
+        for name in ours:
+            targets[f"cocalc-ctl ({name})"] = f"http://127.0.0.1:{ours[name]}/{PID}/bench"
         for url in ([] if args.skip_http else targets.values()):  # warm up (JIT, pools)
             wrk(url, 2, args.connections)
         results: dict[str, list[dict]] = {k: [] for k in targets}

@@ -388,8 +388,8 @@ class Proxy:
         return keep
 
     def _extra_metrics(self) -> dict:
-        extra = {"cocalc_proxy_upstream_idle_connections": ("gauge", "Idle pooled upstream connections.",
-                                                            self.pool.idle_count())}
+        idle = self.pool.idle_count() + sum(len(lst) for lst in self._fast_pool.values())
+        extra = {"cocalc_proxy_upstream_idle_connections": ("gauge", "Idle pooled upstream connections.", idle)}
         if hasattr(self.routes, "notifications"):
             extra["cocalc_proxy_route_notifications_total"] = (
                 "counter", "Route NOTIFY messages received from the hub.", self.routes.notifications)
