@@ -51,9 +51,11 @@ def test_browser_loads_page_and_round_trips_a_websocket_through_hub_and_host(tmp
             time.sleep(0.1)
         assert result == "echo:ping-from-browser"
         assert browser.evaluate("document.title") == "proxy test"
-        hub_log = hub.log()
-        assert f'"GET /{pid}/port/8000/page" 200' in hub_log
-        assert f'"GET /{pid}/port/8000/ws" 101' in hub_log
+        assert f'"GET /{pid}/port/8000/page" 200' in hub.log()
+        deadline = time.monotonic() + 10  # a tunnel's log line is written when it closes
+        while f'"GET /{pid}/port/8000/ws" 101' not in hub.log():
+            assert time.monotonic() < deadline, hub.log()
+            time.sleep(0.1)
     finally:
         if browser is not None:
             browser.close()
