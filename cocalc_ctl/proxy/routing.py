@@ -23,10 +23,17 @@ from cocalc_ctl.proxy.http1 import HttpError
 # Percent-encodings that decode to a path delimiter or to something a server may normalise.
 _ENCODED_DANGER = (b"%2f", b"%2e", b"%5c", b"%00", b"\\")
 _VISIBLE_ASCII = re.compile(rb"[\x21-\x7e]+")
+# The common case in one match: `/<uuid>` then `/...` or `?...` of visible ASCII without `#`, `\` or `%`.
+# Anything else takes the detailed checks below (which also produce the precise error).
+_PLAIN_TARGET = re.compile(rb"/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})(?:[/?][\x21-\x22\x24\x26-\x5b\x5d-\x7e]*)?")
+_DOT_SEGMENT = re.compile(rb"/\.\.?(?:/|\?|$)")
 
 
 def project_from_target(target: bytes) -> str:
     """The project id a request target addresses; HttpError(400) for hostile forms, 404 otherwise."""
+    m = _PLAIN_TARGET.fullmatch(target)
+    if m is not None and _DOT_SEGMENT.search(target.split(b"?", 1)[0]) is None:
+        return m.group(1).decode("ascii")
     if not target.startswith(b"/"):
         raise HttpError(400, "only origin-form request targets are accepted")
     if target.startswith(b"//"):
@@ -70,6 +77,7 @@ class HostRoutes:
         self._conn = host_db.connect_readonly(Path(data_dir))
         self._lookup = host_db.project_http_route
         self.upstream_host = upstream_host
+        self._routes: dict[int, Route] = {}  # immutable, shared: one per port
 
     async def start(self) -> None:
         pass
@@ -89,7 +97,10 @@ class HostRoutes:
             raise HttpError(502, "project is not running")
         if not isinstance(port, int) or not 0 < port < 65536:
             raise HttpError(502, "project has an invalid http port")
-        return Route(self.upstream_host, port)
+        route = self._routes.get(port)
+        if route is None:
+            route = self._routes[port] = Route(self.upstream_host, port)
+        return route
 
 
 def parse_internal_url(url: str | None) -> tuple[str, int] | None:
