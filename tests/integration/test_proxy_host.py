@@ -165,3 +165,18 @@ def test_healthz_metrics_and_json_access_log(env):
     mine = [x for x in lines if x["path"] == f"/{RUNNING}/port/8888/lab/info"]
     assert mine and mine[0]["status"] == 200 and mine[0]["upstream"] == f"127.0.0.1:{env['backend'].port}"
     assert not any("token=" in x for x in env["proxy"].log().splitlines())  # query strings are not logged
+
+
+def test_client_half_close_after_request_still_gets_the_answer(env):
+    resp = raw_exchange(env["proxy"].port, f"GET /{RUNNING}/info HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+                        half_close=True)
+    assert status_of(resp) == 200
+    assert resp.endswith(b"}")  # the whole JSON body arrived before the proxy closed
+
+
+def test_http10_client_gets_a_chunked_answer_unframed_then_close(env):
+    resp = raw_exchange(env["proxy"].port, f"GET /{RUNNING}/chunked?n=3 HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+    head, _, body = resp.partition(b"\r\n\r\n")
+    assert status_of(resp) == 200
+    assert b"transfer-encoding" not in head.lower()
+    assert body == b"chunk 0\nchunk 1\nchunk 2\n"
