@@ -159,8 +159,22 @@ class Proxy:
         except HttpError as exc:
             return conn.reply_error(head, exc.status, exc.reason, t0, None)
         route = route_now(self.routes, project_id)
-        if route is None:
-            return self._to_stream_path(conn, head)
+        if route is None:  # needs a database lookup: do it, then carry on here
+            asyncio.ensure_future(self._fast_after_lookup(conn, head, project_id, t0))
+            return
+        self._fast_routed(conn, head, route, t0)
+
+    async def _fast_after_lookup(self, conn, head, project_id: str, t0: float) -> None:
+        try:
+            route = await self.routes.resolve(project_id)
+        except HttpError as exc:
+            route = exc
+        except Exception as exc:  # never leave the client waiting on a failed lookup
+            route = HttpError(503, f"route lookup failed: {type(exc).__name__}")
+        if not conn.detached:
+            self._fast_routed(conn, head, route, t0)
+
+    def _fast_routed(self, conn, head, route, t0: float) -> None:
         if isinstance(route, HttpError):
             if route.status >= 500:
                 self.metrics.upstream_errors["not_running" if route.status == 502 else "route_lookup"] += 1
