@@ -400,3 +400,81 @@ def plan_only(text: str) -> bool:
         _plan(text)
         return True
     return False
+
+
+def _death_signal_setter() -> Callable[[], None] | None:
+    """A preexec function making the child get SIGKILL when this process dies (even by SIGKILL),
+    so no engine run outlives the job that owns its lock and its temporary snapshot. Resolved in
+    the parent: the child of a threaded process must not import anything."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def set_pdeathsig() -> None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    return set_pdeathsig
+
+
+def stream(argv: Sequence[str], on_line: Callable[[str], None] | None = None, *, mutates: bool = True,
+           cwd: str | None = None, env: dict[str, str] | None = None, timeout: float | None = None,
+           ok_codes: Sequence[int] = (0,), check: bool = True) -> Result:
+    """Run one command, calling `on_line` for each stdout line as it arrives (JSON progress).
+
+    The child dies with this process. stdout lines are not kept (they may be many); the result's
+    stdout holds the last line, stderr its tail.
+    """
+    argv = [str(a) for a in argv]
+    if mutates and DRY_RUN:
+        _plan(display(argv))
+        return Result(argv, 0, "", "", 0.0, dry_run=True)
+    full_env = _environment(env)
+    exe = which(argv[0], full_env)
+    _log(display(argv))
+    start = time.monotonic()
+    limit = timeout if timeout is not None else DEFAULT_TIMEOUT
+    err = tempfile.TemporaryFile()
+    p = subprocess.Popen([exe, *argv[1:]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                         cwd=cwd, env=full_env, preexec_fn=_death_signal_setter())
+    timer = None
+    timed_out = []
+    if limit:
+        def kill() -> None:
+            timed_out.append(True)
+            p.kill()
+
+        timer = threading.Timer(limit, kill)
+        timer.daemon = True
+        timer.start()
+    last = ""
+    try:
+        assert p.stdout is not None
+        for raw in p.stdout:
+            line = raw.decode("utf-8", "surrogateescape").rstrip("\n")
+            if line:
+                last = line
+                if on_line:
+                    on_line(line)
+        p.wait()
+    except BaseException:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        raise
+    finally:
+        if timer:
+            timer.cancel()
+    err.seek(0, os.SEEK_END)
+    size = err.tell()
+    err.seek(max(0, size - STDERR_TAIL_BYTES))
+    stderr = err.read().decode("utf-8", "replace")
+    err.close()
+    if timed_out:
+        raise CommandTimeout(f"{argv[0]} timed out after {limit:.0f}s", hint="raise command_timeout or check the target")
+    result = Result(argv, p.returncode, last, stderr, time.monotonic() - start)
+    if check and p.returncode not in ok_codes:
+        raise CommandFailed(argv, p.returncode, stderr)
+    return result

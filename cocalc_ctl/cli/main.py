@@ -47,6 +47,7 @@ def _root(
 def _register() -> None:
     from cocalc_ctl.cli import config_cmd, doctor, host, hub, keys, metrics, move, project, rootfs, snapshot, sshpiper, timers
     from cocalc_ctl.cli import proxy as proxy_cmd
+    from cocalc_ctl.cli import backup  # backup
 
     app.add_typer(config_cmd.app, name="config")
     app.add_typer(host.app, name="host")
@@ -61,6 +62,8 @@ def _register() -> None:
     app.command("doctor")(doctor.doctor)  # ops
     app.add_typer(sshpiper.app, name="sshpiper")
     app.add_typer(move.app, name="move")
+    app.add_typer(backup.app, name="backup")  # backup
+    app.command("restore")(backup.restore)  # backup
 
 
 _register()
