@@ -32,7 +32,8 @@ from cocalc_ctl.tools import backup_engine, btrfs
 from cocalc_ctl.tools.backup_engine import Engine
 
 TEMP_SNAPSHOT = ".backup-tmp"
-PERSIST_IN_BACKUP = ".cocalc-ctl-persist"  # reserved top-level name inside a backup
+PERSIST_IN_BACKUP = ".cocalc-ctl-persist"  # reserved top-level names inside a backup
+MANIFEST_IN_BACKUP = ".cocalc-ctl-backup.json"
 _BACKUP_ID_RE = re.compile(r"[0-9a-f]{8,64}", re.ASCII)
 _REPO_SCHEME_RE = re.compile(r"[a-z][a-z0-9]*:\S+", re.ASCII)
 
@@ -294,12 +295,20 @@ def _prepare_snapshot(cfg: Config, pid: str, live: Path, snap: Path) -> tuple[in
         except OSError:
             pass
     staged = snap / PERSIST_IN_BACKUP
-    if not proc.DRY_RUN and os.path.lexists(staged):
-        proc.run(["rm", "-rf", "--one-file-system", str(staged)])  # reserved name: ours wins
+    manifest = snap / MANIFEST_IN_BACKUP
+    for reserved in (staged, manifest):
+        if not proc.DRY_RUN and os.path.lexists(reserved):
+            proc.run(["rm", "-rf", "--one-file-system", str(reserved)])  # reserved names: ours win
     persist = layout.persist_dir(cfg, pid)
     has_persist = persist.is_dir()
     if has_persist:
         proc.run(["cp", "-a", "--reflink=auto", f"{persist}/.", str(staged)])
+    # also keeps an empty project's backup non-empty (the engine refuses an empty snapshot)
+    if not proc.plan_only(f"# write {manifest}"):
+        import json
+
+        manifest.write_text(json.dumps({"project_id": pid, "host": _host_label(cfg), "persist": has_persist,
+                                        "time": host_db.now_iso()}) + "\n")
     proc.run(btrfs.property_set_readonly(str(snap), True))
     gen = None if proc.DRY_RUN else btrfs.show(str(snap)).gen_at_creation
     return gen, has_persist
@@ -551,6 +560,8 @@ def due_projects(cfg: Config) -> list[tuple[str, str]]:
     require_pool(cfg)
     with host_db.connect(cfg.data_dir) as conn:
         last = backup_jobs.last_success(conn)
+    # a subvolume's generation advances when its transaction commits: commit pending writes first
+    proc.run(["btrfs", "filesystem", "sync", str(cfg.btrfs_root)], mutates=False)
     out = []
     for e in os.scandir(cfg.btrfs_root):
         if not (e.name.startswith("project-") and ids.is_uuid(e.name[len("project-"):])):

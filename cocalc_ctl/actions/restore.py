@@ -32,6 +32,15 @@ from cocalc_ctl.state import host_db
 from cocalc_ctl.tools import backup_engine, btrfs
 
 PATH_TMP_PREFIX = ".cocalc-ctl-restore-"
+# Crash tests name a step here to have the process SIGKILL itself right after it.
+FAILPOINT_ENV = "CCTL_FAILPOINT"
+
+
+def _failpoint(name: str) -> None:
+    if os.environ.get(FAILPOINT_ENV) == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -181,13 +190,16 @@ def _roll_forward(cfg: Config, pid: str, mark: dict) -> None:
         holder = live if live.is_dir() else (old if old.is_dir() else None)
         if holder is not None and (holder / snaps).is_dir() and not os.path.lexists(staging / snaps):
             _rename(holder / snaps, staging / snaps)  # keep the project's snapshots
+            _failpoint("snapshots-moved")
         if not os.path.lexists(staging / snaps):
             proc.run(btrfs.subvolume_create(str(staging / snaps)))
         if live.is_dir():
             if os.path.lexists(old):
                 backups.remove_tree(old)
             _rename(live, old)
+            _failpoint("live-set-aside")
         _rename(staging, live)
+        _failpoint("staging-swapped-in")
     _swap_persist(cfg, pid, bool(mark.get("persist")))
     if os.path.lexists(old):
         backups.remove_tree(old)
@@ -201,6 +213,7 @@ def _swap_persist(cfg: Config, pid: str, restored: bool) -> None:
         if os.path.lexists(cur):
             _rmtree(prev)
             _rename(cur, prev)
+            _failpoint("persist-set-aside")
         cur.parent.mkdir(parents=True, exist_ok=True)
         _rename(new, cur)
     elif not restored and os.path.lexists(cur) and not os.path.lexists(new):
@@ -237,7 +250,7 @@ def _clean_rel_path(path: str) -> str:
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if not parts or ".." in parts:
         raise InvalidInput(f"invalid --path {ids._show(path)}", hint="give a path inside the project, without ..")
-    if parts[0] in (layout.SNAPSHOTS, backups.PERSIST_IN_BACKUP) or parts[0].startswith(PATH_TMP_PREFIX):
+    if parts[0] in (layout.SNAPSHOTS, backups.PERSIST_IN_BACKUP, backups.MANIFEST_IN_BACKUP) or parts[0].startswith(PATH_TMP_PREFIX):
         raise InvalidInput(f"--path {ids._show(path)} is not project content")
     return "/".join(parts)
 
@@ -292,6 +305,7 @@ def _restore_full(cfg: Config, eng, pid: str, snap_id: str) -> bool:
     try:
         proc.run(btrfs.subvolume_create(str(staging)))
         _engine_restore(eng, snap_id, staging, None)
+        _failpoint("engine-restored")
         staged_persist = staging / backups.PERSIST_IN_BACKUP
         has_persist = not proc.DRY_RUN and staged_persist.is_dir()
         pnew = persist_new(cfg, pid)
@@ -300,6 +314,9 @@ def _restore_full(cfg: Config, eng, pid: str, snap_id: str) -> bool:
             pnew.parent.mkdir(parents=True, exist_ok=True)
             proc.run(["cp", "-a", "--reflink=auto", str(staged_persist), str(pnew)])
             proc.run(["rm", "-rf", "--one-file-system", str(staged_persist)])
+        manifest = staging / backups.MANIFEST_IN_BACKUP
+        if not proc.DRY_RUN and os.path.lexists(manifest):
+            manifest.unlink()
         proc.run(["btrfs", "filesystem", "sync", str(cfg.btrfs_root)])  # staging durable before the swap
     except BaseException:
         # not verified: undo now (a SIGKILL instead leaves this to the next run's recover)
@@ -310,6 +327,7 @@ def _restore_full(cfg: Config, eng, pid: str, snap_id: str) -> bool:
         raise
     mark.update(phase="verified", persist=has_persist)
     _write_marker(cfg, pid, mark)
+    _failpoint("verified")
     _roll_forward(cfg, pid, mark)
     return has_persist
 

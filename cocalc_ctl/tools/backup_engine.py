@@ -255,6 +255,10 @@ def classify(exc: CommandFailed, repo_display: str) -> CocalcError:
     if "wrong password" in low or "no key found" in low or "incorrect password" in low:
         return PreconditionFailed(f"wrong password for backup repository {repo_display}",
                                   hint="check the file named by backup.password_file")
+    if any(s in low for s in ("connection refused", "no such host", "dial tcp", "i/o timeout",
+                              "connection reset", "network is unreachable", "tls handshake")):
+        return OperationFailed(f"backup repository {repo_display} is unreachable",
+                               hint="check that the repository server is up and the URL in backup.repo")
     if "is there a repository at the following location" in low or "repository does not exist" in low \
             or ("unable to open config file" in low and ("no such file" in low or "404" in low)) \
             or "config file does not exist" in low:
@@ -263,10 +267,6 @@ def classify(exc: CommandFailed, repo_display: str) -> CocalcError:
         return OperationFailed(f"backup repository {repo_display} already exists")
     if "no space left on device" in low:
         return OperationFailed("no space left on device", hint="free space on the target filesystem and retry")
-    if any(s in low for s in ("connection refused", "no such host", "dial tcp", "i/o timeout",
-                              "connection reset", "network is unreachable", "tls handshake")):
-        return OperationFailed(f"backup repository {repo_display} is unreachable",
-                               hint="check that the repository server is up and the URL in backup.repo")
     if "unable to create lock" in low or "repository is already locked" in low:
         from cocalc_ctl.errors import Busy
 
