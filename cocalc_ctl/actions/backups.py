@@ -121,13 +121,6 @@ def init(cfg: Config) -> InitResult:
     return InitResult(shown, eng.name, True)
 
 
-def require_repo(eng: Engine) -> None:
-    """Fail with a one-line error when the repository is missing, unreachable or the password wrong."""
-    if proc.DRY_RUN:
-        return
-    run_engine(eng, eng.probe(), mutates=False)
-
-
 # -- locks, slots, heartbeat --------------------------------------------------------------------
 
 def project_lock(pid: str) -> str:
@@ -328,7 +321,6 @@ def create(cfg: Config, project_id: str, *, wait: bool = True,
             output.note(f"project {pid}: {line}")
         if not live.is_dir():
             raise NotFound(f"project {pid} does not exist on this host", hint="see `cocalc-ctl project list`")
-        require_repo(eng)
         result = _create_locked(cfg, eng, pid, live, wait=wait, progress=progress)
         result.stale = stale
         return result

@@ -271,7 +271,6 @@ def restore(cfg: Config, project_id: str, backup_id: str, *, path: str | None = 
         recovered = recover(cfg, dst)
         for line in recovered:
             output.note(f"project {dst}: {line}")
-        backups.require_repo(eng)
         snap_id = backups.resolve_backup_id(cfg, eng, src, backup_id)
         if rel is not None:
             _restore_path(cfg, eng, dst, snap_id, rel)
