@@ -91,9 +91,9 @@ class Engine:
 
     def restore(self, snapshot_id: str, target: str, *, path: str | None = None, verify: bool = True) -> list[str]:
         """Restore a snapshot (or only `path`, project-relative with a leading `/`) into `target`."""
-        if self.name == "rustic":
+        if self.name == "rustic":  # rustic checks each blob's hash while restoring: no flag needed
             source = f"{snapshot_id}:{path}" if path else snapshot_id
-            return [*self._base(), "restore", *(["--verify-existing"] if verify else []), source, target]
+            return [*self._base(), "restore", source, target]
         argv = [*self._base(), "restore", snapshot_id, "--target", target]
         if path:
             argv += ["--include", path]
