@@ -316,6 +316,7 @@ def _restore_full(cfg: Config, eng, pid: str, snap_id: str) -> bool:
         manifest = staging / backups.MANIFEST_IN_BACKUP
         if not proc.DRY_RUN and os.path.lexists(manifest):
             manifest.unlink()
+        _carry_quota(cfg, pid, staging)
         proc.run(["btrfs", "filesystem", "sync", str(cfg.btrfs_root)])  # staging durable before the swap
     except BaseException:
         # not verified: undo now (a SIGKILL instead leaves this to the next run's recover)
@@ -327,8 +328,31 @@ def _restore_full(cfg: Config, eng, pid: str, snap_id: str) -> bool:
     mark.update(phase="verified", persist=has_persist)
     _write_marker(cfg, pid, mark)
     _failpoint("verified")
+    if proc.DRY_RUN:
+        live, old = layout.project_subvolume(cfg, pid), aside(cfg, pid)
+        for line in (f"mv {live / layout.SNAPSHOTS} {staging / layout.SNAPSHOTS}", f"mv {live} {old}",
+                     f"mv {staging} {live}", f"# swap {layout.persist_dir(cfg, pid)} with the restored one",
+                     f"btrfs subvolume delete {old}", f"rm -f {marker(cfg, pid)}"):
+            proc.plan_only(line)
+        return has_persist
     _roll_forward(cfg, pid, mark)
     return has_persist
+
+
+def _carry_quota(cfg: Config, pid: str, staging: Path) -> None:
+    """The restored subvolume gets the live project's qgroup limit (or the configured default)."""
+    from cocalc_ctl.config import parse_size
+
+    live = layout.project_subvolume(cfg, pid)
+    limit = None
+    if live.is_dir():
+        sub = btrfs.show(str(live))
+        q = btrfs.qgroups(str(live)).get(f"0/{sub.subvolume_id}")
+        limit = q.max_referenced if q else None
+    elif cfg["project.quota"]:
+        limit = parse_size(cfg["project.quota"])
+    if limit:
+        proc.run(btrfs.qgroup_limit(limit, str(staging)))
 
 
 def _restore_path(cfg: Config, eng, pid: str, snap_id: str, rel: str) -> None:

@@ -54,13 +54,13 @@ def test_round_trip_of_rich_tree_is_identical(make_host, workdir):
 
 def test_full_restore_keeps_snapshots_and_replaces_content(make_host, workdir):
     h = backup_host(make_host, workdir)
-    h.cli("project", "create", PID_A)
+    h.cli("project", "create", PID_A, "--quota", "300M")
     live = h.project_path(PID_A)
     (live / "doc.txt").write_text("version 1")
     persist = h.data / "sync" / "projects" / PID_A
     persist.mkdir(parents=True)
     (persist / "p").write_text("p1")
-    first = h.json("backup", "list", PID_A) if False else None  # noqa: F841 - list before any backup is empty
+    assert h.json("backup", "list", PID_A) == []
     bid = _last_json_line(h.cli("--json", "backup", "create", PID_A).stdout)["backup_id"]
     before = tree_digest(live)
     (live / "doc.txt").write_text("version 2")
@@ -74,6 +74,7 @@ def test_full_restore_keeps_snapshots_and_replaces_content(make_host, workdir):
     assert tree_digest(live) == before
     assert (persist / "p").read_text() == "p1"
     assert os.listdir(live / ".snapshots") == ["after"]
+    assert h.json("project", "show", PID_A)["quota_bytes"] == 300 << 20  # the qgroup limit survives the swap
 
     # --path restores just that path into the live project
     (live / "doc.txt").write_text("edited")
