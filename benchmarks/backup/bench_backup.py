@@ -3,8 +3,10 @@
 
 Builds a loopback btrfs host with one project of ~200 MB in ~10,000 files, then, interleaved for
 each round so machine noise hits both alike:
-  - baseline: a read-only btrfs snapshot of the project, `cd snap && restic backup .` into a
-    fresh repository (the snapshot is taken outside the timing: the baseline is restic alone);
+  - baseline: a fresh read-only btrfs snapshot of the project (always at the same path, taken
+    outside the timing), then `cd snap && restic backup .` into a fresh repository: restic alone,
+    reading a new snapshot like cocalc-ctl does (a new snapshot's files are new inodes, so neither
+    side is helped by a page cache warmed by the other);
   - ours: `cocalc-ctl backup create PROJECT` into another fresh repository (everything included:
     CLI start, locks, job row, temporary snapshot, persist staging, engine, cleanup);
 then a no-change second backup of each into the same repositories. Prints medians and ratios.
@@ -59,6 +61,9 @@ def timed(argv: list[str], *, env: dict, cwd: str | None = None) -> float:
 
 
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--files", type=int, default=10000)
@@ -83,8 +88,12 @@ def main() -> None:
         du = subprocess.run(["du", "-sb", str(live)], capture_output=True, text=True).stdout.split()[0]
         print(f"project: {args.files} files, {int(du) / 1e6:.0f} MB (made in {time.perf_counter() - t0:.1f}s)")
         snap = live / ".snapshots" / "bench-baseline"
-        subprocess.run(["btrfs", "subvolume", "snapshot", "-r", str(live), str(snap)], check=True,
-                       stdout=subprocess.DEVNULL)
+
+        def fresh_snapshot() -> None:
+            if snap.exists():
+                subprocess.run(["btrfs", "subvolume", "delete", "-c", str(snap)], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(["btrfs", "subvolume", "snapshot", "-r", str(live), str(snap)], check=True,
+                           stdout=subprocess.DEVNULL)
         restic_env = {**os.environ, "RESTIC_PASSWORD_FILE": str(pw)}
         results: dict[str, list[float]] = {"restic first": [], "ours first": [], "restic no-change": [],
                                            "ours no-change": []}
@@ -102,6 +111,7 @@ def main() -> None:
             for kind in ("first", "no-change"):
                 for who, argv in order:
                     if who == "restic":
+                        fresh_snapshot()
                         results[f"restic {kind}"].append(timed(argv, env=env_bare, cwd=str(snap)))
                     else:
                         results[f"ours {kind}"].append(timed(argv, env=host.env, cwd=str(REPO)))

@@ -223,11 +223,12 @@ def sweep_stale(cfg: Config, eng: Engine | None = None) -> list[StaleJob]:
             pid = row["project_id"]
             if not ids.is_uuid(pid):
                 continue
-            held = locks.is_held(cfg.data_dir, project_lock(pid))
             alive = _pid_alive(row["pid"])
             age = _age(row["heartbeat_at"] or row["started_at"])
-            if held and alive and (age is None or age <= cfg["backup.stale_after"]):
-                continue
+            if alive and (age is None or age <= cfg["backup.stale_after"]):
+                continue  # (probing the lock here could make a starting run see it busy)
+            # the project lock is held for a job's whole life: free means its process is gone
+            held = locks.is_held(cfg.data_dir, project_lock(pid))
             why = "process gone" if not (held and alive) else f"no heartbeat for {age:.0f}s"
             if proc.plan_only(f"# mark backup job {row['id']} failed (stale: {why})"):
                 continue

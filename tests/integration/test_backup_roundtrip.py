@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from tests.support.backup import PID_A, PID_B, backup_host, jobs, make_rich_tree, rclone_rest_server, restic, \
+from tests.support.backup import PID_A, PID_B, PID_C, backup_host, jobs, make_rich_tree, rclone_rest_server, restic, \
     tree_digest
 
 pytestmark = pytest.mark.integration
@@ -150,4 +150,18 @@ def test_rest_repository_over_rclone(make_host, workdir):
     assert r.returncode == 1 and "unreachable" in r.stderr and r.stderr.count("\n") == 1
     r = h.cli("restore", PID_A, "latest", check=False)
     assert r.returncode == 1 and "unreachable" in r.stderr
+    assert tree_digest(live) == before
+
+
+def test_plain_directory_project_is_backed_up_live_with_a_warning(make_host, workdir):
+    h = backup_host(make_host, workdir)
+    live = h.project_path(PID_C)
+    live.mkdir()
+    (live / "notes").write_text("plain dir")
+    r = h.cli("--json", "backup", "create", PID_C)
+    assert "backing up the live tree" in r.stderr
+    assert _last_json_line(r.stdout)["source"] == "live"
+    before = tree_digest(live)
+    (live / "notes").write_text("changed")
+    h.cli("restore", PID_C, "latest")
     assert tree_digest(live) == before

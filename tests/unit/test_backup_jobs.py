@@ -68,12 +68,16 @@ def test_live_job_is_left_alone_until_its_heartbeat_is_too_old(cfg):
         assert stale.reason.startswith("no heartbeat") and stale.removed_snapshot is None
 
 
-def test_unlocked_job_is_stale_even_if_its_pid_was_reused(cfg):
+def test_job_with_reused_pid_is_stale_once_its_heartbeat_is_old(cfg):
     import os
 
     with host_db.connect(cfg.data_dir) as conn:
-        backup_jobs.insert(conn, PID, "/r", os.getpid())  # pid alive, but nobody holds the project lock
-    assert len(backups.sweep_stale(cfg)) == 1
+        jid = backup_jobs.insert(conn, PID, "/r", os.getpid())  # pid alive, but nobody holds the project lock
+    assert backups.sweep_stale(cfg) == []
+    with host_db.connect(cfg.data_dir) as conn:
+        conn.execute("UPDATE backup_jobs SET heartbeat_at='2020-01-01T00:00:00+00:00' WHERE id=?", (jid,))
+    (stale,) = backups.sweep_stale(cfg)
+    assert stale.reason == "process gone"
 
 
 @pytest.mark.parametrize("bad", ["", "/", "..", "a/../../b", ".snapshots/x", ".cocalc-ctl-persist", "a\x00b",
