@@ -266,7 +266,7 @@ class BackupResult:
     stale: list[StaleJob] = field(default_factory=list)
 
 
-def _is_subvolume(path: Path) -> bool:
+def is_subvolume(path: Path) -> bool:
     return proc.run(btrfs.subvolume_show(str(path)), mutates=False, check=False).returncode == 0
 
 
@@ -342,7 +342,7 @@ def _create_locked(cfg: Config, eng: Engine, pid: str, live: Path, *, wait: bool
         if beat:
             beat.__enter__()
         with host_slot(cfg, wait=wait):
-            use_snapshot = dry or _is_subvolume(live)
+            use_snapshot = dry or is_subvolume(live)
             made_snapshot = False
             try:
                 if use_snapshot:
@@ -565,7 +565,7 @@ def due_projects(cfg: Config) -> list[tuple[str, str]]:
             out.append(("", pid, "never backed up"))
             continue
         path = Path(e.path)
-        if not _is_subvolume(path) or r["generation"] is None:
+        if not is_subvolume(path) or r["generation"] is None:
             out.append((r["finished_at"], pid, "not a subvolume: always due"))
             continue
         gen = btrfs.show(str(path)).generation
@@ -611,7 +611,7 @@ def remove_tree(path: Path) -> None:
     """Delete a subvolume (with any nested ones) or a plain directory."""
     if not os.path.lexists(path):
         return
-    if _is_subvolume(path):
+    if is_subvolume(path):
         for sub in sorted(btrfs.list_below(str(path)), key=lambda s: -len(s.path)):
             rel = sub.path.split(f"{path.name}/", 1)[-1]
             nested = path / rel

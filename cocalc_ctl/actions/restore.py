@@ -345,7 +345,7 @@ def _carry_quota(cfg: Config, pid: str, staging: Path) -> None:
 
     live = layout.project_subvolume(cfg, pid)
     limit = None
-    if live.is_dir():
+    if live.is_dir() and backups.is_subvolume(live):
         sub = btrfs.show(str(live))
         q = btrfs.qgroups(str(live)).get(f"0/{sub.subvolume_id}")
         limit = q.max_referenced if q else None
