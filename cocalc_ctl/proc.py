@@ -437,7 +437,7 @@ def stream(argv: Sequence[str], on_line: Callable[[str], None] | None = None, *,
     start = time.monotonic()
     limit = timeout if timeout is not None else DEFAULT_TIMEOUT
     err = tempfile.TemporaryFile()
-    p = subprocess.Popen([exe, *argv[1:]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+    p = subprocess.Popen(argv, executable=exe, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
                          cwd=cwd, env=full_env, preexec_fn=_death_signal_setter())
     timer = None
     timed_out = []

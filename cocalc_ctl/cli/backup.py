@@ -8,7 +8,7 @@ import typer
 
 from cocalc_ctl.cli.common import G, config, render
 
-app = typer.Typer(help="Back projects up to a rustic/restic repository; list, prune and schedule backups.",
+app = typer.Typer(help="Back projects up to a restic/rustic repository; list, prune, schedule.",
                   no_args_is_help=True)
 
 PROJECT = typer.Argument(..., metavar="PROJECT", help="Project id (lowercase UUID).")
@@ -204,9 +204,10 @@ def restore(project: str = PROJECT,
             to_project: Optional[str] = typer.Option(None, "--to-project", metavar="OTHER",
                                                      help="Restore into another project id (created if missing)."),
             force: bool = typer.Option(False, "--force", help="Restore even while the project is running.")) -> None:
-    """Restore a project from a backup: through staging with a crash-safe swap, or one --path.
+    """Restore a project (or one --path of it) from a backup, crash-safely.
 
-    Works on any host: a project this host never had is created.
+    A full restore goes through a staging subvolume and a rename swap. Works on any host: a
+    project this host never had is created.
     """
     from cocalc_ctl.actions import restore as restore_actions
 

@@ -47,29 +47,29 @@ def test_engine_auto_prefers_rustic_and_writes_private_profile(rustic_cfg):
 
 def test_init_probes_then_creates(rustic_cfg, fp):
     cfg, stub, profile = rustic_cfg
-    fp.register([stub, "-P", profile, "repoinfo", "--only-files"], returncode=1,
+    fp.register(["rustic", "-P", profile, "repoinfo", "--only-files"], returncode=1,
                 stderr="error: config file does not exist in the backend\n")
-    fp.register([stub, "-P", profile, "init"])
+    fp.register(["rustic", "-P", profile, "init"])
     assert backups.init(cfg).created is True
-    assert fp.call_count([stub, "-P", profile, "init"]) == 1
+    assert fp.call_count(["rustic", "-P", profile, "init"]) == 1
 
 
 def test_init_is_idempotent(rustic_cfg, fp):
     cfg, stub, profile = rustic_cfg
-    fp.register([stub, "-P", profile, "repoinfo", "--only-files"])
+    fp.register(["rustic", "-P", profile, "repoinfo", "--only-files"])
     assert backups.init(cfg).created is False
-    assert fp.call_count([stub, "-P", profile, "init"]) == 0
+    assert fp.call_count(["rustic", "-P", profile, "init"]) == 0
 
 
 def test_backup_line_and_summary(rustic_cfg, fp):
     cfg, stub, profile = rustic_cfg
     eng = backups.engine_for(cfg)
-    argv = [stub, "-P", profile, "backup", "--json", "--host", PID, "--tag", f"project:{PID}", "--tag",
+    argv = ["rustic", "-P", profile, "backup", "--json", "--host", PID, "--tag", f"project:{PID}", "--tag",
             f"host:{PID}", "."]
     fp.register(argv, stdout=[json.dumps({"id": "e" * 64, "summary": {"total_bytes_processed": 42,
                                                                        "data_added": 7}})])
     lines = []
-    proc.stream(["rustic", *eng.backup(host=PID, tags=[f"project:{PID}", f"host:{PID}"])[1:]], lines.append)
+    proc.stream(eng.backup(host=PID, tags=[f"project:{PID}", f"host:{PID}"]), lines.append)
     from cocalc_ctl.tools import backup_engine
 
     s = backup_engine.summary_of(json.loads(lines[-1]))
@@ -80,7 +80,7 @@ def test_list_uses_ungrouped_snapshots(rustic_cfg, fp):
     cfg, stub, profile = rustic_cfg
     out = [[{"hostname": "h"}, [{"id": "f" * 64, "time": "2026-11-27T10:00:00Z", "hostname": "h",
                                  "tags": [f"project:{PID}", "host:h2"]}]]]
-    fp.register([stub, "-P", profile, "snapshots", "--json", "--group-by", "", "--filter-tags", f"project:{PID}"],
+    fp.register(["rustic", "-P", profile, "snapshots", "--json", "--group-by", "", "--filter-tags", f"project:{PID}"],
                 stdout=json.dumps(out))
     (b,) = backups.list_backups(cfg, PID)
     assert b.id == "f" * 64 and b.host == "h2"
@@ -88,20 +88,20 @@ def test_list_uses_ungrouped_snapshots(rustic_cfg, fp):
 
 def test_prune_forgets_then_prunes(rustic_cfg, fp):
     cfg, stub, profile = rustic_cfg
-    forget = [stub, "-P", profile, "forget", "--json", "--group-by", "", "--filter-tags", f"project:{PID}",
+    forget = ["rustic", "-P", profile, "forget", "--json", "--group-by", "", "--filter-tags", f"project:{PID}",
               "--keep-daily", "7", "--keep-weekly", "4"]
     fp.register(forget, stdout=json.dumps([{"keep": [{"id": "a" * 64, "time": "2"}],
                                             "remove": [{"id": "b" * 64, "time": "1"}]}]))
-    fp.register([stub, "-P", profile, "prune"])
+    fp.register(["rustic", "-P", profile, "prune"])
     res = backups.prune(cfg, PID, {"daily": 7, "weekly": 4})
-    assert res.removed == ["b" * 64] and fp.call_count([stub, "-P", profile, "prune"]) == 1
+    assert res.removed == ["b" * 64] and fp.call_count(["rustic", "-P", profile, "prune"]) == 1
 
 
 def test_restore_lines_full_and_path(rustic_cfg, fp):
     cfg, stub, profile = rustic_cfg
     eng = backups.engine_for(cfg)
-    fp.register([stub, "-P", profile, "restore", "abc12345", "/pool/.restore-staging/project-x"])
-    fp.register([stub, "-P", profile, "restore", "abc12345:/docs/a b", "/pool/project-x/.tmp/docs/a b"])
+    fp.register(["rustic", "-P", profile, "restore", "abc12345", "/pool/.restore-staging/project-x"])
+    fp.register(["rustic", "-P", profile, "restore", "abc12345:/docs/a b", "/pool/project-x/.tmp/docs/a b"])
     restore._engine_restore(eng, "abc12345", __import__("pathlib").Path("/pool/.restore-staging/project-x"), None)
     restore._engine_restore(eng, "abc12345", __import__("pathlib").Path("/pool/project-x/.tmp"), "docs/a b")
     assert len(fp.calls) == 2
