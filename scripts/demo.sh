@@ -18,7 +18,12 @@ snapshot:
   keep_daily: 2
   keep_weekly: 1
   keep_monthly: 0
+backup:
+  repo: $DEMO/restic-repo
+  password_file: $DEMO/secrets/restic-password
 YAML
+mkdir -m 700 "$DEMO/secrets"
+( umask 077; echo "demo repository password" > "$DEMO/secrets/restic-password" )
 CLI="$REPO/bin/cocalc-ctl"
 P=1b4e28ba-2fa1-11d2-883f-0016d3cca427
 declare -a STEPS TIMES
@@ -62,6 +67,17 @@ step "list snapshots" snapshot list "$P"
 step "what prune would do with --keep-daily 1 (dry run)" --dry-run snapshot prune "$P" --keep-daily 1
 step "project details" project show "$P"
 step "host status" host status
+step "create the backup repository (idempotent)" backup init
+step "back the project up from a temporary read-only snapshot" backup create "$P"
+step "its backups in the repository" backup list "$P"
+echo "an accident" > "$DEMO/hostA/pool/project-$P/notebooks/nb1.ipynb"
+rm -f "$DEMO/hostA/pool/project-$P/notebooks/nb2.ipynb"
+step "restore one path into the live project" restore "$P" latest --path notebooks/nb1.ipynb
+step "full restore: staging subvolume, verify, rename swap (snapshots kept)" restore "$P" latest
+ls "$DEMO/hostA/pool/project-$P/notebooks/nb2.ipynb" >/dev/null
+step "backup jobs and the age of each project's last backup" backup status
+step "timer run: the restore changed the project, so it is due" backup due
+step "timer run again: nothing changed since the last backup" backup due
 
 printf '\n\033[1m== summary\033[0m\n'
 printf '%-75s %8s\n' "step" "seconds"

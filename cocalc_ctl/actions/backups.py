@@ -70,16 +70,20 @@ def engine_for(cfg: Config) -> Engine:
     if name == "auto":
         name = "rustic" if proc.have("rustic") else "restic"
     proc.which(name)
+    # the engine's cache lives in data_dir: the timer's unit has a read-only /root
+    cache = cfg.data_dir / "cache" / name
+    if not proc.DRY_RUN:
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
     profile = None
     if name == "rustic":
-        profile = str(_write_rustic_profile(cfg, repo, pw))
-    return Engine(name, repo, pw, profile)
+        profile = str(_write_rustic_profile(cfg, repo, pw, str(cache)))
+    return Engine(name, repo, pw, profile, cache_dir=str(cache))
 
 
-def _write_rustic_profile(cfg: Config, repo: str, pw: str | None) -> Path:
+def _write_rustic_profile(cfg: Config, repo: str, pw: str | None, cache: str) -> Path:
     d = cfg.data_dir / "backup"
     path = d / "rustic-profile.toml"
-    text = backup_engine.rustic_profile(repo, pw)
+    text = backup_engine.rustic_profile(repo, pw, cache)
     if proc.DRY_RUN:
         return path
     d.mkdir(mode=0o700, parents=True, exist_ok=True)

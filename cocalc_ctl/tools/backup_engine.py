@@ -38,6 +38,7 @@ class Engine:
     password_file: str | None = None
     profile: str | None = None
     version: tuple[int, ...] = ()
+    cache_dir: str | None = None
 
     # -- environment and common prefix -------------------------------------------------------
     def env(self) -> dict[str, str]:
@@ -45,6 +46,8 @@ class Engine:
             env = {"RESTIC_REPOSITORY": self.repo, "RESTIC_PROGRESS_FPS": "1"}
             if self.password_file:
                 env["RESTIC_PASSWORD_FILE"] = self.password_file
+            if self.cache_dir:
+                env["RESTIC_CACHE_DIR"] = self.cache_dir
             return env
         return {}
 
@@ -133,11 +136,13 @@ class Engine:
         return [self.name, "--version"] if self.name == "rustic" else ["restic", "version"]
 
 
-def rustic_profile(repo: str, password_file: str | None) -> str:
-    """TOML for rustic's `-P` profile: repository and password file (JSON strings are valid TOML)."""
+def rustic_profile(repo: str, password_file: str | None, cache_dir: str | None = None) -> str:
+    """TOML for rustic's `-P` profile: repository, password file, cache (JSON strings are valid TOML)."""
     lines = ["[repository]", f"repository = {json.dumps(repo)}"]
     if password_file:
         lines.append(f"password-file = {json.dumps(password_file)}")
+    if cache_dir:
+        lines.append(f"cache-dir = {json.dumps(cache_dir)}")
     return "\n".join(lines) + "\n"
 
 
