@@ -97,6 +97,14 @@ def _write_rustic_profile(cfg: Config, repo: str, pw: str | None, cache: str) ->
     return path
 
 
+def with_version(eng: Engine) -> Engine:
+    """The engine with its version filled in (gates newer command-line features)."""
+    import dataclasses
+
+    res = proc.run(eng.version_cmd(), mutates=False, check=False)
+    return dataclasses.replace(eng, version=backup_engine.parse_version(res.stdout))
+
+
 def run_engine(eng: Engine, argv: list[str], *, mutates: bool = True, ok_codes=(0,), **kw) -> proc.Result:
     try:
         return proc.run(argv, mutates=mutates, env=eng.env(), ok_codes=ok_codes, **kw)

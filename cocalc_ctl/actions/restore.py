@@ -261,7 +261,7 @@ def restore(cfg: Config, project_id: str, backup_id: str, *, path: str | None = 
     dst = ids.project_id(to_project, what="--to-project id") if to_project else src
     rel = _clean_rel_path(path) if path is not None else None
     require_pool(cfg)
-    eng = backups.engine_for(cfg)
+    eng = backups.with_version(backups.engine_for(cfg))
     with locks.hold(cfg.data_dir, backups.project_lock(dst), what=f"project {dst} (backup or restore running)"):
         if not force and host_db.db_path(cfg.data_dir).exists():
             with host_db.connect(cfg.data_dir) as conn:

@@ -27,6 +27,7 @@ from cocalc_ctl.errors import CocalcError, CommandFailed, OperationFailed, Preco
 ENGINES = ("rustic", "restic")
 # restic exit code: the snapshot was written but some source files could not be read.
 RESTIC_INCOMPLETE = 3
+RESTIC_SPARSE_SINCE = (0, 15, 0)  # `restore --sparse`
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,8 @@ class Engine:
             argv += ["--include", path]
         if verify:
             argv.append("--verify")
+        if self.version >= RESTIC_SPARSE_SINCE:
+            argv.append("--sparse")  # keep sparse files sparse (restic 0.15+)
         return argv
 
     def forget(self, *, tags: list[str], keep: dict[str, int], prune: bool, dry_run: bool = False) -> list[str]:

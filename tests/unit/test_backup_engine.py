@@ -29,6 +29,11 @@ def test_restic_command_lines():
         "restic", "forget", "--json", "--group-by", "", "--tag", f"project:{PID}",
         "--keep-daily", "7", "--keep-weekly", "4", "--dry-run"]
     assert RESTIC.prune() == ["restic", "prune"]
+    # newer restic: restore keeps sparse files sparse
+    import dataclasses
+
+    new = dataclasses.replace(RESTIC, version=(0, 16, 4))
+    assert new.restore("abcdef12", "/t") == ["restic", "restore", "abcdef12", "--target", "/t", "--verify", "--sparse"]
     assert RESTIC.ok_codes_backup == (0, 3)
 
 
