@@ -51,6 +51,15 @@ def test_round_trip_of_rich_tree_is_identical(make_host, workdir):
     assert os.listdir(h.pool / ".restore-staging") == []
     assert (live / ".snapshots").is_dir()
 
+    # any host with the repository can restore it: a host that never had the project creates it
+    other = backup_host(make_host, workdir, "b", init_repo=False)
+    assert [b["host"] for b in other.json("backup", "list", PID_A)] == [h.host_id]
+    out = other.json("restore", PID_A, res["backup_id"])
+    assert out["created_project"] is True
+    assert tree_digest(other.project_path(PID_A)) == before
+    assert (other.data / "sync" / "projects" / PID_A / "state.db").read_bytes() == b"persist store v1"
+    assert [p["project_id"] for p in other.json("project", "list")] == [PID_A]
+
 
 def test_full_restore_keeps_snapshots_and_replaces_content(make_host, workdir):
     h = backup_host(make_host, workdir)

@@ -102,3 +102,15 @@ def test_repo_must_look_like_a_repository(cfg, tmp_path, monkeypatch):
                                                          "COCALC_CTL_BACKUP_PASSWORD_FILE": str(pw)})
         with pytest.raises(InvalidInput):
             backups.engine_for(bad)
+
+
+def test_heartbeat_thread_updates_the_row(cfg):
+    import time
+
+    with host_db.connect(cfg.data_dir) as conn:
+        jid = backup_jobs.insert(conn, PID, "/r", 1)
+        conn.execute("UPDATE backup_jobs SET heartbeat_at='2020-01-01T00:00:00+00:00' WHERE id=?", (jid,))
+    with backups.Heartbeat(cfg.data_dir, jid, 0.05):
+        time.sleep(0.3)
+    with host_db.connect(cfg.data_dir) as conn:
+        assert backup_jobs.get(conn, jid)["heartbeat_at"] > "2020-01-01T00:00:00+00:00"
