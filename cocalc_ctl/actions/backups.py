@@ -393,7 +393,10 @@ def _create_locked(cfg: Config, eng: Engine, pid: str, live: Path, *, wait: bool
                     raise backup_engine.classify(exc, repo_display(eng.repo)) from None
             finally:
                 if made_snapshot and (dry or snap.is_dir()):
-                    proc.run(btrfs.subvolume_delete(str(snap)), check=False)
+                    gone = proc.run(btrfs.subvolume_delete(str(snap)), check=False)
+                    if gone.returncode != 0:
+                        output.warn(f"could not delete the temporary snapshot {snap} (the next backup "
+                                    f"of the project removes it): {gone.stderr.strip()[-200:]}")
         duration = time.monotonic() - started
         if dry:
             return BackupResult(pid, None, None, None, None, 0.0, "snapshot", eng.name)

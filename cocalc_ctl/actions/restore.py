@@ -200,6 +200,10 @@ def _roll_forward(cfg: Config, pid: str, mark: dict) -> None:
             _failpoint("live-set-aside")
         _rename(staging, live)
         _failpoint("staging-swapped-in")
+    elif not live.is_dir() and old.is_dir():
+        # the staged tree vanished (deleted by hand?): never delete the only copy, put it back
+        _rename(old, live)
+        output.warn(f"project {pid}: restore staging is gone; put the set-aside project back")
     _swap_persist(cfg, pid, bool(mark.get("persist")))
     if os.path.lexists(old):
         backups.remove_tree(old)
