@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cocalc_ctl import ids, layout, locks, output, proc
-from cocalc_ctl.actions import backups
+from cocalc_ctl.actions import backup_repo, backups
 from cocalc_ctl.actions.pool import require_pool
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import Busy, CommandFailed, InvalidInput, NotFound, OperationFailed
@@ -265,7 +265,7 @@ def restore(cfg: Config, project_id: str, backup_id: str, *, path: str | None = 
     dst = ids.project_id(to_project, what="--to-project id") if to_project else src
     rel = _clean_rel_path(path) if path is not None else None
     require_pool(cfg)
-    eng = backups.with_version(backups.engine_for(cfg))
+    eng = backup_repo.with_version(backup_repo.engine_for(cfg))
     with locks.hold(cfg.data_dir, backups.project_lock(dst), what=f"project {dst} (backup or restore running)"):
         if not force and host_db.db_path(cfg.data_dir).exists():
             with host_db.connect(cfg.data_dir) as conn:
@@ -275,7 +275,7 @@ def restore(cfg: Config, project_id: str, backup_id: str, *, path: str | None = 
         recovered = recover(cfg, dst)
         for line in recovered:
             output.note(f"project {dst}: {line}")
-        snap_id = backups.resolve_backup_id(cfg, eng, src, backup_id)
+        snap_id = backup_repo.resolve_backup_id(cfg, eng, src, backup_id)
         if rel is not None:
             _restore_path(cfg, eng, dst, snap_id, rel)
             return RestoreResult(dst, src, snap_id, rel, False, False, recovered)
@@ -295,7 +295,7 @@ def _engine_restore(eng, snap_id: str, target: Path, include: str | None) -> Non
         else:
             proc.run(eng.restore(snap_id, str(target), path=("/" + include) if include else None), env=eng.env())
     except CommandFailed as exc:
-        raise backup_engine.classify(exc, backups.repo_display(eng.repo)) from None
+        raise backup_engine.classify(exc, backup_repo.repo_display(eng.repo)) from None
 
 
 def _restore_full(cfg: Config, eng, pid: str, snap_id: str) -> bool:

@@ -17,9 +17,9 @@ PROJECT = typer.Argument(..., metavar="PROJECT", help="Project id (lowercase UUI
 @app.command("init")
 def init() -> None:
     """Create the repository named by backup.repo if it does not exist (idempotent)."""
-    from cocalc_ctl.actions import backups
+    from cocalc_ctl.actions import backup_repo
 
-    result = backups.init(config())
+    result = backup_repo.init(config())
     render(result, lambda r: print(f"{'created' if r.created else 'already exists:'} {r.engine} repository {r.repo}"))
 
 
@@ -89,9 +89,9 @@ def create(project: str = PROJECT,
 def list_(project: str = PROJECT) -> None:
     """Backups of a project in the repository (id, time, bytes, host)."""
     from cocalc_ctl import output
-    from cocalc_ctl.actions import backups
+    from cocalc_ctl.actions import backup_repo
 
-    result = backups.list_backups(config(), project)
+    result = backup_repo.list_backups(config(), project)
     render(result, lambda rs: output.table(
         ["id", "time", "bytes", "host"],
         [(b.short_id, b.time[:19].replace("T", " "), output.human_bytes(b.bytes), b.host) for b in rs]))
@@ -139,11 +139,11 @@ def prune(project: str = PROJECT, keep_last: int = _keep("last"), keep_hourly: i
 
     With --dry-run, shows which backups would go and changes nothing.
     """
-    from cocalc_ctl.actions import backups
+    from cocalc_ctl.actions import backup_repo
 
     keep = {"last": keep_last, "hourly": keep_hourly, "daily": keep_daily, "weekly": keep_weekly,
             "monthly": keep_monthly, "yearly": keep_yearly}
-    result = backups.prune(config(), project, keep)
+    result = backup_repo.prune(config(), project, keep)
 
     def human(r):
         for k in r.kept:

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from cocalc_ctl import config, locks
-from cocalc_ctl.actions import backups, restore
+from cocalc_ctl.actions import backup_repo, backups, restore
 from cocalc_ctl.errors import InvalidInput
 from cocalc_ctl.state import backup_jobs, host_db
 
@@ -101,7 +101,7 @@ def test_repo_must_look_like_a_repository(cfg, tmp_path, monkeypatch):
         bad = config.load(str(tmp_path / "c.yaml"), env={"COCALC_CTL_BACKUP_REPO": repo,
                                                          "COCALC_CTL_BACKUP_PASSWORD_FILE": str(pw)})
         with pytest.raises(InvalidInput):
-            backups.engine_for(bad)
+            backup_repo.engine_for(bad)
 
 
 def test_heartbeat_thread_updates_the_row(cfg):

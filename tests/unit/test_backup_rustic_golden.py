@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from cocalc_ctl import config, proc
-from cocalc_ctl.actions import backups, restore
+from cocalc_ctl.actions import backup_repo, restore
 from cocalc_ctl.errors import PreconditionFailed
 
 PID = "0a0a0a0a-1111-4222-8333-444444444444"
@@ -38,7 +38,7 @@ def rustic_cfg(tmp_path, monkeypatch):
 
 def test_engine_auto_prefers_rustic_and_writes_private_profile(rustic_cfg):
     cfg, stub, profile = rustic_cfg
-    eng = backups.engine_for(cfg)
+    eng = backup_repo.engine_for(cfg)
     assert eng.name == "rustic" and eng.profile == profile
     st = os.stat(profile)
     assert stat.S_IMODE(st.st_mode) == 0o600 and stat.S_IMODE(os.stat(os.path.dirname(profile)).st_mode) == 0o700
@@ -50,20 +50,20 @@ def test_init_probes_then_creates(rustic_cfg, fp):
     fp.register(["rustic", "-P", profile, "repoinfo", "--only-files"], returncode=1,
                 stderr="error: config file does not exist in the backend\n")
     fp.register(["rustic", "-P", profile, "init"])
-    assert backups.init(cfg).created is True
+    assert backup_repo.init(cfg).created is True
     assert fp.call_count(["rustic", "-P", profile, "init"]) == 1
 
 
 def test_init_is_idempotent(rustic_cfg, fp):
     cfg, stub, profile = rustic_cfg
     fp.register(["rustic", "-P", profile, "repoinfo", "--only-files"])
-    assert backups.init(cfg).created is False
+    assert backup_repo.init(cfg).created is False
     assert fp.call_count(["rustic", "-P", profile, "init"]) == 0
 
 
 def test_backup_line_and_summary(rustic_cfg, fp):
     cfg, stub, profile = rustic_cfg
-    eng = backups.engine_for(cfg)
+    eng = backup_repo.engine_for(cfg)
     argv = ["rustic", "-P", profile, "backup", "--json", "--host", PID, "--tag", f"project:{PID}", "--tag",
             f"host:{PID}", "."]
     fp.register(argv, stdout=[json.dumps({"id": "e" * 64, "summary": {"total_bytes_processed": 42,
@@ -82,7 +82,7 @@ def test_list_uses_ungrouped_snapshots(rustic_cfg, fp):
                                  "tags": [f"project:{PID}", "host:h2"]}]]]
     fp.register(["rustic", "-P", profile, "snapshots", "--json", "--group-by", "", "--filter-tags", f"project:{PID}"],
                 stdout=json.dumps(out))
-    (b,) = backups.list_backups(cfg, PID)
+    (b,) = backup_repo.list_backups(cfg, PID)
     assert b.id == "f" * 64 and b.host == "h2"
 
 
@@ -93,13 +93,13 @@ def test_prune_forgets_then_prunes(rustic_cfg, fp):
     fp.register(forget, stdout=json.dumps([{"keep": [{"id": "a" * 64, "time": "2"}],
                                             "remove": [{"id": "b" * 64, "time": "1"}]}]))
     fp.register(["rustic", "-P", profile, "prune"])
-    res = backups.prune(cfg, PID, {"daily": 7, "weekly": 4})
+    res = backup_repo.prune(cfg, PID, {"daily": 7, "weekly": 4})
     assert res.removed == ["b" * 64] and fp.call_count(["rustic", "-P", profile, "prune"]) == 1
 
 
 def test_restore_lines_full_and_path(rustic_cfg, fp):
     cfg, stub, profile = rustic_cfg
-    eng = backups.engine_for(cfg)
+    eng = backup_repo.engine_for(cfg)
     fp.register(["rustic", "-P", profile, "restore", "abc12345", "/pool/.restore-staging/project-x"])
     fp.register(["rustic", "-P", profile, "restore", "abc12345:/docs/a b", "/pool/project-x/.tmp/docs/a b"])
     restore._engine_restore(eng, "abc12345", __import__("pathlib").Path("/pool/.restore-staging/project-x"), None)
@@ -111,4 +111,4 @@ def test_password_file_must_be_private(rustic_cfg, tmp_path):
     cfg, _, _ = rustic_cfg
     os.chmod(tmp_path / "pw", 0o644)
     with pytest.raises(PreconditionFailed, match="readable by others"):
-        backups.engine_for(cfg)
+        backup_repo.engine_for(cfg)
