@@ -258,10 +258,12 @@ def _create_locked(cfg: Config, eng: Engine, pid: str, live: Path, *, wait: bool
     beat = Heartbeat(cfg.data_dir, job_id, cfg["backup.heartbeat_interval"]) if job_id else None
     snap = temp_snapshot(cfg, pid)
     summary: backup_engine.BackupSummary | None = None
+    in_slot = False
     try:
         if beat:
             beat.__enter__()
         with host_slot(cfg, wait=wait):
+            in_slot = True
             use_snapshot = dry or is_subvolume(live)
             made_snapshot = False
             try:
@@ -321,7 +323,10 @@ def _create_locked(cfg: Config, eng: Engine, pid: str, live: Path, *, wait: bool
                                bytes_=summary.bytes_processed, duration=duration)
         return result
     except BaseException as exc:
-        if job_id:
+        if job_id and not in_slot and isinstance(exc, Busy):
+            with host_db.connect(cfg.data_dir) as conn:  # refused before it started: not a failed backup
+                backup_jobs.delete(conn, job_id)
+        elif job_id:
             reason = exc.one_line() if isinstance(exc, CocalcError) else f"{type(exc).__name__}: {exc}"
             with host_db.connect(cfg.data_dir) as conn:
                 backup_jobs.finish(conn, job_id, ok=False, duration=time.monotonic() - started, error=reason[:500])

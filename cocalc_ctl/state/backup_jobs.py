@@ -35,6 +35,10 @@ def finish(conn: sqlite3.Connection, job_id: int, *, ok: bool, backup_id: str | 
                  ("succeeded" if ok else "failed", backup_id, bytes_, duration, error, now_iso(), job_id))
 
 
+def delete(conn: sqlite3.Connection, job_id: int) -> None:
+    conn.execute("DELETE FROM backup_jobs WHERE id=? AND state='pending'", (job_id,))
+
+
 def mark_stale(conn: sqlite3.Connection, job_id: int, reason: str) -> bool:
     cur = conn.execute("UPDATE backup_jobs SET state='failed', error=?, finished_at=? "
                        "WHERE id=? AND state IN ('pending','running')", (reason, now_iso(), job_id))

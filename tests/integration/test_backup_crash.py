@@ -159,6 +159,7 @@ def test_host_cap_runs_backups_one_after_the_other(make_host, workdir):
     r = h.cli("backup", "create", PID_B, "--no-wait", check=False)
     assert r.returncode == 4 and "max_concurrent" in r.stderr
     assert p.wait() == 0
+    assert [r["state"] for r in jobs(h)] == ["succeeded"] * 3  # the refused run left no failed job
 
 
 def test_errors_are_one_line_with_exit_codes_and_leave_project_untouched(make_host, workdir):
