@@ -204,9 +204,15 @@ def test_errors_are_one_line_with_exit_codes_and_leave_project_untouched(make_ho
     os.truncate(filler, max(0, os.path.getsize(filler) - (60 << 20)))
     subprocess.run(["btrfs", "filesystem", "sync", str(h.pool)], check=True)
     r = h.cli("restore", PID_A, "latest", check=False)
-    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "no space left" in r.stderr, r.stderr
     assert tree_digest(live) == before
     assert os.listdir(h.pool / ".restore-staging") == []
     assert h.cli("restore", PID_A, "nothex!", check=False).returncode == 2
+    import sqlite3
+
+    with sqlite3.connect(str(h.data / "host.sqlite")) as db:
+        db.execute("UPDATE projects SET state='running' WHERE project_id=?", (PID_A,))
+    r = h.cli("restore", PID_A, "latest", check=False)
+    assert r.returncode == 4 and "is running" in r.stderr
     assert h.cli("restore", "not-a-uuid", "latest", check=False).returncode == 2
     assert h.cli("restore", PID_A, "deadbeef", check=False).returncode == 3
