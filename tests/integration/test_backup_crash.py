@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 
@@ -208,11 +209,9 @@ def test_errors_are_one_line_with_exit_codes_and_leave_project_untouched(make_ho
     assert tree_digest(live) == before
     assert os.listdir(h.pool / ".restore-staging") == []
     assert h.cli("restore", PID_A, "nothex!", check=False).returncode == 2
-    import sqlite3
-
+    assert h.cli("restore", "not-a-uuid", "latest", check=False).returncode == 2
+    assert h.cli("restore", PID_A, "deadbeef", check=False).returncode == 3
     with sqlite3.connect(str(h.data / "host.sqlite")) as db:
         db.execute("UPDATE projects SET state='running' WHERE project_id=?", (PID_A,))
     r = h.cli("restore", PID_A, "latest", check=False)
     assert r.returncode == 4 and "is running" in r.stderr
-    assert h.cli("restore", "not-a-uuid", "latest", check=False).returncode == 2
-    assert h.cli("restore", PID_A, "deadbeef", check=False).returncode == 3
