@@ -227,6 +227,7 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     # backup: keys added with backups and restores
     _k("backup.heartbeat_interval", _as_pos_int, 5, "seconds between heartbeats of a running backup job"),
     _k("backup.wait_timeout", _as_nonneg_int, 0, "backup create: seconds to wait for a free slot (0 = no limit)"),
+    _k("backup.timeout", _as_nonneg_int, 0, "seconds a backup, restore or prune may run (0 = no limit)"),
 ]}
 
 

@@ -62,7 +62,8 @@ def engine_for(cfg: Config) -> Engine:
     profile = None
     if name == "rustic":
         profile = str(_write_rustic_profile(cfg, repo, pw, str(cache)))
-    return Engine(name, repo, pw, profile, cache_dir=str(cache))
+    # a big project's first backup can take hours: not bound by command_timeout
+    return Engine(name, repo, pw, profile, cache_dir=str(cache), timeout=float(cfg["backup.timeout"] or 10**8))
 
 
 def _write_rustic_profile(cfg: Config, repo: str, pw: str | None, cache: str) -> Path:
@@ -196,5 +197,5 @@ def prune(cfg: Config, project_id: str, keep: dict[str, int]) -> PruneResult:
     res = run_engine(eng, eng.forget(tags=tags, keep=keep, prune=False, dry_run=dry), mutates=False)
     kept, removed = backup_engine.parse_forget(res.stdout)
     if removed and not dry:
-        run_engine(eng, eng.prune())
+        run_engine(eng, eng.prune(), timeout=eng.timeout)
     return PruneResult(pid, [s.id for s in kept], [s.id for s in removed], dry)

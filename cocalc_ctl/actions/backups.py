@@ -293,7 +293,8 @@ def _create_locked(cfg: Config, eng: Engine, pid: str, live: Path, *, wait: bool
                 argv = eng.backup(host=host, tags=[f"project:{pid}", f"host:{host}"])
                 proc.plan_only(f"cd {source}")
                 try:
-                    res = proc.stream(argv, on_line, cwd=str(source), env=eng.env(), ok_codes=eng.ok_codes_backup)
+                    res = proc.stream(argv, on_line, cwd=str(source), env=eng.env(), ok_codes=eng.ok_codes_backup,
+                                      timeout=eng.timeout)
                 except CommandFailed as exc:
                     raise backup_engine.classify(exc, repo_display(eng.repo)) from None
             finally:

@@ -291,9 +291,11 @@ def restore(cfg: Config, project_id: str, backup_id: str, *, path: str | None = 
 def _engine_restore(eng, snap_id: str, target: Path, include: str | None) -> None:
     try:
         if eng.name == "rustic" and include:
-            proc.run(eng.restore(snap_id, str(target / include), path="/" + include), env=eng.env())
+            proc.run(eng.restore(snap_id, str(target / include), path="/" + include), env=eng.env(),
+                     timeout=eng.timeout)
         else:
-            proc.run(eng.restore(snap_id, str(target), path=("/" + include) if include else None), env=eng.env())
+            proc.run(eng.restore(snap_id, str(target), path=("/" + include) if include else None), env=eng.env(),
+                     timeout=eng.timeout)
     except CommandFailed as exc:
         raise backup_engine.classify(exc, backup_repo.repo_display(eng.repo)) from None
 

@@ -40,6 +40,7 @@ class Engine:
     profile: str | None = None
     version: tuple[int, ...] = ()
     cache_dir: str | None = None
+    timeout: float | None = None  # for the long runs: backup, restore, prune (None: command_timeout)
 
     # -- environment and common prefix -------------------------------------------------------
     def env(self) -> dict[str, str]:
