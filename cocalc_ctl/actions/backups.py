@@ -322,6 +322,7 @@ def _create_locked(cfg: Config, eng: Engine, pid: str, live: Path, *, wait: bool
         with host_db.connect(cfg.data_dir) as conn:
             backup_jobs.finish(conn, job_id, ok=True, backup_id=summary.snapshot_id,
                                bytes_=summary.bytes_processed, duration=duration)
+        _report_to_hub(cfg, pid)
         return result
     except BaseException as exc:
         if job_id and not in_slot and isinstance(exc, Busy):
@@ -337,7 +338,21 @@ def _create_locked(cfg: Config, eng: Engine, pid: str, live: Path, *, wait: bool
             beat.__exit__(None, None, None)
 
 
-# -- list, status -------------------------------------------------------------------------------
+def _report_to_hub(cfg: Config, pid: str) -> None:
+    """Set the hub's `projects.last_backup` when a hub is configured; the backup stands either way."""
+    if not cfg["hub_dsn"]:
+        return
+    from cocalc_ctl.state import hub_db
+
+    try:
+        with hub_db.connect(cfg["hub_dsn"]) as conn:
+            conn.execute("UPDATE projects SET last_backup = now() WHERE project_id = %s", (pid,))
+    except Exception as exc:  # psycopg errors included: a hub problem must not fail a good backup
+        reason = exc.one_line() if isinstance(exc, CocalcError) else " ".join(str(exc).split())[:200]
+        output.warn(f"backup of {pid} succeeded but the hub's last_backup was not updated: {reason}")
+
+
+# -- status ---------------------------------------------------------------------------------------
 
 @dataclass
 class JobInfo:

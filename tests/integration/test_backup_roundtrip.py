@@ -174,3 +174,22 @@ def test_plain_directory_project_is_backed_up_live_with_a_warning(make_host, wor
     (live / "notes").write_text("changed")
     h.cli("restore", PID_C, "latest")
     assert tree_digest(live) == before
+
+
+def test_successful_backup_sets_last_backup_on_the_hub(make_host, workdir, hub_dsn):
+    import psycopg
+
+    h = backup_host(make_host, workdir, hub_dsn=hub_dsn)
+    h.cli("hub", "migrate")
+    h.cli("project", "create", PID_A)
+    with psycopg.connect(hub_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO projects (project_id) VALUES (%s)", (PID_A,))
+    h.cli("backup", "create", PID_A)
+    with psycopg.connect(hub_dsn) as conn:
+        (last,) = conn.execute("SELECT last_backup FROM projects WHERE project_id=%s", (PID_A,)).fetchone()
+    assert last is not None
+    # an unreachable hub only warns: the backup itself succeeded
+    h.write_config(hub_dsn="host=/nonexistent-socket-dir dbname=x user=postgres")
+    r = h.cli("backup", "create", PID_A)
+    assert "last_backup was not updated" in r.stderr
+    assert [j["state"] for j in jobs(h)] == ["succeeded", "succeeded"]
