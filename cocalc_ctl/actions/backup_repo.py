@@ -23,6 +23,7 @@ from cocalc_ctl.tools.backup_engine import Engine
 
 _BACKUP_ID_RE = re.compile(r"[0-9a-f]{8,64}", re.ASCII)
 _REPO_SCHEME_RE = re.compile(r"[a-z][a-z0-9]*:\S+", re.ASCII)
+NO_LIMIT = 10 ** 6  # "no timeout": ~11 days (poll() takes milliseconds in a C int)
 
 
 def repo_display(repo: str) -> str:
@@ -63,7 +64,7 @@ def engine_for(cfg: Config) -> Engine:
     if name == "rustic":
         profile = str(_write_rustic_profile(cfg, repo, pw, str(cache)))
     # a big project's first backup can take hours: not bound by command_timeout
-    return Engine(name, repo, pw, profile, cache_dir=str(cache), timeout=float(cfg["backup.timeout"] or 10**8))
+    return Engine(name, repo, pw, profile, cache_dir=str(cache), timeout=float(cfg["backup.timeout"] or NO_LIMIT))
 
 
 def _write_rustic_profile(cfg: Config, repo: str, pw: str | None, cache: str) -> Path:
