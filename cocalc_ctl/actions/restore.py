@@ -280,7 +280,7 @@ def restore(cfg: Config, project_id: str, backup_id: str, *, path: str | None = 
             _restore_path(cfg, eng, dst, snap_id, rel)
             return RestoreResult(dst, src, snap_id, rel, False, False, recovered)
         created = not layout.project_subvolume(cfg, dst).is_dir()
-        persist = _restore_full(cfg, eng, dst, snap_id)
+        persist = _restore_full(cfg, eng, dst, snap_id, src)
         if not proc.plan_only(f"# record project {dst} in {host_db.db_path(cfg.data_dir)}"):
             with host_db.connect(cfg.data_dir) as conn:
                 if host_db.get_project(conn, dst) is None:
@@ -300,7 +300,21 @@ def _engine_restore(eng, snap_id: str, target: Path, include: str | None) -> Non
         raise backup_engine.classify(exc, backup_repo.repo_display(eng.repo)) from None
 
 
-def _restore_full(cfg: Config, eng, pid: str, snap_id: str) -> bool:
+def _check_manifest(manifest: Path, source_pid: str, snap_id: str) -> None:
+    """A backup made by `backup create` names its project: refuse one that names another."""
+    if proc.DRY_RUN or not os.path.lexists(manifest):
+        return  # a live-tree backup, or one made by hand with the engine: nothing to compare
+    try:
+        named = json.loads(manifest.read_text()).get("project_id")
+    except (OSError, ValueError, AttributeError):
+        raise OperationFailed(f"backup {snap_id[:8]} has an unreadable manifest",
+                              hint="check the repository with `restic check`") from None
+    if named != source_pid:
+        raise OperationFailed(f"backup {snap_id[:8]} holds project {named}, not {source_pid}",
+                              hint="the repository's tags and contents disagree; check which backup you meant")
+
+
+def _restore_full(cfg: Config, eng, pid: str, snap_id: str, source_pid: str) -> bool:
     root = staging_root(cfg)
     staging = layout.restore_staging(cfg, pid)
     if not root.is_dir() and not proc.plan_only(f"mkdir -m 700 {root}"):
@@ -311,6 +325,7 @@ def _restore_full(cfg: Config, eng, pid: str, snap_id: str) -> bool:
         proc.run(btrfs.subvolume_create(str(staging)))
         _engine_restore(eng, snap_id, staging, None)
         _failpoint("engine-restored")
+        _check_manifest(staging / backups.MANIFEST_IN_BACKUP, source_pid, snap_id)
         staged_persist = staging / backups.PERSIST_IN_BACKUP
         has_persist = not proc.DRY_RUN and staged_persist.is_dir()
         pnew = persist_new(cfg, pid)
