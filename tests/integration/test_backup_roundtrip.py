@@ -103,6 +103,12 @@ def test_full_restore_keeps_snapshots_and_replaces_content(make_host, workdir):
     assert tree_digest(h.project_path(PID_B)) == before
     assert PID_B in {p["project_id"] for p in h.json("project", "list")}
 
+    # a backup whose tags say one project and whose manifest says another is refused, untouched
+    restic(h, "tag", "--set", f"project:{PID_C}", bid)
+    r = h.cli("restore", PID_C, "latest", check=False)
+    assert r.returncode == 1 and f"holds project {PID_A}" in r.stderr
+    assert not h.project_path(PID_C).exists() and os.listdir(h.pool / ".restore-staging") == []
+
 
 def test_jobs_list_status_prune_and_due(make_host, workdir):
     h = backup_host(make_host, workdir)
