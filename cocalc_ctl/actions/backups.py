@@ -3,7 +3,8 @@
 
 `create` holds the project's backup lock (a second run exits 4) and one of `backup.max_concurrent`
 host slots, records a job row (pending → running → succeeded | failed) that heartbeats while it
-runs, takes a temporary snapshot `.snapshots/.backup-tmp`, stages the persist store into it as
+runs, takes a temporary snapshot `.snapshots/.backup-tmp/project` (inside a root-only directory, so
+the project's own users cannot reach it while it is still writable), stages the persist store into it as
 `.cocalc-ctl-persist/`, makes it read-only, and runs the engine from inside it so the stored paths
 are project-relative. The temporary snapshot is removed whatever happens; one left by a killed run
 is removed by the next backup command, which also marks that run's job failed (stale).
@@ -31,7 +32,8 @@ from cocalc_ctl.state import backup_jobs, host_db
 from cocalc_ctl.tools import backup_engine, btrfs
 from cocalc_ctl.tools.backup_engine import Engine
 
-TEMP_SNAPSHOT = ".backup-tmp"
+TEMP_DIR = ".backup-tmp"  # root-only (0700) directory holding the temporary snapshot
+TEMP_SNAPSHOT = "project"  # fixed path: the engine finds the previous backup as its parent by path
 PERSIST_IN_BACKUP = ".cocalc-ctl-persist"  # reserved top-level names inside a backup
 MANIFEST_IN_BACKUP = ".cocalc-ctl-backup.json"
 
@@ -44,7 +46,20 @@ def project_lock(pid: str) -> str:
 
 
 def temp_snapshot(cfg: Config, pid: str) -> Path:
-    return layout.snapshots_dir(cfg, pid) / TEMP_SNAPSHOT
+    return layout.snapshots_dir(cfg, pid) / TEMP_DIR / TEMP_SNAPSHOT
+
+
+def _drop_temp_snapshot(snap: Path, *, check: bool = True) -> proc.Result | None:
+    """Delete the temporary snapshot and its root-only holder directory."""
+    res = None
+    if proc.DRY_RUN or snap.is_dir():
+        res = proc.run(btrfs.subvolume_delete(str(snap)), check=check)
+    if not proc.plan_only(f"rmdir {snap.parent}"):
+        try:
+            snap.parent.rmdir()
+        except OSError:
+            pass
+    return res
 
 
 @contextmanager
@@ -153,7 +168,7 @@ def sweep_stale(cfg: Config, eng: Engine | None = None) -> list[StaleJob]:
             if not held:  # a hung run still holding the lock keeps its snapshot until it dies
                 snap = temp_snapshot(cfg, pid)
                 if snap.is_dir():
-                    proc.run(btrfs.subvolume_delete(str(snap)), check=False)
+                    _drop_temp_snapshot(snap, check=False)
                     job.removed_snapshot = str(snap)
             out.append(job)
             output.warn(f"backup job {row['id']} of project {pid} marked failed (stale: {why})")
@@ -198,8 +213,16 @@ def _host_label(cfg: Config) -> str:
 
 def _prepare_snapshot(cfg: Config, pid: str, live: Path, snap: Path) -> tuple[int | None, bool]:
     """Writable snapshot → persist store staged in → read-only. Returns (generation, persist?)."""
+    holder = snap.parent
     if snap.is_dir():
         proc.run(btrfs.subvolume_delete(str(snap)))  # a leftover of a killed run
+    if not proc.plan_only(f"mkdir -m 700 {holder}"):
+        if holder.is_symlink() or (holder.exists() and not holder.is_dir()):
+            holder.unlink()
+        holder.mkdir(mode=0o700, exist_ok=True)
+        if os.lstat(holder).st_uid != os.geteuid():
+            raise OperationFailed(f"{holder} is not owned by this user", hint=f"remove it: rm -rf {holder}")
+        os.chmod(holder, 0o700)
     proc.run(btrfs.snapshot(str(live), str(snap), readonly=False))
     # The nested .snapshots subvolume shows as an empty directory in the snapshot: not backed up.
     stub = snap / layout.SNAPSHOTS
@@ -221,8 +244,10 @@ def _prepare_snapshot(cfg: Config, pid: str, live: Path, snap: Path) -> tuple[in
     if not proc.plan_only(f"# write {manifest}"):
         import json
 
-        manifest.write_text(json.dumps({"project_id": pid, "host": _host_label(cfg), "persist": has_persist,
-                                        "time": host_db.now_iso()}) + "\n")
+        fd = os.open(manifest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps({"project_id": pid, "host": _host_label(cfg), "persist": has_persist,
+                                 "time": host_db.now_iso()}) + "\n")
     proc.run(btrfs.property_set_readonly(str(snap), True))
     gen = None if proc.DRY_RUN else btrfs.show(str(snap)).gen_at_creation
     return gen, has_persist
@@ -298,9 +323,9 @@ def _create_locked(cfg: Config, eng: Engine, pid: str, live: Path, *, wait: bool
                 except CommandFailed as exc:
                     raise backup_engine.classify(exc, repo_display(eng.repo)) from None
             finally:
-                if made_snapshot and (dry or snap.is_dir()):
-                    gone = proc.run(btrfs.subvolume_delete(str(snap)), check=False)
-                    if gone.returncode != 0:
+                if made_snapshot:
+                    gone = _drop_temp_snapshot(snap, check=False)
+                    if gone is not None and gone.returncode != 0:
                         output.warn(f"could not delete the temporary snapshot {snap} (the next backup "
                                     f"of the project removes it): {gone.stderr.strip()[-200:]}")
         duration = time.monotonic() - started

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import uuid as uuid_mod
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,11 +236,14 @@ def _recover_path_restores(cfg: Config, pid: str) -> list[str]:
         if not e.name.startswith(PATH_TMP_PREFIX):
             continue
         tmp = Path(e.path)
+        if not e.is_dir(follow_symlinks=False):
+            continue  # ours are directories; anything else here was made by someone else
         try:
-            rel = os.fsdecode((tmp / ".target").read_bytes())
-        except OSError:
+            rel = _clean_rel_path(os.fsdecode((tmp / ".target").read_bytes()))
+            parent = _safe_parent(live, rel, create=False)
+        except (OSError, InvalidInput, OperationFailed):
             rel = None
-        if rel and os.path.lexists(tmp / ".old") and not os.path.lexists(live / rel):
+        if rel and parent.is_dir() and os.path.lexists(tmp / ".old") and not os.path.lexists(live / rel):
             _rename(tmp / ".old", live / rel)  # crashed between the two renames: put the old back
         _rmtree(tmp)
         done.append(f"removed an unfinished path restore {e.name}")
@@ -376,6 +380,27 @@ def _carry_quota(cfg: Config, pid: str, staging: Path) -> None:
         proc.run(btrfs.qgroup_limit(limit, str(staging)))
 
 
+def _safe_parent(live: Path, rel: str, *, create: bool) -> Path:
+    """The directory that will hold `rel` inside the live project, reached without following a
+    symlink (a project's users own its tree: a symlinked component must not send root's rename
+    outside the project)."""
+    cur = live
+    for part in rel.split("/")[:-1]:
+        cur = cur / part
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            if not create:
+                return cur
+            os.mkdir(cur, 0o755)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise OperationFailed(f"cannot restore {ids._show(rel)}: {ids._show(str(cur.relative_to(live)))} "
+                                  "is a symlink or not a directory in the live project",
+                                  hint="move it aside, or restore the whole project")
+    return cur
+
+
 def _restore_path(cfg: Config, eng, pid: str, snap_id: str, rel: str) -> None:
     live = layout.project_subvolume(cfg, pid)
     if not live.is_dir():
@@ -393,8 +418,7 @@ def _restore_path(cfg: Config, eng, pid: str, snap_id: str, rel: str) -> None:
         if not os.path.lexists(got):
             raise NotFound(f"path {ids._show(rel)} is not in backup {snap_id[:8]}",
                            hint="list the backup's files with the engine's `ls` command")
-        dest = live / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest = _safe_parent(live, rel, create=True) / rel.rsplit("/", 1)[-1]
         if os.path.lexists(dest):
             os.rename(dest, tmp / ".old")
         try:

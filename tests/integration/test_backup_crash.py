@@ -46,7 +46,7 @@ def test_sigkill_mid_backup_marks_job_stale_and_removes_snapshot(make_host, work
     live = h.project_path(PID_A)
     _big_file(live / "big.bin", 60)
     p = _spawn(h, "backup", "create", PID_A)
-    tmp = live / ".snapshots" / ".backup-tmp"
+    tmp = live / ".snapshots" / ".backup-tmp" / "project"
     engine = wait_for(lambda: [c for c in _children(p.pid)
                                if "restic" in open(f"/proc/{c}/comm").read()] if tmp.is_dir() else None)
     assert jobs(h)[-1]["state"] == "running"
@@ -55,12 +55,13 @@ def test_sigkill_mid_backup_marks_job_stale_and_removes_snapshot(make_host, work
     # the engine dies with its job (no orphan keeps the repository locked)
     wait_for(lambda: not os.path.exists(f"/proc/{engine[0]}"), timeout=10)
     assert tmp.is_dir() and jobs(h)[-1]["state"] == "running"
+    assert oct(os.stat(tmp.parent).st_mode & 0o777) == "0o700"  # the project's users cannot reach it
 
     st = h.json("backup", "status")
     assert st["stale"] and st["stale"][0]["removed_snapshot"]
     row = jobs(h)[-1]
     assert row["state"] == "failed" and row["error"].startswith("stale")
-    assert not tmp.exists()
+    assert not tmp.exists() and not tmp.parent.exists()
     assert restic(h, "check", check=False).returncode == 0
     # and the next backup works
     assert h.json("backup", "list", PID_A) == []

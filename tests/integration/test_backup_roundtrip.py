@@ -66,6 +66,8 @@ def test_full_restore_keeps_snapshots_and_replaces_content(make_host, workdir):
     h.cli("project", "create", PID_A, "--quota", "300M")
     live = h.project_path(PID_A)
     (live / "doc.txt").write_text("version 1")
+    (live / "docs").mkdir()
+    (live / "docs" / "a.txt").write_text("inside")
     persist = h.data / "sync" / "projects" / PID_A
     persist.mkdir(parents=True)
     (persist / "p").write_text("p1")
@@ -96,6 +98,15 @@ def test_full_restore_keeps_snapshots_and_replaces_content(make_host, workdir):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     missing = h.cli("restore", PID_A, "latest", "--path", "no/such", check=False)
     assert missing.returncode == 3
+    # a symlinked directory in the live project must not send the restore outside it
+    outside = workdir / "outside"
+    outside.mkdir()
+    shutil.rmtree(live / "docs")
+    os.symlink(outside, live / "docs")
+    r = h.cli("restore", PID_A, "latest", "--path", "docs/a.txt", check=False)
+    assert r.returncode == 1 and "symlink" in r.stderr
+    assert os.listdir(outside) == [] and not [n for n in os.listdir(live) if n.startswith(".cocalc-ctl-restore-")]
+    os.unlink(live / "docs")
 
     # --to-project restores into another project, which is created
     out = h.json("restore", PID_A, bid, "--to-project", PID_B)
