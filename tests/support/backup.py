@@ -94,7 +94,7 @@ def make_rich_tree(root: Path, n_files: int = 2000) -> None:
     os.symlink("/nonexistent/dangling", links / "dangling-symlink")
     os.symlink("../dir02", links / "dir-symlink")
     # restic < 0.17 stores a symlink target as a JSON string, so a non-UTF-8 *target* comes back
-    # mangled (non-UTF-8 file names are fine): the tree uses a UTF-8 one (see docs/backup.md)
+    # mangled (non-UTF-8 file names are fine): the tree uses a UTF-8 one (see the README, "Known limits" under backups)
     os.symlink("ünïcødé target", links / "odd-target")
     made += 4
     with open(root / "sparse.img", "wb") as fh:
