@@ -210,6 +210,20 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("move.receiver_user", _as_opt_str, None, "ssh user of a destination's receiver (default btrfs-<source-uuid>)"),
     _k("move.host_user", _as_opt_str, None, "ssh transport: user the worker logs in as (default project-host-<uuid>)"),
     _k("move.bwlimit", _as_opt_str, None, "move worker: --bwlimit passed to every send (e.g. 100M)"),
+    # proxy: `proxy serve` (HTTP/WebSocket reverse proxy)
+    _k("proxy.listen", _as_str, "127.0.0.1:8080", "address:port `proxy serve` listens on"),
+    _k("proxy.connect_timeout", _as_pos_int, 5, "seconds to connect to an upstream before answering 504"),
+    _k("proxy.upstream_timeout", _as_pos_int, 60, "seconds an upstream may stay silent before 504 (or close)"),
+    _k("proxy.idle_timeout", _as_pos_int, 60, "seconds a keep-alive client connection may idle"),
+    _k("proxy.header_timeout", _as_pos_int, 10, "seconds a client has to send a complete request head"),
+    _k("proxy.websocket_idle_timeout", _as_pos_int, 3600, "seconds a WebSocket may pass no bytes either way"),
+    _k("proxy.max_header_bytes", _as_pos_int, 32768, "largest request head accepted (431 beyond)"),
+    _k("proxy.route_cache_ttl", _as_nonneg_int, 5, "hub mode: seconds a project's route is cached (NOTIFY evicts)"),
+    _k("proxy.trust_forwarded", _as_bool, False, "keep X-Forwarded-Proto/-Host/-Port sent by the peer (behind a proxy)"),
+    _k("proxy.scheme", _as_choice("http", "https"), "http", "X-Forwarded-Proto when not trusted from the peer"),
+    _k("proxy.metrics", _as_bool, True, "serve Prometheus text on /metrics"),
+    _k("proxy.event_loop", _as_choice("auto", "uvloop", "asyncio"), "auto", "auto: uvloop when installed"),
+    _k("proxy.fast_path", _as_bool, True, "serve body-less requests on the Protocol fast path (off: streams only)"),
 ]}
 
 

@@ -3,7 +3,7 @@
 _cocalc_ctl() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
     local -A subs=(
-        ['cocalc-ctl']='config doctor host hub keys metrics move project rootfs snapshot sshpiper timers'
+        ['cocalc-ctl']='config doctor host hub keys metrics move project proxy rootfs snapshot sshpiper timers'
         ['cocalc-ctl config']='show'
         ['cocalc-ctl host']='init status teardown'
         ['cocalc-ctl hub']='migrate'
@@ -11,6 +11,7 @@ _cocalc_ctl() {
         ['cocalc-ctl metrics']='show write'
         ['cocalc-ctl move']='abort cancel cleanup finalize host-step recv send start status worker'
         ['cocalc-ctl project']='create delete list show start status stop'
+        ['cocalc-ctl proxy']='serve'
         ['cocalc-ctl rootfs']='gc list mount pull resolve rm umount'
         ['cocalc-ctl snapshot']='auto create delete list lock prune unlock'
         ['cocalc-ctl sshpiper']='auth authorized-keys config keys-refresh receiver-users serve'
@@ -60,6 +61,8 @@ _cocalc_ctl() {
         ['cocalc-ctl project start']='--image -h --help'
         ['cocalc-ctl project status']='-h --help'
         ['cocalc-ctl project stop']='-h --help'
+        ['cocalc-ctl proxy']='-h --help'
+        ['cocalc-ctl proxy serve']='--mode --listen --access-log --no-access-log -h --help'
         ['cocalc-ctl rootfs']='-h --help'
         ['cocalc-ctl rootfs gc']='--max-size -h --help'
         ['cocalc-ctl rootfs list']='-h --help'

@@ -46,6 +46,7 @@ def _root(
 
 def _register() -> None:
     from cocalc_ctl.cli import config_cmd, doctor, host, hub, keys, metrics, move, project, rootfs, snapshot, sshpiper, timers
+    from cocalc_ctl.cli import proxy as proxy_cmd
 
     app.add_typer(config_cmd.app, name="config")
     app.add_typer(host.app, name="host")
@@ -53,6 +54,7 @@ def _register() -> None:
     app.add_typer(keys.app, name="keys")
     app.add_typer(project.app, name="project")
     app.add_typer(rootfs.app, name="rootfs")
+    app.add_typer(proxy_cmd.app, name="proxy")
     app.add_typer(snapshot.app, name="snapshot")
     app.add_typer(timers.app, name="timers")  # ops
     app.add_typer(metrics.app, name="metrics")  # ops

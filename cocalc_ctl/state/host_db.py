@@ -150,3 +150,22 @@ def delete_project(conn: sqlite3.Connection, project_id: str) -> None:
 
 def list_projects(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     return conn.execute("SELECT * FROM projects ORDER BY project_id").fetchall()
+
+
+# -- proxy routes (read-only access for `proxy serve --mode host`) ------------------------------
+
+def connect_readonly(data_dir: Path) -> sqlite3.Connection:
+    """A read-only connection that never migrates or creates anything (the proxy only reads)."""
+    path = db_path(data_dir)
+    if not path.exists():
+        raise PreconditionFailed(f"host database {path} does not exist", hint="run `cocalc-ctl host init`")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5, isolation_level=None,
+                           check_same_thread=False)
+    if schema_version(conn) < 1:
+        raise PreconditionFailed(f"host database {path} is not initialised", hint="run `cocalc-ctl host init`")
+    return conn
+
+
+def project_http_route(conn: sqlite3.Connection, project_id: str) -> tuple[str, int | None] | None:
+    """(state, http_port) of a registered project, or None."""
+    return conn.execute("SELECT state, http_port FROM projects WHERE project_id=?", (project_id,)).fetchone()

@@ -13,6 +13,13 @@ from cocalc_ctl.errors import OperationFailed, PreconditionFailed
 
 MIGRATION_LOCK_KEY = 0x636F63616C63  # "cocalc"
 
+# proxy: the channel hub proxies LISTEN on. Payload: a project uuid (that project's route changed),
+# `host:<uuid>` (every project on that host), anything else (forget everything). The triggers of
+# the "proxy route notifications" migration send it; a writer may also `NOTIFY` it by hand.
+ROUTE_CHANNEL = "cocalc_ctl_routes"
+PROJECT_ROUTE_SQL = """SELECT p.host_id, h.internal_url FROM projects p
+                       LEFT JOIN project_hosts h ON h.id = p.host_id WHERE p.project_id = %s"""
+
 # Each migration is (name, statements). Append only.
 MIGRATIONS: list[tuple[str, list[str]]] = [
     ("core tables", [
@@ -70,6 +77,40 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ("move: compression and clean-up tracking", [
         """ALTER TABLE project_moves ADD COLUMN IF NOT EXISTS compress text NOT NULL DEFAULT 'none'""",
         """ALTER TABLE project_moves ADD COLUMN IF NOT EXISTS cleaned_at timestamptz""",
+    ]),
+    # proxy: NOTIFY ROUTE_CHANNEL whenever a project's host or a host's internal_url changes, so hub
+    # proxies evict their cached route at commit time whoever the writer is.
+    ("proxy route notifications", [
+        """CREATE OR REPLACE FUNCTION cocalc_ctl_notify_project_route() RETURNS trigger
+           LANGUAGE plpgsql AS $$
+           BEGIN
+             IF TG_OP = 'DELETE' THEN
+               PERFORM pg_notify('cocalc_ctl_routes', OLD.project_id::text);
+               RETURN OLD;
+             END IF;
+             IF TG_OP = 'INSERT' OR NEW.host_id IS DISTINCT FROM OLD.host_id THEN
+               PERFORM pg_notify('cocalc_ctl_routes', NEW.project_id::text);
+             END IF;
+             RETURN NEW;
+           END $$""",
+        """DROP TRIGGER IF EXISTS cocalc_ctl_project_route ON projects""",
+        """CREATE TRIGGER cocalc_ctl_project_route AFTER INSERT OR DELETE OR UPDATE OF host_id ON projects
+           FOR EACH ROW EXECUTE FUNCTION cocalc_ctl_notify_project_route()""",
+        """CREATE OR REPLACE FUNCTION cocalc_ctl_notify_host_route() RETURNS trigger
+           LANGUAGE plpgsql AS $$
+           BEGIN
+             IF TG_OP = 'DELETE' THEN
+               PERFORM pg_notify('cocalc_ctl_routes', 'host:' || OLD.id::text);
+               RETURN OLD;
+             END IF;
+             IF NEW.internal_url IS DISTINCT FROM OLD.internal_url OR NEW.status IS DISTINCT FROM OLD.status THEN
+               PERFORM pg_notify('cocalc_ctl_routes', 'host:' || NEW.id::text);
+             END IF;
+             RETURN NEW;
+           END $$""",
+        """DROP TRIGGER IF EXISTS cocalc_ctl_host_route ON project_hosts""",
+        """CREATE TRIGGER cocalc_ctl_host_route AFTER DELETE OR UPDATE OF internal_url, status ON project_hosts
+           FOR EACH ROW EXECUTE FUNCTION cocalc_ctl_notify_host_route()""",
     ]),
 ]
 

@@ -1,0 +1,290 @@
+#!/usr/bin/env python3
+"""Proxy benchmark: wrk with keep-alive against the same backend, directly and through nginx
+(proxy_pass, 1 worker), configurable-http-proxy and `cocalc-ctl proxy serve` (1 process: fast path on
+uvloop and on asyncio, and the stream path alone), in interleaved rounds of one run; then N idle
+WebSockets held through ours.
+
+    python3 benchmarks/proxy/bench.py [--duration 10] [--rounds 3] [--connections 64] [--websockets 10000]
+
+Needs: wrk, nginx (nginx-light), node + npm (configurable-http-proxy is npm-installed into a temp dir
+unless --chp-dir points at an existing install). Prints medians and ratios as a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+PID = str(uuid.uuid4())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listening on {port}")
+
+
+class Procs:
+    def __init__(self):
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, argv, log: Path, env=None, cwd=None) -> subprocess.Popen:
+        p = subprocess.Popen(argv, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                             start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def stop_all(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def nginx_conf(work: Path, name: str, port: int, body: str) -> Path:
+    d = work / name
+    (d / "tmp").mkdir(parents=True)
+    conf = d / "nginx.conf"
+    conf.write_text(f"""worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;
+  uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
+  keepalive_requests 1000000;
+  {body}
+}}
+""")
+    return conf
+
+
+def start_nginx(procs: Procs, work: Path, name: str, port: int, body: str):
+    conf = nginx_conf(work, name, port, body)
+    procs.start(["nginx", "-c", str(conf), "-p", str(conf.parent), "-g", "daemon off;"], work / f"{name}.log")
+    wait_port(port)
+
+
+def wrk(url: str, duration: int, connections: int) -> dict:
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", url],
+                         capture_output=True, text=True, check=True).stdout
+
+    def lat(label):
+        m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        v = float(m.group(1))
+        return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock_err = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "p50": lat("50"), "p99": lat("99"), "non2xx": int(errors.group(1)) if errors else 0,
+            "socket_errors": sock_err.group(1) if sock_err else ""}
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def hold_websockets(port: int, n: int) -> list:
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    conns = []
+    sem = asyncio.Semaphore(200)
+
+    async def one():
+        async with sem:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write((f"GET /{PID}/ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+            head = await r.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 101"):
+                raise RuntimeError(f"websocket {len(conns)}: {head[:9]!r} {await r.read(200)!r}")
+            conns.append((r, w))
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return conns
+
+
+async def ws_ping(r, w) -> bool:
+    w.write(b"\x81\x84\x00\x00\x00\x00ping")
+    await w.drain()
+    return await asyncio.wait_for(r.readexactly(6), 10) == b"\x81\x04ping"
+
+
+def report(med: dict, args) -> None:
+    ours_m = med.get("cocalc-ctl (uvloop)") or med["cocalc-ctl (asyncio)"]
+    chp_m, ngx_m = med["configurable-http-proxy"], med["nginx (1 worker)"]
+    print(f"\nwrk -t2 -c{args.connections} -d{args.duration}s --latency, {args.rounds} interleaved rounds, medians\n")
+    print("| target | req/s | p50 ms | p99 ms | req/s vs ours |")
+    print("|---|---:|---:|---:|---:|")
+    for name, m in med.items():
+        print(f"| {name} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['rps'] / ours_m['rps']:.2f} |")
+    print(f"\nours / configurable-http-proxy req/s: {ours_m['rps'] / chp_m['rps']:.2f} (target >= 1.5)")
+    print(f"ours / nginx req/s: {ours_m['rps'] / ngx_m['rps']:.2f} (target >= 0.5)")
+    print(f"ours p99 / configurable-http-proxy p99: {ours_m['p99'] / chp_m['p99']:.2f} (target < 1.5)")
+    print(f"ours p99 / nginx p99: {ours_m['p99'] / ngx_m['p99']:.2f} (target < 1.5)")
+    streams = med["cocalc-ctl (streams-only)"]
+    print(f"fast path / streams-only req/s: {ours_m['rps'] / streams['rps']:.2f}")
+    if "cocalc-ctl (uvloop)" in med:
+        print(f"uvloop / asyncio req/s: {ours_m['rps'] / med['cocalc-ctl (asyncio)']['rps']:.2f}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--websockets", type=int, default=10000)
+    ap.add_argument("--chp-dir", help="directory with node_modules/.bin/configurable-http-proxy")
+    ap.add_argument("--skip-http", action="store_true", help="only the idle WebSocket part")
+    args = ap.parse_args()
+    # each held WebSocket costs the proxy two descriptors; root may raise the hard limit
+    want = max(4 * args.websockets + 1024, 4096)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), max(hard, want)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, want)), hard))
+
+    work = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
+    procs = Procs()
+    try:
+        backend = free_port()
+        start_nginx(procs, work, "backend", backend,
+                    f'server {{ listen 127.0.0.1:{backend}; location / {{ return 200 "hello from the backend\\n"; }} }}')
+        nginx = free_port()
+        start_nginx(procs, work, "nginx-proxy", nginx, f"""
+  upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{nginx};
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";
+                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}""")
+
+        chp_dir = Path(args.chp_dir) if args.chp_dir else work / "chp"
+        chp_bin = chp_dir / "node_modules/.bin/configurable-http-proxy"
+        if not chp_bin.exists():
+            chp_dir.mkdir(exist_ok=True)
+            subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent", "configurable-http-proxy"],
+                           cwd=chp_dir, check=True, capture_output=True)
+        chp = free_port()
+        procs.start([str(chp_bin), "--ip", "127.0.0.1", "--port", str(chp), "--api-ip", "127.0.0.1",
+                     "--api-port", str(free_port()), "--default-target", f"http://127.0.0.1:{backend}",
+                     "--log-level", "error"], work / "chp.log",
+                    env={**os.environ, "CONFIGPROXY_AUTH_TOKEN": uuid.uuid4().hex})
+        wait_port(chp)
+
+        from cocalc_ctl.state import host_db
+
+        conn = host_db.connect(work / "data")
+        host_db.upsert_project(conn, PID, state="running", http_port=backend)
+        conn.close()
+        ours = {}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COCALC_CTL_")}
+        try:
+            import uvloop  # noqa: F401
+            loops = ("uvloop", "asyncio")
+        except ImportError:
+            loops = ("asyncio",)
+        variants = [(loop, True) for loop in loops] + [(loops[-1], False)]
+        for loop, fast in variants:
+            name = loop if fast else "streams-only"
+            port = free_port()
+            cfg = work / f"ours-{name}.yaml"
+            cfg.write_text(f"data_dir: {work / 'data'}\nproxy:\n  event_loop: {loop}\n  fast_path: {str(fast).lower()}\n")
+            procs.start([sys.executable, "-m", "cocalc_ctl", "--config", str(cfg), "proxy", "serve", "--mode", "host",
+                         "--no-access-log", "--listen", f"127.0.0.1:{port}"], work / f"ours-{name}.log", env=env,
+                        cwd=REPO)
+            wait_port(port)
+            ours[name] = port
+
+        targets = {
+            "direct": f"http://127.0.0.1:{backend}/{PID}/bench",
+            "nginx (1 worker)": f"http://127.0.0.1:{nginx}/{PID}/bench",
+            "configurable-http-proxy": f"http://127.0.0.1:{chp}/{PID}/bench",
+        }
+        for name in ours:
+            targets[f"cocalc-ctl ({name})"] = f"http://127.0.0.1:{ours[name]}/{PID}/bench"
+        for url in ([] if args.skip_http else targets.values()):  # warm up (JIT, pools)
+            wrk(url, 2, args.connections)
+        results: dict[str, list[dict]] = {k: [] for k in targets}
+        for r in range(0 if args.skip_http else args.rounds):
+            for name, url in targets.items():
+                res = wrk(url, args.duration, args.connections)
+                results[name].append(res)
+                print(f"round {r + 1} {name}: {res['rps']:.0f} req/s p50 {res['p50']:.2f} ms p99 {res['p99']:.2f} ms"
+                      + (f" non2xx {res['non2xx']}" if res["non2xx"] else "")
+                      + (f" socket errors: {res['socket_errors']}" if res["socket_errors"] else ""),
+                      file=sys.stderr, flush=True)
+
+        if args.skip_http:
+            results = {}
+        med = {k: {m: statistics.median(x[m] for x in v) for m in ("rps", "p50", "p99")} for k, v in results.items()}
+        if med:
+            report(med, args)
+
+        if args.websockets:
+            ws_backend = free_port()
+            procs.start([sys.executable, "-m", "tests.support.proxy_backend", "--port", str(ws_backend)],
+                        work / "ws-backend.log", cwd=REPO)
+            wait_port(ws_backend)
+            conn = host_db.connect(work / "data")
+            host_db.upsert_project(conn, PID, state="running", http_port=ws_backend)
+            conn.close()
+            proxy_pid = next(p.pid for p in procs.procs if f"ours-{loops[0]}" in " ".join(map(str, p.args)))
+            before = rss_kb(proxy_pid)
+
+            async def run_ws():
+                t = time.monotonic()
+                conns = await hold_websockets(ours[loops[0]], args.websockets)
+                opened = time.monotonic() - t
+                await asyncio.sleep(2)
+                held = rss_kb(proxy_pid)
+                ok = all([await ws_ping(*conns[i]) for i in (0, len(conns) // 2, len(conns) - 1)])
+                for _, w in conns:
+                    w.close()
+                return opened, held, ok
+
+            opened, held, ok = asyncio.run(run_ws())
+            print(f"\n{args.websockets} idle WebSockets through ours ({loops[0]}): opened in {opened:.1f} s, proxy RSS "
+                  f"{before / 1024:.1f} MiB before, {held / 1024:.1f} MiB while held "
+                  f"({(held - before) / args.websockets:.1f} KiB each); echo after holding: {'ok' if ok else 'FAILED'}")
+    finally:
+        procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,427 @@
+"""Strict HTTP/1.1 message heads and body framing for the proxy (RFC 9110/9112).
+
+Requests come from the internet, so their heads are parsed strictly and anything a front end and
+a back end could read two ways is refused: bare LF or CR, obs-fold, whitespace before the colon,
+duplicate Host, Content-Length together with Transfer-Encoding, list or non-digit Content-Length,
+any transfer coding but `chunked`. Responses come from project servers (user code): they are parsed
+a little more leniently but never allowed to inject a line into what the client sees.
+Bodies are relayed piece by piece with `drain()` after every write, so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+BAD_VALUE_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+STATUS_LINE_RE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\r\n]*))?")
+CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?")
+DIGITS_RE = re.compile(rb"[0-9]{1,18}")
+
+# RFC 9110 §7.6.1 plus the fields every proxy treats as per-hop (Proxy-Connection, Keep-Alive,
+# Proxy-Authorization/-Authenticate of RFC 9110 §11.7).
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                        b"transfer-encoding", b"upgrade", b"proxy-authorization", b"proxy-authenticate"})
+
+READ_SIZE = 64 * 1024
+
+REASONS = {100: "Continue", 101: "Switching Protocols", 200: "OK", 400: "Bad Request", 404: "Not Found",
+           405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
+           414: "URI Too Long", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+           501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+           505: "HTTP Version Not Supported"}
+
+
+class HttpError(Exception):
+    """A request the proxy answers itself with `status`; `reason` goes to the log and the body."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class PeerClosed(Exception):
+    """The other end went away in the middle of a message."""
+
+
+class UpstreamProtocolError(Exception):
+    """The project server sent something that is not HTTP/1.x."""
+
+
+class RequestHead:
+    __slots__ = ("method", "target", "version", "headers", "host", "content_length", "chunked",
+                 "keep_alive", "upgrade", "expect_continue", "raw_size")
+
+    def __init__(self):
+        self.headers: list[tuple[bytes, bytes, bytes]] = []  # (lowercase name, name, value)
+        self.host = b""
+        self.content_length: int | None = None
+        self.chunked = False
+        self.keep_alive = True
+        self.upgrade: bytes | None = None
+        self.expect_continue = False
+        self.raw_size = 0
+
+
+class ResponseHead:
+    __slots__ = ("version", "status", "reason", "headers", "content_length", "chunked", "keep_alive",
+                 "connection_tokens")
+
+    def __init__(self):
+        self.headers: list[tuple[bytes, bytes, bytes]] = []
+        self.content_length: int | None = None
+        self.chunked = False
+        self.keep_alive = True
+        self.connection_tokens: set[bytes] = set()
+
+
+async def read_head_lines(reader: asyncio.StreamReader, *, max_bytes: int, max_lines: int,
+                          strict: bool = True, on_first_line=None) -> list[bytes] | None:
+    """The lines of one message head without their CRLF; None on a clean EOF before any byte.
+
+    Raises HttpError(400) for bare LF/CR (strict), HttpError(431) past the limits, PeerClosed on
+    EOF inside the head.
+    """
+    # Fast path: the whole head is usually in the buffer already; take it in one piece. (StreamReader
+    # has no public peek; `_buffer` has been its buffer since asyncio began.)
+    buf = getattr(reader, "_buffer", None)
+    if buf:
+        end = buf.find(b"\r\n\r\n")
+        if 0 < end <= max_bytes - 4 and not buf.startswith(b"\r\n"):
+            head = bytes(await reader.readexactly(end + 4))[:-4]
+            lines = head.split(b"\r\n")
+            for i, line in enumerate(lines):
+                if b"\n" in line or b"\r" in line:
+                    if strict:
+                        raise HttpError(400, "bare LF or CR in message head")
+                    lines = [x[:-1] if x.endswith(b"\r") else x for x in head.split(b"\n")]
+                    if any(b"\r" in x or not x for x in lines):
+                        raise HttpError(400, "bare CR in message head")
+                    break
+            if len(lines) > max_lines:
+                raise HttpError(431, "too many header fields")
+            return lines
+    lines = []
+    total = 0
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            if not lines and not exc.partial and total == 0:
+                return None
+            raise PeerClosed("connection closed inside a message head") from None
+        except asyncio.LimitOverrunError:
+            raise HttpError(431, "header line too long") from None
+        total += len(line)
+        if total > max_bytes:
+            raise HttpError(431, "request head too large")
+        if line[-2:-1] == b"\r":
+            line = line[:-2]
+        elif strict:
+            raise HttpError(400, "bare LF in message head")
+        else:
+            line = line[:-1]
+        if b"\r" in line:
+            raise HttpError(400, "bare CR in message head")
+        if not line:
+            if lines:
+                return lines
+            if total > 4:  # RFC 9112 §2.2: ignore at least one empty line before the request line
+                raise HttpError(400, "empty lines before the request line")
+            continue
+        lines.append(line)
+        if on_first_line is not None and len(lines) == 1:
+            on_first_line()
+        if len(lines) > max_lines:
+            raise HttpError(431, "too many header fields")
+
+
+# One match per well-formed field line; anything else goes through _split_header for a precise error.
+_FIELD_LINE_RE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)[ \t]*")
+
+
+def split_field(line: bytes) -> tuple[bytes, bytes]:
+    m = _FIELD_LINE_RE.fullmatch(line)
+    if m is not None:
+        return m.group(1), m.group(2)
+    return _split_header(line)
+
+
+def _split_header(line: bytes) -> tuple[bytes, bytes]:
+    if line[:1] in (b" ", b"\t"):
+        raise HttpError(400, "obsolete line folding")
+    name, sep, value = line.partition(b":")
+    if not sep or TOKEN_RE.fullmatch(name) is None:
+        raise HttpError(400, "malformed header field name")
+    value = value.strip(b" \t")
+    if BAD_VALUE_RE.search(value) is not None:
+        raise HttpError(400, "control character in a header field value")
+    return name, value
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    return [t.strip(b" \t").lower() for t in value.split(b",") if t.strip(b" \t")]
+
+
+def parse_request_head(lines: list[bytes]) -> RequestHead:
+    head = RequestHead()
+    parts = lines[0].split(b" ")
+    if len(parts) != 3:
+        raise HttpError(400, "malformed request line")
+    method, target, version = parts
+    if TOKEN_RE.fullmatch(method) is None:
+        raise HttpError(400, "malformed method")
+    if version == b"HTTP/1.1":
+        head.version = 11
+    elif version == b"HTTP/1.0":
+        head.version = 10
+        head.keep_alive = False
+    elif re.fullmatch(rb"HTTP/[0-9]\.[0-9]", version):
+        raise HttpError(505, "only HTTP/1.0 and 1.1 are spoken here")
+    else:
+        raise HttpError(400, "malformed HTTP version")
+    head.method = method
+    head.target = target
+    hosts = 0
+    te: list[bytes] = []
+    connection: list[bytes] = []
+    cl: bytes | None = None
+    for line in lines[1:]:
+        name, value = split_field(line)
+        lname = name.lower()
+        if lname == b"host":
+            hosts += 1
+            head.host = value
+        elif lname == b"content-length":
+            if cl is not None:
+                raise HttpError(400, "more than one Content-Length")
+            if DIGITS_RE.fullmatch(value) is None:
+                raise HttpError(400, "invalid Content-Length")
+            cl = value
+        elif lname == b"transfer-encoding":
+            te.extend(_tokens(value))
+        elif lname == b"connection":
+            connection.extend(_tokens(value))
+        elif lname == b"upgrade":
+            head.upgrade = value
+        elif lname == b"expect":
+            if value.lower() == b"100-continue":
+                head.expect_continue = True
+        head.headers.append((lname, name, value))
+    if hosts > 1:
+        raise HttpError(400, "duplicate Host header")
+    if hosts == 0 and head.version == 11:
+        raise HttpError(400, "missing Host header")
+    if b"@" in head.host or b"/" in head.host or b"\\" in head.host or b" " in head.host:
+        raise HttpError(400, "invalid Host header")
+    if te:
+        if cl is not None:
+            raise HttpError(400, "both Content-Length and Transfer-Encoding")
+        if head.version == 10:
+            raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
+        if te != [b"chunked"]:
+            raise HttpError(501, "unsupported transfer coding")
+        head.chunked = True
+    elif cl is not None:
+        head.content_length = int(cl)
+    if b"close" in connection:
+        head.keep_alive = False
+    elif head.version == 10 and b"keep-alive" in connection:
+        head.keep_alive = True
+    if head.upgrade is not None and b"upgrade" not in connection:
+        head.upgrade = None  # an Upgrade not named in Connection is not an upgrade request (RFC 9110 §7.8)
+    head.raw_size = sum(len(x) + 2 for x in lines) + 2
+    return head
+
+
+def parse_response_head(lines: list[bytes]) -> ResponseHead:
+    m = STATUS_LINE_RE.fullmatch(lines[0])
+    if m is None:
+        raise UpstreamProtocolError("malformed status line")
+    head = ResponseHead()
+    head.version = 10 + int(m.group(1))
+    head.status = int(m.group(2))
+    head.reason = m.group(3) or b""
+    if BAD_VALUE_RE.search(head.reason):
+        raise UpstreamProtocolError("control character in the reason phrase")
+    head.keep_alive = head.version == 11
+    te: list[bytes] = []
+    cls: set[bytes] = set()
+    for line in lines[1:]:
+        try:
+            name, value = split_field(line)
+        except HttpError as exc:
+            raise UpstreamProtocolError(exc.reason) from None
+        lname = name.lower()
+        if lname == b"content-length":
+            for v in value.split(b","):
+                v = v.strip(b" \t")
+                if DIGITS_RE.fullmatch(v) is None:
+                    raise UpstreamProtocolError("invalid Content-Length")
+                cls.add(v.lstrip(b"0") or b"0")
+        elif lname == b"transfer-encoding":
+            te.extend(_tokens(value))
+        elif lname == b"connection":
+            head.connection_tokens.update(_tokens(value))
+        head.headers.append((lname, name, value))
+    if te:
+        # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; a final coding that is not
+        # chunked means "read until close".
+        head.chunked = te[-1] == b"chunked"
+        if not head.chunked:
+            head.keep_alive = False
+    elif cls:
+        if len(cls) > 1:
+            raise UpstreamProtocolError("conflicting Content-Length values")
+        head.content_length = int(cls.pop())
+    if b"close" in head.connection_tokens:
+        head.keep_alive = False
+    elif head.version == 10 and b"keep-alive" in head.connection_tokens:
+        head.keep_alive = True
+    return head
+
+
+def end_to_end(headers: list[tuple[bytes, bytes, bytes]], connection_tokens: set[bytes] | None = None):
+    """Headers without the hop-by-hop ones and without those the Connection header names."""
+    drop = HOP_BY_HOP if not connection_tokens else HOP_BY_HOP | connection_tokens
+    return [h for h in headers if h[0] not in drop]
+
+
+def connection_tokens(headers: list[tuple[bytes, bytes, bytes]]) -> set[bytes]:
+    out: set[bytes] = set()
+    for lname, _, value in headers:
+        if lname == b"connection":
+            out.update(_tokens(value))
+    return out
+
+
+def simple_response(status: int, body: bytes, *, keep_alive: bool, content_type: bytes = b"text/plain; charset=utf-8",
+                    head_only: bool = False, extra: bytes = b"") -> bytes:
+    reason = REASONS.get(status, "Status").encode()
+    head = (b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s%s\r\n"
+            % (status, reason, content_type, len(body), extra,
+               b"" if keep_alive else b"connection: close\r\n"))
+    return head if head_only else head + body
+
+
+# -- bodies ----------------------------------------------------------------------------------
+
+class Counter:
+    """Bytes moved by one relay, so a failure can tell whether anything was sent yet."""
+    __slots__ = ("n",)
+
+    def __init__(self):
+        self.n = 0
+
+
+async def _read(reader: asyncio.StreamReader, n: int, timeout: float) -> bytes:
+    async with asyncio.timeout(timeout):
+        data = await reader.read(n)
+    if not data:
+        raise PeerClosed("connection closed inside a message body")
+    return data
+
+
+async def relay_fixed(reader, writer, length: int, *, timeout: float, counter: Counter | None = None,
+                      prefix: bytes = b"") -> None:
+    """Copy exactly `length` body bytes; `prefix` (a message head) goes out with the first piece so a
+    small response costs one write."""
+    while length > 0:
+        data = await _read(reader, min(length, READ_SIZE), timeout)
+        length -= len(data)
+        if prefix:
+            writer.write(prefix + data)
+            prefix = b""
+        else:
+            writer.write(data)
+        if counter is not None:
+            counter.n += len(data)
+        await writer.drain()
+    if prefix:
+        writer.write(prefix)
+        await writer.drain()
+
+
+async def relay_until_close(reader, writer, *, timeout: float, chunked_out: bool,
+                            counter: Counter | None = None) -> None:
+    """Copy a body delimited by the connection closing; re-frame it as chunked if asked."""
+    while True:
+        async with asyncio.timeout(timeout):
+            data = await reader.read(READ_SIZE)
+        if not data:
+            break
+        writer.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked_out else data)
+        if counter is not None:
+            counter.n += len(data)
+        await writer.drain()
+    if chunked_out:
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+
+async def relay_chunked(reader, writer, *, timeout: float, counter: Counter | None = None,
+                        strict: bool = True, max_line: int = 4096, chunked_out: bool = True) -> None:
+    """Copy a chunked body chunk by chunk, re-encoding each size line (extensions and trailers are
+    dropped: they are per-hop in practice and a classic smuggling vector). `chunked_out=False`
+    writes the bare data (for an HTTP/1.0 client)."""
+    while True:
+        async with asyncio.timeout(timeout):
+            try:
+                line = await reader.readuntil(b"\n")
+            except asyncio.IncompleteReadError:
+                raise PeerClosed("connection closed inside a chunked body") from None
+            except asyncio.LimitOverrunError:
+                raise HttpError(400, "chunk size line too long") from None
+        if len(line) > max_line:
+            raise HttpError(400, "chunk size line too long")
+        if line.endswith(b"\r\n"):
+            line = line[:-2]
+        elif strict:
+            raise HttpError(400, "bare LF in chunked framing")
+        else:
+            line = line[:-1]
+        m = CHUNK_SIZE_RE.fullmatch(line)
+        if m is None:
+            raise HttpError(400, "malformed chunk size")
+        size = int(m.group(1), 16)
+        if size == 0:
+            await _skip_trailers(reader, timeout=timeout, strict=strict)
+            if chunked_out:
+                writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            return
+        if chunked_out:
+            writer.write(b"%x\r\n" % size)
+        await relay_fixed(reader, writer, size, timeout=timeout, counter=counter)
+        async with asyncio.timeout(timeout):
+            try:
+                end = await reader.readuntil(b"\n")
+            except asyncio.IncompleteReadError:
+                raise PeerClosed("connection closed inside a chunked body") from None
+            except asyncio.LimitOverrunError:
+                raise HttpError(400, "chunk data not followed by CRLF") from None
+        if end != b"\r\n" and (strict or end != b"\n"):
+            raise HttpError(400, "chunk data not followed by CRLF")
+        if chunked_out:
+            writer.write(b"\r\n")
+
+
+async def _skip_trailers(reader, *, timeout: float, strict: bool) -> None:
+    total = 0
+    while True:
+        async with asyncio.timeout(timeout):
+            try:
+                line = await reader.readuntil(b"\n")
+            except asyncio.IncompleteReadError:
+                raise PeerClosed("connection closed inside chunked trailers") from None
+            except asyncio.LimitOverrunError:
+                raise HttpError(400, "trailer line too long") from None
+        total += len(line)
+        if total > 16384:
+            raise HttpError(400, "trailers too large")
+        if strict and not line.endswith(b"\r\n"):
+            raise HttpError(400, "bare LF in trailers")
+        if line in (b"\r\n", b"\n"):
+            return

@@ -1,0 +1,81 @@
+"""Counters for `/metrics` (Prometheus text exposition format 0.0.4) and the access log line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+
+
+class Metrics:
+    def __init__(self):
+        self.requests: Counter[int] = Counter()
+        self.upstream_errors: Counter[str] = Counter()
+        self.bytes_upstream = 0    # request body bytes sent to upstreams (and tunnel bytes client -> upstream)
+        self.bytes_downstream = 0  # response body bytes sent to clients (and tunnel bytes upstream -> client)
+        self.active_connections = 0
+        self.active_websockets = 0
+        self.websockets_total = 0
+        self.started = time.time()
+
+    def render(self, extra: dict[str, tuple[str, str, float]] | None = None) -> bytes:
+        out = [
+            "# HELP cocalc_proxy_requests_total Requests answered, by HTTP status.",
+            "# TYPE cocalc_proxy_requests_total counter",
+        ]
+        out += [f'cocalc_proxy_requests_total{{status="{s}"}} {n}' for s, n in sorted(self.requests.items())]
+        out += [
+            "# HELP cocalc_proxy_upstream_errors_total Failures talking to upstreams, by kind.",
+            "# TYPE cocalc_proxy_upstream_errors_total counter",
+        ]
+        out += [f'cocalc_proxy_upstream_errors_total{{kind="{k}"}} {n}'
+                for k, n in sorted(self.upstream_errors.items())]
+        out += [
+            "# HELP cocalc_proxy_bytes_total Body and tunnel bytes relayed, by direction.",
+            "# TYPE cocalc_proxy_bytes_total counter",
+            f'cocalc_proxy_bytes_total{{direction="upstream"}} {self.bytes_upstream}',
+            f'cocalc_proxy_bytes_total{{direction="downstream"}} {self.bytes_downstream}',
+            "# HELP cocalc_proxy_active_connections Open client connections.",
+            "# TYPE cocalc_proxy_active_connections gauge",
+            f"cocalc_proxy_active_connections {self.active_connections}",
+            "# HELP cocalc_proxy_active_websockets Open upgraded (WebSocket) tunnels.",
+            "# TYPE cocalc_proxy_active_websockets gauge",
+            f"cocalc_proxy_active_websockets {self.active_websockets}",
+            "# HELP cocalc_proxy_websockets_total Upgraded tunnels opened.",
+            "# TYPE cocalc_proxy_websockets_total counter",
+            f"cocalc_proxy_websockets_total {self.websockets_total}",
+            "# HELP cocalc_proxy_start_time_seconds Unix time the proxy started.",
+            "# TYPE cocalc_proxy_start_time_seconds gauge",
+            f"cocalc_proxy_start_time_seconds {self.started:.3f}",
+        ]
+        for name, (kind, help_, value) in (extra or {}).items():
+            out += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value:g}"]
+        return ("\n".join(out) + "\n").encode()
+
+
+class AccessLog:
+    """One line per request on stderr; the query string is never logged (it carries tokens)."""
+
+    def __init__(self, enabled: bool, as_json: bool, stream=None):
+        self.enabled = enabled
+        self.as_json = as_json
+        self.stream = stream or sys.stderr
+
+    def log(self, *, peer: str, method: bytes, target: bytes, status: int, bytes_out: int, seconds: float,
+            upstream: str | None, note: str | None = None) -> None:
+        if not self.enabled:
+            return
+        path = target.split(b"?", 1)[0].decode("ascii", "replace")[:512]
+        if self.as_json:
+            line = json.dumps({"ts": round(time.time(), 3), "peer": peer, "method": method.decode("ascii", "replace"),
+                               "path": path, "status": status, "bytes": bytes_out, "ms": round(seconds * 1000, 2),
+                               "upstream": upstream, **({"note": note} if note else {})}, separators=(",", ":"))
+        else:
+            line = (f'{peer} "{method.decode("ascii", "replace")} {path}" {status} {bytes_out} '
+                    f'{seconds * 1000:.1f}ms {upstream or "-"}' + (f" ({note})" if note else ""))
+        try:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass

@@ -1,0 +1,259 @@
+"""Which upstream a request goes to: target validation and the two route tables.
+
+A request target is accepted only in origin form `/<project_id>[/...]` with a canonical lowercase
+uuid, no dot segments and no percent-encoded slash, backslash, dot or NUL (those are how `..`
+sneaks past a proxy and is decoded by the server behind it). The upstream address always comes
+from registered state: the host's sqlite (`projects.http_port`, host mode) or the hub's PostgreSQL
+(`projects.host_id` -> `project_hosts.internal_url`, hub mode). Nothing in the request can name
+a host or a port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cocalc_ctl.ids import is_uuid
+from cocalc_ctl.proxy.http1 import HttpError
+
+# Percent-encodings that decode to a path delimiter or to something a server may normalise.
+_ENCODED_DANGER = (b"%2f", b"%2e", b"%5c", b"%00", b"\\")
+_VISIBLE_ASCII = re.compile(rb"[\x21-\x7e]+")
+# The common case in one match: `/<uuid>` then `/...` or `?...` of visible ASCII without `#`, `\` or `%`.
+# Anything else takes the detailed checks below (which also produce the precise error).
+_PLAIN_TARGET = re.compile(rb"/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})(?:[/?][\x21-\x22\x24\x26-\x5b\x5d-\x7e]*)?")
+_DOT_SEGMENT = re.compile(rb"/\.\.?(?:/|\?|$)")
+
+
+def project_from_target(target: bytes) -> str:
+    """The project id a request target addresses; HttpError(400) for hostile forms, 404 otherwise."""
+    m = _PLAIN_TARGET.fullmatch(target)
+    if m is not None and _DOT_SEGMENT.search(target.split(b"?", 1)[0]) is None:
+        return m.group(1).decode("ascii")
+    if not target.startswith(b"/"):
+        raise HttpError(400, "only origin-form request targets are accepted")
+    if target.startswith(b"//"):
+        raise HttpError(400, "request target starts with //")
+    if _VISIBLE_ASCII.fullmatch(target) is None or b"#" in target:
+        raise HttpError(400, "invalid character in the request target")
+    path = target.split(b"?", 1)[0]
+    lower = path.lower()
+    for bad in _ENCODED_DANGER:
+        if bad in lower:
+            raise HttpError(400, "encoded slash, dot or backslash in the path")
+    segments = path.split(b"/")
+    for seg in segments:
+        if seg == b".." or seg == b".":
+            raise HttpError(400, "dot segment in the path")
+    first = segments[1].decode("ascii")
+    if not is_uuid(first):
+        raise HttpError(404, "no such project")
+    return first
+
+
+@dataclass(frozen=True)
+class Route:
+    host: str
+    port: int
+    host_id: str | None = None  # hub mode: the project host, for cache invalidation
+
+
+class HostRoutes:
+    """Host mode: `/<project>/...` -> 127.0.0.1:<projects.http_port> from the host sqlite.
+
+    Read on every request (a primary-key lookup in WAL mode costs microseconds) so `project stop`
+    clearing the port takes effect for the very next request.
+    """
+
+    mode = "host"
+
+    def __init__(self, data_dir: Path, upstream_host: str = "127.0.0.1"):
+        from cocalc_ctl.state import host_db
+
+        self._conn = host_db.connect_readonly(Path(data_dir))
+        self._lookup = host_db.project_http_route
+        self.upstream_host = upstream_host
+        self._routes: dict[int, Route] = {}  # immutable, shared: one per port
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        self._conn.close()
+
+    async def resolve(self, project_id: str) -> Route:
+        return self.resolve_now(project_id)
+
+    def resolve_now(self, project_id: str) -> Route:
+        row = self._lookup(self._conn, project_id)
+        if row is None:
+            raise HttpError(404, "no such project")
+        state, port = row
+        if port is None or state == "stopped":
+            raise HttpError(502, "project is not running")
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise HttpError(502, "project has an invalid http port")
+        route = self._routes.get(port)
+        if route is None:
+            route = self._routes[port] = Route(self.upstream_host, port)
+        return route
+
+
+def parse_internal_url(url: str | None) -> tuple[str, int] | None:
+    """`http://HOST:PORT` (optionally with a trailing `/`) -> (host, port); None if unusable."""
+    if not url:
+        return None
+    m = re.fullmatch(r"http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})/?", url.strip(), re.ASCII)
+    if m is None:
+        return None
+    host, port = m.group(1), int(m.group(2))
+    if host.startswith("["):
+        try:
+            host = str(ipaddress.IPv6Address(host[1:-1]))
+        except ValueError:
+            return None
+    if not 0 < port < 65536:
+        return None
+    return host, port
+
+
+class HubRoutes:
+    """Hub mode: project -> its host's internal_url, cached for `ttl` seconds.
+
+    A listener on the hub's `ROUTE_CHANNEL` (fed by triggers on `projects` and `project_hosts`)
+    evicts entries the moment a move or a host change commits. While that listener is down the
+    cache is bypassed entirely, so a missed NOTIFY can never route to a stale host.
+    """
+
+    mode = "hub"
+
+    def __init__(self, dsn: str, ttl: float = 5.0):
+        self.dsn = dsn
+        self.ttl = ttl
+        self._cache: dict[str, tuple[float, Route | HttpError]] = {}
+        self._listening = False
+        self._query_conn = None
+        self._query_lock = asyncio.Lock()
+        self._listener: asyncio.Task | None = None
+        self._listen_ready = asyncio.Event()
+        self.notifications = 0
+        self.db_errors = 0
+        self._generation = 0  # bumped by every eviction: a lookup that raced one is not cached
+
+    async def start(self) -> None:
+        await self._connect_query()
+        self._listener = asyncio.create_task(self._listen_forever())
+        try:
+            await asyncio.wait_for(self._listen_ready.wait(), 10)
+        except asyncio.TimeoutError:
+            pass  # keep serving uncached; the listener keeps retrying
+
+    async def close(self) -> None:
+        if self._listener:
+            self._listener.cancel()
+            try:
+                await self._listener
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self._query_conn is not None:
+            await self._query_conn.close()
+
+    async def _connect_query(self):
+        import psycopg
+
+        self._query_conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=10)
+
+    def evict(self, payload: str) -> None:
+        self._generation += 1
+        if payload.startswith("host:"):
+            host_id = payload[5:]
+            for pid in [p for p, (_, r) in self._cache.items() if isinstance(r, Route) and r.host_id == host_id]:
+                del self._cache[pid]
+        elif is_uuid(payload):
+            self._cache.pop(payload, None)
+        else:
+            self._cache.clear()
+
+    async def _listen_forever(self) -> None:
+        import psycopg
+
+        from cocalc_ctl.state.hub_db import ROUTE_CHANNEL
+
+        delay = 0.5
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=10)
+                async with conn:
+                    await conn.execute(f"LISTEN {ROUTE_CHANNEL}")
+                    self._cache.clear()  # anything cached while we were deaf may be stale
+                    self._generation += 1
+                    self._listening = True
+                    self._listen_ready.set()
+                    delay = 0.5
+                    async for note in conn.notifies():
+                        self.notifications += 1
+                        self.evict(note.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.db_errors += 1
+            self._listening = False
+            self._cache.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10)
+
+    def resolve_now(self, project_id: str) -> Route | None:
+        """The cached route (or raises the cached error); None when a database lookup is needed."""
+        if not self._listening:
+            return None
+        hit = self._cache.get(project_id)
+        if hit is None or hit[0] <= time.monotonic():
+            return None
+        if isinstance(hit[1], HttpError):
+            raise hit[1]
+        return hit[1]
+
+    async def resolve(self, project_id: str) -> Route:
+        now = time.monotonic()
+        if self._listening:
+            hit = self._cache.get(project_id)
+            if hit is not None and hit[0] > now:
+                if isinstance(hit[1], HttpError):
+                    raise hit[1]
+                return hit[1]
+        generation = self._generation
+        result = await self._lookup(project_id)
+        cacheable = not (isinstance(result, HttpError) and result.status >= 503)
+        if self._listening and cacheable and generation == self._generation:
+            self._cache[project_id] = (now + self.ttl, result)
+        if isinstance(result, HttpError):
+            raise result
+        return result
+
+    async def _lookup(self, project_id: str) -> Route | HttpError:
+        from cocalc_ctl.state.hub_db import PROJECT_ROUTE_SQL
+
+        async with self._query_lock:
+            for attempt in (1, 2):
+                try:
+                    if self._query_conn is None or self._query_conn.closed:
+                        await self._connect_query()
+                    cur = await self._query_conn.execute(PROJECT_ROUTE_SQL, (project_id,))
+                    row = await cur.fetchone()
+                    break
+                except Exception:
+                    self.db_errors += 1
+                    self._query_conn = None
+                    if attempt == 2:
+                        return HttpError(503, "hub database unavailable")
+        if row is None:
+            return HttpError(404, "no such project")
+        host_id, internal_url = row
+        target = parse_internal_url(internal_url)
+        if host_id is None or target is None:
+            return HttpError(502, "project has no reachable host")
+        return Route(target[0], target[1], str(host_id))

@@ -1,0 +1,191 @@
+"""Proxy test helpers: loopback backends, `proxy serve` subprocesses, raw sockets, RSS sampling."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}: {_tail(proc)}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+
+
+def _tail(proc) -> str:
+    path = getattr(proc, "log_path", None)
+    if path and os.path.exists(path):
+        return Path(path).read_text()[-2000:]
+    return ""
+
+
+class Service:
+    """A subprocess with its output in a log file; stopped (TERM, then KILL) on exit."""
+
+    def __init__(self, argv: list[str], log_path: Path, port: int, env: dict | None = None):
+        self.port = port
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO,
+                                     env={**os.environ, **(env or {})}, start_new_session=True)
+        self.proc.log_path = str(log_path)
+        try:
+            wait_port(port, proc=self.proc)
+        except Exception:
+            self.stop()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def status_kb(self, field: str) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise KeyError(field)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+
+def start_backend(workdir: Path, *, canary: Path | None = None, name: str | None = None) -> Service:
+    port = free_port()
+    argv = [sys.executable, "-m", "tests.support.proxy_backend", "--port", str(port)]
+    if canary:
+        argv += ["--canary", str(canary)]
+    if name:
+        argv += ["--name", name]
+    return Service(argv, workdir / f"backend-{port}.log", port)
+
+
+def write_config(path: Path, values: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def start_proxy(workdir: Path, mode: str, config: dict, *, json_log: bool = False) -> Service:
+    port = free_port()
+    cfg = write_config(workdir / f"proxy-{mode}-{port}.yaml", config)
+    argv = [sys.executable, "-m", "cocalc_ctl", "--config", str(cfg)]
+    if json_log:
+        argv.append("--json")
+    argv += ["proxy", "serve", "--mode", mode, "--listen", f"127.0.0.1:{port}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COCALC_CTL_")}
+    return Service(argv, workdir / f"proxy-{mode}-{port}.log", port, env=env)
+
+
+def host_state(data_dir: Path, projects: dict[str, int | None]) -> None:
+    """Register projects in a host sqlite: {project_id: http_port or None (stopped)}."""
+    from cocalc_ctl.state import host_db
+
+    conn = host_db.connect(data_dir)
+    for pid, port in projects.items():
+        host_db.upsert_project(conn, pid, state="running" if port else "stopped", http_port=port)
+    conn.close()
+
+
+def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0, half_close: bool = False) -> bytes:
+    """Send raw bytes, return everything received until the proxy closes (or `timeout`)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        out = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
+def status_of(response: bytes) -> int | None:
+    if not response.startswith(b"HTTP/1."):
+        return None
+    return int(response.split(b" ", 2)[1])
+
+
+class RssSampler:
+    """Samples VmRSS of some processes every 50 ms in a thread; `.peak_kb[pid]`."""
+
+    def __init__(self, *services: Service):
+        self.services = services
+        self.peak_kb = {s.pid: 0 for s in services}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            for s in self.services:
+                try:
+                    self.peak_kb[s.pid] = max(self.peak_kb[s.pid], s.status_kb("VmRSS"))
+                except (OSError, KeyError):
+                    pass
+            self._stop.wait(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def get_json(port: int, path: str, headers: dict | None = None) -> tuple[int, dict]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, (json.loads(body) if resp.getheader("content-type", "").startswith("application/json")
+                             else {"text": body.decode(errors="replace")})
+    finally:
+        conn.close()

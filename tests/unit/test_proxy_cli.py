@@ -1,0 +1,68 @@
+"""`cocalc-ctl proxy serve` refuses bad input with one-line errors and the documented exit codes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from cocalc_ctl.actions.proxy import parse_listen
+from cocalc_ctl.errors import InvalidInput
+
+
+def _run(tmp_path, *args, config: str | None = None):
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(config if config is not None else f"data_dir: {tmp_path / 'data'}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COCALC_CTL_")}
+    return subprocess.run([sys.executable, "-m", "cocalc_ctl", "--config", str(cfg), "proxy", "serve", *args],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_unknown_mode_is_a_usage_error(tmp_path):
+    r = _run(tmp_path, "--mode", "sideways")
+    assert r.returncode == 2
+    assert r.stderr.startswith("cocalc-ctl: error: invalid mode 'sideways'")
+
+
+def test_bad_listen_address_is_a_usage_error(tmp_path):
+    r = _run(tmp_path, "--listen", "localhost")
+    assert r.returncode == 2 and "invalid listen address" in r.stderr
+
+
+def test_host_mode_without_host_database_says_to_init(tmp_path):
+    r = _run(tmp_path, "--mode", "host", "--listen", "127.0.0.1:0")
+    assert r.returncode == 5
+    assert "host database" in r.stderr and "cocalc-ctl host init" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_hub_mode_without_dsn_is_a_precondition_error(tmp_path):
+    r = _run(tmp_path, "--mode", "hub", "--listen", "127.0.0.1:0")
+    assert r.returncode == 5 and "hub_dsn" in r.stderr
+
+
+def test_port_in_use_is_reported(tmp_path):
+    from cocalc_ctl.state import host_db
+
+    host_db.connect(tmp_path / "data").close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = _run(tmp_path, "--listen", f"127.0.0.1:{port}")
+    assert r.returncode == 5 and f"cannot listen on 127.0.0.1:{port}" in r.stderr
+
+
+@pytest.mark.parametrize("text,expected", [("127.0.0.1:8080", ("127.0.0.1", 8080)), ("[::1]:80", ("::1", 80)),
+                                           ("0.0.0.0:0", ("0.0.0.0", 0))])
+def test_parse_listen(text, expected):
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("text", ["8080", "host:", "h:99999", "a b:1", ""])
+def test_parse_listen_rejects(text):
+    with pytest.raises(InvalidInput):
+        parse_listen(text)
