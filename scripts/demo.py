@@ -41,6 +41,22 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 _VENV = REPO / ".venv"
+NEEDED = ["btrfs", "mkfs.btrfs", "losetup", "podman", "runc", "restic", "rsync", "busybox", "ssh", "ssh-keygen",
+          "sshd", "runuser", "ps"]
+
+
+def _missing() -> list[str]:
+    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    have = [n for n in NEEDED if shutil.which(n, path=path)]
+    pg = any(Path(d, "initdb").exists() for d in ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin",
+                                                  "/usr/local/bin")) or shutil.which("initdb")
+    return [n for n in NEEDED if n not in have] + ([] if pg else ["initdb"])
+
+
+if os.geteuid() == 0 and "--teardown" not in sys.argv and (_missing() or not (_VENV / "bin" / "python").exists()):
+    # a machine with nothing prepared: install the Debian packages and the venv first
+    print(f"demo: missing {', '.join(_missing()) or 'the venv'}: running scripts/setup.sh", flush=True)
+    subprocess.run([str(REPO / "scripts" / "setup.sh")], check=True)
 if (_VENV / "bin" / "python").exists() and Path(sys.prefix).resolve() != _VENV.resolve():
     # the checkout's venv has cocalc-ctl's dependencies (psycopg, yaml): run the demo with it
     os.execv(str(_VENV / "bin" / "python"), [str(_VENV / "bin" / "python"), str(Path(__file__).resolve()),
@@ -535,6 +551,9 @@ class Demo:
                 code, body = http_get(url)
                 print(f"{code} {body.rstrip()}")
                 self.check(code == 502, "a stopped project answers 502 at once")
+            for name, log in (("host B's proxy", b.base / "proxy.log"), ("the hub's proxy", self.base / "hub" / "proxy.log")):
+                print(f"-- access log of {name}:")
+                print(log.read_text(errors="replace").rstrip())
 
     # -- the end --
     def summary(self, ok: bool) -> None:
