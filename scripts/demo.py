@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -291,6 +292,7 @@ class Demo:
         self.backup_restore()
         self.move()
         self.proxy()
+        self.doctor()
 
     def hub_and_hosts(self) -> None:
         with self.step("start a throwaway PostgreSQL and migrate the hub schema"):
@@ -313,7 +315,8 @@ class Demo:
         os.chmod(self.rundir, 0o755)
         # sshd runs AuthorizedKeysCommand only from a root-owned directory chain (not under /tmp)
         wrapper = self.rundir / "cocalc-ctl"
-        wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(REPO))} exec {shlex.quote(PY)} -m cocalc_ctl \"$@\"\n")
+        wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(REPO))} "
+                           f"exec {shlex.quote(PY)} -m cocalc_ctl \"$@\"\n")
         os.chmod(wrapper, 0o755)
         secrets = self.base / "secrets"
         secrets.mkdir(mode=0o700)
@@ -497,6 +500,8 @@ class Demo:
             gone = self.ctl(a, "project", "show", pid, check=False)
             self.check(gone.returncode == 3 and not (a.pool / f"project-{pid}").exists(),
                        "host A cleaned up its copy")
+            if self.has_command("backup"):
+                self.ctl(b, "backup", "list", pid)  # one repository: the backups follow the project
             log = (b.base / "receiver-sshd.log").read_text(errors="replace")
             self.check(f"btrfs-{a.host_id}" in log and "Accepted publickey" in log,
                        f"B's receiver sshd accepted A's host key as btrfs-{a.host_id[:8]}…")
@@ -551,9 +556,20 @@ class Demo:
                 code, body = http_get(url)
                 print(f"{code} {body.rstrip()}")
                 self.check(code == 502, "a stopped project answers 502 at once")
-            for name, log in (("host B's proxy", b.base / "proxy.log"), ("the hub's proxy", self.base / "hub" / "proxy.log")):
+            for name, log in (("host B's proxy", b.base / "proxy.log"),
+                              ("the hub's proxy", self.base / "hub" / "proxy.log")):
                 print(f"-- access log of {name}:")
                 print(log.read_text(errors="replace").rstrip())
+
+    def doctor(self) -> None:
+        with self.step("doctor on both hosts"):
+            allowed = set() if self.has_command("backup") else {"backup-repo"}  # no repository without backup
+            for n in (self.hosts["A"], self.hosts["B"]):
+                r = self.ctl(n, "doctor", check=False)
+                bad = [name for name in re.findall(r"^FAIL\s+(\S+)", r.stdout, re.M) if name not in allowed]
+                if r.returncode not in (0, 1):
+                    raise DemoFailed(f"doctor on host {n.label} exited {r.returncode}")
+                self.check(not bad, f"doctor on host {n.label}: no failed check" + (f" (failed: {bad})" if bad else ""))
 
     # -- the end --
     def summary(self, ok: bool) -> None:
@@ -579,7 +595,8 @@ class Demo:
             print(f"  ctl-b snapshot list {self.project}")
             print(f"  ctl-hub move status; ctl-b backup list {self.project}; ctl-a doctor")
             if b.proxy_port:
-                print(f"  curl http://127.0.0.1:{b.proxy_port}/{self.project}/files/notes/hello.txt   # host proxy on B")
+                print(f"  curl http://127.0.0.1:{b.proxy_port}/{self.project}/files/notes/hello.txt"
+                      "   # host proxy on B")
             if self.hub.proxy_port:
                 print(f"  curl http://127.0.0.1:{self.hub.proxy_port}/{self.project}/   # hub proxy")
             print(f"  receiver sshds: A {a.addr}:{a.receiver_port}, B {b.addr}:{b.receiver_port}")

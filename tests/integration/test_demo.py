@@ -73,7 +73,7 @@ def test_demo_completes_prints_summary_and_cleans_up():
     rows = _summary(r.stdout)
     titles = " | ".join(t for t, _ in rows)
     for word in ("PostgreSQL", "loopback btrfs hosts", "keys", "receiver sshd", "busybox image", "project start",
-                 "backup", "move A -> B", "proxy"):
+                 "backup", "move A -> B", "proxy", "doctor"):
         assert word in titles, titles
     for title, result in rows:
         if result == "skipped":  # only for a capability this build does not have yet
