@@ -486,6 +486,9 @@ class Demo:
         a, b = self.hosts["A"], self.hosts["B"]
         pid = self.project
         with self.step("move A -> B: btrfs send | ssh (keys flow, receiver sshd) | btrfs receive"):
+            print(f"# the worker runs, through the local transport: on A `move send {pid} --to "
+                  f"btrfs-{a.host_id}@{b.addr}:{b.receiver_port} --mode pipe` (ssh with A's host-to-host key, "
+                  f"B's pinned host key), on B `move finalize`, on A `move cleanup`")
             self.ctl(self.hub, "move", "start", pid, "--to", b.host_id, "--mode", "pipe")
             self.ctl(self.hub, "move", "status", pid)
             self.ctl(self.hub, "move", "worker", "--once")
@@ -503,8 +506,12 @@ class Demo:
             if self.has_command("backup"):
                 self.ctl(b, "backup", "list", pid)  # one repository: the backups follow the project
             log = (b.base / "receiver-sshd.log").read_text(errors="replace")
-            self.check(f"btrfs-{a.host_id}" in log and "Accepted publickey" in log,
-                       f"B's receiver sshd accepted A's host key as btrfs-{a.host_id[:8]}…")
+            print("-- B's receiver sshd log:")
+            print("\n".join(ln for ln in log.splitlines() if "Accepted publickey" in ln))
+            fp = subprocess.run(["ssh-keygen", "-lf", str(a.data / "secrets" / "host-to-host" / "id_ed25519.pub")],
+                                capture_output=True, text=True).stdout.split()[1]
+            self.check(f"Accepted publickey for btrfs-{a.host_id} " in log and fp in log,
+                       f"B's receiver sshd accepted A's host-to-host key ({fp}) as btrfs-{a.host_id[:8]}…")
 
     def proxy(self) -> None:
         b = self.hosts["B"]
