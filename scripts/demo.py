@@ -43,7 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 _VENV = REPO / ".venv"
 NEEDED = ["btrfs", "mkfs.btrfs", "losetup", "podman", "runc", "restic", "rsync", "busybox", "ssh", "ssh-keygen",
-          "sshd", "runuser", "ps"]
+          "sshd", "runuser"]
 
 
 def _missing() -> list[str]:
@@ -633,7 +633,7 @@ def teardown(base: Path) -> None:
             quietly(["podman", "--root", root, "--runroot", runroot, "--tmpdir", tmpdir,
                      "rm", "--all", "--force", "--time", "0"])
     for _name, pid in sorted(state.get("pids", {}).items()):
-        _kill_tree(pid)
+        _kill_tree(pid, str(base))
     if state.get("passwd_lines"):
         with contextlib.suppress(OSError):
             remove_passwd_lines(state["passwd_lines"])
@@ -652,13 +652,30 @@ def teardown(base: Path) -> None:
     shutil.rmtree(base, ignore_errors=True)
 
 
-def _kill_tree(pid: int) -> None:
-    """SIGTERM a server and its children (sshd forks one process per connection), then SIGKILL."""
+def _children(pid: int) -> list[int]:
+    """Direct children of `pid`, from /proc (field 4 of /proc/<pid>/stat is the parent)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def _kill_tree(pid: int, marker: str) -> None:
+    """SIGTERM a server and its children (sshd forks one process per connection), then SIGKILL. Only a
+    process whose command line names `marker` (the demo dir) is ours: a recorded pid may have been reused."""
     try:
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
-        out = ""
-    pids = [int(p) for p in out.split()] + [pid]
+        return
+    if marker not in cmdline:
+        return
+    pids = _children(pid) + [pid]
     for p in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGTERM)
