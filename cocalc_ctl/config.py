@@ -224,6 +224,10 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("proxy.metrics", _as_bool, True, "serve Prometheus text on /metrics"),
     _k("proxy.event_loop", _as_choice("auto", "uvloop", "asyncio"), "auto", "auto: uvloop when installed"),
     _k("proxy.fast_path", _as_bool, True, "serve body-less requests on the Protocol fast path (off: streams only)"),
+    # backup: keys added with backups and restores
+    _k("backup.heartbeat_interval", _as_pos_int, 5, "seconds between heartbeats of a running backup job"),
+    _k("backup.wait_timeout", _as_nonneg_int, 0, "backup create: seconds to wait for a free slot (0 = no limit)"),
+    _k("backup.timeout", _as_nonneg_int, 0, "seconds a backup, restore or prune may run (0 = no limit)"),
 ]}
 
 

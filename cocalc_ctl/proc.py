@@ -188,52 +188,8 @@ def run(argv: Sequence[str], *, mutates: bool = True, check: bool = True, timeou
 
 def run_lines(argv: Sequence[str], on_line: Callable[[str], None], *, mutates: bool = True,
               timeout: float | None = None, env: dict[str, str] | None = None) -> Result:
-    """Like `run`, but hand each stdout line to `on_line` as it arrives (progress of a long command).
-
-    The whole stdout is also returned. A timeout kills the command.
-    """
-    argv = [str(a) for a in argv]
-    shown = display(argv)
-    if mutates and DRY_RUN:
-        _plan(shown)
-        return Result(argv, 0, "", "", 0.0, dry_run=True)
-    full_env = _environment(env)
-    exe = which(argv[0], full_env)
-    _log(shown)
-    start = time.monotonic()
-    limit = timeout if timeout is not None else DEFAULT_TIMEOUT
-    with tempfile.TemporaryFile() as err:
-        p = subprocess.Popen([exe, *argv[1:]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                             env=full_env)
-        timer = threading.Timer(limit, p.kill) if limit else None
-        if timer:
-            timer.daemon = True
-            timer.start()
-        lines = []
-        try:
-            for raw in p.stdout:
-                line = raw.decode("utf-8", "surrogateescape")
-                lines.append(line)
-                on_line(line.rstrip("\n"))
-            p.wait()
-        except BaseException:
-            p.kill()
-            p.wait()
-            raise
-        finally:
-            if timer:
-                timer.cancel()
-            p.stdout.close()
-        err.seek(0, os.SEEK_END)
-        size = err.tell()
-        err.seek(max(0, size - STDERR_TAIL_BYTES))
-        stderr = err.read().decode("utf-8", "replace")
-    elapsed = time.monotonic() - start
-    if limit and elapsed >= limit and p.returncode < 0:
-        raise CommandTimeout(f"{argv[0]} timed out after {limit:.0f}s", hint="raise command_timeout or check the target")
-    if p.returncode != 0:
-        raise CommandFailed(argv, p.returncode, stderr)
-    return Result(argv, p.returncode, "".join(lines), stderr, elapsed)
+    """Like `run`, but hand each stdout line to `on_line` as it arrives; the whole stdout is returned too."""
+    return stream(argv, on_line, mutates=mutates, timeout=timeout, env=env, keep_output=True)
 
 
 def _splice_relay(src_fd: int, dst_fd: int, counter: list[int], idx: int,
@@ -400,3 +356,85 @@ def plan_only(text: str) -> bool:
         _plan(text)
         return True
     return False
+
+
+def _death_signal_setter() -> Callable[[], None] | None:
+    """A preexec function making the child get SIGKILL when this process dies (even by SIGKILL),
+    so no engine run outlives the job that owns its lock and its temporary snapshot. Resolved in
+    the parent: the child of a threaded process must not import anything."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def set_pdeathsig() -> None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    return set_pdeathsig
+
+
+def stream(argv: Sequence[str], on_line: Callable[[str], None] | None = None, *, mutates: bool = True,
+           cwd: str | None = None, env: dict[str, str] | None = None, timeout: float | None = None,
+           ok_codes: Sequence[int] = (0,), check: bool = True, keep_output: bool = False) -> Result:
+    """Run one command, calling `on_line` for each non-empty stdout line as it arrives (JSON progress).
+
+    The child dies with this process. Unless `keep_output`, stdout lines are not kept (they may be
+    many) and the result's stdout holds the last line; stderr holds its tail. A timeout kills it.
+    """
+    argv = [str(a) for a in argv]
+    if mutates and DRY_RUN:
+        _plan(display(argv))
+        return Result(argv, 0, "", "", 0.0, dry_run=True)
+    full_env = _environment(env)
+    exe = which(argv[0], full_env)
+    _log(display(argv))
+    start = time.monotonic()
+    limit = timeout if timeout is not None else DEFAULT_TIMEOUT
+    err = tempfile.TemporaryFile()
+    p = subprocess.Popen(argv, executable=exe, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                         cwd=cwd, env=full_env, preexec_fn=_death_signal_setter())
+    timer = None
+    timed_out = []
+    if limit:
+        def kill() -> None:
+            timed_out.append(True)
+            p.kill()
+
+        timer = threading.Timer(limit, kill)
+        timer.daemon = True
+        timer.start()
+    last = ""
+    kept: list[str] = []
+    try:
+        assert p.stdout is not None
+        for raw in p.stdout:
+            text = raw.decode("utf-8", "surrogateescape")
+            if keep_output:
+                kept.append(text)
+            line = text.rstrip("\n")
+            if line:
+                last = line
+                if on_line:
+                    on_line(line)
+        p.wait()
+    except BaseException:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        raise
+    finally:
+        if timer:
+            timer.cancel()
+    err.seek(0, os.SEEK_END)
+    size = err.tell()
+    err.seek(max(0, size - STDERR_TAIL_BYTES))
+    stderr = err.read().decode("utf-8", "replace")
+    err.close()
+    if timed_out:
+        raise CommandTimeout(f"{argv[0]} timed out after {limit:.0f}s", hint="raise command_timeout or check the target")
+    result = Result(argv, p.returncode, "".join(kept) if keep_output else last, stderr, time.monotonic() - start)
+    if check and p.returncode not in ok_codes:
+        raise CommandFailed(argv, p.returncode, stderr)
+    return result

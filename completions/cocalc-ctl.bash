@@ -3,7 +3,8 @@
 _cocalc_ctl() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
     local -A subs=(
-        ['cocalc-ctl']='config doctor host hub keys metrics move project proxy rootfs snapshot sshpiper timers'
+        ['cocalc-ctl']='backup config doctor host hub keys metrics move project proxy restore rootfs snapshot sshpiper timers'
+        ['cocalc-ctl backup']='cleanup create due init list prune status'
         ['cocalc-ctl config']='show'
         ['cocalc-ctl host']='init status teardown'
         ['cocalc-ctl hub']='migrate'
@@ -18,6 +19,14 @@ _cocalc_ctl() {
         ['cocalc-ctl timers']='cron install list remove'
     )
     local -A opts=(
+        ['cocalc-ctl backup']='-h --help'
+        ['cocalc-ctl backup cleanup']='-h --help'
+        ['cocalc-ctl backup create']='--no-wait -h --help'
+        ['cocalc-ctl backup due']='-h --help'
+        ['cocalc-ctl backup init']='-h --help'
+        ['cocalc-ctl backup list']='-h --help'
+        ['cocalc-ctl backup prune']='--keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --keep-yearly -h --help'
+        ['cocalc-ctl backup status']='--limit -h --help'
         ['cocalc-ctl config']='-h --help'
         ['cocalc-ctl config show']='-h --help'
         ['cocalc-ctl doctor']='-h --help'
@@ -63,6 +72,7 @@ _cocalc_ctl() {
         ['cocalc-ctl project stop']='-h --help'
         ['cocalc-ctl proxy']='-h --help'
         ['cocalc-ctl proxy serve']='--mode --listen --access-log --no-access-log -h --help'
+        ['cocalc-ctl restore']='--path --to-project --force -h --help'
         ['cocalc-ctl rootfs']='-h --help'
         ['cocalc-ctl rootfs gc']='--max-size -h --help'
         ['cocalc-ctl rootfs list']='-h --help'
@@ -93,7 +103,7 @@ _cocalc_ctl() {
         ['cocalc-ctl timers remove']='--user-unit-dir --unit-dir --only -h --help'
     )
     local globals='--config --json --dry-run -v --verbose -q --quiet --version -h --help'
-    local valopts=' --bin --bwlimit --compress --concurrency --config --from --image --keep-daily --keep-frequent --keep-hourly --keep-monthly --keep-weekly --listen --loopback --max-size --mode --only --out --poll --quota --reason --role --seconds --snapshot --textfile-dir --to --unit-dir --user --user-unit-dir --which '
+    local valopts=' --bin --bwlimit --compress --concurrency --config --from --image --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --mode --only --out --path --poll --quota --reason --role --seconds --snapshot --textfile-dir --to --to-project --unit-dir --user --user-unit-dir --which '
     local cmdpath=cocalc-ctl i w
     for ((i = 1; i < COMP_CWORD; i++)); do
         w="${COMP_WORDS[i]}"
@@ -118,13 +128,17 @@ _cocalc_ctl() {
         --keep-daily) COMPREPLY=(); return ;;
         --keep-frequent) COMPREPLY=(); return ;;
         --keep-hourly) COMPREPLY=(); return ;;
+        --keep-last) COMPREPLY=(); return ;;
         --keep-monthly) COMPREPLY=(); return ;;
         --keep-weekly) COMPREPLY=(); return ;;
+        --keep-yearly) COMPREPLY=(); return ;;
+        --limit) COMPREPLY=(); return ;;
         --listen) COMPREPLY=(); return ;;
         --loopback) COMPREPLY=(); return ;;
         --max-size) COMPREPLY=(); return ;;
         --mode) COMPREPLY=(); return ;;
         --only) COMPREPLY=(); return ;;
+        --path) COMPREPLY=(); return ;;
         --poll) COMPREPLY=(); return ;;
         --quota) COMPREPLY=(); return ;;
         --reason) COMPREPLY=(); return ;;
@@ -132,6 +146,7 @@ _cocalc_ctl() {
         --seconds) COMPREPLY=(); return ;;
         --snapshot) COMPREPLY=(); return ;;
         --to) COMPREPLY=(); return ;;
+        --to-project) COMPREPLY=(); return ;;
         --user) COMPREPLY=(); return ;;
         --which) COMPREPLY=(); return ;;
     esac

@@ -1,7 +1,7 @@
 # fish completion for cocalc-ctl (generated from the CLI by scripts/regenerate; do not edit)
 
-set -g __cocalc_ctl_subs 'cocalc-ctl:config' 'cocalc-ctl:doctor' 'cocalc-ctl:host' 'cocalc-ctl:hub' 'cocalc-ctl:keys' 'cocalc-ctl:metrics' 'cocalc-ctl:move' 'cocalc-ctl:project' 'cocalc-ctl:proxy' 'cocalc-ctl:rootfs' 'cocalc-ctl:snapshot' 'cocalc-ctl:sshpiper' 'cocalc-ctl:timers' 'cocalc-ctl config:show' 'cocalc-ctl host:init' 'cocalc-ctl host:status' 'cocalc-ctl host:teardown' 'cocalc-ctl hub:migrate' 'cocalc-ctl keys:broadcast' 'cocalc-ctl keys:ensure' 'cocalc-ctl keys:known-hosts' 'cocalc-ctl keys:peers' 'cocalc-ctl keys:register' 'cocalc-ctl keys:rotate' 'cocalc-ctl keys:show' 'cocalc-ctl keys:sync' 'cocalc-ctl keys:trust' 'cocalc-ctl keys:untrust' 'cocalc-ctl keys:watch' 'cocalc-ctl metrics:show' 'cocalc-ctl metrics:write' 'cocalc-ctl move:abort' 'cocalc-ctl move:cancel' 'cocalc-ctl move:cleanup' 'cocalc-ctl move:finalize' 'cocalc-ctl move:host-step' 'cocalc-ctl move:recv' 'cocalc-ctl move:send' 'cocalc-ctl move:start' 'cocalc-ctl move:status' 'cocalc-ctl move:worker' 'cocalc-ctl project:create' 'cocalc-ctl project:delete' 'cocalc-ctl project:list' 'cocalc-ctl project:show' 'cocalc-ctl project:start' 'cocalc-ctl project:status' 'cocalc-ctl project:stop' 'cocalc-ctl proxy:serve' 'cocalc-ctl rootfs:gc' 'cocalc-ctl rootfs:list' 'cocalc-ctl rootfs:mount' 'cocalc-ctl rootfs:pull' 'cocalc-ctl rootfs:resolve' 'cocalc-ctl rootfs:rm' 'cocalc-ctl rootfs:umount' 'cocalc-ctl snapshot:auto' 'cocalc-ctl snapshot:create' 'cocalc-ctl snapshot:delete' 'cocalc-ctl snapshot:list' 'cocalc-ctl snapshot:lock' 'cocalc-ctl snapshot:prune' 'cocalc-ctl snapshot:unlock' 'cocalc-ctl sshpiper:auth' 'cocalc-ctl sshpiper:authorized-keys' 'cocalc-ctl sshpiper:config' 'cocalc-ctl sshpiper:keys-refresh' 'cocalc-ctl sshpiper:receiver-users' 'cocalc-ctl sshpiper:serve' 'cocalc-ctl timers:cron' 'cocalc-ctl timers:install' 'cocalc-ctl timers:list' 'cocalc-ctl timers:remove'
-set -g __cocalc_ctl_valopts '--bin' '--bwlimit' '--compress' '--concurrency' '--config' '--from' '--image' '--keep-daily' '--keep-frequent' '--keep-hourly' '--keep-monthly' '--keep-weekly' '--listen' '--loopback' '--max-size' '--mode' '--only' '--out' '--poll' '--quota' '--reason' '--role' '--seconds' '--snapshot' '--textfile-dir' '--to' '--unit-dir' '--user' '--user-unit-dir' '--which'
+set -g __cocalc_ctl_subs 'cocalc-ctl:backup' 'cocalc-ctl:config' 'cocalc-ctl:doctor' 'cocalc-ctl:host' 'cocalc-ctl:hub' 'cocalc-ctl:keys' 'cocalc-ctl:metrics' 'cocalc-ctl:move' 'cocalc-ctl:project' 'cocalc-ctl:proxy' 'cocalc-ctl:restore' 'cocalc-ctl:rootfs' 'cocalc-ctl:snapshot' 'cocalc-ctl:sshpiper' 'cocalc-ctl:timers' 'cocalc-ctl backup:cleanup' 'cocalc-ctl backup:create' 'cocalc-ctl backup:due' 'cocalc-ctl backup:init' 'cocalc-ctl backup:list' 'cocalc-ctl backup:prune' 'cocalc-ctl backup:status' 'cocalc-ctl config:show' 'cocalc-ctl host:init' 'cocalc-ctl host:status' 'cocalc-ctl host:teardown' 'cocalc-ctl hub:migrate' 'cocalc-ctl keys:broadcast' 'cocalc-ctl keys:ensure' 'cocalc-ctl keys:known-hosts' 'cocalc-ctl keys:peers' 'cocalc-ctl keys:register' 'cocalc-ctl keys:rotate' 'cocalc-ctl keys:show' 'cocalc-ctl keys:sync' 'cocalc-ctl keys:trust' 'cocalc-ctl keys:untrust' 'cocalc-ctl keys:watch' 'cocalc-ctl metrics:show' 'cocalc-ctl metrics:write' 'cocalc-ctl move:abort' 'cocalc-ctl move:cancel' 'cocalc-ctl move:cleanup' 'cocalc-ctl move:finalize' 'cocalc-ctl move:host-step' 'cocalc-ctl move:recv' 'cocalc-ctl move:send' 'cocalc-ctl move:start' 'cocalc-ctl move:status' 'cocalc-ctl move:worker' 'cocalc-ctl project:create' 'cocalc-ctl project:delete' 'cocalc-ctl project:list' 'cocalc-ctl project:show' 'cocalc-ctl project:start' 'cocalc-ctl project:status' 'cocalc-ctl project:stop' 'cocalc-ctl proxy:serve' 'cocalc-ctl rootfs:gc' 'cocalc-ctl rootfs:list' 'cocalc-ctl rootfs:mount' 'cocalc-ctl rootfs:pull' 'cocalc-ctl rootfs:resolve' 'cocalc-ctl rootfs:rm' 'cocalc-ctl rootfs:umount' 'cocalc-ctl snapshot:auto' 'cocalc-ctl snapshot:create' 'cocalc-ctl snapshot:delete' 'cocalc-ctl snapshot:list' 'cocalc-ctl snapshot:lock' 'cocalc-ctl snapshot:prune' 'cocalc-ctl snapshot:unlock' 'cocalc-ctl sshpiper:auth' 'cocalc-ctl sshpiper:authorized-keys' 'cocalc-ctl sshpiper:config' 'cocalc-ctl sshpiper:keys-refresh' 'cocalc-ctl sshpiper:receiver-users' 'cocalc-ctl sshpiper:serve' 'cocalc-ctl timers:cron' 'cocalc-ctl timers:install' 'cocalc-ctl timers:list' 'cocalc-ctl timers:remove'
+set -g __cocalc_ctl_valopts '--bin' '--bwlimit' '--compress' '--concurrency' '--config' '--from' '--image' '--keep-daily' '--keep-frequent' '--keep-hourly' '--keep-last' '--keep-monthly' '--keep-weekly' '--keep-yearly' '--limit' '--listen' '--loopback' '--max-size' '--mode' '--only' '--out' '--path' '--poll' '--quota' '--reason' '--role' '--seconds' '--snapshot' '--textfile-dir' '--to' '--to-project' '--unit-dir' '--user' '--user-unit-dir' '--which'
 
 function __cocalc_ctl_path
     set -l cmdpath cocalc-ctl
@@ -30,6 +30,7 @@ complete -c cocalc-ctl -n 'true' -l dry-run -d 'Print the exact commands; change
 complete -c cocalc-ctl -n 'true' -s v -l verbose -d 'Log each command; tracebacks on errors.'
 complete -c cocalc-ctl -n 'true' -s q -l quiet -d 'Only errors and requested output.'
 complete -c cocalc-ctl -n 'true' -l version -d 'Print the version.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a backup -d 'Back projects up to a restic/rustic repository; list, prune, schedule.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a config -d 'Show the effective configuration.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a doctor -d 'Check pool, programs, secrets, keys, hub, backup repo, time and free space; exit 1 on any '
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a host -d 'Set up, inspect and tear down this host\'s btrfs pool.'
@@ -39,6 +40,7 @@ complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a metrics -
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a move -d 'Move projects between hosts: send/recv/finalize/cleanup on hosts; start/status/cancel/work'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a project -d 'Create, list, inspect, delete, start and stop projects (btrfs subvolumes).'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a proxy -d 'HTTP/WebSocket reverse proxy to project servers.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a restore -d 'Restore a project (or one --path of it) from a backup, crash-safely.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a rootfs -d 'Root filesystem images: resolve, pull into the local cache, overlay-mount per project.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a snapshot -d 'Create, list, lock, delete and prune project snapshots.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -a sshpiper -d 'SSH auth hook: sshpiperd\'s REST endpoint, OpenSSH AuthorizedKeysCommand, managed keys, ssh'
@@ -50,6 +52,33 @@ complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -s v -l verb
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -s q -l quiet -d 'Only errors and requested output.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -l version -d 'Print the version.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup"' -a cleanup -d 'Finish or undo restores a crash interrupted (staging, set-aside trees, partial path restor'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup"' -a create -d 'Back up one project from a temporary read-only snapshot (persist store included).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup"' -a due -d 'For the timer: back up every project changed since its last successful backup, oldest firs'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup"' -a init -d 'Create the repository named by backup.repo if it does not exist (idempotent).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup"' -a list -d 'Backups of a project in the repository (id, time, bytes, host).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup"' -a prune -d 'Forget the project\'s backups outside the retention policy and prune the repository.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup"' -a status -d 'Recent backup jobs, and the last successful backup of each project with its age.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup cleanup"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup cleanup"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup create"' -l no-wait -d 'Exit 4 at once when backup.max_concurrent backups are running.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup create"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup create"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup due"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup init"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup list"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup list"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup prune"' -l keep-last -x -d 'Keep the newest backup of the last N last periods.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup prune"' -l keep-hourly -x -d 'Keep the newest backup of the last N hourly periods.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup prune"' -l keep-daily -x -d 'Keep the newest backup of the last N daily periods.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup prune"' -l keep-weekly -x -d 'Keep the newest backup of the last N weekly periods.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup prune"' -l keep-monthly -x -d 'Keep the newest backup of the last N monthly periods.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup prune"' -l keep-yearly -x -d 'Keep the newest backup of the last N yearly periods.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup prune"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup prune"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup status"' -l limit -x -d 'How many recent jobs to show.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup status"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl config"' -a show -d 'Print every config key, its effective value and its source (secrets redacted).'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl config"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl config show"' -s h -l help -d 'Show the help and exit.'
@@ -174,6 +203,11 @@ complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl proxy serve"' 
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl proxy serve"' -l listen -x -d 'Listen address (default: proxy.listen).'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl proxy serve"' -l access-log -l no-access-log -d 'One line per request on stderr (JSON lines with --json).'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl proxy serve"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl restore"' -l path -x -d 'Restore only this project-relative path into the live project.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl restore"' -l to-project -x -d 'Restore into another project id (created if missing).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl restore"' -l force -d 'Restore even while the project is running.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl restore"' -s h -l help -d 'Show the help and exit.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl restore"' -F
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs"' -a gc -d 'Remove cached images no project uses (oldest first) until the cache fits the budget.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs"' -a list -d 'Cached images with size, pull time and the projects using them.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl rootfs"' -a mount -d 'Mount the project\'s overlay root at <data_dir>/project-roots/<uuid> (pulls the image if mi'

@@ -45,22 +45,25 @@ def _root(
 
 
 def _register() -> None:
-    from cocalc_ctl.cli import config_cmd, doctor, host, hub, keys, metrics, move, project, rootfs, snapshot, sshpiper, timers
+    from cocalc_ctl.cli import (backup, config_cmd, doctor, host, hub, keys, metrics, move, project, rootfs,
+                                snapshot, sshpiper, timers)
     from cocalc_ctl.cli import proxy as proxy_cmd
 
+    app.add_typer(backup.app, name="backup")
     app.add_typer(config_cmd.app, name="config")
+    app.command("doctor")(doctor.doctor)
     app.add_typer(host.app, name="host")
     app.add_typer(hub.app, name="hub")
     app.add_typer(keys.app, name="keys")
-    app.add_typer(project.app, name="project")
-    app.add_typer(rootfs.app, name="rootfs")
-    app.add_typer(proxy_cmd.app, name="proxy")
-    app.add_typer(snapshot.app, name="snapshot")
-    app.add_typer(timers.app, name="timers")  # ops
-    app.add_typer(metrics.app, name="metrics")  # ops
-    app.command("doctor")(doctor.doctor)  # ops
-    app.add_typer(sshpiper.app, name="sshpiper")
+    app.add_typer(metrics.app, name="metrics")
     app.add_typer(move.app, name="move")
+    app.add_typer(project.app, name="project")
+    app.add_typer(proxy_cmd.app, name="proxy")
+    app.command("restore")(backup.restore)
+    app.add_typer(rootfs.app, name="rootfs")
+    app.add_typer(snapshot.app, name="snapshot")
+    app.add_typer(sshpiper.app, name="sshpiper")
+    app.add_typer(timers.app, name="timers")
 
 
 _register()

@@ -67,6 +67,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX move_log_project ON move_log(project_id, at);
     """,
+    # backup: how long a job took, and the generation it saw (for `backup due`)
+    """
+    ALTER TABLE backup_jobs ADD COLUMN duration REAL;
+    ALTER TABLE backup_jobs ADD COLUMN generation INTEGER
+    """,
 ]
 
 

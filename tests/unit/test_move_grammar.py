@@ -66,10 +66,14 @@ def test_outbound_ssh_is_pinned_and_uses_only_the_host_key(tmp_path):
         argv = transport.ssh_command(cfg, transport.parse_peer(f"btrfs-{U}@127.0.0.3:2222"), ["list", PID])
     finally:
         proc.DRY_RUN = False
-    assert argv == ["ssh", "-p", "2222", "-i", "/srv/secrets/host-to-host/id_ed25519",
-                    "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+    assert argv == ["ssh", "-p", "2222",
                     "-o", "UserKnownHostsFile=/srv/data/ssh/known_hosts", "-o", "GlobalKnownHostsFile=/dev/null",
-                    "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-o", "ConnectTimeout=20",
+                    "-o", "StrictHostKeyChecking=yes", "-o", "UpdateHostKeys=no", "-o", "CheckHostIP=no",
+                    "-o", "HashKnownHosts=no", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+                    "-o", "IdentityFile=/srv/secrets/host-to-host/id_ed25519", "-o", "PasswordAuthentication=no",
+                    "-o", "KbdInteractiveAuthentication=no", "-o", "BatchMode=yes", "-o", "ForwardAgent=no",
+                    "-o", "ForwardX11=no", "-o", "ClearAllForwardings=yes", "-o", "ConnectTimeout=20",
+                    "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-F", "/dev/null",
                     "-o", "LogLevel=ERROR", "-T", "-x", "-a", f"btrfs-{U}@127.0.0.3", f"list {PID}"]
     with pytest.raises(InvalidInput):
         transport.ssh_command(cfg, transport.parse_peer("root@h"), ["list", "a;b"])

@@ -56,11 +56,15 @@ def parse_peer(text: str) -> Peer:
 
 
 def known_hosts_file(cfg: Config) -> Path:
-    return cfg.data_dir / "ssh" / "known_hosts"
+    from cocalc_ctl.tools import ssh as ssh_tool
+
+    return ssh_tool.paths_for(cfg).known_hosts
 
 
 def host_key_file(cfg: Config) -> Path:
-    return cfg.secrets_dir / "host-to-host" / "id_ed25519"
+    from cocalc_ctl.tools import ssh as ssh_tool
+
+    return ssh_tool.paths_for(cfg).identity
 
 
 def ssh_options(cfg: Config, *, port: int, control_path: str | None = None) -> list[str]:
@@ -68,11 +72,10 @@ def ssh_options(cfg: Config, *, port: int, control_path: str | None = None) -> l
     key = host_key_file(cfg)
     if not proc.DRY_RUN and not key.exists():
         raise PreconditionFailed(f"host-to-host key {key} does not exist", hint="run `cocalc-ctl keys ensure`")
+    from cocalc_ctl.tools import ssh as ssh_tool  # the one place outbound ssh policy lives
+
     mux = ["-o", f"ControlPath={control_path}", "-o", "ControlMaster=no"] if control_path else []
-    return ["ssh", "-p", str(port), "-i", str(key),
-            "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-            "-o", f"UserKnownHostsFile={known_hosts_file(cfg)}", "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-o", "ConnectTimeout=20",
+    return ["ssh", "-p", str(port), *ssh_tool.outbound_options(ssh_tool.paths_for(cfg)),
             "-o", "LogLevel=ERROR", *mux, "-T", "-x", "-a"]
 
 

@@ -1,0 +1,212 @@
+"""Backup and restore against real restic and real btrfs: round trip, persist store, path and
+cross-project restores, job rows, list/status/prune/due, and a `rest:` repository over rclone."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from tests.support.backup import PID_A, PID_B, PID_C, backup_host, jobs, make_rich_tree, rclone_rest_server, restic, \
+    tree_digest
+
+pytestmark = pytest.mark.integration
+
+
+def _last_json_line(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_round_trip_of_rich_tree_is_identical(make_host, workdir):
+    h = backup_host(make_host, workdir)
+    h.cli("project", "create", PID_A)
+    live = h.project_path(PID_A)
+    make_rich_tree(live, 2000)
+    h.cli("snapshot", "create", PID_A, "keepme")
+    persist = h.data / "sync" / "projects" / PID_A
+    persist.mkdir(parents=True)
+    (persist / "state.db").write_bytes(b"persist store v1")
+    before = tree_digest(live)
+    assert len(before) >= 2000
+
+    res = _last_json_line(h.cli("--json", "backup", "create", PID_A).stdout)
+    assert res["event"] == "result" and res["backup_id"] and res["persist_included"] is True
+    assert res["source"] == "snapshot"
+    # the temporary snapshot is gone, the user's snapshot untouched
+    assert sorted(os.listdir(live / ".snapshots")) == ["keepme"]
+    # stored paths are project-relative: `/dir00`, not the snapshot's absolute path
+    listing = [ln for ln in restic(h, "ls", res["backup_id"]).stdout.splitlines() if ln.startswith("/")]
+    assert "/dir00" in listing and "/.cocalc-ctl-persist/state.db" in listing
+    assert not any(".snapshots" in line for line in listing)
+
+    # wipe the project (and its persist store), then restore it
+    h.cli("project", "delete", PID_A, "--force")
+    assert not live.exists() and not persist.exists()
+    out = h.json("restore", PID_A, "latest")
+    assert out["created_project"] is True and out["persist_restored"] is True
+    assert tree_digest(live) == before
+    assert (persist / "state.db").read_bytes() == b"persist store v1"
+    assert os.listdir(h.pool / ".restore-staging") == []
+    assert (live / ".snapshots").is_dir()
+
+    # any host with the repository can restore it: a host that never had the project creates it
+    other = backup_host(make_host, workdir, "b", init_repo=False)
+    assert [b["host"] for b in other.json("backup", "list", PID_A)] == [h.host_id]
+    out = other.json("restore", PID_A, res["backup_id"])
+    assert out["created_project"] is True
+    assert tree_digest(other.project_path(PID_A)) == before
+    assert (other.data / "sync" / "projects" / PID_A / "state.db").read_bytes() == b"persist store v1"
+    assert [p["project_id"] for p in other.json("project", "list")] == [PID_A]
+
+
+def test_full_restore_keeps_snapshots_and_replaces_content(make_host, workdir):
+    h = backup_host(make_host, workdir)
+    h.cli("project", "create", PID_A, "--quota", "300M")
+    live = h.project_path(PID_A)
+    (live / "doc.txt").write_text("version 1")
+    (live / "docs").mkdir()
+    (live / "docs" / "a.txt").write_text("inside")
+    persist = h.data / "sync" / "projects" / PID_A
+    persist.mkdir(parents=True)
+    (persist / "p").write_text("p1")
+    assert h.json("backup", "list", PID_A) == []
+    bid = _last_json_line(h.cli("--json", "backup", "create", PID_A).stdout)["backup_id"]
+    before = tree_digest(live)
+    (live / "doc.txt").write_text("version 2")
+    (live / "extra").write_text("new file")
+    (persist / "p").write_text("p2")
+    h.cli("snapshot", "create", PID_A, "after")
+    _last_json_line(h.cli("--json", "backup", "create", PID_A).stdout)
+
+    out = h.json("restore", PID_A, bid)
+    assert out["backup_id"].startswith(bid) and out["created_project"] is False
+    assert tree_digest(live) == before
+    assert (persist / "p").read_text() == "p1"
+    assert os.listdir(live / ".snapshots") == ["after"]
+    assert h.json("project", "show", PID_A)["quota_bytes"] == 300 << 20  # the qgroup limit survives the swap
+
+    # --path restores just that path into the live project
+    (live / "doc.txt").write_text("edited")
+    (live / "other").write_text("untouched")
+    h.cli("restore", PID_A, "latest", "--path", "doc.txt")
+    assert (live / "doc.txt").read_text() == "version 2"
+    assert (live / "other").read_text() == "untouched"
+    assert not [n for n in os.listdir(live) if n.startswith(".cocalc-ctl-restore-")]
+    bad = h.cli("restore", PID_A, "latest", "--path", "../etc", check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    missing = h.cli("restore", PID_A, "latest", "--path", "no/such", check=False)
+    assert missing.returncode == 3
+    # a symlinked directory in the live project must not send the restore outside it
+    outside = workdir / "outside"
+    outside.mkdir()
+    shutil.rmtree(live / "docs")
+    os.symlink(outside, live / "docs")
+    r = h.cli("restore", PID_A, "latest", "--path", "docs/a.txt", check=False)
+    assert r.returncode == 1 and "symlink" in r.stderr
+    assert os.listdir(outside) == [] and not [n for n in os.listdir(live) if n.startswith(".cocalc-ctl-restore-")]
+    os.unlink(live / "docs")
+
+    # --to-project restores into another project, which is created
+    out = h.json("restore", PID_A, bid, "--to-project", PID_B)
+    assert out["project_id"] == PID_B and out["created_project"] is True
+    assert tree_digest(h.project_path(PID_B)) == before
+    assert PID_B in {p["project_id"] for p in h.json("project", "list")}
+
+    # a backup whose tags say one project and whose manifest says another is refused, untouched
+    restic(h, "tag", "--set", f"project:{PID_C}", bid)
+    r = h.cli("restore", PID_C, "latest", check=False)
+    assert r.returncode == 1 and f"holds project {PID_A}" in r.stderr
+    assert not h.project_path(PID_C).exists() and os.listdir(h.pool / ".restore-staging") == []
+
+
+def test_jobs_list_status_prune_and_due(make_host, workdir):
+    h = backup_host(make_host, workdir)
+    h.cli("project", "create", PID_A)
+    h.cli("project", "create", PID_B)
+    (h.project_path(PID_A) / "f").write_text("a")
+    due = h.json("backup", "due")
+    assert sorted(b["project_id"] for b in due["backed_up"]) == sorted([PID_A, PID_B])
+    assert h.json("backup", "due")["backed_up"] == []  # nothing changed
+    (h.project_path(PID_B) / "g").write_text("b")
+    assert [b["project_id"] for b in h.json("backup", "due")["backed_up"]] == [PID_B]
+
+    rows = jobs(h)
+    assert [r["state"] for r in rows] == ["succeeded"] * 3
+    assert all(r["backup_id"] and r["bytes"] is not None and r["duration"] > 0 for r in rows)
+    assert all(r["heartbeat_at"] and r["finished_at"] for r in rows)
+
+    listed = h.json("backup", "list", PID_B)
+    assert len(listed) == 2 and all(b["host"] == h.host_id for b in listed)
+    assert listed[0]["time"] < listed[1]["time"]
+    st = h.json("backup", "status")
+    assert {p["project_id"] for p in st["projects"]} == {PID_A, PID_B}
+    assert all(p["age_seconds"] is not None for p in st["projects"])
+    text = h.cli("backup", "status").stdout
+    assert "succeeded" in text and PID_A in text
+
+    dry = h.json("--dry-run", "backup", "prune", PID_B, "--keep-last", "1")
+    assert dry["result"]["removed"] == [listed[0]["id"]]
+    assert len(h.json("backup", "list", PID_B)) == 2  # dry run changed nothing
+    done = h.json("backup", "prune", PID_B, "--keep-last", "1")
+    assert done["removed"] == [listed[0]["id"]]
+    assert [b["id"] for b in h.json("backup", "list", PID_B)] == [listed[1]["id"]]
+    assert len(h.json("backup", "list", PID_A)) == 1  # other projects untouched
+    assert restic(h, "check").returncode == 0
+    noarg = h.cli("backup", "prune", PID_B, check=False)
+    assert noarg.returncode == 2
+
+
+def test_rest_repository_over_rclone(make_host, workdir):
+    with rclone_rest_server(workdir / "rest-repo") as (url, _server):
+        h = backup_host(make_host, workdir, repo=url)
+        assert "already exists" in h.cli("backup", "init").stdout
+        h.cli("project", "create", PID_A)
+        live = h.project_path(PID_A)
+        make_rich_tree(live, 300)
+        before = tree_digest(live)
+        _last_json_line(h.cli("--json", "backup", "create", PID_A).stdout)
+        shutil.rmtree(live / "dir00")
+        h.cli("restore", PID_A, "latest")
+        assert tree_digest(live) == before
+        assert (workdir / "rest-repo" / "config").exists()
+    # the server is gone: one-line error, exit 1, project untouched
+    r = h.cli("backup", "create", PID_A, check=False)
+    assert r.returncode == 1 and "unreachable" in r.stderr and r.stderr.count("\n") == 1
+    r = h.cli("restore", PID_A, "latest", check=False)
+    assert r.returncode == 1 and "unreachable" in r.stderr
+    assert tree_digest(live) == before
+
+
+def test_plain_directory_project_is_backed_up_live_with_a_warning(make_host, workdir):
+    h = backup_host(make_host, workdir)
+    live = h.project_path(PID_C)
+    live.mkdir()
+    (live / "notes").write_text("plain dir")
+    r = h.cli("--json", "backup", "create", PID_C)
+    assert "backing up the live tree" in r.stderr
+    assert _last_json_line(r.stdout)["source"] == "live"
+    before = tree_digest(live)
+    (live / "notes").write_text("changed")
+    h.cli("restore", PID_C, "latest")
+    assert tree_digest(live) == before
+
+
+def test_successful_backup_sets_last_backup_on_the_hub(make_host, workdir, hub_dsn):
+    import psycopg
+
+    h = backup_host(make_host, workdir, hub_dsn=hub_dsn)
+    h.cli("hub", "migrate")
+    h.cli("project", "create", PID_A)
+    with psycopg.connect(hub_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO projects (project_id) VALUES (%s)", (PID_A,))
+    h.cli("backup", "create", PID_A)
+    with psycopg.connect(hub_dsn) as conn:
+        (last,) = conn.execute("SELECT last_backup FROM projects WHERE project_id=%s", (PID_A,)).fetchone()
+    assert last is not None
+    # an unreachable hub only warns: the backup itself succeeded
+    h.write_config(hub_dsn="host=/nonexistent-socket-dir dbname=x user=postgres")
+    r = h.cli("backup", "create", PID_A)
+    assert "last_backup was not updated" in r.stderr
+    assert [j["state"] for j in jobs(h)] == ["succeeded", "succeeded"]
