@@ -16,7 +16,7 @@ from cocalc_ctl.actions.pool import require_pool
 from cocalc_ctl.config import Config, parse_size
 from cocalc_ctl.errors import Busy, NotFound, OperationFailed
 from cocalc_ctl.state import host_db
-from cocalc_ctl.tools import btrfs
+from cocalc_ctl.tools import btrfs, mounts
 
 
 class AlreadyExists(OperationFailed):
@@ -154,11 +154,18 @@ def delete(cfg: Config, project_id: str, *, force: bool = False) -> DeleteResult
     if locked and not force:
         raise Busy(f"project {pid} has locked snapshots: {', '.join(locked)}",
                    hint="unlock them with `snapshot unlock` or pass --force")
+    running = False
     if host_db.db_path(cfg.data_dir).exists():
         with host_db.connect(cfg.data_dir) as conn:
             row = host_db.get_project(conn, pid)
-        if row and row["state"] == "running" and not force:
+        running = bool(row) and row["state"] in ("running", "starting", "stopping")
+        if running and not force:
             raise Busy(f"project {pid} is running", hint="stop it first with `project stop` or pass --force")
+    if running or mounts.mount_at(str(layout.project_root_mount(cfg, pid))) is not None:
+        # its container and overlay root hold the subvolume: stop them first (ports cleared too)
+        from cocalc_ctl.actions import containers
+
+        containers.stop(cfg, pid)
     snaps = layout.snapshots_dir(cfg, pid)
     for name in names:  # snapshots first: a failure leaves the project itself intact
         proc.run(btrfs.subvolume_delete(str(snaps / name)))

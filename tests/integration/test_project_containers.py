@@ -146,3 +146,17 @@ def test_start_uses_the_recorded_image_when_the_hub_is_down(make_host, workdir, 
     assert "using the image recorded on this host" in res.stderr
     assert host_row(h, pid)["state"] == "running"
     h.cli("project", "stop", pid)
+
+
+def test_delete_of_a_running_project_is_refused_and_force_stops_it_first(rhost, workdir, podman_store):  # noqa: F811
+    tree = busybox_tree(workdir / "tree")
+    pid = str(uuid.uuid4())
+    rhost.cli("project", "create", pid)
+    rhost.json("project", "start", pid, "--image", f"dir:{tree}")
+    res = rhost.cli("project", "delete", pid, check=False)
+    assert res.returncode == 4 and "running" in res.stderr
+    rhost.cli("project", "delete", pid, "--force")
+    assert not rhost.project_path(pid).exists()
+    with open("/proc/self/mountinfo") as fh:
+        assert str(rhost.data / "project-roots" / pid) not in fh.read()
+    assert pid not in podman_store.run("ps", "-a", "--format", "{{.Names}}").stdout
