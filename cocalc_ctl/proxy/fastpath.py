@@ -57,6 +57,7 @@ class ClientProtocol(asyncio.Protocol):
         self.read_paused = False
         self.head_started = False
         self.timer = None
+        self.deadline: float | None = None
         self.upstream: UpstreamProtocol | None = None
 
     # -- transport callbacks -------------------------------------------------------------------
@@ -75,7 +76,7 @@ class ClientProtocol(asyncio.Protocol):
         if self.detached:
             return
         self.detached = True
-        self._disarm()
+        self._cancel_timer()
         self.p.metrics.active_connections -= 1
         self.p._clients.discard(self.t)
         if self.upstream is not None:
@@ -106,19 +107,37 @@ class ClientProtocol(asyncio.Protocol):
 
     # -- requests --------------------------------------------------------------------------------
 
+    # One timer per connection, moved lazily: arming sets a deadline, and a timer that fires before
+    # it re-arms for the rest, so a keep-alive request costs no timer creation or cancellation.
+
     def _arm(self, seconds: float) -> None:
-        self._disarm()
+        self.deadline = deadline = self.loop.time() + seconds
+        timer = self.timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
         self.timer = self.loop.call_later(seconds, self._expired)
 
     def _disarm(self) -> None:
+        self.deadline = None  # a pending timer finds no deadline and does nothing
+
+    def _cancel_timer(self) -> None:
+        self.deadline = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
     def _expired(self) -> None:
         self.timer = None
-        if not self.busy:
-            self.t.close()  # keep-alive idle, or a head too slow (slowloris): just close
+        deadline = self.deadline
+        if deadline is None or self.busy or self.detached:
+            return
+        remaining = deadline - self.loop.time()
+        if remaining > 0:
+            self.timer = self.loop.call_later(remaining, self._expired)
+            return
+        self.t.close()  # keep-alive idle, or a head too slow (slowloris): just close
 
     def _next(self) -> None:
         buf = self.buf
@@ -135,7 +154,7 @@ class ClientProtocol(asyncio.Protocol):
                 return self._bad(HttpError(431, "request head too large"))
             if not self.head_started:
                 self.head_started = True
-                if self.timer is not None and self.timer.when() > self.loop.time() + self.p.s.header_timeout:
+                if self.deadline is not None and self.deadline > self.loop.time() + self.p.s.header_timeout:
                     self._arm(self.p.s.header_timeout)
             return
         raw = bytes(buf[:end])
@@ -191,7 +210,7 @@ class ClientProtocol(asyncio.Protocol):
     def to_streams(self):
         """Hand this connection to the stream path (returns reader, writer)."""
         self.detached = True
-        self._disarm()
+        self._cancel_timer()
         self.p._clients.discard(self.t)
         buffered = bytes(self.buf)
         self.buf.clear()
@@ -223,12 +242,13 @@ class UpstreamProtocol(asyncio.Protocol):
         self.sent = 0
         self.overflow = False
         self.buf = bytearray()
-        self.last = self.loop.time()
+        self.last = self.started = self.loop.time()
         conn.upstream = self
         self.t.write(out)
         if conn.write_paused:
             self.t.pause_reading()
-        self.timer = self.loop.call_later(self.p.s.upstream_timeout, self._expired)
+        if self.timer is None:  # a pending one (from an earlier exchange) fires sooner and re-arms
+            self.timer = self.loop.call_later(self.p.s.upstream_timeout, self._expired)
 
     @property
     def upstream_name(self) -> str:
@@ -299,13 +319,11 @@ class UpstreamProtocol(asyncio.Protocol):
             self.t.resume_reading()
             p.fast_pool_put(self)
         else:
+            self._cancel_timer()
             self.t.close()
         conn.request_done(self.keep)
 
     def _detach(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         if self.conn is not None:
             self.conn.upstream = None
         self.conn = None
@@ -313,6 +331,7 @@ class UpstreamProtocol(asyncio.Protocol):
     def _fail(self, status: int, reason: str, kind: str) -> None:
         conn = self.conn
         self._detach()
+        self._cancel_timer()
         self.t.close()
         self.p.metrics.upstream_errors[kind] += 1
         if self.resp is None:
@@ -320,22 +339,31 @@ class UpstreamProtocol(asyncio.Protocol):
         else:  # the answer has begun: all we can do is cut the client off
             conn.t.close()
 
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
     def _expired(self) -> None:
         self.timer = None
         if self.conn is None:
-            return
-        idle = self.loop.time() - self.last
-        if self.resp is not None and idle < self.p.s.upstream_timeout:
-            self.timer = self.loop.call_later(self.p.s.upstream_timeout - idle, self._expired)
+            return  # idle in the pool (or handed to the stream path)
+        # Waiting for the head: counted from the request; inside the body: from the last bytes.
+        deadline = (self.started if self.resp is None else self.last) + self.p.s.upstream_timeout
+        remaining = deadline - self.loop.time()
+        if remaining > 0:
+            self.timer = self.loop.call_later(remaining, self._expired)
             return
         self._fail(504, "upstream timed out", "timeout")
 
     def client_lost(self) -> None:
         self._detach()
+        self._cancel_timer()
         self.t.close()
 
     def connection_lost(self, exc):
         self.closed = True
+        self._cancel_timer()
         self.p.fast_pool_discard(self)
         conn = self.conn
         if conn is None:
@@ -355,6 +383,7 @@ class UpstreamProtocol(asyncio.Protocol):
         """Finish this exchange on the stream path (chunked or until-close bodies, 1xx, bare LF)."""
         conn, head = self.conn, self.head
         self._detach()
+        self._cancel_timer()
         buffered = bytes(self.buf[head_len:])
         self.buf = bytearray()
         ur, uw = to_streams(self.t, buffered, limit=self.p.pool.limit)

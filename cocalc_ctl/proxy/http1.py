@@ -142,6 +142,11 @@ async def read_head_lines(reader: asyncio.StreamReader, *, max_bytes: int, max_l
 _FIELD_LINE_RE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)[ \t]*")
 
 
+# The field names the parsers act on; every other field is only collected.
+_REQUEST_SPECIAL = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect"})
+_RESPONSE_SPECIAL = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+
+
 def split_field(line: bytes) -> tuple[bytes, bytes]:
     m = _FIELD_LINE_RE.fullmatch(line)
     if m is not None:
@@ -188,9 +193,15 @@ def parse_request_head(lines: list[bytes]) -> RequestHead:
     te: list[bytes] = []
     connection: list[bytes] = []
     cl: bytes | None = None
+    fields = _FIELD_LINE_RE.fullmatch
+    headers = head.headers
     for line in lines[1:]:
-        name, value = split_field(line)
+        m = fields(line)
+        name, value = _split_header(line) if m is None else m.groups()
         lname = name.lower()
+        headers.append((lname, name, value))
+        if lname not in _REQUEST_SPECIAL:
+            continue
         if lname == b"host":
             hosts += 1
             head.host = value
@@ -206,10 +217,8 @@ def parse_request_head(lines: list[bytes]) -> RequestHead:
             connection.extend(_tokens(value))
         elif lname == b"upgrade":
             head.upgrade = value
-        elif lname == b"expect":
-            if value.lower() == b"100-continue":
-                head.expect_continue = True
-        head.headers.append((lname, name, value))
+        elif value.lower() == b"100-continue":  # expect
+            head.expect_continue = True
     if hosts > 1:
         raise HttpError(400, "duplicate Host header")
     if hosts == 0 and head.version == 11:
@@ -249,12 +258,21 @@ def parse_response_head(lines: list[bytes]) -> ResponseHead:
     head.keep_alive = head.version == 11
     te: list[bytes] = []
     cls: set[bytes] = set()
+    fields = _FIELD_LINE_RE.fullmatch
+    headers = head.headers
     for line in lines[1:]:
-        try:
-            name, value = split_field(line)
-        except HttpError as exc:
-            raise UpstreamProtocolError(exc.reason) from None
+        m = fields(line)
+        if m is None:
+            try:
+                name, value = _split_header(line)
+            except HttpError as exc:
+                raise UpstreamProtocolError(exc.reason) from None
+        else:
+            name, value = m.groups()
         lname = name.lower()
+        headers.append((lname, name, value))
+        if lname not in _RESPONSE_SPECIAL:
+            continue
         if lname == b"content-length":
             for v in value.split(b","):
                 v = v.strip(b" \t")
@@ -263,9 +281,8 @@ def parse_response_head(lines: list[bytes]) -> ResponseHead:
                 cls.add(v.lstrip(b"0") or b"0")
         elif lname == b"transfer-encoding":
             te.extend(_tokens(value))
-        elif lname == b"connection":
+        else:  # connection
             head.connection_tokens.update(_tokens(value))
-        head.headers.append((lname, name, value))
     if te:
         # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; a final coding that is not
         # chunked means "read until close".

@@ -65,8 +65,14 @@ class Route:
 class HostRoutes:
     """Host mode: `/<project>/...` -> 127.0.0.1:<projects.http_port> from the host sqlite.
 
-    Read on every request (a primary-key lookup in WAL mode costs microseconds) so `project stop`
-    clearing the port takes effect for the very next request.
+    `project stop` clearing the port must take effect for the very next request, so an answer is
+    only reused while the database provably has not changed since it was read: the host database is
+    in WAL mode, where every commit rewrites the wal-index header in the `-shm` file (its change
+    counter, frame count and checksums; two copies, written in turn). That header is mapped
+    read-only and compared with the copy taken before the cached answers were read; any difference,
+    or the two copies disagreeing (a commit in progress), drops the whole cache and reads sqlite
+    again. Our open connection holds a shared lock that keeps the WAL (and so the `-shm` file) from
+    being removed or switched off. Without WAL the lookup simply runs on every request.
     """
 
     mode = "host"
@@ -78,17 +84,55 @@ class HostRoutes:
         self._lookup = host_db.project_http_route
         self.upstream_host = upstream_host
         self._routes: dict[int, Route] = {}  # immutable, shared: one per port
+        self._cache: dict[str, Route] = {}  # running projects only
+        self._seen = b""  # wal-index header the cached answers were read under
+        self._shm = self._map_wal_index(host_db.db_path(Path(data_dir)))
+        self.lookups = 0
+
+    def _map_wal_index(self, db: Path):
+        import mmap
+
+        try:
+            if self._conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                return None
+            with open(f"{db}-shm", "rb") as f:
+                shm = mmap.mmap(f.fileno(), _WAL_HDR * 2, access=mmap.ACCESS_READ)
+        except (OSError, ValueError, IndexError, AttributeError):
+            return None
+        return shm
 
     async def start(self) -> None:
         pass
 
     async def close(self) -> None:
+        if self._shm is not None:
+            self._shm.close()
         self._conn.close()
 
     async def resolve(self, project_id: str) -> Route:
         return self.resolve_now(project_id)
 
     def resolve_now(self, project_id: str) -> Route:
+        shm = self._shm
+        if shm is not None:
+            hdr = shm[:_WAL_HDR * 2]
+            if hdr == self._seen:
+                hit = self._cache.get(project_id)
+                if hit is not None:
+                    return hit
+            elif hdr[:_WAL_HDR] == hdr[_WAL_HDR:]:
+                self._cache.clear()  # read before the lookup: a commit racing it only empties the cache again
+                self._seen = hdr
+            else:
+                self._cache.clear()  # a commit is being published: do not cache anything now
+                self._seen = b""
+        route = self._read(project_id)  # errors are not cached: a request cannot make the cache grow
+        if shm is not None and self._seen and len(self._cache) < _CACHE_MAX:
+            self._cache[project_id] = route
+        return route
+
+    def _read(self, project_id: str) -> Route:
+        self.lookups += 1
         row = self._lookup(self._conn, project_id)
         if row is None:
             raise HttpError(404, "no such project")
@@ -101,6 +145,10 @@ class HostRoutes:
         if route is None:
             route = self._routes[port] = Route(self.upstream_host, port)
         return route
+
+
+_WAL_HDR = 48  # bytes in one copy of the wal-index header (sqlite's walformat: two copies at offset 0)
+_CACHE_MAX = 10000  # cached routes; past it lookups go to sqlite
 
 
 def parse_internal_url(url: str | None) -> tuple[str, int] | None:

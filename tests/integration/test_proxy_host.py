@@ -180,3 +180,32 @@ def test_http10_client_gets_a_chunked_answer_unframed_then_close(env):
     assert status_of(resp) == 200
     assert b"transfer-encoding" not in head.lower()
     assert body == b"chunk 0\nchunk 1\nchunk 2\n"
+
+
+def test_timeouts_hold_on_reused_connections(env):
+    """Timers are re-armed lazily on keep-alive connections: each exchange still gets its own limits."""
+    port = env["proxy"].port
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", f"/{RUNNING}/info")
+    assert conn.getresponse().read()
+    time.sleep(0.6)  # the first exchange's upstream timer is now due in the middle of the next one
+    t = time.monotonic()
+    conn.request("GET", f"/{RUNNING}/slow?delay=4")
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 504  # upstream_timeout is 1 s, counted from this request
+    assert 0.9 < time.monotonic() - t < 2.5
+    conn.close()
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        for _ in range(2):  # the second request re-arms the idle timer set by the first
+            s.sendall(f"GET /{RUNNING}/info HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += s.recv(65536)
+            time.sleep(1.5)
+        t = time.monotonic()
+        while s.recv(65536):
+            pass  # the proxy closes the idle keep-alive connection after idle_timeout (3 s)
+        waited = time.monotonic() - t
+        assert 0.5 < waited < 3.0, waited  # 3 s after the last answer, 1.5 s of which already passed
