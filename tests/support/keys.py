@@ -21,58 +21,33 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote_plus
 
-from tests.support.hosts import REPO
+from tests.support.hosts import REPO, Host
 
 CLI = [sys.executable, "-m", "cocalc_ctl"]
 
 
-@dataclass
-class KeyHost:
-    base: Path
-    host_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    extra: dict = field(default_factory=dict)
+class KeyHost(Host):
+    """A Host whose pool is a plain directory (keys and the auth hook need no btrfs), with helpers to
+    plant projects and peers in its host sqlite."""
+
+    def __init__(self, base: Path, host_id: str | None = None, extra: dict | None = None):
+        super().__init__(base, host_id or str(uuid.uuid4()), dict(extra or {}))
 
     def __post_init__(self):
-        self.base.mkdir(parents=True, exist_ok=True)
-        self.data = self.base / "data"
-        self.pool = self.base / "pool"
+        self.extra_config.setdefault("host_name", self.base.name)
+        super().__post_init__()
         self.pool.mkdir(exist_ok=True)
-        self.config_path = self.base / "config.yaml"
-        self.write_config()
 
-    def write_config(self, **extra) -> None:
-        import yaml
-
-        self.extra.update(extra)
-        cfg = {"host_id": self.host_id, "btrfs_root": str(self.pool), "data_dir": str(self.data),
-               "host_name": self.base.name, **self.extra}
-        self.config_path.write_text(yaml.safe_dump(cfg))
+    @property
+    def extra(self) -> dict:
+        return self.extra_config
 
     @property
     def secrets(self) -> Path:
         return self.data / "secrets"
-
-    @property
-    def env(self) -> dict:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COCALC_CTL_")}
-        env["COCALC_CTL_CONFIG"] = str(self.config_path)
-        env["PYTHONPATH"] = str(REPO)
-        return env
-
-    def cli(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-        res = subprocess.run([*CLI, *args], capture_output=True, text=True, env=self.env, timeout=timeout,
-                             cwd=str(REPO))
-        if check and res.returncode != 0:
-            raise AssertionError(f"cocalc-ctl {' '.join(args)} exited {res.returncode}\n"
-                                 f"stdout:\n{res.stdout}\nstderr:\n{res.stderr}")
-        return res
-
-    def json(self, *args: str):
-        return json.loads(self.cli("--json", *args).stdout)
 
     def db(self) -> sqlite3.Connection:
         conn = sqlite3.connect(str(self.data / "host.sqlite"), isolation_level=None, timeout=10)
