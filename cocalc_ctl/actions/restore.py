@@ -62,7 +62,7 @@ def cleanup(cfg: Config, project_id: str | None = None) -> list[CleanupResult]:
             for e in os.scandir(root):
                 for prefix in (".restore_in_progress.", "project-"):
                     if e.name.startswith(prefix):
-                        cand = e.name[len(prefix):].removesuffix(".old")
+                        cand = e.name[len(prefix):].removesuffix(".old").removesuffix(".tmp")
                         if ids.is_uuid(cand):
                             found.add(cand)
         for e in os.scandir(cfg.btrfs_root):
@@ -98,6 +98,11 @@ def marker(cfg: Config, pid: str) -> Path:
     return staging_root(cfg) / f".restore_in_progress.{pid}"
 
 
+def _marker_tmp(cfg: Config, pid: str) -> Path:
+    path = marker(cfg, pid)
+    return path.with_name(path.name + ".tmp")
+
+
 def aside(cfg: Config, pid: str) -> Path:
     return staging_root(cfg) / f"project-{pid}.old"
 
@@ -113,8 +118,7 @@ def persist_old(cfg: Config, pid: str) -> Path:
 def _write_marker(cfg: Config, pid: str, data: dict) -> None:
     if proc.plan_only(f"# write {marker(cfg, pid)} phase={data['phase']}"):
         return
-    path = marker(cfg, pid)
-    tmp = path.with_name(path.name + ".tmp")
+    path, tmp = marker(cfg, pid), _marker_tmp(cfg, pid)
     with open(tmp, "w") as fh:
         json.dump(data, fh)
         fh.flush()
@@ -157,6 +161,8 @@ def recover(cfg: Config, pid: str) -> list[str]:
     staging = layout.restore_staging(cfg, pid)
     old = aside(cfg, pid)
     mark = _read_marker(cfg, pid)
+    if os.path.lexists(_marker_tmp(cfg, pid)) and not proc.plan_only(f"rm -f {_marker_tmp(cfg, pid)}"):
+        _marker_tmp(cfg, pid).unlink()  # a marker update cut short: the old marker (or none) still rules
     if mark and mark.get("phase") == "verified":
         _roll_forward(cfg, pid, mark)
         done.append("finished an interrupted restore (verified staging swapped in)")

@@ -80,6 +80,7 @@ def test_sigkill_restore_at_every_step_leaves_old_or_new(make_host, workdir):
         for i in range(50):
             (live / f"f{i}").write_text(f"{v} {i}\n" * 100)
         (live / v).write_text(v)
+        _big_file(live / "big.bin", 24)  # restic takes a while over it: the SIGKILL below lands mid-restore
         for old in versions:
             (live / old).unlink(missing_ok=True)
         (persist / "state").write_text(v)
@@ -99,7 +100,7 @@ def test_sigkill_restore_at_every_step_leaves_old_or_new(make_host, workdir):
         else:
             p = _spawn(h, "restore", PID_A, versions[target][0], env={"CCTL_FAILPOINT": point})
             rc = p.wait()
-        assert rc == -signal.SIGKILL, (point, p.stderr.read())
+        assert rc == -signal.SIGKILL or (point == "engine-restoring" and rc == 0), (point, p.stderr.read())
         # at the crash: whole trees only, the live project is old or new (or set aside whole)
         digests = {versions["v1"][1].__repr__(), versions["v2"][1].__repr__()}
         if live.exists():
@@ -107,15 +108,28 @@ def test_sigkill_restore_at_every_step_leaves_old_or_new(make_host, workdir):
         else:
             assert point == "live-set-aside"
             assert repr(tree_digest(staging_root / f"project-{PID_A}.old")) in digests
-        # the next run finishes a verified restore, or drops an unverified one
+        # the next run finishes a verified restore, or drops an unverified one (a SIGKILL timed
+        # against restic can land a little later, after verification: the marker says which)
+        mark = staging_root / f".restore_in_progress.{PID_A}"
+        marked = mark.exists()
+        verified = marked and json.loads(mark.read_text())["phase"] == "verified"
+        finished = not marked and not (staging_root / f"project-{PID_A}").exists()
+        if point != "engine-restoring":
+            assert verified == (point != "engine-restored"), point
         h.cli("backup", "cleanup")
-        expected = target if point not in ("engine-restoring", "engine-restored") else current
+        expected = target if verified else current
+        if point == "engine-restoring" and finished and tree_digest(live) == versions[target][1]:
+            expected = target  # the kill came after the whole restore had finished
         assert tree_digest(live) == versions[expected][1], point
         assert (persist / "state").read_text() == expected, point
         assert os.listdir(staging_root) == [], point
         assert os.listdir(live / ".snapshots") == ["s"], point
         assert sorted(os.listdir(persist.parent)) == [PID_A], point
         current = expected
+    # a marker update cut short (its temporary file) is removed too
+    (staging_root / f".restore_in_progress.{PID_A}.tmp").write_text('{"pha')
+    h.cli("backup", "cleanup")
+    assert os.listdir(staging_root) == []
     # a leftover is also cleaned by the next restore itself
     p = _spawn(h, "restore", PID_A, versions["v1"][0], env={"CCTL_FAILPOINT": "engine-restored"})
     p.wait()
