@@ -86,28 +86,35 @@ def _pub(path: Path) -> Path:
 
 # -- modes ------------------------------------------------------------------------------------
 
-def check_secret_dir(path: Path) -> None:
+# (file-type test, what it must be, what to do otherwise, label, mode, who could reach it, the
+# consequence to mention)
+_SECRET_KINDS = {
+    "dir": (stat.S_ISDIR, "a directory", "move it away; it must be a 0700 directory", "secrets directory",
+            0o700, "others can reach it", "and consider the keys in it leaked"),
+    "file": (stat.S_ISREG, "a regular file", "remove it; cocalc-ctl will not follow links", "secret",
+             0o600, "others can read it", "and rotate it if others may have read it"),
+}
+
+
+def _check_secret(path: Path, kind: str) -> None:
+    is_kind, what, replace_hint, label, mode, reach, consequence = _SECRET_KINDS[kind]
     st = path.lstat()
-    if not stat.S_ISDIR(st.st_mode):
-        raise PreconditionFailed(f"{path} is not a directory", hint="move it away; it must be a 0700 directory")
+    if not is_kind(st.st_mode):
+        raise PreconditionFailed(f"{path} is not {what}", hint=replace_hint)
     if st.st_mode & 0o077:
-        raise PreconditionFailed(f"secrets directory {path} has mode {st.st_mode & 0o777:04o}, others can reach it",
-                                 hint=f"fix it with: chmod 700 {path} (and consider the keys in it leaked)")
+        raise PreconditionFailed(f"{label} {path} has mode {st.st_mode & 0o777:04o}, {reach}",
+                                 hint=f"fix it with: chmod {mode:o} {path} ({consequence})")
     if st.st_uid != os.geteuid():
-        raise PreconditionFailed(f"secrets directory {path} is owned by uid {st.st_uid}, not {os.geteuid()}",
+        raise PreconditionFailed(f"{label} {path} is owned by uid {st.st_uid}, not {os.geteuid()}",
                                  hint=f"fix it with: chown {os.geteuid()} {path}")
+
+
+def check_secret_dir(path: Path) -> None:
+    _check_secret(path, "dir")
 
 
 def check_secret_file(path: Path) -> None:
-    st = path.lstat()
-    if not stat.S_ISREG(st.st_mode):
-        raise PreconditionFailed(f"{path} is not a regular file", hint="remove it; cocalc-ctl will not follow links")
-    if st.st_mode & 0o077:
-        raise PreconditionFailed(f"secret {path} has mode {st.st_mode & 0o777:04o}, others can read it",
-                                 hint=f"fix it with: chmod 600 {path} (and rotate it if others may have read it)")
-    if st.st_uid != os.geteuid():
-        raise PreconditionFailed(f"secret {path} is owned by uid {st.st_uid}, not {os.geteuid()}",
-                                 hint=f"fix it with: chown {os.geteuid()} {path}")
+    _check_secret(path, "file")
 
 
 def _ensure_dir(path: Path) -> bool:
