@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.hosts import REPO
-from tests.support.leftovers import DemoRun, force_cleanup, leftovers, processes_mentioning
+from tests.support.leftovers import DemoRun, force_cleanup, leftovers, processes_left
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +84,7 @@ def _assert_clean(run: DemoRun, scratch: Path) -> None:
         assert not left, left
     # every process the demo started inherited TMPDIR=scratch: none is left (sshd, registry, PostgreSQL...),
     # and its PostgreSQL (which lives under TMPDIR) was removed
-    left = processes_mentioning(str(scratch))
+    left = processes_left(str(scratch))
     assert not left, left
     assert not [p for p in scratch.iterdir() if p.name.startswith("cocalc-pg-")], list(scratch.iterdir())
 
@@ -186,7 +186,7 @@ def test_rootfs_demo_pulls_serves_an_overlay_project_and_cleans_up(scratch):
         assert "removed 0 image(s)" in out  # gc keeps the image the project names
         _assert_clean(run, scratch)
         # the container and its published port are gone
-        assert not processes_mentioning(f"COCALC_PROJECT_ID={pid}")
+        assert not processes_left(f"COCALC_PROJECT_ID={pid}")
         assert _port_closed(http)
     finally:
         _finish(run, scratch)
@@ -204,7 +204,7 @@ def test_rootfs_demo_killed_while_the_project_runs_still_cleans_up(scratch):
         assert rc != 0, out[-3000:]
         assert "demo: ok" not in out
         _assert_clean(run, scratch)
-        assert not processes_mentioning(f"COCALC_PROJECT_ID={pid}")
+        assert not processes_left(f"COCALC_PROJECT_ID={pid}")
         assert _port_closed(http)
     finally:
         _finish(run, scratch)

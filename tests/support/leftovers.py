@@ -34,9 +34,20 @@ def processes_mentioning(*needles: str) -> list[tuple[int, str]]:
     return found
 
 
-def leftovers(base: Path) -> list[str]:
+def processes_left(*needles: str, settle: float = 5) -> list[tuple[int, str]]:
+    """processes_mentioning(), after giving processes that are still exiting `settle` seconds to go."""
+    deadline = time.monotonic() + settle
+    while True:
+        found = processes_mentioning(*needles)
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def leftovers(base: Path, settle: float = 5) -> list[str]:
     """What is still there of `base`: the directory, mounts, loop devices, processes."""
     b = str(base)
+    procs = processes_left(b, settle=settle)
     out = []
     if base.exists():
         out.append(f"directory {b}")
@@ -44,7 +55,7 @@ def leftovers(base: Path) -> list[str]:
         out += [f"mount {line.split()[4]}" for line in fh if b in line]
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     out += [f"loop device {line}" for line in loops.splitlines() if b in line]
-    out += [f"process {pid}: {args}" for pid, args in processes_mentioning(b)]
+    out += [f"process {pid}: {args}" for pid, args in procs]
     return out
 
 
