@@ -1,13 +1,14 @@
 #!/bin/bash
 # rootfs demo: build a tiny busybox image, serve it from a local registry, pull it into the cache,
 # and run a project on an overlay root backed by the project's own subvolume. Needs root and the
-# Debian packages podman runc skopeo busybox-static docker-registry btrfs-progs.
+# Debian packages podman runc busybox-static docker-registry btrfs-progs curl.
 # Everything it makes lives in one temp dir and is removed at the end, even on failure.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 CTL="$HERE/bin/cocalc-ctl"
 DEMO=$(mktemp -d /var/tmp/cocalc-rootfs-demo-XXXXXX)
+echo "demo directory $DEMO"
 REG_PID=""
 PROJECT=""
 
@@ -72,7 +73,7 @@ show rootfs pull "$IMAGE"
 show rootfs list
 show project start "$PROJECT"
 HTTP=$("$CTL" --json project status "$PROJECT" | python3 -c 'import json,sys; print(json.load(sys.stdin)["http_port"])')
-echo; echo "\$ curl http://127.0.0.1:$HTTP/index.html"; curl -s "http://127.0.0.1:$HTTP/index.html"
+echo; echo "\$ curl http://127.0.0.1:$HTTP/index.html"; curl -fsS --retry 20 --retry-delay 1 --retry-all-errors "http://127.0.0.1:$HTTP/index.html"
 ROOT="$DEMO/data/project-roots/$PROJECT"
 echo; echo "\$ echo changed > $ROOT/etc/motd   # written in the merged root"
 echo changed > "$ROOT/etc/motd"
@@ -82,3 +83,4 @@ show project status "$PROJECT"
 show project stop "$PROJECT"
 show project status "$PROJECT"
 show rootfs gc
+echo; echo "demo: ok"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.hosts import REPO
+from tests.support.leftovers import leftovers
 
 pytestmark = pytest.mark.integration
 
@@ -54,14 +55,9 @@ def _receiver_lines() -> set[str]:
 
 
 def _assert_gone(base: Path, before_passwd: set[str]) -> None:
-    assert not base.exists(), f"{base} was left behind"
-    mounts = Path("/proc/self/mountinfo").read_text()
-    assert str(base) not in mounts
-    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    assert str(base) not in loops
+    left = leftovers(base)  # directory, mounts, loop devices, processes (command line or environment)
+    assert not left, left
     assert _receiver_lines() <= before_passwd, "receiver users were left in /etc/passwd"
-    procs = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert str(base) not in procs, [p for p in procs.splitlines() if str(base) in p]
 
 
 def test_demo_completes_prints_summary_and_cleans_up():
