@@ -50,18 +50,25 @@ def _summary(out: str) -> list[tuple[str, str]]:
     return rows
 
 
-def _receiver_lines() -> set[str]:
-    return {ln for ln in Path("/etc/passwd").read_text().splitlines() if "cocalc-ctl move receiver" in ln}
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def _assert_gone(base: Path, before_passwd: set[str]) -> None:
+def _receiver_lines(out: str) -> set[str]:
+    """The demo's receiver users in /etc/passwd: those naming a host id its output printed (other
+    tests running on the same machine may add their own)."""
+    ours = set(UUID.findall(out))
+    return {ln for ln in Path("/etc/passwd").read_text().splitlines()
+            if "cocalc-ctl move receiver" in ln and UUID.search(ln.split(":", 1)[0])
+            and UUID.search(ln.split(":", 1)[0]).group(0) in ours}
+
+
+def _assert_gone(base: Path, out: str) -> None:
     left = leftovers(base)  # directory, mounts, loop devices, processes (command line or environment)
     assert not left, left
-    assert _receiver_lines() <= before_passwd, "receiver users were left in /etc/passwd"
+    assert not _receiver_lines(out), "receiver users were left in /etc/passwd"
 
 
 def test_demo_completes_prints_summary_and_cleans_up():
-    before = _receiver_lines()
     t0 = time.monotonic()
     r = subprocess.run(DEMO, capture_output=True, text=True, timeout=600)
     out = r.stdout + r.stderr
@@ -81,12 +88,11 @@ def test_demo_completes_prints_summary_and_cleans_up():
     # every cocalc-ctl command is shown with the host it ran on
     assert re.search(r"^\[A\] \$ cocalc-ctl project create [0-9a-f-]{36}", r.stdout, re.M)
     assert "ok: all 23 files arrived on B with their checksums" in r.stdout
-    _assert_gone(_demo_dir(r.stdout), before)
+    _assert_gone(_demo_dir(r.stdout), r.stdout)
     print(f"demo took {time.monotonic() - t0:.1f}s")
 
 
 def test_demo_keep_leaves_it_running_then_teardown_removes_everything():
-    before = _receiver_lines()
     r = subprocess.run([*DEMO, "--keep"], capture_output=True, text=True, timeout=600)
     base = _demo_dir(r.stdout)
     try:
@@ -99,16 +105,15 @@ def test_demo_keep_leaves_it_running_then_teardown_removes_everything():
 
             with urllib.request.urlopen(m.group(1), timeout=10) as resp:
                 assert resp.status == 200 and b"on host-b" in resp.read()
-        assert len(_receiver_lines() - before) == 4
+        assert len(_receiver_lines(r.stdout)) == 4
         assert "--teardown " + str(base) in r.stdout
     finally:
         t = subprocess.run([*DEMO, "--teardown", str(base)], capture_output=True, text=True, timeout=300)
     assert t.returncode == 0, t.stdout + t.stderr
-    _assert_gone(base, before)
+    _assert_gone(base, r.stdout)
 
 
 def test_demo_killed_half_way_still_cleans_up():
-    before = _receiver_lines()
     p = subprocess.Popen(DEMO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     try:
@@ -127,4 +132,4 @@ def test_demo_killed_half_way_still_cleans_up():
     assert p.returncode == 1, out[-3000:]
     assert "demo: interrupted" in out and "demo: FAILED" in out
     assert any(result == "FAILED" for _, result in _summary(out))
-    _assert_gone(_demo_dir(out), before)
+    _assert_gone(_demo_dir(out), out)
