@@ -94,10 +94,10 @@ def register(cfg: Config, *, internal_url: str | None = None, clear_internal_url
 
     `internal_url` (else config `proxy.internal_url`) is where hub proxies reach this host; when
     neither is given the hub's value is left as it is, `clear_internal_url` sets it NULL."""
-    hid = keys_mod.require_host_id(cfg)
     if internal_url is not None and clear_internal_url:
         raise InvalidInput("--internal-url and --clear-internal-url exclude each other", hint="give one of them")
     url = ids.internal_url(internal_url) if internal_url is not None else cfg["proxy.internal_url"]
+    hid = keys_mod.require_host_id(cfg)
     set_url = clear_internal_url or url is not None
     h2h = "\n".join(keys_mod.public_lines(cfg, "host"))
     piper = "\n".join(keys_mod.public_lines(cfg, "sshpiperd"))
