@@ -41,10 +41,10 @@ def _host_label(p) -> str:
 def _change_line(r) -> str:
     p = r.placement
     if r.action == "unchanged":
-        return f"project {r.project_id} unchanged (host {_host_label(p)}, image {p.rootfs_image or '-'})"
+        return f"project {r.project_id} unchanged (host {_host_label(p)}, image {p.rootfs_image or 'host default'})"
     if r.action == "removed":
         return f"removed project {r.project_id} from the hub (was on host {_host_label(p)}; its data there is untouched)"
-    return (f"{r.action} project {r.project_id}: host {_host_label(p)}, image {p.rootfs_image or '-'}"
+    return (f"{r.action} project {r.project_id}: host {_host_label(p)}, image {p.rootfs_image or 'host default'}"
             f" (changed: {', '.join(r.changed)})")
 
 
