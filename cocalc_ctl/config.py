@@ -242,7 +242,7 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("backup.timeout", _as_nonneg_int, 0, "seconds a backup, restore or prune may run (0 = no limit)"),
     # placement: what `keys register` publishes for the hub's proxy
     _k("proxy.internal_url", _as_opt_internal_url, None,
-       "http://HOST:PORT where the hub's proxy reaches this host's proxy (`keys register` publishes it)"),
+       "http://HOST:PORT the hub's proxy forwards this host's projects to (keys register)"),
 ]}
 
 

@@ -119,7 +119,7 @@ def _warn_inactive(host: tuple) -> None:
 def _refuse_if_moving(p: Placement, force: bool, what: str) -> None:
     if p.move_in_progress and not force:
         raise Busy(f"project {p.project_id} has a move in progress ({p.move_state}): refusing to {what}",
-                   hint="wait for it (`move status`), `move cancel` it, or pass --force")
+                   hint="wait for it with `move status`, `move cancel` it, or pass --force")
 
 
 def add(cfg: Config, project_id: str, host: str, image: str | None = None) -> PlacementChange:

@@ -8,7 +8,7 @@ import typer
 
 from cocalc_ctl.cli.common import config, render
 
-app = typer.Typer(help="The hub's PostgreSQL: its schema (migrate) and where projects live (project).",
+app = typer.Typer(help="Hub PostgreSQL: schema and project placement.",
                   no_args_is_help=True)
 
 
