@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cocalc_ctl import ids, proc
+from cocalc_ctl import ids, output, proc
 from cocalc_ctl.actions import placement
 from cocalc_ctl.cli import common
 from cocalc_ctl.cli.main import run
@@ -19,6 +19,12 @@ HID = "0b7e4d52-1f6a-4e8c-b3d9-7c2a5e0f9a22"
 @pytest.fixture
 def cfg_file(monkeypatch, tmp_path):
     monkeypatch.setattr(common, "G", common.Globals())
+    # run() sets these process-wide (a --dry-run would stay on for later tests): restore them after
+    for mod, names in ((proc, ("DRY_RUN", "VERBOSE", "ECHO_PLAN", "DEFAULT_TIMEOUT")),
+                       (output, ("JSON", "QUIET", "VERBOSE"))):
+        for name in names:
+            monkeypatch.setattr(mod, name, getattr(mod, name))
+    monkeypatch.setattr(proc, "PLAN", [])
     for k in list(__import__("os").environ):
         if k.startswith("COCALC_CTL_"):
             monkeypatch.delenv(k)
@@ -119,7 +125,7 @@ def test_dry_run_prints_the_plan_without_a_hub(cfg_file, capsys):
     out = capsys.readouterr().out
     assert out.strip() == (f"# INSERT INTO hub projects (project_id, host_id, rootfs_image) "
                            f"VALUES ({PID}, <host host-b>, docker.io/library/ubuntu:25.10)")
-    proc.PLAN.clear()
+    proc.PLAN.clear()  # one invocation per process in real life
     assert run(["--dry-run", "--json", "hub", "project", "rm", PID]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["dry_run"] and doc["result"]["action"] == "removed" and "DELETE FROM hub projects" in doc["commands"][0]
