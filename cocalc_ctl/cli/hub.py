@@ -29,7 +29,8 @@ project_app = typer.Typer(help="Where projects live: the hub's projects rows (ho
 app.add_typer(project_app, name="project")
 
 PROJECT = typer.Argument(..., metavar="PROJECT", help="Project id (lowercase UUID).")
-IMAGE_HELP = "Root filesystem image (normalised, e.g. ubuntu:25.10 -> docker.io/library/ubuntu:25.10); '' = each host's default."
+IMAGE_HELP = ("Root filesystem image (normalised, e.g. ubuntu:25.10 -> docker.io/library/ubuntu:25.10); "
+              "'' = each host's default.")
 
 
 def _host_label(p) -> str:
@@ -43,7 +44,8 @@ def _change_line(r) -> str:
     if r.action == "unchanged":
         return f"project {r.project_id} unchanged (host {_host_label(p)}, image {p.rootfs_image or 'host default'})"
     if r.action == "removed":
-        return f"removed project {r.project_id} from the hub (was on host {_host_label(p)}; its data there is untouched)"
+        return (f"removed project {r.project_id} from the hub (was on host {_host_label(p)}; "
+                "its data there is untouched)")
     return (f"{r.action} project {r.project_id}: host {_host_label(p)}, image {p.rootfs_image or 'host default'}"
             f" (changed: {', '.join(r.changed)})")
 
@@ -66,7 +68,8 @@ def project_set(project: str = PROJECT,
                 host: Optional[str] = typer.Option(None, "--host", metavar="HOST",
                                                    help="Host uuid or registered name (the data is not moved)."),
                 image: Optional[str] = typer.Option(None, "--image", metavar="IMAGE", help=IMAGE_HELP),
-                force: bool = typer.Option(False, "--force", help="Change the host even while a move is in progress.")) -> None:
+                force: bool = typer.Option(False, "--force",
+                                           help="Change the host even while a move is in progress.")) -> None:
     """Change a project's recorded host or image.
 
     Only the record changes (no data is moved: that is `move start`); hub proxies re-route at once.
