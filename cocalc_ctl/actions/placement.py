@@ -211,7 +211,8 @@ def list_placements(cfg: Config, host: str | None = None) -> list[Placement]:
     with _connect(cfg) as conn:
         where = ""
         if host is not None:
-            params["h"] = resolve_host(conn, host)[0]
+            # a host id needs no registration: this is how to find projects left on a removed host
+            params["h"] = host if ids.is_uuid(host) else resolve_host(conn, host)[0]
             where = " WHERE p.host_id = %(h)s"
         rows = conn.execute(SELECT_SQL + where + " ORDER BY p.project_id", params).fetchall()
     return [Placement(*r) for r in rows]

@@ -97,7 +97,7 @@ def project_show(project: str = PROJECT) -> None:
 
 @project_app.command("list")
 def project_list(host: Optional[str] = typer.Option(None, "--host", metavar="HOST",
-                                                    help="Only projects on this host (uuid or name).")) -> None:
+                                                    help="Only projects on this host (uuid, also of a removed host, or name).")) -> None:
     """Projects in the hub with their host and image.
 
     MOVE is the last move's state, with `*` while it (or its clean-up) is in progress."""

@@ -123,13 +123,18 @@ def test_add_set_show_list_rm_against_the_hub(hub, hub_dsn):
     # not found, unknown host and ambiguous names
     missing = str(uuid.uuid4())
     for argv in (("show", missing), ("set", missing, "--image", "ubuntu:25.10"), ("rm", missing),
-                 ("add", missing, "--host", "no-such-host"), ("list", "--host", str(uuid.uuid4()))):
+                 ("add", missing, "--host", "no-such-host"), ("list", "--host", "no-such-host")):
         res = admin.cli("hub", "project", *argv, check=False)
         assert res.returncode == 3, (argv, res.stderr)
     _sql(hub_dsn, "INSERT INTO project_hosts (id, name) VALUES (%s, 'host-a')", (str(uuid.uuid4()),))
     amb = admin.cli("hub", "project", "set", PID, "--host", "host-a", check=False)
     assert amb.returncode == 2 and "ambiguous" in amb.stderr and a.host_id in amb.stderr
 
+    # projects left on a host that is gone from project_hosts are still found by its id
+    gone = str(uuid.uuid4())
+    _sql(hub_dsn, "UPDATE projects SET host_id = %s WHERE project_id = %s", (gone, other))
+    orphans = admin.json("hub", "project", "list", "--host", gone)
+    assert [(p["project_id"], p["host_name"]) for p in orphans] == [(other, None)]
     r = admin.cli("hub", "project", "rm", other)
     assert r.stdout.startswith(f"removed project {other} from the hub")
     assert _sql(hub_dsn, "SELECT 1 FROM projects WHERE project_id = %s", (other,)) == []
