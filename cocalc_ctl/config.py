@@ -109,6 +109,18 @@ def _as_opt_str(v: Any) -> str | None:
     return None if v in (None, "") else _as_str(v)
 
 
+def _as_opt_internal_url(v: Any) -> str | None:
+    if v in (None, ""):
+        return None
+    from cocalc_ctl.errors import InvalidInput
+    from cocalc_ctl.ids import internal_url
+
+    try:
+        return internal_url(_as_str(v))
+    except InvalidInput as exc:
+        raise ValueError(exc.one_line()) from None
+
+
 def _as_size(v: Any) -> int:
     return _parse_size(str(v))
 
@@ -228,6 +240,9 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("backup.heartbeat_interval", _as_pos_int, 5, "seconds between heartbeats of a running backup job"),
     _k("backup.wait_timeout", _as_nonneg_int, 0, "backup create: seconds to wait for a free slot (0 = no limit)"),
     _k("backup.timeout", _as_nonneg_int, 0, "seconds a backup, restore or prune may run (0 = no limit)"),
+    # placement: what `keys register` publishes for the hub's proxy
+    _k("proxy.internal_url", _as_opt_internal_url, None,
+       "http://HOST:PORT the hub's proxy forwards this host's projects to (keys register)"),
 ]}
 
 

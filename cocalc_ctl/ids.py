@@ -104,3 +104,38 @@ def parse_ssh_user(name: object) -> SshUser | None:
         return SshUser("project", uuid_from_hex32(m.group("hex")), name)
     kind = "host" if m.group("host") else "btrfs" if m.group("btrfs") else "project"
     return SshUser(kind, m.group("uuid"), name)
+
+
+# -- internal URLs (placement area) --------------------------------------------------------------
+# The address a hub proxy forwards to (`project_hosts.internal_url`): plain `http://HOST:PORT`, the
+# shape the hub-mode proxy routes to. No path, query, userinfo or other scheme: a value the proxy
+# could not use is refused here rather than turning into 502s later.
+
+_INTERNAL_URL_RE = re.compile(r"http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})/?", re.ASCII)
+_HOST_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
+
+
+def internal_url(value: object) -> str:
+    """Return the canonical `http://host:port` (host lowercased, no trailing `/`), or raise InvalidInput."""
+    import ipaddress
+
+    hint = "use http://HOST:PORT, e.g. http://10.0.0.5:8080, with no path, user or query"
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput("invalid internal URL: empty", hint=hint)
+    text = value.strip()
+    m = _INTERNAL_URL_RE.fullmatch(text) if len(text) <= 300 else None
+    if m is None:
+        raise InvalidInput(f"invalid internal URL {_show(value)}", hint=hint)
+    host, port = m.group(1).lower(), int(m.group(2))
+    if not 0 < port < 65536:
+        raise InvalidInput(f"invalid internal URL {_show(value)}: port must be 1-65535", hint=hint)
+    if host.startswith("["):
+        try:
+            host = f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
+        except ValueError:
+            raise InvalidInput(f"invalid internal URL {_show(value)}: bad IPv6 address", hint=hint) from None
+    else:
+        labels = host.split(".")
+        if len(host) > 253 or not all(_HOST_LABEL_RE.fullmatch(lb) for lb in labels):
+            raise InvalidInput(f"invalid internal URL {_show(value)}: bad host name", hint=hint)
+    return f"http://{host}:{port}"

@@ -7,7 +7,8 @@ _cocalc_ctl() {
         ['cocalc-ctl backup']='cleanup create due init list prune status'
         ['cocalc-ctl config']='show'
         ['cocalc-ctl host']='init status teardown'
-        ['cocalc-ctl hub']='migrate'
+        ['cocalc-ctl hub']='migrate project'
+        ['cocalc-ctl hub project']='add list rm set show'
         ['cocalc-ctl keys']='broadcast ensure known-hosts peers register rotate show sync trust untrust watch'
         ['cocalc-ctl metrics']='show write'
         ['cocalc-ctl move']='abort cancel cleanup finalize host-step recv send start status worker'
@@ -36,12 +37,18 @@ _cocalc_ctl() {
         ['cocalc-ctl host teardown']='--delete-image -h --help'
         ['cocalc-ctl hub']='-h --help'
         ['cocalc-ctl hub migrate']='-h --help'
+        ['cocalc-ctl hub project']='-h --help'
+        ['cocalc-ctl hub project add']='--host --image -h --help'
+        ['cocalc-ctl hub project list']='--host -h --help'
+        ['cocalc-ctl hub project rm']='--force -h --help'
+        ['cocalc-ctl hub project set']='--host --image --force -h --help'
+        ['cocalc-ctl hub project show']='-h --help'
         ['cocalc-ctl keys']='-h --help'
         ['cocalc-ctl keys broadcast']='-h --help'
         ['cocalc-ctl keys ensure']='-h --help'
         ['cocalc-ctl keys known-hosts']='--out -h --help'
         ['cocalc-ctl keys peers']='-h --help'
-        ['cocalc-ctl keys register']='-h --help'
+        ['cocalc-ctl keys register']='--internal-url --clear-internal-url -h --help'
         ['cocalc-ctl keys rotate']='--which --finish -h --help'
         ['cocalc-ctl keys show']='-h --help'
         ['cocalc-ctl keys sync']='-h --help'
@@ -103,7 +110,7 @@ _cocalc_ctl() {
         ['cocalc-ctl timers remove']='--user-unit-dir --unit-dir --only -h --help'
     )
     local globals='--config --json --dry-run -v --verbose -q --quiet --version -h --help'
-    local valopts=' --bin --bwlimit --compress --concurrency --config --from --image --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --mode --only --out --path --poll --quota --reason --role --seconds --snapshot --textfile-dir --to --to-project --unit-dir --user --user-unit-dir --which '
+    local valopts=' --bin --bwlimit --compress --concurrency --config --from --host --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --mode --only --out --path --poll --quota --reason --role --seconds --snapshot --textfile-dir --to --to-project --unit-dir --user --user-unit-dir --which '
     local cmdpath=cocalc-ctl i w
     for ((i = 1; i < COMP_CWORD; i++)); do
         w="${COMP_WORDS[i]}"
@@ -125,6 +132,8 @@ _cocalc_ctl() {
         --compress) COMPREPLY=(); return ;;
         --concurrency) COMPREPLY=(); return ;;
         --from) COMPREPLY=(); return ;;
+        --host) COMPREPLY=(); return ;;
+        --internal-url) COMPREPLY=(); return ;;
         --keep-daily) COMPREPLY=(); return ;;
         --keep-frequent) COMPREPLY=(); return ;;
         --keep-hourly) COMPREPLY=(); return ;;

@@ -122,9 +122,9 @@ def main() -> int:
         pg = Postgres().start()
         pg.wait_ready()
         rig = make_hub_rig(pg.new_database(), base / "hub", a, b, ra.port, rb.port)
-        rig.sql("INSERT INTO projects (project_id, host_id) VALUES (%s, %s)", (pid, a.host_id))
-        for args in (("move", "start", pid), ("move", "status"), ("move", "worker", "--once"),
-                     ("move", "status", pid)):
+        for args in (("hub", "project", "add", pid, "--host", a.host_id), ("move", "start", pid),
+                     ("move", "status"), ("move", "worker", "--once"), ("move", "status", pid),
+                     ("hub", "project", "show", pid)):
             show(rig.cli, *args)
         check_arrived(want, b, "B", pid, a)
         print("demo: ok", flush=True)

@@ -263,13 +263,6 @@ class Demo:
             raise DemoFailed(what)
         print(f"ok: {what}", flush=True)
 
-    def sql(self, query: str, params=()) -> list:
-        import psycopg
-
-        with psycopg.connect(self.hub.config["hub_dsn"], autocommit=True) as conn:
-            cur = conn.execute(query, params)
-            return cur.fetchall() if cur.description else []
-
     def spawn(self, name: str, argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
         p = subprocess.Popen(argv, stdout=open(log, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              env=env, cwd=str(REPO))
@@ -417,10 +410,7 @@ class Demo:
             self.ctl(a, "rootfs", "pull", self.image)
             self.ctl(a, "project", "create", pid, "--quota", "200M")
             # the hub knows the project: where it lives and which image it runs
-            self.sh(f"psql: INSERT INTO projects (project_id, host_id, rootfs_image) VALUES ('{pid}', "
-                    f"'{a.host_id}', '{self.image}')")
-            self.sql("INSERT INTO projects (project_id, host_id, rootfs_image) VALUES (%s, %s, %s)",
-                     (pid, a.host_id, self.image))
+            self.ctl(self.hub, "hub", "project", "add", pid, "--host", a.config["host_name"], "--image", self.image)
             self.ctl(a, "rootfs", "resolve", pid)
             root = a.pool / f"project-{pid}"
             self.sh(f"write notes/hello.txt, 20 notebooks and 8 MiB of data.bin into {root}")
@@ -493,8 +483,9 @@ class Demo:
             self.ctl(self.hub, "move", "status", pid)
             self.ctl(self.hub, "move", "worker", "--once")
             self.ctl(self.hub, "move", "status", pid)
-            row = self.sql("SELECT host_id::text FROM projects WHERE project_id = %s", (pid,))
-            self.check(row and row[0][0] == b.host_id, "the hub records the project on host B")
+            self.ctl(self.hub, "hub", "project", "show", pid)
+            placed = self.ctl_json(self.hub, "hub", "project", "show", pid)
+            self.check(placed["host_id"] == b.host_id, "the hub records the project on host B")
             rootb = b.pool / f"project-{pid}"
             self.check(tree_sums(rootb) == self.sums, f"all {len(self.sums)} files arrived on B with their checksums")
             snaps = {s["name"] for s in self.ctl_json(b, "snapshot", "list", pid)}
@@ -543,8 +534,8 @@ class Demo:
             self.check(code == 200 and "on host-b" in body, "the answer comes from host B")
 
             internal = f"http://127.0.0.1:{b.proxy_port}"
-            self.sh(f"psql: UPDATE project_hosts SET internal_url = '{internal}' WHERE id = '{b.host_id}'")
-            self.sql("UPDATE project_hosts SET internal_url = %s WHERE id = %s", (internal, b.host_id))
+            # B tells the hub where its proxy is: the hub's proxy forwards there
+            self.ctl(b, "keys", "register", "--internal-url", internal)
             hub_port = free_port("127.0.0.1")
             args = ["proxy", "serve", "--mode", "hub", "--listen", f"127.0.0.1:{hub_port}"]
             print(f"[hub] $ cocalc-ctl {' '.join(args)} &", flush=True)
@@ -600,7 +591,7 @@ class Demo:
             print(f"  alias ctl-hub='{ctl} --config {self.hub.config_path}'")
             print(f"  ctl-b project status {self.project}")
             print(f"  ctl-b snapshot list {self.project}")
-            print(f"  ctl-hub move status; ctl-b backup list {self.project}; ctl-a doctor")
+            print(f"  ctl-hub move status; ctl-hub hub project list; ctl-b backup list {self.project}; ctl-a doctor")
             if b.proxy_port:
                 print(f"  curl http://127.0.0.1:{b.proxy_port}/{self.project}/files/notes/hello.txt"
                       "   # host proxy on B")

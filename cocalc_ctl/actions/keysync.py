@@ -19,7 +19,7 @@ from typing import Callable
 from cocalc_ctl import ids, output, proc
 from cocalc_ctl.actions import keys as keys_mod
 from cocalc_ctl.config import Config
-from cocalc_ctl.errors import NotFound, OperationFailed, PreconditionFailed
+from cocalc_ctl.errors import InvalidInput, NotFound, OperationFailed, PreconditionFailed
 from cocalc_ctl.tools import ssh
 
 CHANNEL = "cocalc_ctl_keys"
@@ -33,6 +33,7 @@ class RegisterResult:
     trusted: bool
     host_to_host_fingerprints: list[str]
     sshpiperd_fingerprints: list[str]
+    internal_url: str | None = None  # what the hub holds after the register
 
 
 @dataclass
@@ -87,10 +88,17 @@ def _fps(text: str | None) -> list[str]:
 
 # -- hub writes -------------------------------------------------------------------------------
 
-def register(cfg: Config) -> RegisterResult:
+def register(cfg: Config, *, internal_url: str | None = None, clear_internal_url: bool = False) -> RegisterResult:
     """Upsert this host (id, name, ssh_server, status, last_seen, public keys) into the hub.
-    The trusted flag is never touched here: trust is the hub admin's decision."""
+    The trusted flag is never touched here: trust is the hub admin's decision.
+
+    `internal_url` (else config `proxy.internal_url`) is where hub proxies reach this host; when
+    neither is given the hub's value is left as it is, `clear_internal_url` sets it NULL."""
+    if internal_url is not None and clear_internal_url:
+        raise InvalidInput("--internal-url and --clear-internal-url exclude each other", hint="give one of them")
+    url = ids.internal_url(internal_url) if internal_url is not None else cfg["proxy.internal_url"]
     hid = keys_mod.require_host_id(cfg)
+    set_url = clear_internal_url or url is not None
     h2h = "\n".join(keys_mod.public_lines(cfg, "host"))
     piper = "\n".join(keys_mod.public_lines(cfg, "sshpiperd"))
     if not h2h or not piper:
@@ -104,21 +112,27 @@ def register(cfg: Config) -> RegisterResult:
     else:
         output.warn("ssh_server is not configured: peers will not be able to reach this host")
     name = cfg.host_name
-    if proc.plan_only(f"# upsert host {hid} into hub project_hosts and NOTIFY {CHANNEL}"):
-        return RegisterResult(hid, name, ssh_server, False, _fps(h2h), _fps(piper))
+    what = ("" if not set_url else "; clear internal_url" if clear_internal_url else f"; internal_url {url}")
+    if proc.plan_only(f"# upsert host {hid} into hub project_hosts{what} and NOTIFY {CHANNEL}"):
+        return RegisterResult(hid, name, ssh_server, False, _fps(h2h), _fps(piper), None if clear_internal_url else url)
     with _hub(cfg, autocommit=False) as conn:
         with conn.transaction():
+            # internal_url only in the SET list when it changes hands: an unchanged value sends no
+            # route NOTIFY (the trigger compares), and an omitted one keeps what the hub has
             row = conn.execute(
                 """INSERT INTO project_hosts(id, name, ssh_server, status, last_seen,
-                                             host_to_host_public_key, sshpiperd_public_key)
-                   VALUES (%s, %s, %s, 'active', now(), %s, %s)
+                                             host_to_host_public_key, sshpiperd_public_key, internal_url)
+                   VALUES (%(id)s, %(name)s, %(ssh)s, 'active', now(), %(h2h)s, %(piper)s, %(url)s)
                    ON CONFLICT (id) DO UPDATE SET name=EXCLUDED.name, ssh_server=EXCLUDED.ssh_server,
                        status='active', last_seen=now(),
                        host_to_host_public_key=EXCLUDED.host_to_host_public_key,
-                       sshpiperd_public_key=EXCLUDED.sshpiperd_public_key
-                   RETURNING trusted""",
-                (hid, name, ssh_server, h2h, piper)).fetchone()
-    return RegisterResult(hid, name, ssh_server, bool(row[0]), _fps(h2h), _fps(piper))
+                       sshpiperd_public_key=EXCLUDED.sshpiperd_public_key,
+                       internal_url=CASE WHEN %(set_url)s THEN EXCLUDED.internal_url
+                                         ELSE project_hosts.internal_url END
+                   RETURNING trusted, internal_url""",
+                {"id": hid, "name": name, "ssh": ssh_server, "h2h": h2h, "piper": piper, "url": url,
+                 "set_url": set_url}).fetchone()
+    return RegisterResult(hid, name, ssh_server, bool(row[0]), _fps(h2h), _fps(piper), row[1])
 
 
 def set_trust(cfg: Config, host: str, trusted: bool) -> TrustResult:

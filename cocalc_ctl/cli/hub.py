@@ -1,12 +1,15 @@
-"""`cocalc-ctl hub`: the hub's PostgreSQL schema."""
+"""`cocalc-ctl hub`: the hub's PostgreSQL schema and project placement."""
 
 from __future__ import annotations
+
+from typing import Optional
 
 import typer
 
 from cocalc_ctl.cli.common import config, render
 
-app = typer.Typer(help="Hub PostgreSQL schema (projects, project_hosts, project_moves).", no_args_is_help=True)
+app = typer.Typer(help="Hub PostgreSQL: schema and project placement.",
+                  no_args_is_help=True)
 
 
 @app.command("migrate")
@@ -17,3 +20,105 @@ def migrate() -> None:
     result = hub.migrate(config())
     render(result, lambda r: print(
         "\n".join(f"applied {a}" for a in r.applied) + ("\n" if r.applied else "") + f"hub schema at version {r.version}"))
+
+
+# -- hub project: where each project lives -----------------------------------------------------
+
+project_app = typer.Typer(help="Where projects live: the hub's projects rows (host, image). Recording a "
+                               "placement moves no data (that is `move start`).", no_args_is_help=True)
+app.add_typer(project_app, name="project")
+
+PROJECT = typer.Argument(..., metavar="PROJECT", help="Project id (lowercase UUID).")
+IMAGE_HELP = ("Root filesystem image (normalised, e.g. ubuntu:25.10 -> docker.io/library/ubuntu:25.10); "
+              "'' = each host's default.")
+
+
+def _host_label(p) -> str:
+    if not p.host_id:
+        return "-"
+    return f"{p.host_name} ({p.host_id})" if p.host_name else p.host_id
+
+
+def _change_line(r) -> str:
+    p = r.placement
+    if r.action == "unchanged":
+        return f"project {r.project_id} unchanged (host {_host_label(p)}, image {p.rootfs_image or 'host default'})"
+    if r.action == "removed":
+        return (f"removed project {r.project_id} from the hub (was on host {_host_label(p)}; "
+                "its data there is untouched)")
+    return (f"{r.action} project {r.project_id}: host {_host_label(p)}, image {p.rootfs_image or 'host default'}"
+            f" (changed: {', '.join(r.changed)})")
+
+
+@project_app.command("add")
+def project_add(project: str = PROJECT,
+                host: str = typer.Option(..., "--host", metavar="HOST", help="Host uuid or registered name."),
+                image: Optional[str] = typer.Option(None, "--image", metavar="IMAGE", help=IMAGE_HELP)) -> None:
+    """Record a project on a host.
+
+    Creates the hub row, or places an existing row that has no host yet; a project already on
+    another host is refused (`set --host` corrects the record, `move start` moves the data)."""
+    from cocalc_ctl.actions import placement
+
+    render(placement.add(config(), project, host, image), lambda r: print(_change_line(r)))
+
+
+@project_app.command("set")
+def project_set(project: str = PROJECT,
+                host: Optional[str] = typer.Option(None, "--host", metavar="HOST",
+                                                   help="Host uuid or registered name (the data is not moved)."),
+                image: Optional[str] = typer.Option(None, "--image", metavar="IMAGE", help=IMAGE_HELP),
+                force: bool = typer.Option(False, "--force",
+                                           help="Change the host even while a move is in progress.")) -> None:
+    """Change a project's recorded host or image.
+
+    Only the record changes (no data is moved: that is `move start`); hub proxies re-route at once.
+    A host change is refused while a move of the project is in progress, unless --force."""
+    from cocalc_ctl.actions import placement
+
+    result = placement.set_placement(config(), project, host=host, image=image, force=force)
+    render(result, lambda r: print(_change_line(r)))
+
+
+@project_app.command("show")
+def project_show(project: str = PROJECT) -> None:
+    """A project's host, internal URL, image and move state."""
+    from cocalc_ctl import output
+    from cocalc_ctl.actions import placement
+
+    result = placement.show(config(), project)
+    render(result, lambda p: output.kv([
+        ("project", p.project_id), ("host", _host_label(p)), ("host status", p.host_status or "-"),
+        ("internal_url", p.internal_url or "-"), ("rootfs_image", p.rootfs_image or "-"),
+        ("compute_image", p.compute_image or "-"),
+        ("move", (p.move_state or "-") + (" (in progress)" if p.move_in_progress else "")),
+        ("last_backup", p.last_backup.isoformat(timespec="seconds") if p.last_backup else "-")]))
+
+
+@project_app.command("list")
+def project_list(host: Optional[str] = typer.Option(None, "--host", metavar="HOST",
+                                                    help="Only projects on this host (uuid, also of a removed host, or name).")) -> None:
+    """Projects in the hub with their host and image.
+
+    MOVE is the last move's state, with `*` while it (or its clean-up) is in progress."""
+    from cocalc_ctl import output
+    from cocalc_ctl.actions import placement
+
+    result = placement.list_placements(config(), host)
+    render(result, lambda ps: output.table(
+        ["project", "host", "name", "internal_url", "image", "move"],
+        [(p.project_id, p.host_id or "-", p.host_name or "-", p.internal_url or "-",
+          p.rootfs_image or p.compute_image or "-", (p.move_state or "-") + ("*" if p.move_in_progress else ""))
+         for p in ps]))
+
+
+@project_app.command("rm")
+def project_rm(project: str = PROJECT,
+               force: bool = typer.Option(False, "--force", help="Remove even while a move is in progress.")) -> None:
+    """Delete a project's hub row.
+
+    Its move record goes too; its data on the host stays. Hub proxies answer 404 at once.
+    Refused while a move of the project is in progress, unless --force."""
+    from cocalc_ctl.actions import placement
+
+    render(placement.remove(config(), project, force=force), lambda r: print(_change_line(r)))

@@ -71,12 +71,20 @@ def rotate(
 
 
 @app.command("register")
-def register() -> None:
-    """Upsert this host (id, name, ssh_server, heartbeat, public keys) into the hub; trust is unchanged."""
+def register(
+    internal_url: Optional[str] = typer.Option(
+        None, "--internal-url", metavar="URL",
+        help="http://HOST:PORT where the hub's proxy reaches this host's proxy (default: config "
+             "proxy.internal_url; neither: the hub's value is kept)."),
+    clear_internal_url: bool = typer.Option(False, "--clear-internal-url",
+                                            help="Remove this host's internal URL from the hub (hub proxies answer 502)."),
+) -> None:
+    """Upsert this host (id, name, ssh_server, internal URL, heartbeat, public keys) into the hub; trust is unchanged."""
     from cocalc_ctl.actions import keysync
 
-    result = keysync.register(config())
-    render(result, lambda r: print(f"registered host {r.host_id} ({r.name}, ssh_server {r.ssh_server or '-'}); "
+    result = keysync.register(config(), internal_url=internal_url, clear_internal_url=clear_internal_url)
+    render(result, lambda r: print(f"registered host {r.host_id} ({r.name}, ssh_server {r.ssh_server or '-'}, "
+                                   f"internal_url {r.internal_url or '-'}); "
                                    f"trusted: {'yes' if r.trusted else 'no (a hub admin runs `keys trust`)'}"))
 
 

@@ -77,13 +77,14 @@ def start(cfg: Config, project_id: str, *, to: str | None = None, mode: str | No
         with conn.transaction():
             proj = conn.execute("SELECT host_id::text FROM projects WHERE project_id=%s FOR UPDATE", (pid,)).fetchone()
             if proj is None or proj[0] is None:
-                raise NotFound(f"project {pid} has no host in the hub", hint="register the project's host_id first")
+                raise NotFound(f"project {pid} has no host in the hub",
+                               hint="place it with `hub project add PROJECT --host HOST`")
             source = proj[0]
             if to:
                 dest, name, trusted, status, _ = _resolve_host(conn, to)
                 if dest != source and (not trusted or status != "active"):
                     raise PreconditionFailed(f"host {name or dest} is not a trusted, active host",
-                                             hint="mark it trusted/active in project_hosts first")
+                                             hint="`keys trust` it (and `keys register` on it) first")
             else:
                 row = conn.execute(
                     """SELECT id::text FROM project_hosts
