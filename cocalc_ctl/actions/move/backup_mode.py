@@ -68,7 +68,7 @@ def _previous_backup(cfg: Config, eng, pid: str, tag: str) -> str | None:
     with host_db.connect(cfg.data_dir) as conn:
         ok = {k for k, r in backup_jobs.by_backup_id(conn, pid).items() if r["state"] == "succeeded"}
     for snap in reversed(found):
-        if snap.id in ok:
+        if any(snap.id.startswith(k) for k in ok):  # (restic 0.14 reports the short id)
             return snap.id
     return None
 
@@ -107,13 +107,15 @@ def send(cfg: Config, project_id: str, *, snapshot: str | None = None, progress=
         except CocalcError as exc:
             common.log(cfg, pid, "send", "failed", "failed", move_id=name, detail=exc.one_line())
             raise
-        result = BackupSendResult(pid, "backup", name, res.backup_id, False, res.bytes, res.data_added,
+        # the full id: unambiguous in the hub row and on the destination's command line
+        full_id = None if proc.DRY_RUN else backup_repo.resolve_backup_id(cfg, eng, pid, res.backup_id)
+        result = BackupSendResult(pid, "backup", name, full_id, False, res.bytes, res.data_added,
                                   round(time.monotonic() - start, 3), res.engine, res.persist_included)
         if proc.DRY_RUN:
             return result
         common.log(cfg, pid, "send", "backup", "ok", move_id=name, snapshot=name, nbytes=res.bytes,
-                   detail=f"backup {res.backup_id}")
-        emit({"event": "done", "project_id": pid, "backup_id": res.backup_id, "reused": False,
+                   detail=f"backup {full_id}")
+        emit({"event": "done", "project_id": pid, "backup_id": full_id, "reused": False,
               "bytes": res.bytes, "seconds": result.seconds})
         return result
 
