@@ -55,7 +55,7 @@ _cocalc_ctl() {
         ['cocalc-ctl move abort']='-h --help'
         ['cocalc-ctl move cancel']='-h --help'
         ['cocalc-ctl move cleanup']='--force -h --help'
-        ['cocalc-ctl move finalize']='-h --help'
+        ['cocalc-ctl move finalize']='--from-backup -h --help'
         ['cocalc-ctl move host-step']='-h --help'
         ['cocalc-ctl move recv']='--from -h --help'
         ['cocalc-ctl move send']='--to --mode --compress --bwlimit --snapshot -h --help'
@@ -103,7 +103,7 @@ _cocalc_ctl() {
         ['cocalc-ctl timers remove']='--user-unit-dir --unit-dir --only -h --help'
     )
     local globals='--config --json --dry-run -v --verbose -q --quiet --version -h --help'
-    local valopts=' --bin --bwlimit --compress --concurrency --config --from --image --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --mode --only --out --path --poll --quota --reason --role --seconds --snapshot --textfile-dir --to --to-project --unit-dir --user --user-unit-dir --which '
+    local valopts=' --bin --bwlimit --compress --concurrency --config --from --from-backup --image --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --mode --only --out --path --poll --quota --reason --role --seconds --snapshot --textfile-dir --to --to-project --unit-dir --user --user-unit-dir --which '
     local cmdpath=cocalc-ctl i w
     for ((i = 1; i < COMP_CWORD; i++)); do
         w="${COMP_WORDS[i]}"
@@ -125,6 +125,7 @@ _cocalc_ctl() {
         --compress) COMPREPLY=(); return ;;
         --concurrency) COMPREPLY=(); return ;;
         --from) COMPREPLY=(); return ;;
+        --from-backup) COMPREPLY=(); return ;;
         --keep-daily) COMPREPLY=(); return ;;
         --keep-frequent) COMPREPLY=(); return ;;
         --keep-hourly) COMPREPLY=(); return ;;

@@ -1,7 +1,7 @@
 # fish completion for cocalc-ctl (generated from the CLI by scripts/regenerate; do not edit)
 
 set -g __cocalc_ctl_subs 'cocalc-ctl:backup' 'cocalc-ctl:config' 'cocalc-ctl:doctor' 'cocalc-ctl:host' 'cocalc-ctl:hub' 'cocalc-ctl:keys' 'cocalc-ctl:metrics' 'cocalc-ctl:move' 'cocalc-ctl:project' 'cocalc-ctl:proxy' 'cocalc-ctl:restore' 'cocalc-ctl:rootfs' 'cocalc-ctl:snapshot' 'cocalc-ctl:sshpiper' 'cocalc-ctl:timers' 'cocalc-ctl backup:cleanup' 'cocalc-ctl backup:create' 'cocalc-ctl backup:due' 'cocalc-ctl backup:init' 'cocalc-ctl backup:list' 'cocalc-ctl backup:prune' 'cocalc-ctl backup:status' 'cocalc-ctl config:show' 'cocalc-ctl host:init' 'cocalc-ctl host:status' 'cocalc-ctl host:teardown' 'cocalc-ctl hub:migrate' 'cocalc-ctl keys:broadcast' 'cocalc-ctl keys:ensure' 'cocalc-ctl keys:known-hosts' 'cocalc-ctl keys:peers' 'cocalc-ctl keys:register' 'cocalc-ctl keys:rotate' 'cocalc-ctl keys:show' 'cocalc-ctl keys:sync' 'cocalc-ctl keys:trust' 'cocalc-ctl keys:untrust' 'cocalc-ctl keys:watch' 'cocalc-ctl metrics:show' 'cocalc-ctl metrics:write' 'cocalc-ctl move:abort' 'cocalc-ctl move:cancel' 'cocalc-ctl move:cleanup' 'cocalc-ctl move:finalize' 'cocalc-ctl move:host-step' 'cocalc-ctl move:recv' 'cocalc-ctl move:send' 'cocalc-ctl move:start' 'cocalc-ctl move:status' 'cocalc-ctl move:worker' 'cocalc-ctl project:create' 'cocalc-ctl project:delete' 'cocalc-ctl project:list' 'cocalc-ctl project:show' 'cocalc-ctl project:start' 'cocalc-ctl project:status' 'cocalc-ctl project:stop' 'cocalc-ctl proxy:serve' 'cocalc-ctl rootfs:gc' 'cocalc-ctl rootfs:list' 'cocalc-ctl rootfs:mount' 'cocalc-ctl rootfs:pull' 'cocalc-ctl rootfs:resolve' 'cocalc-ctl rootfs:rm' 'cocalc-ctl rootfs:umount' 'cocalc-ctl snapshot:auto' 'cocalc-ctl snapshot:create' 'cocalc-ctl snapshot:delete' 'cocalc-ctl snapshot:list' 'cocalc-ctl snapshot:lock' 'cocalc-ctl snapshot:prune' 'cocalc-ctl snapshot:unlock' 'cocalc-ctl sshpiper:auth' 'cocalc-ctl sshpiper:authorized-keys' 'cocalc-ctl sshpiper:config' 'cocalc-ctl sshpiper:keys-refresh' 'cocalc-ctl sshpiper:receiver-users' 'cocalc-ctl sshpiper:serve' 'cocalc-ctl timers:cron' 'cocalc-ctl timers:install' 'cocalc-ctl timers:list' 'cocalc-ctl timers:remove'
-set -g __cocalc_ctl_valopts '--bin' '--bwlimit' '--compress' '--concurrency' '--config' '--from' '--image' '--keep-daily' '--keep-frequent' '--keep-hourly' '--keep-last' '--keep-monthly' '--keep-weekly' '--keep-yearly' '--limit' '--listen' '--loopback' '--max-size' '--mode' '--only' '--out' '--path' '--poll' '--quota' '--reason' '--role' '--seconds' '--snapshot' '--textfile-dir' '--to' '--to-project' '--unit-dir' '--user' '--user-unit-dir' '--which'
+set -g __cocalc_ctl_valopts '--bin' '--bwlimit' '--compress' '--concurrency' '--config' '--from' '--from-backup' '--image' '--keep-daily' '--keep-frequent' '--keep-hourly' '--keep-last' '--keep-monthly' '--keep-weekly' '--keep-yearly' '--limit' '--listen' '--loopback' '--max-size' '--mode' '--only' '--out' '--path' '--poll' '--quota' '--reason' '--role' '--seconds' '--snapshot' '--textfile-dir' '--to' '--to-project' '--unit-dir' '--user' '--user-unit-dir' '--which'
 
 function __cocalc_ctl_path
     set -l cmdpath cocalc-ctl
@@ -149,20 +149,21 @@ complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move cancel"' 
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move cleanup"' -l force -d 'Delete without asking the hub for confirmation.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move cleanup"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move cleanup"' -F
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move finalize"' -l from-backup -x -d 'Backup mode: restore this backup (from backup.repo) instead of received snapshots.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move finalize"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move finalize"' -F
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move host-step"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move recv"' -l from -x -d 'The source host whose key runs this forced command.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move recv"' -s h -l help -d 'Show the help and exit.'
-complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move send"' -l to -x -d 'The destination\'s move receiver (btrfs-<this-host-uuid>@HOST:PORT).'
-complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move send"' -l mode -x -d 'pipe: stream; staged: files + rsync --partial (default move.mode).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move send"' -l to -x -d 'The destination\'s move receiver (btrfs-<this-host-uuid>@HOST:PORT); pipe and staged modes.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move send"' -l mode -x -d 'pipe: stream; staged: files + rsync --partial; backup: `backup create` into backup.repo, n'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move send"' -l compress -x -d 'Compress the streams (default move.compress).'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move send"' -l bwlimit -x -d 'Bytes/s, e.g. 50M.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move send"' -l snapshot -x -d 'Name of the final snapshot (default move-<UTC time>; reused when it exists, so a rerun res'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move send"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move send"' -F
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move start"' -l to -x -d 'Destination host uuid or name (default: a trusted, active host).'
-complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move start"' -l mode -x -d 'Transfer mode.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move start"' -l mode -x -d 'Transfer mode; backup: backup on the source, restore on the destination (same backup.repo;'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move start"' -l compress -x -d 'Stream compression.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move start"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move start"' -F

@@ -215,6 +215,7 @@ def finalize(cfg: Config, project_id: str, backup_id: str) -> FinalizeResult:
                 host_db.upsert_project(conn, pid, state="stopped", http_port=None, ssh_port=None)
         _record_finalized(cfg, pid, snap_id)
         _drop_incoming_keep_marker(cfg, pid)
+        proc.plan_only(f"rm -rf {incoming}")
         if not proc.DRY_RUN and not backups.is_subvolume(proj):
             raise OperationFailed(f"project {pid} is missing after the restore of {snap_id[:8]}")
         return FinalizeResult(pid, str(proj), False, None, [], persist, backup_id=snap_id)
