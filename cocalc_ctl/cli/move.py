@@ -188,7 +188,7 @@ def _status_table(moves) -> None:
 
     output.table(["project", "state", "from", "to", "mode", "attempt", "bytes", "reason"],
                  [(m.project_id, m.state, (m.source_host_id or "-")[:8], (m.dest_host_id or "-")[:8],
-                   f"{m.mode}/{m.compress}", m.attempt,
+                   m.mode if m.mode == "backup" else f"{m.mode}/{m.compress}", m.attempt,
                    output.human_bytes((m.progress or {}).get("bytes")) if m.progress else "-",
                    m.status_reason or "") for m in moves])
 

@@ -122,7 +122,7 @@ def send(cfg: Config, project_id: str, *, snapshot: str | None = None, progress=
 
 # -- destination ----------------------------------------------------------------------------------
 
-def _read_marker(path) -> dict | None:
+def read_marker(path) -> dict | None:
     """Our JSON marker; a pipe/staged finalize's plain-text one reads as {} (not ours)."""
     try:
         text = path.read_text()
@@ -189,7 +189,7 @@ def finalize(cfg: Config, project_id: str, backup_id: str) -> FinalizeResult:
     proj = layout.project_subvolume(cfg, pid)
     marker_path = incoming / common.FINALIZING_MARKER
     with locks.hold(cfg.data_dir, f"move-recv-{pid}", wait=True, timeout=600, what=f"receive of {pid}"):
-        mark = _read_marker(marker_path)
+        mark = read_marker(marker_path)
         if os.path.lexists(proj) and mark is None:
             if BACKUP_ID_RE.fullmatch(backup_id or "") and _finalized_here(cfg, pid, backup_id):
                 return FinalizeResult(pid, str(proj), True, backup_id=backup_id)

@@ -45,6 +45,13 @@ def finalize(cfg: Config, project_id: str) -> FinalizeResult:
     with locks.hold(cfg.data_dir, f"move-recv-{pid}", wait=True, timeout=600, what=f"receive of {pid}"):
         if os.path.lexists(proj) and not incoming.exists():
             return FinalizeResult(pid, str(proj), True)
+        if marker.exists():
+            from cocalc_ctl.actions.move import backup_mode
+
+            mark = backup_mode.read_marker(marker)
+            if mark:
+                raise PreconditionFailed(f"an interrupted finalize of {pid} from backup {str(mark.get('backup_id'))[:8]} "
+                                         "is here", hint="rerun `move finalize PROJECT --from-backup ID`, or `move abort`")
         if os.path.lexists(proj) and not marker.exists():
             raise projects.AlreadyExists(f"project {pid} already exists on this host; refusing to finalize over it",
                                          hint="delete the received data with `cocalc-ctl move abort` if it is stale")
@@ -138,7 +145,7 @@ def abort(cfg: Config, project_id: str) -> AbortResult:
         if (incoming / common.FINALIZING_MARKER).exists():
             from cocalc_ctl.actions.move import backup_mode
 
-            if backup_mode._read_marker(incoming / common.FINALIZING_MARKER):
+            if backup_mode.read_marker(incoming / common.FINALIZING_MARKER):
                 backup_mode.recover_restore(cfg, pid)  # a backup-mode restore a crash cut short
             if layout.project_subvolume(cfg, pid).exists():
                 projects.delete(cfg, pid, force=True)

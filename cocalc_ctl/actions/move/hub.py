@@ -73,6 +73,10 @@ def start(cfg: Config, project_id: str, *, to: str | None = None, mode: str | No
           compress: str | None = None) -> Move:
     pid = ids.project_id(project_id)
     mode = mode or cfg["move.mode"]
+    if mode == "backup":  # no stream to compress: the repository's own compression applies
+        if compress not in (None, "none"):
+            raise InvalidInput("--compress does not apply to --mode backup")
+        compress = "none"
     compress = compress or cfg["move.compress"]
     if mode not in MODES or compress not in ("none", "lz4", "zstd"):
         raise InvalidInput(f"invalid mode/compression {mode}/{compress}", hint="mode pipe|staged|backup, compress none|lz4|zstd")

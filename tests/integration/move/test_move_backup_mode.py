@@ -121,6 +121,29 @@ def test_host_side_by_hand_send_prints_the_id_and_finalize_is_idempotent(hosts):
     assert res.returncode == 3 and "same backup.repo" in res.stderr
 
 
+@pytest.mark.parametrize("failpoint", ["engine-restored", "verified"])
+def test_finalize_killed_mid_restore_resumes_or_aborts_cleanly(hosts, failpoint):
+    a, b = hosts
+    pid = str(uuid.uuid4())
+    digests = build_project(a, pid)
+    bid = re.search(r"backup ([0-9a-f]{64})", a.cli("move", "send", pid, "--mode", "backup").stdout).group(1)
+    res = b.cli("move", "finalize", pid, "--from-backup", bid, check=False, env={"CCTL_FAILPOINT": failpoint})
+    assert res.returncode == -9
+    marker = b.pool / "_incoming" / pid / ".finalizing"
+    assert json.loads(marker.read_text()) == {"backup_id": bid, "phase": "restoring"}
+    # a btrfs-mode finalize does not take over a backup-mode one
+    assert b.cli("move", "finalize", pid, check=False).returncode == 5
+    if failpoint == "verified":  # the worker's roll-back: nothing of the move stays on the destination
+        b.cli("move", "abort", pid)
+        assert not b.project_path(pid).exists() and not (b.pool / "_incoming" / pid).exists()
+        assert not any((b.pool / ".restore-staging").iterdir())
+        assert not (b.data / "sync" / "projects" / pid).exists()
+    else:  # a rerun resumes
+        assert b.json("move", "finalize", pid, "--from-backup", bid)["already_finalized"] is False
+        assert tree_digest(b.project_path(pid)) == digests["live"] and not marker.exists()
+        assert not any((b.pool / ".restore-staging").iterdir())
+
+
 def test_finalize_refused_on_the_destination_leaves_the_source_intact(rig):
     a, b = rig.a, rig.b
     pid = str(uuid.uuid4())
