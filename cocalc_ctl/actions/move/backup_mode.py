@@ -202,6 +202,9 @@ def finalize(cfg: Config, project_id: str, backup_id: str) -> FinalizeResult:
         if mark and mark.get("backup_id") != snap_id:
             raise PreconditionFailed(f"an interrupted finalize of {pid} from backup {str(mark.get('backup_id'))[:8]} "
                                      "is here", hint="roll it back with `move abort` first")
+        if mark and mark.get("phase") == "restoring" and eng.unlock():
+            # the interrupted run's engine may have died holding a repository lock: drop stale ones
+            proc.run(eng.unlock(), check=False, env=eng.env())
         if not mark or mark.get("phase") != "restored":
             _write_marker(incoming, {"backup_id": snap_id, "phase": "restoring"})
             # a half-restored project of ours (marker present) is simply restored again
