@@ -153,9 +153,9 @@ def _finalized_here(cfg: Config, pid: str, backup_id: str) -> bool:
     if not host_db.db_path(cfg.data_dir).exists():
         return False
     with host_db.connect(cfg.data_dir) as conn:
-        row = conn.execute("SELECT 1 FROM move_log WHERE project_id=? AND role='finalize' AND step=? AND move_id=? "
-                           "AND status='ok' LIMIT 1", (pid, FINALIZE_STEP, backup_id)).fetchone()
-    return row is not None
+        rows = conn.execute("SELECT move_id FROM move_log WHERE project_id=? AND role='finalize' AND step=? "
+                            "AND status='ok'", (pid, FINALIZE_STEP)).fetchall()
+    return any((r[0] or "").startswith(backup_id) for r in rows)  # an id or a prefix of it, as given
 
 
 def _record_finalized(cfg: Config, pid: str, backup_id: str) -> None:
@@ -168,10 +168,14 @@ def _record_finalized(cfg: Config, pid: str, backup_id: str) -> None:
                                                 f"restored backup {backup_id}", host_db.now_iso()))
 
 
-def _resolve(cfg: Config, eng, pid: str, backup_id: str) -> str:
+def _check_backup_id(backup_id: str) -> str:
     if backup_id != "latest" and not BACKUP_ID_RE.fullmatch(backup_id or ""):
         raise InvalidInput(f"invalid backup id {ids._show(backup_id)}",
                            hint="give the id `move send --mode backup` printed (or `latest`)")
+    return backup_id
+
+
+def _resolve(cfg: Config, eng, pid: str, backup_id: str) -> str:
     try:
         return backup_repo.resolve_backup_id(cfg, eng, pid, backup_id)
     except NotFound as exc:
@@ -183,6 +187,7 @@ def finalize(cfg: Config, project_id: str, backup_id: str) -> FinalizeResult:
     from cocalc_ctl.actions import restore
 
     pid = ids.project_id(project_id)
+    backup_id = _check_backup_id(backup_id)
     require_pool(cfg)
     eng = backup_repo.engine_for(cfg)
     incoming = layout.incoming_dir(cfg, pid)
@@ -213,14 +218,14 @@ def finalize(cfg: Config, project_id: str, backup_id: str) -> FinalizeResult:
             _write_marker(incoming, {"backup_id": snap_id, "phase": "restored"})
         else:
             persist = layout.persist_dir(cfg, pid).is_dir()
+        if not proc.DRY_RUN and not backups.is_subvolume(proj):
+            raise OperationFailed(f"project {pid} is missing after the restore of {snap_id[:8]}")
         if not proc.plan_only(f"# record project {pid} (stopped) in {host_db.db_path(cfg.data_dir)}"):
             with host_db.connect(cfg.data_dir) as conn:
                 host_db.upsert_project(conn, pid, state="stopped", http_port=None, ssh_port=None)
         _record_finalized(cfg, pid, snap_id)
         _drop_incoming_keep_marker(cfg, pid)
         proc.plan_only(f"rm -rf {incoming}")
-        if not proc.DRY_RUN and not backups.is_subvolume(proj):
-            raise OperationFailed(f"project {pid} is missing after the restore of {snap_id[:8]}")
         return FinalizeResult(pid, str(proj), False, None, [], persist, backup_id=snap_id)
 
 

@@ -44,6 +44,8 @@ def rig(hosts, hub_dsn, workdir):
 
 def queue(rig, pid):
     rig.sql("INSERT INTO projects (project_id, host_id) VALUES (%s, %s)", (pid, rig.a.host_id))
+    bad = rig.cli("move", "start", pid, "--mode", "backup", "--compress", "zstd", check=False)
+    assert bad.returncode == 2 and "does not apply" in bad.stderr  # nothing to compress: no stream
     out = json.loads(rig.cli("--json", "move", "start", pid, "--to", rig.b.host_id, "--mode", "backup").stdout)
     assert out["state"] == "queued" and out["mode"] == "backup" and out["backup_id"] is None
     return out
@@ -105,8 +107,8 @@ def test_host_side_by_hand_send_prints_the_id_and_finalize_is_idempotent(hosts):
     fin = b.json("move", "finalize", pid, "--from-backup", bid[:12])
     assert fin["backup_id"] == bid and fin["already_finalized"] is False and fin["persist_restored"] is True
     assert tree_digest(b.project_path(pid)) == digests["live"]
-    again = b.json("move", "finalize", pid, "--from-backup", bid)
-    assert again["already_finalized"] is True
+    for given in (bid, bid[:8]):
+        assert b.json("move", "finalize", pid, "--from-backup", given)["already_finalized"] is True
     # a project this host has for another reason is never restored over
     other = str(uuid.uuid4())
     b.cli("project", "create", other)
