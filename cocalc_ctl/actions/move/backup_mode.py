@@ -37,6 +37,7 @@ from cocalc_ctl.state import backup_jobs, host_db
 from cocalc_ctl.tools import backup_engine, btrfs
 
 BACKUP_ID_RE = re.compile(r"[0-9a-f]{8,64}", re.ASCII)
+SAME_REPO_HINT = "both hosts must use the same backup.repo; see `backup list PROJECT`"
 FINALIZE_STEP = "from-backup"  # move_log step of a finished finalize from a backup (move_id = backup id)
 
 
@@ -83,10 +84,13 @@ def send(cfg: Config, project_id: str, *, snapshot: str | None = None, progress=
     start = time.monotonic()
     with locks.hold(cfg.data_dir, f"project-{pid}.move", what=f"move of project {pid}"):
         _stop_if_running(cfg, pid)
-        _take_move_snapshot(cfg, pid, name)
         snap_path = layout.snapshot_path(cfg, pid, name)
-        tag = move_tag("$MOVE_SNAPSHOT_UUID" if proc.DRY_RUN else btrfs.show(str(snap_path)).uuid)
-        reuse = None if proc.DRY_RUN else _previous_backup(cfg, eng, pid, tag)
+        before = btrfs.show(str(snap_path)).uuid if snap_path.is_dir() and not proc.DRY_RUN else None
+        _take_move_snapshot(cfg, pid, name)
+        uuid = "$MOVE_SNAPSHOT_UUID" if proc.DRY_RUN else btrfs.show(str(snap_path)).uuid
+        tag = move_tag(uuid)
+        # only a snapshot an earlier run left (and kept: the project did not change) can have a backup
+        reuse = _previous_backup(cfg, eng, pid, tag) if before and before == uuid else None
         if reuse:
             common.log(cfg, pid, "send", "backup", "ok", move_id=name, snapshot=name, detail=f"reused {reuse}")
             emit({"event": "done", "project_id": pid, "backup_id": reuse, "reused": True})
@@ -108,7 +112,9 @@ def send(cfg: Config, project_id: str, *, snapshot: str | None = None, progress=
             common.log(cfg, pid, "send", "failed", "failed", move_id=name, detail=exc.one_line())
             raise
         # the full id: unambiguous in the hub row and on the destination's command line
-        full_id = None if proc.DRY_RUN else backup_repo.resolve_backup_id(cfg, eng, pid, res.backup_id)
+        full_id = res.backup_id
+        if not proc.DRY_RUN and len(full_id) < 64:  # restic 0.14 reports the short id
+            full_id = backup_repo.resolve_backup_id(cfg, eng, pid, res.backup_id)
         result = BackupSendResult(pid, "backup", name, full_id, False, res.bytes, res.data_added,
                                   round(time.monotonic() - start, 3), res.engine, res.persist_included)
         if proc.DRY_RUN:
@@ -179,8 +185,7 @@ def _resolve(cfg: Config, eng, pid: str, backup_id: str) -> str:
     try:
         return backup_repo.resolve_backup_id(cfg, eng, pid, backup_id)
     except NotFound as exc:
-        raise NotFound(exc.message, hint="both hosts must use the same backup.repo; see `backup list PROJECT`") \
-            from None
+        raise NotFound(exc.message, hint=SAME_REPO_HINT) from None
 
 
 def finalize(cfg: Config, project_id: str, backup_id: str) -> FinalizeResult:
@@ -203,7 +208,8 @@ def finalize(cfg: Config, project_id: str, backup_id: str) -> FinalizeResult:
         if mark == {} or common.inventory(incoming) or (incoming / common.MOVE_MARKER).exists():
             raise PreconditionFailed(f"a btrfs move of {pid} into this host is in progress (_incoming/{pid})",
                                      hint="finish it with `move finalize` or roll it back with `move abort`")
-        snap_id = _resolve(cfg, eng, pid, backup_id)
+        # a full id is checked by the restore's own lookup (one repository open fewer)
+        snap_id = backup_id if len(backup_id) == 64 else _resolve(cfg, eng, pid, backup_id)
         if mark and mark.get("backup_id") != snap_id:
             raise PreconditionFailed(f"an interrupted finalize of {pid} from backup {str(mark.get('backup_id'))[:8]} "
                                      "is here", hint="roll it back with `move abort` first")
@@ -213,7 +219,12 @@ def finalize(cfg: Config, project_id: str, backup_id: str) -> FinalizeResult:
         if not mark or mark.get("phase") != "restored":
             _write_marker(incoming, {"backup_id": snap_id, "phase": "restoring"})
             # a half-restored project of ours (marker present) is simply restored again
-            res = restore.restore(cfg, pid, snap_id)
+            try:
+                res = restore.restore(cfg, pid, snap_id)
+            except NotFound as exc:  # the id is not in this host's repository: nothing was started
+                if not mark and not proc.DRY_RUN:
+                    _drop_incoming_keep_marker(cfg, pid)
+                raise NotFound(exc.message, hint=SAME_REPO_HINT) from None
             persist = res.persist_restored
             _write_marker(incoming, {"backup_id": snap_id, "phase": "restored"})
         else:

@@ -118,9 +118,11 @@ def test_host_side_by_hand_send_prints_the_id_and_finalize_is_idempotent(hosts):
     res = b.cli("move", "finalize", other, "--from-backup", obid, check=False)
     assert res.returncode == 1 and "already exists" in res.stderr
     assert (b.project_path(other) / "mine").read_text() == "keep"
-    # a backup of another project is refused by the restore's manifest check / tag lookup
-    res = b.cli("move", "finalize", str(uuid.uuid4()), "--from-backup", bid, check=False)
+    # a backup of another project is not found under this project's tag
+    stranger = str(uuid.uuid4())
+    res = b.cli("move", "finalize", stranger, "--from-backup", bid, check=False)
     assert res.returncode == 3 and "same backup.repo" in res.stderr
+    assert not (b.pool / "_incoming" / stranger).exists() and not b.project_path(stranger).exists()
 
 
 @pytest.mark.parametrize("failpoint", ["engine-restored", "verified"])
