@@ -1,9 +1,9 @@
 """The hub's move queue in PostgreSQL: `move start`, `move status`, `move cancel`.
 
 A move is one row of `project_moves` (keyed by project). Modes: pipe and staged (btrfs send over
-ssh) and backup (`backup create` on the source, a full restore of that backup id on the
-destination: the hosts never talk to each other, both use the same repository). States: queued → preparing → sending →
-finalizing → done, any of them → failing; cancelled (only before finalizing). `cleaned_at` records
+ssh) and backup (`backup create` on the source, a full restore of that backup id — `backup_id` — on
+the destination: the hosts never talk to each other, both use the same repository). States: queued →
+preparing → sending → finalizing → done, any of them → failing; cancelled (only before finalizing). `cleaned_at` records
 that the post-move clean-up ran (source deleted after done; destination rolled back after
 failing/cancelled). `projects.move_status` mirrors the row on every change.
 """

@@ -6,6 +6,8 @@ thread. Every transition is written with `WHERE lease_owner = me AND state = <ex
 that lost its lease (or a move cancelled meanwhile) changes nothing. A dead worker's lease expires
 and another worker resumes the move from its last recorded state; every step is idempotent on the
 hosts (send skips what the destination holds, finalize resumes, cleanup/abort are repeatable).
+In backup mode the sending step backs the project up on the source and records the backup id in
+the row (with the move to finalizing); finalizing restores exactly that id on the destination.
 Each claim of an unfinished move counts one attempt; after `move.max_attempts` it ends `failing`
 and the destination is rolled back, leaving the source intact.
 """
@@ -218,7 +220,6 @@ class Worker:
                 self.transport().run(m.dest_host_id, ["move", "abort", pid])
             return self._update(m, cleaned_at=_now())
         return None
-
 
     def _send_backup(self, m: Move) -> Move:
         """Backup mode's sending step: `backup create` of the final snapshot on the source. The backup
