@@ -213,7 +213,8 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
        "cocalc-ctl as sshd runs it (AuthorizedKeysCommand, forced command); root-owned path"),
     _k("keys.resync_every", _as_pos_int, 300, "keys watch: full sync at least this often (seconds)"),
     # move: host-to-host moves and the hub's move worker
-    _k("move.mode", _as_choice("pipe", "staged"), "pipe", "default move mode: pipe (stream) or staged (files + rsync)"),
+    _k("move.mode", _as_choice("pipe", "staged", "backup"), "pipe",
+       "default move mode: pipe (stream), staged (files + rsync) or backup (backup + restore)"),
     _k("move.compress", _as_choice("none", "lz4", "zstd"), "none", "default compression of move streams"),
     _k("move.transport", _as_choice("ssh", "local"), "ssh", "how the move worker reaches hosts (local: by config files)"),
     _k("move.host_configs", _as_opt_path, None, "local transport: directory of <host-uuid>.yaml host configs"),

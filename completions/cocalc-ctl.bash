@@ -62,7 +62,7 @@ _cocalc_ctl() {
         ['cocalc-ctl move abort']='-h --help'
         ['cocalc-ctl move cancel']='-h --help'
         ['cocalc-ctl move cleanup']='--force -h --help'
-        ['cocalc-ctl move finalize']='-h --help'
+        ['cocalc-ctl move finalize']='--from-backup -h --help'
         ['cocalc-ctl move host-step']='-h --help'
         ['cocalc-ctl move recv']='--from -h --help'
         ['cocalc-ctl move send']='--to --mode --compress --bwlimit --snapshot -h --help'
@@ -110,7 +110,7 @@ _cocalc_ctl() {
         ['cocalc-ctl timers remove']='--user-unit-dir --unit-dir --only -h --help'
     )
     local globals='--config --json --dry-run -v --verbose -q --quiet --version -h --help'
-    local valopts=' --bin --bwlimit --compress --concurrency --config --from --host --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --mode --only --out --path --poll --quota --reason --role --seconds --snapshot --textfile-dir --to --to-project --unit-dir --user --user-unit-dir --which '
+    local valopts=' --bin --bwlimit --compress --concurrency --config --from --from-backup --host --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --mode --only --out --path --poll --quota --reason --role --seconds --snapshot --textfile-dir --to --to-project --unit-dir --user --user-unit-dir --which '
     local cmdpath=cocalc-ctl i w
     for ((i = 1; i < COMP_CWORD; i++)); do
         w="${COMP_WORDS[i]}"
@@ -132,6 +132,7 @@ _cocalc_ctl() {
         --compress) COMPREPLY=(); return ;;
         --concurrency) COMPREPLY=(); return ;;
         --from) COMPREPLY=(); return ;;
+        --from-backup) COMPREPLY=(); return ;;
         --host) COMPREPLY=(); return ;;
         --internal-url) COMPREPLY=(); return ;;
         --keep-daily) COMPREPLY=(); return ;;

@@ -254,7 +254,10 @@ def _prepare_snapshot(cfg: Config, pid: str, live: Path, snap: Path) -> tuple[in
 
 
 def create(cfg: Config, project_id: str, *, wait: bool = True,
-           progress: Callable[[backup_engine.Progress], None] | None = None) -> BackupResult:
+           progress: Callable[[backup_engine.Progress], None] | None = None,
+           snapshot: Path | None = None, tags: list[str] | None = None) -> BackupResult:
+    """Back up the project (or, with `snapshot`, that read-only snapshot of it, e.g. a move's final
+    one); `tags` are added to the project and host tags."""
     from cocalc_ctl.actions import restore
 
     pid = ids.project_id(project_id)
@@ -267,13 +270,17 @@ def create(cfg: Config, project_id: str, *, wait: bool = True,
             output.note(f"project {pid}: {line}")
         if not live.is_dir():
             raise NotFound(f"project {pid} does not exist on this host", hint="see `cocalc-ctl project list`")
-        result = _create_locked(cfg, eng, pid, live, wait=wait, progress=progress)
+        if snapshot is not None and not proc.DRY_RUN and not is_subvolume(snapshot):
+            raise NotFound(f"snapshot {snapshot} of project {pid} does not exist")
+        result = _create_locked(cfg, eng, pid, snapshot or live, wait=wait, progress=progress,
+                                extra_tags=list(tags or []))
         result.stale = stale
         return result
 
 
 def _create_locked(cfg: Config, eng: Engine, pid: str, live: Path, *, wait: bool,
-                   progress: Callable[[backup_engine.Progress], None] | None) -> BackupResult:
+                   progress: Callable[[backup_engine.Progress], None] | None,
+                   extra_tags: list[str] | None = None) -> BackupResult:
     dry = proc.DRY_RUN
     job_id = None
     if not proc.plan_only(f"# record a pending backup job for project {pid}"):
@@ -315,7 +322,7 @@ def _create_locked(cfg: Config, eng: Engine, pid: str, live: Path, *, wait: bool
                         summary = s
 
                 host = _host_label(cfg)
-                argv = eng.backup(host=host, tags=[f"project:{pid}", f"host:{host}"])
+                argv = eng.backup(host=host, tags=[f"project:{pid}", f"host:{host}", *(extra_tags or [])])
                 proc.plan_only(f"cd {source}")
                 try:
                     res = proc.stream(argv, on_line, cwd=str(source), env=eng.env(), ok_codes=eng.ok_codes_backup,

@@ -361,9 +361,12 @@ def _restore_full(cfg: Config, eng, pid: str, snap_id: str, source_pid: str) -> 
     _failpoint("verified")
     if proc.DRY_RUN:
         live, old = layout.project_subvolume(cfg, pid), aside(cfg, pid)
-        for line in (f"mv {live / layout.SNAPSHOTS} {staging / layout.SNAPSHOTS}", f"mv {live} {old}",
-                     f"mv {staging} {live}", f"# swap {layout.persist_dir(cfg, pid)} with the restored one",
-                     f"btrfs subvolume delete {old}", f"rm -f {marker(cfg, pid)}"):
+        lines = [f"mv {live / layout.SNAPSHOTS} {staging / layout.SNAPSHOTS}", f"mv {live} {old}",
+                 f"mv {staging} {live}", f"# swap {layout.persist_dir(cfg, pid)} with the restored one",
+                 f"btrfs subvolume delete {old}", f"rm -f {marker(cfg, pid)}"]
+        if not live.is_dir():  # a new project: nothing to set aside
+            lines = [f"btrfs subvolume create {staging / layout.SNAPSHOTS}", lines[2], lines[3], lines[5]]
+        for line in lines:
             proc.plan_only(line)
         return has_persist
     _roll_forward(cfg, pid, mark)

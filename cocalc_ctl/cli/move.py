@@ -55,17 +55,24 @@ class _Progress:
 
 @app.command("send")
 def send(project: str = PROJECT,
-         to: str = typer.Option(..., "--to", metavar="btrfs-<SRC>@HOST:PORT",
-                                help="The destination's move receiver (btrfs-<this-host-uuid>@HOST:PORT)."),
-         mode: Optional[str] = typer.Option(None, "--mode", metavar="pipe|staged",
-                                            help="pipe: stream; staged: files + rsync --partial (default move.mode)."),
+         to: Optional[str] = typer.Option(None, "--to", metavar="btrfs-<SRC>@HOST:PORT",
+                                          help="The destination's move receiver (btrfs-<this-host-uuid>@HOST:PORT); "
+                                               "pipe and staged modes."),
+         mode: Optional[str] = typer.Option(None, "--mode", metavar="pipe|staged|backup",
+                                            help="pipe: stream; staged: files + rsync --partial; backup: `backup "
+                                                 "create` into backup.repo, no peer (default move.mode)."),
          compress: Optional[str] = typer.Option(None, "--compress", metavar="none|lz4|zstd",
                                                 help="Compress the streams (default move.compress)."),
          bwlimit: Optional[str] = typer.Option(None, "--bwlimit", metavar="RATE", help="Bytes/s, e.g. 50M."),
          snapshot: Optional[str] = typer.Option(None, "--snapshot", metavar="NAME",
                                                 help="Name of the final snapshot (default move-<UTC time>; "
                                                      "reused when it exists, so a rerun resumes).")) -> None:
-    """Stop the project, snapshot it, send every snapshot (incrementally) to the destination."""
+    """Stop the project, snapshot it, send every snapshot (incrementally) to the destination.
+
+    With --mode backup: stop, take the final snapshot, back it up to the repository (backup.repo)
+    and print the backup id for `move finalize PROJECT --from-backup ID` on the destination; a
+    rerun with the same --snapshot reuses that backup. The project's snapshots are not carried.
+    """
     from cocalc_ctl import output
     from cocalc_ctl.actions.move import send as send_action
 
@@ -80,6 +87,12 @@ def send(project: str = PROJECT,
         return
 
     def human(r):
+        if r.mode == "backup":
+            how = "reused" if r.reused else f"{output.human_bytes(r.bytes_total)} in {r.seconds:.1f}s"
+            print(f"backed up {r.project_id} for a move: backup {r.backup_id} ({how}); final snapshot "
+                  f"{r.move_snapshot}\non the destination: cocalc-ctl move finalize {r.project_id} "
+                  f"--from-backup {r.backup_id}")
+            return
         sent = [s for s in r.snapshots if not s.skipped]
         print(f"moved {r.project_id} to {r.destination}: {len(sent)} streams, {output.human_bytes(r.bytes_total)} "
               f"in {r.seconds:.1f}s ({r.mode}, {r.compress}); final snapshot {r.move_snapshot}")
@@ -118,13 +131,33 @@ def host_step() -> None:
 
 
 @app.command("finalize")
-def finalize(project: str = PROJECT) -> None:
-    """Make the received snapshots the project here (idempotent; refuses an existing project)."""
+def finalize(project: str = PROJECT,
+             from_backup: Optional[str] = typer.Option(None, "--from-backup", metavar="BACKUP_ID",
+                                                       help="Backup mode: restore this backup (from backup.repo) "
+                                                            "instead of received snapshots.")) -> None:
+    """Make the received snapshots the project here (idempotent; refuses an existing project).
+
+    With --from-backup: a full, crash-safe restore of that backup (made by `move send --mode backup`
+    on the source); a rerun after a crash resumes.
+    """
     from cocalc_ctl.actions.move import finalize as fin
 
-    result = fin.finalize(config(), project)
-    render(result, lambda r: print(f"project {r.project_id} already finalized at {r.path}" if r.already_finalized
-                                   else f"finalized {r.project_id} at {r.path} with {len(r.snapshots)} snapshots"))
+    if from_backup is not None:
+        from cocalc_ctl.actions.move import backup_mode
+
+        result = backup_mode.finalize(config(), project, from_backup)
+    else:
+        result = fin.finalize(config(), project)
+
+    def human(r):
+        if r.already_finalized:
+            print(f"project {r.project_id} already finalized at {r.path}")
+        elif r.backup_id:
+            print(f"finalized {r.project_id} at {r.path} from backup {r.backup_id[:8]}")
+        else:
+            print(f"finalized {r.project_id} at {r.path} with {len(r.snapshots)} snapshots")
+
+    render(result, human)
 
 
 @app.command("cleanup")
@@ -155,7 +188,7 @@ def _status_table(moves) -> None:
 
     output.table(["project", "state", "from", "to", "mode", "attempt", "bytes", "reason"],
                  [(m.project_id, m.state, (m.source_host_id or "-")[:8], (m.dest_host_id or "-")[:8],
-                   f"{m.mode}/{m.compress}", m.attempt,
+                   m.mode if m.mode == "backup" else f"{m.mode}/{m.compress}", m.attempt,
                    output.human_bytes((m.progress or {}).get("bytes")) if m.progress else "-",
                    m.status_reason or "") for m in moves])
 
@@ -164,7 +197,9 @@ def _status_table(moves) -> None:
 def start(project: str = PROJECT,
           to: Optional[str] = typer.Option(None, "--to", metavar="HOST",
                                            help="Destination host uuid or name (default: a trusted, active host)."),
-          mode: Optional[str] = typer.Option(None, "--mode", metavar="pipe|staged", help="Transfer mode."),
+          mode: Optional[str] = typer.Option(None, "--mode", metavar="pipe|staged|backup",
+                                             help="Transfer mode; backup: backup on the source, restore on the "
+                                                  "destination (same backup.repo; snapshots not carried)."),
           compress: Optional[str] = typer.Option(None, "--compress", metavar="none|lz4|zstd",
                                                  help="Stream compression.")) -> None:
     """Queue a move in the hub and return at once (a `move worker` carries it out)."""

@@ -112,6 +112,10 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         """CREATE TRIGGER cocalc_ctl_host_route AFTER DELETE OR UPDATE OF internal_url, status ON project_hosts
            FOR EACH ROW EXECUTE FUNCTION cocalc_ctl_notify_host_route()""",
     ]),
+    # move: the backup a `--mode backup` move made on the source (its destination restores exactly that one)
+    ("move: backup id of a backup-mode move", [
+        """ALTER TABLE project_moves ADD COLUMN IF NOT EXISTS backup_id text""",
+    ]),
 ]
 
 

@@ -116,3 +116,30 @@ def test_host_step_accepts_the_workers_steps_only():
                 f"move finalize ../{PID}", f"move abort {PID} {PID}", "", None]:
         with pytest.raises(recv.Refused):
             host_step.parse(bad)
+
+
+def test_host_step_accepts_backup_mode_send_and_finalize_only_in_their_own_shape():
+    from cocalc_ctl.actions.move import host_step
+
+    bid = "0123456789abcdef" * 4
+    assert host_step.parse(f"move send {PID} --mode backup --snapshot move-1") \
+        == ["move", "send", PID, "--mode", "backup", "--snapshot", "move-1"]
+    assert host_step.parse(f"move finalize {PID} --from-backup {bid}") \
+        == ["move", "finalize", PID, "--from-backup", bid]
+    to = "btrfs-" + U + "@10.1.2.3:2222"
+    for bad in [f"move send {PID} --mode backup", f"move send {PID} --mode backup --snapshot s --to {to}",
+                f"move send {PID} --mode backup --snapshot s --compress zstd",
+                f"move send {PID} --mode tape --snapshot s --to {to}",
+                f"move finalize {PID} --from-backup latest", f"move finalize {PID} --from-backup {bid.upper()}",
+                f"move finalize {PID} --from-backup 0123", f"move finalize {PID} --from-backup {bid} x",
+                f"move finalize {PID} --restore {bid}", f"move finalize {PID} --from-backup ../{bid}"]:
+        with pytest.raises(recv.Refused):
+            host_step.parse(bad)
+
+
+def test_move_mode_backup_is_a_valid_default(tmp_path):
+    from cocalc_ctl.actions.move import hub
+
+    assert "backup" in hub.MODES
+    cfg = config_mod.load(str(_cfg(tmp_path)), env={"COCALC_CTL_MOVE_MODE": "backup"})
+    assert cfg["move.mode"] == "backup"

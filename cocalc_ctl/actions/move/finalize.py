@@ -33,6 +33,7 @@ class FinalizeResult:
     move_snapshot: str | None = None
     snapshots: list[str] = field(default_factory=list)
     persist_restored: bool = False
+    backup_id: str | None = None  # backup mode: the backup restored here
 
 
 def finalize(cfg: Config, project_id: str) -> FinalizeResult:
@@ -44,6 +45,13 @@ def finalize(cfg: Config, project_id: str) -> FinalizeResult:
     with locks.hold(cfg.data_dir, f"move-recv-{pid}", wait=True, timeout=600, what=f"receive of {pid}"):
         if os.path.lexists(proj) and not incoming.exists():
             return FinalizeResult(pid, str(proj), True)
+        if marker.exists():
+            from cocalc_ctl.actions.move import backup_mode
+
+            mark = backup_mode.read_marker(marker)
+            if mark:
+                raise PreconditionFailed(f"an interrupted finalize of {pid} from backup {str(mark.get('backup_id'))[:8]} "
+                                         "is here", hint="rerun `move finalize PROJECT --from-backup ID`, or `move abort`")
         if os.path.lexists(proj) and not marker.exists():
             raise projects.AlreadyExists(f"project {pid} already exists on this host; refusing to finalize over it",
                                          hint="delete the received data with `cocalc-ctl move abort` if it is stale")
@@ -134,9 +142,14 @@ def abort(cfg: Config, project_id: str) -> AbortResult:
     incoming = layout.incoming_dir(cfg, pid)
     partial = False
     with locks.hold(cfg.data_dir, f"move-recv-{pid}", wait=True, timeout=600, what=f"receive of {pid}"):
-        if (incoming / common.FINALIZING_MARKER).exists() and layout.project_subvolume(cfg, pid).exists():
-            projects.delete(cfg, pid, force=True)
-            partial = True
+        if (incoming / common.FINALIZING_MARKER).exists():
+            from cocalc_ctl.actions.move import backup_mode
+
+            if backup_mode.read_marker(incoming / common.FINALIZING_MARKER):
+                backup_mode.recover_restore(cfg, pid)  # a backup-mode restore a crash cut short
+            if layout.project_subvolume(cfg, pid).exists():
+                projects.delete(cfg, pid, force=True)
+                partial = True
         gone = drop_incoming(cfg, pid)
     common.log(cfg, pid, "recv", "abort", "ok", detail=f"{len(gone)} received, partial project {partial}")
     return AbortResult(pid, gone, partial)

@@ -6,7 +6,8 @@ anything else is refused (logged, exit 2, nothing run):
     project show <project>
     move send <project> --to <user@host:port> --mode pipe|staged --compress none|lz4|zstd
               --snapshot <name> [--bwlimit <rate>]
-    move finalize <project>
+    move send <project> --mode backup --snapshot <name>
+    move finalize <project> [--from-backup <backup-id>]
     move cleanup <project> --force
     move abort <project>
 
@@ -23,6 +24,7 @@ from cocalc_ctl.actions.move.transport import parse_peer
 from cocalc_ctl.errors import InvalidInput
 
 _SAFE = re.compile(r"[A-Za-z0-9._:+@/= -]+", re.ASCII)
+_BACKUP_ID = re.compile(r"[0-9a-f]{8,64}", re.ASCII)
 _RATE = re.compile(r"[0-9]+(\.[0-9]+)?[kKmMgG]?", re.ASCII)
 
 
@@ -37,6 +39,10 @@ def parse(command: str | None) -> list[str]:
             return ["project", "show", ids.project_id(words[2])]
         if words[:2] in (["move", "finalize"], ["move", "abort"]) and len(words) == 3:
             return [*words[:2], ids.project_id(words[2])]
+        if words[:2] == ["move", "finalize"] and len(words) == 5 and words[3] == "--from-backup":
+            if not _BACKUP_ID.fullmatch(words[4]):
+                raise Refused(f"refused host step: backup id {ids._show(words[4])}")
+            return ["move", "finalize", ids.project_id(words[2]), "--from-backup", words[4]]
         if words[:2] == ["move", "cleanup"] and len(words) == 4 and words[3] == "--force":
             return ["move", "cleanup", ids.project_id(words[2]), "--force"]
         if words[:2] == ["move", "send"] and len(words) >= 3:
@@ -51,7 +57,7 @@ def parse(command: str | None) -> list[str]:
                 seen.add(flag)
                 if flag == "--to":
                     parse_peer(value)
-                elif flag == "--mode" and value in ("pipe", "staged"):
+                elif flag == "--mode" and value in ("pipe", "staged", "backup"):
                     pass
                 elif flag == "--compress" and value in ("none", "lz4", "zstd"):
                     pass
@@ -62,7 +68,10 @@ def parse(command: str | None) -> list[str]:
                 else:
                     raise Refused(f"refused host step: option {ids._show(flag)} {ids._show(value)}")
                 argv += [flag, value]
-            if not {"--to", "--snapshot"} <= seen:
+            if dict(zip(opts[::2], opts[1::2])).get("--mode") == "backup":
+                if seen != {"--mode", "--snapshot"}:
+                    raise Refused("refused host step: a backup-mode send takes only --mode and --snapshot")
+            elif not {"--to", "--snapshot"} <= seen:
                 raise Refused("refused host step: send needs --to and --snapshot")
             return argv
     except InvalidInput as exc:

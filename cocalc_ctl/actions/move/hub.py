@@ -1,7 +1,9 @@
 """The hub's move queue in PostgreSQL: `move start`, `move status`, `move cancel`.
 
-A move is one row of `project_moves` (keyed by project). States: queued → preparing → sending →
-finalizing → done, any of them → failing; cancelled (only before finalizing). `cleaned_at` records
+A move is one row of `project_moves` (keyed by project). Modes: pipe and staged (btrfs send over
+ssh) and backup (`backup create` on the source, a full restore of that backup id — `backup_id` — on
+the destination: the hosts never talk to each other, both use the same repository). States: queued →
+preparing → sending → finalizing → done, any of them → failing; cancelled (only before finalizing). `cleaned_at` records
 that the post-move clean-up ran (source deleted after done; destination rolled back after
 failing/cancelled). `projects.move_status` mirrors the row on every change.
 """
@@ -19,7 +21,7 @@ from cocalc_ctl.state import hub_db
 ACTIVE = ("queued", "preparing", "sending", "finalizing")
 TERMINAL = ("done", "failing", "cancelled")
 CANCELLABLE = ("queued", "preparing", "sending")
-MODES = ("pipe", "staged")
+MODES = ("pipe", "staged", "backup")
 
 MIRROR_SQL = """UPDATE projects p SET move_status = to_jsonb(m) - 'lease_owner' - 'lease_until'
                 FROM project_moves m WHERE m.project_id = p.project_id AND p.project_id = %s"""
@@ -42,10 +44,11 @@ class Move:
     created_at: dt.datetime | None
     updated_at: dt.datetime | None
     cleaned_at: dt.datetime | None
+    backup_id: str | None = None  # backup mode: the source's backup that the destination restores
 
 
 COLUMNS = ("project_id::text, source_host_id::text, dest_host_id::text, state, mode, compress, snapshot_name, "
-           "progress, status_reason, attempt, lease_owner, lease_until, created_at, updated_at, cleaned_at")
+           "progress, status_reason, attempt, lease_owner, lease_until, created_at, updated_at, cleaned_at, backup_id")
 
 
 def row_to_move(row) -> Move:
@@ -70,9 +73,13 @@ def start(cfg: Config, project_id: str, *, to: str | None = None, mode: str | No
           compress: str | None = None) -> Move:
     pid = ids.project_id(project_id)
     mode = mode or cfg["move.mode"]
+    if mode == "backup":  # no stream to compress: the repository's own compression applies
+        if compress not in (None, "none"):
+            raise InvalidInput("--compress does not apply to --mode backup")
+        compress = "none"
     compress = compress or cfg["move.compress"]
     if mode not in MODES or compress not in ("none", "lz4", "zstd"):
-        raise InvalidInput(f"invalid mode/compression {mode}/{compress}", hint="mode pipe|staged, compress none|lz4|zstd")
+        raise InvalidInput(f"invalid mode/compression {mode}/{compress}", hint="mode pipe|staged|backup, compress none|lz4|zstd")
     with hub_db.connect(cfg["hub_dsn"], autocommit=False) as conn:
         with conn.transaction():
             proj = conn.execute("SELECT host_id::text FROM projects WHERE project_id=%s FOR UPDATE", (pid,)).fetchone()
@@ -115,7 +122,8 @@ def start(cfg: Config, project_id: str, *, to: str | None = None, mode: str | No
                         dest_host_id = EXCLUDED.dest_host_id, state = EXCLUDED.state, mode = EXCLUDED.mode,
                         compress = EXCLUDED.compress, snapshot_name = NULL, progress = NULL,
                         status_reason = EXCLUDED.status_reason, attempt = 0, lease_owner = NULL, lease_until = NULL,
-                        created_at = now(), updated_at = now(), cleaned_at = EXCLUDED.cleaned_at""",
+                        created_at = now(), updated_at = now(), cleaned_at = EXCLUDED.cleaned_at,
+                        backup_id = NULL""",
                 {"p": pid, "s": source, "d": dest, "state": "done" if done_at_once else "queued", "mode": mode,
                  "c": compress, "reason": "already on the destination" if done_at_once else None,
                  "cleaned": dt.datetime.now(dt.timezone.utc) if done_at_once else None})

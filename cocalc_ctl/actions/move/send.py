@@ -134,8 +134,18 @@ def _stop_if_running(cfg: Config, pid: str) -> None:
     containers.stop(cfg, pid)
 
 
-def send(cfg: Config, project_id: str, to: str, *, mode: str | None = None, codec: str | None = None,
-         bwlimit: str | None = None, snapshot: str | None = None, progress: Progress | None = None) -> SendResult:
+def send(cfg: Config, project_id: str, to: str | None, *, mode: str | None = None, codec: str | None = None,
+         bwlimit: str | None = None, snapshot: str | None = None, progress: Progress | None = None):
+    mode = mode or cfg["move.mode"]
+    if mode == "backup":  # no peer: the destination restores from the shared repository
+        if to or codec or bwlimit:
+            raise InvalidInput("--mode backup takes no --to, --compress or --bwlimit",
+                               hint="the destination restores the backup with `move finalize PROJECT --from-backup ID`")
+        from cocalc_ctl.actions.move import backup_mode
+
+        return backup_mode.send(cfg, project_id, snapshot=snapshot, progress=progress)
+    if not to:
+        raise InvalidInput(f"--mode {mode} needs --to btrfs-<this-host-uuid>@HOST:PORT")
     pid = _existing(cfg, project_id)
     peer = transport.parse_peer(to)
     me = own_host_id(cfg)
@@ -144,10 +154,9 @@ def send(cfg: Config, project_id: str, to: str, *, mode: str | None = None, code
     if me and peer.user.startswith("btrfs-") and peer.user != f"btrfs-{me}":
         raise InvalidInput(f"destination user {peer.user} does not name this host ({me})",
                            hint=f"use btrfs-{me}@HOST:PORT")
-    mode = mode or cfg["move.mode"]
     codec = codec or cfg["move.compress"]
     if mode not in ("pipe", "staged") or codec not in compress.CODECS:
-        raise InvalidInput(f"invalid mode/compression {mode}/{codec}", hint="mode pipe|staged, compress none|lz4|zstd")
+        raise InvalidInput(f"invalid mode/compression {mode}/{codec}", hint="mode pipe|staged|backup, compress none|lz4|zstd")
     rate = parse_size(bwlimit) if bwlimit else None
     name = ids.snapshot_name(snapshot) if snapshot else common.now_name()
     emit = progress or (lambda ev: None)

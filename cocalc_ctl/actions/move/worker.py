@@ -6,6 +6,8 @@ thread. Every transition is written with `WHERE lease_owner = me AND state = <ex
 that lost its lease (or a move cancelled meanwhile) changes nothing. A dead worker's lease expires
 and another worker resumes the move from its last recorded state; every step is idempotent on the
 hosts (send skips what the destination holds, finalize resumes, cleanup/abort are repeatable).
+In backup mode the sending step backs the project up on the source and records the backup id in
+the row (with the move to finalizing); finalizing restores exactly that id on the destination.
 Each claim of an unfinished move counts one attempt; after `move.max_attempts` it ends `failing`
 and the destination is rolled back, leaving the source intact.
 """
@@ -13,6 +15,7 @@ and the destination is rolled back, leaving the source intact.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
@@ -180,6 +183,8 @@ class Worker:
         if m.state == "preparing":
             self.transport().run(m.source_host_id, ["project", "show", pid])
             return self._update(m, state="sending")
+        if m.state == "sending" and m.mode == "backup":
+            return self._send_backup(m)
         if m.state == "sending":
             user = self.cfg["move.receiver_user"] or f"btrfs-{m.source_host_id}"
             args = ["move", "send", pid, "--to", f"{user}@{self._ssh_server(m.dest_host_id)}", "--mode", m.mode,
@@ -199,7 +204,12 @@ class Worker:
                         "streams": len([s for s in res.get("snapshots", []) if not s.get("skipped")])}
             return self._update(m, state="finalizing", progress=progress)
         if m.state == "finalizing":
-            self.transport().run(m.dest_host_id, ["move", "finalize", pid])
+            args = ["move", "finalize", pid]
+            if m.mode == "backup":
+                if not m.backup_id:
+                    raise PreconditionFailed(f"backup-mode move of {pid} reached finalizing without a backup id")
+                args += ["--from-backup", m.backup_id]
+            self.transport().run(m.dest_host_id, args)
             return self._update(m, state="done", status_reason=None)
         if m.state == "done" and m.cleaned_at is None:
             if m.source_host_id != m.dest_host_id:
@@ -210,6 +220,29 @@ class Worker:
                 self.transport().run(m.dest_host_id, ["move", "abort", pid])
             return self._update(m, cleaned_at=_now())
         return None
+
+    def _send_backup(self, m: Move) -> Move:
+        """Backup mode's sending step: `backup create` of the final snapshot on the source. The backup
+        id and the state change are written together; a rerun after a crash in between (same move
+        snapshot name) finds that backup in the repository and reuses it."""
+        if m.backup_id:
+            return self._update(m, state="finalizing")
+        args = ["move", "send", m.project_id, "--mode", "backup", "--snapshot", ids.snapshot_name(m.snapshot_name)]
+        t0 = time.monotonic()
+
+        def on_event(ev: dict) -> None:
+            if ev.get("event") == "progress":
+                self._live = {"event": "progress", "snapshot": ev.get("snapshot"), "bytes": ev.get("bytes"),
+                              "rate": ev.get("rate"), "seconds": round(time.monotonic() - t0, 1)}
+
+        res = self.transport().run(m.source_host_id, args, on_event=on_event)
+        self._live = None
+        backup_id = res.get("backup_id")
+        if not isinstance(backup_id, str) or not re.fullmatch(r"[0-9a-f]{8,64}", backup_id):
+            raise PreconditionFailed(f"the source reported no valid backup id for {m.project_id}")
+        progress = {"bytes": res.get("bytes_total"), "seconds": round(time.monotonic() - t0, 3),
+                    "backup_id": backup_id, "reused": bool(res.get("reused"))}
+        return self._update(m, state="finalizing", backup_id=backup_id, progress=progress)
 
 
 def _now():
