@@ -62,7 +62,7 @@ _cocalc_ctl() {
         ['cocalc-ctl move abort']='-h --help'
         ['cocalc-ctl move cancel']='-h --help'
         ['cocalc-ctl move cleanup']='--force -h --help'
-        ['cocalc-ctl move finalize']='--from-backup -h --help'
+        ['cocalc-ctl move finalize']='--from-backup --quota -h --help'
         ['cocalc-ctl move host-step']='-h --help'
         ['cocalc-ctl move recv']='--from -h --help'
         ['cocalc-ctl move send']='--to --mode --compress --bwlimit --snapshot -h --help'

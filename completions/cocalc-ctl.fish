@@ -175,6 +175,7 @@ complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move cleanup"'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move cleanup"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move cleanup"' -F
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move finalize"' -l from-backup -x -d 'Backup mode: restore this backup (from backup.repo) instead of received snapshots.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move finalize"' -l quota -x -d 'qgroup limit for the project (the worker passes the source\'s); default project.quota.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move finalize"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move finalize"' -F
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move host-step"' -s h -l help -d 'Show the help and exit.'

@@ -270,7 +270,9 @@ def _clean_rel_path(path: str) -> str:
 
 
 def restore(cfg: Config, project_id: str, backup_id: str, *, path: str | None = None,
-            to_project: str | None = None, force: bool = False) -> RestoreResult:
+            to_project: str | None = None, force: bool = False, quota: int | None = None) -> RestoreResult:
+    """`quota`: the qgroup limit (bytes) for a full restore; default the live project's, else
+    `project.quota`."""
     src = ids.project_id(project_id)
     dst = ids.project_id(to_project, what="--to-project id") if to_project else src
     rel = _clean_rel_path(path) if path is not None else None
@@ -290,7 +292,7 @@ def restore(cfg: Config, project_id: str, backup_id: str, *, path: str | None = 
             _restore_path(cfg, eng, dst, snap_id, rel)
             return RestoreResult(dst, src, snap_id, rel, False, False, recovered)
         created = not layout.project_subvolume(cfg, dst).is_dir()
-        persist = _restore_full(cfg, eng, dst, snap_id, src)
+        persist = _restore_full(cfg, eng, dst, snap_id, src, quota=quota)
         if not proc.plan_only(f"# record project {dst} in {host_db.db_path(cfg.data_dir)}"):
             with host_db.connect(cfg.data_dir) as conn:
                 if host_db.get_project(conn, dst) is None:
@@ -324,7 +326,7 @@ def _check_manifest(manifest: Path, source_pid: str, snap_id: str) -> None:
                               hint="the repository's tags and contents disagree; check which backup you meant")
 
 
-def _restore_full(cfg: Config, eng, pid: str, snap_id: str, source_pid: str) -> bool:
+def _restore_full(cfg: Config, eng, pid: str, snap_id: str, source_pid: str, *, quota: int | None = None) -> bool:
     root = staging_root(cfg)
     staging = layout.restore_staging(cfg, pid)
     if not root.is_dir() and not proc.plan_only(f"mkdir -m 700 {root}"):
@@ -347,7 +349,7 @@ def _restore_full(cfg: Config, eng, pid: str, snap_id: str, source_pid: str) -> 
         manifest = staging / backups.MANIFEST_IN_BACKUP
         if not proc.DRY_RUN and os.path.lexists(manifest):
             manifest.unlink()
-        _carry_quota(cfg, pid, staging)
+        _carry_quota(cfg, pid, staging, quota)
         proc.run(["btrfs", "filesystem", "sync", str(cfg.btrfs_root)])  # staging durable before the swap
     except BaseException:
         # not verified: undo now (a SIGKILL instead leaves this to the next run's recover)
@@ -373,13 +375,16 @@ def _restore_full(cfg: Config, eng, pid: str, snap_id: str, source_pid: str) -> 
     return has_persist
 
 
-def _carry_quota(cfg: Config, pid: str, staging: Path) -> None:
-    """The restored subvolume gets the live project's qgroup limit (or the configured default)."""
+def _carry_quota(cfg: Config, pid: str, staging: Path, quota: int | None = None) -> None:
+    """The restored subvolume gets the given limit, else the live project's qgroup limit, else the
+    configured default."""
     from cocalc_ctl.config import parse_size
 
     live = layout.project_subvolume(cfg, pid)
     limit = None
-    if live.is_dir() and backups.is_subvolume(live):
+    if quota:
+        limit = quota
+    elif live.is_dir() and backups.is_subvolume(live):
         sub = btrfs.show(str(live))
         q = btrfs.qgroups(str(live)).get(f"0/{sub.subvolume_id}")
         limit = q.max_referenced if q else None

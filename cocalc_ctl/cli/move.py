@@ -134,20 +134,25 @@ def host_step() -> None:
 def finalize(project: str = PROJECT,
              from_backup: Optional[str] = typer.Option(None, "--from-backup", metavar="BACKUP_ID",
                                                        help="Backup mode: restore this backup (from backup.repo) "
-                                                            "instead of received snapshots.")) -> None:
+                                                            "instead of received snapshots."),
+             quota: Optional[str] = typer.Option(None, "--quota", metavar="SIZE",
+                                                 help="qgroup limit for the project (the worker passes the "
+                                                      "source's); default project.quota.")) -> None:
     """Make the received snapshots the project here (idempotent; refuses an existing project).
 
     With --from-backup: a full, crash-safe restore of that backup (made by `move send --mode backup`
     on the source); a rerun after a crash resumes.
     """
     from cocalc_ctl.actions.move import finalize as fin
+    from cocalc_ctl.config import parse_size
 
+    limit = parse_size(quota) if quota is not None else None
     if from_backup is not None:
         from cocalc_ctl.actions.move import backup_mode
 
-        result = backup_mode.finalize(config(), project, from_backup)
+        result = backup_mode.finalize(config(), project, from_backup, quota=limit)
     else:
-        result = fin.finalize(config(), project)
+        result = fin.finalize(config(), project, quota=limit)
 
     def human(r):
         if r.already_finalized:

@@ -106,6 +106,7 @@ def test_host_step_accepts_the_workers_steps_only():
     to = "btrfs-" + U + "@10.1.2.3:2222"
     assert host_step.parse(f"project show {PID}") == ["project", "show", PID]
     assert host_step.parse(f"move finalize {PID}") == ["move", "finalize", PID]
+    assert host_step.parse(f"move finalize {PID} --quota 80740352") == ["move", "finalize", PID, "--quota", "80740352"]
     assert host_step.parse(f"move cleanup {PID} --force") == ["move", "cleanup", PID, "--force"]
     assert host_step.parse(f"move send {PID} --to {to} --mode staged --compress lz4 --snapshot move-1 --bwlimit 10M") \
         == ["move", "send", PID, "--to", to, "--mode", "staged", "--compress", "lz4", "--snapshot", "move-1",
@@ -113,7 +114,9 @@ def test_host_step_accepts_the_workers_steps_only():
     for bad in [f"project delete {PID}", f"move cleanup {PID}", f"move send {PID} --to {to}",
                 f"move send {PID} --to {to} --snapshot s --config /etc/x", f"move send {PID} --to x;id --snapshot s",
                 f"move send {PID} --to {to} --snapshot s --snapshot t", f"move recv --from {U}", "host teardown",
-                f"move finalize ../{PID}", f"move abort {PID} {PID}", "", None]:
+                f"move finalize ../{PID}", f"move abort {PID} {PID}", f"move abort {PID} --quota 5",
+                f"move finalize {PID} --quota 10G", f"move finalize {PID} --quota 0", f"move finalize {PID} --quota -5",
+                f"move finalize {PID} --quota 1 --quota 2", f"move finalize --quota 5", "", None]:
         with pytest.raises(recv.Refused):
             host_step.parse(bad)
 
@@ -126,6 +129,8 @@ def test_host_step_accepts_backup_mode_send_and_finalize_only_in_their_own_shape
         == ["move", "send", PID, "--mode", "backup", "--snapshot", "move-1"]
     assert host_step.parse(f"move finalize {PID} --from-backup {bid}") \
         == ["move", "finalize", PID, "--from-backup", bid]
+    assert host_step.parse(f"move finalize {PID} --from-backup {bid} --quota 1048576") \
+        == ["move", "finalize", PID, "--from-backup", bid, "--quota", "1048576"]
     to = "btrfs-" + U + "@10.1.2.3:2222"
     for bad in [f"move send {PID} --mode backup", f"move send {PID} --mode backup --snapshot s --to {to}",
                 f"move send {PID} --mode backup --snapshot s --compress zstd",

@@ -188,7 +188,7 @@ def _resolve(cfg: Config, eng, pid: str, backup_id: str) -> str:
         raise NotFound(exc.message, hint=SAME_REPO_HINT) from None
 
 
-def finalize(cfg: Config, project_id: str, backup_id: str) -> FinalizeResult:
+def finalize(cfg: Config, project_id: str, backup_id: str, *, quota: int | None = None) -> FinalizeResult:
     from cocalc_ctl.actions import restore
 
     pid = ids.project_id(project_id)
@@ -220,7 +220,7 @@ def finalize(cfg: Config, project_id: str, backup_id: str) -> FinalizeResult:
             _write_marker(incoming, {"backup_id": snap_id, "phase": "restoring"})
             # a half-restored project of ours (marker present) is simply restored again
             try:
-                res = restore.restore(cfg, pid, snap_id)
+                res = restore.restore(cfg, pid, snap_id, quota=quota)
             except NotFound as exc:  # the id is not in this host's repository: nothing was started
                 if not mark and not proc.DRY_RUN:
                     _drop_incoming_keep_marker(cfg, pid)

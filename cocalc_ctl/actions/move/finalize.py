@@ -36,7 +36,8 @@ class FinalizeResult:
     backup_id: str | None = None  # backup mode: the backup restored here
 
 
-def finalize(cfg: Config, project_id: str) -> FinalizeResult:
+def finalize(cfg: Config, project_id: str, *, quota: int | None = None) -> FinalizeResult:
+    """`quota`: the qgroup limit in bytes the project had on its source (default `project.quota`)."""
     pid = ids.project_id(project_id)
     require_pool(cfg)
     incoming = layout.incoming_dir(cfg, pid)
@@ -81,8 +82,9 @@ def finalize(cfg: Config, project_id: str) -> FinalizeResult:
             if not (snaps_dir / r.name).exists():
                 proc.run(btrfs.snapshot(str(incoming / r.name), str(snaps_dir / r.name), readonly=True))
             rehomed.append(r.name)
-        if cfg["project.quota"]:
-            proc.run(btrfs.qgroup_limit(parse_size(cfg["project.quota"]), str(proj)))
+        limit = quota or (parse_size(cfg["project.quota"]) if cfg["project.quota"] else None)
+        if limit:
+            proc.run(btrfs.qgroup_limit(limit, str(proj)))
         restored = _restore_persist(cfg, pid, incoming)
         if not proc.plan_only(f"# record project {pid} (stopped) in {host_db.db_path(cfg.data_dir)}"):
             with host_db.connect(cfg.data_dir) as conn:

@@ -7,7 +7,7 @@ anything else is refused (logged, exit 2, nothing run):
     move send <project> --to <user@host:port> --mode pipe|staged --compress none|lz4|zstd
               --snapshot <name> [--bwlimit <rate>]
     move send <project> --mode backup --snapshot <name>
-    move finalize <project> [--from-backup <backup-id>]
+    move finalize <project> [--from-backup <backup-id>] [--quota <bytes>]
     move cleanup <project> --force
     move abort <project>
 
@@ -25,6 +25,7 @@ from cocalc_ctl.errors import InvalidInput
 
 _SAFE = re.compile(r"[A-Za-z0-9._:+@/= -]+", re.ASCII)
 _BACKUP_ID = re.compile(r"[0-9a-f]{8,64}", re.ASCII)
+_BYTES = re.compile(r"[1-9][0-9]{0,18}", re.ASCII)
 _RATE = re.compile(r"[0-9]+(\.[0-9]+)?[kKmMgG]?", re.ASCII)
 
 
@@ -34,15 +35,20 @@ def parse(command: str | None) -> list[str]:
             or command != command.strip():
         raise Refused(f"refused host step {ids._show(command)}")
     words = command.split(" ")
+    quota: list[str] = []
+    if words[:2] == ["move", "finalize"] and len(words) >= 5 and words[-2] == "--quota":
+        if not _BYTES.fullmatch(words[-1]):
+            raise Refused(f"refused host step: quota {ids._show(words[-1])} (bytes, digits only)")
+        quota, words = words[-2:], words[:-2]
     try:
         if words[:2] == ["project", "show"] and len(words) == 3:
             return ["project", "show", ids.project_id(words[2])]
         if words[:2] in (["move", "finalize"], ["move", "abort"]) and len(words) == 3:
-            return [*words[:2], ids.project_id(words[2])]
+            return [*words[:2], ids.project_id(words[2]), *quota]
         if words[:2] == ["move", "finalize"] and len(words) == 5 and words[3] == "--from-backup":
             if not _BACKUP_ID.fullmatch(words[4]):
                 raise Refused(f"refused host step: backup id {ids._show(words[4])}")
-            return ["move", "finalize", ids.project_id(words[2]), "--from-backup", words[4]]
+            return ["move", "finalize", ids.project_id(words[2]), "--from-backup", words[4], *quota]
         if words[:2] == ["move", "cleanup"] and len(words) == 4 and words[3] == "--force":
             return ["move", "cleanup", ids.project_id(words[2]), "--force"]
         if words[:2] == ["move", "send"] and len(words) >= 3:

@@ -209,6 +209,10 @@ class Worker:
                 if not m.backup_id:
                     raise PreconditionFailed(f"backup-mode move of {pid} reached finalizing without a backup id")
                 args += ["--from-backup", m.backup_id]
+            # the project keeps its qgroup limit (the source still holds it until `done`)
+            quota = self.transport().run(m.source_host_id, ["project", "show", pid]).get("quota_bytes")
+            if isinstance(quota, int) and quota > 0:
+                args += ["--quota", str(quota)]
             self.transport().run(m.dest_host_id, args)
             return self._update(m, state="done", status_reason=None)
         if m.state == "done" and m.cleaned_at is None:

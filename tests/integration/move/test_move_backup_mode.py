@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from tests.integration.move.test_move_pipe import build_project, tree_digest
+from tests.integration.move.test_move_pipe import build_project, quota_of, set_quota, tree_digest
 from tests.support.backup import backup_host, rclone_rest_server, restic
 from tests.support.move_hub import make_hub_rig
 from tests.support.ops import check_golden
@@ -80,10 +80,12 @@ def assert_done(rig, pid, digests):
 def test_worker_moves_a_project_by_backup_and_restore(rig):
     pid = str(uuid.uuid4())
     digests = build_project(rig.a, pid)
+    set_quota(rig.a, pid, 77 << 20)
     queue(rig, pid)
     out = json.loads(rig.cli("--json", "move", "worker", "--once").stdout)
     assert [p["state"] for p in out["processed"]] == ["done"]
     assert_done(rig, pid, digests)
+    assert quota_of(rig.b, pid) == 77 << 20  # the project keeps its own limit, not B's default
     row = rig.move_row(pid)
     assert row["attempt"] == 1 and row["progress"]["reused"] is False and row["progress"]["bytes"] > 6 << 20
     assert restic(rig.a, "check", check=False).returncode == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import uuid
 
 import pytest
@@ -12,6 +13,15 @@ from tests.support.hosts import tree_digest as _tree_digest
 from tests.support.move import make_project, write_files
 
 pytestmark = pytest.mark.integration
+
+
+def set_quota(h, pid, limit: int) -> None:
+    """A per-project qgroup limit other than the host's default (as `project create --quota` sets)."""
+    subprocess.run(["btrfs", "qgroup", "limit", str(limit), str(h.project_path(pid))], check=True)
+
+
+def quota_of(h, pid):
+    return h.json("project", "show", pid)["quota_bytes"]
 
 
 def build_project(a, pid):

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from tests.integration.move.test_move_pipe import assert_moved, build_project, tree_digest
+from tests.integration.move.test_move_pipe import assert_moved, build_project, quota_of, set_quota, tree_digest
 from tests.support.move import ssh_to
 from tests.support.move_hub import make_hub_rig
 
@@ -44,6 +44,7 @@ def assert_done(rig, pid, digests):
 def test_worker_moves_a_project_and_cleans_the_source_after_done(rig):
     pid = str(uuid.uuid4())
     digests = build_project(rig.a, pid)
+    set_quota(rig.a, pid, 77 << 20)
     started = queue(rig, pid)
     assert started["state"] == "queued" and started["dest_host_id"] == rig.b.host_id  # chosen: the only other host
     assert rig.sql("SELECT move_status->>'state' FROM projects WHERE project_id=%s", (pid,))[0][0] == "queued"
@@ -53,6 +54,7 @@ def test_worker_moves_a_project_and_cleans_the_source_after_done(rig):
     assert [p["state"] for p in out["processed"]] == ["done"]
     assert_done(rig, pid, digests)
     assert rig.move_row(pid)["attempt"] == 1
+    assert quota_of(rig.b, pid) == 77 << 20  # the project keeps its own limit, not B's default
     # moving to where it already is: done at once
     same = json.loads(rig.cli("--json", "move", "start", pid, "--to", rig.b.host_id).stdout)
     assert same["state"] == "done" and same["status_reason"] == "already on the destination"
