@@ -18,31 +18,19 @@ median to the method's median (1.0 = as fast as raw). Run as root from the repos
 
 from __future__ import annotations
 
-import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from _bench import round_robin, sh, write_random  # noqa: E402  (this script's own directory)
+
 from tests.support.hosts import Host, cleanup_mounts_under  # noqa: E402
-from tests.support.move import Receiver, ensure_host_key, free_port  # noqa: E402
-
-
-def sh(*argv, **kw):
-    return subprocess.run(argv, check=True, capture_output=True, **kw)
-
-
-def write_random(path: Path, mb: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        for _ in range(mb):
-            fh.write(os.urandom(1 << 20))
+from tests.support.move import Receiver, ensure_host_key  # noqa: E402
 
 
 def main() -> int:
@@ -117,16 +105,7 @@ def main() -> int:
 
         methods = {"raw-local": lambda: raw(False), "raw-ssh": lambda: raw(True),
                    "move-pipe": lambda: move("pipe", "none"), "move-lz4": lambda: move("staged", "lz4")}
-        times: dict[str, list[float]] = {m: [] for m in methods}
-        for r in range(rounds):
-            for m, fn in methods.items():
-                reset()
-                t0 = time.monotonic()
-                fn()
-                times[m].append(time.monotonic() - t0)
-                print(f"round {r + 1} {m}: {times[m][-1]:.2f}s", flush=True)
-        reset()
-        med = {m: statistics.median(v) for m, v in times.items()}
+        times, med = round_robin(methods, rounds, reset)
         mb = stream_bytes / 1e6
         print(f"\nproject {size_mb} MiB random data, 3 snapshots + move snapshot; stream total {mb:.0f} MB; "
               f"{rounds} rounds; median")

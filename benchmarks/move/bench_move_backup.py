@@ -22,29 +22,18 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from _bench import round_robin, sh, write_random  # noqa: E402  (this script's own directory)
+
 from tests.support.backup import password_file  # noqa: E402
 from tests.support.hosts import Host, cleanup_mounts_under  # noqa: E402
-
-
-def sh(*argv, **kw):
-    return subprocess.run(argv, check=True, capture_output=True, **kw)
-
-
-def write_random(path: Path, mb: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        for _ in range(mb):
-            fh.write(os.urandom(1 << 20))
 
 
 def main() -> int:
@@ -102,16 +91,7 @@ def main() -> int:
             sh("btrfs", "filesystem", "sync", str(b.pool))
 
         methods = {"raw-restic": raw, "move-backup": move}
-        times: dict[str, list[float]] = {m: [] for m in methods}
-        for r in range(rounds):
-            for m, fn in methods.items():
-                reset()
-                t0 = time.monotonic()
-                fn()
-                times[m].append(time.monotonic() - t0)
-                print(f"round {r + 1} {m}: {times[m][-1]:.2f}s", flush=True)
-        reset()
-        med = {m: statistics.median(v) for m, v in times.items()}
+        times, med = round_robin(methods, rounds, reset)
         print(f"\nproject {size_mb} MiB random data; fresh local repository per run; {rounds} rounds; median")
         print(f"{'method':<12} {'seconds':>8} {'MiB/s':>8} {'raw / method':>13}")
         for m in methods:

@@ -1,0 +1,37 @@
+"""What the move benchmarks share: running a command, random data, and round-robin timing."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+
+def sh(*argv, **kw):
+    return subprocess.run(argv, check=True, capture_output=True, **kw)
+
+
+def write_random(path: Path, mb: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        for _ in range(mb):
+            fh.write(os.urandom(1 << 20))
+
+
+def round_robin(methods: dict[str, Callable[[], object]], rounds: int,
+                reset: Callable[[], object]) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Run every method once per round (reset before each, and once at the end) so machine noise
+    hits all alike; return the times per method and their medians."""
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for r in range(rounds):
+        for m, fn in methods.items():
+            reset()
+            t0 = time.monotonic()
+            fn()
+            times[m].append(time.monotonic() - t0)
+            print(f"round {r + 1} {m}: {times[m][-1]:.2f}s", flush=True)
+    reset()
+    return times, {m: statistics.median(v) for m, v in times.items()}
