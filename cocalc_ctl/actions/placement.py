@@ -80,14 +80,15 @@ def host_ref(ref: str) -> str:
 
 # -- database ---------------------------------------------------------------------------------
 
-def resolve_host(conn, ref: str) -> tuple[str, str | None, str | None]:
-    """(id, name, status) of a registered host given its id or (unambiguous) name."""
+HOST_COLUMNS = "id::text, name, status"
+
+
+def resolve_host(conn, ref: str, columns: str = HOST_COLUMNS) -> tuple:
+    """The `columns` (default: id, name, status) of a registered host given its id or (unambiguous)
+    name; `columns` is a constant of the caller's, never input."""
     ref = host_ref(ref)
-    if ids.is_uuid(ref):
-        rows = conn.execute("SELECT id::text, name, status FROM project_hosts WHERE id = %s", (ref,)).fetchall()
-    else:
-        rows = conn.execute("SELECT id::text, name, status FROM project_hosts WHERE name = %s ORDER BY id",
-                            (ref,)).fetchall()
+    key = "id" if ids.is_uuid(ref) else "name"
+    rows = conn.execute(f"SELECT {columns} FROM project_hosts WHERE {key} = %s ORDER BY id", (ref,)).fetchall()
     if not rows:
         raise NotFound(f"host {ids._show(ref)} is not registered in the hub",
                        hint="run `cocalc-ctl keys register` on that host first")

@@ -14,6 +14,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from cocalc_ctl import ids
+from cocalc_ctl.actions import placement
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import Busy, InvalidInput, NotFound, PreconditionFailed
 from cocalc_ctl.state import hub_db
@@ -55,20 +56,6 @@ def row_to_move(row) -> Move:
     return Move(*row)
 
 
-def _resolve_host(conn, ref: str) -> tuple:
-    if ids.is_uuid(ref):
-        row = conn.execute("SELECT id::text, name, trusted, status, ssh_server FROM project_hosts WHERE id=%s",
-                           (ref,)).fetchone()
-    else:
-        if not ref or len(ref) > 200:
-            raise InvalidInput(f"invalid host {ids._show(ref)}", hint="give a host uuid or name")
-        row = conn.execute("SELECT id::text, name, trusted, status, ssh_server FROM project_hosts WHERE name=%s",
-                           (ref,)).fetchone()
-    if row is None:
-        raise NotFound(f"host {ids._show(ref)} is not registered in the hub", hint="see project_hosts; run `keys register`")
-    return row
-
-
 def start(cfg: Config, project_id: str, *, to: str | None = None, mode: str | None = None,
           compress: str | None = None) -> Move:
     pid = ids.project_id(project_id)
@@ -88,7 +75,7 @@ def start(cfg: Config, project_id: str, *, to: str | None = None, mode: str | No
                                hint="place it with `hub project add PROJECT --host HOST`")
             source = proj[0]
             if to:
-                dest, name, trusted, status, _ = _resolve_host(conn, to)
+                dest, name, trusted, status = placement.resolve_host(conn, to, "id::text, name, trusted, status")
                 if dest != source and (not trusted or status != "active"):
                     raise PreconditionFailed(f"host {name or dest} is not a trusted, active host",
                                              hint="`keys trust` it (and `keys register` on it) first")
