@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cocalc_ctl.cli.common import G, config, render
+from cocalc_ctl.cli.common import config, render
 
 app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
 

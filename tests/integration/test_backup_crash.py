@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.backup import PID_A, PID_B, backup_host, jobs, restic, tree_digest, wait_for
 from tests.support.hosts import CLI, REPO
+from tests.support.procfs import children, comm
 
 pytestmark = pytest.mark.integration
 
@@ -24,14 +25,6 @@ def _spawn(h, *args: str, env: dict | None = None) -> subprocess.Popen:
         e.update(env)
     return subprocess.Popen([*CLI, *args], env=e, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            return [int(x) for x in fh.read().split()]
-    except OSError:
-        return []
 
 
 def _big_file(path, mb: int) -> None:
@@ -47,8 +40,7 @@ def test_sigkill_mid_backup_marks_job_stale_and_removes_snapshot(make_host, work
     _big_file(live / "big.bin", 60)
     p = _spawn(h, "backup", "create", PID_A)
     tmp = live / ".snapshots" / ".backup-tmp" / "project"
-    engine = wait_for(lambda: [c for c in _children(p.pid)
-                               if "restic" in open(f"/proc/{c}/comm").read()] if tmp.is_dir() else None)
+    engine = wait_for(lambda: [c for c in children(p.pid) if "restic" in comm(c)] if tmp.is_dir() else None)
     assert jobs(h)[-1]["state"] == "running"
     os.kill(p.pid, signal.SIGKILL)
     p.wait()

@@ -116,7 +116,7 @@ def test_host_step_accepts_the_workers_steps_only():
                 f"move send {PID} --to {to} --snapshot s --snapshot t", f"move recv --from {U}", "host teardown",
                 f"move finalize ../{PID}", f"move abort {PID} {PID}", f"move abort {PID} --quota 5",
                 f"move finalize {PID} --quota 10G", f"move finalize {PID} --quota 0", f"move finalize {PID} --quota -5",
-                f"move finalize {PID} --quota 1 --quota 2", f"move finalize --quota 5", "", None]:
+                f"move finalize {PID} --quota 1 --quota 2", "move finalize --quota 5", "", None]:
         with pytest.raises(recv.Refused):
             host_step.parse(bad)
 

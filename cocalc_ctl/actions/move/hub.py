@@ -100,7 +100,7 @@ def start(cfg: Config, project_id: str, *, to: str | None = None, mode: str | No
                            hint="let a `move worker` finish it, then start again")
             done_at_once = dest == source
             conn.execute(
-                f"""INSERT INTO project_moves (project_id, source_host_id, dest_host_id, state, mode, compress,
+                """INSERT INTO project_moves (project_id, source_host_id, dest_host_id, state, mode, compress,
                         snapshot_name, progress, status_reason, attempt, lease_owner, lease_until, created_at,
                         updated_at, cleaned_at)
                     VALUES (%(p)s, %(s)s, %(d)s, %(state)s, %(mode)s, %(c)s, NULL, NULL, %(reason)s, 0, NULL, NULL,

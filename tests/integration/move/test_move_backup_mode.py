@@ -198,7 +198,7 @@ def _session_procs(sid: int) -> list[tuple[int, str]]:
 
 @pytest.mark.parametrize("state", ["sending", "finalizing"])
 def test_sigkill_of_the_worker_mid_step_resumes_without_a_second_backup(rig, state):
-    a, b = rig.a, rig.b
+    a = rig.a
     pid = str(uuid.uuid4())
     digests = build_project(a, pid)
     with open(a.project_path(pid) / "data" / "bulk.bin", "wb") as fh:  # big enough to be killed mid-engine

@@ -19,7 +19,7 @@ REFUSED = [
     "rm -rf /",
     "",
     f"list {PID}; id",
-    f"list $(id)",
+    "list $(id)",
     f"list {PID}\nid",
     "list ../../etc",
     f"receive {PID} ../../etc/passwd snapshot none {SNAP_UUID}",

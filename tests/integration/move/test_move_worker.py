@@ -14,6 +14,7 @@ import pytest
 from tests.integration.move.test_move_pipe import assert_moved, build_project, quota_of, set_quota, tree_digest
 from tests.support.move import ssh_to
 from tests.support.move_hub import make_hub_rig
+from tests.support.procfs import children, cmdline
 
 pytestmark = pytest.mark.integration
 
@@ -107,18 +108,6 @@ def _wait_state(rig, pid, state, timeout=60):
     pytest.fail(f"move never reached {state}: {rig.move_row(pid)}")
 
 
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [int(x) for x in out.split()]
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 @pytest.mark.parametrize("victim", ["worker", "send"])
 def test_sigkill_during_send_then_restart_completes(rig, victim):
     a, b = rig.a, rig.b
@@ -140,7 +129,7 @@ def test_sigkill_during_send_then_restart_completes(rig, victim):
         if victim == "worker":
             os.killpg(w.pid, signal.SIGKILL)  # the worker and everything it started
         else:
-            sends = [c for c in _children(w.pid) if " move send " in _cmdline(c)]
+            sends = [c for c in children(w.pid) if " move send " in cmdline(c)]
             assert sends, "no send process found"
             os.kill(sends[0], signal.SIGKILL)
         w.wait(timeout=60)

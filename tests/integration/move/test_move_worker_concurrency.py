@@ -8,7 +8,6 @@ are covered by test_move_worker.py.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import time
 import uuid
 from collections import Counter

@@ -1,0 +1,32 @@
+"""Reading /proc in tests, where any process may exit between being listed and being read."""
+
+from __future__ import annotations
+
+import os
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError:  # the process is gone (or was never there)
+        return b""
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of `pid`, whichever of its threads started them (empty when it has exited)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    return sorted({int(x) for t in tasks for x in _read(f"/proc/{pid}/task/{t}/children").split()})
+
+
+def comm(pid: int) -> str:
+    """The process's short name, "" when it has exited."""
+    return _read(f"/proc/{pid}/comm").decode(errors="replace").strip()
+
+
+def cmdline(pid: int) -> str:
+    """The process's command line joined by spaces, "" when it has exited."""
+    return _read(f"/proc/{pid}/cmdline").replace(b"\0", b" ").decode(errors="replace").strip()
