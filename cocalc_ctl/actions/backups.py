@@ -172,6 +172,12 @@ def sweep_stale(cfg: Config, eng: Engine | None = None) -> list[StaleJob]:
                     job.removed_snapshot = str(snap)
             out.append(job)
             output.warn(f"backup job {row['id']} of project {pid} marked failed (stale: {why})")
+    if out and eng is None:
+        # whichever command finds the dead run drops its lock: a later sweep no longer sees the job
+        try:
+            eng = engine_for(cfg)
+        except CocalcError:
+            eng = None  # no usable repository configured: there is no lock to drop
     if out and eng is not None and eng.unlock():
         proc.run(eng.unlock(), check=False, env=eng.env())  # drop the repository lock of the dead run
     return out

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from tests.support.backup import PID_A, PID_B, backup_host, jobs, restic, tree_digest, wait_for
+from tests.support.backup import PID_A, PID_B, ResticControl, backup_host, jobs, restic, tree_digest, wait_for
 from tests.support.hosts import CLI, REPO
-from tests.support.procfs import children, comm
+from tests.support.procfs import children, exe
 
 pytestmark = pytest.mark.integration
 
@@ -38,14 +38,33 @@ def test_sigkill_mid_backup_marks_job_stale_and_removes_snapshot(make_host, work
     h.cli("project", "create", PID_A)
     live = h.project_path(PID_A)
     _big_file(live / "big.bin", 60)
-    p = _spawn(h, "backup", "create", PID_A)
+    # restic uploads at 2 MiB/s: the 60 MiB backup runs for half a minute, so the kill surely lands mid-run
+    slow = ResticControl(workdir / "slow-restic", upload_kib=2048)
+    p = _spawn(h, "backup", "create", PID_A, env=slow.env)
     tmp = live / ".snapshots" / ".backup-tmp" / "project"
-    engine = wait_for(lambda: [c for c in children(p.pid) if "restic" in comm(c)] if tmp.is_dir() else None)
-    assert jobs(h)[-1]["state"] == "running"
+    locks = workdir / "repo" / "locks"
+
+    def lock_written() -> bool:
+        for e in os.scandir(locks):
+            try:
+                if e.stat().st_size > 0:
+                    return True
+            except OSError:  # replaced or removed meanwhile
+                pass
+        return False
+
+    def engine_at_work() -> list[int]:
+        """The real restic (not its wrapper) running for the job, once it holds its repository lock."""
+        found = [c for c in children(p.pid) if os.path.basename(exe(c)) == "restic"]
+        return found if found and tmp.is_dir() and lock_written() else []
+
+    engine = wait_for(engine_at_work, timeout=120)
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
-    # the engine dies with its job (no orphan keeps the repository locked)
-    wait_for(lambda: not os.path.exists(f"/proc/{engine[0]}"), timeout=10)
+    assert jobs(h)[-1]["state"] == "running"
+    # the engine dies with its job (no orphan keeps the repository locked); restic counts a lock as
+    # stale only once its process is reaped, not while it is a zombie, so wait until it is not listed
+    wait_for(lambda: not os.path.exists(f"/proc/{engine[0]}"), timeout=30)
     assert tmp.is_dir() and jobs(h)[-1]["state"] == "running"
     assert oct(os.stat(tmp.parent).st_mode & 0o777) == "0o700"  # the project's users cannot reach it
 
@@ -54,7 +73,8 @@ def test_sigkill_mid_backup_marks_job_stale_and_removes_snapshot(make_host, work
     row = jobs(h)[-1]
     assert row["state"] == "failed" and row["error"].startswith("stale")
     assert not tmp.exists() and not tmp.parent.exists()
-    assert restic(h, "check", check=False).returncode == 0
+    chk = restic(h, "check", check=False)
+    assert chk.returncode == 0, (chk.stdout, chk.stderr, st)
     # and the next backup works
     assert h.json("backup", "list", PID_A) == []
     h.cli("backup", "create", PID_A)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -40,7 +41,7 @@ def backup_host(make_host, workdir: Path, name: str = "a", *, size: str = "1G", 
 
 
 def jobs(host) -> list[dict]:
-    conn = sqlite3.connect(str(host.data / "host.sqlite"))
+    conn = sqlite3.connect(str(host.data / "host.sqlite"), timeout=30)  # a busy writer may hold it a moment
     conn.row_factory = sqlite3.Row
     try:
         return [dict(r) for r in conn.execute("SELECT * FROM backup_jobs ORDER BY id")]
@@ -195,6 +196,55 @@ def rclone_rest_server(directory: Path):
                 p.kill()
                 p.wait()
         log.close()
+
+
+class ResticControl:
+    """A `restic` first on PATH that runs the real one, slowed down and/or held back, so a test can act
+    while a backup or restore is certainly in progress instead of racing a fast engine.
+
+    `upload_kib`/`download_kib` cap restic's repository traffic (its own --limit-upload/--limit-download,
+    which every backend honours): a kill or a check then lands mid-run. With `gate=True` every
+    `restic backup` waits, before it starts, until `release()`; `wait_held(n)` waits until n of them
+    are waiting. The product runs the wrapper like the real engine (same arguments, exit status and
+    output); pass `env` to the process that should use it."""
+
+    def __init__(self, directory: Path, *, upload_kib: int | None = None, download_kib: int | None = None,
+                 gate: bool = False):
+        real = shutil.which("restic")
+        if real is None:
+            raise RuntimeError("restic not found")
+        self.dir = Path(directory)
+        (self.dir / "bin").mkdir(parents=True, exist_ok=True)
+        self.gate_dir = self.dir / "gate"
+        self.gate_dir.mkdir(exist_ok=True)
+        limits = ""
+        if upload_kib:
+            limits += f" --limit-upload {int(upload_kib)}"
+        if download_kib:
+            limits += f" --limit-download {int(download_kib)}"
+        hold = ""
+        if gate:
+            hold = f"""for a in "$@"; do
+  if [ "$a" = backup ]; then
+    : > '{self.gate_dir}/held.'$$
+    while [ ! -e '{self.gate_dir}/open' ]; do sleep 0.05; done
+    break
+  fi
+done
+"""
+        script = self.dir / "bin" / "restic"
+        script.write_text(f"#!/bin/sh\n{hold}exec '{real}'{limits} \"$@\"\n")
+        os.chmod(script, 0o755)
+        self.env = {"PATH": f"{self.dir / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+
+    def held(self) -> int:
+        return len([n for n in os.listdir(self.gate_dir) if n.startswith("held.")])
+
+    def wait_held(self, n: int = 1, timeout: float = 120) -> None:
+        wait_for(lambda: self.held() >= n, timeout=timeout)
+
+    def release(self) -> None:
+        (self.gate_dir / "open").touch()
 
 
 def wait_for(predicate, timeout: float = 30, interval: float = 0.02):

@@ -30,3 +30,12 @@ def comm(pid: int) -> str:
 def cmdline(pid: int) -> str:
     """The process's command line joined by spaces, "" when it has exited."""
     return _read(f"/proc/{pid}/cmdline").replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def exe(pid: int) -> str:
+    """The path of the program the process runs, "" when it has exited (or is a kernel thread)."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
