@@ -154,12 +154,15 @@ def test_concurrent_backups_of_one_project_one_wins(make_host, workdir):
     h = backup_host(make_host, workdir)
     h.cli("project", "create", PID_A)
     _big_file(h.project_path(PID_A) / "big.bin", 40)
-    p = _spawn(h, "backup", "create", PID_A)
-    wait_for(lambda: jobs(h) and jobs(h)[-1]["state"] == "running")
+    gate = ResticControl(workdir / "gated-restic", gate=True)  # the first backup's engine waits for us
+    p = _spawn(h, "backup", "create", PID_A, env=gate.env)
+    gate.wait_held(1)
+    assert [r["state"] for r in jobs(h)] == ["running"]
     second = h.cli("backup", "create", PID_A, check=False)
     assert second.returncode == 4 and "busy" in second.stderr and second.stderr.count("\n") == 1
     restore = h.cli("restore", PID_A, "latest", check=False)
     assert restore.returncode == 4
+    gate.release()
     assert p.wait() == 0, p.stderr.read()
     assert [r["state"] for r in jobs(h)] == ["succeeded"]
     assert restic(h, "check").returncode == 0
@@ -170,23 +173,29 @@ def test_host_cap_runs_backups_one_after_the_other(make_host, workdir):
     for pid in (PID_A, PID_B):
         h.cli("project", "create", pid)
         _big_file(h.project_path(pid) / "big.bin", 25)
-    procs = [_spawn(h, "backup", "create", pid) for pid in (PID_A, PID_B)]
-    seen_pending_while_other_runs = False
+    gate = ResticControl(workdir / "gated-restic", gate=True)  # engines wait until both jobs are recorded
+    procs = [_spawn(h, "backup", "create", pid, env=gate.env) for pid in (PID_A, PID_B)]
+    gate.wait_held(1)
+    # one job holds the only slot (its engine is held back), the other queues behind it
+    wait_for(lambda: sorted(r["state"] for r in jobs(h)) == ["pending", "running"], timeout=60)
+    assert gate.held() == 1
+    gate.release()
     while any(p.poll() is None for p in procs):
         states = [r["state"] for r in jobs(h)]
         assert states.count("running") <= 1, states
-        if sorted(states) == ["pending", "running"]:
-            seen_pending_while_other_runs = True
         time.sleep(0.02)
     assert [p.returncode for p in procs] == [0, 0], [p.stderr.read() for p in procs]
-    assert seen_pending_while_other_runs
+    assert gate.held() == 2  # both engines ran, one after the other
     assert [r["state"] for r in jobs(h)] == ["succeeded", "succeeded"]
     # --no-wait refuses instead of queueing
-    p = _spawn(h, "backup", "create", PID_A)
-    wait_for(lambda: jobs(h)[-1]["state"] == "running" and jobs(h)[-1]["project_id"] == PID_A)
+    gate = ResticControl(workdir / "gated-restic-2", gate=True)
+    p = _spawn(h, "backup", "create", PID_A, env=gate.env)
+    gate.wait_held(1)
+    assert jobs(h)[-1]["state"] == "running" and jobs(h)[-1]["project_id"] == PID_A
     r = h.cli("backup", "create", PID_B, "--no-wait", check=False)
     assert r.returncode == 4 and "max_concurrent" in r.stderr
-    assert p.wait() == 0
+    gate.release()
+    assert p.wait() == 0, p.stderr.read()
     assert [r["state"] for r in jobs(h)] == ["succeeded"] * 3  # the refused run left no failed job
 
 
