@@ -4,6 +4,7 @@ using the local transport (each host's config file named `<host-uuid>.yaml`)."""
 from __future__ import annotations
 
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +45,8 @@ class HubRig:
             raise AssertionError(f"hub cocalc-ctl {' '.join(args)} exited {res.returncode}\n{res.stdout}\n{res.stderr}")
         return res
 
-    def popen(self, *args: str) -> subprocess.Popen:
-        env = {k: v for k, v in self.a.env.items() if k != "COCALC_CTL_CONFIG"}
+    def popen(self, *args: str, env: dict | None = None) -> subprocess.Popen:
+        env = {**{k: v for k, v in self.a.env.items() if k != "COCALC_CTL_CONFIG"}, **(env or {})}
         return subprocess.Popen([*CLI, "--config", str(self.config_path), *args], env=env, cwd=str(REPO),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
@@ -55,6 +56,19 @@ class HubRig:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             cur = conn.execute(query, params)
             return cur.fetchall() if cur.description else []
+
+    def wait_claimable(self, pid: str, timeout: float = 60) -> None:
+        """Wait until the move's lease (a dead worker's, or a retry back-off) has lapsed by the hub's
+        clock, which is what a worker's claim compares against."""
+        deadline = time.monotonic() + timeout
+        while True:
+            (free,) = self.sql("SELECT lease_until IS NULL OR lease_until < now() FROM project_moves "
+                               "WHERE project_id=%s", (pid,))[0]
+            if free:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the lease of move {pid} did not lapse within {timeout:.0f}s")
+            time.sleep(0.1)
 
     def move_row(self, pid: str) -> dict:
         import psycopg

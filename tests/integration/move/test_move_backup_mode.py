@@ -16,9 +16,10 @@ import uuid
 import pytest
 
 from tests.integration.move.test_move_pipe import build_project, quota_of, set_quota, tree_digest
-from tests.support.backup import backup_host, rclone_rest_server, restic
+from tests.support.backup import ResticControl, backup_host, rclone_rest_server, restic
 from tests.support.move_hub import make_hub_rig
 from tests.support.ops import check_golden
+from tests.support.procfs import exe
 
 pytestmark = pytest.mark.integration
 
@@ -180,7 +181,8 @@ def test_restarted_worker_reuses_the_backup_a_killed_send_had_made(rig):
     assert rig.move_row(pid)["progress"]["reused"] is True
 
 
-def _session_procs(sid: int) -> list[tuple[int, str]]:
+def _session_restics(sid: int) -> list[int]:
+    """The real restic processes (not a wrapper script) in session `sid`."""
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -189,16 +191,27 @@ def _session_procs(sid: int) -> list[tuple[int, str]]:
             stat = open(f"/proc/{d}/stat").read()
         except OSError:
             continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[3]) == sid:  # field 6 of stat: session id
-            out.append((int(d), comm))
+        if int(fields[3]) == sid and os.path.basename(exe(int(d))) == "restic":  # field 6 of stat: session id
+            out.append(int(d))
     return out
 
 
+def _nonempty_file_in(directory) -> bool:
+    """Some file below `directory` has content (a partly written tree: entries come and go)."""
+    for root, _, files in os.walk(directory):
+        for name in files:
+            try:
+                if os.lstat(os.path.join(root, name)).st_size > 0:
+                    return True
+            except OSError:
+                pass
+    return False
+
+
 @pytest.mark.parametrize("state", ["sending", "finalizing"])
-def test_sigkill_of_the_worker_mid_step_resumes_without_a_second_backup(rig, state):
-    a = rig.a
+def test_sigkill_of_the_worker_mid_step_resumes_without_a_second_backup(rig, workdir, state):
+    a, b = rig.a, rig.b
     pid = str(uuid.uuid4())
     digests = build_project(a, pid)
     with open(a.project_path(pid) / "data" / "bulk.bin", "wb") as fh:  # big enough to be killed mid-engine
@@ -206,18 +219,24 @@ def test_sigkill_of_the_worker_mid_step_resumes_without_a_second_backup(rig, sta
             fh.write(os.urandom(1 << 20))
     digests["live"] = tree_digest(a.project_path(pid))
     queue(rig, pid)
-    w = rig.popen("move", "worker", "--once")
+    # the step to kill moves its data at 2 MiB/s (restic's own limit): it runs for half a minute,
+    # so the kill lands in the middle of it, after restic has locked the repository and written data
+    slow = ResticControl(workdir / "slow-restic", **({"upload_kib": 2048} if state == "sending"
+                                                      else {"download_kib": 2048}))
+    if state == "sending":
+        in_the_step = lambda: _nonempty_file_in(workdir / "rest-repo" / "locks")  # noqa: E731
+    else:  # the restore has started writing the project into its staging
+        in_the_step = lambda: _nonempty_file_in(b.pool / ".restore-staging")  # noqa: E731
+    w = rig.popen("move", "worker", "--once", env=slow.env)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if rig.move_row(pid)["state"] == state and any(c == "restic" for _, c in _session_procs(w.pid)):
+            if rig.move_row(pid)["state"] == state and _session_restics(w.pid) and in_the_step():
                 break
             assert w.poll() is None, w.communicate()
             time.sleep(0.02)
         else:
             pytest.fail(f"restic never ran in {state}: {rig.move_row(pid)}")
-        if state == "finalizing":
-            time.sleep(0.3)  # into the restore proper
         os.killpg(w.pid, signal.SIGKILL)  # the worker and everything it started
         w.wait(timeout=60)
     finally:
@@ -229,7 +248,7 @@ def test_sigkill_of_the_worker_mid_step_resumes_without_a_second_backup(rig, sta
     assert (row["backup_id"] is None) == (state == "sending")
     assert a.project_path(pid).exists() and tree_digest(a.project_path(pid)) == digests["live"]  # source intact
     assert rig.sql("SELECT host_id::text FROM projects WHERE project_id=%s", (pid,))[0][0] == a.host_id
-    time.sleep(2.5)  # the dead worker's lease expires
+    rig.wait_claimable(pid)  # the dead worker's lease expires
     rig.cli("move", "worker", "--once")
     assert_done(rig, pid, digests)
     assert rig.move_row(pid)["attempt"] == 2
