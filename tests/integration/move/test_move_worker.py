@@ -114,7 +114,9 @@ def test_sigkill_during_send_then_restart_completes(rig, victim):
     pid = str(uuid.uuid4())
     digests = build_project(a, pid)
     queue(rig, pid)
-    rig.write_config(**{"move.bwlimit": "2M"})  # slow enough to be killed mid-stream
+    # 512 KiB/s: the 6 MiB of s1 take 12 s, so the kill (right after the first progress report, which
+    # comes with the worker's heartbeat, under a second in) surely lands mid-stream, before s1 is done
+    rig.write_config(**{"move.bwlimit": "512K"})
     w = rig.popen("move", "worker", "--once")
     try:
         _wait_state(rig, pid, "sending")
@@ -141,7 +143,7 @@ def test_sigkill_during_send_then_restart_completes(rig, victim):
     assert row["state"] == "sending" and row["attempt"] == 1
     assert a.project_path(pid).exists() and not b.project_path(pid).exists()  # source intact
     rig.write_config()
-    time.sleep(2.5)  # the dead worker's lease / the retry back-off expires
+    rig.wait_claimable(pid)  # the dead worker's lease / the retry back-off expires
     rig.cli("move", "worker", "--once")
     assert_done(rig, pid, digests)
     assert rig.move_row(pid)["attempt"] == 2
