@@ -13,6 +13,7 @@ import pytest
 
 from tests.integration.move.test_move_pipe import assert_moved, build_project, events, tree_digest
 from tests.support.hosts import CLI, REPO
+from tests.support.leftovers import processes_left
 
 pytestmark = pytest.mark.integration
 
@@ -49,10 +50,25 @@ def test_staged_copy_resumes_after_the_send_is_killed(pair):
                          env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          start_new_session=True)
     dest = b.pool / "_streams" / pid / "move-kill"
+
+    def receiving() -> bool:
+        """rsync has written stream data on B (its temporary files are renamed as they complete)."""
+        try:
+            entries = list(os.scandir(dest))
+        except OSError:
+            return False
+        for e in entries:
+            try:
+                if e.stat().st_size > 0:
+                    return True
+            except OSError:
+                pass
+        return False
+
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if dest.is_dir() and any(e.stat().st_size > 0 for e in os.scandir(dest)):
+            if receiving():
                 break
             assert p.poll() is None, p.stderr.read().decode()
             time.sleep(0.1)
@@ -63,7 +79,11 @@ def test_staged_copy_resumes_after_the_send_is_killed(pair):
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
         p.wait()
-    time.sleep(0.5)
+    # B's side of the killed connection (its forced command and `rsync --server`) ends when it sees
+    # the connection drop; a rerun racing it could have the old rsync put its partial file over the
+    # new one's, so wait for it to be gone rather than a fixed time
+    left = processes_left(pid, settle=60)
+    assert not left, left
     manifest = json.loads((a.pool / "_streams" / pid / "move-kill" / "manifest.json").read_text())
     assert manifest["complete"] is True and all(f["complete"] for f in manifest["files"])
     # nothing has been received yet, and B does not have the project
