@@ -8,6 +8,7 @@ are covered by test_move_worker.py.
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 import uuid
 from collections import Counter
@@ -24,19 +25,27 @@ pytestmark = pytest.mark.integration
 
 
 class RecordingTransport(HostTransport):
-    def __init__(self, path: str, owner: str):
-        self.path, self.owner = path, owner
+    def __init__(self, path: str, owner: str, start=None):
+        self.path, self.owner, self.start = path, owner, start
 
     def run(self, host_id, args, *, timeout=None, on_event=None):
         with open(self.path, "a") as fh:  # O_APPEND: whole lines from concurrent processes
             fh.write(f"{self.owner}\t{host_id}\t{' '.join(args)}\n")
+        if self.start is not None:
+            # the first step of each worker waits until every worker holds a move: a worker that a
+            # loaded machine starts late still gets work, instead of finding the queue emptied
+            start, self.start = self.start, None
+            try:
+                start.wait(60)
+            except threading.BrokenBarrierError:
+                pass  # a worker never claimed anything: the assertions below say so
         time.sleep(0.05)
         return {"bytes_total": 1, "snapshots": []}
 
 
-def _work(cfg_env: dict, log: str, n: int) -> None:
+def _work(cfg_env: dict, log: str, n: int, start=None) -> None:
     cfg = config_mod.load(None, env=cfg_env)
-    worker.run(cfg, once=True, concurrency=1, transport=RecordingTransport(log, f"w{n}"))
+    worker.run(cfg, once=True, concurrency=1, transport=RecordingTransport(log, f"w{n}", start))
 
 
 def test_three_workers_move_ten_projects_each_exactly_once(hub_dsn, tmp_path):
@@ -57,7 +66,8 @@ def test_three_workers_move_ten_projects_each_exactly_once(hub_dsn, tmp_path):
         assert hub.start(cfg, p, to=dst).state == "queued"
     log = str(tmp_path / "steps.log")
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_work, args=(env, log, n)) for n in range(3)]
+    start = ctx.Barrier(3)
+    procs = [ctx.Process(target=_work, args=(env, log, n, start)) for n in range(3)]
     for pr in procs:
         pr.start()
     for pr in procs:
@@ -72,7 +82,7 @@ def test_three_workers_move_ten_projects_each_exactly_once(hub_dsn, tmp_path):
     for owner, _, args in lines:
         owners.setdefault(args.split()[2], set()).add(owner)
     assert all(len(o) == 1 for o in owners.values())  # one worker carried each move from start to end
-    assert len({o for os_ in owners.values() for o in os_}) >= 2  # and the work was really shared
+    assert len({o for os_ in owners.values() for o in os_}) == 3  # and the work was really shared
     moves = {m.project_id: m for m in hub.status(cfg)}
     assert all(moves[p].state == "done" and moves[p].attempt == 1 and moves[p].cleaned_at for p in pids)
     with psycopg.connect(hub_dsn, autocommit=True) as conn:
