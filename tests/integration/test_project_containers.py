@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import sqlite3
+import time
 import urllib.request
 import uuid
 
@@ -32,14 +34,26 @@ def host_row(host, pid):
         return dict(conn.execute("SELECT * FROM projects WHERE project_id=?", (pid,)).fetchone())
 
 
-def wait_for_file(path, timeout=20):
-    import time
-
+def wait_for_file(path, timeout=60):
     deadline = time.monotonic() + timeout
     while not path.exists():
         if time.monotonic() > deadline:
             raise AssertionError(f"{path} never appeared")
         time.sleep(0.1)
+
+
+def get_when_listening(url: str, timeout: float = 60) -> bytes:
+    """GET `url`, retrying while nothing answers yet (the container writes its marker files just
+    before it execs the server, which may take a moment to listen)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                return resp.read()
+        except (OSError, http.client.HTTPException) as exc:  # refused, reset, closed early, timed out
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url} did not answer within {timeout:.0f}s: {exc}") from None
+            time.sleep(0.1)
 
 
 def test_start_runs_a_container_on_the_merged_root_and_stop_clears_ports(rhost, workdir, podman_store):  # noqa: F811
@@ -58,7 +72,7 @@ def test_start_runs_a_container_on_the_merged_root_and_stop_clears_ports(rhost, 
     upper = project / ".local" / "share" / "overlay" / f"dir{tree}" / "upper"
     wait_for_file(upper / "rootmark")
     assert (rhost.data / "project-roots" / pid / "rootmark").read_text() == "root\n"
-    body = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/started", timeout=10).read()
+    body = get_when_listening(f"http://127.0.0.1:{http_port}/started")
     assert body == b"started\n"
 
     info = json.loads(podman_store.run("container", "inspect", f"project-{pid}").stdout)[0]
