@@ -68,7 +68,7 @@ def test_trust_unknown_host_is_not_found(hosts):
     assert a.cli("keys", "trust", "not-a-uuid", check=False).returncode == 2
 
 
-def test_watch_sees_a_new_key_within_two_seconds_and_untrust(hosts):
+def test_watch_sees_a_new_key_promptly_and_untrust(hosts):
     a, b = hosts
     for h in hosts:
         h.cli("keys", "register")
@@ -84,19 +84,20 @@ def test_watch_sees_a_new_key_within_two_seconds_and_untrust(hosts):
         a.cli("keys", "register")
         registered = time.monotonic()
         seen = None
-        while time.monotonic() - registered < 2.0:
+        # keys.resync_every is 300 s: only the NOTIFY can bring the key within this (generous) window
+        while time.monotonic() - registered < 10.0:
             row = b.db().execute("SELECT host_to_host_public_key FROM project_hosts WHERE host_id=?",
                                  (a.host_id,)).fetchone()
             if row and new_pub in row[0]:
                 seen = time.monotonic()
                 break
             time.sleep(0.02)
-        assert seen is not None, f"B did not see A's new key within 2 s of register (started {t0})"
+        assert seen is not None, f"B did not see A's new key within 10 s of register (started {t0})"
         # during the rotation both of A's keys are accepted on B
         lines = b.cli("sshpiper", "authorized-keys", f"btrfs-{a.host_id}").stdout
         assert new_pub in lines and lines.count("restrict,") == 3
         b.cli("keys", "untrust", a.host_id)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 15
         while a.host_id in peer_ids(b) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert a.host_id not in peer_ids(b)
