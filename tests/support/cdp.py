@@ -27,13 +27,21 @@ class Browser:
                                       "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         port_file = self.profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while not (port_file.exists() and port_file.read_text().strip()):
+        deadline = time.monotonic() + 60
+        while True:
+            # "<port>\n<browser target path>": a complete first line means the port is all there
+            # (the file may be read while chromium is still writing it)
+            try:
+                first, newline, _ = port_file.read_text().partition("\n")
+            except OSError:
+                first, newline = "", ""
+            if newline and first.strip().isdigit():
+                break
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.close()
                 raise RuntimeError("chromium did not start its DevTools endpoint")
             time.sleep(0.1)
-        self.port = int(port_file.read_text().split()[0])
+        self.port = int(first)
         self._ws = None
         self._stack = contextlib.ExitStack()
         self._next_id = 0
