@@ -13,6 +13,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.support.ports import bind_failed, wait_listening
+
 PASSWORD = "correct horse battery staple\n"
 PID_A = "0a0a0a0a-1111-4222-8333-444444444444"
 PID_B = "0b0b0b0b-1111-4222-8333-444444444444"
@@ -172,30 +174,38 @@ def free_port() -> int:
 def rclone_rest_server(directory: Path):
     """`rclone serve restic` on 127.0.0.1; yields the `rest:` URL; always stopped."""
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log = open(directory.parent / f"rclone-{port}.log", "wb")
-    p = subprocess.Popen(["rclone", "serve", "restic", "--addr", f"127.0.0.1:{port}", str(directory)],
-                         stdout=log, stderr=subprocess.STDOUT)
+    for attempt in range(5):
+        port = free_port()
+        log_path = directory.parent / f"rclone-{port}.log"
+        log = open(log_path, "wb")
+        p = subprocess.Popen(["rclone", "serve", "restic", "--addr", f"127.0.0.1:{port}", str(directory)],
+                             stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_listening(p, port, timeout=60, what="rclone serve restic")
+            break
+        except RuntimeError:  # it exited: retry on another port if this one was taken meanwhile
+            log.close()
+            if attempt == 4 or not bind_failed(log_path.read_text(errors="replace")):
+                raise
+        except BaseException:
+            _stop(p)
+            log.close()
+            raise
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if p.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("rclone serve restic did not start")
-                time.sleep(0.1)
         yield f"rest:http://127.0.0.1:{port}/", p
     finally:
-        if p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        _stop(p)
         log.close()
+
+
+def _stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 class ResticControl:

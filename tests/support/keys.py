@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import quote_plus
 
 from tests.support.hosts import REPO, Host
+from tests.support.ports import wait_listening
 
 CLI = [sys.executable, "-m", "cocalc_ctl"]
 
@@ -140,10 +141,12 @@ class PluginClient:
 
 
 def wait_port(host: str, port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
+    """Wait until something listens on host:port; given `proc`, until that process itself does (a
+    connect() could reach another program that holds the port)."""
+    if proc is not None:
+        return wait_listening(proc, port, timeout, what="server")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
         try:
             socket.create_connection((host, port), timeout=0.5).close()
             return
@@ -248,7 +251,7 @@ class Sshd:
             self.log.write_text("")
             self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(self.config), "-E", str(self.log)])
             try:
-                wait_port(host, port, timeout=5, proc=self.proc)
+                wait_port(host, port, timeout=30, proc=self.proc)
                 return self
             except (RuntimeError, TimeoutError):
                 self.stop()

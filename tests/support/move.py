@@ -14,11 +14,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.hosts import REPO, Host
+from tests.support.ports import bind_failed, wait_listening
 
 
 def free_port(addr: str) -> int:
@@ -58,9 +58,28 @@ class Receiver:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         hk = self.dir / "ssh_host_ed25519_key"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(hk)], check=True)
-        self.port = free_port(self.addr)
         (self.dir / "authorized_keys").write_text("")
         os.chmod(self.dir / "authorized_keys", 0o600)
+        for attempt in range(5):
+            self.port = free_port(self.addr)
+            self._write_config(hk)
+            log = self.dir / "sshd.log"
+            self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(self.dir / "sshd_config")],
+                                         stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+            try:
+                wait_listening(self.proc, self.port, timeout=60, what="sshd")
+                return self
+            except RuntimeError:
+                text = log.read_text(errors="replace")
+                if attempt < 4 and bind_failed(text):
+                    continue  # someone took the port between picking and binding it: pick another
+                raise RuntimeError(f"sshd exited: {text}") from None
+            except TimeoutError:
+                self.close()
+                raise
+        raise AssertionError("unreachable")
+
+    def _write_config(self, hk: Path) -> None:
         (self.dir / "sshd_config").write_text(f"""\
 ListenAddress {self.addr}
 Port {self.port}
@@ -79,18 +98,6 @@ MaxStartups 50:30:100
 MaxSessions 50
 LogLevel VERBOSE
 """)
-        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(self.dir / "sshd_config")],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.dir / "sshd.log", "wb"))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sshd exited: {(self.dir / 'sshd.log').read_text()}")
-            try:
-                socket.create_connection((self.addr, self.port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        return self
 
     def allow(self, source: Host) -> None:
         """Trust `source`: its host-to-host key may run the receiver; pin our host key on its side."""

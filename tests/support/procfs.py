@@ -39,3 +39,27 @@ def exe(pid: int) -> str:
     except OSError:
         return ""
 
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports the process itself has a listening socket on (empty when it has exited). A connect()
+    that succeeds may reach another program on that port; this says whether it is this one."""
+    inodes = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return set()
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for line in _read(f"/proc/{pid}/net/{table}").decode(errors="replace").splitlines()[1:]:
+            f = line.split()
+            if len(f) > 9 and f[3] == "0A" and f[9] in inodes:  # 0A: LISTEN
+                ports.add(int(f[1].rsplit(":", 1)[1], 16))
+    return ports

@@ -11,6 +11,9 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
+
+from tests.support.ports import bind_failed, wait_listening
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,17 +24,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port(port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
+def wait_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    """Wait until something listens on the port; given `proc`, until that process itself does (a
+    connect() could reach another program that took the port)."""
+    if proc is not None:
+        try:
+            return wait_listening(proc, port, timeout)
+        except RuntimeError:
+            raise RuntimeError(f"process exited with {proc.returncode}: {_tail(proc)}") from None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}: {_tail(proc)}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             return
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+
+
+class PortTaken(RuntimeError):
+    pass
 
 
 def _tail(proc) -> str:
@@ -53,8 +65,10 @@ class Service:
         self.proc.log_path = str(log_path)
         try:
             wait_port(port, proc=self.proc)
-        except Exception:
+        except Exception as exc:
             self.stop()
+            if isinstance(exc, RuntimeError) and bind_failed(_tail(self.proc)):
+                raise PortTaken(str(exc)) from None
             raise
 
     @property
@@ -85,14 +99,27 @@ class Service:
         self._log.close()
 
 
+def _on_a_free_port(start: Callable[[int], Service], tries: int = 5) -> Service:
+    """start(port) on a freshly picked port; another one if that port was taken meanwhile."""
+    for attempt in range(tries):
+        try:
+            return start(free_port())
+        except PortTaken:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def start_backend(workdir: Path, *, canary: Path | None = None, name: str | None = None) -> Service:
-    port = free_port()
-    argv = [sys.executable, "-m", "tests.support.proxy_backend", "--port", str(port)]
-    if canary:
-        argv += ["--canary", str(canary)]
-    if name:
-        argv += ["--name", name]
-    return Service(argv, workdir / f"backend-{port}.log", port)
+    def start(port: int) -> Service:
+        argv = [sys.executable, "-m", "tests.support.proxy_backend", "--port", str(port)]
+        if canary:
+            argv += ["--canary", str(canary)]
+        if name:
+            argv += ["--name", name]
+        return Service(argv, workdir / f"backend-{port}.log", port)
+
+    return _on_a_free_port(start)
 
 
 def write_config(path: Path, values: dict) -> Path:
@@ -103,14 +130,16 @@ def write_config(path: Path, values: dict) -> Path:
 
 
 def start_proxy(workdir: Path, mode: str, config: dict, *, json_log: bool = False) -> Service:
-    port = free_port()
-    cfg = write_config(workdir / f"proxy-{mode}-{port}.yaml", config)
-    argv = [sys.executable, "-m", "cocalc_ctl", "--config", str(cfg)]
-    if json_log:
-        argv.append("--json")
-    argv += ["proxy", "serve", "--mode", mode, "--listen", f"127.0.0.1:{port}"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COCALC_CTL_")}
-    return Service(argv, workdir / f"proxy-{mode}-{port}.log", port, env=env)
+    def start(port: int) -> Service:
+        cfg = write_config(workdir / f"proxy-{mode}-{port}.yaml", config)
+        argv = [sys.executable, "-m", "cocalc_ctl", "--config", str(cfg)]
+        if json_log:
+            argv.append("--json")
+        argv += ["proxy", "serve", "--mode", mode, "--listen", f"127.0.0.1:{port}"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COCALC_CTL_")}
+        return Service(argv, workdir / f"proxy-{mode}-{port}.log", port, env=env)
+
+    return _on_a_free_port(start)
 
 
 def host_state(data_dir: Path, projects: dict[str, int | None]) -> None:

@@ -10,11 +10,12 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.support.ports import bind_failed, wait_listening
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 APPLETS = ["sh", "ls", "cat", "echo", "sleep", "httpd", "id", "touch", "mkdir", "stat", "wc"]
@@ -114,7 +115,10 @@ class Registry:
     def start(self) -> "Registry":
         self.base.mkdir(parents=True, exist_ok=True)
         conf = self.base / "config.yml"
-        conf.write_text(f"""version: 0.1
+        for attempt in range(5):
+            if attempt:
+                self.port = free_port()  # the one picked before was taken meanwhile
+            conf.write_text(f"""version: 0.1
 log:
   level: info
 storage:
@@ -125,18 +129,21 @@ storage:
 http:
   addr: {self.address}
 """)
-        self.log = open(self.base / "registry.log", "wb")
-        self.proc = subprocess.Popen(["docker-registry", "serve", str(conf)], stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
+            self.log = open(self.base / "registry.log", "wb")
+            self.proc = subprocess.Popen(["docker-registry", "serve", str(conf)], stdout=self.log,
+                                         stderr=subprocess.STDOUT)
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("docker-registry exited: " + (self.base / "registry.log").read_text()[-500:])
-                time.sleep(0.1)
-        raise RuntimeError("docker-registry did not start listening")
+                wait_listening(self.proc, self.port, timeout=60, what="docker-registry")
+                return self
+            except RuntimeError:
+                self.log.close()
+                text = (self.base / "registry.log").read_text(errors="replace")
+                if attempt == 4 or not bind_failed(text):
+                    raise RuntimeError("docker-registry exited: " + text[-500:]) from None
+            except TimeoutError:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
