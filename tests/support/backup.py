@@ -257,6 +257,19 @@ done
         (self.gate_dir / "open").touch()
 
 
+def has_file_data(directory: Path) -> bool:
+    """Some file below `directory` has content. For polling a tree another process is writing:
+    entries that vanish or are renamed meanwhile, or a directory not made yet, count as "not yet"."""
+    for root, _, files in os.walk(directory):
+        for name in files:
+            try:
+                if os.lstat(os.path.join(root, name)).st_size > 0:
+                    return True
+            except OSError:
+                pass
+    return False
+
+
 def wait_for(predicate, timeout: float = 30, interval: float = 0.02):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

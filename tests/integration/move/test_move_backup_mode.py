@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from tests.integration.move.test_move_pipe import build_project, quota_of, set_quota, tree_digest
-from tests.support.backup import ResticControl, backup_host, rclone_rest_server, restic
+from tests.support.backup import ResticControl, backup_host, has_file_data, rclone_rest_server, restic
 from tests.support.move_hub import make_hub_rig
 from tests.support.ops import check_golden
 from tests.support.procfs import exe
@@ -197,18 +197,6 @@ def _session_restics(sid: int) -> list[int]:
     return out
 
 
-def _nonempty_file_in(directory) -> bool:
-    """Some file below `directory` has content (a partly written tree: entries come and go)."""
-    for root, _, files in os.walk(directory):
-        for name in files:
-            try:
-                if os.lstat(os.path.join(root, name)).st_size > 0:
-                    return True
-            except OSError:
-                pass
-    return False
-
-
 @pytest.mark.parametrize("state", ["sending", "finalizing"])
 def test_sigkill_of_the_worker_mid_step_resumes_without_a_second_backup(rig, workdir, state):
     a, b = rig.a, rig.b
@@ -224,9 +212,9 @@ def test_sigkill_of_the_worker_mid_step_resumes_without_a_second_backup(rig, wor
     slow = ResticControl(workdir / "slow-restic", **({"upload_kib": 2048} if state == "sending"
                                                       else {"download_kib": 2048}))
     if state == "sending":
-        in_the_step = lambda: _nonempty_file_in(workdir / "rest-repo" / "locks")  # noqa: E731
+        in_the_step = lambda: has_file_data(workdir / "rest-repo" / "locks")  # noqa: E731
     else:  # the restore has started writing the project into its staging
-        in_the_step = lambda: _nonempty_file_in(b.pool / ".restore-staging")  # noqa: E731
+        in_the_step = lambda: has_file_data(b.pool / ".restore-staging")  # noqa: E731
     w = rig.popen("move", "worker", "--once", env=slow.env)
     try:
         deadline = time.monotonic() + 120
