@@ -41,14 +41,24 @@ def test_child_dies_with_the_parent(tmp_path):
     code = ("from cocalc_ctl import proc; proc.DRY_RUN = False; "
             f"proc.stream(['sh', '-c', 'echo $$ > {pidfile}; exec sleep 60'])")
     parent = subprocess.Popen([sys.executable, "-c", code], cwd=str(REPO))
-    deadline = time.monotonic() + 10
-    while not (pidfile.exists() and pidfile.read_text().strip()):
+    deadline = time.monotonic() + 60
+    while not (pidfile.exists() and pidfile.read_text().endswith("\n")):  # the whole pid is written
         assert time.monotonic() < deadline
         time.sleep(0.02)
     child = int(pidfile.read_text())
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
-    deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{child}") and open(f"/proc/{child}/stat").read().split()[2] != "Z":
+
+    def running(pid: int) -> bool:
+        """Listed and not a zombie (it may be reaped, and its /proc entry gone, at any moment)."""
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            return False
+        return stat[stat.rindex(")") + 2:].split()[0] != "Z"
+
+    deadline = time.monotonic() + 30
+    while running(child):
         assert time.monotonic() < deadline, "the child outlived its parent"
         time.sleep(0.02)
