@@ -76,8 +76,10 @@ class Service:
         return self.proc.pid
 
     def log(self) -> str:
+        """The server's output so far, complete lines only (it may be writing one right now)."""
         self._log.flush()
-        return self.log_path.read_text(errors="replace")
+        text = self.log_path.read_text(errors="replace")
+        return text[:text.rfind("\n") + 1]
 
     def alive(self) -> bool:
         return self.proc.poll() is None
