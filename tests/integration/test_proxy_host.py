@@ -152,6 +152,10 @@ def test_upstream_answering_early_does_not_hang_the_client(env):
 
 def test_healthz_metrics_and_json_access_log(env):
     port = env["proxy"].port
+    # this test's own traffic (it must not depend on which tests ran before it): a forwarded request
+    # with a token in its query string, and one to a refused upstream
+    assert get_json(port, f"/{RUNNING}/port/8888/lab/info?token=abc")[0] == 200
+    assert get_json(port, f"/{REFUSED}/x")[0] == 502
     assert get_json(port, "/healthz") == (200, {"text": "ok\n"})
     status, metrics = get_json(port, "/metrics")
     text = metrics["text"]
@@ -161,8 +165,13 @@ def test_healthz_metrics_and_json_access_log(env):
     assert 'cocalc_proxy_upstream_errors_total{kind="refused"}' in text
     assert 'cocalc_proxy_bytes_total{direction="downstream"}' in text
     assert "cocalc_proxy_active_websockets 0" in text
-    lines = [json.loads(x) for x in env["proxy"].log().splitlines() if x.startswith("{")]
-    mine = [x for x in lines if x["path"] == f"/{RUNNING}/port/8888/lab/info"]
+    deadline = time.monotonic() + 10  # a request's line is written once it has been answered
+    while True:
+        lines = [json.loads(x) for x in env["proxy"].log().splitlines() if x.startswith("{")]
+        mine = [x for x in lines if x["path"] == f"/{RUNNING}/port/8888/lab/info"]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert mine and mine[0]["status"] == 200 and mine[0]["upstream"] == f"127.0.0.1:{env['backend'].port}"
     assert not any("token=" in x for x in env["proxy"].log().splitlines())  # query strings are not logged
 
