@@ -97,7 +97,7 @@ def test_sigkill_restore_at_every_step_leaves_old_or_new(make_host, workdir):
                   "staging-swapped-in", "persist-set-aside"):
         target = "v1" if current == "v2" else "v2"
         if point == "engine-restoring":  # kill while restic is writing into staging
-            # restic reads the repository at 2 MiB/s: the ~30 MiB restore takes a quarter of a minute,
+            # restic reads the repository at 2 MiB/s: the ~25 MiB restore takes over ten seconds,
             # so the kill surely lands while it runs, once it has written the first data
             slow = ResticControl(workdir / f"slow-restic-{target}", download_kib=2048)
             p = _spawn(h, "restore", PID_A, versions[target][0], env=slow.env)
