@@ -369,8 +369,12 @@ def _death_signal_setter() -> Callable[[], None] | None:
     except (OSError, AttributeError):
         return None
 
+    parent = os.getpid()
+
     def set_pdeathsig() -> None:
         prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the signal was armed: follow it now
+            os.kill(os.getpid(), signal.SIGKILL)
 
     return set_pdeathsig
 

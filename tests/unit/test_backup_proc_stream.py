@@ -62,3 +62,32 @@ def test_child_dies_with_the_parent(tmp_path):
     while running(child):
         assert time.monotonic() < deadline, "the child outlived its parent"
         time.sleep(0.02)
+
+
+def test_child_started_as_its_parent_dies_follows_it():
+    """The parent can die between fork and arming the death signal; the child must not outlive it."""
+    script = r"""
+import ctypes, os, signal, sys
+from cocalc_ctl import proc
+ctypes.CDLL("libc.so.6").prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans come back to us
+r, w = os.pipe()
+mid = os.fork()
+if mid == 0:
+    setter = proc._death_signal_setter()  # armed for this (middle) process, as Popen would do
+    g = os.fork()
+    if g == 0:
+        me = os.getppid()
+        while os.getppid() == me:  # the parent dies first...
+            pass
+        setter()  # ...then the death signal is armed
+        os._exit(0)
+    os.write(w, str(g).encode())
+    os._exit(0)
+os.waitpid(mid, 0)
+g = int(os.read(r, 32))
+_, status = os.waitpid(g, 0)
+print(os.WTERMSIG(status) if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}")
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=str(REPO), capture_output=True, text=True,
+                         timeout=30)
+    assert out.stdout.strip() == str(int(signal.SIGKILL)), out
