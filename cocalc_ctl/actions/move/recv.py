@@ -311,6 +311,11 @@ def _receive_file(cfg: Config, src: str, req: Request) -> None:
 
 
 def _persist(cfg: Config, src: str, req: Request) -> None:
+    with locks.hold(cfg.data_dir, f"move-recv-{req.project_id}", wait=True, timeout=600, what="receive"):
+        _persist_locked(cfg, src, req)
+
+
+def _persist_locked(cfg: Config, src: str, req: Request) -> None:
     incoming = _claim_incoming(cfg, src, req.project_id)
     tmp = incoming / (common.PERSIST_DIR + ".tmp")
     final = incoming / common.PERSIST_DIR
@@ -348,9 +353,12 @@ def drop_incoming(cfg: Config, pid: str) -> list[str]:
 
 def _rsync(cfg: Config, src: str, req: Request) -> None:
     *flags, move_id = req.args
-    _claim_incoming(cfg, src, req.project_id)
-    sdir = _stream_dir(cfg, req.project_id, move_id)
-    sdir.mkdir(parents=True, exist_ok=True)
-    os.chmod(layout.streams_dir(cfg, req.project_id).parent, 0o700)
-    # stdin/stdout are the rsync protocol: the server reads and writes them directly
-    proc.pipeline([proc.Stage(["rsync", "--server", *flags, ".", str(sdir) + "/"], stdin_fd=0, stdout_fd=1)])
+    # under the receive lock: a server left over from a killed send must not write the same
+    # partial files as the rerun's (it ends once its connection is gone; the rerun waits for it)
+    with locks.hold(cfg.data_dir, f"move-recv-{req.project_id}", wait=True, timeout=600, what="receive"):
+        _claim_incoming(cfg, src, req.project_id)
+        sdir = _stream_dir(cfg, req.project_id, move_id)
+        sdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(layout.streams_dir(cfg, req.project_id).parent, 0o700)
+        # stdin/stdout are the rsync protocol: the server reads and writes them directly
+        proc.pipeline([proc.Stage(["rsync", "--server", *flags, ".", str(sdir) + "/"], stdin_fd=0, stdout_fd=1)])

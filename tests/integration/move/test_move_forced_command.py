@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import time
 import uuid
 
 import pytest
 
+from cocalc_ctl import locks
 from tests.support.move import ensure_host_key, make_project, ssh_to
 
 pytestmark = pytest.mark.integration
@@ -77,3 +80,29 @@ def test_forced_command_refuses_another_hosts_incoming_and_existing_projects(pai
     res = ssh_to(a, rb, f"receive {other} s1 snapshot none {SNAP_UUID}", input=b"not a btrfs stream" * 100)
     assert res.returncode != 0
     assert not any(p.name == "s1" for p in (b.pool / "_incoming" / other).iterdir())
+
+
+def test_rsync_waits_for_a_receive_in_progress(pair):
+    """A copy server left over from a killed send must not write the files a rerun's copy writes:
+    `rsync` takes the same per-project receive lock as every other receiving step."""
+    a, b, rb, _ = pair
+    pid = str(uuid.uuid4())
+    streams = b.pool / "_streams" / pid
+    with locks.hold(b.data, f"move-recv-{pid}"):  # as a receive of this project would
+        key = a.data / "secrets" / "host-to-host" / "id_ed25519"
+        p = subprocess.Popen(["ssh", "-p", str(rb.port), "-i", str(key), "-o", "IdentitiesOnly=yes",
+                              "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+                              "-o", f"UserKnownHostsFile={a.data / 'ssh' / 'known_hosts'}",
+                              "-o", "GlobalKnownHostsFile=/dev/null", "-T", f"root@{rb.addr}",
+                              f"rsync --server -tre.iLsfxCIvu --partial . _streams/{pid}/m1/"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            time.sleep(3)  # time enough to log in and reach the lock
+            assert p.poll() is None, p.communicate()
+            assert not streams.exists()
+        except BaseException:
+            p.kill()
+            p.wait()
+            raise
+    p.communicate(timeout=60)  # it goes on once the lock is free (and ends: no rsync client talks to it)
+    assert (streams / "m1").is_dir()
