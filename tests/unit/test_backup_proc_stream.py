@@ -67,18 +67,21 @@ def test_child_dies_with_the_parent(tmp_path):
 def test_child_started_as_its_parent_dies_follows_it():
     """The parent can die between fork and arming the death signal; the child must not outlive it."""
     script = r"""
-import ctypes, os, signal, sys
+import ctypes, os, signal, sys, time
 from cocalc_ctl import proc
 ctypes.CDLL("libc.so.6").prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans come back to us
 r, w = os.pipe()
 mid = os.fork()
 if mid == 0:
     setter = proc._death_signal_setter()  # armed for this (middle) process, as Popen would do
+    me = os.getpid()
     g = os.fork()
     if g == 0:
-        me = os.getppid()
-        while os.getppid() == me:  # the parent dies first...
-            pass
+        deadline = time.monotonic() + 20
+        while os.getppid() == me and time.monotonic() < deadline:  # the parent dies first...
+            time.sleep(0.01)
+        if os.getppid() == me:
+            os._exit(3)
         setter()  # ...then the death signal is armed
         os._exit(0)
     os.write(w, str(g).encode())
