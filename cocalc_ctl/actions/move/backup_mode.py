@@ -198,7 +198,7 @@ def finalize(cfg: Config, project_id: str, backup_id: str, *, quota: int | None 
     incoming = layout.incoming_dir(cfg, pid)
     proj = layout.project_subvolume(cfg, pid)
     marker_path = incoming / common.FINALIZING_MARKER
-    with locks.hold(cfg.data_dir, f"move-recv-{pid}", wait=True, timeout=600, what=f"receive of {pid}"):
+    with common.receive_lock(cfg, pid):
         mark = read_marker(marker_path)
         if os.path.lexists(proj) and mark is None:
             if BACKUP_ID_RE.fullmatch(backup_id or "") and _finalized_here(cfg, pid, backup_id):

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cocalc_ctl import proc
+from cocalc_ctl import locks, proc
 from cocalc_ctl.config import Config
 from cocalc_ctl.state import host_db
 from cocalc_ctl.tools import btrfs
@@ -75,3 +75,9 @@ def log(cfg: Config, project_id: str, role: str, step: str, status: str, *, move
                           (detail or "")[:500] or None, host_db.now_iso()))
     except Exception:  # the log is best effort: a locked or full database must not break a transfer
         pass
+
+
+def receive_lock(cfg: Config, project_id: str):
+    """The per-project lock every receiving step and finalize hold (waits up to 10 minutes)."""
+    return locks.hold(cfg.data_dir, f"move-recv-{project_id}", wait=True, timeout=600,
+                      what=f"receive of {project_id}")

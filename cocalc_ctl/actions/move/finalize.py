@@ -43,7 +43,7 @@ def finalize(cfg: Config, project_id: str, *, quota: int | None = None) -> Final
     incoming = layout.incoming_dir(cfg, pid)
     proj = layout.project_subvolume(cfg, pid)
     marker = incoming / common.FINALIZING_MARKER
-    with locks.hold(cfg.data_dir, f"move-recv-{pid}", wait=True, timeout=600, what=f"receive of {pid}"):
+    with common.receive_lock(cfg, pid):
         if os.path.lexists(proj) and not incoming.exists():
             return FinalizeResult(pid, str(proj), True)
         if marker.exists():
@@ -143,7 +143,7 @@ def abort(cfg: Config, project_id: str) -> AbortResult:
     require_pool(cfg)
     incoming = layout.incoming_dir(cfg, pid)
     partial = False
-    with locks.hold(cfg.data_dir, f"move-recv-{pid}", wait=True, timeout=600, what=f"receive of {pid}"):
+    with common.receive_lock(cfg, pid):
         if (incoming / common.FINALIZING_MARKER).exists():
             from cocalc_ctl.actions.move import backup_mode
 

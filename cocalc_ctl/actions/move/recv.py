@@ -28,7 +28,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cocalc_ctl import ids, layout, locks, proc
+from cocalc_ctl import ids, layout, proc
 from cocalc_ctl.actions.host import host_id as own_host_id
 from cocalc_ctl.actions.move import common
 from cocalc_ctl.config import Config
@@ -186,7 +186,7 @@ def _claim_incoming(cfg: Config, src: str, pid: str) -> Path:
 
 def _list(cfg: Config, src: str, req: Request) -> None:
     incoming = layout.incoming_dir(cfg, req.project_id)
-    with locks.hold(cfg.data_dir, f"move-recv-{req.project_id}", wait=True, timeout=600, what="receive"):
+    with common.receive_lock(cfg, req.project_id):
         have = common.inventory(incoming)
         for r in have:
             if not r.complete:  # a receive that died half way: never a parent, never finalized
@@ -219,7 +219,7 @@ def _receive(cfg: Config, src: str, req: Request) -> None:
 
 def _receive_stream(cfg: Config, pid: str, incoming: Path, name: str, kind: str, codec: str, src_uuid: str,
                     parent: str | None, *, stdin_path: str | None) -> None:
-    with locks.hold(cfg.data_dir, f"move-recv-{pid}", wait=True, timeout=600, what="receive"):
+    with common.receive_lock(cfg, pid):
         before = {r.name: r for r in common.inventory(incoming)}
         done = before.get(name)
         if done and done.complete and done.received_uuid == src_uuid:
@@ -311,29 +311,25 @@ def _receive_file(cfg: Config, src: str, req: Request) -> None:
 
 
 def _persist(cfg: Config, src: str, req: Request) -> None:
-    with locks.hold(cfg.data_dir, f"move-recv-{req.project_id}", wait=True, timeout=600, what="receive"):
-        _persist_locked(cfg, src, req)
-
-
-def _persist_locked(cfg: Config, src: str, req: Request) -> None:
-    incoming = _claim_incoming(cfg, src, req.project_id)
-    tmp = incoming / (common.PERSIST_DIR + ".tmp")
-    final = incoming / common.PERSIST_DIR
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(mode=0o700)
-    try:
-        with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as tar:
-            tar.extractall(tmp, filter="data")  # no absolute paths, no .., no devices, no links out
-    except (tarfile.TarError, OSError) as exc:
+    with common.receive_lock(cfg, req.project_id):
+        incoming = _claim_incoming(cfg, src, req.project_id)
+        tmp = incoming / (common.PERSIST_DIR + ".tmp")
+        final = incoming / common.PERSIST_DIR
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OperationFailed(f"persist store archive is invalid: {exc}") from None
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(tmp, final)
+        tmp.mkdir(mode=0o700)
+        try:
+            with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as tar:
+                tar.extractall(tmp, filter="data")  # no absolute paths, no .., no devices, no links out
+        except (tarfile.TarError, OSError) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OperationFailed(f"persist store archive is invalid: {exc}") from None
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(tmp, final)
     common.log(cfg, req.project_id, "recv", "persist", "ok")
 
 
 def _abort(cfg: Config, src: str, req: Request) -> None:
-    with locks.hold(cfg.data_dir, f"move-recv-{req.project_id}", wait=True, timeout=600, what="receive"):
+    with common.receive_lock(cfg, req.project_id):
         drop_incoming(cfg, req.project_id)
     common.log(cfg, req.project_id, "recv", "abort", "ok")
 
@@ -355,7 +351,7 @@ def _rsync(cfg: Config, src: str, req: Request) -> None:
     *flags, move_id = req.args
     # under the receive lock: a server left over from a killed send must not write the same
     # partial files as the rerun's (it ends once its connection is gone; the rerun waits for it)
-    with locks.hold(cfg.data_dir, f"move-recv-{req.project_id}", wait=True, timeout=600, what="receive"):
+    with common.receive_lock(cfg, req.project_id):
         _claim_incoming(cfg, src, req.project_id)
         sdir = _stream_dir(cfg, req.project_id, move_id)
         sdir.mkdir(parents=True, exist_ok=True)
