@@ -6,14 +6,13 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.support.ports import bind_failed, wait_listening
+from tests.support.ports import bind_failed, free_port, wait_listening
 
 PASSWORD = "correct horse battery staple\n"
 PID_A = "0a0a0a0a-1111-4222-8333-444444444444"
@@ -162,12 +161,6 @@ def tree_digest(root: Path, exclude: tuple[bytes, ...] = (b".snapshots",)) -> di
             groups.setdefault(v[6], []).append(rel)
     rename = {k: min(v) for k, v in groups.items()}
     return {rel: (v[:6] + (rename[v[6]],) if v[0] == "f" and v[6] is not None else v) for rel, v in out.items()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

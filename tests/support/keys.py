@@ -25,7 +25,7 @@ from pathlib import Path
 from urllib.parse import quote_plus
 
 from tests.support.hosts import REPO, Host
-from tests.support.ports import wait_listening
+from tests.support.ports import free_port, wait_listening
 
 CLI = [sys.executable, "-m", "cocalc_ctl"]
 
@@ -75,12 +75,6 @@ class KeyHost(Host):
 
     def pub(self, rel: str) -> str:
         return (self.secrets / rel).with_name((self.secrets / rel).name + ".pub").read_text().strip()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class PluginClient:

@@ -11,20 +11,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.hosts import REPO, Host
-from tests.support.ports import bind_failed, wait_listening
-
-
-def free_port(addr: str) -> int:
-    with socket.socket() as s:
-        s.bind((addr, 0))
-        return s.getsockname()[1]
+from tests.support.ports import bind_failed, free_port, wait_listening
 
 
 def ensure_host_key(host: Host) -> Path:

@@ -13,15 +13,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from tests.support.ports import bind_failed, wait_listening
+from tests.support.ports import bind_failed, free_port, wait_listening
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.support.ports import bind_failed, wait_listening
+from tests.support.ports import bind_failed, free_port, wait_listening
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 APPLETS = ["sh", "ls", "cat", "echo", "sleep", "httpd", "id", "touch", "mkdir", "stat", "wc"]
@@ -92,12 +91,6 @@ def import_image(store: PodmanStore, tree: Path, ref: str, workdir: Path) -> str
     out = store.run("import", str(tar), ref).stdout.split()
     tar.unlink()
     return out[-1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Registry:
