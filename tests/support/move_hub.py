@@ -3,8 +3,11 @@ using the local transport (each host's config file named `<host-uuid>.yaml`)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +52,17 @@ class HubRig:
         env = {**{k: v for k, v in self.a.env.items() if k != "COCALC_CTL_CONFIG"}, **(env or {})}
         return subprocess.Popen([*CLI, "--config", str(self.config_path), *args], env=env, cwd=str(REPO),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+    @contextmanager
+    def spawned(self, *args: str, env: dict | None = None):
+        """popen(), and on the way out its whole process group is SIGKILLed if it still runs."""
+        p = self.popen(*args, env=env)
+        try:
+            yield p
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
 
     def sql(self, query: str, params=()) -> list:
         import psycopg

@@ -215,8 +215,7 @@ def test_sigkill_of_the_worker_mid_step_resumes_without_a_second_backup(rig, wor
         in_the_step = lambda: has_file_data(workdir / "rest-repo" / "locks")  # noqa: E731
     else:  # the restore has started writing the project into its staging
         in_the_step = lambda: has_file_data(b.pool / ".restore-staging")  # noqa: E731
-    w = rig.popen("move", "worker", "--once", env=slow.env)
-    try:
+    with rig.spawned("move", "worker", "--once", env=slow.env) as w:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if rig.move_row(pid)["state"] == state and _session_restics(w.pid) and in_the_step():
@@ -227,10 +226,6 @@ def test_sigkill_of_the_worker_mid_step_resumes_without_a_second_backup(rig, wor
             pytest.fail(f"restic never ran in {state}: {rig.move_row(pid)}")
         os.killpg(w.pid, signal.SIGKILL)  # the worker and everything it started
         w.wait(timeout=60)
-    finally:
-        if w.poll() is None:
-            os.killpg(w.pid, signal.SIGKILL)
-            w.wait()
     row = rig.move_row(pid)
     assert row["state"] == state and row["attempt"] == 1, row
     assert (row["backup_id"] is None) == (state == "sending")

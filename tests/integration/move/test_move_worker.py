@@ -117,8 +117,7 @@ def test_sigkill_during_send_then_restart_completes(rig, victim):
     # 512 KiB/s: the 6 MiB of s1 take 12 s, so the kill (right after the first progress report, which
     # comes with the worker's heartbeat, under a second in) surely lands mid-stream, before s1 is done
     rig.write_config(**{"move.bwlimit": "512K"})
-    w = rig.popen("move", "worker", "--once")
-    try:
+    with rig.spawned("move", "worker", "--once") as w:
         _wait_state(rig, pid, "sending")
         # while the stream runs, the worker publishes its progress into the hub row
         deadline = time.monotonic() + 30
@@ -135,10 +134,6 @@ def test_sigkill_during_send_then_restart_completes(rig, victim):
             assert sends, "no send process found"
             os.kill(sends[0], signal.SIGKILL)
         w.wait(timeout=60)
-    finally:
-        if w.poll() is None:
-            os.killpg(w.pid, signal.SIGKILL)
-            w.wait()
     row = rig.move_row(pid)
     assert row["state"] == "sending" and row["attempt"] == 1
     assert a.project_path(pid).exists() and not b.project_path(pid).exists()  # source intact
