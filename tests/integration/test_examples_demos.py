@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,27 @@ def _run(argv: list[str], prefix: str, scratch: Path) -> DemoRun:
     return DemoRun(argv, prefix, scratch / "demo.log", env=env)
 
 
+@contextmanager
+def _demo(argv: list[str], prefix: str, scratch: Path):
+    """Start a demo; on the way out (after the test looked) end it and remove anything it left."""
+    run = _run(argv, prefix, scratch).start()
+    t0 = time.monotonic()
+    try:
+        yield run
+    finally:
+        _finish(run, scratch)
+        print(f"{prefix.strip('-')} took {time.monotonic() - t0:.1f}s")
+
+
+def _completed(run: DemoRun) -> str:
+    """Wait for a full run; it must exit 0 with `demo: ok` as its last line. Returns its output."""
+    rc = run.wait(timeout=240)
+    out = run.output
+    assert rc == 0, out[-4000:]
+    assert out.rstrip().splitlines()[-1] == "demo: ok", out[-2000:]
+    return out
+
+
 def _finish(run: DemoRun, scratch: Path) -> None:
     """Always: end the demo's process group and remove anything it left (after the test looked)."""
     run.stop()
@@ -101,13 +123,8 @@ def _port_closed(port: int) -> bool:
 
 
 def test_move_demo_moves_there_back_and_via_the_hub_with_checksums_and_cleans_up(scratch):
-    run = _run([_python3(), str(MOVE_DEMO)], "cocalc-move-demo-", scratch).start()
-    t0 = time.monotonic()
-    try:
-        rc = run.wait(timeout=240)
-        out = run.output
-        assert rc == 0, out[-4000:]
-        assert out.rstrip().splitlines()[-1] == "demo: ok", out[-2000:]
+    with _demo([_python3(), str(MOVE_DEMO)], "cocalc-move-demo-", scratch) as run:
+        out = _completed(run)
         pid = re.search(rf"^# project ({UUID}) on A: (\d+) files", out, re.M)
         assert pid and pid.group(2) == "4", out[:2000]
         pid = pid.group(1)
@@ -129,14 +146,10 @@ def test_move_demo_moves_there_back_and_via_the_hub_with_checksums_and_cleans_up
         assert "refused command 'list ../../etc; id'" in out and "(exit 2)" in out
         assert "FAILED" not in out and "Traceback" not in out
         _assert_clean(run, scratch)
-    finally:
-        _finish(run, scratch)
-    print(f"move demo took {time.monotonic() - t0:.1f}s")
 
 
 def test_move_demo_killed_half_way_still_cleans_up(scratch):
-    run = _run([_python3(), str(MOVE_DEMO)], "cocalc-move-demo-", scratch).start()
-    try:
+    with _demo([_python3(), str(MOVE_DEMO)], "cocalc-move-demo-", scratch) as run:
         # after the first move, while both sshd receivers run and the project sits on B
         run.wait_for_line(r"^# ok: all 4 files arrived on B", timeout=180)
         os.kill(run.proc.pid, signal.SIGTERM)
@@ -145,21 +158,14 @@ def test_move_demo_killed_half_way_still_cleans_up(scratch):
         assert rc == 1, out[-3000:]
         assert "demo: interrupted by signal 15" in out and "demo: ok" not in out
         _assert_clean(run, scratch)
-    finally:
-        _finish(run, scratch)
 
 
 # -------------------------------------------------------------------------------------------- rootfs
 
 
 def test_rootfs_demo_pulls_serves_an_overlay_project_and_cleans_up(scratch):
-    run = _run(["bash", str(ROOTFS_DEMO)], "cocalc-rootfs-demo-", scratch).start()
-    t0 = time.monotonic()
-    try:
-        rc = run.wait(timeout=240)
-        out = run.output
-        assert rc == 0, out[-4000:]
-        assert out.rstrip().splitlines()[-1] == "demo: ok", out[-2000:]
+    with _demo(["bash", str(ROOTFS_DEMO)], "cocalc-rootfs-demo-", scratch) as run:
+        out = _completed(run)
         base = run.bases()[0]
         pid = re.search(rf"^\$ cocalc-ctl rootfs resolve ({UUID}) --image (127\.0\.0\.1:\d+/demo/busybox:1)$", out,
                         re.M)
@@ -188,14 +194,10 @@ def test_rootfs_demo_pulls_serves_an_overlay_project_and_cleans_up(scratch):
         # the container and its published port are gone
         assert not processes_left(f"COCALC_PROJECT_ID={pid}")
         assert _port_closed(http)
-    finally:
-        _finish(run, scratch)
-    print(f"rootfs demo took {time.monotonic() - t0:.1f}s")
 
 
 def test_rootfs_demo_killed_while_the_project_runs_still_cleans_up(scratch):
-    run = _run(["bash", str(ROOTFS_DEMO)], "cocalc-rootfs-demo-", scratch).start()
-    try:
+    with _demo(["bash", str(ROOTFS_DEMO)], "cocalc-rootfs-demo-", scratch) as run:
         m = run.wait_for_line(rf"^project ({UUID}) started .*; http 127\.0\.0\.1:(\d+),", timeout=180)
         pid, http = m.group(1), int(m.group(2))
         os.kill(run.proc.pid, signal.SIGTERM)
@@ -206,5 +208,3 @@ def test_rootfs_demo_killed_while_the_project_runs_still_cleans_up(scratch):
         _assert_clean(run, scratch)
         assert not processes_left(f"COCALC_PROJECT_ID={pid}")
         assert _port_closed(http)
-    finally:
-        _finish(run, scratch)
