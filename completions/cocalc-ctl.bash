@@ -111,15 +111,36 @@ _cocalc_ctl() {
     )
     local globals='--config --json --dry-run -v --verbose -q --quiet --version -h --help'
     local valopts=' --bin --bwlimit --compress --concurrency --config --from --from-backup --host --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --mode --only --out --path --poll --quota --reason --role --seconds --snapshot --textfile-dir --to --to-project --unit-dir --user --user-unit-dir --which '
-    local cmdpath=cocalc-ctl i w
+    local projcmds='|cocalc-ctl backup cleanup|cocalc-ctl backup create|cocalc-ctl backup list|cocalc-ctl backup prune|cocalc-ctl hub project add|cocalc-ctl hub project rm|cocalc-ctl hub project set|cocalc-ctl hub project show|cocalc-ctl move abort|cocalc-ctl move cancel|cocalc-ctl move cleanup|cocalc-ctl move finalize|cocalc-ctl move send|cocalc-ctl move start|cocalc-ctl move status|cocalc-ctl project create|cocalc-ctl project delete|cocalc-ctl project show|cocalc-ctl project start|cocalc-ctl project status|cocalc-ctl project stop|cocalc-ctl restore|cocalc-ctl rootfs mount|cocalc-ctl rootfs resolve|cocalc-ctl rootfs umount|cocalc-ctl snapshot auto|cocalc-ctl snapshot create|cocalc-ctl snapshot delete|cocalc-ctl snapshot list|cocalc-ctl snapshot lock|cocalc-ctl snapshot prune|cocalc-ctl snapshot unlock|cocalc-ctl sshpiper keys-refresh|'
+    local cmdpath=cocalc-ctl i w cfg=
     for ((i = 1; i < COMP_CWORD; i++)); do
         w="${COMP_WORDS[i]}"
+        if [[ $w == --config ]]; then cfg="${COMP_WORDS[i+1]}"; fi
         if [[ $valopts == *" $w "* ]]; then ((i++)); continue; fi
         [[ $w == -* ]] && continue
         if [[ -n ${subs[$cmdpath]+x} && " ${subs[$cmdpath]} " == *" $w "* ]]; then
             cmdpath="$cmdpath $w"
         fi
     done
+    case "$cmdpath $prev" in
+        'cocalc-ctl hub project add --image') _cocalc_ctl_dyn images; return ;;
+        'cocalc-ctl hub project set --image') _cocalc_ctl_dyn images; return ;;
+        'cocalc-ctl keys rotate --which') COMPREPLY=($(compgen -W 'host sshpiperd upstream' -- "$cur")); return ;;
+        'cocalc-ctl move send --mode') COMPREPLY=($(compgen -W 'pipe staged backup' -- "$cur")); return ;;
+        'cocalc-ctl move send --compress') COMPREPLY=($(compgen -W 'none lz4 zstd' -- "$cur")); return ;;
+        'cocalc-ctl move start --mode') COMPREPLY=($(compgen -W 'pipe staged backup' -- "$cur")); return ;;
+        'cocalc-ctl move start --compress') COMPREPLY=($(compgen -W 'none lz4 zstd' -- "$cur")); return ;;
+        'cocalc-ctl project start --image') _cocalc_ctl_dyn images; return ;;
+        'cocalc-ctl proxy serve --mode') COMPREPLY=($(compgen -W 'host hub' -- "$cur")); return ;;
+        'cocalc-ctl restore --to-project') _cocalc_ctl_dyn projects; return ;;
+        'cocalc-ctl rootfs mount --image') _cocalc_ctl_dyn images; return ;;
+        'cocalc-ctl rootfs resolve --image') _cocalc_ctl_dyn images; return ;;
+        'cocalc-ctl timers cron --role') COMPREPLY=($(compgen -W 'host hub all' -- "$cur")); return ;;
+        'cocalc-ctl timers cron --only') COMPREPLY=($(compgen -W 'snapshot-auto backup-due keys-sync keys-watch rootfs-gc move-worker sshpiper-serve receiver-sshd' -- "$cur")); return ;;
+        'cocalc-ctl timers install --role') COMPREPLY=($(compgen -W 'host hub all' -- "$cur")); return ;;
+        'cocalc-ctl timers install --only') COMPREPLY=($(compgen -W 'snapshot-auto backup-due keys-sync keys-watch rootfs-gc move-worker sshpiper-serve receiver-sshd' -- "$cur")); return ;;
+        'cocalc-ctl timers remove --only') COMPREPLY=($(compgen -W 'snapshot-auto backup-due keys-sync keys-watch rootfs-gc move-worker sshpiper-serve receiver-sshd' -- "$cur")); return ;;
+    esac
     case "$prev" in
         --bin) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -129,7 +150,6 @@ _cocalc_ctl() {
         --unit-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
         --user-unit-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
         --bwlimit) COMPREPLY=(); return ;;
-        --compress) COMPREPLY=(); return ;;
         --concurrency) COMPREPLY=(); return ;;
         --from) COMPREPLY=(); return ;;
         --from-backup) COMPREPLY=(); return ;;
@@ -146,26 +166,33 @@ _cocalc_ctl() {
         --listen) COMPREPLY=(); return ;;
         --loopback) COMPREPLY=(); return ;;
         --max-size) COMPREPLY=(); return ;;
-        --mode) COMPREPLY=(); return ;;
-        --only) COMPREPLY=(); return ;;
         --path) COMPREPLY=(); return ;;
         --poll) COMPREPLY=(); return ;;
         --quota) COMPREPLY=(); return ;;
         --reason) COMPREPLY=(); return ;;
-        --role) COMPREPLY=(); return ;;
         --seconds) COMPREPLY=(); return ;;
         --snapshot) COMPREPLY=(); return ;;
         --to) COMPREPLY=(); return ;;
-        --to-project) COMPREPLY=(); return ;;
         --user) COMPREPLY=(); return ;;
-        --which) COMPREPLY=(); return ;;
     esac
     if [[ $cur == -* ]]; then
         COMPREPLY=($(compgen -W "${opts[$cmdpath]-} $globals" -- "$cur"))
     elif [[ -n ${subs[$cmdpath]+x} ]]; then
         COMPREPLY=($(compgen -W "${subs[$cmdpath]}" -- "$cur"))
+    elif [[ $projcmds == *"|$cmdpath|"* ]]; then
+        _cocalc_ctl_dyn projects
     else
         COMPREPLY=($(compgen -f -- "$cur"))
     fi
+}
+
+# project ids (host sqlite) and cached images, from the same program the user typed
+_cocalc_ctl_dyn() {
+    local cur="${COMP_WORDS[COMP_CWORD]}" cfg=
+    local i
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        [[ ${COMP_WORDS[i]} == --config ]] && cfg="${COMP_WORDS[i+1]}"
+    done
+    COMPREPLY=($(compgen -W "$("${COMP_WORDS[0]}" ${cfg:+--config "$cfg"} __complete "$1" "$cur" 2>/dev/null)" -- "$cur"))
 }
 complete -F _cocalc_ctl cocalc-ctl

@@ -185,7 +185,7 @@ def prune(cfg: Config, project_id: str, keep: dict[str, int]) -> PruneResult:
     """Engine forget (grouped as one set per project) then prune; under --dry-run only show."""
     pid = ids.project_id(project_id)
     if not any(keep.values()):
-        raise InvalidInput("no retention given", hint="pass at least one of --keep-daily/--keep-weekly/--keep-monthly")
+        raise InvalidInput("no retention given", hint="pass at least one of --keep-last/--keep-hourly/--keep-daily/--keep-weekly/--keep-monthly/--keep-yearly")
     from cocalc_ctl.actions.backups import sweep_stale  # (backups imports this module)
 
     eng = engine_for(cfg)

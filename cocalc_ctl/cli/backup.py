@@ -11,7 +11,7 @@ from cocalc_ctl.cli.common import G, config, render
 app = typer.Typer(help="Back projects up to a restic/rustic repository; list, prune, schedule.",
                   no_args_is_help=True)
 
-PROJECT = typer.Argument(..., metavar="PROJECT", help="Project id (lowercase UUID).")
+PROJECT = typer.Argument(..., metavar="PROJECT", help="Project id: a lowercase UUID or project-<uuid>.")
 
 
 @app.command("init")
@@ -98,7 +98,7 @@ def list_(project: str = PROJECT) -> None:
 
 
 @app.command("status")
-def status(limit: int = typer.Option(20, "--limit", min=1, help="How many recent jobs to show.")) -> None:
+def status(limit: int = typer.Option(20, "--limit", metavar="N", min=1, help="How many recent jobs to show.")) -> None:
     """Recent backup jobs, and the last successful backup of each project with its age."""
     from cocalc_ctl import output
     from cocalc_ctl.actions import backups
@@ -128,7 +128,9 @@ def _age(seconds: float | None) -> str | None:
 
 
 def _keep(kind: str):
-    return typer.Option(0, f"--keep-{kind}", metavar="N", min=0, help=f"Keep the newest backup of the last N {kind} periods.")
+    text = ("Keep the N newest backups." if kind == "last"
+            else f"Keep the newest backup of each of the last N {kind} periods.")
+    return typer.Option(0, f"--keep-{kind}", metavar="N", min=0, help=text)
 
 
 @app.command("prune")

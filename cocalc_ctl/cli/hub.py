@@ -28,7 +28,7 @@ project_app = typer.Typer(help="Where projects live: the hub's projects rows (ho
                                "placement moves no data (that is `move start`).", no_args_is_help=True)
 app.add_typer(project_app, name="project")
 
-PROJECT = typer.Argument(..., metavar="PROJECT", help="Project id (lowercase UUID).")
+PROJECT = typer.Argument(..., metavar="PROJECT", help="Project id: a lowercase UUID or project-<uuid>.")
 IMAGE_HELP = ("Root filesystem image (normalised, e.g. ubuntu:25.10 -> docker.io/library/ubuntu:25.10); "
               "'' = each host's default.")
 

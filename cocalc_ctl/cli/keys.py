@@ -58,7 +58,7 @@ def show() -> None:
 
 @app.command("rotate")
 def rotate(
-    which: str = typer.Option("host", "--which", help="host (host-to-host), sshpiperd, or upstream."),
+    which: str = typer.Option("host", "--which", metavar="host|sshpiperd|upstream", help="host (host-to-host), sshpiperd, or upstream."),
     finish: bool = typer.Option(False, "--finish", help="Remove the previous key (peers stop accepting it)."),
 ) -> None:
     """Make a new key; the old one stays accepted as "previous" until `--finish`."""
@@ -134,7 +134,7 @@ def sync() -> None:
 
 @app.command("watch")
 def watch(
-    seconds: Optional[float] = typer.Option(None, "--seconds", help="Stop after this long (default: forever)."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", metavar="SECONDS", help="Stop after this long (default: forever)."),
 ) -> None:
     """LISTEN for key changes in the hub and sync on each (reconnects with backoff)."""
     from cocalc_ctl import output

@@ -6,6 +6,7 @@ import sys
 from typing import Optional
 
 import typer
+from typer._click import _textwrap
 
 from cocalc_ctl import __version__
 from cocalc_ctl.cli import common
@@ -68,6 +69,43 @@ def _register() -> None:
 
 _register()
 
+# `cocalc-ctl --help` lists the nouns in the order an admin meets them, not in registration order.
+ORDER = ["host", "project", "snapshot", "backup", "restore", "move", "rootfs", "keys", "sshpiper", "proxy", "hub",
+         "timers", "metrics", "doctor", "config"]
+
+
+def _list_commands(self, ctx) -> list[str]:
+    names = list(self.commands)
+    if self.name in (None, "cocalc-ctl") and ctx.parent is None:
+        return sorted(names, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
+    return names
+
+
+def _format_commands(self, ctx, formatter) -> None:
+    """Each command's whole first paragraph, wrapped (click cuts it at the terminal width with "...")."""
+    rows = []
+    for name in self.list_commands(ctx):
+        cmd = self.get_command(ctx, name)
+        if cmd is not None and not cmd.hidden:
+            rows.append((name, cmd.get_short_help_str(limit=10_000)))
+    if rows:
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+typer.core.TyperGroup.list_commands = _list_commands
+# help text never splits a word at a hyphen (`/etc/cocalc-` + `ctl/config.yaml`, `crash-` + `safely`)
+
+
+class _Wrapper(_textwrap.TextWrapper):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("break_on_hyphens", False)
+        super().__init__(*args, **kwargs)
+
+
+_textwrap.TextWrapper = _Wrapper
+typer.core.TyperGroup.format_commands = _format_commands
+
 
 def hoist_global_flags(argv: list[str]) -> list[str]:
     """Allow global flags anywhere (`project list --json`) by moving them in front of the noun."""
@@ -120,6 +158,10 @@ def run(argv: list[str]) -> int:
             return getattr(exc, "exit_code", 0)
         if name == "Abort":
             return _error("aborted", 1)
+        if name == "NoArgsIsHelpError" and getattr(exc, "ctx", None) is not None:
+            # `cocalc-ctl project`: the noun's help, as git and restic do (exit 2: no verb given)
+            sys.stderr.write(exc.ctx.get_help() + "\n")
+            return EXIT_USAGE
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             ctx = getattr(exc, "ctx", None)
             where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""

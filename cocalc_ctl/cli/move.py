@@ -12,7 +12,7 @@ from cocalc_ctl.cli.common import G, config, render
 app = typer.Typer(help="Move projects between hosts: send/recv/finalize/cleanup on hosts; "
                        "start/status/cancel/worker on the hub.", no_args_is_help=True)
 
-PROJECT = typer.Argument(..., metavar="PROJECT", help="Project id (lowercase UUID).")
+PROJECT = typer.Argument(..., metavar="PROJECT", help="Project id: a lowercase UUID or project-<uuid>.")
 
 
 class _Progress:

@@ -10,7 +10,7 @@ from cocalc_ctl.cli.common import config, render
 
 app = typer.Typer(help="Create, list, inspect, delete, start and stop projects (btrfs subvolumes).", no_args_is_help=True)
 
-PROJECT = typer.Argument(..., metavar="PROJECT", help="Project id: a lowercase UUID (or project-<uuid>).")
+PROJECT = typer.Argument(..., metavar="PROJECT", help="Project id: a lowercase UUID or project-<uuid>.")
 
 
 @app.command("create")

@@ -13,7 +13,7 @@ app = typer.Typer(help="HTTP/WebSocket reverse proxy to project servers.", no_ar
 
 @app.command("serve")
 def serve(
-    mode: str = typer.Option("host", "--mode", help="host: route to this host's projects (sqlite); "
+    mode: str = typer.Option("host", "--mode", metavar="host|hub", help="host: route to this host's projects (sqlite); "
                                                     "hub: route to each project's host (PostgreSQL)."),
     listen: Optional[str] = typer.Option(None, "--listen", metavar="ADDR:PORT",
                                          help="Listen address (default: proxy.listen)."),

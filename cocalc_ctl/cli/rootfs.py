@@ -11,7 +11,7 @@ from cocalc_ctl.cli.common import config, render
 app = typer.Typer(help="Root filesystem images: resolve, pull into the local cache, overlay-mount per project.",
                   no_args_is_help=True)
 
-PROJECT = typer.Argument(..., metavar="PROJECT", help="Project id (lowercase UUID).")
+PROJECT = typer.Argument(..., metavar="PROJECT", help="Project id: a lowercase UUID or project-<uuid>.")
 IMAGE = typer.Argument(..., metavar="IMAGE",
                        help="Image: ubuntu:25.10, registry:5000/team/img:tag, dir:/path, oci-archive:/file.tar, "
                             "docker-archive:/file.tar.")

@@ -10,7 +10,7 @@ from cocalc_ctl.cli.common import config, render
 
 app = typer.Typer(help="Create, list, lock, delete and prune project snapshots.", no_args_is_help=True)
 
-PROJECT = typer.Argument(..., metavar="PROJECT", help="Project id (lowercase UUID).")
+PROJECT = typer.Argument(..., metavar="PROJECT", help="Project id: a lowercase UUID or project-<uuid>.")
 NAME = typer.Argument(..., metavar="NAME", help="Snapshot name.")
 
 
@@ -49,7 +49,7 @@ def delete(project: str = PROJECT, name: str = NAME) -> None:
 
 @app.command("lock")
 def lock(project: str = PROJECT, name: str = NAME,
-         reason: str = typer.Option("", "--reason", help="Why it is kept (stored in the lock file).")) -> None:
+         reason: str = typer.Option("", "--reason", metavar="REASON", help="Why it is kept (stored in the lock file).")) -> None:
     """Protect a snapshot from delete and prune."""
     from cocalc_ctl.actions import snapshots
 

@@ -20,7 +20,7 @@ def serve(
     listen: Optional[str] = typer.Option(None, "--listen", metavar="HOST:PORT",
                                          help="Address (default: config sshpiper.rest_listen, 127.0.0.1:8089)."),
     allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a non-loopback listen address."),
-    seconds: Optional[float] = typer.Option(None, "--seconds", help="Stop after this long (default: until SIGTERM)."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", metavar="SECONDS", help="Stop after this long (default: until SIGTERM)."),
 ) -> None:
     """HTTP endpoint for sshpiperd's REST plugin: GET /<token>/<user> -> 200 JSON (empty fields = deny)."""
     from cocalc_ctl.actions import sshauth_server
@@ -59,7 +59,7 @@ def authorized_keys(login: str = USER) -> None:
 
 
 @app.command("keys-refresh")
-def keys_refresh(project: str = typer.Argument(..., metavar="PROJECT", help="Project id (lowercase UUID).")) -> None:
+def keys_refresh(project: str = typer.Argument(..., metavar="PROJECT", help="Project id: a lowercase UUID or project-<uuid>.")) -> None:
     """Rewrite <project>/.ssh/.cocalc/authorized_keys from host sqlite (an empty key set empties it)."""
     from cocalc_ctl.actions import sshauth
 

@@ -12,9 +12,9 @@ app = typer.Typer(help="Install, list and remove the systemd timers and services
                   no_args_is_help=True)
 
 UNIT_DIR = typer.Option(None, "--user-unit-dir", "--unit-dir", metavar="DIR",
-                        help="Write units here instead of ops.unit_dir (/etc/systemd/system); "
+                        help="Unit directory to use instead of ops.unit_dir (/etc/systemd/system); "
                              "systemctl is then left alone.")
-ROLE = typer.Option("host", "--role", metavar="ROLE",
+ROLE = typer.Option("host", "--role", metavar="host|hub|all",
                     help="Which jobs: host (project hosts), hub (move worker) or all.")
 ONLY = typer.Option(None, "--only", metavar="JOB", help="Just this job (repeatable); see `timers list`.")
 BIN = typer.Option(None, "--bin", metavar="PATH", help="cocalc-ctl executable the units run (default ops.bin or PATH).")

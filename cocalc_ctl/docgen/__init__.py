@@ -12,6 +12,21 @@ from dataclasses import dataclass, field
 # Metavars whose values are paths: completed as files (or directories).
 FILE_METAVARS = {"FILE", "PATH"}
 DIR_METAVARS = {"DIR"}
+# Metavars completed by calling `cocalc-ctl __complete KIND` (project ids from host sqlite, cached images).
+DYNAMIC_METAVARS = {"PROJECT": "projects", "OTHER": "projects", "IMAGE": "images"}
+
+
+def choices_of(metavar: str | None) -> list[str]:
+    """Fixed values of an option: `pipe|staged|backup` lists them; JOB is a timers job name."""
+    if not metavar:
+        return []
+    if "|" in metavar and " " not in metavar:
+        return metavar.split("|")
+    if metavar == "JOB":
+        from cocalc_ctl.actions.timers import job_names
+
+        return job_names()
+    return []
 
 
 @dataclass
@@ -23,10 +38,18 @@ class Opt:
     repeatable: bool = False
 
     @property
+    def choices(self) -> list[str]:
+        return choices_of(self.metavar) if self.takes_value else []
+
+    @property
     def completes(self) -> str:
-        """"file", "dir", "value" (free text) or "flag"."""
+        """"file", "dir", "choice", "projects"/"images" (dynamic), "value" (free text) or "flag"."""
         if not self.takes_value:
             return "flag"
+        if self.choices:
+            return "choice"
+        if self.metavar in DYNAMIC_METAVARS:
+            return DYNAMIC_METAVARS[self.metavar]
         if self.metavar in DIR_METAVARS:
             return "dir"
         if self.metavar in FILE_METAVARS:
@@ -54,6 +77,13 @@ class Cmd:
     @property
     def name(self) -> str:
         return " ".join(("cocalc-ctl", *self.path))
+
+    @property
+    def completes_args(self) -> str:
+        """How positional words of this command complete: "projects" when it takes a project id, else "file"."""
+        if self.arguments and DYNAMIC_METAVARS.get(self.arguments[0].metavar) == "projects":
+            return "projects"
+        return "file"
 
     def walk(self):
         yield self

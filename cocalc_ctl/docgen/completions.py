@@ -1,6 +1,8 @@
 """Static bash, zsh and fish completion scripts generated from the command tree.
 
-Static (no call back into cocalc-ctl per TAB press), so completing is instant. Each script finds
+Static tables of commands, options and fixed option values (`--mode pipe|staged|backup`); only project
+ids and cached images call back into `cocalc-ctl __complete projects|images` (a fast path that loads
+neither typer nor rich and only reads this host's sqlite and rootfs cache). Each script finds
 the command path typed so far by walking the words, skipping options and the value of any option
 that takes one; global flags may appear anywhere (the CLI hoists them), so they are offered at
 every level.
@@ -25,6 +27,23 @@ def _squote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
+def _per_command(root: Cmd, fixed, dynamic) -> list[str]:
+    """`case "$cmdpath $prev"` arms: an option's fixed values or dynamic values, per command
+    (`move start --mode` and `proxy serve --mode` take different values)."""
+    lines = []
+    for c in root.walk():
+        for o in c.options:
+            if o.completes == "choice":
+                action = fixed(" ".join(o.choices))
+            elif o.completes in ("projects", "images"):
+                action = dynamic(o.completes)
+            else:
+                continue
+            for n in o.names:
+                lines.append(f"        {_squote(c.name + ' ' + n)}) {action}; return ;;")
+    return lines
+
+
 def bash(root: Cmd | None = None) -> str:
     root = root or model()
     globals_ = [n for o in root.options for n in o.names]
@@ -44,19 +63,27 @@ def bash(root: Cmd | None = None) -> str:
     lines.append("    )")
     lines.append(f"    local globals={_squote(_sh_words(globals_))}")
     lines.append(f"    local valopts={_squote(' ' + _sh_words(value_options(root)) + ' ')}")
+    projcmds = [c.name for c in root.walk() if c.path and not c.commands and c.completes_args == "projects"]
+    lines.append(f"    local projcmds={_squote('|' + '|'.join(projcmds) + '|')}")
     lines += [
-        '    local cmdpath=cocalc-ctl i w',
+        '    local cmdpath=cocalc-ctl i w cfg=',
         "    for ((i = 1; i < COMP_CWORD; i++)); do",
         '        w="${COMP_WORDS[i]}"',
+        '        if [[ $w == --config ]]; then cfg="${COMP_WORDS[i+1]}"; fi',
         '        if [[ $valopts == *" $w "* ]]; then ((i++)); continue; fi',
         "        [[ $w == -* ]] && continue",
         '        if [[ -n ${subs[$cmdpath]+x} && " ${subs[$cmdpath]} " == *" $w "* ]]; then',
         '            cmdpath="$cmdpath $w"',
         "        fi",
         "    done",
-        '    case "$prev" in',
+        '    case "$cmdpath $prev" in',
     ]
-    by_kind: dict[str, set[str]] = {"file": set(), "dir": set(), "value": set()}
+    lines += _per_command(root, lambda vals: f'COMPREPLY=($(compgen -W {_squote(vals)} -- "$cur"))',
+                          lambda kind: f"_cocalc_ctl_dyn {kind}")
+    lines += ["    esac",
+              '    case "$prev" in']
+    by_kind: dict[str, set[str]] = {"file": set(), "dir": set(), "value": set(), "projects": set(),
+                                    "images": set()}
     for c in root.walk():
         for o in c.options:
             if o.completes in by_kind:
@@ -73,9 +100,21 @@ def bash(root: Cmd | None = None) -> str:
         '        COMPREPLY=($(compgen -W "${opts[$cmdpath]-} $globals" -- "$cur"))',
         '    elif [[ -n ${subs[$cmdpath]+x} ]]; then',
         '        COMPREPLY=($(compgen -W "${subs[$cmdpath]}" -- "$cur"))',
+        '    elif [[ $projcmds == *"|$cmdpath|"* ]]; then',
+        "        _cocalc_ctl_dyn projects",
         "    else",
         '        COMPREPLY=($(compgen -f -- "$cur"))',
         "    fi",
+        "}",
+        "",
+        "# project ids (host sqlite) and cached images, from the same program the user typed",
+        "_cocalc_ctl_dyn() {",
+        '    local cur="${COMP_WORDS[COMP_CWORD]}" cfg=',
+        "    local i",
+        "    for ((i = 1; i < COMP_CWORD; i++)); do",
+        '        [[ ${COMP_WORDS[i]} == --config ]] && cfg="${COMP_WORDS[i+1]}"',
+        "    done",
+        '    COMPREPLY=($(compgen -W "$("${COMP_WORDS[0]}" ${cfg:+--config "$cfg"} __complete "$1" "$cur" 2>/dev/null)" -- "$cur"))',
         "}",
         "complete -F _cocalc_ctl cocalc-ctl",
         "",
@@ -111,8 +150,12 @@ def zsh(root: Cmd | None = None) -> str:
               '            cmdpath="$cmdpath $w"',
               "        fi",
               "    done",
+              '    case "$cmdpath ${words[CURRENT-1]}" in']
+    lines += _per_command(root, lambda vals: f"compadd -- {vals}",
+                          lambda kind: f'compadd -- ${{(f)"$(${{words[1]}} __complete {kind} 2>/dev/null)"}}')
+    lines += ["    esac",
               '    case "${words[CURRENT-1]}" in']
-    kinds: dict[str, set[str]] = {"file": set(), "dir": set(), "value": set()}
+    kinds: dict[str, set[str]] = {"file": set(), "dir": set(), "value": set(), "projects": set(), "images": set()}
     for c in root.walk():
         for o in c.options:
             if o.completes in kinds:
@@ -140,6 +183,8 @@ def zsh(root: Cmd | None = None) -> str:
               "        _describe -t options option opts",
               "    elif (( ${#cmds} )); then",
               "        _describe -t commands command cmds",
+              f"    elif [[ {_squote('|' + '|'.join(c.name for c in root.walk() if c.path and not c.commands and c.completes_args == 'projects') + '|')} == *\"|$cmdpath|\"* ]]; then",
+              '        compadd -- ${(f)"$(${words[1]} __complete projects 2>/dev/null)"}',
               "    else",
               "        _files",
               "    fi",
@@ -186,6 +231,16 @@ def fish(root: Cmd | None = None) -> str:
              '    echo "$cmdpath"',
              "end",
              "",
+             "# project ids (host sqlite) and cached images, from the program the user typed",
+             "function __cocalc_ctl_dyn",
+             "    set -l words (commandline -opc)",
+             "    set -l cfg",
+             "    set -l i (contains -i -- --config $words)",
+             "    and set cfg --config $words[(math $i + 1)]",
+             "    command -q $words[1]; or return 0",
+             "    command $words[1] $cfg __complete $argv[1] 2>/dev/null",
+             "end",
+             "",
              "complete -c cocalc-ctl -f"]
 
     def opt_line(cond: str, o) -> str:
@@ -196,6 +251,10 @@ def fish(root: Cmd | None = None) -> str:
             parts.append("-r -F")
         elif o.completes == "dir":
             parts.append("-r -F -a '(__fish_complete_directories)'")
+        elif o.completes == "choice":
+            parts.append(f"-x -a {_fq(' '.join(o.choices))}")
+        elif o.completes in ("projects", "images"):
+            parts.append(f"-x -a '(__cocalc_ctl_dyn {o.completes})'")
         elif o.completes == "value":
             parts.append("-x")
         if o.help:
@@ -212,7 +271,10 @@ def fish(root: Cmd | None = None) -> str:
         for o in c.options:
             lines.append(opt_line(cond, o))
         if c.arguments and not c.commands:
-            lines.append(f"complete -c cocalc-ctl -n {_fq(cond)} -F")
+            if c.completes_args == "projects":
+                lines.append(f"complete -c cocalc-ctl -n {_fq(cond)} -a '(__cocalc_ctl_dyn projects)'")
+            else:
+                lines.append(f"complete -c cocalc-ctl -n {_fq(cond)} -F")
     return "\n".join(lines) + "\n"
 
 

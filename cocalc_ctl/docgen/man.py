@@ -109,10 +109,9 @@ def render(root: Cmd | None = None) -> str:
     for o in root.options:
         out += [".TP", _opt_head(o), esc(" ".join(o.help.split()))]
     out.append(".SH COMMANDS")
-    for noun in root.commands:
-        out += _command(noun)
-        for verb in noun.commands:
-            out += _command(verb)
+    for c in root.walk():
+        if c.path:  # every level: nouns, verbs and nested groups (`hub project add`)
+            out += _command(c)
     out += [".SH CONFIGURATION",
             "Keys are read from the YAML config file (nested sections map to dotted keys, e.g. "
             "\\fBbackup:\\fR \\fBrepo:\\fR is \\fBbackup.repo\\fR); each can be overridden by an environment "

@@ -65,3 +65,34 @@ def test_unexpected_exception_is_one_line_without_traceback(monkeypatch, capsys)
     assert run(["project", "list"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "kaput second line" in err and "Traceback" not in err
+
+
+def test_a_noun_without_a_verb_prints_the_nouns_help(capsys):
+    assert run(["project"]) == 2
+    cap = capsys.readouterr()
+    assert cap.err.startswith("Usage: cocalc-ctl project [OPTIONS] COMMAND [ARGS]...\n")
+    assert "\n  create " in cap.err and "\n  list " in cap.err and "error" not in cap.err
+    assert cap.out == ""
+    assert run(["hub", "project"]) == 2
+    assert capsys.readouterr().err.startswith("Usage: cocalc-ctl hub project ")
+
+
+def test_help_shows_names_not_types_and_whole_summaries():
+    from cocalc_ctl.docgen import helptext, model
+
+    for c in model().walk():
+        text = helptext.help_of(c.path)
+        for bad in ("<str>", "<float>", "<int", "TEXT", "INTEGER", "FLOAT", "..."):
+            assert bad not in text.replace("[ARGS]...", "").replace("/...", ""), (c.path, bad)
+    top = helptext.help_of(())
+    listed = [l.split()[0] for l in top.split("Commands:\n")[1].splitlines() if l.startswith("  ") and l[2] != " "]
+    assert listed[:4] == ["host", "project", "snapshot", "backup"] and listed[-2:] == ["doctor", "config"]
+
+
+def test_help_wording():
+    from cocalc_ctl.docgen import helptext
+
+    prune = helptext.help_of(("backup", "prune"))
+    assert "last N last" not in prune and "Keep the N newest backups." in prune
+    assert "Write units here" not in helptext.help_of(("timers", "list"))
+    assert "(lowercase UUID)" not in helptext.help_of(("snapshot", "list"))

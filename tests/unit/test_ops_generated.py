@@ -88,6 +88,56 @@ def test_bash_completion_completes_nouns_verbs_and_options():
     assert _bash_complete(["cocalc-ctl", "timers", "install", "--user-unit-dir", "/us"]) == ["/usr"]
 
 
+def test_bash_completion_offers_option_values_per_command():
+    assert _bash_complete(["cocalc-ctl", "move", "start", "P", "--mode", ""]) == ["pipe", "staged", "backup"]
+    assert _bash_complete(["cocalc-ctl", "proxy", "serve", "--mode", ""]) == ["host", "hub"]
+    assert _bash_complete(["cocalc-ctl", "move", "send", "P", "--compress", "z"]) == ["zstd"]
+    assert _bash_complete(["cocalc-ctl", "keys", "rotate", "--which", "s"]) == ["sshpiperd"]
+    assert _bash_complete(["cocalc-ctl", "timers", "install", "--role", ""]) == ["host", "hub", "all"]
+    assert _bash_complete(["cocalc-ctl", "timers", "install", "--only", "snap"]) == ["snapshot-auto"]
+    assert _bash_complete(["cocalc-ctl", "host", "init", "--image", "/us"]) == ["/usr"]  # a file there
+
+
+def _completion_host(tmp_path):
+    """A config whose host sqlite knows two projects and whose rootfs cache holds one image."""
+    from cocalc_ctl.state import host_db
+
+    data = tmp_path / "data"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"btrfs_root: {tmp_path}/pool\ndata_dir: {data}\n")
+    with host_db.connect(data) as conn:
+        for pid in ("1b4e28ba-2fa1-11d2-883f-0016d3cca427", "2c5f39cb-2fa1-11d2-883f-0016d3cca427"):
+            host_db.upsert_project(conn, pid)
+    cache = data / "rootfs" / "docker.io" / "library"
+    (cache / "busybox:latest").mkdir(parents=True)
+    (cache / "busybox:latest~marker.json").write_text('{"image": "docker.io/library/busybox:latest"}')
+    return cfg
+
+
+def test_bash_completion_completes_project_ids_and_images_from_the_host(tmp_path):
+    cfg = _completion_host(tmp_path)
+    prog = str(REPO / "bin" / "cocalc-ctl")
+    assert _bash_complete([prog, "--config", str(cfg), "snapshot", "list", "1b"]) == \
+        ["1b4e28ba-2fa1-11d2-883f-0016d3cca427"]
+    assert _bash_complete([prog, "--config", str(cfg), "project", "show", ""]) == \
+        ["1b4e28ba-2fa1-11d2-883f-0016d3cca427", "2c5f39cb-2fa1-11d2-883f-0016d3cca427"]
+    assert _bash_complete([prog, "--config", str(cfg), "project", "start", "P", "--image", "docker"]) == \
+        ["docker.io/library/busybox:latest"]
+    # no config, no database: nothing, and nothing on stderr
+    assert _bash_complete([prog, "--config", str(tmp_path / "none.yaml"), "project", "show", ""]) == []
+
+
+def test_complete_fast_path_does_not_load_typer(tmp_path):
+    cfg = _completion_host(tmp_path)
+    code = ("import sys; sys.argv = ['cocalc-ctl', '--config', sys.argv[1], '__complete', 'projects', '2c'];"
+            "from cocalc_ctl.cli import entry\n"
+            "try:\n    entry.main()\nexcept SystemExit:\n    pass\n"
+            "print('typer' in sys.modules)")
+    res = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c", code, str(cfg)], capture_output=True,
+                         text=True, timeout=60)
+    assert res.stdout.split() == ["2c5f39cb-2fa1-11d2-883f-0016d3cca427", "False"], res.stderr
+
+
 @pytest.mark.skipif(shutil.which("fish") is None, reason="fish not installed (apt-get install fish)")
 def test_fish_completion_completes_nouns_verbs_and_options():
     def complete(line):
