@@ -1,7 +1,11 @@
-"""Process entry point: answers sshd's AuthorizedKeysCommand before loading the CLI framework.
+"""Process entry point: answers what it can before loading the CLI framework (typer, ~60 ms).
 
-`cocalc-ctl [--config F] sshpiper authorized-keys USER` runs for every SSH login attempt on the move
-receiver, so it skips typer/rich (tens of milliseconds of imports) and calls the decision directly.
+- `cocalc-ctl [--config F] sshpiper authorized-keys USER` runs for every SSH login attempt on the move
+  receiver: it calls the decision directly.
+- `--version`, `--help`/`-h` of any command (text pre-rendered by scripts/regenerate into
+  `cocalc_ctl/cli/helpcache.py`; used when the terminal is at least 80 columns wide, where click's
+  help is 78 columns whatever the width, so the text is byte for byte what typer prints), a noun
+  without a verb, an unknown command, and `__complete` (shell completion values).
 Every other command line goes to `cocalc_ctl.cli.main`.
 """
 
@@ -45,12 +49,54 @@ def _split_config(argv: list[str]) -> tuple[str | None, list[str]]:
     return config, rest
 
 
+GLOBAL_FLAGS = {"--json", "--dry-run", "-v", "--verbose", "-q", "--quiet"}
+
+
+def fast_path(argv: list[str]) -> int | None:
+    """Exit code after answering argv without typer, or None when the full CLI must run."""
+    _, words = _split_config(argv)
+    words = [w for w in words if w not in GLOBAL_FLAGS]
+    if "--" in words:
+        return None
+    if words == ["--version"] or (words and words[0] == "--version"):
+        from cocalc_ctl import __version__
+
+        print(f"cocalc-ctl {__version__}")
+        return 0
+    helps = [w for w in words if w in ("--help", "-h")]
+    path = tuple(w for w in words if w not in ("--help", "-h"))
+    if any(w.startswith("-") for w in path) or len(helps) > 1:
+        return None
+    if path and not helps:
+        from cocalc_ctl.cli.helpcache import NOUNS
+
+        if path[0] not in NOUNS and path[0] != "__complete":
+            print(f"cocalc-ctl: error: No such command '{path[0]}'. (see `cocalc-ctl --help`)", file=sys.stderr)
+            return 2
+    import shutil
+
+    if shutil.get_terminal_size().columns < 80:
+        return None
+    from cocalc_ctl.cli.helpcache import GROUPS, HELP
+
+    if helps and words[-1] in ("--help", "-h") and path in HELP:
+        sys.stdout.write(HELP[path])
+        return 0
+    if not helps and path in GROUPS and (path or not argv):  # `cocalc-ctl project`: the noun's help, exit 2 (as the full CLI does)
+        sys.stderr.write(HELP[path])
+        return 2
+    return None
+
+
 def main() -> None:
     fast = fast_authorized_keys(sys.argv[1:])
     if fast is not None:
         from cocalc_ctl.actions.sshauth import authorized_keys_fast
 
         sys.exit(authorized_keys_fast(fast[1], fast[0]))
+    code = fast_path(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
     config, rest = _split_config(sys.argv[1:])
     if rest[:1] == ["__complete"] and len(rest) in (2, 3):
         from cocalc_ctl.cli.complete import main as complete

@@ -13,11 +13,12 @@ from pathlib import Path
 
 def outputs() -> dict[str, str]:
     """Path relative to the repository root -> content."""
-    from cocalc_ctl.docgen import completions, examples, helptext, man, model
+    from cocalc_ctl.docgen import completions, examples, helpcache, helptext, man, model
 
     root = model()
     out = {f"completions/{n}": t for n, t in completions.render_all(root).items()}
     out["man/cocalc-ctl.1"] = man.render(root)
+    out["cocalc_ctl/cli/helpcache.py"] = helpcache.render()
     out.update({f"examples/{n}": t for n, t in examples.render_all().items()})
     out.update({f"tests/golden/help/{n}": t for n, t in helptext.render_all().items()})
     return out

@@ -96,3 +96,56 @@ def test_help_wording():
     assert "last N last" not in prune and "Keep the N newest backups." in prune
     assert "Write units here" not in helptext.help_of(("timers", "list"))
     assert "(lowercase UUID)" not in helptext.help_of(("snapshot", "list"))
+
+
+FAST = [["--version"], ["--help"], ["-h"], ["project"], ["hub", "project"], ["frob"], ["--json", "frob", "x"],
+        ["snapshot", "prune", "--help"], ["--json", "keys", "-h"], []]
+
+
+@pytest.mark.parametrize("argv", FAST, ids=[" ".join(a) or "(none)" for a in FAST])
+def test_fast_paths_answer_like_the_full_cli_without_importing_typer(argv, monkeypatch, tmp_path):
+    """--version, --help, a noun alone and an unknown command: the same stdout, stderr and exit code as
+    the typer CLI, in a process that never imports typer."""
+    import subprocess
+    import sys
+
+    from tests.support.hosts import REPO
+
+    monkeypatch.setenv("COLUMNS", "80")
+    code = ("import sys\nfrom cocalc_ctl.cli import entry\nsys.argv = ['cocalc-ctl', *sys.argv[1:]]\n"
+            "try:\n    entry.main()\nexcept SystemExit as e:\n    rc = e.code\n"
+            "print('TYPER' if 'typer' in sys.modules else 'NO-TYPER', rc, file=sys.stderr)\n")
+    fast = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60,
+                          cwd=REPO)
+    *fast_err, marker = fast.stderr.split("\n")[:-1]
+    assert marker.split()[0] == "NO-TYPER", fast.stderr
+    full = subprocess.run([sys.executable, "-c", "import sys\nfrom cocalc_ctl.cli.main import run\n"
+                           "rc = run(sys.argv[1:])\nsys.stdout.flush(); sys.stderr.flush()\n"
+                           "print('TYPER', rc, file=sys.stderr)", *argv],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    *full_err, full_marker = full.stderr.split("\n")[:-1]
+    assert fast.stdout == full.stdout
+    assert fast_err == full_err
+    assert marker.split()[1] == full_marker.split()[1]
+
+
+def test_bin_wrapper_execs_the_venv_interpreter_not_python3_on_path(tmp_path):
+    """A python3 on PATH that fails (a broken version-manager shim) is never started."""
+    import subprocess
+
+    from tests.support.hosts import REPO
+
+    if not (REPO / ".venv" / "bin" / "python").exists():
+        pytest.skip("no .venv in this checkout")
+    shim = tmp_path / "python3"
+    shim.write_text("#!/bin/sh\necho shim >&2\nexit 99\n")
+    shim.chmod(0o755)
+    link = tmp_path / "cocalc-ctl"
+    link.symlink_to(REPO / "bin" / "cocalc-ctl")  # installed as a symlink, like `make install`
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "COLUMNS": "80"}
+    res = subprocess.run([str(link), "--version"], capture_output=True, text=True, env=env, timeout=60)
+    assert (res.returncode, res.stdout, res.stderr) == (0, "cocalc-ctl 0.1.0\n", "")
+    (tmp_path / "c.yaml").write_text(f"data_dir: {tmp_path}/data\n")
+    res = subprocess.run([str(link), "config", "show", "--json"], capture_output=True, text=True,
+                         env={**env, "COCALC_CTL_CONFIG": str(tmp_path / "c.yaml")}, timeout=60)
+    assert res.returncode == 0 and '"keys"' in res.stdout, res.stderr
