@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from cocalc_ctl.cli.common import G, config, render
+from cocalc_ctl.cli.common import G, config, done, render
 
 app = typer.Typer(help="Back projects up to a restic/rustic repository; list, prune, schedule.",
                   no_args_is_help=True)
@@ -20,7 +20,7 @@ def init() -> None:
     from cocalc_ctl.actions import backup_repo
 
     result = backup_repo.init(config())
-    render(result, lambda r: print(f"{'created' if r.created else 'already exists:'} {r.engine} repository {r.repo}"))
+    render(result, lambda r: done(f"{'created' if r.created else 'already exists:'} {r.engine} repository {r.repo}"))
 
 
 class _ProgressView:
@@ -80,7 +80,7 @@ def create(project: str = PROJECT,
     if G.json and not G.dry_run:
         output.json_line({"event": "result", **output.to_jsonable(result)})
         return
-    render(result, lambda r: print(
+    render(result, lambda r: done(
         f"backed up project {r.project_id}: backup {r.backup_id} ({output.human_bytes(r.bytes)}, "
         f"{output.human_bytes(r.data_added)} new, {r.duration:.1f}s, from {r.source})"))
 
@@ -149,9 +149,9 @@ def prune(project: str = PROJECT, keep_last: int = _keep("last"), keep_hourly: i
 
     def human(r):
         for k in r.kept:
-            print(f"keep    {k[:8]}")
+            done(f"keep    {k[:8]}")
         for k in r.removed:
-            print(f"{'would remove' if r.dry_run else 'removed'} {k[:8]}")
+            done(f"{'would remove' if r.dry_run else 'removed'} {k[:8]}")
 
     if G.dry_run and not G.json:
         human(result)
@@ -168,13 +168,13 @@ def due() -> None:
 
     def human(r):
         for b in r.backed_up:
-            print(f"{b.project_id}: backup {b.backup_id} ({output.human_bytes(b.bytes)}, {b.duration:.1f}s)")
+            done(f"{b.project_id}: backup {b.backup_id} ({output.human_bytes(b.bytes)}, {b.duration:.1f}s)")
         for s in r.skipped:
-            print(f"{s['project_id']}: skipped ({s['reason']})")
+            done(f"{s['project_id']}: skipped ({s['reason']})")
         for f in r.failed:
             print(f"{f['project_id']}: FAILED {f['error']}")
         if not (r.backed_up or r.skipped or r.failed):
-            print("nothing due")
+            done("nothing due")
 
     render(result, human)
     if result.failed:
@@ -192,9 +192,9 @@ def cleanup(project: Optional[str] = typer.Argument(None, metavar="[PROJECT]",
     def human(rs):
         for r in rs:
             for a in r.actions or ["nothing to do"]:
-                print(f"{r.project_id}: {a}")
+                done(f"{r.project_id}: {a}")
         if not rs:
-            print("nothing to clean up")
+            done("nothing to clean up")
 
     render(result, human)
 
@@ -214,7 +214,7 @@ def restore(project: str = PROJECT,
     from cocalc_ctl.actions import restore as restore_actions
 
     result = restore_actions.restore(config(), project, backup_id, path=path, to_project=to_project, force=force)
-    render(result, lambda r: print(
+    render(result, lambda r: done(
         f"restored {'path ' + r.path + ' of ' if r.path else ''}project {r.project_id} from backup {r.backup_id[:8]}"
         + (f" of project {r.from_project}" if r.from_project != r.project_id else "")
         + (" (created)" if r.created_project else "")))

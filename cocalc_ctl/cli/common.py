@@ -51,3 +51,9 @@ def render(result: Any, human: Callable[[Any], None]) -> None:
         pass  # the plan printed above is the whole answer; "created X" would be a lie
     else:
         human(result)
+
+
+def done(*parts: Any, **kwargs: Any) -> None:
+    """A confirmation (`created snapshot X`): stdout, but nothing with -q (errors and requested output only)."""
+    if not G.quiet:
+        print(*parts, **kwargs)

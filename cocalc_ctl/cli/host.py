@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from cocalc_ctl.cli.common import config, render
+from cocalc_ctl.cli.common import config, done, render
 
 app = typer.Typer(help="Set up, inspect and tear down this host's btrfs pool.", no_args_is_help=True)
 
@@ -25,8 +25,8 @@ def init(
 
     def human(r):
         for a in r.actions:
-            print(a)
-        print(f"pool ready at {r.btrfs_root} (quotas on); host id {r.host_id}")
+            done(a)
+        done(f"pool ready at {r.btrfs_root} (quotas on); host id {r.host_id}")
 
     render(result, human)
 
@@ -59,4 +59,4 @@ def teardown(
     from cocalc_ctl.actions import host
 
     result = host.teardown(config(), delete_image=delete_image)
-    render(result, lambda r: print(f"pool at {r.btrfs_root} torn down" + (" (image deleted)" if r.image_deleted else "")))
+    render(result, lambda r: done(f"pool at {r.btrfs_root} torn down" + (" (image deleted)" if r.image_deleted else "")))

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from cocalc_ctl.cli.common import config, render
+from cocalc_ctl.cli.common import config, done, render
 
 app = typer.Typer(help="Hub PostgreSQL: schema and project placement.",
                   no_args_is_help=True)
@@ -18,7 +18,7 @@ def migrate() -> None:
     from cocalc_ctl.actions import hub
 
     result = hub.migrate(config())
-    render(result, lambda r: print(
+    render(result, lambda r: done(
         "\n".join(f"applied {a}" for a in r.applied) + ("\n" if r.applied else "") + f"hub schema at version {r.version}"))
 
 
@@ -60,7 +60,7 @@ def project_add(project: str = PROJECT,
     another host is refused (`set --host` corrects the record, `move start` moves the data)."""
     from cocalc_ctl.actions import placement
 
-    render(placement.add(config(), project, host, image), lambda r: print(_change_line(r)))
+    render(placement.add(config(), project, host, image), lambda r: done(_change_line(r)))
 
 
 @project_app.command("set")
@@ -77,7 +77,7 @@ def project_set(project: str = PROJECT,
     from cocalc_ctl.actions import placement
 
     result = placement.set_placement(config(), project, host=host, image=image, force=force)
-    render(result, lambda r: print(_change_line(r)))
+    render(result, lambda r: done(_change_line(r)))
 
 
 @project_app.command("show")
@@ -121,4 +121,4 @@ def project_rm(project: str = PROJECT,
     Refused while a move of the project is in progress, unless --force."""
     from cocalc_ctl.actions import placement
 
-    render(placement.remove(config(), project, force=force), lambda r: print(_change_line(r)))
+    render(placement.remove(config(), project, force=force), lambda r: done(_change_line(r)))

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from cocalc_ctl.cli.common import config, render
+from cocalc_ctl.cli.common import config, done, render
 
 app = typer.Typer(help="SSH keypairs of this host, registration in the hub, and trusted peers' keys.",
                   no_args_is_help=True)
@@ -31,9 +31,9 @@ def ensure() -> None:
 
     def human(r):
         for p in r.created:
-            print(f"created {p}")
+            done(f"created {p}")
         if not r.created:
-            print("all keys present, nothing to do")
+            done("all keys present, nothing to do")
         _print_keys(r.keys)
 
     render(result, human)
@@ -65,7 +65,7 @@ def rotate(
     from cocalc_ctl.actions import keys
 
     result = keys.rotate(config(), which, finish=finish)
-    render(result, lambda r: print(f"{r.which}: {r.action}; now {r.fingerprint}"
+    render(result, lambda r: done(f"{r.which}: {r.action}; now {r.fingerprint}"
                                    + (f" (previous {r.previous_fingerprint})" if r.previous_fingerprint else "")
                                    + f"\n{r.hint}"))
 
@@ -83,7 +83,7 @@ def register(
     from cocalc_ctl.actions import keysync
 
     result = keysync.register(config(), internal_url=internal_url, clear_internal_url=clear_internal_url)
-    render(result, lambda r: print(f"registered host {r.host_id} ({r.name}, ssh_server {r.ssh_server or '-'}, "
+    render(result, lambda r: done(f"registered host {r.host_id} ({r.name}, ssh_server {r.ssh_server or '-'}, "
                                    f"internal_url {r.internal_url or '-'}); "
                                    f"trusted: {'yes' if r.trusted else 'no (a hub admin runs `keys trust`)'}"))
 
@@ -94,7 +94,7 @@ def trust(host: str = HOST) -> None:
     from cocalc_ctl.actions import keysync
 
     result = keysync.set_trust(config(), host, True)
-    render(result, lambda r: print(f"host {r.host_id} is trusted" + ("" if r.changed else " (unchanged)")))
+    render(result, lambda r: done(f"host {r.host_id} is trusted" + ("" if r.changed else " (unchanged)")))
 
 
 @app.command("untrust")
@@ -103,7 +103,7 @@ def untrust(host: str = HOST) -> None:
     from cocalc_ctl.actions import keysync
 
     result = keysync.set_trust(config(), host, False)
-    render(result, lambda r: print(f"host {r.host_id} is no longer trusted" + ("" if r.changed else " (unchanged)")))
+    render(result, lambda r: done(f"host {r.host_id} is no longer trusted" + ("" if r.changed else " (unchanged)")))
 
 
 @app.command("broadcast")
@@ -112,7 +112,7 @@ def broadcast() -> None:
     from cocalc_ctl.actions import keysync
 
     keysync.broadcast(config())
-    render({"notified": True}, lambda r: print("notified"))
+    render({"notified": True}, lambda r: done("notified"))
 
 
 def _sync_line(r) -> str:
@@ -129,7 +129,7 @@ def sync() -> None:
     from cocalc_ctl.actions import keysync
 
     result = keysync.sync(config())
-    render(result, lambda r: print(_sync_line(r)))
+    render(result, lambda r: done(_sync_line(r)))
 
 
 @app.command("watch")
@@ -177,4 +177,4 @@ def known_hosts(
 
     result = keysync.write_known_hosts(config(), out)
     render(result, lambda r: print(r.text, end="") if out == "-"
-           else print(f"wrote {r.entries} pinned key(s) to {r.path}"))
+           else done(f"wrote {r.entries} pinned key(s) to {r.path}"))

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from cocalc_ctl.cli.common import config, render
+from cocalc_ctl.cli.common import config, done, render
 
 app = typer.Typer(help="Prometheus metrics for node_exporter's textfile collector.", no_args_is_help=True)
 
@@ -18,7 +18,7 @@ def write(textfile_dir: Optional[str] = typer.Option(
     from cocalc_ctl.actions import metrics
 
     result = metrics.write(config(), textfile_dir=textfile_dir)
-    render(result, lambda r: print(f"wrote {r.samples} samples to {r.path}"))
+    render(result, lambda r: done(f"wrote {r.samples} samples to {r.path}"))
 
 
 @app.command("show")

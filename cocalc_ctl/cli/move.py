@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cocalc_ctl.cli.common import G, config, render
+from cocalc_ctl.cli.common import G, config, done, render
 
 app = typer.Typer(help="Move projects between hosts: send/recv/finalize/cleanup on hosts; "
                        "start/status/cancel/worker on the hub.", no_args_is_help=True)
@@ -89,12 +89,12 @@ def send(project: str = PROJECT,
     def human(r):
         if r.mode == "backup":
             how = "reused" if r.reused else f"{output.human_bytes(r.bytes_total)} in {r.seconds:.1f}s"
-            print(f"backed up {r.project_id} for a move: backup {r.backup_id} ({how}); final snapshot "
+            done(f"backed up {r.project_id} for a move: backup {r.backup_id} ({how}); final snapshot "
                   f"{r.move_snapshot}\non the destination: cocalc-ctl move finalize {r.project_id} "
                   f"--from-backup {r.backup_id}")
             return
         sent = [s for s in r.snapshots if not s.skipped]
-        print(f"moved {r.project_id} to {r.destination}: {len(sent)} streams, {output.human_bytes(r.bytes_total)} "
+        done(f"moved {r.project_id} to {r.destination}: {len(sent)} streams, {output.human_bytes(r.bytes_total)} "
               f"in {r.seconds:.1f}s ({r.mode}, {r.compress}); final snapshot {r.move_snapshot}")
 
     render(result, human)
@@ -156,11 +156,11 @@ def finalize(project: str = PROJECT,
 
     def human(r):
         if r.already_finalized:
-            print(f"project {r.project_id} already finalized at {r.path}")
+            done(f"project {r.project_id} already finalized at {r.path}")
         elif r.backup_id:
-            print(f"finalized {r.project_id} at {r.path} from backup {r.backup_id[:8]}")
+            done(f"finalized {r.project_id} at {r.path} from backup {r.backup_id[:8]}")
         else:
-            print(f"finalized {r.project_id} at {r.path} with {len(r.snapshots)} snapshots")
+            done(f"finalized {r.project_id} at {r.path} with {len(r.snapshots)} snapshots")
 
     render(result, human)
 
@@ -172,7 +172,7 @@ def cleanup(project: str = PROJECT,
     from cocalc_ctl.actions.move import finalize as fin
 
     result = fin.cleanup(config(), project, force=force)
-    render(result, lambda r: print(f"deleted {r.project_id} and {len(r.deleted_snapshots)} snapshots ({r.reason})"
+    render(result, lambda r: done(f"deleted {r.project_id} and {len(r.deleted_snapshots)} snapshots ({r.reason})"
                                    if r.deleted else f"{r.project_id}: {r.reason}"))
 
 
@@ -182,7 +182,7 @@ def abort(project: str = PROJECT) -> None:
     from cocalc_ctl.actions.move import finalize as fin
 
     result = fin.abort(config(), project)
-    render(result, lambda r: print(f"aborted {r.project_id}: removed {len(r.deleted_received)} received snapshots"
+    render(result, lambda r: done(f"aborted {r.project_id}: removed {len(r.deleted_received)} received snapshots"
                                    + (" and the half-finalized project" if r.deleted_partial_project else "")))
 
 
@@ -211,7 +211,7 @@ def start(project: str = PROJECT,
     from cocalc_ctl.actions.move import hub
 
     result = hub.start(config(), project, to=to, mode=mode, compress=compress)
-    render(result, lambda m: print(f"move of {m.project_id} to {m.dest_host_id}: {m.state}"
+    render(result, lambda m: done(f"move of {m.project_id} to {m.dest_host_id}: {m.state}"
                                    + (f" ({m.status_reason})" if m.status_reason else "")))
 
 
@@ -242,7 +242,7 @@ def cancel(project: str = PROJECT) -> None:
     from cocalc_ctl.actions.move import hub
 
     result = hub.cancel(config(), project)
-    render(result, lambda m: print(f"cancelled the move of {m.project_id}"))
+    render(result, lambda m: done(f"cancelled the move of {m.project_id}"))
 
 
 @app.command("worker")

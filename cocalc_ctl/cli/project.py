@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from cocalc_ctl.cli.common import config, render
+from cocalc_ctl.cli.common import config, done, render
 
 app = typer.Typer(help="Create, list, inspect, delete, start and stop projects (btrfs subvolumes).", no_args_is_help=True)
 
@@ -22,7 +22,7 @@ def create(
     from cocalc_ctl.actions import projects
 
     result = projects.create(config(), project, quota=quota)
-    render(result, lambda r: print(f"created project {r.project_id} at {r.path}"))
+    render(result, lambda r: done(f"created project {r.project_id} at {r.path}"))
 
 
 @app.command("list")
@@ -68,7 +68,7 @@ def delete(
     from cocalc_ctl.actions import projects
 
     result = projects.delete(config(), project, force=force)
-    render(result, lambda r: print(f"deleted project {r.project_id} and {len(r.deleted_snapshots)} snapshot(s)"))
+    render(result, lambda r: done(f"deleted project {r.project_id} and {len(r.deleted_snapshots)} snapshot(s)"))
 
 
 @app.command("start")
@@ -80,7 +80,7 @@ def start(
     from cocalc_ctl.actions import containers
 
     result = containers.start(config(), project, image=image)
-    render(result, lambda r: print(
+    render(result, lambda r: done(
         f"project {r.project_id} {'already running' if r.already_running else 'started'} ({r.image}); "
         f"http 127.0.0.1:{r.http_port}, ssh 127.0.0.1:{r.ssh_port}"))
 
@@ -91,7 +91,7 @@ def stop(project: str = PROJECT) -> None:
     from cocalc_ctl.actions import containers
 
     result = containers.stop(config(), project)
-    render(result, lambda r: print(f"project {r.project_id} stopped"))
+    render(result, lambda r: done(f"project {r.project_id} stopped"))
 
 
 @app.command("status")

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from cocalc_ctl.cli.common import config, render
+from cocalc_ctl.cli.common import config, done, render
 
 app = typer.Typer(help="Root filesystem images: resolve, pull into the local cache, overlay-mount per project.",
                   no_args_is_help=True)
@@ -37,7 +37,7 @@ def pull(image: str = IMAGE,
     from cocalc_ctl.actions import rootfs
 
     result = rootfs.pull(config(), image, force=force, keep=keep or None)
-    render(result, lambda r: print(
+    render(result, lambda r: done(
         f"{'pulled' if r.downloaded else 'cached'} {r.image} at {r.path} ({output.human_bytes(r.size_bytes)})"))
 
 
@@ -49,7 +49,7 @@ def mount(project: str = PROJECT,
     from cocalc_ctl.actions import overlay
 
     result = overlay.mount(config(), project, image=image, remount=remount)
-    render(result, lambda r: print(
+    render(result, lambda r: done(
         f"{'already mounted' if r.already_mounted else 'mounted'} {r.image} for project {r.project_id} at {r.merged}"))
 
 
@@ -59,7 +59,7 @@ def umount(project: str = PROJECT) -> None:
     from cocalc_ctl.actions import overlay
 
     result = overlay.umount(config(), project)
-    render(result, lambda r: print(
+    render(result, lambda r: done(
         f"unmounted {r.merged}" if r.was_mounted else f"project {r.project_id} root was not mounted"))
 
 
@@ -83,7 +83,7 @@ def rm(image: str = IMAGE) -> None:
     from cocalc_ctl.actions import rootfs
 
     result = rootfs.rm(config(), image)
-    render(result, lambda r: print(f"removed {', '.join(r.removed)} ({output.human_bytes(r.freed_bytes)})"))
+    render(result, lambda r: done(f"removed {', '.join(r.removed)} ({output.human_bytes(r.freed_bytes)})"))
 
 
 @app.command("gc")
@@ -95,6 +95,6 @@ def gc(max_size: Optional[str] = typer.Option(None, "--max-size", metavar="SIZE"
     from cocalc_ctl.actions import rootfs
 
     result = rootfs.gc(config(), max_size=max_size)
-    render(result, lambda r: print(
+    render(result, lambda r: done(
         f"removed {len(r.removed)} image(s), {output.human_bytes(r.freed_bytes)}"
         + "".join(f"\n  {i}" for i in r.removed)))

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from cocalc_ctl.cli.common import config, render
+from cocalc_ctl.cli.common import config, done, render
 
 app = typer.Typer(help="Create, list, lock, delete and prune project snapshots.", no_args_is_help=True)
 
@@ -22,7 +22,7 @@ def create(project: str = PROJECT,
     from cocalc_ctl.actions import snapshots
 
     result = snapshots.create(config(), project, name)
-    render(result, lambda r: print(f"created snapshot {r.name}"))
+    render(result, lambda r: done(f"created snapshot {r.name}"))
 
 
 @app.command("list")
@@ -44,7 +44,7 @@ def delete(project: str = PROJECT, name: str = NAME) -> None:
     from cocalc_ctl.actions import snapshots
 
     result = snapshots.delete(config(), project, name)
-    render({"deleted": result}, lambda r: print(f"deleted snapshot {result}"))
+    render({"deleted": result}, lambda r: done(f"deleted snapshot {result}"))
 
 
 @app.command("lock")
@@ -54,7 +54,7 @@ def lock(project: str = PROJECT, name: str = NAME,
     from cocalc_ctl.actions import snapshots
 
     result = snapshots.lock(config(), project, name, reason=reason)
-    render({"locked": result}, lambda r: print(f"locked snapshot {result}"))
+    render({"locked": result}, lambda r: done(f"locked snapshot {result}"))
 
 
 @app.command("unlock")
@@ -63,7 +63,7 @@ def unlock(project: str = PROJECT, name: str = NAME) -> None:
     from cocalc_ctl.actions import snapshots
 
     result = snapshots.unlock(config(), project, name)
-    render({"unlocked": result}, lambda r: print(f"unlocked snapshot {result}"))
+    render({"unlocked": result}, lambda r: done(f"unlocked snapshot {result}"))
 
 
 def _keep(kind: str):
@@ -93,9 +93,9 @@ def prune(project: str = PROJECT,
 
     def human(r):
         for d in r.kept:
-            print(f"keep    {d.name}  ({', '.join(d.reasons)})")
+            done(f"keep    {d.name}  ({', '.join(d.reasons)})")
         for n in r.removed:
-            print(f"removed {n}")
+            done(f"removed {n}")
 
     render(result, human)
 
@@ -111,6 +111,6 @@ def auto(project: Optional[str] = typer.Argument(None, metavar="[PROJECT]",
     def human(rs):
         for r in rs:
             made = f"created {r.created}" if r.created else f"skipped ({r.reason})"
-            print(f"{r.project_id}: {made}" + (f"; pruned {len(r.removed)}" if r.removed else ""))
+            done(f"{r.project_id}: {made}" + (f"; pruned {len(r.removed)}" if r.removed else ""))
 
     render(result, human)

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from cocalc_ctl.cli.common import config, render
+from cocalc_ctl.cli.common import config, done, render
 
 app = typer.Typer(help="SSH auth hook: sshpiperd's REST endpoint, OpenSSH AuthorizedKeysCommand, managed keys, "
                        "sshpiperd/sshd configuration.", no_args_is_help=True)
@@ -64,7 +64,7 @@ def keys_refresh(project: str = typer.Argument(..., metavar="PROJECT", help="Pro
     from cocalc_ctl.actions import sshauth
 
     result = sshauth.refresh_managed_keys(config(), project)
-    render(result, lambda r: print(f"wrote {r.keys} key(s) to {r.path}"))
+    render(result, lambda r: done(f"wrote {r.keys} key(s) to {r.path}"))
 
 
 @app.command("config")

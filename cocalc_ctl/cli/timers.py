@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from cocalc_ctl.cli.common import G, config, render
+from cocalc_ctl.cli.common import G, config, done, render
 
 app = typer.Typer(help="Install, list and remove the systemd timers and services (or print crontab lines).",
                   no_args_is_help=True)
@@ -31,11 +31,11 @@ def install(unit_dir: Optional[str] = UNIT_DIR, role: str = ROLE, only: Optional
 
     def human(r):
         for n in r.written:
-            print(f"wrote {r.unit_dir}/{n}")
+            done(f"wrote {r.unit_dir}/{n}")
         if r.unchanged:
-            print(f"unchanged: {', '.join(r.unchanged)}")
+            done(f"unchanged: {', '.join(r.unchanged)}")
         if r.enabled:
-            print(f"enabled and started: {', '.join(r.enabled)}")
+            done(f"enabled and started: {', '.join(r.enabled)}")
         for n in r.notes:
             print(n)
 
@@ -64,7 +64,7 @@ def remove(unit_dir: Optional[str] = UNIT_DIR, only: Optional[List[str]] = ONLY)
     from cocalc_ctl.actions import timers
 
     result = timers.remove(config(), unit_dir=unit_dir, only=only)
-    render(result, lambda r: print("\n".join(f"removed {r.unit_dir}/{n}" for n in r.removed)
+    render(result, lambda r: done("\n".join(f"removed {r.unit_dir}/{n}" for n in r.removed)
                                    if r.removed else f"no cocalc-ctl units in {r.unit_dir}"))
 
 

@@ -149,3 +149,19 @@ def test_bin_wrapper_execs_the_venv_interpreter_not_python3_on_path(tmp_path):
     res = subprocess.run([str(link), "config", "show", "--json"], capture_output=True, text=True,
                          env={**env, "COCALC_CTL_CONFIG": str(tmp_path / "c.yaml")}, timeout=60)
     assert res.returncode == 0 and '"keys"' in res.stdout, res.stderr
+
+
+def test_quiet_drops_confirmations_but_keeps_requested_output(monkeypatch, capsys):
+    from cocalc_ctl.actions import projects, snapshots
+
+    pid = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+    monkeypatch.setattr(snapshots, "lock", lambda cfg, project, name, reason="": name)
+    monkeypatch.setattr(snapshots, "create", lambda cfg, project, name: type("S", (), {"name": name})())
+    monkeypatch.setattr(projects, "list_projects", lambda cfg: [])
+    assert run(["snapshot", "lock", pid, "keep"]) == 0
+    assert capsys.readouterr().out == "locked snapshot keep\n"
+    assert run(["-q", "snapshot", "lock", pid, "keep"]) == 0
+    assert run(["snapshot", "create", pid, "first", "--quiet"]) == 0
+    assert capsys.readouterr().out == ""
+    assert run(["-q", "project", "list"]) == 0  # requested output stays
+    assert capsys.readouterr().out.startswith("PROJECT")
