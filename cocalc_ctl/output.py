@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -16,6 +17,11 @@ from typing import Any, Iterable, Sequence
 JSON = False
 QUIET = False
 VERBOSE = False
+WIDE = False  # --wide: whole ids in terminal tables
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_HEX_ID = re.compile(r"[0-9a-f]{32,64}")
+_FINGERPRINT = re.compile(r"(SHA256:)([A-Za-z0-9+/]{43})")
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -74,26 +80,77 @@ def human_bytes(n: int | None) -> str:
     return f"{n} B"
 
 
-def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None) -> None:
-    rows = [["-" if c is None else str(c) for c in r] for r in rows]
-    if is_tty():
-        from rich.console import Console
-        from rich.table import Table
+def short_ids(text: str) -> str:
+    """For a terminal table: a UUID or a hex id becomes its first 8 characters (unique in practice, and
+    accepted as a prefix where ids are looked up), a key fingerprint `SHA256:` + 12 characters + `…`."""
+    text = _UUID.sub(lambda m: m.group(0)[:8], text)
+    text = _HEX_ID.sub(lambda m: m.group(0)[:8], text)
+    return _FINGERPRINT.sub(lambda m: m.group(1) + m.group(2)[:12] + "…", text)
 
-        t = Table(title=title, show_lines=False)
-        for c in columns:
-            t.add_column(c, overflow="fold")
-        for r in rows:
-            t.add_row(*r)
-        Console().print(t)
+
+def terminal_width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+def _fit(texts: list[list[str]], width: int) -> tuple[list[int], int]:
+    """Column widths (and the gap between columns) so that a table fits `width`.
+
+    A column is never narrower than its longest word, and a cell of at most 12 characters never wraps
+    (sizes, times, states); wider columns shrink first, one character at a time. The gap is two spaces,
+    or one when two do not fit."""
+    n = len(texts[0])
+    natural = [max(len(r[i]) for r in texts) for i in range(n)]
+    minimum = [max(len(w) if len(r[i]) > 12 else len(r[i]) for r in texts for w in (r[i].split() or [""]))
+               for i in range(n)]
+    for gap in (2, 1):
+        widths = list(natural)
+        budget = width - gap * (n - 1)
+        while sum(widths) > budget:
+            shrinkable = [i for i in range(n) if widths[i] > minimum[i]]
+            if not shrinkable:
+                break
+            i = max(shrinkable, key=lambda j: widths[j])
+            widths[i] -= 1
+        if sum(widths) <= budget:
+            return widths, gap
+    return widths, 1  # cannot fit without splitting words: the terminal wraps the line instead
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    if len(text) <= width:
+        return [text]
+    return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False) or [""]
+
+
+def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None) -> None:
+    """Aligned plain text with an upper-case header.
+
+    Piped, every value is whole on one line (scripts parse it; the terminal does not matter). On a
+    terminal, the table fits its width: ids are shortened unless --wide, long text wraps at spaces,
+    and no word is ever split."""
+    rows = [["-" if c is None else str(c) for c in r] for r in rows]
+    header = [c.upper() for c in columns]
+    if title and not QUIET:
+        print(title)
+    if is_tty():
+        if not WIDE:
+            rows = [[short_ids(c) for c in r] for r in rows]
+        widths, gap = _fit([header, *rows], terminal_width())
+        sep = " " * gap
+        for r in [header, *rows]:
+            cells = [_wrap(c, widths[i]) for i, c in enumerate(r)]
+            for k in range(max(len(c) for c in cells)):
+                print(sep.join((c[k] if k < len(c) else "").ljust(widths[i]) for i, c in enumerate(cells)).rstrip())
         return
     widths = [len(c) for c in columns]
     for r in rows:
         for i, c in enumerate(r):
             widths[i] = max(widths[i], len(c))
-    if title and not QUIET:
-        print(title)
-    print("  ".join(c.upper().ljust(widths[i]) for i, c in enumerate(columns)).rstrip())
+    print("  ".join(h.ljust(widths[i]) for i, h in enumerate(header)).rstrip())
     for r in rows:
         print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
 

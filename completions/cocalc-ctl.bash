@@ -109,7 +109,7 @@ _cocalc_ctl() {
         ['cocalc-ctl timers list']='--user-unit-dir --unit-dir --bin -h --help'
         ['cocalc-ctl timers remove']='--user-unit-dir --unit-dir --only -h --help'
     )
-    local globals='--config --json --dry-run -v --verbose -q --quiet --version -h --help'
+    local globals='--config --json --dry-run -v --verbose -q --quiet --wide --version -h --help'
     local valopts=' --bin --bwlimit --compress --concurrency --config --from --from-backup --host --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --mode --only --out --path --poll --quota --reason --role --seconds --snapshot --textfile-dir --to --to-project --unit-dir --user --user-unit-dir --which '
     local projcmds='|cocalc-ctl backup cleanup|cocalc-ctl backup create|cocalc-ctl backup list|cocalc-ctl backup prune|cocalc-ctl hub project add|cocalc-ctl hub project rm|cocalc-ctl hub project set|cocalc-ctl hub project show|cocalc-ctl move abort|cocalc-ctl move cancel|cocalc-ctl move cleanup|cocalc-ctl move finalize|cocalc-ctl move send|cocalc-ctl move start|cocalc-ctl move status|cocalc-ctl project create|cocalc-ctl project delete|cocalc-ctl project show|cocalc-ctl project start|cocalc-ctl project status|cocalc-ctl project stop|cocalc-ctl restore|cocalc-ctl rootfs mount|cocalc-ctl rootfs resolve|cocalc-ctl rootfs umount|cocalc-ctl snapshot auto|cocalc-ctl snapshot create|cocalc-ctl snapshot delete|cocalc-ctl snapshot list|cocalc-ctl snapshot lock|cocalc-ctl snapshot prune|cocalc-ctl snapshot unlock|cocalc-ctl sshpiper keys-refresh|'
     local cmdpath=cocalc-ctl i w cfg=

@@ -13,19 +13,22 @@ class Globals:
     dry_run: bool = False
     verbose: bool = False
     quiet: bool = False
+    wide: bool = False
     _config = None
 
 
 G = Globals()
 
 
-def apply_globals(*, config: str | None, json: bool, dry_run: bool, verbose: bool, quiet: bool) -> None:
+def apply_globals(*, config: str | None, json: bool, dry_run: bool, verbose: bool, quiet: bool,
+                  wide: bool = False) -> None:
     G.config_path = config or G.config_path
     G.json = json or G.json
     G.dry_run = dry_run or G.dry_run
     G.verbose = verbose or G.verbose
     G.quiet = quiet or G.quiet
-    output.JSON, output.QUIET, output.VERBOSE = G.json, G.quiet, G.verbose
+    G.wide = wide or G.wide
+    output.JSON, output.QUIET, output.VERBOSE, output.WIDE = G.json, G.quiet, G.verbose, G.wide
     proc.DRY_RUN, proc.VERBOSE = G.dry_run, G.verbose
     proc.ECHO_PLAN = not G.json
 

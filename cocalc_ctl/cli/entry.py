@@ -49,7 +49,7 @@ def _split_config(argv: list[str]) -> tuple[str | None, list[str]]:
     return config, rest
 
 
-GLOBAL_FLAGS = {"--json", "--dry-run", "-v", "--verbose", "-q", "--quiet"}
+GLOBAL_FLAGS = {"--json", "--dry-run", "-v", "--verbose", "-q", "--quiet", "--wide"}
 
 
 def fast_path(argv: list[str]) -> int | None:

@@ -11,7 +11,7 @@ from typer._click import _textwrap
 from cocalc_ctl import __version__
 from cocalc_ctl.cli import common
 
-GLOBAL_FLAGS = {"--json", "--dry-run", "-v", "--verbose", "-q", "--quiet"}
+GLOBAL_FLAGS = {"--json", "--dry-run", "-v", "--verbose", "-q", "--quiet", "--wide"}
 
 app = typer.Typer(
     name="cocalc-ctl",
@@ -40,9 +40,10 @@ def _root(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the exact commands; change nothing."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log each command; tracebacks on errors."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors and requested output."),
+    wide: bool = typer.Option(False, "--wide", help="Terminal tables: whole ids and fingerprints."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    common.apply_globals(config=config, json=json, dry_run=dry_run, verbose=verbose, quiet=quiet)
+    common.apply_globals(config=config, json=json, dry_run=dry_run, verbose=verbose, quiet=quiet, wide=wide)
 
 
 def _register() -> None:

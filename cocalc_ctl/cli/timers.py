@@ -51,11 +51,23 @@ def list_(unit_dir: Optional[str] = UNIT_DIR, bin: Optional[str] = BIN) -> None:
     result = timers.list_jobs(config(), unit_dir=unit_dir, bin=bin)
     cols = ["job", "kind", "schedule", "role", "installed"]
     with_state = any(j.enabled is not None for j in result)
-    render(result, lambda rs: output.table(
-        cols + (["enabled", "active"] if with_state else []) + ["command"],
-        [(j.name + ("" if j.default else " (opt)"), j.kind, j.schedule, j.role, j.installed,
-          *((j.enabled, j.active) if with_state else ()), j.command)
-         for j in rs]))
+
+    def human(rs):
+        if output.is_tty():  # fit 80 columns: the program once above the table, unit state in one column
+            programs = {j.command.split(" ", 1)[0] for j in rs}
+            program = programs.pop() if len(programs) == 1 else None
+            output.table(cols + (["state"] if with_state else []) + ["command"],
+                         [(j.name + ("" if j.default else " (opt)"), j.kind, j.schedule, j.role, j.installed,
+                           *((f"{j.enabled} {j.active}",) if with_state else ()),
+                           j.command.split(" ", 1)[1] if program and " " in j.command else j.command)
+                          for j in rs], title=f"commands run {program}" if program else None)
+            return
+        output.table(cols + (["enabled", "active"] if with_state else []) + ["command"],
+                     [(j.name + ("" if j.default else " (opt)"), j.kind, j.schedule, j.role, j.installed,
+                       *((j.enabled, j.active) if with_state else ()), j.command)
+                      for j in rs])
+
+    render(result, human)
 
 
 @app.command("remove")
