@@ -24,6 +24,25 @@ _HEX_ID = re.compile(r"[0-9a-f]{32,64}")
 _FINGERPRINT = re.compile(r"(SHA256:)([A-Za-z0-9+/]{43})")
 
 
+_ISO_UTC = re.compile(r"(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d(?:\.\d+)?)(?:\+00:00|\+0000|Z)")
+
+
+def rfc3339(value: Any) -> Any:
+    """The one time format of every output: RFC 3339 in UTC with `Z` (`2026-11-27T10:57:55Z`).
+
+    A datetime (naive ones are UTC) or a whole string that is an ISO time in UTC (`+00:00`, as stored in
+    sqlite) is rewritten; anything else is returned unchanged."""
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(_dt.timezone.utc).replace(tzinfo=None)
+        return value.isoformat() + "Z"
+    if isinstance(value, str) and len(value) <= 40:
+        m = _ISO_UTC.fullmatch(value)
+        if m:
+            return f"{m.group(1)}T{m.group(2)}Z"
+    return value
+
+
 def to_jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
@@ -34,8 +53,12 @@ def to_jsonable(obj: Any) -> Any:
         return [to_jsonable(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
-    if isinstance(obj, (_dt.datetime, _dt.date)):
+    if isinstance(obj, _dt.datetime):
+        return rfc3339(obj)
+    if isinstance(obj, _dt.date):
         return obj.isoformat()
+    if isinstance(obj, str):
+        return rfc3339(obj)
     return obj
 
 
@@ -132,7 +155,7 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str |
     Piped, every value is whole on one line (scripts parse it; the terminal does not matter). On a
     terminal, the table fits its width: ids are shortened unless --wide, long text wraps at spaces,
     and no word is ever split."""
-    rows = [["-" if c is None else str(c) for c in r] for r in rows]
+    rows = [["-" if c is None else str(rfc3339(c)) for c in r] for r in rows]
     header = [c.upper() for c in columns]
     if title and not QUIET:
         print(title)
@@ -158,4 +181,4 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str |
 def kv(pairs: Sequence[tuple[str, Any]]) -> None:
     width = max((len(k) for k, _ in pairs), default=0)
     for k, v in pairs:
-        print(f"{k.ljust(width)}  {'-' if v is None else v}")
+        print(f"{k.ljust(width)}  {'-' if v is None else rfc3339(v)}")

@@ -72,7 +72,9 @@ def create(cfg: Config, project_id: str, *, quota: str | None = None) -> Project
     if not proc.plan_only(f"# record project {pid} in {host_db.db_path(cfg.data_dir)}"):
         with host_db.connect(cfg.data_dir) as conn:
             host_db.upsert_project(conn, pid, state="stopped")
-    return ProjectInfo(pid, str(path), "stopped", True, quota_bytes=quota_bytes)
+    if proc.DRY_RUN:
+        return ProjectInfo(pid, str(path), "stopped", True, quota_bytes=quota_bytes)
+    return show(cfg, pid)  # what `project show` and `project list` say about it
 
 
 def snapshot_names(cfg: Config, pid: str) -> tuple[list[str], list[str]]:
@@ -103,8 +105,8 @@ def list_projects(cfg: Config) -> list[ProjectInfo]:
         with host_db.connect(cfg.data_dir) as conn:
             rows = {r["project_id"]: r for r in host_db.list_projects(conn)}
     qg = btrfs.qgroups(str(cfg.btrfs_root)) if on_disk else {}
-    # one `subvolume list` maps every project to its subvolume id (= its qgroup 0/<id>)
-    subvol_ids = {s.name: s.subvolume_id for s in btrfs.list_below(str(cfg.btrfs_root))} if qg else {}
+    # one `subvolume list` maps every project to its subvolume id (= its qgroup 0/<id>) and generation
+    subvols = {s.name: s for s in btrfs.list_below(str(cfg.btrfs_root))} if on_disk else {}
     out = []
     for pid in sorted(set(on_disk) | set(rows)):
         row = rows.get(pid)
@@ -113,9 +115,13 @@ def list_projects(cfg: Config) -> list[ProjectInfo]:
                            (row["state"] if row else "unregistered") if exists else "missing", exists)
         if exists:
             info.snapshots, info.locked_snapshots = snapshot_names(cfg, pid)
-            q = qg.get(f"0/{subvol_ids.get(f'project-{pid}')}")
-            if q:
-                info.referenced_bytes, info.exclusive_bytes = q.referenced, q.exclusive
+            sub = subvols.get(f"project-{pid}")
+            if sub is not None:  # the same fields as `project show` (one schema per noun)
+                info.generation = sub.generation
+                q = qg.get(f"0/{sub.subvolume_id}")
+                if q:
+                    info.referenced_bytes, info.exclusive_bytes, info.quota_bytes = (q.referenced, q.exclusive,
+                                                                                     q.max_referenced)
         if row:
             info.image, info.http_port, info.ssh_port = row["image"], row["http_port"], row["ssh_port"]
         out.append(info)

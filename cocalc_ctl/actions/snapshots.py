@@ -46,7 +46,11 @@ def create(cfg: Config, project_id: str, name: str | None = None, *, now: dt.dat
         raise OperationFailed(f"snapshot {name} of project {pid} already exists",
                               hint="choose another name, or wait a second for a new timestamp")
     proc.run(btrfs.snapshot(str(layout.project_subvolume(cfg, pid)), str(dest), readonly=True))
-    return SnapshotInfo(name, str(dest), retention.timestamp_name(now or _now()), None, None, None, False)
+    made = SnapshotInfo(name, str(dest), retention.timestamp_name(now or _now()), None, None, None, False)
+    if proc.DRY_RUN:
+        return made
+    # the same fields as `snapshot list` (uuid, generations, sizes)
+    return next((s for s in list_snapshots(cfg, pid) if s.name == name), made)
 
 
 def list_snapshots(cfg: Config, project_id: str) -> list[SnapshotInfo]:

@@ -36,6 +36,28 @@ def test_project_lifecycle(host):
     assert host.json("project", "list") == []
 
 
+def test_json_one_schema_per_noun_and_one_time_format(host):
+    """create, list and show describe the same object with the same fields and values."""
+    import re
+
+    created = host.json("project", "create", PID, "--quota", "100M")
+    shown = host.json("project", "show", PID)
+    [listed] = host.json("project", "list")
+    assert set(created) == set(shown) == set(listed)
+    for key in ("project_id", "path", "state", "quota_bytes", "generation", "snapshots", "locked_snapshots"):
+        assert created[key] == shown[key] == listed[key], key
+    assert shown["quota_bytes"] == 100 << 20 and shown["generation"] > 0
+
+    snap = host.json("snapshot", "create", PID, "first")
+    [snap_listed] = host.json("snapshot", "list", PID)
+    assert snap == snap_listed
+    assert snap["uuid"] and snap["gen_at_creation"] and snap["referenced_bytes"] is not None
+    stamp = host.json("snapshot", "create", PID)  # a timestamp name
+    for s in (snap, stamp, *host.json("snapshot", "list", PID)):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", s["created"]), s["created"]
+    assert "+00:00" not in host.cli("snapshot", "list", PID).stdout
+
+
 def test_create_twice_is_refused(host):
     host.cli("project", "create", PID)
     res = host.cli("project", "create", PID, check=False)
