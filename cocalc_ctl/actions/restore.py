@@ -301,6 +301,25 @@ def restore(cfg: Config, project_id: str, backup_id: str, *, path: str | None = 
 
 
 def _engine_restore(eng, snap_id: str, target: Path, include: str | None) -> None:
+    from cocalc_ctl.actions import progress
+
+    sink = progress.SINK.get()
+    if sink is None or proc.DRY_RUN:
+        _engine_restore_quiet(eng, snap_id, target, include)
+        return
+    total_bytes = total_files = None
+    argv = eng.restore_size(snap_id) if include is None else None  # a --path restore: total unknown
+    if argv is not None:
+        res = proc.run(argv, env=eng.env(), timeout=eng.timeout, mutates=False, check=False)
+        stats = backup_engine.parse_json_line(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 and \
+            res.stdout.strip() else None
+        if stats:
+            total_bytes, total_files = stats.get("total_size"), stats.get("total_file_count")
+    with progress.watch_tree(str(target), sink, total_bytes=total_bytes, total_files=total_files):
+        _engine_restore_quiet(eng, snap_id, target, include)
+
+
+def _engine_restore_quiet(eng, snap_id: str, target: Path, include: str | None) -> None:
     try:
         if eng.name == "rustic" and include:
             proc.run(eng.restore(snap_id, str(target / include), path="/" + include), env=eng.env(),

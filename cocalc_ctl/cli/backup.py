@@ -24,44 +24,70 @@ def init() -> None:
 
 
 class _ProgressView:
-    """Engine status → a rich bar on a TTY (stderr), JSON lines with --json (at most 1/s)."""
+    """Engine progress -> a rich bar on a TTY (stderr), JSON lines with --json (at most 1/s), for backup
+    and restore alike. IEC units (KiB, MiB) like every other size cocalc-ctl prints; the total is shown
+    only once it is known: the scanner's growing count (`0/158 bytes` at the start) is not a total, so a
+    total counts once two updates in a row agree on it, and it is never below the bytes done."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "backup") -> None:
         import sys
         import time
 
+        self._label = label
         self._time = time.monotonic
         self._last = 0.0
         self._bar = None
         self._task = None
         if not G.json and not G.quiet and sys.stderr.isatty():
-            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, ProgressColumn, TimeRemainingColumn
+            from rich.text import Text
 
-            self._bar = Progress("backup", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                                 TimeRemainingColumn(), transient=True)
+            from cocalc_ctl import output
+
+            class Bytes(ProgressColumn):
+                def render(self, task):
+                    done = output.human_bytes(int(task.completed))
+                    return Text(f"{done}/{output.human_bytes(int(task.total))}" if task.total else done)
+
+            class Speed(ProgressColumn):
+                def render(self, task):
+                    return Text(f"{output.human_bytes(int(task.speed))}/s" if task.speed else "")
+
+            self._bar = Progress(label, BarColumn(), Bytes(), Speed(), TimeRemainingColumn(), transient=True,
+                                 console=Console(stderr=True))
 
     def __enter__(self):
         if self._bar:
             self._bar.start()
-            self._task = self._bar.add_task("backup", total=None)
+            self._task = self._bar.add_task(self._label, total=None)
         return self
 
     def __exit__(self, *exc):
         if self._bar:
             self._bar.stop()
 
+    def known_total(self, p) -> int | None:
+        total = p.bytes_total
+        if not total or total != getattr(self, "_prev_total", None):
+            self._prev_total = total
+            return None
+        return max(total, p.bytes_done or 0)
+
     def __call__(self, p) -> None:
+        total = self.known_total(p)
         if self._bar is not None:
-            self._bar.update(self._task, completed=p.bytes_done or 0, total=p.bytes_total or None)
+            self._bar.update(self._task, completed=p.bytes_done or 0, total=total)
         elif G.json:
             now = self._time()
             if now - self._last >= 1.0:
                 self._last = now
                 from cocalc_ctl import output
 
-                output.json_line({"event": "progress", "percent": p.percent, "bytes_done": p.bytes_done,
-                                  "bytes_total": p.bytes_total, "files_done": p.files_done,
-                                  "files_total": p.files_total})
+                output.json_line({"event": "progress", "operation": self._label,
+                                  "percent": round(100.0 * (p.bytes_done or 0) / total, 1) if total else None,
+                                  "bytes_done": p.bytes_done, "bytes_total": total, "files_done": p.files_done,
+                                  "files_total": p.files_total if total else None})
 
 
 @app.command("create")
@@ -82,7 +108,20 @@ def create(project: str = PROJECT,
         return
     render(result, lambda r: done(
         f"backed up project {r.project_id}: backup {r.backup_id} ({output.human_bytes(r.bytes)}, "
-        f"{output.human_bytes(r.data_added)} new, {r.duration:.1f}s, from {r.source})"))
+        f"{_new_data(r.data_added, r.bytes)}, {r.duration:.1f}s, from {r.source})"))
+
+
+def _new_data(added: int | None, total: int | None) -> str:
+    """restic's data_added counts stored bytes (tree metadata, pack headers): never above the total shown."""
+    if added is not None and total is not None and added >= total:
+        return "all new"
+    return f"{output_human(added)} new"
+
+
+def output_human(n: int | None) -> str:
+    from cocalc_ctl import output
+
+    return output.human_bytes(n)
 
 
 @app.command("list")
@@ -208,12 +247,25 @@ def restore(project: str = PROJECT,
             force: bool = typer.Option(False, "--force", help="Restore even while the project is running.")) -> None:
     """Restore a project (or one --path of it) from a backup, crash-safely.
 
+    With --json, progress events are printed as JSON lines and the result as the last line.
+
     A full restore goes through a staging subvolume and a rename swap. Works on any host: a
     project this host never had is created.
     """
+    from cocalc_ctl import output
+    from cocalc_ctl.actions import progress
     from cocalc_ctl.actions import restore as restore_actions
 
-    result = restore_actions.restore(config(), project, backup_id, path=path, to_project=to_project, force=force)
+    with _ProgressView("restore") as view:
+        token = progress.SINK.set(view)
+        try:
+            result = restore_actions.restore(config(), project, backup_id, path=path, to_project=to_project,
+                                             force=force)
+        finally:
+            progress.SINK.reset(token)
+    if G.json and not G.dry_run:  # like backup create: progress lines, then the result as the last line
+        output.json_line({"event": "result", **output.to_jsonable(result)})
+        return
     render(result, lambda r: done(
         f"restored {'path ' + r.path + ' of ' if r.path else ''}project {r.project_id} from backup {r.backup_id[:8]}"
         + (f" of project {r.from_project}" if r.from_project != r.project_id else "")

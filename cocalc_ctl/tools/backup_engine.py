@@ -108,6 +108,12 @@ class Engine:
             argv.append("--sparse")  # keep sparse files sparse (restic 0.15+)
         return argv
 
+    def restore_size(self, snapshot_id: str) -> list[str] | None:
+        """`restic stats --mode restore-size`: bytes and files a full restore writes (rustic: not offered)."""
+        if self.name == "rustic":
+            return None
+        return [*self._base(), "stats", "--json", "--mode", "restore-size", snapshot_id]
+
     def forget(self, *, tags: list[str], keep: dict[str, int], prune: bool, dry_run: bool = False) -> list[str]:
         """Apply a retention policy to the snapshots carrying `tags`, grouped as one set."""
         if self.name == "rustic":

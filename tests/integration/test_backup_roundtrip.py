@@ -44,8 +44,13 @@ def test_round_trip_of_rich_tree_is_identical(make_host, workdir):
     # wipe the project (and its persist store), then restore it
     h.cli("project", "delete", PID_A, "--force")
     assert not live.exists() and not persist.exists()
-    out = h.json("restore", PID_A, "latest")
-    assert out["created_project"] is True and out["persist_restored"] is True
+    lines = [json.loads(ln) for ln in h.cli("--json", "restore", PID_A, "latest").stdout.splitlines()]
+    out = lines[-1]
+    assert out["event"] == "result" and out["created_project"] is True and out["persist_restored"] is True
+    # the same JSON progress lines as backup create: bytes written so far, against restic's restore size
+    prog = [ln for ln in lines if ln["event"] == "progress"]
+    assert prog and all(p["operation"] == "restore" for p in prog)
+    assert all(p["bytes_total"] is None or p["bytes_done"] <= p["bytes_total"] for p in prog)
     assert tree_digest(live) == before
     assert (persist / "state.db").read_bytes() == b"persist store v1"
     assert os.listdir(h.pool / ".restore-staging") == []
@@ -54,7 +59,7 @@ def test_round_trip_of_rich_tree_is_identical(make_host, workdir):
     # any host with the repository can restore it: a host that never had the project creates it
     other = backup_host(make_host, workdir, "b", init_repo=False)
     assert [b["host"] for b in other.json("backup", "list", PID_A)] == [h.host_id]
-    out = other.json("restore", PID_A, res["backup_id"])
+    out = _last_json_line(other.cli("--json", "restore", PID_A, res["backup_id"]).stdout)
     assert out["created_project"] is True
     assert tree_digest(other.project_path(PID_A)) == before
     assert (other.data / "sync" / "projects" / PID_A / "state.db").read_bytes() == b"persist store v1"
@@ -80,7 +85,7 @@ def test_full_restore_keeps_snapshots_and_replaces_content(make_host, workdir):
     h.cli("snapshot", "create", PID_A, "after")
     _last_json_line(h.cli("--json", "backup", "create", PID_A).stdout)
 
-    out = h.json("restore", PID_A, bid)
+    out = _last_json_line(h.cli("--json", "restore", PID_A, bid).stdout)
     assert out["backup_id"].startswith(bid) and out["created_project"] is False
     assert tree_digest(live) == before
     assert (persist / "p").read_text() == "p1"
@@ -109,7 +114,7 @@ def test_full_restore_keeps_snapshots_and_replaces_content(make_host, workdir):
     os.unlink(live / "docs")
 
     # --to-project restores into another project, which is created
-    out = h.json("restore", PID_A, bid, "--to-project", PID_B)
+    out = _last_json_line(h.cli("--json", "restore", PID_A, bid, "--to-project", PID_B).stdout)
     assert out["project_id"] == PID_B and out["created_project"] is True
     assert tree_digest(h.project_path(PID_B)) == before
     assert PID_B in {p["project_id"] for p in h.json("project", "list")}
