@@ -167,7 +167,7 @@ def check_sshpiper_token(cfg: Config) -> Check:
     p = cfg.secrets_dir / SSHPIPER_TOKEN
     if not p.is_file() or p.stat().st_size == 0:
         return Check("sshpiper-token", FAIL, f"{p} is missing or empty",
-                     "create it: cocalc-ctl keys ensure (or sshpiper config)")
+                     "create it: cocalc-ctl keys ensure")
     return Check("sshpiper-token", OK, f"{p} present")
 
 
@@ -261,8 +261,11 @@ def check_backup_repo(cfg: Config) -> Check:
     shown = redact_dsn(repo)
     if res.returncode != 0:
         tail = redact_dsn((res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1])[:160]
+        missing = any(w in tail.lower() for w in ("does not exist", "no such file", "not found", "unable to open config"))
         return Check("backup-repo", FAIL, f"{name} cannot open {shown}: {tail}",
-                     f"check backup.repo and the password; create a new repository with `{name} init`")
+                     "create it: cocalc-ctl backup init" if missing else
+                     "check backup.repo and backup.password_file (`cocalc-ctl config show`); "
+                     "a new repository: cocalc-ctl backup init")
     return Check("backup-repo", OK, f"{name} opened {shown}")
 
 
@@ -374,8 +377,58 @@ def check_host_state(cfg: Config) -> Check:
 
 # -- the report -------------------------------------------------------------------------------
 
+def check_config(cfg: Config) -> Check:
+    from cocalc_ctl.config import DEFAULT_CONFIG_PATH
+
+    if cfg.file:
+        return Check("config", OK, f"loaded {cfg.file}", data={"file": cfg.file})
+    return Check("config", WARN, f"no config file ({DEFAULT_CONFIG_PATH} does not exist): defaults and "
+                 "COCALC_CTL_* environment only",
+                 f"write {DEFAULT_CONFIG_PATH} (see `cocalc-ctl config show` and examples/config.yaml) or pass --config",
+                 data={"file": None})
+
+
+def check_units(cfg: Config) -> Check:
+    """Every installed cocalc-ctl unit starts programs that exist (a unit naming a removed or never
+    installed cocalc-ctl fails at its next run, silently until someone reads the journal)."""
+    import shlex
+
+    from cocalc_ctl import program
+    from cocalc_ctl.actions import timers
+
+    unit_dir = cfg["ops.unit_dir"]
+    units = timers.managed_units(unit_dir)
+    if not units:
+        return Check("units", SKIP, f"no cocalc-ctl units in {unit_dir}")
+    broken = []
+    for u in units:
+        try:
+            text = u.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            broken.append(f"{u.name}: {exc.strerror}")
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() not in ("ExecStart", "ExecStartPre", "ExecStop", "ExecReload") or not value.strip():
+                continue
+            try:
+                words = shlex.split(value.strip().lstrip("-@+!:"))
+            except ValueError:
+                broken.append(f"{u.name}: unparsable {key.strip()}")
+                continue
+            for w in [words[0]] + [w for w in words[1:] if os.path.basename(w).startswith("cocalc-ctl")]:
+                if not program.is_executable(w):
+                    broken.append(f"{u.name}: {w} does not exist or is not executable")
+    if broken:
+        more = f" (+{len(broken) - 1} more)" if len(broken) > 1 else ""
+        return Check("units", FAIL, broken[0] + more,
+                     "rewrite them: cocalc-ctl timers install --bin PATH (the installed cocalc-ctl)",
+                     data={"problems": broken})
+    return Check("units", OK, f"{len(units)} unit(s) in {unit_dir} start existing programs")
+
+
 def run_checks(cfg: Config) -> Report:
-    checks: list[Check] = []
+    checks: list[Check] = [check_config(cfg)]
     pool = check_pool(cfg)
     checks.append(pool)
     checks.append(check_host_state(cfg))
@@ -390,6 +443,7 @@ def run_checks(cfg: Config) -> Report:
     checks.append(check_backup_repo(cfg))
     checks.append(check_time(cfg, hub_ok))
     checks.append(check_free_space(cfg, pool.status == OK))
+    checks.append(check_units(cfg))
     counts: dict[str, int] = {}
     for c in checks:
         counts[c.status] = counts.get(c.status, 0) + 1

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from cocalc_ctl.actions import keys
 from cocalc_ctl.config import Config
-from cocalc_ctl.errors import ConfigError
+from cocalc_ctl.errors import ConfigError, PreconditionFailed
 from cocalc_ctl.tools import ssh
 
 
@@ -43,8 +43,23 @@ def build(cfg: Config) -> PiperConfig:
     shown = shlex.join(argv).replace(
         shlex.quote(url_placeholder),
         f'"http://{ssh.listen_address(rest_host, rest_port)}/$(cat {shlex.quote(str(token_file))})"')
-    exe = cfg["sshpiper.cocalc_ctl"]
+    exe = cocalc_ctl_path(cfg)
     akc = shlex.join([exe] + (["--config", cfg.file] if cfg.file else []) + ["sshpiper", "authorized-keys"]) + " %u"
     text = ssh.receiver_sshd_config(listen_host=recv_host, listen_port=recv_port, host_key=host_key,
                                     authorized_keys_command=akc)
     return PiperConfig(shown, argv, text, ssh.listen_address(recv_host, recv_port), str(host_key), str(token_file))
+
+
+def cocalc_ctl_path(cfg: Config) -> str:
+    """sshpiper.cocalc_ctl when set (or when its default exists), else the program running now; never a
+    path that does not exist (sshd would reject every login)."""
+    from cocalc_ctl import program
+
+    exe = cfg["sshpiper.cocalc_ctl"]
+    if cfg.sources.get("sshpiper.cocalc_ctl", "default") != "default" or program.is_executable(exe):
+        return exe
+    running = program.running_program()
+    if running:
+        return running
+    raise PreconditionFailed(f"{exe} does not exist and the running cocalc-ctl cannot be told",
+                             hint="set sshpiper.cocalc_ctl to the installed cocalc-ctl (a root-owned path)")

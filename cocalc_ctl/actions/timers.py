@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cocalc_ctl import proc
 from cocalc_ctl.config import DEFAULT_CONFIG_PATH, Config
-from cocalc_ctl.errors import InvalidInput, NotFound
+from cocalc_ctl.errors import InvalidInput, NotFound, PreconditionFailed
 
 UNIT_PREFIX = "cocalc-ctl-"
 MARKER = "# Managed by cocalc-ctl: `cocalc-ctl timers install` writes this file and `timers remove` deletes it."
@@ -133,10 +133,20 @@ class Context:
 
 
 def default_bin(cfg: Config) -> str:
+    """ops.bin, else the program running now, else cocalc-ctl on PATH; refuse rather than write a unit
+    that starts a file which does not exist."""
+    from cocalc_ctl import program
+
     if cfg["ops.bin"]:
         return cfg["ops.bin"]
+    running = program.running_program()
+    if running:
+        return running
     found = shutil.which("cocalc-ctl")
-    return os.path.abspath(found) if found else "/usr/local/bin/cocalc-ctl"
+    if found:
+        return os.path.abspath(found)
+    raise PreconditionFailed("cannot tell which cocalc-ctl executable the units should run",
+                             hint="pass --bin PATH (or set ops.bin), e.g. the path `command -v cocalc-ctl` prints")
 
 
 def context(cfg: Config, *, bin: str | None = None) -> Context:

@@ -40,6 +40,11 @@ def config():
 
         G._config = config_mod.load(G.config_path)
         proc.DEFAULT_TIMEOUT = float(G._config["command_timeout"])
+        if G._config.file is None:  # say so: quietly running on defaults surprises (stderr, not with -q)
+            output.note(f"cocalc-ctl: note: no config file ({config_mod.DEFAULT_CONFIG_PATH} does not exist); "
+                        "using defaults and COCALC_CTL_* variables")
+        elif G.verbose:
+            output.note(f"cocalc-ctl: config file {G._config.file}")
     return G._config
 
 

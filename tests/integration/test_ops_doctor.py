@@ -46,12 +46,15 @@ def ready(make_host, hub_dsn, workdir):
 
 def test_doctor_reports_all_ok_on_a_prepared_host(ready):
     code, checks = doctor(ready)
-    bad = {n: c for n, c in checks.items() if c["status"] != "ok"}
+    bad = {n: c for n, c in checks.items() if c["status"] != "ok" and n != "units"}
     assert bad == {} and code == 0
+    assert checks["units"]["status"] == "skip"  # no timers installed on this host
+    assert checks["config"]["detail"].startswith("loaded ")
     assert checks["backup-engine"]["data"]["program"] == "restic"
     assert checks["btrfs"]["data"]["version"]
     human = ready.cli("doctor")
-    assert human.stdout.splitlines()[0].startswith("ok    pool ")
+    assert human.stdout.splitlines()[0].startswith("ok    config ")
+    assert any(line.startswith("ok    pool ") for line in human.stdout.splitlines())
     assert "0 fail" in human.stdout
 
 

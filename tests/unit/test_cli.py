@@ -165,3 +165,15 @@ def test_quiet_drops_confirmations_but_keeps_requested_output(monkeypatch, capsy
     assert capsys.readouterr().out == ""
     assert run(["-q", "project", "list"]) == 0  # requested output stays
     assert capsys.readouterr().out.startswith("PROJECT")
+
+
+def test_commands_say_when_no_config_file_was_loaded(monkeypatch, capsys):
+    import os
+
+    if os.path.exists("/etc/cocalc-ctl/config.yaml"):
+        pytest.skip("this machine has a real config file")
+    monkeypatch.delenv("COCALC_CTL_CONFIG")
+    run(["project", "list"])
+    assert "no config file (/etc/cocalc-ctl/config.yaml does not exist)" in capsys.readouterr().err
+    run(["-q", "project", "list"])
+    assert "no config file" not in capsys.readouterr().err

@@ -11,6 +11,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def sshpiper_config(tmp_path, *flags):
     env = {k: v for k, v in os.environ.items() if not k.startswith("COCALC_CTL_")}
+    # the examples show the installed path (set explicitly: by default an absent one is refused)
+    env["COCALC_CTL_SSHPIPER_COCALC_CTL"] = "/usr/local/bin/cocalc-ctl"
     res = subprocess.run([sys.executable, "-m", "cocalc_ctl", "sshpiper", "config", *flags], capture_output=True,
                          text=True, env=env, cwd=REPO, check=True)
     return res.stdout
@@ -35,3 +37,18 @@ def test_sshpiperd_unit_runs_the_generated_command_line(tmp_path):
     # the unit uses absolute binaries; everything else is the generated line
     assert execstart.replace("/usr/local/bin/sshpiperd-rest", "sshpiperd-rest").replace(
         "/usr/local/bin/sshpiperd", "sshpiperd") == f"ExecStart=/bin/sh -c 'exec {cmd}'"
+
+
+def test_sshpiper_config_never_writes_a_missing_program(tmp_path):
+    """Defaults, /usr/local/bin/cocalc-ctl absent: the running program is written, or a hint if unknown."""
+    if Path("/usr/local/bin/cocalc-ctl").exists() or Path("/etc/cocalc-ctl/config.yaml").exists():
+        pytest.skip("an installed cocalc-ctl or a real config on this machine changes the defaults")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COCALC_CTL_")}
+    res = subprocess.run([sys.executable, "-m", "cocalc_ctl", "sshpiper", "config", "--sshd"], capture_output=True,
+                         text=True, env=env, cwd=tmp_path)
+    assert res.returncode == 5 and "sshpiper.cocalc_ctl" in res.stderr and res.stdout == ""
+    prog = str(REPO / "bin" / "cocalc-ctl")
+    res = subprocess.run([prog, "sshpiper", "config", "--sshd"], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, check=True)
+    assert f"AuthorizedKeysCommand {prog} sshpiper authorized-keys %u" in res.stdout
+    assert "/usr/local/bin/cocalc-ctl" not in res.stdout
