@@ -177,3 +177,22 @@ def test_commands_say_when_no_config_file_was_loaded(monkeypatch, capsys):
     assert "no config file (/etc/cocalc-ctl/config.yaml does not exist)" in capsys.readouterr().err
     run(["-q", "project", "list"])
     assert "no config file" not in capsys.readouterr().err
+
+
+def test_config_show_stored_host_id_booleans_and_grouping(tmp_path, capsys):
+    import os
+
+    data = tmp_path / "data"  # the fixture's data_dir
+    data.mkdir(exist_ok=True)
+    (data / "host_id").write_text("1b4e28ba-2fa1-11d2-883f-0016d3cca427\n")
+    assert run(["config", "show"]) == 0
+    rows = [line.split(None, 2) for line in capsys.readouterr().out.splitlines()[2:]]
+    by_key = {r[0]: r for r in rows}
+    assert by_key["host_id"][1] == "1b4e28ba-2fa1-11d2-883f-0016d3cca427" and "host init" in by_key["host_id"][2]
+    assert by_key["rootfs.keep_podman_copy"][1] == "false"
+    assert by_key["secrets_dir"][1] == f"{data}/secrets"
+    assert not any(r[1] in ("-", "True", "False") for r in rows)
+    sections = [r[0].split(".")[0] for r in rows if "." in r[0]]
+    assert sections == sorted(sections, key=sections.index)  # each section's keys together
+    assert "." not in "".join(r[0] for r in rows[:8])  # top-level keys first
+    assert os.environ["COCALC_CTL_CONFIG"]
