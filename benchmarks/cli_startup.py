@@ -3,7 +3,7 @@
 
 Like for like: the reference is `python -c pass` of the same base interpreter in a fresh, empty venv
 (site processing, no installed packages, so no editable-install import hook), and the cocalc-ctl measured
-against it is a real non-editable install of this checkout in such a venv (benchmarks/installed.py: the
+against it is a real non-editable install of this checkout in such a venv (benchmarks/benchenv.py: the
 package copied into site-packages, dependencies through a .pth path line; nothing imports the checkout). The checkout's own
 editable `.venv` and `bin/cocalc-ctl` are measured too, against `python -c pass` of that `.venv` (which
 loads the editable hook), and labelled so. All commands run interleaved, round by round, in a rotating
@@ -24,20 +24,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from installed import REPO, make_venv  # noqa: E402
-
-
-def environment(py: str) -> list[str]:
-    probe = subprocess.run([py, "-c", "import sys, sysconfig; print(sys.version.split()[0], sys.flags.dont_write_bytecode,"
-                                      " sys.pycache_prefix, sysconfig.get_paths()['purelib'])"],
-                           capture_output=True, text=True, check=True).stdout.split()
-    load = os.getloadavg()
-    return [f"interpreter       {os.path.realpath(py)} (Python {probe[0]})",
-            f"bytecode caching  {'OFF' if probe[1] == '1' else 'on'} (PYTHONDONTWRITEBYTECODE="
-            f"{os.environ.get('PYTHONDONTWRITEBYTECODE', '<unset>')}, pycache_prefix {probe[2]})",
-            f"load average      {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cpu(s)"
-            + ("  -> UNDER LOAD, figures are indicative only" if load[0] > 0.5 * (os.cpu_count() or 1) else ""),
-            f"terminal          stdout to /dev/null (COLUMNS={os.environ.get('COLUMNS', '<unset>')})"]
+from benchenv import REPO, environment, make_venv  # noqa: E402
 
 
 def main() -> None:
@@ -49,6 +36,7 @@ def main() -> None:
     dev = args.python
     for line in environment(dev):
         print(line)
+    print(f"terminal          stdout to /dev/null, COLUMNS=80")
     tmp = tempfile.mkdtemp(prefix="cli-startup-")
     try:
         empty = make_venv(os.path.join(tmp, "empty"), install=False, dev=dev)

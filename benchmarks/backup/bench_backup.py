@@ -69,6 +69,10 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=10000)
     ap.add_argument("--mb", type=int, default=200)
     args = ap.parse_args()
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from benchenv import print_environment
+
+    print_environment(sys.executable)
     base = Path(tempfile.mkdtemp(prefix="cocalc-bench-backup-", dir="/var/tmp"))
     try:
         pw = base / "pw"

@@ -5,12 +5,14 @@ Two loopback btrfs hosts A and B, a real sshd receiver for B on 127.0.0.3. A pro
 (default 1024) random data with 3 snapshots (s2 and s3 each add 5% new data) is moved with:
 
   raw-local   btrfs send [-p] | btrfs receive                  (chain s1, s2, s3, move; no ssh)
-  raw-ssh     btrfs send [-p] | ssh (forced: btrfs receive)     (same chain over the same sshd)
+  raw-ssh     btrfs send [-p] | ssh (forced: btrfs receive)     (same chain over the same sshd, the four
+              streams multiplexed over one ssh connection opened per run, as `move send` does)
   move-pipe   cocalc-ctl move send --mode pipe
   move-lz4    cocalc-ctl move send --mode staged --compress lz4
 
-Each method runs ROUNDS times (default 3), round-robin so machine noise hits all alike; B is emptied
-between runs. Reports the median seconds, MB/s (stream bytes / s) and the ratio of each raw baseline's
+Each method runs ROUNDS times (default 3), round-robin in a rotating order so machine noise hits all
+alike; B is emptied between runs and btrfs's cleaner is waited for (`btrfs subvolume sync`) so deleted
+subvolumes are not freed on the next method's time. Reports the median seconds, MB/s (stream bytes / s) and the ratio of each raw baseline's
 median to the method's median (1.0 = as fast as raw). Run as root from the repository root:
 
     python3 benchmarks/move/bench_move.py [SIZE_MB] [ROUNDS]
@@ -27,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from _bench import round_robin, sh, write_random  # noqa: E402  (this script's own directory)
+from _bench import print_environment, round_robin, sh, wait_for_cleaner, write_random  # noqa: E402
 
 from tests.support.hosts import Host, cleanup_mounts_under  # noqa: E402
 from tests.support.move import Receiver, ensure_host_key  # noqa: E402
@@ -36,6 +38,7 @@ from tests.support.move import Receiver, ensure_host_key  # noqa: E402
 def main() -> int:
     size_mb = int(sys.argv[1]) if len(sys.argv) > 1 else 1024
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    print_environment()
     base = Path(tempfile.mkdtemp(prefix="cocalc-bench-move-", dir="/var/tmp"))
     rcv = None
     try:
@@ -80,15 +83,25 @@ def main() -> int:
             stream_bytes += len(p.stdout)
             del p
 
+        mux = base / "raw-mux"
+
         def raw(via_ssh: bool):
-            for name, parent in chain:
-                send = subprocess.Popen(["btrfs", "send", "-q", *(["-p", str(snaps / parent)] if parent else []),
-                                         str(snaps / name)], stdout=subprocess.PIPE)
-                recv = subprocess.run(ssh_raw if via_ssh else ["btrfs", "receive", str(raw_dir)],
-                                      stdin=send.stdout, capture_output=True)
-                send.stdout.close()
-                if send.wait() != 0 or recv.returncode != 0:
-                    raise RuntimeError(recv.stderr.decode())
+            receive = ["btrfs", "receive", str(raw_dir)]
+            if via_ssh:  # one connection per run, like move's ControlMaster (not one handshake per stream)
+                sh(*ssh_raw[:-2], "-o", f"ControlPath={mux}", "-o", "ControlMaster=yes", "-o", "ControlPersist=60",
+                   "-N", "-f", ssh_raw[-2])
+                receive = [*ssh_raw[:-2], "-o", f"ControlPath={mux}", "-o", "ControlMaster=no", *ssh_raw[-2:]]
+            try:
+                for name, parent in chain:
+                    send = subprocess.Popen(["btrfs", "send", "-q", *(["-p", str(snaps / parent)] if parent else []),
+                                             str(snaps / name)], stdout=subprocess.PIPE)
+                    recv = subprocess.run(receive, stdin=send.stdout, capture_output=True)
+                    send.stdout.close()
+                    if send.wait() != 0 or recv.returncode != 0:
+                        raise RuntimeError(recv.stderr.decode())
+            finally:
+                if via_ssh:
+                    subprocess.run(["ssh", "-o", f"ControlPath={mux}", "-O", "exit", "x"], capture_output=True)
 
         def move(mode: str, codec: str):
             a.cli("move", "send", pid, "--to", rcv.spec(), "--mode", mode, "--compress", codec,
@@ -101,7 +114,7 @@ def main() -> int:
                         if e.is_dir() and not e.name.startswith("."):
                             sh("btrfs", "subvolume", "delete", str(e))
             b.cli("move", "abort", pid)
-            sh("btrfs", "filesystem", "sync", str(b.pool))
+            wait_for_cleaner(b.pool)
 
         methods = {"raw-local": lambda: raw(False), "raw-ssh": lambda: raw(True),
                    "move-pipe": lambda: move("pipe", "none"), "move-lz4": lambda: move("staged", "lz4")}

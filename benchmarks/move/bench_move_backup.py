@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from _bench import round_robin, sh, write_random  # noqa: E402  (this script's own directory)
+from _bench import print_environment, round_robin, sh, wait_for_cleaner, write_random  # noqa: E402
 
 from tests.support.backup import password_file  # noqa: E402
 from tests.support.hosts import Host, cleanup_mounts_under  # noqa: E402
@@ -39,6 +39,7 @@ from tests.support.hosts import Host, cleanup_mounts_under  # noqa: E402
 def main() -> int:
     size_mb = int(sys.argv[1]) if len(sys.argv) > 1 else 256
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    print_environment()
     base = Path(tempfile.mkdtemp(prefix="cocalc-bench-move-backup-", dir="/var/tmp"))
     try:
         pw = password_file(base)
@@ -87,8 +88,7 @@ def main() -> int:
             if snap.exists():
                 sh("btrfs", "subvolume", "delete", str(snap))
             fresh_repo()
-            sh("btrfs", "filesystem", "sync", str(a.pool))
-            sh("btrfs", "filesystem", "sync", str(b.pool))
+            wait_for_cleaner(a.pool, b.pool)
 
         methods = {"raw-restic": raw, "move-backup": move}
         times, med = round_robin(methods, rounds, reset)

@@ -6,6 +6,9 @@
 2. `rootfs pull dir:TREE --force` (lock, partial dir, rename, marker, du) against a bare `cp -a`;
 3. `rootfs mount` + `rootfs umount` through the CLI against bare `mount -t overlay` + `umount`.
 
+Methods compared with each other run interleaved, round by round in a rotating order (not each
+method's runs back to back), so a burst of load hits all of them alike.
+
 Run as root from the repository root:  python3 benchmarks/rootfs/bench_rootfs.py [--runs 7] [--tree DIR]
 The test tree defaults to a copy of /usr/lib/python3.* (tens of MB, thousands of files).
 """
@@ -28,13 +31,17 @@ REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "cocalc_ctl"]
 
 
-def timed(fn, runs: int) -> float:
-    samples = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
+def interleaved(methods: dict, runs: int) -> dict[str, float]:
+    """Median seconds of each method, run round by round (each method once per round, the first one
+    rotating), so the methods share the machine's conditions."""
+    samples: dict[str, list[float]] = {m: [] for m in methods}
+    names = list(methods)
+    for r in range(runs):
+        for m in names[r % len(names):] + names[:r % len(names)]:
+            t = time.perf_counter()
+            methods[m]()
+            samples[m].append(time.perf_counter() - t)
+    return {m: statistics.median(v) for m, v in samples.items()}
 
 
 def sh(*argv, **kw):
@@ -46,6 +53,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--tree", default=sorted(glob.glob("/usr/lib/python3.*"))[-1])
     args = ap.parse_args()
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from benchenv import print_environment
+
+    print_environment(sys.executable)
     base = Path(tempfile.mkdtemp(prefix="cocalc-bench-rootfs-", dir="/var/tmp"))
     env = {**os.environ, "PYTHONPATH": str(REPO), "COCALC_CTL_CONFIG": str(base / "config.yaml")}
     pool_mounted = False
@@ -83,9 +94,9 @@ def main() -> None:
             fresh()
             sh("rsync", "-aHAX", "--numeric-ids", f"{tree}/", f"{dst}/")
 
-        t_cp = timed(cp_a, args.runs)
-        t_tar = timed(tar_pipe, args.runs)
-        t_rsync = timed(rsync, args.runs) if shutil.which("rsync") else None
+        extract = {"cp": cp_a, "tar": tar_pipe, **({"rsync": rsync} if shutil.which("rsync") else {})}
+        med = interleaved(extract, args.runs)
+        t_cp, t_tar, t_rsync = med["cp"], med["tar"], med.get("rsync")
         print(f"extract  cp -a        {t_cp * 1000:8.1f} ms  (baseline 1.00)")
         print(f"extract  tar | tar    {t_tar * 1000:8.1f} ms  ratio {t_tar / t_cp:.2f}")
         if t_rsync:
@@ -98,8 +109,8 @@ def main() -> None:
         def cli_noop():
             subprocess.run([*CLI, "--version"], check=True, env=env, capture_output=True)
 
-        t_pull = timed(pull, args.runs)
-        t_start = timed(cli_noop, args.runs)
+        med = interleaved({"pull": pull, "cp": cp_a, "start": cli_noop}, args.runs)
+        t_pull, t_start, t_cp = med["pull"], med["start"], med["cp"]  # cp -a again, in this group's conditions
         print(f"pull     rootfs pull dir: --force {t_pull * 1000:8.1f} ms  ratio vs cp -a {t_pull / t_cp:.2f} "
               f"(of which CLI start {t_start * 1000:.0f} ms)")
 
@@ -120,8 +131,8 @@ def main() -> None:
             subprocess.run([*CLI, "rootfs", "mount", pid], check=True, env=env, capture_output=True)
             subprocess.run([*CLI, "rootfs", "umount", pid], check=True, env=env, capture_output=True)
 
-        t_raw = timed(raw_mount, args.runs)
-        t_cli = timed(cli_mount, args.runs)
+        med = interleaved({"raw": raw_mount, "cli": cli_mount}, args.runs)
+        t_raw, t_cli = med["raw"], med["cli"]
         print(f"mount    mount+umount (bare)      {t_raw * 1000:8.1f} ms  (baseline 1.00)")
         print(f"mount    rootfs mount+umount      {t_cli * 1000:8.1f} ms  ratio {t_cli / t_raw:.2f} "
               f"(two CLI starts {2 * t_start * 1000:.0f} ms)")

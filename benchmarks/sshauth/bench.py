@@ -5,7 +5,11 @@
    N running projects (each with sqlite keys and a managed authorized_keys file). Baseline: the same
    decision behind Python's ThreadingHTTPServer (the obvious simple implementation).
 2. `sshpiper authorized-keys USER` wall time with hyperfine. Baseline: `python -c pass` with the
-   same interpreter (the floor any Python hook pays).
+   same interpreter in the same venv (the floor any Python hook pays).
+
+Everything runs from a real non-editable install of this checkout in a temporary venv
+(benchmarks/benchenv.py): no PYTHONPATH, no editable-install import hook, so the checkout is not
+what gets imported and the baseline interpreter starts exactly like the one running the hook.
 
 Prints medians over --rounds and the ratios; needs wrk and hyperfine (apt-get install wrk hyperfine).
 Usage: python3 benchmarks/sshauth/bench.py [--projects 1000] [--seconds 5] [--rounds 3]
@@ -31,7 +35,8 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from benchenv import make_venv, print_environment  # noqa: E402
 
 
 def user_key(n: int) -> str:
@@ -55,14 +60,16 @@ def wait_port(port: int) -> None:
     raise SystemExit(f"nothing listening on {port}")
 
 
-def setup(base: Path, projects: int) -> tuple[dict, list[str]]:
+def setup(base: Path, projects: int, python: str) -> tuple[dict, list[str]]:
     data, pool = base / "data", base / "pool"
     pool.mkdir(parents=True)
     cfg = base / "config.yaml"
     cfg.write_text(f"host_id: {uuid.uuid4()}\ndata_dir: {data}\nbtrfs_root: {pool}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("COCALC_CTL_")}
-    env.update(COCALC_CTL_CONFIG=str(cfg), PYTHONPATH=str(REPO))
-    subprocess.run([sys.executable, "-m", "cocalc_ctl", "keys", "ensure"], env=env, check=True, capture_output=True)
+    env.pop("PYTHONPATH", None)
+    env.update(COCALC_CTL_CONFIG=str(cfg))
+    subprocess.run([python, "-m", "cocalc_ctl", "keys", "ensure"], env=env, check=True, capture_output=True,
+                   cwd=base)
     db = sqlite3.connect(data / "host.sqlite", isolation_level=None)
     users = []
     db.execute("BEGIN")
@@ -162,8 +169,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--runs", type=int, default=40, help="hyperfine runs per round")
-    ap.add_argument("--cli", help="cocalc-ctl to time (default: the checkout's .venv; use a non-editable install "
-                                    "for production-like numbers)")
+    ap.add_argument("--cli", help="cocalc-ctl to time (default: a non-editable install of this checkout in a "
+                                    "temporary venv; its python is the baseline)")
     ap.add_argument("--baseline-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.baseline_server:
@@ -171,19 +178,20 @@ def main() -> None:
     for tool in ("wrk", "hyperfine"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: apt-get install {tool}")
-    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     base = Path(tempfile.mkdtemp(prefix="cocalc-bench-sshauth-", dir="/var/tmp"))
     os.chmod(base, 0o700)
     server = baseline = None
     try:
-        env, users = setup(base, args.projects)
+        python = make_venv(str(base / "venv"), install=True)
+        print_environment(python)
+        env, users = setup(base, args.projects, python)
         token = (base / "data" / "secrets" / "sshpiper" / "token").read_text().strip()
         port, bport = free_port(), free_port()
-        server = subprocess.Popen([sys.executable, "-m", "cocalc_ctl", "sshpiper", "serve", "--listen",
-                                   f"127.0.0.1:{port}"], env=env, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen([python, "-m", "cocalc_ctl", "sshpiper", "serve", "--listen",
+                                   f"127.0.0.1:{port}"], env=env, stderr=subprocess.DEVNULL, cwd=base)
         wait_port(port)
-        baseline = subprocess.Popen([sys.executable, __file__, "--baseline-server", str(bport)], env=env,
-                                    stderr=subprocess.DEVNULL)
+        baseline = subprocess.Popen([python, __file__, "--baseline-server", str(bport)], env=env,
+                                    stderr=subprocess.DEVNULL, cwd=base)
         wait_port(bport)
         results: dict[str, list[tuple[float, float, float]]] = {}
         for _ in range(args.rounds):
@@ -204,17 +212,20 @@ def main() -> None:
                   f"p99 {s[2] / b[2]:.2f}x, CPU per lookup {s[3] / b[3]:.2f}x")
 
         user = users[0]
-        cli = args.cli or str(REPO / ".venv" / "bin" / "cocalc-ctl")
-        if not os.path.exists(cli):
-            cli = shutil.which("cocalc-ctl") or cli
-        python = str(Path(cli).with_name("python")) if Path(cli).with_name("python").exists() else sys.executable
-        cmds = [f"{cli} sshpiper authorized-keys {user}", f"{python} -c pass"]
-        rounds = [hyperfine(cmds, args.runs, base, env) for _ in range(args.rounds)]
+        cli = args.cli or str(base / "venv" / "bin" / "cocalc-ctl")
+        floor = str(Path(cli).with_name("python")) if Path(cli).with_name("python").exists() else python
+        cmds = [f"{cli} sshpiper authorized-keys {user}", f"{floor} -c pass"]
+        rounds = []
+        for r in range(args.rounds):  # hyperfine runs one command's runs together: alternate who goes first
+            order = cmds if r % 2 == 0 else cmds[::-1]
+            got = dict(zip(order, hyperfine(order, args.runs, base, env)))
+            rounds.append([got[c] for c in cmds])
+        floor_py = floor
         ak, floor = (statistics.median(r[i][0] for r in rounds) for i in range(2))
         ak_cpu, floor_cpu = (statistics.median(r[i][1] for r in rounds) for i in range(2))
         print(f"load average after: {os.getloadavg()[0]:.2f}")
         print(f"authorized-keys ({cli}) wall time (hyperfine, median of {args.rounds} medians): {ak:.1f} ms; "
-              f"python -c pass: {floor:.1f} ms; ratio {ak / floor:.2f}x")
+              f"{floor_py} -c pass: {floor:.1f} ms; ratio {ak / floor:.2f}x")
         print(f"authorized-keys CPU (user+system): {ak_cpu:.1f} ms; python -c pass: {floor_cpu:.1f} ms; "
               f"ratio {ak_cpu / floor_cpu:.2f}x")
     finally:
