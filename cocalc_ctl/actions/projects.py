@@ -72,7 +72,7 @@ def create(cfg: Config, project_id: str, *, quota: str | None = None) -> Project
     if not proc.plan_only(f"# record project {pid} in {host_db.db_path(cfg.data_dir)}"):
         with host_db.connect(cfg.data_dir) as conn:
             host_db.upsert_project(conn, pid, state="stopped")
-    if proc.DRY_RUN:
+    if proc.DRY_RUN or not path.is_dir():
         return ProjectInfo(pid, str(path), "stopped", True, quota_bytes=quota_bytes)
     return show(cfg, pid)  # what `project show` and `project list` say about it
 

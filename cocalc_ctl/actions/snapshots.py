@@ -47,7 +47,7 @@ def create(cfg: Config, project_id: str, name: str | None = None, *, now: dt.dat
                               hint="choose another name, or wait a second for a new timestamp")
     proc.run(btrfs.snapshot(str(layout.project_subvolume(cfg, pid)), str(dest), readonly=True))
     made = SnapshotInfo(name, str(dest), retention.timestamp_name(now or _now()), None, None, None, False)
-    if proc.DRY_RUN:
+    if proc.DRY_RUN or not dest.is_dir():
         return made
     # the same fields as `snapshot list` (uuid, generations, sizes)
     return next((s for s in list_snapshots(cfg, pid) if s.name == name), made)

@@ -30,7 +30,13 @@ def test_timers_run_the_running_program(cfg, tmp_path, monkeypatch):
     exe = _exe(tmp_path / "cocalc-ctl")
     monkeypatch.setattr(sys, "argv", [exe, "timers", "install"])
     assert timers.default_bin(cfg) == exe
-    monkeypatch.setattr(sys, "argv", ["/srv/cocalc_ctl/__main__.py"])  # python -m cocalc_ctl
+    monkeypatch.setattr(sys, "argv", ["/srv/cocalc_ctl/__main__.py"])  # python -m cocalc_ctl ...
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    monkeypatch.setattr(sys, "executable", str(venv / "python"))
+    beside = _exe(venv / "cocalc-ctl")
+    assert timers.default_bin(cfg) == beside  # ... runs the same code as the console script beside it
+    (venv / "cocalc-ctl").unlink()
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(PreconditionFailed) as err:
         timers.default_bin(cfg)
