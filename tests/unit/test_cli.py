@@ -196,3 +196,16 @@ def test_config_show_stored_host_id_booleans_and_grouping(tmp_path, capsys):
     assert sections == sorted(sections, key=sections.index)  # each section's keys together
     assert "." not in "".join(r[0] for r in rows[:8])  # top-level keys first
     assert os.environ["COCALC_CTL_CONFIG"]
+
+
+def test_backup_prune_hint_lists_every_keep_option(capsys):
+    import re
+
+    assert run(["backup", "prune", "1b4e28ba-2fa1-11d2-883f-0016d3cca427"]) == 2
+    err = capsys.readouterr().err
+    options = set(re.findall(r"--keep-[a-z]+", err))
+    from cocalc_ctl.docgen import model
+
+    [prune] = [c for c in model().walk() if c.path == ("backup", "prune")]
+    assert options == {n for o in prune.options for n in o.names if n.startswith("--keep-")}
+    assert len(options) == 6
