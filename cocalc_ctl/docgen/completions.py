@@ -141,9 +141,10 @@ def zsh(root: Cmd | None = None) -> str:
         lines.append(f"        {_squote(path)} {_squote(' '.join(c.path[-1] for c in cmds))}")
     lines += ["    )",
               f"    local valopts={_squote(' ' + ' '.join(value_options(root)) + ' ')}",
-              '    local cmdpath=cocalc-ctl w i',
+              '    local cmdpath=cocalc-ctl w i cfg=',
               "    for ((i = 2; i < CURRENT; i++)); do",
               '        w="${words[i]}"',
+              '        [[ $w == --config ]] && cfg="${words[i+1]}"',
               '        if [[ $valopts == *" $w "* ]]; then ((i++)); continue; fi',
               "        [[ $w == -* ]] && continue",
               '        if (( ${+subs[$cmdpath]} )) && [[ " ${subs[$cmdpath]} " == *" $w "* ]]; then',
@@ -152,7 +153,7 @@ def zsh(root: Cmd | None = None) -> str:
               "    done",
               '    case "$cmdpath ${words[CURRENT-1]}" in']
     lines += _per_command(root, lambda vals: f"compadd -- {vals}",
-                          lambda kind: f'compadd -- ${{(f)"$(${{words[1]}} __complete {kind} 2>/dev/null)"}}')
+                          lambda kind: f'compadd -- ${{(f)"$(${{words[1]}} ${{cfg:+--config=$cfg}} __complete {kind} 2>/dev/null)"}}')
     lines += ["    esac",
               '    case "${words[CURRENT-1]}" in']
     kinds: dict[str, set[str]] = {"file": set(), "dir": set(), "value": set(), "projects": set(), "images": set()}
@@ -184,7 +185,7 @@ def zsh(root: Cmd | None = None) -> str:
               "    elif (( ${#cmds} )); then",
               "        _describe -t commands command cmds",
               f"    elif [[ {_squote('|' + '|'.join(c.name for c in root.walk() if c.path and not c.commands and c.completes_args == 'projects') + '|')} == *\"|$cmdpath|\"* ]]; then",
-              '        compadd -- ${(f)"$(${words[1]} __complete projects 2>/dev/null)"}',
+              '        compadd -- ${(f)"$(${words[1]} ${cfg:+--config=$cfg} __complete projects 2>/dev/null)"}',
               "    else",
               "        _files",
               "    fi",

@@ -247,3 +247,34 @@ def test_example_crontab_runs_the_same_commands_as_the_units():
         if "Type" in unit["Service"] and unit["Service"]["Type"] == ["oneshot"]:
             argv = exec_argv(unit["Service"]["ExecStart"][0])
             assert " ".join(argv) in cron, p.name
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None or shutil.which("fish") is None, reason="zsh or fish not installed")
+def test_zsh_and_fish_complete_project_ids_and_option_values(tmp_path):
+    cfg = _completion_host(tmp_path)
+    env = {**os.environ, "PATH": f"{REPO / 'bin'}:{os.environ['PATH']}", "HOME": "/nonexistent"}
+    script = ("compdef() { : }\n"
+              f"source {REPO}/completions/_cocalc-ctl\n"
+              "compadd() { shift; print -l -- $@ }\n_describe() { : }\n_files() { : }\n"
+              'words=("$@"); CURRENT=$#words; _cocalc_ctl\n')
+
+    def zsh(*words):
+        res = subprocess.run(["zsh", "-f", "-c", script, "zsh", *words], capture_output=True, text=True,
+                             timeout=60, env=env)
+        assert res.returncode == 0 and res.stderr == "", res.stderr
+        return res.stdout.split()
+
+    assert zsh("cocalc-ctl", "--config", str(cfg), "project", "show", "") == \
+        ["1b4e28ba-2fa1-11d2-883f-0016d3cca427", "2c5f39cb-2fa1-11d2-883f-0016d3cca427"]
+    assert zsh("cocalc-ctl", "--config", str(cfg), "rootfs", "mount", "P", "--image", "") == \
+        ["docker.io/library/busybox:latest"]
+    assert zsh("cocalc-ctl", "proxy", "serve", "--mode", "") == ["host", "hub"]
+
+    def fish(line):
+        res = subprocess.run(["fish", "--no-config", "-c", f"source {REPO}/completions/cocalc-ctl.fish; "
+                              f"complete -C {line!r}"], capture_output=True, text=True, timeout=60, env=env)
+        assert res.returncode == 0 and res.stderr == "", res.stderr
+        return [l.split("\t")[0] for l in res.stdout.splitlines()]
+
+    assert fish(f"cocalc-ctl --config {cfg} snapshot list 1b") == ["1b4e28ba-2fa1-11d2-883f-0016d3cca427"]
+    assert sorted(fish("cocalc-ctl move start x --compress ")) == ["lz4", "none", "zstd"]
