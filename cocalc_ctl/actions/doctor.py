@@ -261,7 +261,9 @@ def check_backup_repo(cfg: Config) -> Check:
     shown = redact_dsn(repo)
     if res.returncode != 0:
         tail = redact_dsn((res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1])[:160]
-        missing = any(w in tail.lower() for w in ("does not exist", "no such file", "not found", "unable to open config"))
+        said = res.stderr.lower()
+        missing = any(w in said for w in ("does not exist", "no such file", "unable to open config",
+                                          "is there a repository"))
         return Check("backup-repo", FAIL, f"{name} cannot open {shown}: {tail}",
                      "create it: cocalc-ctl backup init" if missing else
                      "check backup.repo and backup.password_file (`cocalc-ctl config show`); "

@@ -70,3 +70,17 @@ def test_doctor_checks_that_units_start_existing_programs(cfg, tmp_path):
 def test_fresh_host_hints_name_cocalc_ctl_commands(cfg):
     assert doctor.check_keys(cfg).hint == "create them: cocalc-ctl keys ensure"
     assert doctor.check_sshpiper_token(cfg).hint == "create it: cocalc-ctl keys ensure"
+
+
+@pytest.mark.skipif(__import__("shutil").which("restic") is None, reason="restic not installed")
+def test_backup_repo_hint_names_backup_init(tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("secret\n")
+    pw.chmod(0o600)
+    path = tmp_path / "c.yaml"
+    path.write_text(f"data_dir: {tmp_path}/data\nbackup:\n  repo: {tmp_path}/repo\n  password_file: {pw}\n"
+                    "  engine: restic\n")
+    cfg = config_mod.load(str(path), env={})
+    c = doctor.check_backup_repo(cfg)
+    assert c.status == "fail" and c.hint == "create it: cocalc-ctl backup init", c
+    assert "restic init" not in c.hint
