@@ -28,6 +28,7 @@ def pytest_collection_modifyitems(config, items):
 def workdir():
     """A temp dir outside /tmp's tmpfs-style quirks; everything mounted below it is undone."""
     base = Path(tempfile.mkdtemp(prefix="cocalc-test-", dir="/var/tmp"))
+    os.chmod(base, 0o711)  # like /var/lib: others may pass through (a project's mapped root must), not list
     try:
         yield base
     finally:
