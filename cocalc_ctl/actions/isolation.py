@@ -4,13 +4,14 @@
   smallest free n), recorded in host sqlite and kept while the project exists on this host. Its
   container runs in a user namespace mapping container ids 0..65535 onto that range, so container
   root is an unprivileged host uid that owns nothing outside the project.
-- **Ownership.** The project's files are stored with the mapped ids. The tree's range is read from
-  the owner of the subvolume's top directory (always the project's mapped root); when it differs from
-  the project's range here (a restore or move from a host that gave it another range, or a tree
-  from before isolation, owned by host root), `shift_ownership` moves every id by the offset
-  (ids outside the old range become the new range's overflow id), never following a symlink,
-  top directory last, so an interrupted shift is redone at the next start. `.snapshots` is left
-  alone (read-only subvolumes).
+- **Ownership.** The project's files are stored with the mapped ids; the subvolume's top directory
+  is owned by the project's mapped root. When that owner is outside the project's range here (a
+  restore or move from a host that gave it another range, a tree from before isolation owned by
+  host ids, a top directory made by root), `shift_ownership` moves every id that is not in the range
+  by its offset inside its own 65536-aligned range (`base + id % 65536`: ranges are aligned, so
+  container uid k stays k, whichever range or host it came from, and no id ever lands outside the
+  project's range), never following a symlink, top directory last, so an interrupted shift is redone
+  at the next start. `.snapshots` is left alone (read-only subvolumes).
 - **Image.** The cached image (owned by host root) is the overlay's lower layer through an
   id-mapped bind mount, so the container sees it owned by its own root and copy-ups land in the
   upper dir with mapped ids.
@@ -40,7 +41,6 @@ from cocalc_ctl.state import host_db
 from cocalc_ctl.tools import idmap, mounts, nft, podman
 
 SIZE = 65536
-OVERFLOW_ID = 65534  # where ids from outside the old range land (the kernel's overflow id, "nobody")
 POOL_MOUNT_OPTIONS = ("nosuid", "nodev")
 _CAP_RE = re.compile(r"[A-Z][A-Z_]*", re.ASCII)
 
@@ -148,18 +148,15 @@ def tree_base(uid: int) -> int:
     return uid - uid % SIZE
 
 
-def shifted(n: int, old: int, new: IdRange) -> int:
-    if old <= n < old + new.size:
-        return n - old + new.base
-    if new.contains(n):
-        return n
-    return new.base + OVERFLOW_ID
+def shifted(n: int, new: IdRange) -> int:
+    """Container id k of any range (or host id k of a tree from before isolation) -> new.base + k."""
+    return n if new.contains(n) else new.base + n % SIZE
 
 
-def _shift_entry(dir_fd: int, name: str, old: int, new: IdRange) -> None:
+def _shift_entry(dir_fd: int, name: str, new: IdRange) -> None:
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        uid, gid = shifted(st.st_uid, old, new), shifted(st.st_gid, old, new)
+        uid, gid = shifted(st.st_uid, new), shifted(st.st_gid, new)
         if (uid, gid) == (st.st_uid, st.st_gid):
             return
         os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
@@ -175,8 +172,8 @@ def _shift_entry(dir_fd: int, name: str, old: int, new: IdRange) -> None:
             raise
 
 
-def shift_ownership(path: Path, old: int, new: IdRange) -> int:
-    """Move every id below `path` from range `old` to `new` (by offset, `chown -h`), top directory
+def shift_ownership(path: Path, new: IdRange) -> int:
+    """Move every id below `path` into range `new` (by offset, `chown -h`), top directory
     last. The walk opens directories relative to their parent's fd and never follows symlinks."""
     count = 0
     top = str(path)
@@ -184,7 +181,7 @@ def shift_ownership(path: Path, old: int, new: IdRange) -> int:
         if root == top:
             dirs[:] = [d for d in dirs if d != layout.SNAPSHOTS]
         for name in dirs + files:
-            _shift_entry(root_fd, name, old, new)
+            _shift_entry(root_fd, name, new)
             count += 1
     fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
@@ -216,7 +213,7 @@ def prepare(cfg: Config, pid: str) -> Prepared | None:
         _record_owner(cfg, pid, rng.base)
         return Prepared(rng, None)
     old = tree_base(owner)
-    n = shift_ownership(path, old, rng)
+    n = shift_ownership(path, rng)
     _record_owner(cfg, pid, rng.base)
     return Prepared(rng, old, n)
 

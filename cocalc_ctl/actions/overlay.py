@@ -71,7 +71,7 @@ def _real_dir(base: Path, rel: str, owner: "isolation.IdRange | None" = None) ->
     return path
 
 
-def _write_current_image(cfg: Config, pid: str, ref: str) -> None:
+def _write_current_image(cfg: Config, pid: str, ref: str, owner: "isolation.IdRange | None" = None) -> None:
     d = overlay_dir(cfg, pid)
     tmp = d / (CURRENT_IMAGE + ".tmp")
     try:
@@ -80,6 +80,8 @@ def _write_current_image(cfg: Config, pid: str, ref: str) -> None:
         pass
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
+        if owner is not None:
+            os.fchown(fd, owner.base, owner.base)
         os.write(fd, (ref + "\n").encode())
     finally:
         os.close(fd)
@@ -171,7 +173,7 @@ def mount(cfg: Config, project_id: str, *, image: str | None = None, remount: bo
     except BaseException:
         isolation.umount_mapped_lowers(cfg, pid)
         raise
-    _write_current_image(cfg, pid, ref.ref)
+    _write_current_image(cfg, pid, ref.ref, rng)
     return result
 
 
