@@ -266,6 +266,8 @@ def mount_mapped_lower(cfg: Config, pid: str, lower: str, rng: IdRange) -> str:
     parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(parent, 0o700)
     target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # which cache entry this is, for `rootfs list`/`gc` (the mount table shows only the mapped path)
+    Path(f"{target}.source").write_text(lower + "\n")
     holder = _userns_holder(rng)
     try:
         fd = os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
@@ -283,6 +285,16 @@ def mount_mapped_lower(cfg: Config, pid: str, lower: str, rng: IdRange) -> str:
     return str(target)
 
 
+def mapped_lower_source(cfg: Config, lower: str) -> str | None:
+    """The cache directory an id-mapped lower (a path below `project-lowers/`) shows, or None."""
+    if not lower.startswith(str(cfg.data_dir / "project-lowers") + "/"):
+        return None
+    try:
+        return Path(f"{lower}.source").read_text().strip() or None
+    except OSError:
+        return None
+
+
 def umount_mapped_lowers(cfg: Config, pid: str) -> None:
     d = str(_lowers_dir(cfg, pid))
     for m in sorted((m for m in mounts.mounts() if m.mountpoint.startswith(d + "/")),
@@ -291,6 +303,7 @@ def umount_mapped_lowers(cfg: Config, pid: str) -> None:
         if not proc.DRY_RUN:
             try:
                 os.rmdir(m.mountpoint)
+                os.unlink(f"{m.mountpoint}.source")
             except OSError:
                 pass
 
