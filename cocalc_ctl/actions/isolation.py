@@ -405,6 +405,10 @@ def pool_problems(cfg: Config) -> list[tuple[str, str]]:
     if mode & 0o077:
         out.append((f"{root} is mode {mode:04o}: other users can enter the pool",
                     f"chmod 0700 {root} (or: cocalc-ctl host init)"))
+    roots = _roots_dir(cfg)
+    if enabled(cfg) and roots.is_dir() and stat.S_IMODE(os.stat(roots).st_mode) & 0o007:
+        out.append((f"{roots} is mode {stat.S_IMODE(os.stat(roots).st_mode):04o}: other users can enter "
+                    "the projects' root filesystems", f"chmod 0700 {roots} (the next project start sets its ACL)"))
     return out
 
 
@@ -424,4 +428,10 @@ def harden_pool(cfg: Config) -> list[str]:
         done.append(f"chmod 0700 {root}")
     elif proc.DRY_RUN:
         proc.plan_only(f"chmod 0700 {root}")
+    roots = _roots_dir(cfg)
+    if enabled(cfg) and roots.is_dir() and stat.S_IMODE(os.stat(roots).st_mode) & 0o007:
+        mode = stat.S_IMODE(os.stat(roots).st_mode) & 0o770  # keeps an ACL's mask (the group bits)
+        if not proc.plan_only(f"chmod {mode:04o} {roots}"):
+            os.chmod(roots, mode)
+            done.append(f"chmod {mode:04o} {roots}")
     return done
