@@ -267,13 +267,16 @@ def mount_mapped_lower(cfg: Config, pid: str, lower: str, rng: IdRange) -> str:
     os.chmod(parent, 0o700)
     target.mkdir(mode=0o700, parents=True, exist_ok=True)
     # which cache entry this is, for `rootfs list`/`gc` (the mount table shows only the mapped path)
-    Path(f"{target}.source").write_text(lower + "\n")
+    source = Path(f"{target}.source")
+    source.write_text(lower + "\n")
     holder = _userns_holder(rng)
     try:
         fd = os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         try:
             idmap.idmapped_bind(lower, str(target), fd)
         except OSError as exc:
+            source.unlink(missing_ok=True)
+            target.rmdir()
             raise OperationFailed(f"cannot id-map the image at {lower}: {exc.strerror}",
                                   hint="the rootfs cache must be on a filesystem with id-mapped mounts "
                                        "(ext4, btrfs, xfs, tmpfs on Linux >= 6.3)") from None
