@@ -15,6 +15,7 @@ import uuid
 import pytest
 
 from tests.support.backup import backup_host
+from tests.support.proxy import start_proxy
 from tests.support.rootfs import busybox_tree, podman_store  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
@@ -151,6 +152,8 @@ def test_project_ports_answer_the_proxies_only(make_host, workdir, podman_store)
     a, b = str(uuid.uuid4()), str(uuid.uuid4())
     for pid in (a, b):
         h.cli("project", "create", pid)
+    (h.project_path(a) / a).mkdir()  # the host proxy keeps the full path: /<project>/via-proxy
+    (h.project_path(a) / a / "via-proxy").write_text("through the host proxy\n")
     out = h.json("project", "start", a, "--image", f"dir:{t}")
     h.json("project", "start", b, "--image", f"dir:{t}")
     port = out["http_port"]
@@ -158,6 +161,11 @@ def test_project_ports_answer_the_proxies_only(make_host, workdir, podman_store)
     wait_for(h.project_path(b) / "started")
 
     assert get(f"http://127.0.0.1:{port}/started") == b"started\n", "root (the proxies) still connects"
+    proxy = start_proxy(workdir, "host", {"data_dir": str(h.data)})  # runs as root, like the unit
+    try:
+        assert get(f"http://127.0.0.1:{proxy.port}/{a}/via-proxy") == b"through the host proxy\n"
+    finally:
+        proxy.stop()
     refused = connect_as_nobody(port)
     assert refused.returncode != 0 and "Connection" in refused.stderr, refused
     assert connect_as_nobody(out["ssh_port"]).returncode != 0
