@@ -139,6 +139,12 @@ def test_container_root_is_an_unprivileged_range_and_the_setuid_attack_fails(mak
     # the merged root is reachable by the project's range only (ACL), not by others
     assert as_nobody("ls", str(h.data / "project-roots" / pid)).returncode != 0
 
+    # .snapshots stays readable to the project (root's 0755 directory, snapshot files in its range)
+    h.cli("snapshot", "create", pid, "s1")
+    seen = podman_store.run("exec", f"project-{pid}", "cat", "/home/user/.snapshots/s1/started", check=False)
+    assert seen.stdout == "started\n", seen
+    assert podman_store.run("exec", f"project-{pid}", "touch", "/home/user/.snapshots/planted",
+                            check=False).returncode != 0, "but the project cannot write into it"
     res = json.loads(h.cli("--json", "doctor", check=False).stdout)
     check = next(c for c in res["checks"] if c["name"] == "pool-hardening")
     assert check["status"] == "ok", check
