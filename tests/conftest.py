@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.hosts import Host, cleanup_mounts_under
+from tests.support.hosts import Host, cleanup_mounts_under, release_guarded_ports
 from tests.support.postgres import Postgres
 
 IS_ROOT = os.geteuid() == 0
@@ -53,6 +53,7 @@ def make_host(workdir):
     finally:
         for h in reversed(made):
             cleanup_mounts_under(h.base)
+            release_guarded_ports(h)
 
 
 @pytest.fixture

@@ -120,6 +120,8 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
                                row["http_port"], row["ssh_port"], True, info.get("Id"))
         if info is not None:  # an exited or half-made container of an earlier run
             proc.run(podman.rm_container(store, container_name(pid), stop_timeout=cfg["podman.stop_timeout"]))
+        if row is not None and not proc.DRY_RUN:  # ports of an earlier run that ended without `project stop`
+            isolation.unguard_ports(cfg, pid, [p for p in (row["http_port"], row["ssh_port"]) if p])
         if not proc.plan_only(f"# record project {pid} starting in host sqlite"):
             with host_db.connect(cfg.data_dir) as conn:
                 host_db.upsert_project(conn, pid, state="starting", http_port=None, ssh_port=None)
