@@ -195,6 +195,16 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("podman.init", _as_bool, True,
        "run an init (catatonit) as PID 1 of project containers: reaps zombies, forwards signals"),
     _k("podman.stop_timeout", _as_nonneg_int, 10, "seconds `project stop` waits before killing the container"),
+    # isolation: user namespaces, capabilities, pool hardening, port guard (project containers)
+    _k("isolation.enabled", _as_bool, True,
+       "run project containers in their own user namespace with a reduced capability set and guarded ports"),
+    _k("isolation.uid_base", _as_pos_int, 1 << 20,
+       "first host uid/gid of the per-project ranges (65536 ids each, base + n*65536); keep clear of /etc/subuid"),
+    _k("isolation.capabilities", _as_str,
+       "CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID, NET_BIND_SERVICE, SYS_CHROOT, AUDIT_WRITE",
+       "capabilities project containers keep (all others are dropped), comma-separated"),
+    _k("isolation.port_users", _as_str, "root",
+       "users (names or uids, comma-separated) whose sockets may connect to project ports: the proxies and sshpiperd"),
     # ops: timers, doctor, metrics
     _k("ops.bin", _as_opt_path, None, "cocalc-ctl executable the generated units and cron lines run (default: found on PATH)"),
     _k("ops.unit_dir", _as_path, "/etc/systemd/system", "where `timers install` writes systemd units"),

@@ -38,7 +38,7 @@ DEBIAN_PACKAGES = {
     "ssh-keygen": "openssh-client", "sshd": "openssh-server", "rsync": "rsync", "lz4": "lz4",
     "zstd": "zstd", "mount": "mount", "umount": "mount", "losetup": "mount", "findmnt": "util-linux",
     "truncate": "coreutils", "tar": "tar", "initdb": "postgresql", "pg_ctl": "postgresql",
-    "nginx": "nginx-light", "wrk": "wrk", "hyperfine": "hyperfine", "bats": "bats",
+    "nginx": "nginx-light", "nft": "nftables", "unshare": "util-linux", "wrk": "wrk", "hyperfine": "hyperfine", "bats": "bats",
 }
 
 STDERR_TAIL_BYTES = 4096
@@ -442,3 +442,14 @@ def stream(argv: Sequence[str], on_line: Callable[[str], None] | None = None, *,
     if check and p.returncode not in ok_codes:
         raise CommandFailed(argv, p.returncode, stderr)
     return result
+
+
+def background(argv: Sequence[str]) -> subprocess.Popen:
+    """Start a helper that must live while the caller works (e.g. a process holding a namespace);
+    it dies with this process. The caller ends it with `p.kill(); p.wait()`. Never in --dry-run."""
+    argv = [str(a) for a in argv]
+    full_env = _environment(None)
+    exe = which(argv[0], full_env)
+    _log(display(argv))
+    return subprocess.Popen(argv, executable=exe, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=full_env, preexec_fn=_death_signal_setter())

@@ -8,6 +8,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 CTL="$HERE/bin/cocalc-ctl"
 DEMO=$(mktemp -d /var/tmp/cocalc-rootfs-demo-XXXXXX)
+chmod 711 "$DEMO"  # others may pass through, not list: a project's mapped root must reach its root filesystem
 echo "demo directory $DEMO"
 REG_PID=""
 PROJECT=""

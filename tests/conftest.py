@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.hosts import Host, cleanup_mounts_under
+from tests.support.hosts import Host, cleanup_mounts_under, release_guarded_ports
 from tests.support.postgres import Postgres
 
 IS_ROOT = os.geteuid() == 0
@@ -28,6 +28,7 @@ def pytest_collection_modifyitems(config, items):
 def workdir():
     """A temp dir outside /tmp's tmpfs-style quirks; everything mounted below it is undone."""
     base = Path(tempfile.mkdtemp(prefix="cocalc-test-", dir="/var/tmp"))
+    os.chmod(base, 0o711)  # like /var/lib: others may pass through (a project's mapped root must), not list
     try:
         yield base
     finally:
@@ -52,6 +53,7 @@ def make_host(workdir):
     finally:
         for h in reversed(made):
             cleanup_mounts_under(h.base)
+            release_guarded_ports(h)
 
 
 @pytest.fixture

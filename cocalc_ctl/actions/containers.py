@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass
 
 from cocalc_ctl import layout, locks, proc
-from cocalc_ctl.actions import overlay, rootfs
+from cocalc_ctl.actions import isolation, overlay, rootfs
 from cocalc_ctl.actions.projects import _existing
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import InvalidInput, PreconditionFailed
@@ -120,6 +120,8 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
                                row["http_port"], row["ssh_port"], True, info.get("Id"))
         if info is not None:  # an exited or half-made container of an earlier run
             proc.run(podman.rm_container(store, container_name(pid), stop_timeout=cfg["podman.stop_timeout"]))
+        if row is not None and not proc.DRY_RUN:  # ports of an earlier run that ended without `project stop`
+            isolation.unguard_ports(cfg, pid, [p for p in (row["http_port"], row["ssh_port"]) if p])
         if not proc.plan_only(f"# record project {pid} starting in host sqlite"):
             with host_db.connect(cfg.data_dir) as conn:
                 host_db.upsert_project(conn, pid, state="starting", http_port=None, ssh_port=None)
@@ -145,10 +147,15 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
             env=env, volumes=[(str(layout.project_subvolume(cfg, pid)), home)],
             publish=[(LOOPBACK, http_port, cfg["podman.http_port"]), (LOOPBACK, ssh_port, cfg["podman.ssh_port"])],
             network=cfg["podman.network"], workdir=home, hostname=container_name(pid)[:63], init=cfg["podman.init"])
+        rng = isolation.get_range(cfg, pid) if isolation.enabled(cfg) and not proc.DRY_RUN else None
+        if rng is not None:
+            spec.isolation_args = isolation.container_args(cfg, pid, rng)
         try:
+            isolation.guard_ports(cfg, pid, [http_port, ssh_port])  # before anything listens on them
             res = proc.run(podman.run(store, spec))
         except BaseException:
             if not proc.DRY_RUN:
+                isolation.unguard_ports(cfg, pid, [http_port, ssh_port])
                 proc.run(podman.rm_container(store, container_name(pid), stop_timeout=0), check=False)
                 overlay.umount(cfg, pid, stopping=True)
                 _record_stopped(cfg, pid)
@@ -183,14 +190,18 @@ def stop(cfg: Config, project_id: str) -> StopResult:
     with locks.hold(cfg.data_dir, _lock(pid), wait=True, timeout=float(cfg["podman.stop_timeout"]) + 60,
                     what=f"start/stop of project {pid}"):
         # Ports first: the proxy must stop forwarding before the upstream goes away.
+        guarded: list[int] = []
         if not proc.plan_only(f"# clear ports of project {pid} in host sqlite"):
             with host_db.connect(cfg.data_dir) as conn:
-                if host_db.get_project(conn, pid) is not None:
+                row = host_db.get_project(conn, pid)
+                if row is not None:
+                    guarded = [p for p in (row["http_port"], row["ssh_port"]) if p]
                     host_db.upsert_project(conn, pid, state="stopping", http_port=None, ssh_port=None)
         existed = False
         if proc.have("podman"):
             existed = _container_state(cfg, pid) is not None
             proc.run(podman.rm_container(store, container_name(pid), stop_timeout=cfg["podman.stop_timeout"]))
+        isolation.unguard_ports(cfg, pid, guarded)
         unmounted = overlay.umount(cfg, pid, stopping=True).was_mounted
         if not proc.plan_only(f"# record project {pid} stopped in host sqlite"):
             with host_db.connect(cfg.data_dir) as conn:

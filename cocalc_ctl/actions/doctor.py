@@ -87,6 +87,20 @@ def check_pool(cfg: Config) -> Check:
     return Check("pool", OK, f"btrfs mounted at {root} ({m.source}), quotas on")
 
 
+def check_pool_hardening(cfg: Config, pool_ok: bool) -> Check:
+    """The pool must be no launch pad: nosuid,nodev and a top directory only root can enter."""
+    from cocalc_ctl.actions import isolation
+
+    if not pool_ok:
+        return Check("pool-hardening", SKIP, "no pool (see the pool check)")
+    problems = isolation.pool_problems(cfg)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        return Check("pool-hardening", FAIL, problems[0][0] + more, problems[0][1],
+                     data={"problems": [p for p, _ in problems]})
+    return Check("pool-hardening", OK, f"{cfg.btrfs_root} mounted nosuid,nodev, mode 0700")
+
+
 def check_program(name: str, candidates: tuple[str, ...], required: bool) -> Check:
     for prog in candidates:
         exe = programs.locate(prog, sbin=prog == "sshd")
@@ -433,6 +447,7 @@ def run_checks(cfg: Config) -> Report:
     checks: list[Check] = [check_config(cfg)]
     pool = check_pool(cfg)
     checks.append(pool)
+    checks.append(check_pool_hardening(cfg, pool.status in (OK, WARN)))
     checks.append(check_host_state(cfg))
     for name, candidates, required in PROGRAMS:
         checks.append(check_program(name, candidates, required))

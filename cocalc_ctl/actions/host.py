@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cocalc_ctl import layout, proc
+from cocalc_ctl.actions import isolation
 from cocalc_ctl.config import Config, parse_size
 from cocalc_ctl.errors import OperationFailed, PreconditionFailed
 from cocalc_ctl.ids import is_uuid
@@ -101,7 +102,7 @@ def init(cfg: Config, *, loopback: str | None = None, image: str | None = None) 
         try:
             proc.run(mounts.truncate(image_path, size))
             proc.run(btrfs.mkfs(image_path, label="cocalc"))
-            proc.run(mounts.mount_loop(image_path, str(root)))
+            proc.run(mounts.mount_loop(image_path, str(root), options=",".join(isolation.POOL_MOUNT_OPTIONS)))
         except BaseException:
             if not proc.DRY_RUN:
                 if mounts.mount_at(str(root)):
@@ -120,6 +121,7 @@ def init(cfg: Config, *, loopback: str | None = None, image: str | None = None) 
             proc.plan_only(f"# record the pool in {layout.pool_record(cfg)}")
 
     proc.run(btrfs.quota_enable(str(root)))
+    actions += isolation.harden_pool(cfg)  # nosuid,nodev and 0700: the pool is no launch pad
     for d, mode in ((cfg.data_dir, 0o755), (cfg.secrets_dir, 0o700), (cfg.data_dir / "locks", 0o700),
                     (cfg.data_dir / "sync" / "projects", 0o700)):
         if _mkdir(d, mode):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cocalc_ctl import layout, proc
-from cocalc_ctl.actions import rootfs
+from cocalc_ctl.actions import isolation, rootfs
 from cocalc_ctl.actions.projects import _existing
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import Busy, PreconditionFailed
@@ -48,7 +48,7 @@ def current_image(cfg: Config, pid: str) -> str | None:
         os.close(fd)
 
 
-def _real_dir(base: Path, rel: str) -> Path:
+def _real_dir(base: Path, rel: str, owner: "isolation.IdRange | None" = None) -> Path:
     """`base/rel` as a chain of real directories, creating what is missing.
 
     The project tree belongs to its user, who could plant a symlink (`.local -> /etc`) to make us
@@ -61,6 +61,7 @@ def _real_dir(base: Path, rel: str) -> Path:
         path = path / part
         try:
             os.mkdir(path, 0o755)
+            isolation.chown_new_dir(path, owner)
         except FileExistsError:
             pass
         st = os.lstat(path)
@@ -70,7 +71,7 @@ def _real_dir(base: Path, rel: str) -> Path:
     return path
 
 
-def _write_current_image(cfg: Config, pid: str, ref: str) -> None:
+def _write_current_image(cfg: Config, pid: str, ref: str, owner: "isolation.IdRange | None" = None) -> None:
     d = overlay_dir(cfg, pid)
     tmp = d / (CURRENT_IMAGE + ".tmp")
     try:
@@ -79,6 +80,8 @@ def _write_current_image(cfg: Config, pid: str, ref: str) -> None:
         pass
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
+        if owner is not None:
+            os.fchown(fd, owner.base, owner.base)
         os.write(fd, (ref + "\n").encode())
     finally:
         os.close(fd)
@@ -131,9 +134,12 @@ def mount(cfg: Config, project_id: str, *, image: str | None = None, remount: bo
     lower = rootfs.lower_dir(cfg, ref.key)
     upper, work = upper_dir(cfg, pid, ref.key), work_dir(cfg, pid, ref.key)
     result = MountResult(pid, ref.ref, str(merged), str(upper), str(lower), False)
+    # with isolation the overlay's lower is the image seen through the project's id map
+    rng = isolation.get_range(cfg, pid) if isolation.enabled(cfg) else None
+    expected_lower = isolation.mapped_lower(cfg, pid, str(lower), rng) if rng else lower
     current = mounted_lower(cfg, pid)
     if current is not None:
-        if current == overlay.escape_path(str(lower)):
+        if current == overlay.escape_path(str(expected_lower)):
             result.already_mounted = True
             return result
         if not remount:
@@ -142,22 +148,32 @@ def mount(cfg: Config, project_id: str, *, image: str | None = None, remount: bo
         if recorded_running(cfg, pid):
             raise Busy(f"project {pid} is running", hint="stop it first with `project stop`")
         proc.run(mounts.umount(str(merged)))
+    isolation.umount_mapped_lowers(cfg, pid)
+    prepared = isolation.prepare(cfg, pid)  # the project is stopped: its files move into its range if needed
+    rng = prepared.range if prepared else None
     if proc.plan_only(f"mkdir -p {upper} {merged} && rm -rf {work} && mkdir {work}"):
         proc.run(overlay.mount(str(lower), str(upper), str(work), str(merged)))
         return result
     project = layout.project_subvolume(cfg, pid)
-    image_dir = _real_dir(project, f"{OVERLAY_DIR}/{ref.key}")
+    image_dir = _real_dir(project, f"{OVERLAY_DIR}/{ref.key}", rng)
     # overlayfs needs an empty workdir; a crash can leave `work/work` behind.
     work_entry = image_dir / "work"
     if os.path.islink(work_entry) or (os.path.lexists(work_entry) and not work_entry.is_dir()):
         os.unlink(work_entry)
     elif work_entry.exists():
         shutil.rmtree(work_entry)  # fd-based walk: never follows symlinks inside
-    _real_dir(image_dir, "upper")
-    _real_dir(image_dir, "work")
+    _real_dir(image_dir, "upper", rng)
+    _real_dir(image_dir, "work", rng)
+    if rng is not None:
+        isolation.grant_root_traversal(cfg, rng)  # makes project-roots/ 0700 + this range's --x
     merged.mkdir(parents=True, exist_ok=True)
-    proc.run(overlay.mount(str(lower), str(upper), str(work), str(merged)))
-    _write_current_image(cfg, pid, ref.ref)
+    mount_lower = isolation.mount_mapped_lower(cfg, pid, str(lower), rng) if rng else str(lower)
+    try:
+        proc.run(overlay.mount(mount_lower, str(upper), str(work), str(merged)))
+    except BaseException:
+        isolation.umount_mapped_lowers(cfg, pid)
+        raise
+    _write_current_image(cfg, pid, ref.ref, rng)
     return result
 
 
@@ -187,4 +203,8 @@ def umount(cfg: Config, project_id: str, *, stopping: bool = False) -> UmountRes
             merged.rmdir()
         except OSError:
             pass
+    isolation.umount_mapped_lowers(cfg, pid)
+    rng = isolation.get_range(cfg, pid) if isolation.enabled(cfg) else None
+    if rng is not None:
+        isolation.revoke_root_traversal(cfg, rng)
     return UmountResult(pid, str(merged), True)

@@ -193,4 +193,7 @@ def delete(cfg: Config, project_id: str, *, force: bool = False) -> DeleteResult
         if host_db.db_path(cfg.data_dir).exists():
             with host_db.connect(cfg.data_dir) as conn:
                 host_db.delete_project(conn, pid)
+                from cocalc_ctl.actions import isolation
+
+                isolation.release(conn, pid)  # its uid range is free again only now
     return DeleteResult(pid, names, True)

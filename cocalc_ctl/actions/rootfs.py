@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cocalc_ctl import ids, layout, locks, output, proc
+from cocalc_ctl.actions import isolation
 from cocalc_ctl.config import Config, parse_size
 from cocalc_ctl.errors import Busy, InvalidInput, NotFound, OperationFailed, PreconditionFailed
 from cocalc_ctl.tools import mounts, overlay, podman
@@ -444,6 +445,9 @@ def mounted_projects(cfg: Config) -> dict[str, list[str]]:
             continue
         pid = m.mountpoint[len(roots):]
         lower = overlay.lowerdir_of(m.options)
+        source = isolation.mapped_lower_source(cfg, lower.replace("\\:", ":").replace("\\\\", "\\")) if lower else None
+        if source is not None:  # the image seen through a project's id map
+            lower = overlay.escape_path(source)
         key = by_lower.get(lower or "")
         if key is None and lower and lower.startswith(str(cache) + "/"):
             key = lower[len(str(cache)) + 1:].replace("\\:", ":").replace("\\\\", "\\")

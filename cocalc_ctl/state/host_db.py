@@ -72,6 +72,17 @@ MIGRATIONS: list[str] = [
     ALTER TABLE backup_jobs ADD COLUMN duration REAL;
     ALTER TABLE backup_jobs ADD COLUMN generation INTEGER
     """,
+    # isolation: each project's host uid/gid range (base .. base+size-1), never shared while the project
+    # exists, and the range its files are owned by now (owner_base; NULL = not known, check the tree)
+    """
+    CREATE TABLE project_idmaps (
+        project_id  TEXT PRIMARY KEY,
+        base        INTEGER NOT NULL UNIQUE,
+        size        INTEGER NOT NULL,
+        owner_base  INTEGER,
+        updated_at  TEXT NOT NULL
+    )
+    """,
 ]
 
 

@@ -11,7 +11,8 @@ class Mount:
     mountpoint: str
     fstype: str
     source: str
-    options: str
+    options: str  # the filesystem's (super block) options
+    mount_options: str = ""  # this mount's own flags (nosuid, nodev, ro, ...)
 
 
 def _unescape(field: str) -> str:
@@ -35,7 +36,8 @@ def mounts(mountinfo: str = "/proc/self/mountinfo") -> list[Mount]:
             lf, rf = left.split(), right.split()
             if len(lf) < 5 or len(rf) < 2:
                 continue
-            result.append(Mount(_unescape(lf[4]), rf[0], _unescape(rf[1]), rf[2] if len(rf) > 2 else ""))
+            result.append(Mount(_unescape(lf[4]), rf[0], _unescape(rf[1]), rf[2] if len(rf) > 2 else "",
+                                lf[5] if len(lf) > 5 else ""))
     return result
 
 
@@ -63,6 +65,10 @@ def fstype_of(path: str) -> str | None:
 
 def mount_loop(image: str, mountpoint: str, options: str | None = None) -> list[str]:
     return ["mount", "-o", "loop" + (f",{options}" if options else ""), image, mountpoint]
+
+
+def remount(mountpoint: str, options: str) -> list[str]:
+    return ["mount", "-o", f"remount,{options}", mountpoint]
 
 
 def umount(mountpoint: str) -> list[str]:

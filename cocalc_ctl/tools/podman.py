@@ -93,6 +93,18 @@ class RunSpec:
     workdir: str | None = None
     hostname: str | None = None
     init: bool = False
+    isolation_args: list[str] = field(default_factory=list)  # from `isolation_args()`
+
+
+def isolation_args(id_base: int, id_count: int, capabilities: list[str], mac: str | None) -> list[str]:
+    """A private user namespace (container ids 0..count-1 = host ids base..), only `capabilities`
+    kept, no privilege gain through setuid or file capabilities, and a fixed MAC address."""
+    args = ["--uidmap", f"0:{id_base}:{id_count}", "--gidmap", f"0:{id_base}:{id_count}", "--cap-drop=all"]
+    args += [f"--cap-add={c}" for c in capabilities]
+    args += ["--security-opt", "no-new-privileges"]
+    if mac:
+        args += ["--mac-address", mac]
+    return args
 
 
 def run(storage: Storage, spec: RunSpec) -> list[str]:
@@ -121,6 +133,7 @@ def run(storage: Storage, spec: RunSpec) -> list[str]:
         args += ["--workdir", spec.workdir]
     if spec.hostname:
         args += ["--hostname", spec.hostname]
+    args += spec.isolation_args
     # --rootfs: the merged overlay is the container's / (a `:O` suffix would mean something else,
     # so the caller guarantees the path has no colon).
     args += ["--rootfs", spec.rootfs, *spec.command]

@@ -63,9 +63,25 @@ def test_unmounted_pool_fails_only_the_pool_check(ready):
     subprocess.run(["umount", str(ready.pool)], check=True)
     code, checks = doctor(ready)
     assert code == 1
-    assert_only_failure(statuses(base), checks, "pool")
+    assert_only_failure(statuses(base), checks, "pool", allow_skip=("pool-hardening",))
     assert "host init" in checks["pool"]["hint"]
     assert "pool" not in checks["free-space"]["data"]  # still checks data_dir, says nothing false
+
+
+def test_pool_without_nosuid_or_open_to_others_fails_only_pool_hardening_and_host_init_fixes_it(ready):
+    _, base = doctor(ready)
+    subprocess.run(["mount", "-o", "remount,suid,dev", str(ready.pool)], check=True)
+    code, checks = doctor(ready)
+    assert code == 1
+    assert_only_failure(statuses(base), checks, "pool-hardening")
+    assert "nosuid" in checks["pool-hardening"]["detail"] and "remount" in checks["pool-hardening"]["hint"]
+    os.chmod(ready.pool, 0o755)
+    code, checks = doctor(ready)
+    assert any("mode 0755" in p for p in checks["pool-hardening"]["data"]["problems"])
+    ready.cli("host", "init")
+    code, checks = doctor(ready)
+    assert code == 0 and checks["pool-hardening"]["status"] == "ok"
+    assert os.stat(ready.pool).st_mode & 0o777 == 0o700
 
 
 def test_world_readable_secret_fails_only_the_secrets_check(ready):

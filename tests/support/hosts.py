@@ -88,6 +88,24 @@ def cleanup_mounts_under(base: Path) -> None:
             subprocess.run(["losetup", "-d", parts[0]], capture_output=True)
 
 
+def release_guarded_ports(host: Host) -> None:
+    """Take the ports of projects a test left running (never stopped through cocalc-ctl) out of the
+    machine-wide nft port guard, so later users of those port numbers are not refused."""
+    import sqlite3
+
+    db = host.data / "host.sqlite"
+    if not db.exists() or not shutil.which("nft"):
+        return
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            ports = [p for row in conn.execute("SELECT http_port, ssh_port FROM projects") for p in row if p]
+    except sqlite3.Error:
+        return
+    for port in ports:
+        subprocess.run(["nft", "delete", "element", "inet", "cocalc_ctl", "project_ports", f"{{ {port} }}"],
+                       capture_output=True)
+
+
 def tree_digest(path: Path) -> dict:
     """Content + mode + link structure of a tree, for before/after comparisons."""
     import hashlib

@@ -1,0 +1,280 @@
+"""Project isolation with real podman (runc), btrfs, nft and restic: user namespaces, capabilities, the
+setuid attack, the pool's flags and modes, the port guard, and ownership after a restore elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from tests.support.backup import backup_host
+from tests.support.proxy import start_proxy
+from tests.support.rootfs import busybox_tree, podman_store  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.integration
+
+SIZE = 65536
+# what `isolation.capabilities` keeps by default, as bit numbers of CapEff
+DEFAULT_CAPS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "FSETID": 4, "KILL": 5, "SETGID": 6, "SETUID": 7,
+                "NET_BIND_SERVICE": 10, "SYS_CHROOT": 18, "AUDIT_WRITE": 29}
+# The container records what it is, then plants the setuid attack: a copy of busybox, setuid, in its home.
+COMMAND = ("/bin/sh -c 'id > /home/user/id.txt; cat /proc/self/uid_map > /home/user/uid_map; "
+           "cat /proc/self/status > /home/user/status; cp /bin/busybox /home/user/busybox; chmod u+s /home/user/busybox; "
+           "cat /home/user/doc.txt > /home/user/readback 2>/home/user/readback.err; "
+           "echo started > /home/user/started; exec /bin/httpd -f -p 8080 -h /home/user'")
+EXTRA_APPLETS = ["cp", "chmod", "grep", "nc", "printf", "head"]
+
+
+def tree(workdir):
+    t = busybox_tree(workdir / "tree")
+    for applet in EXTRA_APPLETS:
+        os.link(t / "bin" / "busybox", t / "bin" / applet)
+    return t
+
+
+def config(podman_store, **more):  # noqa: F811
+    return {**podman_store.config, "podman.command": COMMAND, "podman.ulimits": "nofile=1024:1024,nproc=1024:1024",
+            **more}
+
+
+def wait_for(path, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} never appeared")
+        time.sleep(0.1)
+
+
+def as_nobody(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(["runuser", "-u", "nobody", "--", *argv], capture_output=True, text=True, timeout=timeout)
+
+
+def connect_as_nobody(port: int) -> subprocess.CompletedProcess:
+    code = ("import socket,sys\ns=socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=10)\n"
+            "s.sendall(b'GET /started HTTP/1.0\\r\\n\\r\\n'); print(s.recv(100))")
+    return as_nobody("/usr/bin/python3", "-c", code, str(port))
+
+
+def idmap_row(host, pid):
+    with sqlite3.connect(host.data / "host.sqlite") as conn:
+        conn.row_factory = sqlite3.Row
+        return dict(conn.execute("SELECT * FROM project_idmaps WHERE project_id=?", (pid,)).fetchone())
+
+
+def nft_script(text: str) -> None:
+    subprocess.run(["nft", "-f", "-"], input=text, text=True, check=True, capture_output=True)
+
+
+def get(url: str, timeout: float = 60) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                return resp.read()
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url}: {exc}") from None
+            time.sleep(0.2)
+
+
+def test_container_root_is_an_unprivileged_range_and_the_setuid_attack_fails(make_host, workdir,
+                                                                           podman_store):  # noqa: F811
+    h = make_host("a", **config(podman_store))
+    t = tree(workdir)
+    pid = str(uuid.uuid4())
+    h.cli("project", "create", pid)
+    h.json("project", "start", pid, "--image", f"dir:{t}")
+    project = h.project_path(pid)
+    wait_for(project / "started")
+    base = idmap_row(h, pid)["base"]
+    assert base >= 1 << 20 and base % SIZE == 0 and idmap_row(h, pid)["owner_base"] == base
+
+    # inside: root of its own user namespace, mapped onto the project's range, few capabilities
+    assert (project / "id.txt").read_text().startswith("uid=0")
+    assert (project / "uid_map").read_text().split() == ["0", str(base), str(SIZE)]
+    status = dict(line.split(":", 1) for line in (project / "status").read_text().splitlines() if ":" in line)
+    want = sum(1 << bit for bit in DEFAULT_CAPS.values())
+    assert int(status["CapEff"], 16) == want and int(status["CapBnd"], 16) == want
+    assert status["NoNewPrivs"].strip() == "1"
+    info = json.loads(podman_store.run("container", "inspect", f"project-{pid}").stdout)[0]
+    assert info["HostConfig"]["Privileged"] is False
+
+    # on the host its files are owned by the range, the image's files are not host root's
+    bb = project / "busybox"
+    st = bb.lstat()
+    assert (st.st_uid, st.st_gid) == (base, base) and st.st_mode & stat.S_ISUID
+    upper = project / ".local" / "share" / "overlay" / f"dir{t}" / "upper"
+    assert upper.stat().st_uid == base and (upper / "proc").stat().st_uid == base
+    assert (t / "bin" / "busybox").stat().st_uid == 0, "the cached image itself is not changed"
+
+    # the pool: nosuid,nodev, closed to other users
+    with open("/proc/self/mountinfo") as fh:
+        line = next(ln for ln in fh if ln.split()[4] == str(h.pool))
+    assert {"nosuid", "nodev"} <= set(line.split()[5].split(","))
+    assert stat.S_IMODE(h.pool.stat().st_mode) == 0o700
+    secret = workdir / "secret"
+    secret.write_text("host secret\n")
+    os.chmod(secret, 0o600)
+
+    assert as_nobody("ls", str(h.pool)).returncode != 0
+    assert as_nobody("cat", str(project / "started")).returncode != 0
+    attack = as_nobody(str(bb), "cat", str(secret))
+    assert attack.returncode != 0 and "host secret" not in attack.stdout
+    # even with the pool opened up, the setuid binary gives nobody nothing (nosuid, and not root's anyway)
+    os.chmod(h.pool, 0o711)
+    try:
+        who = as_nobody(str(bb), "id", "-u")
+        assert who.stdout.strip() == "65534", who
+        attack = as_nobody(str(bb), "cat", str(secret))
+        assert attack.returncode != 0 and "host secret" not in attack.stdout
+    finally:
+        os.chmod(h.pool, 0o700)
+    # the merged root is reachable by the project's range only (ACL), not by others
+    assert as_nobody("ls", str(h.data / "project-roots" / pid)).returncode != 0
+
+    # .snapshots stays readable to the project (root's 0755 directory, snapshot files in its range)
+    h.cli("snapshot", "create", pid, "s1")
+    seen = podman_store.run("exec", f"project-{pid}", "cat", "/home/user/.snapshots/s1/started", check=False)
+    assert seen.stdout == "started\n", seen
+    assert podman_store.run("exec", f"project-{pid}", "touch", "/home/user/.snapshots/planted",
+                            check=False).returncode != 0, "but the project cannot write into it"
+    res = json.loads(h.cli("--json", "doctor", check=False).stdout)
+    check = next(c for c in res["checks"] if c["name"] == "pool-hardening")
+    assert check["status"] == "ok", check
+    h.cli("project", "stop", pid)
+    assert not list((h.data / "project-lowers" / pid).glob("*")), "the id-mapped image is unmounted at stop"
+
+
+def test_project_ports_answer_the_proxies_only(make_host, workdir, podman_store):  # noqa: F811
+    h = make_host("a", **config(podman_store))
+    t = tree(workdir)
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    for pid in (a, b):
+        h.cli("project", "create", pid)
+    (h.project_path(a) / a).mkdir()  # the host proxy keeps the full path: /<project>/via-proxy
+    (h.project_path(a) / a / "via-proxy").write_text("through the host proxy\n")
+    out = h.json("project", "start", a, "--image", f"dir:{t}")
+    h.json("project", "start", b, "--image", f"dir:{t}")
+    port = out["http_port"]
+    wait_for(h.project_path(a) / "started")
+    wait_for(h.project_path(b) / "started")
+
+    assert get(f"http://127.0.0.1:{port}/started") == b"started\n", "root (the proxies) still connects"
+    proxy = start_proxy(workdir, "host", {"data_dir": str(h.data)})  # runs as root, like the unit
+    try:
+        assert get(f"http://127.0.0.1:{proxy.port}/{a}/via-proxy") == b"through the host proxy\n"
+    finally:
+        proxy.stop()
+    refused = connect_as_nobody(port)
+    assert refused.returncode != 0 and "Connection" in refused.stderr, refused
+    assert connect_as_nobody(out["ssh_port"]).returncode != 0
+    # the refusal is the guard's doing: without the port in the set, nobody gets through
+    nft_script(f"delete element inet cocalc_ctl project_ports {{ {port} }}\n")
+    try:
+        ok = connect_as_nobody(port)
+        assert ok.returncode == 0 and "200 OK" in ok.stdout, ok
+    finally:
+        nft_script(f"add element inet cocalc_ctl project_ports {{ {port} }}\n")
+
+    # from inside project b: neither a's container address nor the published port through the gateway
+    info = json.loads(podman_store.run("container", "inspect", f"project-{a}").stdout)[0]
+    a_ip = info["NetworkSettings"]["IPAddress"]
+    gateway = info["NetworkSettings"]["Gateway"]
+
+    def probe(target: str) -> bool:
+        host, port = target.rsplit(":", 1)
+        res = podman_store.run("exec", f"project-{b}", "/bin/sh", "-c",
+                               f"printf 'GET /started HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} {port}", check=False)
+        return "started" in res.stdout
+
+    assert a_ip and not probe(f"{a_ip}:8080")
+    assert not probe(f"{gateway}:{port}")
+    macs = [info["NetworkSettings"]["MacAddress"],
+            json.loads(podman_store.run("container", "inspect", f"project-{b}").stdout)[0]["NetworkSettings"][
+                "MacAddress"]]
+    assert all(m.startswith("02:") for m in macs)
+    nft_script("".join(f"delete element bridge cocalc_ctl project_macs {{ {m} }}\n" for m in macs))
+    try:
+        assert probe(f"{a_ip}:8080"), "without the bridge rule the other container is reachable"
+    finally:
+        nft_script("".join(f"add element bridge cocalc_ctl project_macs {{ {m} }}\n" for m in macs))
+    assert not probe(f"{a_ip}:8080")
+
+    h.cli("project", "stop", a)
+    listing = subprocess.run(["nft", "list", "set", "inet", "cocalc_ctl", "project_ports"], capture_output=True,
+                             text=True, check=True).stdout
+    assert f" {port}" not in listing.replace(",", " ").replace("{", " ").replace("}", " ") + " ", \
+        "stop removes the port from the guard"
+    h.cli("project", "stop", b)
+
+
+def _foreign_ids(path, base):
+    """Entries below `path` owned outside the range, except .snapshots, overlayfs's own work/work and the
+    /etc/mtab symlink podman adds to a root without one (both made by host root, neither the project's)."""
+    return {k: v for k, v in _ids_below(path).items()
+            if not k.endswith(("/work/work", "/upper/etc/mtab")) and not all(base <= i < base + SIZE for i in v)}
+
+
+def _ids_below(path):
+    out = {}
+    for root, dirs, files in os.walk(path):
+        if root == str(path):
+            dirs[:] = [d for d in dirs if d != ".snapshots"]
+        for name in dirs + files:
+            st = os.lstat(os.path.join(root, name))
+            out[os.path.relpath(os.path.join(root, name), path)] = (st.st_uid, st.st_gid)
+    return out
+
+
+def test_ownership_moves_into_the_new_range_after_restore_on_another_host(make_host, workdir,
+                                                                         podman_store):  # noqa: F811
+    t = tree(workdir)
+    a = backup_host(make_host, workdir, "a", **config(podman_store))
+    b = backup_host(make_host, workdir, "b", init_repo=False,
+                    **config(podman_store, **{"isolation.uid_base": (1 << 20) + 7 * SIZE}))
+    pid = str(uuid.uuid4())
+    a.cli("project", "create", pid)
+    live = a.project_path(pid)
+    # a tree from before isolation: host ids, a 0600 file of container user 1000, a foreign id, and a
+    # symlink to a root-owned file outside the project that the shift must not follow
+    canary = workdir / "canary"
+    canary.write_text("outside\n")
+    (live / "doc.txt").write_text("private notes\n")
+    os.chown(live / "doc.txt", 1000, 1000)
+    os.chmod(live / "doc.txt", 0o600)
+    (live / "sub").mkdir()
+    (live / "sub" / "odd").write_text("x")
+    os.chown(live / "sub" / "odd", 4_000_123, 4_000_123)
+    os.symlink(canary, live / "escape")
+
+    a.json("project", "start", pid, "--image", f"dir:{t}")
+    wait_for(live / "started")
+    base_a = idmap_row(a, pid)["base"]
+    assert (live / "readback").read_text() == "private notes\n"
+    assert (live / "doc.txt").stat().st_uid == base_a + 1000
+    assert (live / "sub" / "odd").stat().st_uid == base_a + 4_000_123 % SIZE
+    assert canary.stat().st_uid == 0 and os.lstat(live / "escape").st_uid == base_a
+    assert _foreign_ids(live, base_a) == {}
+    a.cli("project", "stop", pid)
+    a.cli("--json", "backup", "create", pid)
+
+    b.json("restore", pid, "latest")
+    moved = b.project_path(pid)
+    for f in ("started", "readback", "readback.err"):
+        (moved / f).unlink()
+    b.json("project", "start", pid, "--image", f"dir:{t}")
+    wait_for(moved / "started")
+    base_b = idmap_row(b, pid)["base"]
+    assert base_b != base_a and idmap_row(b, pid)["owner_base"] == base_b
+    assert (moved / "readback").read_text() == "private notes\n", (moved / "readback.err").read_text()
+    assert (moved / "doc.txt").stat().st_uid == base_b + 1000
+    assert _foreign_ids(moved, base_b) == {}
+    assert canary.stat().st_uid == 0
+    b.cli("project", "stop", pid)

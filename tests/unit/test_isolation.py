@@ -1,0 +1,112 @@
+"""Isolation's pure parts: the id shift, range allocation, capability and port-user settings, the
+podman arguments, the nft ruleset, and the ACL encoding (on a real tmpfs/ext4 file when possible)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from cocalc_ctl.actions import isolation
+from cocalc_ctl.config import load as load_config
+from cocalc_ctl.errors import InvalidInput
+from cocalc_ctl.tools import idmap, nft, podman
+
+R = isolation.IdRange(1 << 20)
+
+
+def cfg(tmp_path, **values):
+    path = tmp_path / "config.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "btrfs_root": str(tmp_path / "pool"),
+                                    **values}))
+    return load_config(str(path), env={})
+
+
+@pytest.mark.parametrize("old, new", [
+    (0, R.base),  # host root of a tree from before isolation -> the container's root
+    (1000, R.base + 1000),  # container user 1000, whichever range it came from
+    ((1 << 20) + 7 * 65536 + 1000, R.base + 1000),  # another host's range
+    (R.base + 5, R.base + 5),  # already ours: unchanged (idempotent, hard links)
+    (4_000_123, R.base + 4_000_123 % 65536),  # any foreign id stays inside our range
+    (2**32 - 2, R.base + (2**32 - 2) % 65536),
+])
+def test_shift_maps_every_id_into_the_range_by_its_offset(old, new):
+    assert isolation.shifted(old, R) == new
+    assert R.contains(isolation.shifted(old, R))
+
+
+def test_ranges_are_aligned_distinct_stable_and_freed_by_release(tmp_path):
+    c = cfg(tmp_path)
+    a, b = isolation.ensure_range(c, "a"), isolation.ensure_range(c, "b")
+    assert (a.base, b.base) == (1 << 20, (1 << 20) + 65536)
+    assert isolation.ensure_range(c, "a") == a
+    from cocalc_ctl.state import host_db
+
+    with host_db.connect(c.data_dir) as conn:
+        isolation.release(conn, "a")
+    assert isolation.ensure_range(c, "c").base == a.base  # reused only after the project is gone
+    assert isolation.ensure_range(c, "b") == b
+
+
+def test_uid_base_must_be_aligned(tmp_path):
+    with pytest.raises(InvalidInput, match="multiple of 65536"):
+        isolation.ensure_range(cfg(tmp_path, **{"isolation.uid_base": 100000}), "a")
+
+
+def test_capabilities_refuse_all_and_sys_admin(tmp_path):
+    assert isolation.capabilities(cfg(tmp_path, **{"isolation.capabilities": "chown, CAP_SETUID"})) == [
+        "CHOWN", "SETUID"]
+    for bad in ("ALL", "sys_admin", "CHOWN;reboot"):
+        with pytest.raises(InvalidInput):
+            isolation.capabilities(cfg(tmp_path, **{"isolation.capabilities": bad}))
+
+
+def test_port_users_resolve_names_and_refuse_unknown_users(tmp_path):
+    assert isolation.port_uids(cfg(tmp_path, **{"isolation.port_users": "root, 4242"})) == [0, 4242]
+    with pytest.raises(InvalidInput, match="no user"):
+        isolation.port_uids(cfg(tmp_path, **{"isolation.port_users": "no-such-user-here"}))
+
+
+def test_podman_isolation_arguments():
+    args = podman.isolation_args(R.base, 65536, ["CHOWN", "KILL"], "02:aa:bb:cc:dd:ee")
+    assert args == ["--uidmap", f"0:{R.base}:65536", "--gidmap", f"0:{R.base}:65536", "--cap-drop=all",
+                    "--cap-add=CHOWN", "--cap-add=KILL", "--security-opt", "no-new-privileges",
+                    "--mac-address", "02:aa:bb:cc:dd:ee"]
+    spec = podman.RunSpec(name="p", rootfs="/r", command=["sleep"], isolation_args=args)
+    argv = podman.run(podman.Storage(), spec)
+    assert "--privileged" not in argv and argv.index("--cap-drop=all") < argv.index("--rootfs")
+
+
+def test_mac_is_locally_administered_and_per_host_and_project(tmp_path):
+    c = cfg(tmp_path)
+    mac = isolation.mac_address(c, "a")
+    assert mac.startswith("02:") and len(mac.split(":")) == 6
+    assert mac != isolation.mac_address(c, "b") and mac == isolation.mac_address(c, "a")
+
+
+def test_nft_ruleset_parses_and_matches_the_socket_uid():
+    text = nft.ruleset([0, 33])
+    assert "meta skuid != @port_users reject" in text and "priority -150" in text
+    assert "elements = { 0, 33 }" in text
+    assert nft.elements("add", [1, 2], "02:00:00:00:00:01") == (
+        "add element inet cocalc_ctl project_ports { 1, 2 }\n"
+        "add element bridge cocalc_ctl project_macs { 02:00:00:00:00:01 }\n")
+    if os.geteuid() == 0 and os.path.exists("/usr/sbin/nft"):
+        res = subprocess.run(["nft", "-c", "-f", "-"], input=text, text=True, capture_output=True)
+        assert res.returncode == 0, res.stderr
+
+
+def test_exec_acl_round_trip(tmp_path):
+    d = tmp_path / "roots"
+    d.mkdir()
+    try:
+        idmap.set_exec_acl(str(d), {R.base, R.base + 65536})
+    except OSError:
+        pytest.skip("no POSIX ACLs on this filesystem")
+    assert idmap.exec_acl_users(str(d)) == {R.base, R.base + 65536}
+    assert os.stat(d).st_mode & 0o777 == 0o710  # group bits show the mask (--x)
+    idmap.set_exec_acl(str(d), set())
+    assert idmap.exec_acl_users(str(d)) == set() and os.stat(d).st_mode & 0o777 == 0o700
