@@ -7,7 +7,8 @@ _cocalc_ctl() {
         ['cocalc-ctl backup']='cleanup create due init list prune status'
         ['cocalc-ctl config']='show'
         ['cocalc-ctl host']='init status teardown'
-        ['cocalc-ctl hub']='migrate project'
+        ['cocalc-ctl hub']='keys migrate project'
+        ['cocalc-ctl hub keys']='ensure rotate show'
         ['cocalc-ctl hub project']='add list rm set show'
         ['cocalc-ctl keys']='broadcast ensure known-hosts peers register rotate show sync trust untrust watch'
         ['cocalc-ctl metrics']='show write'
@@ -36,6 +37,10 @@ _cocalc_ctl() {
         ['cocalc-ctl host status']='-h --help'
         ['cocalc-ctl host teardown']='--delete-image -h --help'
         ['cocalc-ctl hub']='-h --help'
+        ['cocalc-ctl hub keys']='-h --help'
+        ['cocalc-ctl hub keys ensure']='-h --help'
+        ['cocalc-ctl hub keys rotate']='--finish -h --help'
+        ['cocalc-ctl hub keys show']='-h --help'
         ['cocalc-ctl hub migrate']='-h --help'
         ['cocalc-ctl hub project']='-h --help'
         ['cocalc-ctl hub project add']='--host --image -h --help'
@@ -59,13 +64,13 @@ _cocalc_ctl() {
         ['cocalc-ctl metrics show']='-h --help'
         ['cocalc-ctl metrics write']='--textfile-dir -h --help'
         ['cocalc-ctl move']='-h --help'
-        ['cocalc-ctl move abort']='-h --help'
+        ['cocalc-ctl move abort']='--ticket -h --help'
         ['cocalc-ctl move cancel']='-h --help'
-        ['cocalc-ctl move cleanup']='--force -h --help'
-        ['cocalc-ctl move finalize']='--from-backup --quota -h --help'
+        ['cocalc-ctl move cleanup']='--force --ticket -h --help'
+        ['cocalc-ctl move finalize']='--from-backup --quota --ticket -h --help'
         ['cocalc-ctl move host-step']='-h --help'
         ['cocalc-ctl move recv']='--from -h --help'
-        ['cocalc-ctl move send']='--to --mode --compress --bwlimit --snapshot -h --help'
+        ['cocalc-ctl move send']='--to --mode --compress --bwlimit --snapshot --ticket -h --help'
         ['cocalc-ctl move start']='--to --mode --compress -h --help'
         ['cocalc-ctl move status']='--watch -h --help'
         ['cocalc-ctl move worker']='--once --concurrency --poll -h --help'
@@ -110,7 +115,7 @@ _cocalc_ctl() {
         ['cocalc-ctl timers remove']='--user-unit-dir --unit-dir --only -h --help'
     )
     local globals='--config --json --dry-run -v --verbose -q --quiet --version -h --help'
-    local valopts=' --bin --bwlimit --compress --concurrency --config --from --from-backup --host --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --mode --only --out --path --poll --quota --reason --role --seconds --snapshot --textfile-dir --to --to-project --unit-dir --user --user-unit-dir --which '
+    local valopts=' --bin --bwlimit --compress --concurrency --config --from --from-backup --host --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --mode --only --out --path --poll --quota --reason --role --seconds --snapshot --textfile-dir --ticket --to --to-project --unit-dir --user --user-unit-dir --which '
     local cmdpath=cocalc-ctl i w
     for ((i = 1; i < COMP_CWORD; i++)); do
         w="${COMP_WORDS[i]}"
@@ -155,6 +160,7 @@ _cocalc_ctl() {
         --role) COMPREPLY=(); return ;;
         --seconds) COMPREPLY=(); return ;;
         --snapshot) COMPREPLY=(); return ;;
+        --ticket) COMPREPLY=(); return ;;
         --to) COMPREPLY=(); return ;;
         --to-project) COMPREPLY=(); return ;;
         --user) COMPREPLY=(); return ;;
