@@ -231,7 +231,12 @@ def test_hub_key_rotation_in_the_middle_of_a_queue_fails_no_move(rig):
         assert rotated["action"] == "rotated" and rotated["previous_fingerprint"]
         published = rig.hub_public_keys()
         assert len(published) == 2 and published[1] == old[0] and published[0] != old[0]
-        time.sleep(2)  # tickets signed with both keys reach hosts that pinned only the old one
+        # the next move's send, signed with both keys, is accepted by hosts that pinned only the old one
+        deadline = time.monotonic() + 300
+        while rig.move_row(pids[1])["state"] not in ("finalizing", "done"):
+            assert time.monotonic() < deadline, rig.move_row(pids[1])
+            time.sleep(0.1)
+        assert old[0] in pinned_hub_keys(rig.b) and published[0] not in pinned_hub_keys(rig.b)
         rig.pin_published_hub_keys(rig_key)
         _wait_state(rig, pids[1], "done", timeout=300)
         assert json.loads(rig.cli("--json", "hub", "keys", "rotate", "--finish").stdout)["action"] == "finished"
