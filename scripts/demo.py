@@ -350,7 +350,9 @@ class Demo:
 
     def receivers(self) -> None:
         a, b = self.hosts["A"], self.hosts["B"]
-        with self.step("keys: ensure, register, trust (hub admin), sync, known-hosts"):
+        with self.step("keys: hub key, ensure, register, trust (hub admin), sync (pins peers and the hub key)"):
+            # the move worker's own key: signs every move ticket, published for the hosts' `keys sync`
+            self.ctl(self.hub, "hub", "keys", "ensure")
             for n in (a, b):
                 self.ctl(n, "keys", "ensure")
             for n in (a, b):
