@@ -371,7 +371,10 @@ class Demo:
                 r = self.ctl(n, "sshpiper", "receiver-users")
                 lines += [ln for ln in r.stdout.splitlines() if ln.strip() and ln not in lines]
             # both hosts share this machine's /etc/passwd: add the union (`--out /etc/passwd` on a real
-            # host rewrites all of its own lines) and remove exactly these lines at the end
+            # host rewrites all of its own lines) and remove exactly these lines at the end. Not the
+            # `cocalc-hub` line: one name for every run on this machine, and the demo's worker reaches
+            # the hosts through the local transport, not that login
+            lines = [ln for ln in lines if not ln.startswith("cocalc-hub:")]
             self.sh(f"append {len(lines)} receiver user line(s) to /etc/passwd (removed at the end)")
             self.state["passwd_lines"] = lines
             self.save_state()
