@@ -32,7 +32,7 @@ VERSION = 1
 VERBS = ("send", "finalize", "cleanup", "abort")
 MODES = ("pipe", "staged", "backup")
 SKEW_SECONDS = 300          # clocks of hub and hosts may differ this much
-MAX_TICKET = 1024           # characters; a real one is about 450
+MAX_TICKET = 1024           # characters; a real one is about 480 (570 with two signatures)
 MAX_LIFETIME_MINUTES = 24 * 60
 _TICKET_RE = re.compile(r"[A-Za-z0-9_-]{16,900}(\.[A-Za-z0-9_-]{86}){1,2}", re.ASCII)
 
