@@ -231,8 +231,10 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("move.lease_seconds", _as_pos_int, 60, "move worker: lease length, renewed while a step runs"),
     _k("move.max_attempts", _as_pos_int, 3, "move worker: claims of one move before it ends failing"),
     _k("move.receiver_user", _as_opt_str, None, "ssh user of a destination's receiver (default btrfs-<source-uuid>)"),
-    _k("move.host_user", _as_opt_str, None, "ssh transport: user the worker logs in as (default project-host-<uuid>)"),
+    _k("move.host_user", _as_opt_str, None, "ssh transport: user the worker logs in as (default cocalc-hub)"),
     _k("move.bwlimit", _as_opt_str, None, "move worker: --bwlimit passed to every send (e.g. 100M)"),
+    _k("move.ticket_minutes", _as_pos_int, 180,
+       "move worker: lifetime of the signed move tickets it issues (a step must start within it)"),
     # proxy: `proxy serve` (HTTP/WebSocket reverse proxy)
     _k("proxy.listen", _as_str, "127.0.0.1:8080", "address:port `proxy serve` listens on"),
     _k("proxy.connect_timeout", _as_pos_int, 5, "seconds to connect to an upstream before answering 504"),

@@ -71,14 +71,15 @@ def _show(value: object) -> str:
 # fast path uses it.
 
 SSH_USER_MAX = 64
+HUB_LOGIN = "cocalc-hub"  # the hub's move worker on a host's receiver sshd (hub keys only, `move host-step`)
 _SSH_USER_RE = re.compile(
-    r"(?:(?P<host>project-host-)|(?P<btrfs>btrfs-)|(?P<project>project-))?"
+    r"(?:(?P<btrfs>btrfs-)|(?P<project>project-))?"
     r"(?P<uuid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
     r"|(?P<hex>[0-9a-f]{32})", re.ASCII)
 
 
 class SshUser:
-    """A parsed login name: `kind` is 'project', 'host' (project-host-<uuid>) or 'btrfs' (move receiver)."""
+    """A parsed login name: `kind` is 'project', 'hub' (`cocalc-hub`, id None) or 'btrfs' (move receiver)."""
 
     __slots__ = ("kind", "id", "name")
 
@@ -93,16 +94,19 @@ class SshUser:
 
 
 def parse_ssh_user(name: object) -> SshUser | None:
-    """`project-<uuid>`, `<uuid>`, `<32 hex>` -> project; `project-host-<uuid>` -> host;
-    `btrfs-<uuid>` -> move receiver. Everything else (including non-str) -> None."""
+    """`project-<uuid>`, `<uuid>`, `<32 hex>` -> project; `cocalc-hub` -> hub;
+    `btrfs-<uuid>` -> move receiver. Everything else (including non-str, and the retired
+    `project-host-<uuid>`) -> None."""
     if not isinstance(name, str) or not name or len(name) > SSH_USER_MAX or not name.isascii():
         return None
+    if name == HUB_LOGIN:
+        return SshUser("hub", None, name)
     m = _SSH_USER_RE.fullmatch(name)
     if m is None:
         return None
     if m.group("hex") is not None:
         return SshUser("project", uuid_from_hex32(m.group("hex")), name)
-    kind = "host" if m.group("host") else "btrfs" if m.group("btrfs") else "project"
+    kind = "btrfs" if m.group("btrfs") else "project"
     return SshUser(kind, m.group("uuid"), name)
 
 

@@ -7,7 +7,8 @@ _cocalc_ctl() {
         ['cocalc-ctl backup']='cleanup create due init list prune status'
         ['cocalc-ctl config']='show'
         ['cocalc-ctl host']='init status teardown'
-        ['cocalc-ctl hub']='migrate project'
+        ['cocalc-ctl hub']='keys migrate project'
+        ['cocalc-ctl hub keys']='ensure rotate show'
         ['cocalc-ctl hub project']='add list rm set show'
         ['cocalc-ctl keys']='broadcast ensure known-hosts peers register rotate show sync trust untrust watch'
         ['cocalc-ctl metrics']='show write'
@@ -36,6 +37,10 @@ _cocalc_ctl() {
         ['cocalc-ctl host status']='-h --help'
         ['cocalc-ctl host teardown']='--delete-image -h --help'
         ['cocalc-ctl hub']='-h --help'
+        ['cocalc-ctl hub keys']='-h --help'
+        ['cocalc-ctl hub keys ensure']='-h --help'
+        ['cocalc-ctl hub keys rotate']='--finish -h --help'
+        ['cocalc-ctl hub keys show']='-h --help'
         ['cocalc-ctl hub migrate']='-h --help'
         ['cocalc-ctl hub project']='-h --help'
         ['cocalc-ctl hub project add']='--host --image -h --help'
@@ -59,13 +64,13 @@ _cocalc_ctl() {
         ['cocalc-ctl metrics show']='-h --help'
         ['cocalc-ctl metrics write']='--textfile-dir -h --help'
         ['cocalc-ctl move']='-h --help'
-        ['cocalc-ctl move abort']='-h --help'
+        ['cocalc-ctl move abort']='--ticket -h --help'
         ['cocalc-ctl move cancel']='-h --help'
-        ['cocalc-ctl move cleanup']='--force -h --help'
-        ['cocalc-ctl move finalize']='--from-backup --quota -h --help'
+        ['cocalc-ctl move cleanup']='--force --ticket -h --help'
+        ['cocalc-ctl move finalize']='--from-backup --quota --ticket -h --help'
         ['cocalc-ctl move host-step']='-h --help'
         ['cocalc-ctl move recv']='--from -h --help'
-        ['cocalc-ctl move send']='--to --mode --compress --bwlimit --snapshot -h --help'
+        ['cocalc-ctl move send']='--to --mode --compress --bwlimit --snapshot --ticket -h --help'
         ['cocalc-ctl move start']='--to --mode --compress -h --help'
         ['cocalc-ctl move status']='--watch -h --help'
         ['cocalc-ctl move worker']='--once --concurrency --poll -h --help'
@@ -110,7 +115,7 @@ _cocalc_ctl() {
         ['cocalc-ctl timers remove']='--user-unit-dir --unit-dir --only -h --help'
     )
     local globals='--config --json --dry-run -v --verbose -q --quiet --wide --version -h --help'
-    local valopts=' --bin --bwlimit --compress --concurrency --config --from --from-backup --host --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --mode --only --out --path --poll --quota --reason --role --seconds --snapshot --textfile-dir --to --to-project --unit-dir --user --user-unit-dir --which '
+    local valopts=' --bin --bwlimit --compress --concurrency --config --from --from-backup --host --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --mode --only --out --path --poll --quota --reason --role --seconds --snapshot --textfile-dir --ticket --to --to-project --unit-dir --user --user-unit-dir --which '
     local projcmds='|cocalc-ctl backup cleanup|cocalc-ctl backup create|cocalc-ctl backup list|cocalc-ctl backup prune|cocalc-ctl hub project add|cocalc-ctl hub project rm|cocalc-ctl hub project set|cocalc-ctl hub project show|cocalc-ctl move abort|cocalc-ctl move cancel|cocalc-ctl move cleanup|cocalc-ctl move finalize|cocalc-ctl move send|cocalc-ctl move start|cocalc-ctl move status|cocalc-ctl project create|cocalc-ctl project delete|cocalc-ctl project show|cocalc-ctl project start|cocalc-ctl project status|cocalc-ctl project stop|cocalc-ctl restore|cocalc-ctl rootfs mount|cocalc-ctl rootfs resolve|cocalc-ctl rootfs umount|cocalc-ctl snapshot auto|cocalc-ctl snapshot create|cocalc-ctl snapshot delete|cocalc-ctl snapshot list|cocalc-ctl snapshot lock|cocalc-ctl snapshot prune|cocalc-ctl snapshot unlock|cocalc-ctl sshpiper keys-refresh|'
     local cmdpath=cocalc-ctl i w cfg=
     for ((i = 1; i < COMP_CWORD; i++)); do
@@ -172,6 +177,7 @@ _cocalc_ctl() {
         --reason) COMPREPLY=(); return ;;
         --seconds) COMPREPLY=(); return ;;
         --snapshot) COMPREPLY=(); return ;;
+        --ticket) COMPREPLY=(); return ;;
         --to) COMPREPLY=(); return ;;
         --user) COMPREPLY=(); return ;;
     esac

@@ -28,7 +28,7 @@ if (_VENV / "bin" / "python").exists() and Path(sys.prefix).resolve() != _VENV.r
 sys.path.insert(0, str(REPO))
 
 from tests.support.hosts import Host, cleanup_mounts_under  # noqa: E402
-from tests.support.move import Receiver, ensure_host_key  # noqa: E402
+from tests.support.move import Receiver, ensure_host_key, install_rig_hub  # noqa: E402
 from tests.support.move_hub import make_hub_rig  # noqa: E402
 from tests.support.postgres import Postgres  # noqa: E402
 
@@ -91,6 +91,9 @@ def main() -> int:
         ra = Receiver(a, "127.0.0.2", base / "sshd-a").start()
         receivers.append(ra)
         ra.allow(b)
+        # a destination receives only for a move the hub authorised: until the hub's worker takes over
+        # (last step), the demo plays the hub and adds a signed move ticket (--ticket) to each send
+        install_rig_hub([a, b], {rb.addr: b, ra.addr: a})
         pid = PROJECT
         a.cli("project", "create", pid)
         root = a.project_path(pid)
@@ -100,7 +103,8 @@ def main() -> int:
             a.cli("snapshot", "create", pid, s)
         want = checksums(root)
         print(f"# project {pid} on A: {len(want)} files, data.bin sha256 {want['data.bin'][:16]}…")
-        print(f"# host A {a.host_id} (sshd 127.0.0.2:{ra.port}), host B {b.host_id} (sshd 127.0.0.3:{rb.port})\n")
+        print(f"# host A {a.host_id} (sshd 127.0.0.2:{ra.port}), host B {b.host_id} (sshd 127.0.0.3:{rb.port})")
+        print("# each `move send` below also gets --ticket <the hub's signed ticket for this send>\n")
         show(a.cli, "move", "send", pid, "--to", rb.spec(), "--mode", "pipe")
         show(b.cli, "move", "finalize", pid)
         show(b.cli, "snapshot", "list", pid)

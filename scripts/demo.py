@@ -350,7 +350,9 @@ class Demo:
 
     def receivers(self) -> None:
         a, b = self.hosts["A"], self.hosts["B"]
-        with self.step("keys: ensure, register, trust (hub admin), sync, known-hosts"):
+        with self.step("keys: hub key, ensure, register, trust (hub admin), sync (pins peers and the hub key)"):
+            # the move worker's own key: signs every move ticket, published for the hosts' `keys sync`
+            self.ctl(self.hub, "hub", "keys", "ensure")
             for n in (a, b):
                 self.ctl(n, "keys", "ensure")
             for n in (a, b):
@@ -369,7 +371,10 @@ class Demo:
                 r = self.ctl(n, "sshpiper", "receiver-users")
                 lines += [ln for ln in r.stdout.splitlines() if ln.strip() and ln not in lines]
             # both hosts share this machine's /etc/passwd: add the union (`--out /etc/passwd` on a real
-            # host rewrites all of its own lines) and remove exactly these lines at the end
+            # host rewrites all of its own lines) and remove exactly these lines at the end. Not the
+            # `cocalc-hub` line: one name for every run on this machine, and the demo's worker reaches
+            # the hosts through the local transport, not that login
+            lines = [ln for ln in lines if not ln.startswith("cocalc-hub:")]
             self.sh(f"append {len(lines)} receiver user line(s) to /etc/passwd (removed at the end)")
             self.state["passwd_lines"] = lines
             self.save_state()

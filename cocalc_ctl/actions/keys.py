@@ -382,3 +382,17 @@ def _rotate(cfg: Config, which: str, *, finish: bool = False) -> RotateResult:
                         old.fingerprint if old else None,
                         "run `cocalc-ctl keys register`; both keys are accepted until "
                         f"`cocalc-ctl keys rotate --which {which} --finish`")
+
+
+# -- shared with the hub principal (actions/hub_keys.py) --------------------------------------
+
+keys_lock = _keys_lock
+ensure_dir = _ensure_dir
+check_pair = _check_pair
+create_pair = _create_pair
+pub_path = _pub
+
+
+def public_lines_at(paths: list[Path]) -> list[str]:
+    """The public key lines of these private key paths (their `.pub` files), in order; missing ones skipped."""
+    return [line for line in (_public_line(p) for p in paths) if line]

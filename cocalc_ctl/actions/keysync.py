@@ -3,7 +3,9 @@
 The hub's `project_hosts` table is the registry. A trigger (hub migration "keys: notify") sends
 `NOTIFY cocalc_ctl_keys` whenever a host's keys, address, status or trust change, so `keys watch`
 sees a change within a round trip; `keys sync` is the same full refresh for timers. Only trusted
-hosts are distributed, and a host the hub does not trust receives no peers at all.
+hosts are distributed, and a host the hub does not trust receives no peers at all. `keys sync` also
+pins the hub principal's public keys (hub table `hub_keys`, see `hub keys ensure`): exactly the set
+the hub publishes (none for an untrusted host); they verify move tickets and log in as `cocalc-hub`.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ class SyncResult:
     removed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     known_hosts: str | None = None
+    hub_keys: list[str] = field(default_factory=list)      # fingerprints of the pinned hub keys
+    hub_added: list[str] = field(default_factory=list)
+    hub_removed: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -192,8 +197,23 @@ def _fetch_peers(conn, hid: str) -> tuple[bool, list, list[str]]:
     return True, peers, skipped
 
 
+def _fetch_hub_keys(conn, self_trusted: bool) -> list:
+    from cocalc_ctl.state.hub_keys import HubKey
+
+    if not self_trusted:
+        return []
+    if conn.execute("SELECT to_regclass('hub_keys')").fetchone()[0] is None:
+        return []  # a hub not yet migrated this far publishes no hub key
+    out = []
+    for hid, text in conn.execute("SELECT hub_id::text, public_keys FROM hub_keys ORDER BY hub_id").fetchall():
+        for k in ssh.parse_public_keys(text):
+            if k.line.startswith("ssh-ed25519 "):  # tickets are Ed25519 signatures
+                out.append(HubKey(hid, k.line))
+    return out
+
+
 def sync(cfg: Config, *, conn=None) -> SyncResult:
-    from cocalc_ctl.state import host_db, peers as peers_db
+    from cocalc_ctl.state import host_db, hub_keys as hub_keys_db, peers as peers_db
 
     hid = keys_mod.require_host_id(cfg)
     if proc.plan_only(f"# copy trusted peers' public keys from the hub into {host_db.db_path(cfg.data_dir)}"):
@@ -201,12 +221,17 @@ def sync(cfg: Config, *, conn=None) -> SyncResult:
     if conn is None:
         with _hub(cfg) as hub:
             self_trusted, rows, skipped = _fetch_peers(hub, hid)
+            hub_rows = _fetch_hub_keys(hub, self_trusted)
     else:
         self_trusted, rows, skipped = _fetch_peers(conn, hid)
+        hub_rows = _fetch_hub_keys(conn, self_trusted)
     with closing(host_db.connect(cfg.data_dir)) as db:
         added, changed, removed = peers_db.replace_peers(db, rows, host_db.now_iso())
         peers_db.set_self_trusted(db, hid, self_trusted)
-    res = SyncResult(hid, self_trusted, [p.host_id for p in rows], added, changed, removed, skipped)
+        hub_added, hub_removed = hub_keys_db.replace_keys(db, hub_rows, host_db.now_iso())
+    res = SyncResult(hid, self_trusted, [p.host_id for p in rows], added, changed, removed, skipped,
+                     hub_keys=_fps("\n".join(k.line for k in hub_rows)), hub_added=_fps("\n".join(hub_added)),
+                     hub_removed=_fps("\n".join(hub_removed)))
     res.known_hosts = write_known_hosts(cfg).path
     return res
 

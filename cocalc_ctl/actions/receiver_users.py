@@ -1,4 +1,5 @@
-"""Login users for the move receiver's sshd: one `btrfs-<uuid>` and `project-host-<uuid>` per trusted peer.
+"""Login users for the move receiver's sshd: one `btrfs-<uuid>` per trusted peer, and `cocalc-hub` (the
+hub's move worker) once a hub key is pinned.
 
 sshd refuses a login whose user NSS does not know, and these names (42+ characters) are longer
 than `useradd` accepts. They are uid-0 aliases (btrfs receive needs root) with a locked password
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,20 +37,15 @@ class ReceiverUsers:
 
 def passwd_line(name: str) -> str:
     u = ids.parse_ssh_user(name)
-    if u is None or u.kind not in ("btrfs", "host"):
+    if u is None or u.kind not in ("btrfs", "hub"):
         raise InvalidInput(f"not a receiver user: {name!r}")
     return f"{name}:*:0:0:{GECOS}:/:/bin/sh"
 
 
 def wanted_users(cfg: Config) -> list[str]:
-    from cocalc_ctl.state import host_db, peers
+    from cocalc_ctl.actions.sshauth import receiver_logins
 
-    if not host_db.db_path(cfg.data_dir).exists():
-        return []
-    with closing(host_db.connect(cfg.data_dir)) as conn:
-        rows = peers.list_peers(conn)
-    return [f"{prefix}{p.host_id}" for p in rows if p.trusted and ids.is_uuid(p.host_id)
-            for prefix in ("btrfs-", "project-host-")]
+    return sorted(g.login for g in receiver_logins(cfg))
 
 
 @contextmanager

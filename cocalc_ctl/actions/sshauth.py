@@ -5,8 +5,11 @@ One decision, three outputs: the REST answer `{"user","host","authorizedKeys","p
 (`sshpiper authorized-keys`). The login name is parsed by `ids.parse_ssh_user` (one parser):
 - project users -> the project's container sshd at `127.0.0.1:<ssh_port>` (only while running),
   keys = host sqlite + `<project>/.ssh/.cocalc/authorized_keys` + `<project>/.ssh/authorized_keys`;
-- `project-host-<uuid>` / `btrfs-<uuid>` -> this host's move receiver sshd, keys = exactly that
-  trusted peer's host-to-host key(s); OpenSSH gets them as `restrict,command="… move recv --from <uuid>"`.
+- `btrfs-<uuid>` -> this host's move receiver sshd, keys = exactly that trusted peer's host-to-host
+  key(s); OpenSSH gets them as `restrict,command="… move recv --from <uuid>"`;
+- `cocalc-hub` -> the same receiver sshd, keys = exactly the hub keys this host pinned (`keys sync`),
+  forced command `… move host-step` (the hub's move worker; every step needs a hub ticket).
+`receiver_logins()` lists every receiver login with its keys and forced command.
 Every failure is a deny. This module stays import-light (no typer/rich/psycopg): the
 AuthorizedKeysCommand path imports it directly and must answer in a few tens of milliseconds.
 """
@@ -133,14 +136,14 @@ def _dedupe(lines: list[str]) -> list[str]:
     return out
 
 
-def forced_command(cfg: Config, peer_id: str, kind: str = "btrfs") -> str:
-    """The forced command of a peer's key: `<cocalc-ctl> [--config F] move recv --from <uuid>` for the
+def forced_command(cfg: Config, peer_id: str | None, kind: str = "btrfs") -> str:
+    """The forced command of a login: `<cocalc-ctl> [--config F] move recv --from <uuid>` for the
     move receiver (`btrfs-<uuid>`), `<cocalc-ctl> [--config F] move host-step` for the hub's move worker
-    driving this host (`project-host-<uuid>`)."""
+    (`cocalc-hub`, kind "hub")."""
     import shlex
 
     exe = cfg["sshpiper.cocalc_ctl"]
-    verb = ["move", "host-step"] if kind == "host" else ["move", "recv", "--from", ids.host_id(peer_id)]
+    verb = ["move", "host-step"] if kind == "hub" else ["move", "recv", "--from", ids.host_id(peer_id)]
     argv = [exe] + (["--config", cfg.file] if cfg.file else []) + verb
     text = shlex.join(argv)
     if any(c in text for c in '"\\\n\r'):
@@ -220,6 +223,9 @@ class Resolver:
                 return DENY, Decision(login, u.kind, u.id, False, "project is not running")
             keys = self.project_keys(u.id, row["authorized_keys"])
             user, host = self.upstream_user, f"127.0.0.1:{port}"
+        elif u.kind == "hub":
+            keys = _hub_key_lines(db)
+            user, host = login, self.receiver
         else:
             from cocalc_ctl.state import peers
 
@@ -256,6 +262,51 @@ class Resolver:
             # sshpiperd already checked the peer's key and relays the login with the upstream key
             lines.append(prefix + own + " cocalc-ctl-sshpiper-upstream")
         return lines
+
+
+def _hub_key_lines(db: sqlite3.Connection) -> list[str]:
+    from cocalc_ctl.state import hub_keys
+
+    try:
+        rows = hub_keys.list_keys(db)
+    except sqlite3.OperationalError:  # a database from before the hub_keys table: no hub key pinned
+        return []
+    return [k.line for r in rows for k in ssh.parse_public_keys(r.line)]
+
+
+@dataclass
+class LoginGrant:
+    """One login of the receiver sshd: the keys it accepts and the forced command they run."""
+
+    login: str
+    kind: str            # "hub" | "btrfs"
+    peer_id: str | None  # btrfs: the trusted peer
+    keys: list[str]      # OpenSSH public key lines
+    command: str         # forced command (safe inside command="…")
+
+
+def receiver_logins(cfg: Config, db: sqlite3.Connection | None = None) -> list[LoginGrant]:
+    """Every login the receiver accepts: `cocalc-hub` for the pinned hub keys (if any), and
+    `btrfs-<peer>` for each trusted peer's host-to-host keys. A peer's key is never in the hub grant."""
+    from contextlib import closing, nullcontext
+
+    from cocalc_ctl.state import host_db, peers
+
+    if db is None and not host_db.db_path(cfg.data_dir).exists():
+        return []
+    with (nullcontext(db) if db is not None else closing(host_db.connect(cfg.data_dir))) as conn:
+        out = []
+        hub = _dedupe(_hub_key_lines(conn))
+        if hub:
+            out.append(LoginGrant(ids.HUB_LOGIN, "hub", None, hub, forced_command(cfg, None, "hub")))
+        for p in peers.list_peers(conn):
+            if not p.trusted or not ids.is_uuid(p.host_id):
+                continue
+            keys = [k.line for k in ssh.parse_public_keys(p.host_to_host_public_key)]
+            if keys:
+                out.append(LoginGrant(f"btrfs-{p.host_id}", "btrfs", p.host_id, keys,
+                                      forced_command(cfg, p.host_id, "btrfs")))
+    return out
 
 
 def authorized_keys_fast(argv_user: str, config_path: str | None) -> int:

@@ -8,7 +8,7 @@ import typer
 
 from cocalc_ctl.cli.common import config, done, render
 
-app = typer.Typer(help="Hub PostgreSQL: schema and project placement.",
+app = typer.Typer(help="Hub PostgreSQL: schema, project placement and the hub key.",
                   no_args_is_help=True)
 
 
@@ -122,3 +122,46 @@ def project_rm(project: str = PROJECT,
     from cocalc_ctl.actions import placement
 
     render(placement.remove(config(), project, force=force), lambda r: done(_change_line(r)))
+
+
+# -- hub keys: the hub principal (move worker machines) -------------------------------------------
+
+keys_app = typer.Typer(help="The hub's own Ed25519 keypair: signs move tickets and is the only key hosts accept "
+                            "for the `cocalc-hub` login.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _hub_key_line(r) -> str:
+    lines = [f"hub {r.hub_id or '-'}: {r.action} {r.path}", f"  current  {r.fingerprint or '-'}"]
+    if r.previous_fingerprint:
+        lines.append(f"  previous {r.previous_fingerprint} (still signing until `hub keys rotate --finish`)")
+    if r.published:
+        lines.append("  published in the hub's hub_keys (hosts pin it on `keys sync`)")
+    if r.hint:
+        lines.append(f"  {r.hint}")
+    return "\n".join(lines)
+
+
+@keys_app.command("ensure")
+def keys_ensure() -> None:
+    """Create this machine's hub key and id if missing (0600 in a 0700 dir) and publish the public key."""
+    from cocalc_ctl.actions import hub_keys
+
+    render(hub_keys.ensure(config()), lambda r: print(_hub_key_line(r)))
+
+
+@keys_app.command("show")
+def keys_show() -> None:
+    """Show the hub key's public half and fingerprint (and the previous one during a rotation)."""
+    from cocalc_ctl.actions import hub_keys
+
+    render(hub_keys.show(config()), lambda r: print(_hub_key_line(r) + f"\n{r.public_key}"))
+
+
+@keys_app.command("rotate")
+def keys_rotate(finish: bool = typer.Option(False, "--finish",
+                                            help="Drop the previous key (run once every host has synced).")) -> None:
+    """Make a new hub key; tickets carry signatures by both keys until --finish."""
+    from cocalc_ctl.actions import hub_keys
+
+    render(hub_keys.rotate(config(), finish=finish), lambda r: print(_hub_key_line(r)))

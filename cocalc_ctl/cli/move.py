@@ -13,6 +13,9 @@ app = typer.Typer(help="Move projects between hosts: send/recv/finalize/cleanup 
                        "start/status/cancel/worker on the hub.", no_args_is_help=True)
 
 PROJECT = typer.Argument(..., metavar="PROJECT", help="Project id: a lowercase UUID or project-<uuid>.")
+TICKET = typer.Option(None, "--ticket", metavar="TICKET",
+                      help="The hub's signed move ticket for this step (required over ssh; a root operator "
+                           "here needs none).")
 
 
 class _Progress:
@@ -66,8 +69,11 @@ def send(project: str = PROJECT,
          bwlimit: Optional[str] = typer.Option(None, "--bwlimit", metavar="RATE", help="Bytes/s, e.g. 50M."),
          snapshot: Optional[str] = typer.Option(None, "--snapshot", metavar="NAME",
                                                 help="Name of the final snapshot (default move-<UTC time>; "
-                                                     "reused when it exists, so a rerun resumes).")) -> None:
+                                                     "reused when it exists, so a rerun resumes)."),
+         ticket: Optional[str] = TICKET) -> None:
     """Stop the project, snapshot it, send every snapshot (incrementally) to the destination.
+
+    The destination accepts the streams only with a hub ticket (--ticket), which this host passes on.
 
     With --mode backup: stop, take the final snapshot, back it up to the repository (backup.repo)
     and print the backup id for `move finalize PROJECT --from-backup ID` on the destination; a
@@ -79,7 +85,7 @@ def send(project: str = PROJECT,
     progress = _Progress()
     try:
         result = send_action.send(config(), project, to, mode=mode, codec=compress, bwlimit=bwlimit,
-                                  snapshot=snapshot, progress=progress)
+                                  snapshot=snapshot, progress=progress, ticket=ticket)
     finally:
         progress.close()
     if G.json:
@@ -137,7 +143,8 @@ def finalize(project: str = PROJECT,
                                                             "instead of received snapshots."),
              quota: Optional[str] = typer.Option(None, "--quota", metavar="SIZE",
                                                  help="qgroup limit for the project (the worker passes the "
-                                                      "source's); default project.quota.")) -> None:
+                                                      "source's); default project.quota."),
+             ticket: Optional[str] = TICKET) -> None:
     """Make the received snapshots the project here (idempotent; refuses an existing project).
 
     With --from-backup: a full, crash-safe restore of that backup (made by `move send --mode backup`
@@ -146,13 +153,25 @@ def finalize(project: str = PROJECT,
     from cocalc_ctl.actions.move import finalize as fin
     from cocalc_ctl.config import parse_size
 
+    from cocalc_ctl import ids
+    from cocalc_ctl.actions.move import authority
+    from cocalc_ctl.errors import InvalidInput
+
     limit = parse_size(quota) if quota is not None else None
+    cfg = config()
+    t = None
+    if ticket is not None:
+        t = authority.check(cfg, ticket, verb="finalize", project_id=ids.project_id(project))
+        if (t.mode == "backup") != (from_backup is not None):
+            raise InvalidInput("the ticket's mode and --from-backup do not agree",
+                               hint="a backup-mode move finalizes with --from-backup, the others without")
     if from_backup is not None:
         from cocalc_ctl.actions.move import backup_mode
 
-        result = backup_mode.finalize(config(), project, from_backup, quota=limit)
+        result = backup_mode.finalize(cfg, project, from_backup, quota=limit)
     else:
-        result = fin.finalize(config(), project, quota=limit)
+        result = fin.finalize(cfg, project, quota=limit)
+    authority.finished(cfg, t, "finalize")
 
     def human(r):
         if r.already_finalized:
@@ -167,21 +186,36 @@ def finalize(project: str = PROJECT,
 
 @app.command("cleanup")
 def cleanup(project: str = PROJECT,
-            force: bool = typer.Option(False, "--force", help="Delete without asking the hub for confirmation.")) -> None:
+            force: bool = typer.Option(False, "--force", help="Delete without asking the hub for confirmation."),
+            ticket: Optional[str] = TICKET) -> None:
     """On the source: delete the moved project once the hub says the destination finalized."""
+    from cocalc_ctl import ids
+    from cocalc_ctl.actions.move import authority
     from cocalc_ctl.actions.move import finalize as fin
 
-    result = fin.cleanup(config(), project, force=force)
+    cfg = config()
+    t = None
+    if ticket is not None and fin.present(cfg, project):  # nothing to delete needs no authority
+        t = authority.check(cfg, ticket, verb="cleanup", project_id=ids.project_id(project))
+    result = fin.cleanup(cfg, project, force=force)
+    authority.finished(cfg, t, "cleanup")
     render(result, lambda r: done(f"deleted {r.project_id} and {len(r.deleted_snapshots)} snapshots ({r.reason})"
                                    if r.deleted else f"{r.project_id}: {r.reason}"))
 
 
 @app.command("abort")
-def abort(project: str = PROJECT) -> None:
+def abort(project: str = PROJECT, ticket: Optional[str] = TICKET) -> None:
     """On a destination: delete received data, staged streams and a half-finalized project."""
+    from cocalc_ctl import ids
+    from cocalc_ctl.actions.move import authority
     from cocalc_ctl.actions.move import finalize as fin
 
-    result = fin.abort(config(), project)
+    cfg = config()
+    t = None
+    if ticket is not None and fin.incoming_present(cfg, project):  # nothing to roll back needs no authority
+        t = authority.check(cfg, ticket, verb="abort", project_id=ids.project_id(project))
+    result = fin.abort(cfg, project)
+    authority.finished(cfg, t, "abort")
     render(result, lambda r: done(f"aborted {r.project_id}: removed {len(r.deleted_received)} received snapshots"
                                    + (" and the half-finalized project" if r.deleted_partial_project else "")))
 

@@ -12,7 +12,7 @@ app = typer.Typer(help="SSH auth hook: sshpiperd's REST endpoint, OpenSSH Author
                        "sshpiperd/sshd configuration.", no_args_is_help=True)
 
 USER = typer.Argument(..., metavar="USER", help="SSH login name: project-<uuid>, <uuid>, <32 hex>, "
-                                                "project-host-<uuid> or btrfs-<uuid>.")
+                                                "btrfs-<uuid> or cocalc-hub.")
 
 
 @app.command("serve")
@@ -98,7 +98,7 @@ def receiver_users(
                                       help="Rewrite this passwd-format file's cocalc-ctl lines (e.g. /etc/passwd "
                                            "or /var/lib/extrausers/passwd); default: print them."),
 ) -> None:
-    """passwd lines for the receiver's login users (btrfs-<uuid>, project-host-<uuid>) of trusted peers."""
+    """passwd lines for the receiver's login users: btrfs-<uuid> per trusted peer, cocalc-hub for the hub keys."""
     from cocalc_ctl.actions import receiver_users as ru
 
     result = ru.apply(config(), out)

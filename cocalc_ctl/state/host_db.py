@@ -83,6 +83,22 @@ MIGRATIONS: list[str] = [
         updated_at  TEXT NOT NULL
     )
     """,
+    # move authority: the hub public keys this host pinned (keys sync) and the move tickets it has seen
+    """
+    CREATE TABLE hub_keys (
+        public_key TEXT PRIMARY KEY,
+        hub_id     TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE move_tickets (
+        move_id     TEXT PRIMARY KEY,
+        project_id  TEXT NOT NULL,
+        attempt     INTEGER NOT NULL,
+        seen_at     TEXT NOT NULL,
+        finished_by TEXT,
+        finished_at TEXT
+    )
+    """,
 ]
 
 

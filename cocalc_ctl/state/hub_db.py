@@ -116,6 +116,24 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ("move: backup id of a backup-mode move", [
         """ALTER TABLE project_moves ADD COLUMN IF NOT EXISTS backup_id text""",
     ]),
+    # move authority: the hub principal's public keys (one row per hub machine; current key first, the
+    # previous one second during a rotation), distributed by `keys sync`; and each move's id, named in
+    # its tickets (hosts record finished move ids to refuse replays)
+    ("move authority: hub keys and move ids", [
+        """CREATE TABLE IF NOT EXISTS hub_keys (
+               hub_id      uuid PRIMARY KEY,
+               public_keys text NOT NULL,
+               updated_at  timestamptz NOT NULL DEFAULT now())""",
+        """DROP TRIGGER IF EXISTS cocalc_ctl_hub_keys_changed ON hub_keys""",
+        """CREATE OR REPLACE FUNCTION cocalc_ctl_notify_hub_keys() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             PERFORM pg_notify('cocalc_ctl_keys', 'hub:' || coalesce(NEW.hub_id, OLD.hub_id)::text);
+             RETURN NULL;
+           END $$""",
+        """CREATE TRIGGER cocalc_ctl_hub_keys_changed AFTER INSERT OR UPDATE OR DELETE ON hub_keys
+           FOR EACH ROW EXECUTE FUNCTION cocalc_ctl_notify_hub_keys()""",
+        """ALTER TABLE project_moves ADD COLUMN IF NOT EXISTS move_id uuid""",
+    ]),
 ]
 
 

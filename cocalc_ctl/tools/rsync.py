@@ -5,13 +5,16 @@ from __future__ import annotations
 import shlex
 
 
-def push_dir(local_dir: str, remote_spec: str, ssh_argv: list[str], *, bwlimit: str | None = None) -> list[str]:
+def push_dir(local_dir: str, remote_spec: str, ssh_argv: list[str], *, bwlimit: str | None = None,
+             rsync_path: str | None = None) -> list[str]:
     """`rsync --partial` of the *contents* of local_dir to `remote_spec` (`user@host:relative/dir/`).
 
     `ssh_argv` becomes rsync's `-e` string (rsync splits it like a shell, so each word is quoted).
+    `rsync_path` replaces the remote command's first word (the move receiver wants `ticket <T> rsync`).
     """
     return ["rsync", "-rt", "--partial", "--no-perms", "--no-owner", "--no-group",
             *([f"--bwlimit={bwlimit}"] if bwlimit else []),
+            *([f"--rsync-path={rsync_path}"] if rsync_path else []),
             "-e", shlex.join(ssh_argv), local_dir.rstrip("/") + "/", remote_spec]
 
 

@@ -265,7 +265,7 @@ def sshpiperd_command(host_key: Path, rest_url_shell: str, *, address: str = "0.
 
 
 def receiver_sshd_config(*, listen_host: str, listen_port: int, host_key: Path, authorized_keys_command: str,
-                         allow_users: Sequence[str] = ("btrfs-*", "project-host-*"),
+                         allow_users: Sequence[str] = ("btrfs-*", "cocalc-hub"),
                          pid_file: str = "none") -> str:
     """A complete sshd_config for the move receiver: public keys from AuthorizedKeysCommand only,
     every key forced to a command (the command lines carry `restrict,command=`), nothing else."""

@@ -174,3 +174,40 @@ def test_sync_keeps_only_clean_keys_from_the_hub(hosts):
     assert stored[0] == good and stored[1] is None
     lines = b.cli("sshpiper", "authorized-keys", f"btrfs-{a.host_id}").stdout.splitlines()
     assert len(lines) == 2 and all(ln.startswith('restrict,command="') and ln.count("command=") == 1 for ln in lines)
+
+
+def test_hub_key_is_published_pinned_by_sync_rotated_and_only_it_logs_in_as_cocalc_hub(hosts, tmp_path, hub_dsn):
+    """`hub keys ensure` publishes the worker's key; a trusted host pins exactly the published set on
+    `keys sync` (an untrusted one pins none); rotation publishes both keys, --finish only the new one."""
+    import os
+    import stat
+
+    a, b = hosts
+    hub = KeyHost(tmp_path / "hub", extra={"hub_dsn": hub_dsn})
+    made = hub.json("hub", "keys", "ensure")
+    assert made["action"] == "created" and made["published"] is True
+    key = hub.secrets / "hub" / "hub_key"
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600 and stat.S_IMODE(os.stat(key.parent).st_mode) == 0o700
+    assert hub.json("hub", "keys", "ensure")["action"] == "existing"
+    b.json("keys", "register")
+    r = b.json("keys", "sync")
+    assert r["self_trusted"] is False and r["hub_keys"] == []  # an untrusted host pins no hub key
+    assert b.cli("sshpiper", "authorized-keys", "cocalc-hub").stdout == ""
+    b.cli("keys", "trust", b.host_id)
+    r = b.json("keys", "sync")
+    assert r["hub_keys"] == [made["fingerprint"]] and r["hub_added"] == [made["fingerprint"]]
+    lines = b.cli("sshpiper", "authorized-keys", "cocalc-hub").stdout
+    assert made["public_key"].split()[1] in lines and "move host-step" in lines
+    assert b.pub("host-to-host/id_ed25519").split()[1] not in lines
+    # rotation: both published (the hosts keep accepting tickets signed by either), then only the new one
+    rot = hub.json("hub", "keys", "rotate")
+    r = b.json("keys", "sync")
+    assert sorted(r["hub_keys"]) == sorted([rot["fingerprint"], made["fingerprint"]])
+    assert r["hub_added"] == [rot["fingerprint"]] and r["hub_removed"] == []
+    hub.json("hub", "keys", "rotate", "--finish")
+    r = b.json("keys", "sync")
+    assert r["hub_keys"] == [rot["fingerprint"]] and r["hub_removed"] == [made["fingerprint"]]
+    assert made["public_key"].split()[1] not in b.cli("sshpiper", "authorized-keys", "cocalc-hub").stdout
+    # untrusting the host drops the pinned hub keys too
+    b.cli("keys", "untrust", b.host_id)
+    assert b.json("keys", "sync")["hub_keys"] == []

@@ -73,6 +73,14 @@ class KeyHost(Host):
                               sshpiperd_public_key, trusted, is_self, updated_at) VALUES (?,?,?,?,?,?,0,'now')""",
                        (peer_id, "peer", ssh_server, h2h, sshpiperd, int(trusted)))
 
+    def pin_hub_keys(self, lines: list[str], hub_id: str = "00000000-0000-4000-8000-000000000001") -> None:
+        """What `keys sync` does with the hub's published keys: pin exactly these."""
+        from cocalc_ctl.state import hub_keys
+
+        self.cli("keys", "show")
+        with contextlib.closing(self.db()) as db:
+            hub_keys.replace_keys(db, [hub_keys.HubKey(hub_id, line) for line in lines], "now")
+
     def pub(self, rel: str) -> str:
         return (self.secrets / rel).with_name((self.secrets / rel).name + ".pub").read_text().strip()
 

@@ -5,6 +5,12 @@ is the sending host's host-to-host key, restricted to `cocalc-ctl move recv --fr
 (run as root with PermitRootLogin forced-commands-only). The forced command's config reaches it
 through `environment=` key options (PermitUserEnvironment). Everything is stopped and removed by
 `close()`, which the fixtures call even when a test fails.
+
+The rig also plays the hub's signing role: `RigHub` holds a hub key (pinned on both hosts, as `keys
+sync` would) and signs move tickets. A host's `cli()` gets a `--ticket` for every `move send … --to`
+that carries none (a send ticket for exactly that project, source, destination, mode and snapshot),
+because a destination receives only for a move the hub authorised; every other verb runs as a
+root operator at the host's shell, which needs no ticket. Tests of refusals sign their own tickets.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.support.hosts import REPO, Host
 from tests.support.ports import bind_failed, free_port, wait_listening
@@ -108,14 +117,10 @@ LogLevel VERBOSE
         self.sources.append(source)
 
     def allow_worker(self, data_dir: Path) -> None:
-        """Let the hub worker whose key is in `data_dir` run `move host-step` here (ssh transport)."""
-        key = data_dir / "secrets" / "host-to-host" / "id_ed25519"
-        if not key.exists():
-            key.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(key.parent.parent, 0o700)
-            os.chmod(key.parent, 0o700)
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-        pub = key.with_suffix(".pub").read_text().split()
+        """Let the hub worker whose hub key (`hub keys ensure`) is in `data_dir` run `move host-step` here
+        (ssh transport), as the receiver's `cocalc-hub` login does."""
+        key = data_dir / "secrets" / "hub" / "hub_key"
+        pub = key.with_name("hub_key.pub").read_text().split()
         with open(self.dir / "authorized_keys", "a") as fh:
             fh.write(f'restrict,environment="COCALC_CTL_CONFIG={self.host.config_path}",'
                      f'environment="PYTHONPATH={REPO}",'
@@ -152,9 +157,13 @@ LogLevel VERBOSE
                 self.proc.wait()
 
 
-def ssh_to(source: Host, rcv: Receiver, command: str, *, input: bytes | None = None) -> subprocess.CompletedProcess:
-    """Log in like a peer would (source's key, pinned known_hosts) and send `command` verbatim."""
-    key = source.data / "secrets" / "host-to-host" / "id_ed25519"
+def ssh_to(source: Host, rcv: Receiver, command: str, *, input: bytes | None = None,
+           ticket: str | None = None, key: Path | None = None) -> subprocess.CompletedProcess:
+    """Log in like a peer would (source's key, or `key`; pinned known_hosts) and send `command`
+    verbatim (after `ticket <T> ` when a ticket is given)."""
+    if ticket is not None:
+        command = f"ticket {ticket} {command}"
+    key = key or source.data / "secrets" / "host-to-host" / "id_ed25519"
     return subprocess.run(["ssh", "-p", str(rcv.port), "-i", str(key), "-o", "IdentitiesOnly=yes",
                            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
                            "-o", f"UserKnownHostsFile={source.data / 'ssh' / 'known_hosts'}",
@@ -173,3 +182,88 @@ def write_files(host: Host, pid: str, files: dict[str, bytes]) -> None:
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data)
+
+
+# -- the rig's hub: a hub key pinned on the hosts, and move tickets signed with it ------------------
+
+def pub_line(key: Ed25519PrivateKey, comment: str = "rig-hub") -> str:
+    raw = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return f"{raw.decode()} {comment}"
+
+
+def pin_hub_keys(host: Host, lines: list[str]) -> None:
+    """What `keys sync` does with the hub's published keys: pin exactly `lines` on `host`."""
+    from contextlib import closing
+
+    from cocalc_ctl.state import host_db, hub_keys
+
+    with closing(host_db.connect(host.data)) as db:
+        hub_keys.replace_keys(db, [hub_keys.HubKey("00000000-0000-4000-8000-00000000a0b1", ln) for ln in lines],
+                              host_db.now_iso())
+
+
+def pinned_hub_keys(host: Host) -> list[str]:
+    from contextlib import closing
+
+    from cocalc_ctl.state import host_db, hub_keys
+
+    with closing(host_db.connect(host.data)) as db:
+        return [k.line for k in hub_keys.list_keys(db)]
+
+
+@dataclass
+class RigHub:
+    key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+
+    @property
+    def public(self) -> str:
+        return pub_line(self.key)
+
+    def ticket(self, pid: str, source: Host | str, dest: Host | str, *, verbs=("send",), mode: str = "pipe",
+               snapshot: str = "move-rig", attempt: int = 1, move_id: str | None = None, minutes: int = 60,
+               now: float | None = None, key: Ed25519PrivateKey | None = None) -> str:
+        import uuid
+
+        from cocalc_ctl import tickets
+
+        src = source if isinstance(source, str) else source.host_id
+        dst = dest if isinstance(dest, str) else dest.host_id
+        mid = move_id or str(uuid.uuid5(uuid.NAMESPACE_URL, f"{pid}/{src}/{dst}/{snapshot}"))
+        t = tickets.make(move_id=mid, attempt=attempt, project_id=pid, source=src, dest=dst,
+                         mode=mode, snapshot=snapshot, verbs=verbs, minutes=minutes, now=now)
+        return tickets.sign(t, [key or self.key])
+
+
+def install_rig_hub(hosts: list[Host], receivers: dict[str, Host]) -> RigHub:
+    """Pin a fresh hub key on `hosts`; their `move send --to` gets a ticket (receivers: address -> host)."""
+    hub = RigHub()
+    for h in hosts:
+        pin_hub_keys(h, [hub.public])
+        plain = h.cli
+
+        def cli(*args: str, _h=h, _plain=plain, **kw):
+            return _plain(*_with_ticket(hub, _h, receivers, list(args)), **kw)
+
+        h.cli = cli  # type: ignore[method-assign]
+        h.hub = hub  # type: ignore[attr-defined]
+    return hub
+
+
+def _with_ticket(hub: RigHub, host: Host, receivers: dict[str, Host], args: list[str]) -> list[str]:
+    try:
+        i = args.index("send")
+    except ValueError:
+        return args
+    if i == 0 or args[i - 1] != "move" or "--ticket" in args or "--to" not in args or i + 1 >= len(args):
+        return args
+    to = args[args.index("--to") + 1] if args.index("--to") + 1 < len(args) else ""
+    addr = to.split("@", 1)[-1].rsplit(":", 1)[0]
+    dest = receivers.get(addr)
+    if dest is None:
+        return args
+    opt = {args[j]: args[j + 1] for j in range(i + 2, len(args) - 1) if args[j].startswith("--")}
+    mode = opt.get("--mode", "pipe")
+    snapshot = opt.get("--snapshot", "move-rig")
+    if mode not in ("pipe", "staged"):
+        return args
+    return [*args, "--ticket", hub.ticket(args[i + 1], host, dest, mode=mode, snapshot=snapshot)]

@@ -1,5 +1,6 @@
-"""Hub side of the move rig: a migrated hub database, both hosts registered, and a worker config
-using the local transport (each host's config file named `<host-uuid>.yaml`)."""
+"""Hub side of the move rig: a migrated hub database, both hosts registered, a worker config
+using the local transport (each host's config file named `<host-uuid>.yaml`), and the worker's hub
+key (`hub keys ensure`) pinned on both hosts, as `keys sync` would pin it."""
 
 from __future__ import annotations
 
@@ -84,6 +85,18 @@ class HubRig:
                 raise AssertionError(f"the lease of move {pid} did not lapse within {timeout:.0f}s")
             time.sleep(0.1)
 
+    def hub_public_keys(self) -> list[str]:
+        """The hub key lines the hub publishes (hub_keys table), current key first."""
+        return [ln for (text,) in self.sql("SELECT public_keys FROM hub_keys ORDER BY hub_id") for ln in
+                text.splitlines()]
+
+    def pin_published_hub_keys(self, *extra: str) -> None:
+        """Pin on both hosts what the hub publishes (plus `extra` lines): `keys sync`'s hub-key step."""
+        from tests.support.move import pin_hub_keys
+
+        for h in (self.a, self.b):
+            pin_hub_keys(h, [*self.hub_public_keys(), *extra])
+
     def move_row(self, pid: str) -> dict:
         import psycopg
         from psycopg.rows import dict_row
@@ -105,4 +118,7 @@ def make_hub_rig(dsn: str, base: Path, a: Host, b: Host, ra_port: int | None, rb
     for h, addr, port in ((a, "127.0.0.2", ra_port), (b, "127.0.0.3", rb_port)):
         rig.sql("INSERT INTO project_hosts (id, name, ssh_server, status, last_seen, trusted) "
                 "VALUES (%s, %s, %s, 'active', now(), true)", (h.host_id, h.base.name, f"{addr}:{port}"))
+    rig.cli("hub", "keys", "ensure")
+    rig_hub = getattr(a, "hub", None)  # the pair rig's own signer stays pinned too
+    rig.pin_published_hub_keys(*([rig_hub.public] if rig_hub else []))
     return rig

@@ -100,23 +100,39 @@ def test_compressors_really_compress():
     assert compress.codec_of_file("0001-a.btrfs.zst") == "zstd"
 
 
+TK = "eyJ2IjoxfQ.c2ln-_x"  # any ticket-shaped word: host-step checks its shape, the verb checks the signature
+T = ["--ticket", TK]
+
+
 def test_host_step_accepts_the_workers_steps_only():
     from cocalc_ctl.actions.move import host_step
 
     to = "btrfs-" + U + "@10.1.2.3:2222"
+    t = f" --ticket {TK}"
     assert host_step.parse(f"project show {PID}") == ["project", "show", PID]
-    assert host_step.parse(f"move finalize {PID}") == ["move", "finalize", PID]
-    assert host_step.parse(f"move finalize {PID} --quota 80740352") == ["move", "finalize", PID, "--quota", "80740352"]
-    assert host_step.parse(f"move cleanup {PID} --force") == ["move", "cleanup", PID, "--force"]
-    assert host_step.parse(f"move send {PID} --to {to} --mode staged --compress lz4 --snapshot move-1 --bwlimit 10M") \
+    assert host_step.parse(f"move finalize {PID}{t}") == ["move", "finalize", PID, *T]
+    assert host_step.parse(f"move finalize {PID} --quota 80740352{t}") \
+        == ["move", "finalize", PID, "--quota", "80740352", *T]
+    assert host_step.parse(f"move cleanup {PID} --force{t}") == ["move", "cleanup", PID, "--force", *T]
+    assert host_step.parse(f"move abort {PID}{t}") == ["move", "abort", PID, *T]
+    assert host_step.parse(f"move send {PID} --to {to} --mode staged --compress lz4 --snapshot move-1 --bwlimit 10M{t}") \
         == ["move", "send", PID, "--to", to, "--mode", "staged", "--compress", "lz4", "--snapshot", "move-1",
-            "--bwlimit", "10M"]
+            "--bwlimit", "10M", *T]
     for bad in [f"project delete {PID}", f"move cleanup {PID}", f"move send {PID} --to {to}",
                 f"move send {PID} --to {to} --snapshot s --config /etc/x", f"move send {PID} --to x;id --snapshot s",
                 f"move send {PID} --to {to} --snapshot s --snapshot t", f"move recv --from {U}", "host teardown",
                 f"move finalize ../{PID}", f"move abort {PID} {PID}", f"move abort {PID} --quota 5",
                 f"move finalize {PID} --quota 10G", f"move finalize {PID} --quota 0", f"move finalize {PID} --quota -5",
-                f"move finalize {PID} --quota 1 --quota 2", "move finalize --quota 5", "", None]:
+                f"move finalize {PID} --quota 1 --quota 2", "move finalize --quota 5"]:
+        for cmd in (bad, bad + t):
+            with pytest.raises(recv.Refused):
+                host_step.parse(cmd)
+    # every step that changes state needs a ticket; a read takes none; a ticket is one safe word
+    for bad in [f"move finalize {PID}", f"move cleanup {PID} --force", f"move abort {PID}",
+                f"move send {PID} --to {to} --mode pipe --compress none --snapshot move-1",
+                f"move send {PID} --mode backup --snapshot move-1", f"project show {PID}{t}",
+                f"move abort {PID} --ticket a/b", f"move abort {PID} --ticket {'a' * 1025}",
+                f"move abort {PID} --ticket", f"move abort {PID} --ticket {TK} --ticket {TK}", "", None]:
         with pytest.raises(recv.Refused):
             host_step.parse(bad)
 
@@ -125,12 +141,13 @@ def test_host_step_accepts_backup_mode_send_and_finalize_only_in_their_own_shape
     from cocalc_ctl.actions.move import host_step
 
     bid = "0123456789abcdef" * 4
-    assert host_step.parse(f"move send {PID} --mode backup --snapshot move-1") \
-        == ["move", "send", PID, "--mode", "backup", "--snapshot", "move-1"]
-    assert host_step.parse(f"move finalize {PID} --from-backup {bid}") \
-        == ["move", "finalize", PID, "--from-backup", bid]
-    assert host_step.parse(f"move finalize {PID} --from-backup {bid} --quota 1048576") \
-        == ["move", "finalize", PID, "--from-backup", bid, "--quota", "1048576"]
+    t = f" --ticket {TK}"
+    assert host_step.parse(f"move send {PID} --mode backup --snapshot move-1{t}") \
+        == ["move", "send", PID, "--mode", "backup", "--snapshot", "move-1", *T]
+    assert host_step.parse(f"move finalize {PID} --from-backup {bid}{t}") \
+        == ["move", "finalize", PID, "--from-backup", bid, *T]
+    assert host_step.parse(f"move finalize {PID} --from-backup {bid} --quota 1048576{t}") \
+        == ["move", "finalize", PID, "--from-backup", bid, "--quota", "1048576", *T]
     to = "btrfs-" + U + "@10.1.2.3:2222"
     for bad in [f"move send {PID} --mode backup", f"move send {PID} --mode backup --snapshot s --to {to}",
                 f"move send {PID} --mode backup --snapshot s --compress zstd",
@@ -139,7 +156,7 @@ def test_host_step_accepts_backup_mode_send_and_finalize_only_in_their_own_shape
                 f"move finalize {PID} --from-backup 0123", f"move finalize {PID} --from-backup {bid} x",
                 f"move finalize {PID} --restore {bid}", f"move finalize {PID} --from-backup ../{bid}"]:
         with pytest.raises(recv.Refused):
-            host_step.parse(bad)
+            host_step.parse(bad + t)
 
 
 def test_move_mode_backup_is_a_valid_default(tmp_path):
@@ -148,3 +165,15 @@ def test_move_mode_backup_is_a_valid_default(tmp_path):
     assert "backup" in hub.MODES
     cfg = config_mod.load(str(_cfg(tmp_path)), env={"COCALC_CTL_MOVE_MODE": "backup"})
     assert cfg["move.mode"] == "backup"
+
+
+def test_receiver_grammar_carries_the_ticket_first():
+    req = recv.parse(f"ticket {TK} list {PID}")
+    assert (req.verb, req.project_id, req.ticket) == ("list", PID, TK)
+    req = recv.parse(f"ticket {TK} rsync --server -tre.iLsfxCIvu --partial . _streams/{PID}/move-1/")
+    assert (req.verb, req.project_id, req.args[-1], req.ticket) == ("rsync", PID, "move-1", TK)
+    assert recv.parse(f"list {PID}").ticket is None  # parsed, and refused later by serve(): no ticket
+    for bad in [f"ticket {TK}", f"ticket list {PID}", f"ticket {TK} ticket {TK} list {PID}",
+                f"list {PID} ticket {TK}", f"ticket {TK};id list {PID}"]:
+        with pytest.raises(recv.Refused):
+            recv.parse(bad)

@@ -101,14 +101,22 @@ def test_peer_users_get_only_that_trusted_peers_key(kh, peer):
                                f'move recv --from {peer.host_id}" ssh-ed25519 ')
     assert h2h.split()[1] in lines[0]
     assert kh.pub("sshpiper/upstream_key").split()[1] in lines[1]
-    # the hub's move worker logs in as project-host-<uuid> and may only run the host-step command
-    host_lines = kh.cli("sshpiper", "authorized-keys", f"project-host-{peer.host_id}").stdout.splitlines()
+    # project-host-<uuid> is gone: a peer's key never reaches `move host-step`
+    assert kh.cli("sshpiper", "authorized-keys", f"project-host-{peer.host_id}").stdout == ""
+    assert not kh.json("sshpiper", "auth", f"project-host-{peer.host_id}")["allowed"]
+    # the hub's move worker logs in as cocalc-hub with a pinned hub key only, and may only run host-step
+    assert not kh.json("sshpiper", "auth", "cocalc-hub")["allowed"]  # no hub key pinned yet
+    hub_key = peer.pub("sshpiperd/host_key").replace("sshpiperd", "hub")  # any ed25519 key stands in
+    kh.pin_hub_keys([hub_key])
+    d = kh.json("sshpiper", "auth", "cocalc-hub")
+    assert d["allowed"] and d["authorized_keys"] == [hub_key] and h2h not in d["authorized_keys"]
+    host_lines = kh.cli("sshpiper", "authorized-keys", "cocalc-hub").stdout.splitlines()
     assert host_lines and all(
         line.startswith(f'restrict,command="/usr/local/bin/cocalc-ctl --config {kh.config_path} move host-step" ')
         for line in host_lines)
+    assert not any(h2h.split()[1] in line for line in host_lines)
     kh.add_peer(peer.host_id, h2h, trusted=False)
     assert kh.cli("sshpiper", "authorized-keys", f"btrfs-{peer.host_id}").stdout == ""
-    assert not kh.json("sshpiper", "auth", f"project-host-{peer.host_id}")["allowed"]
 
 
 def test_keys_refresh_writes_managed_file_with_modes_and_empties_it(kh):
@@ -186,7 +194,7 @@ HOSTILE = st.one_of(
 def test_rest_survives_thousands_of_hostile_names_and_paths(kh, peer):
     kh.set_project(P, keys=user_key(1))
     kh.add_peer(peer.host_id, peer.pub("host-to-host/id_ed25519"))
-    valid = {f"project-{P}", P, P.replace("-", ""), f"btrfs-{peer.host_id}", f"project-host-{peer.host_id}"}
+    valid = {f"project-{P}", P, P.replace("-", ""), f"btrfs-{peer.host_id}"}
     with rest_server(kh) as (port, proc):
         c = PluginClient("127.0.0.1", port)
         tok = token(kh)
@@ -256,15 +264,14 @@ def test_receiver_users_rewrites_only_its_own_lines(kh, peer, tmp_path):
     passwd.write_text("root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\n")
     kh.add_peer(peer.host_id, peer.pub("host-to-host/id_ed25519"))
     printed = kh.cli("sshpiper", "receiver-users").stdout.splitlines()
-    assert printed == [f"btrfs-{peer.host_id}:*:0:0:cocalc-ctl move receiver:/:/bin/sh",
-                       f"project-host-{peer.host_id}:*:0:0:cocalc-ctl move receiver:/:/bin/sh"]
+    assert printed == [f"btrfs-{peer.host_id}:*:0:0:cocalc-ctl move receiver:/:/bin/sh"]
     r = kh.json("sshpiper", "receiver-users", "--out", str(passwd))
-    assert r["added"] == sorted([f"btrfs-{peer.host_id}", f"project-host-{peer.host_id}"])
+    assert r["added"] == [f"btrfs-{peer.host_id}"]
     assert passwd.read_text().splitlines() == ["root:x:0:0:root:/root:/bin/bash",
                                                "alice:x:1000:1000::/home/alice:/bin/sh", *printed]
     kh.add_peer(peer.host_id, peer.pub("host-to-host/id_ed25519"), trusted=False)
     r = kh.json("sshpiper", "receiver-users", "--out", str(passwd))
-    assert len(r["removed"]) == 2
+    assert len(r["removed"]) == 1
     assert passwd.read_text().splitlines() == ["root:x:0:0:root:/root:/bin/bash",
                                                "alice:x:1000:1000::/home/alice:/bin/sh"]
 

@@ -137,6 +137,18 @@ class AbortResult:
     deleted_partial_project: bool
 
 
+def incoming_present(cfg: Config, project_id: str) -> bool:
+    """Whether `abort` has anything to roll back here (received data or staged streams)."""
+    pid = ids.project_id(project_id)
+    return any(os.path.lexists(p) for p in (layout.incoming_dir(cfg, pid), layout.streams_dir(cfg, pid)))
+
+
+def present(cfg: Config, project_id: str) -> bool:
+    """Whether the project (or its staged streams) is on this host, i.e. `cleanup` would delete something."""
+    pid = ids.project_id(project_id)
+    return any(os.path.lexists(p) for p in (layout.project_subvolume(cfg, pid), layout.streams_dir(cfg, pid)))
+
+
 def abort(cfg: Config, project_id: str) -> AbortResult:
     """Roll back a destination: received data, staged streams, and a project finalize had begun."""
     pid = ids.project_id(project_id)

@@ -1,15 +1,17 @@
 """`move host-step`: the forced command a host runs for the hub's move worker (ssh transport).
 
-The worker logs in as `project-host-<uuid>` and sends one of these lines in SSH_ORIGINAL_COMMAND;
-anything else is refused (logged, exit 2, nothing run):
+The worker logs in as `cocalc-hub` (only hub keys are accepted for it) and sends one of these lines
+in SSH_ORIGINAL_COMMAND; anything else is refused (logged, exit 2, nothing run). Every step that
+changes state ends with `--ticket <T>`, the hub's signed move ticket, which the verb checks (this
+host in the right role, this project, not expired, not replayed):
 
     project show <project>
     move send <project> --to <user@host:port> --mode pipe|staged --compress none|lz4|zstd
-              --snapshot <name> [--bwlimit <rate>]
-    move send <project> --mode backup --snapshot <name>
-    move finalize <project> [--from-backup <backup-id>] [--quota <bytes>]
-    move cleanup <project> --force
-    move abort <project>
+              --snapshot <name> [--bwlimit <rate>] --ticket <T>
+    move send <project> --mode backup --snapshot <name> --ticket <T>
+    move finalize <project> [--from-backup <backup-id>] [--quota <bytes>] --ticket <T>
+    move cleanup <project> --force --ticket <T>
+    move abort <project> --ticket <T>
 
 The answer is the step's JSON result on stdout (JSON lines ending with the result for `send`).
 """
@@ -27,14 +29,25 @@ _SAFE = re.compile(r"[A-Za-z0-9._:+@/= -]+", re.ASCII)
 _BACKUP_ID = re.compile(r"[0-9a-f]{8,64}", re.ASCII)
 _BYTES = re.compile(r"[1-9][0-9]{0,18}", re.ASCII)
 _RATE = re.compile(r"[0-9]+(\.[0-9]+)?[kKmMgG]?", re.ASCII)
+_TICKET = re.compile(r"[A-Za-z0-9_.-]{1,1024}", re.ASCII)
+MAX_COMMAND = 2048
 
 
 def parse(command: str | None) -> list[str]:
-    """Validate the worker's request; return the argv for `cocalc-ctl --json …`."""
-    if not command or len(command) > 512 or not _SAFE.fullmatch(command) or "  " in command \
+    """Validate the worker's request; return the argv for `cocalc-ctl --json …` (with its ticket)."""
+    if not command or len(command) > MAX_COMMAND or not _SAFE.fullmatch(command) or "  " in command \
             or command != command.strip():
         raise Refused(f"refused host step {ids._show(command)}")
     words = command.split(" ")
+    ticket: list[str] = []
+    if len(words) >= 2 and words[-2] == "--ticket":
+        if not _TICKET.fullmatch(words[-1]):
+            raise Refused("refused host step: malformed ticket")
+        ticket, words = words[-2:], words[:-2]
+    if words[:2] != ["project", "show"] and not ticket:
+        raise Refused("refused host step: a step that changes state needs --ticket (the hub's signed move ticket)")
+    if words[:2] == ["project", "show"] and ticket:
+        raise Refused("refused host step: project show takes no ticket")
     quota: list[str] = []
     if words[:2] == ["move", "finalize"] and len(words) >= 5 and words[-2] == "--quota":
         if not _BYTES.fullmatch(words[-1]):
@@ -43,14 +56,16 @@ def parse(command: str | None) -> list[str]:
     try:
         if words[:2] == ["project", "show"] and len(words) == 3:
             return ["project", "show", ids.project_id(words[2])]
-        if words[:2] in (["move", "finalize"], ["move", "abort"]) and len(words) == 3:
-            return [*words[:2], ids.project_id(words[2]), *quota]
+        if words[:2] == ["move", "abort"] and len(words) == 3 and not quota:
+            return [*words[:2], ids.project_id(words[2]), *ticket]
+        if words[:2] == ["move", "finalize"] and len(words) == 3:
+            return [*words[:2], ids.project_id(words[2]), *quota, *ticket]
         if words[:2] == ["move", "finalize"] and len(words) == 5 and words[3] == "--from-backup":
             if not _BACKUP_ID.fullmatch(words[4]):
                 raise Refused(f"refused host step: backup id {ids._show(words[4])}")
-            return ["move", "finalize", ids.project_id(words[2]), "--from-backup", words[4], *quota]
+            return ["move", "finalize", ids.project_id(words[2]), "--from-backup", words[4], *quota, *ticket]
         if words[:2] == ["move", "cleanup"] and len(words) == 4 and words[3] == "--force":
-            return ["move", "cleanup", ids.project_id(words[2]), "--force"]
+            return ["move", "cleanup", ids.project_id(words[2]), "--force", *ticket]
         if words[:2] == ["move", "send"] and len(words) >= 3:
             argv = ["move", "send", ids.project_id(words[2])]
             opts = words[3:]
@@ -79,7 +94,7 @@ def parse(command: str | None) -> list[str]:
                     raise Refused("refused host step: a backup-mode send takes only --mode and --snapshot")
             elif not {"--to", "--snapshot"} <= seen:
                 raise Refused("refused host step: send needs --to and --snapshot")
-            return argv
+            return [*argv, *ticket]
     except InvalidInput as exc:
         if isinstance(exc, Refused):
             raise

@@ -46,10 +46,12 @@ class Move:
     updated_at: dt.datetime | None
     cleaned_at: dt.datetime | None
     backup_id: str | None = None  # backup mode: the source's backup that the destination restores
+    move_id: str | None = None    # named in the move's tickets; set when the worker starts the move
 
 
 COLUMNS = ("project_id::text, source_host_id::text, dest_host_id::text, state, mode, compress, snapshot_name, "
-           "progress, status_reason, attempt, lease_owner, lease_until, created_at, updated_at, cleaned_at, backup_id")
+           "progress, status_reason, attempt, lease_owner, lease_until, created_at, updated_at, cleaned_at, backup_id, "
+           "move_id::text")
 
 
 def row_to_move(row) -> Move:
@@ -110,7 +112,7 @@ def start(cfg: Config, project_id: str, *, to: str | None = None, mode: str | No
                         compress = EXCLUDED.compress, snapshot_name = NULL, progress = NULL,
                         status_reason = EXCLUDED.status_reason, attempt = 0, lease_owner = NULL, lease_until = NULL,
                         created_at = now(), updated_at = now(), cleaned_at = EXCLUDED.cleaned_at,
-                        backup_id = NULL""",
+                        backup_id = NULL, move_id = NULL""",
                 {"p": pid, "s": source, "d": dest, "state": "done" if done_at_once else "queued", "mode": mode,
                  "c": compress, "reason": "already on the destination" if done_at_once else None,
                  "cleaned": dt.datetime.now(dt.timezone.utc) if done_at_once else None})

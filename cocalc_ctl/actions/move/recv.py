@@ -2,7 +2,9 @@
 
 sshd runs it for the source host's key with the client's command in `SSH_ORIGINAL_COMMAND`. Only
 this grammar is accepted, every word validated, anything else refused (logged, non-zero exit,
-nothing touched):
+nothing touched). Every command starts with `ticket <T> `: a move ticket signed by the hub that
+names this host as the destination, the logged-in peer (`--from`) as the source, and `send` among
+its verbs (see tickets.py); without one nothing runs, not even `list`:
 
     list <project>                                   JSON inventory of _incoming/<project>
     receive <project> <name> snapshot|move none|lz4|zstd <src-uuid> [<parent-src-uuid>]
@@ -10,7 +12,8 @@ nothing touched):
     receive-file <project> <move-id> <file>          receive a staged stream file
     persist <project>                                a tar of the persist store on stdin
     abort <project>                                  drop _incoming/<project> and _streams/<project>
-    rsync --server <flags> . _streams/<project>/<move-id>/     (what our rsync client sends)
+    rsync --server <flags> . _streams/<project>/<move-id>/     (what our rsync client sends, with
+                                                     `--rsync-path="ticket <T> rsync"`)
 
 Receives land in `<btrfs_root>/_incoming/<project>/`; each one is verified (read-only,
 received_uuid equal to the announced source uuid, parent as announced) and a garbled one is deleted
@@ -37,7 +40,7 @@ from cocalc_ctl.state import host_db
 from cocalc_ctl.tools import btrfs, compress
 from cocalc_ctl.tools import rsync as rsync_tool
 
-MAX_COMMAND = 1024
+MAX_COMMAND = 2048
 _SAFE_COMMAND = re.compile(r"[A-Za-z0-9._:+@/= -]+", re.ASCII)
 _STREAM_FILE = re.compile(r"(\d{4})-(.+)\.btrfs(\.lz4|\.zst)?", re.ASCII)
 MANIFEST = "manifest.json"
@@ -52,6 +55,7 @@ class Request:
     verb: str
     project_id: str
     args: list[str]
+    ticket: str | None = None
 
 
 def parse(command: str | None) -> Request:
@@ -62,9 +66,14 @@ def parse(command: str | None) -> Request:
             or command != command.strip():
         raise Refused(f"refused command {ids._show(command)}: characters outside the grammar")
     words = command.split(" ")
+    ticket = None
+    if len(words) >= 3 and words[0] == "ticket":
+        ticket, words = words[1], words[2:]
     verb, rest = words[0], words[1:]
     if verb == "rsync":
-        return _parse_rsync(rest)
+        req = _parse_rsync(rest)
+        req.ticket = ticket
+        return req
     if verb not in ("list", "receive", "receive-file", "persist", "abort") or not rest:
         raise Refused(f"refused command {ids._show(command)}: unknown verb")
     try:
@@ -97,7 +106,7 @@ def parse(command: str | None) -> Request:
         if isinstance(exc, Refused):
             raise
         raise Refused(f"refused command: {exc.message}") from None
-    return Request(verb, pid, args)
+    return Request(verb, pid, args, ticket)
 
 
 def _parse_rsync(words: list[str]) -> Request:
@@ -131,7 +140,8 @@ def serve(cfg: Config, source_host: str, command: str | None) -> int:
     try:
         req = parse(command)
         _check_peer(cfg, src, req)
-    except Refused as exc:
+        _check_ticket(cfg, src, req)
+    except InvalidInput as exc:  # Refused, TicketRefused
         return _refuse(cfg, None, exc.message, command)
     try:
         handler = {"list": _list, "receive": _receive, "receive-file": _receive_file, "persist": _persist,
@@ -172,6 +182,22 @@ def _check_peer(cfg: Config, src: str, req: Request) -> None:
         owner = None
     if owner and owner != src:
         raise Refused(f"refused: incoming project {req.project_id} belongs to another source host")
+
+
+def _check_ticket(cfg: Config, src: str, req: Request) -> None:
+    """The hub authorised this push: a `send` ticket for this project from the logged-in peer to this
+    host; a staged move's stream directory is the ticket's move snapshot."""
+    from cocalc_ctl.actions.move import authority
+
+    if req.ticket is None:
+        raise Refused("refused: the receiver needs `ticket <T>` before every command",
+                      hint="only a move the hub scheduled can push streams here")
+    snapshot = None
+    if req.verb == "rsync":
+        snapshot = req.args[-1]
+    elif req.verb == "receive-file":
+        snapshot = req.args[0]
+    authority.check(cfg, req.ticket, verb="send", project_id=req.project_id, peer=src, snapshot=snapshot)
 
 
 def _claim_incoming(cfg: Config, src: str, pid: str) -> Path:

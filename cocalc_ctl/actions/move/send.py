@@ -91,7 +91,8 @@ def _ordered_snapshots(cfg: Config, pid: str, move_name: str) -> list[_Snap]:
 
 
 def _remote(cfg: Config, sess: transport.PeerSession, words: list[str]) -> list[str]:
-    return sess.command(words)
+    """The receiver command line: `ticket <T>` first (the hub's authority for this move), then `words`."""
+    return sess.command([*(["ticket", sess.ticket] if sess.ticket else []), *words])
 
 
 def remote_list(cfg: Config, sess: transport.PeerSession, pid: str) -> dict:
@@ -135,8 +136,19 @@ def _stop_if_running(cfg: Config, pid: str) -> None:
 
 
 def send(cfg: Config, project_id: str, to: str | None, *, mode: str | None = None, codec: str | None = None,
-         bwlimit: str | None = None, snapshot: str | None = None, progress: Progress | None = None):
+         bwlimit: str | None = None, snapshot: str | None = None, progress: Progress | None = None,
+         ticket: str | None = None):
+    """Send a project to a peer (pipe, staged) or back it up for one (backup). With `ticket` (always
+    over ssh: `move host-step` requires it) the hub's ticket must name this host as the source of a
+    `send` of this project, mode and snapshot, and it is passed on to the destination, which checks
+    it again; without one (a root operator here) the destination refuses the push."""
     mode = mode or cfg["move.mode"]
+    if ticket is not None:
+        from cocalc_ctl.actions.move import authority
+
+        t = authority.check(cfg, ticket, verb="send", project_id=ids.project_id(project_id), mode=mode,
+                            snapshot=ids.snapshot_name(snapshot) if snapshot else None)
+        snapshot = t.snapshot  # the ticket names the move snapshot
     if mode == "backup":  # no peer: the destination restores from the shared repository
         if to or codec or bwlimit:
             raise InvalidInput("--mode backup takes no --to, --compress or --bwlimit",
@@ -162,7 +174,7 @@ def send(cfg: Config, project_id: str, to: str | None, *, mode: str | None = Non
     emit = progress or (lambda ev: None)
     start = time.monotonic()
     with locks.hold(cfg.data_dir, f"project-{pid}.move", what=f"move of project {pid}"), \
-            transport.PeerSession(cfg, peer) as sess:
+            transport.PeerSession(cfg, peer, ticket=ticket) as sess:
         _stop_if_running(cfg, pid)
         inv = remote_list(cfg, sess, pid)
         if inv.get("project_exists"):
@@ -366,7 +378,8 @@ def _send_staged(cfg, sess, pid, move_id, snaps, held, codec, bwlimit, result, e
     remote_dir = f"_streams/{pid}/{move_id}/"
     t0 = time.monotonic()
     proc.run(rsync_tool.push_dir(str(sdir), f"{sess.peer.user}@{sess.peer.host}:{remote_dir}",
-                                 sess.options(), bwlimit=_rsync_bwlimit(bwlimit)))
+                                 sess.options(), bwlimit=_rsync_bwlimit(bwlimit),
+                                 rsync_path=f"ticket {sess.ticket} rsync" if sess.ticket else None))
     emit({"event": "copied", "files": len(files), "seconds": round(time.monotonic() - t0, 3)})
     _send_persist(cfg, sess, pid, result, inv)
     for entry in files:

@@ -5,8 +5,8 @@ Outbound ssh always uses the pinned known_hosts (`<data_dir>/ssh/known_hosts`) a
 host-to-host key (`<secrets_dir>/host-to-host/id_ed25519`), with StrictHostKeyChecking=yes,
 IdentitiesOnly=yes and BatchMode=yes. The worker's host transport is either `local` (run
 `cocalc-ctl --config <move.host_configs>/<host-uuid>.yaml …` on this machine: single-machine setups
-and tests) or `ssh` (log in as `project-host-<uuid>` on the host's ssh_server, whose forced command
-`cocalc-ctl move host-step` runs the same verbs, see host_step.py).
+and tests) or `ssh` (log in as `cocalc-hub` on the host's ssh_server with the hub key, whose forced
+command `cocalc-ctl move host-step` runs the same verbs, see host_step.py).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Peer:
 
 
 def parse_peer(text: str) -> Peer:
-    """Parse and validate `USER@HOST[:PORT]` (normally USER is `btrfs-<uuid>` or `project-host-<uuid>`)."""
+    """Parse and validate `USER@HOST[:PORT]` (normally USER is `btrfs-<uuid>` or `cocalc-hub`)."""
     m = re.fullmatch(r"([a-z_][a-z0-9_-]{0,63})@([^@:\[\]]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?", text or "",
                      re.ASCII)
     if not m:
@@ -67,15 +67,20 @@ def host_key_file(cfg: Config) -> Path:
     return ssh_tool.paths_for(cfg).identity
 
 
-def ssh_options(cfg: Config, *, port: int, control_path: str | None = None) -> list[str]:
-    """ssh with pinned host keys and only our key; everything after this is `user@host command`."""
-    key = host_key_file(cfg)
+def ssh_options(cfg: Config, *, port: int, control_path: str | None = None, identity: Path | None = None) -> list[str]:
+    """ssh with pinned host keys and only our key (the host-to-host key, or `identity`: the hub key
+    for the worker's ssh transport); everything after this is `user@host command`."""
+    key = identity or host_key_file(cfg)
     if not proc.DRY_RUN and not key.exists():
-        raise PreconditionFailed(f"host-to-host key {key} does not exist", hint="run `cocalc-ctl keys ensure`")
+        hint = "run `cocalc-ctl hub keys ensure`" if identity else "run `cocalc-ctl keys ensure`"
+        raise PreconditionFailed(f"ssh key {key} does not exist", hint=hint)
     from cocalc_ctl.tools import ssh as ssh_tool  # the one place outbound ssh policy lives
 
+    paths = ssh_tool.paths_for(cfg)
+    if identity:
+        paths = ssh_tool.SshPaths(paths.known_hosts, identity)
     mux = ["-o", f"ControlPath={control_path}", "-o", "ControlMaster=no"] if control_path else []
-    return ["ssh", "-p", str(port), *ssh_tool.outbound_options(ssh_tool.paths_for(cfg)),
+    return ["ssh", "-p", str(port), *ssh_tool.outbound_options(paths),
             "-o", "LogLevel=ERROR", *mux, "-T", "-x", "-a"]
 
 
@@ -85,10 +90,12 @@ def _check_words(remote: list[str]) -> None:
             raise InvalidInput(f"refusing to send unsafe word {ids._show(word)} to a peer")
 
 
-def ssh_command(cfg: Config, peer: Peer, remote: list[str], *, control_path: str | None = None) -> list[str]:
+def ssh_command(cfg: Config, peer: Peer, remote: list[str], *, control_path: str | None = None,
+                identity: Path | None = None) -> list[str]:
     """Full ssh argv running `remote` (validated words only: it becomes SSH_ORIGINAL_COMMAND)."""
     _check_words(remote)
-    return [*ssh_options(cfg, port=peer.port, control_path=control_path), f"{peer.user}@{peer.host}",
+    return [*ssh_options(cfg, port=peer.port, control_path=control_path, identity=identity),
+            f"{peer.user}@{peer.host}",
             " ".join(remote)]
 
 
@@ -117,8 +124,8 @@ class PeerSession:
     closes it at the end. Without a usable socket path every command simply connects on its own.
     """
 
-    def __init__(self, cfg: Config, peer: Peer):
-        self.cfg, self.peer = cfg, peer
+    def __init__(self, cfg: Config, peer: Peer, *, ticket: str | None = None):
+        self.cfg, self.peer, self.ticket = cfg, peer, ticket
         self.control_path: str | None = None
 
     def __enter__(self) -> "PeerSession":
@@ -206,7 +213,8 @@ class LocalTransport(HostTransport):
 
 
 class SshTransport(HostTransport):
-    """Log in as `project-host-<uuid>` on the host's ssh_server (looked up by the caller)."""
+    """Log in as `cocalc-hub` (config move.host_user) with the hub key on the host's ssh_server (looked
+    up by the caller)."""
 
     def __init__(self, cfg: Config, servers: dict[str, str]):
         self.cfg, self.servers = cfg, servers
@@ -216,9 +224,12 @@ class SshTransport(HostTransport):
         server = self.servers.get(ids.host_id(host_id))
         if not server:
             raise PreconditionFailed(f"host {host_id} has no ssh_server in the hub", hint="run `keys register` there")
-        user = self.cfg["move.host_user"] or f"project-host-{host_id}"
+        from cocalc_ctl.actions import hub_keys
+
+        user = self.cfg["move.host_user"] or ids.HUB_LOGIN
         peer = parse_peer(f"{user}@{server}")
-        return _run_reporting(ssh_command(self.cfg, peer, list(args)), timeout, on_event)
+        return _run_reporting(ssh_command(self.cfg, peer, list(args), identity=hub_keys.key_path(self.cfg)),
+                              timeout, on_event)
 
 
 def host_transport(cfg: Config, servers: dict[str, str]) -> HostTransport:

@@ -10,6 +10,11 @@ In backup mode the sending step backs the project up on the source and records t
 the row (with the move to finalizing); finalizing restores exactly that id on the destination.
 Each claim of an unfinished move counts one attempt; after `move.max_attempts` it ends `failing`
 and the destination is rolled back, leaving the source intact.
+
+Every host step that changes state carries a move ticket (tickets.py) signed with this machine's hub
+key (`hub keys ensure`; during a rotation with both keys, re-read for every ticket): move id,
+attempt, project, source, destination, mode, snapshot, the verbs of this step, lifetime
+`move.ticket_minutes`. The hosts check it; without it nothing moves, is deleted or rolled back.
 """
 
 from __future__ import annotations
@@ -179,7 +184,7 @@ class Worker:
         pid = m.project_id
         if m.state == "queued":
             return self._update(m, state="preparing", snapshot_name=m.snapshot_name or common.now_name(),
-                                status_reason=None)
+                                move_id=m.move_id or str(uuid.uuid4()), status_reason=None)
         if m.state == "preparing":
             self.transport().run(m.source_host_id, ["project", "show", pid])
             return self._update(m, state="sending")
@@ -191,6 +196,8 @@ class Worker:
                     "--compress", m.compress, "--snapshot", ids.snapshot_name(m.snapshot_name)]
             if self.cfg["move.bwlimit"]:
                 args += ["--bwlimit", self.cfg["move.bwlimit"]]
+            m, ticket = self._ticket(m, "send")
+            args += ["--ticket", ticket]
             t0 = time.monotonic()
 
             def on_event(ev: dict) -> None:  # the heartbeat publishes the latest one into `progress`
@@ -213,17 +220,32 @@ class Worker:
             quota = self.transport().run(m.source_host_id, ["project", "show", pid]).get("quota_bytes")
             if isinstance(quota, int) and quota > 0:
                 args += ["--quota", str(quota)]
-            self.transport().run(m.dest_host_id, args)
+            m, ticket = self._ticket(m, "finalize")
+            self.transport().run(m.dest_host_id, [*args, "--ticket", ticket])
             return self._update(m, state="done", status_reason=None)
         if m.state == "done" and m.cleaned_at is None:
             if m.source_host_id != m.dest_host_id:
-                self.transport().run(m.source_host_id, ["move", "cleanup", pid, "--force"])
+                m, ticket = self._ticket(m, "cleanup")
+                self.transport().run(m.source_host_id, ["move", "cleanup", pid, "--force", "--ticket", ticket])
             return self._update(m, cleaned_at=_now())
         if m.state in ("failing", "cancelled") and m.cleaned_at is None:
             if m.dest_host_id and m.dest_host_id != m.source_host_id:
-                self.transport().run(m.dest_host_id, ["move", "abort", pid])
+                m, ticket = self._ticket(m, "abort")
+                self.transport().run(m.dest_host_id, ["move", "abort", pid, "--ticket", ticket])
             return self._update(m, cleaned_at=_now())
         return None
+
+    def _ticket(self, m: Move, verb: str) -> tuple[Move, str]:
+        """Sign the ticket for one step (a move from before move ids gets one first)."""
+        from cocalc_ctl import tickets
+        from cocalc_ctl.actions import hub_keys
+
+        if not m.move_id:
+            m = self._update(m, move_id=str(uuid.uuid4()))
+        t = tickets.make(move_id=m.move_id, attempt=m.attempt, project_id=m.project_id, source=m.source_host_id,
+                         dest=m.dest_host_id, mode=m.mode, snapshot=m.snapshot_name or "move-not-started",
+                         verbs=[verb], minutes=self.cfg["move.ticket_minutes"])
+        return m, tickets.sign(t, hub_keys.signing_keys(self.cfg))
 
     def _send_backup(self, m: Move) -> Move:
         """Backup mode's sending step: `backup create` of the final snapshot on the source. The backup
@@ -231,7 +253,9 @@ class Worker:
         snapshot name) finds that backup in the repository and reuses it."""
         if m.backup_id:
             return self._update(m, state="finalizing")
-        args = ["move", "send", m.project_id, "--mode", "backup", "--snapshot", ids.snapshot_name(m.snapshot_name)]
+        m, ticket = self._ticket(m, "send")
+        args = ["move", "send", m.project_id, "--mode", "backup", "--snapshot", ids.snapshot_name(m.snapshot_name),
+                "--ticket", ticket]
         t0 = time.monotonic()
 
         def on_event(ev: dict) -> None:

@@ -6,7 +6,7 @@ import contextlib
 
 import pytest
 
-from tests.support.move import Receiver, ensure_host_key
+from tests.support.move import Receiver, ensure_host_key, install_rig_hub
 
 
 @contextlib.contextmanager
@@ -23,6 +23,7 @@ def _pair(make_host, workdir, b_size: str):
         ra = Receiver(a, "127.0.0.2", workdir / "sshd-a").start()
         receivers.append(ra)
         ra.allow(b)
+        install_rig_hub([a, b], {rb.addr: b, ra.addr: a})
         yield a, b, rb, ra
     finally:
         for r in receivers:

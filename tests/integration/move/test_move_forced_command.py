@@ -36,19 +36,23 @@ REFUSED = [
 
 def test_forced_command_refuses_outside_the_grammar(pair):
     a, b, rb, _ = pair
+    tk = a.hub.ticket(PID, a, b)  # a valid ticket does not widen the grammar
     for command in REFUSED:
-        res = ssh_to(a, rb, command)
-        assert res.returncode != 0, command
-        assert b"refused" in res.stderr or b"error" in res.stderr, (command, res.stderr)
+        for ticket in (None, tk):
+            res = ssh_to(a, rb, command, ticket=ticket)
+            assert res.returncode != 0, command
+            assert b"refused" in res.stderr or b"error" in res.stderr, (command, res.stderr)
     # nothing was created on B
     assert not (b.pool / "_incoming").exists() or not any((b.pool / "_incoming").iterdir())
     assert not (b.pool / "_streams").exists()
     # every refusal is logged
     with sqlite3.connect(b.data / "host.sqlite") as conn:
         n = conn.execute("SELECT count(*) FROM move_log WHERE role='recv' AND status='refused'").fetchone()[0]
-    assert n >= len(REFUSED)
-    # and the grammar itself still works
-    ok = ssh_to(a, rb, f"list {PID}")
+    assert n >= 2 * len(REFUSED)
+    # and the grammar itself still works, with the hub's ticket only
+    res = ssh_to(a, rb, f"list {PID}")
+    assert res.returncode != 0 and b"needs `ticket" in res.stderr, res.stderr
+    ok = ssh_to(a, rb, f"list {PID}", ticket=tk)
     assert ok.returncode == 0 and b'"received": []' in ok.stdout
 
 
@@ -66,18 +70,19 @@ def test_forced_command_refuses_another_hosts_incoming_and_existing_projects(pai
     # ... C may neither abort it, nor add to it, nor copy files into it
     for command in (f"abort {pid}", f"receive {pid} s9 snapshot none {SNAP_UUID}",
                     f"rsync --server -tre.iLsfxCIvu --partial . _streams/{pid}/m1/"):
-        res = ssh_to(c, rb, command)
+        res = ssh_to(c, rb, command, ticket=a.hub.ticket(pid, c, b, snapshot="m1"))
         assert res.returncode != 0 and b"another source host" in res.stderr, (command, res.stderr)
     assert (b.pool / "_incoming" / pid / "s1").is_dir()
     # once finalized, nobody receives into the existing project
     b.cli("move", "finalize", pid)
     for command in (f"receive {pid} s9 snapshot none {SNAP_UUID}", f"persist {pid}"):
-        res = ssh_to(a, rb, command, input=b"garbage")
+        res = ssh_to(a, rb, command, input=b"garbage", ticket=a.hub.ticket(pid, a, b, snapshot="move-x"))
         assert res.returncode != 0 and b"already exists" in res.stderr, res.stderr
     assert not (b.pool / "_incoming" / pid).exists()
     # a garbled stream is refused by btrfs and leaves nothing behind
     other = str(uuid.uuid4())
-    res = ssh_to(a, rb, f"receive {other} s1 snapshot none {SNAP_UUID}", input=b"not a btrfs stream" * 100)
+    res = ssh_to(a, rb, f"receive {other} s1 snapshot none {SNAP_UUID}", input=b"not a btrfs stream" * 100,
+                 ticket=a.hub.ticket(other, a, b))
     assert res.returncode != 0
     assert not any(p.name == "s1" for p in (b.pool / "_incoming" / other).iterdir())
 
@@ -94,6 +99,7 @@ def test_rsync_waits_for_a_receive_in_progress(pair):
                               "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
                               "-o", f"UserKnownHostsFile={a.data / 'ssh' / 'known_hosts'}",
                               "-o", "GlobalKnownHostsFile=/dev/null", "-T", f"root@{rb.addr}",
+                              f"ticket {a.hub.ticket(pid, a, b, snapshot='m1')} "
                               f"rsync --server -tre.iLsfxCIvu --partial . _streams/{pid}/m1/"],
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:

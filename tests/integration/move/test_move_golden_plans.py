@@ -18,7 +18,8 @@ pytestmark = pytest.mark.integration
 PID = "44444444-4444-4444-8444-444444444444"
 
 
-def _norm(a, b, rb, text: str) -> str:
+def _norm(a, b, rb, text: str, ticket: str) -> str:
+    text = text.replace(ticket, "$TICKET")
     text = text.replace(str(a.base.parent), "$TMP").replace(a.host_id, "$A").replace(b.host_id, "$B")
     text = text.replace(f":{rb.port}", ":$PORT").replace(f"-p {rb.port} ", "-p $PORT ")
     text = re.sub(r"move-\d{8}T\d{6}Z", "move-$TIME", text)
@@ -36,8 +37,9 @@ def test_move_send_plan(pair, mode, extra, golden):
     (a.project_path(PID) / "f").write_text("x")
     for s in ("s1", "s2"):
         a.cli("snapshot", "create", PID, s)
-    res = a.cli("--dry-run", "move", "send", PID, "--to", rb.spec(), "--mode", mode, *extra)
-    text = _norm(a, b, rb, res.stdout)
+    ticket = a.hub.ticket(PID, a, b, mode=mode, snapshot="move-20260101T000000Z")
+    res = a.cli("--dry-run", "move", "send", PID, "--to", rb.spec(), "--mode", mode, *extra, "--ticket", ticket)
+    text = _norm(a, b, rb, res.stdout, ticket)
     check_golden(golden, text)
     assert "btrfs send" in text
     assert not (b.pool / "_incoming" / PID).exists()

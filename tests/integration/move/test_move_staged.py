@@ -46,7 +46,8 @@ def test_staged_copy_resumes_after_the_send_is_killed(pair):
     digests = build_project(a, pid)
     env = dict(a.env)
     p = subprocess.Popen([*CLI, "--json", "move", "send", pid, "--to", rb.spec(), "--mode", "staged",
-                          "--compress", "lz4", "--bwlimit", "1M", "--snapshot", "move-kill"],
+                          "--compress", "lz4", "--bwlimit", "1M", "--snapshot", "move-kill",
+                          "--ticket", a.hub.ticket(pid, a, b, mode="staged", snapshot="move-kill")],
                          env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          start_new_session=True)
     dest = b.pool / "_streams" / pid / "move-kill"

@@ -80,7 +80,8 @@ def test_restarted_worker_resumes_a_move_left_in_each_state(rig, state):
         uid = subprocess.run(["btrfs", "subvolume", "show", str(snap)], capture_output=True, text=True).stdout
         uid = next(line.split()[-1] for line in uid.splitlines() if line.strip().startswith("UUID:"))
         stream = subprocess.run(["btrfs", "send", "-q", str(snap)], capture_output=True, check=True).stdout
-        assert ssh_to(a, rig.rb, f"receive {pid} s1 snapshot none {uid}", input=stream).returncode == 0
+        assert ssh_to(a, rig.rb, f"receive {pid} s1 snapshot none {uid}", input=stream,
+                      ticket=a.hub.ticket(pid, a, b)).returncode == 0
     if state in ("finalizing", "done"):
         a.cli("move", "send", pid, "--to", rb_spec, "--snapshot", "move-crash")
     if state == "finalizing":
@@ -193,10 +194,10 @@ def test_worker_over_ssh_transport_runs_host_steps_through_the_forced_command(ri
     # the host-step forced command refuses anything but its verbs
     from tests.support.move import ssh_to
 
-    class _Key:  # ssh_to wants a Host-like object with .data holding the key and known_hosts
+    class _Key:  # ssh_to wants a Host-like object with .data holding the known_hosts
         data = hub_data
 
-    res = ssh_to(_Key, ra, f"project delete {pid}")
+    res = ssh_to(_Key, ra, f"project delete {pid}", key=hub_data / "secrets" / "hub" / "hub_key")
     assert res.returncode == 2 and b"refused" in res.stderr
 
 
@@ -210,3 +211,41 @@ def test_worker_with_concurrency_moves_two_projects_at_once(rig):
     assert sorted(p["state"] for p in out["processed"]) == ["done", "done"]
     for p in pids:
         assert_done(rig, p, digests[p])
+
+
+def test_hub_key_rotation_in_the_middle_of_a_queue_fails_no_move(rig):
+    """Rotate the hub key while the worker works through a queue, the hosts picking up each published
+    key set late (as `keys sync` would): no step is refused, every move ends done at its first attempt."""
+    from tests.support.move import pinned_hub_keys
+
+    a = rig.a
+    pids = [str(uuid.uuid4()) for _ in range(3)]
+    digests = {p: build_project(a, p) for p in pids}
+    for p in pids:
+        queue(rig, p)
+    old = rig.hub_public_keys()
+    rig_key = a.hub.public
+    with rig.spawned("move", "worker", "--once") as w:
+        _wait_state(rig, pids[0], "done", timeout=300)
+        rotated = json.loads(rig.cli("--json", "hub", "keys", "rotate").stdout)
+        assert rotated["action"] == "rotated" and rotated["previous_fingerprint"]
+        published = rig.hub_public_keys()
+        assert len(published) == 2 and published[1] == old[0] and published[0] != old[0]
+        # the next move's send, signed with both keys, is accepted by hosts that pinned only the old one
+        deadline = time.monotonic() + 300
+        while rig.move_row(pids[1])["state"] not in ("finalizing", "done"):
+            assert time.monotonic() < deadline, rig.move_row(pids[1])
+            time.sleep(0.1)
+        assert old[0] in pinned_hub_keys(rig.b) and published[0] not in pinned_hub_keys(rig.b)
+        rig.pin_published_hub_keys(rig_key)
+        _wait_state(rig, pids[1], "done", timeout=300)
+        assert json.loads(rig.cli("--json", "hub", "keys", "rotate", "--finish").stdout)["action"] == "finished"
+        assert rig.hub_public_keys() == published[:1]
+        rig.pin_published_hub_keys(rig_key)
+        out, err = w.communicate(timeout=600)
+        assert w.returncode == 0, err
+    for p in pids:
+        assert_done(rig, p, digests[p])
+        row = rig.move_row(p)
+        assert row["attempt"] == 1 and row["status_reason"] is None, row
+    assert old[0] not in pinned_hub_keys(rig.b) and published[0] in pinned_hub_keys(rig.b)
