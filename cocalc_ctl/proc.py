@@ -170,7 +170,7 @@ def run(argv: Sequence[str], *, mutates: bool = True, check: bool = True, timeou
             stdout=out_fh if out_fh else (subprocess.PIPE if capture else None),
             stderr=subprocess.PIPE, stdin=None if input is not None else subprocess.DEVNULL,
             cwd=cwd, env=full_env, timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
-            start_new_session=False)
+            start_new_session=False, preexec_fn=_death_signal_setter())
     except subprocess.TimeoutExpired:
         raise CommandTimeout(f"{argv[0]} timed out after {timeout or DEFAULT_TIMEOUT:.0f}s",
                              hint="raise command_timeout or check the target") from None
@@ -275,8 +275,8 @@ def pipeline(stages: Sequence[Stage], *, mutates: bool = True, timeout: float | 
             ef = tempfile.TemporaryFile()
             err_files.append(ef)
             p = subprocess.Popen(list(st.argv), executable=which(st.argv[0], _environment(st.env)), stdin=stdin,
-                                 stdout=stdout,
-                                 stderr=ef, env=_environment(st.env), cwd=st.cwd)
+                                 stdout=stdout, stderr=ef, env=_environment(st.env), cwd=st.cwd,
+                                 preexec_fn=_death_signal_setter())
             procs.append(p)
             # The parent must not hold pipe ends, or EOF/EPIPE never propagate.
             if i > 0 and prev_read is not None:
@@ -358,15 +358,24 @@ def plan_only(text: str) -> bool:
     return False
 
 
+_PRCTL: list = []
+
+
 def _death_signal_setter() -> Callable[[], None] | None:
     """A preexec function making the child get SIGKILL when this process dies (even by SIGKILL),
-    so no engine run outlives the job that owns its lock and its temporary snapshot. Resolved in
-    the parent: the child of a threaded process must not import anything."""
-    try:
-        import ctypes
+    so no engine run, `send | ssh` stage or host step outlives the job that owns its lock and its
+    temporary snapshot. Every child gets it (run, stream, pipeline). Resolved in the parent: the
+    child of a threaded process must not import anything. (The kernel ties the signal to the
+    thread that started the child; each function here waits for its children in that thread.)"""
+    if not _PRCTL:
+        try:
+            import ctypes
 
-        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
+            _PRCTL.append(ctypes.CDLL("libc.so.6", use_errno=True).prctl)
+        except (OSError, AttributeError):
+            _PRCTL.append(None)
+    prctl = _PRCTL[0]
+    if prctl is None:
         return None
 
     parent = os.getpid()
