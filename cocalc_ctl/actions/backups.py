@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from cocalc_ctl import ids, layout, locks, output, proc
+from cocalc_ctl import errors, ids, layout, locks, output, proc
 from cocalc_ctl.actions.backup_repo import engine_for, repo_display
 from cocalc_ctl.actions.pool import require_pool
 from cocalc_ctl.config import Config
@@ -367,7 +367,7 @@ def _create_locked(cfg: Config, eng: Engine, pid: str, live: Path, *, wait: bool
             with host_db.connect(cfg.data_dir) as conn:  # refused before it started: not a failed backup
                 backup_jobs.delete(conn, job_id)
         elif job_id:
-            reason = exc.one_line() if isinstance(exc, CocalcError) else f"{type(exc).__name__}: {exc}"
+            reason = errors.describe(exc)
             with host_db.connect(cfg.data_dir) as conn:
                 backup_jobs.finish(conn, job_id, ok=False, duration=time.monotonic() - started, error=reason[:500])
         raise

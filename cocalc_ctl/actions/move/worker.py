@@ -22,7 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from cocalc_ctl import ids
+from cocalc_ctl import errors, ids
 from cocalc_ctl.actions.move import common
 from cocalc_ctl.actions.move.hub import ACTIVE, COLUMNS, MIRROR_SQL, Move, row_to_move
 from cocalc_ctl.actions.move.transport import HostTransport, host_transport
@@ -160,7 +160,7 @@ class Worker:
             except LeaseLost:
                 raise
             except Exception as exc:  # any failure of a step: retry later, or give up → failing
-                reason = exc.one_line() if isinstance(exc, CocalcError) else f"{type(exc).__name__}: {exc}"
+                reason = errors.describe(exc)
                 if move.state in ACTIVE and move.attempt < self.max_attempts:
                     self._release(move, f"attempt {move.attempt} failed in {move.state}: {reason}",
                                   delay=min(2.0 * move.attempt, 30.0))
