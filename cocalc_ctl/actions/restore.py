@@ -415,6 +415,18 @@ def _safe_parent(live: Path, rel: str, *, create: bool) -> Path:
     return cur
 
 
+def _plan_path_swap(live: Path, tmp: Path, rel: str) -> None:
+    """--dry-run: the rest of a path restore, as the real run does it (checks the same symlinks)."""
+    parent = _safe_parent(live, rel, create=False)
+    dest = parent / rel.rsplit("/", 1)[-1]
+    if not parent.is_dir():
+        proc.plan_only(proc.display(["mkdir", "-p", str(parent)]))
+    if os.path.lexists(dest):
+        proc.plan_only(proc.display(["mv", str(dest), str(tmp / ".old")]))
+    proc.plan_only(proc.display(["mv", str(tmp / rel), str(dest)]))
+    proc.plan_only(proc.display(["rm", "-rf", str(tmp)]))
+
+
 def _restore_path(cfg: Config, eng, pid: str, snap_id: str, rel: str) -> None:
     live = layout.project_subvolume(cfg, pid)
     if not live.is_dir():
@@ -423,6 +435,7 @@ def _restore_path(cfg: Config, eng, pid: str, snap_id: str, rel: str) -> None:
     tmp = live / f"{PATH_TMP_PREFIX}{uuid_mod.uuid4().hex[:12]}"
     if proc.plan_only(f"mkdir -m 700 {tmp}"):
         _engine_restore(eng, snap_id, tmp, rel)
+        _plan_path_swap(live, tmp, rel)
         return
     tmp.mkdir(mode=0o700)
     try:
