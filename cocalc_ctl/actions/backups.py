@@ -403,6 +403,7 @@ class JobInfo:
     finished_at: str | None
     duration: float | None
     error: str | None
+    resolved_by: int | None = None  # a failed job: the later job of its project that succeeded
 
 
 @dataclass
@@ -411,6 +412,7 @@ class ProjectBackupState:
     last_success: str | None
     age_seconds: float | None
     backup_id: str | None
+    failing: str | None = None  # the project's newest job failed: its error (cleared by a success)
 
 
 @dataclass
@@ -430,16 +432,25 @@ def status(cfg: Config, *, limit: int = 20) -> StatusResult:
     with host_db.connect(cfg.data_dir) as conn:
         jobs = [_job(r) for r in backup_jobs.recent(conn, limit)]
         last = backup_jobs.last_success(conn)
+        newest = backup_jobs.newest_finished(conn)
+    # A failure is history once a later backup of the project succeeded (e.g. one that failed
+    # before `backup init`): say so, and judge each project by its newest job only.
+    for j in jobs:
+        if j.state == "failed" and (ok := last.get(j.project_id)) is not None and ok["id"] > j.id:
+            j.resolved_by = ok["id"]
     on_host = set()
     if cfg.btrfs_root.is_dir():
         on_host = {e.name[len("project-"):] for e in os.scandir(cfg.btrfs_root)
                    if e.name.startswith("project-") and ids.is_uuid(e.name[len("project-"):])}
     projects = []
-    for pid in sorted(on_host | set(last)):
+    for pid in sorted(on_host | set(last) | set(newest)):
         r = last.get(pid)
         age = _age(r["finished_at"]) if r else None
+        n = newest.get(pid)
+        failing = (n["error"] or "failed") if n is not None and n["state"] == "failed" else None
         projects.append(ProjectBackupState(pid, r["finished_at"] if r else None,
-                                           round(age) if age is not None else None, r["backup_id"] if r else None))
+                                           round(age) if age is not None else None, r["backup_id"] if r else None,
+                                           failing))
     return StatusResult(jobs, projects, stale)
 
 

@@ -72,7 +72,8 @@ def cleanup(cfg: Config, project_id: str | None = None) -> list[CleanupResult]:
         pids = sorted(found)
     out = []
     for pid in pids:
-        with locks.hold(cfg.data_dir, backups.project_lock(pid), what=f"project {pid} (backup or restore running)"):
+        with locks.hold(cfg.data_dir, backups.project_lock(pid), what=f"project {pid} (backup or restore running)",
+                        doing=f"restore clean-up of project {pid}"):
             out.append(CleanupResult(pid, recover(cfg, pid)))
     return out
 
@@ -86,6 +87,9 @@ class RestoreResult:
     created_project: bool
     persist_restored: bool
     recovered: list[str]
+    # A full restore writes new extents: the project's kept snapshots no longer share disk space
+    # with its files, so the pool holds both copies until those snapshots are pruned.
+    unshared_snapshots: int = 0
 
 
 # -- where things are ---------------------------------------------------------------------------
@@ -278,7 +282,8 @@ def restore(cfg: Config, project_id: str, backup_id: str, *, path: str | None = 
     rel = _clean_rel_path(path) if path is not None else None
     require_pool(cfg)
     eng = backup_repo.with_version(backup_repo.engine_for(cfg))
-    with locks.hold(cfg.data_dir, backups.project_lock(dst), what=f"project {dst} (backup or restore running)"):
+    with locks.hold(cfg.data_dir, backups.project_lock(dst), what=f"project {dst} (backup or restore running)",
+                    doing=f"restore of project {dst} from backup {backup_id}" + (f" (--path {rel})" if rel else "")):
         if not force and host_db.db_path(cfg.data_dir).exists():
             with host_db.connect(cfg.data_dir) as conn:
                 row = host_db.get_project(conn, dst)
@@ -292,12 +297,15 @@ def restore(cfg: Config, project_id: str, backup_id: str, *, path: str | None = 
             _restore_path(cfg, eng, dst, snap_id, rel)
             return RestoreResult(dst, src, snap_id, rel, False, False, recovered)
         created = not layout.project_subvolume(cfg, dst).is_dir()
+        from cocalc_ctl.actions.projects import snapshot_names
+
+        kept_snapshots = 0 if created else len(snapshot_names(cfg, dst)[0])
         persist = _restore_full(cfg, eng, dst, snap_id, src, quota=quota)
         if not proc.plan_only(f"# record project {dst} in {host_db.db_path(cfg.data_dir)}"):
             with host_db.connect(cfg.data_dir) as conn:
                 if host_db.get_project(conn, dst) is None:
                     host_db.upsert_project(conn, dst, state="stopped")
-        return RestoreResult(dst, src, snap_id, None, created, persist, recovered)
+        return RestoreResult(dst, src, snap_id, None, created, persist, recovered, kept_snapshots)
 
 
 def _engine_restore(eng, snap_id: str, target: Path, include: str | None) -> None:

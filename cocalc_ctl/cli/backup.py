@@ -108,12 +108,13 @@ def status(limit: int = typer.Option(20, "--limit", min=1, help="How many recent
     def human(r):
         output.table(["job", "project", "state", "backup", "bytes", "started", "seconds", "error"],
                      [(j.id, j.project_id, j.state, (j.backup_id or "")[:8] or None, output.human_bytes(j.bytes),
-                       j.started_at, f"{j.duration:.1f}" if j.duration is not None else None, j.error)
+                       j.started_at, f"{j.duration:.1f}" if j.duration is not None else None,
+                       f"resolved by job {j.resolved_by}: {j.error}" if j.resolved_by and j.error else j.error)
                       for j in r.jobs], title="jobs")
         print()
-        output.table(["project", "last success", "age", "backup"],
-                     [(p.project_id, p.last_success or "never", _age(p.age_seconds), (p.backup_id or "")[:8] or None)
-                      for p in r.projects], title="projects")
+        output.table(["project", "last success", "age", "backup", "failing"],
+                     [(p.project_id, p.last_success or "never", _age(p.age_seconds), (p.backup_id or "")[:8] or None,
+                       p.failing) for p in r.projects], title="projects")
 
     render(result, human)
 
@@ -212,7 +213,13 @@ def restore(project: str = PROJECT,
     from cocalc_ctl.actions import restore as restore_actions
 
     result = restore_actions.restore(config(), project, backup_id, path=path, to_project=to_project, force=force)
-    render(result, lambda r: print(
-        f"restored {'path ' + r.path + ' of ' if r.path else ''}project {r.project_id} from backup {r.backup_id[:8]}"
-        + (f" of project {r.from_project}" if r.from_project != r.project_id else "")
-        + (" (created)" if r.created_project else "")))
+
+    def human(r) -> None:
+        print(f"restored {'path ' + r.path + ' of ' if r.path else ''}project {r.project_id} from backup "
+              f"{r.backup_id[:8]}" + (f" of project {r.from_project}" if r.from_project != r.project_id else "")
+              + (" (created)" if r.created_project else ""))
+        if r.unshared_snapshots:
+            print(f"note: the restored files share no disk space with the project's {r.unshared_snapshots} "
+                  "snapshot(s): the pool holds both copies until those snapshots are pruned")
+
+    render(result, human)
