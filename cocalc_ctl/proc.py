@@ -451,3 +451,20 @@ def stream(argv: Sequence[str], on_line: Callable[[str], None] | None = None, *,
     if check and p.returncode not in ok_codes:
         raise CommandFailed(argv, p.returncode, stderr)
     return result
+
+
+def self_command() -> list[str]:
+    """The command that runs this same cocalc-ctl again (a move's host steps on this machine):
+    the script the user ran when that was a cocalc-ctl program (`bin/cocalc-ctl`, which sets up
+    its checkout's venv in-process, or an installed entry point), else this interpreter with
+    `-m cocalc_ctl`. `sys.executable -m cocalc_ctl` alone fails when `bin/cocalc-ctl` runs under
+    a system python3 that only gains the venv's packages in-process."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name in ("cocalc_ctl", "cocalc_ctl.__main__"):
+        return [sys.executable, "-m", "cocalc_ctl"]
+    argv0 = sys.argv[0] if sys.argv else ""
+    if (os.path.basename(argv0).startswith("cocalc-ctl") and os.path.isfile(argv0)
+            and os.access(argv0, os.X_OK)):
+        return [os.path.abspath(argv0)]
+    return [sys.executable, "-m", "cocalc_ctl"]

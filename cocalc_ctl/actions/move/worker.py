@@ -72,7 +72,11 @@ class Worker:
         return row_to_move(row) if row else None
 
     def _update(self, move: Move, *, expect: str | None = None, **fields) -> Move:
-        """Write fields (and a state) iff we still hold the lease and the state is as expected."""
+        """Write fields (and a state) iff we still hold the lease and the state is as expected.
+
+        A new state clears the reason of an earlier failed attempt (unless one is given)."""
+        if "state" in fields and "status_reason" not in fields:
+            fields["status_reason"] = None
         sets = ", ".join(f"{k} = %({k})s" for k in fields)
         params = {**fields, "p": move.project_id, "owner": self.owner, "expect": expect or move.state}
         if "progress" in params and params["progress"] is not None:
@@ -168,7 +172,8 @@ class Worker:
                 if move.state in ACTIVE:
                     move = self._update(move, state="failing", status_reason=f"{move.state} failed: {reason}")
                     continue
-                self._release(move, f"clean-up failed: {reason}", delay=min(5.0 * max(move.attempt, 1), 60.0))
+                self._release(move, _with_cleanup_failure(move.status_reason, reason),
+                              delay=min(5.0 * max(move.attempt, 1), 60.0))
                 return move
             if nxt is None:
                 self._release(move, None)
@@ -218,11 +223,11 @@ class Worker:
         if m.state == "done" and m.cleaned_at is None:
             if m.source_host_id != m.dest_host_id:
                 self.transport().run(m.source_host_id, ["move", "cleanup", pid, "--force"])
-            return self._update(m, cleaned_at=_now())
+            return self._update(m, cleaned_at=_now(), status_reason=None)  # an old clean-up failure is over
         if m.state in ("failing", "cancelled") and m.cleaned_at is None:
             if m.dest_host_id and m.dest_host_id != m.source_host_id:
                 self.transport().run(m.dest_host_id, ["move", "abort", pid])
-            return self._update(m, cleaned_at=_now())
+            return self._update(m, cleaned_at=_now(), status_reason=_without_cleanup_failure(m.status_reason))
         return None
 
     def _send_backup(self, m: Move) -> Move:
@@ -247,6 +252,22 @@ class Worker:
         progress = {"bytes": res.get("bytes_total"), "seconds": round(time.monotonic() - t0, 3),
                     "backup_id": backup_id, "reused": bool(res.get("reused"))}
         return self._update(m, state="finalizing", backup_id=backup_id, progress=progress)
+
+
+_CLEANUP_FAILED = "; clean-up failed: "
+
+
+def _with_cleanup_failure(reason: str | None, failure: str) -> str:
+    """Why the move ended (kept) plus the latest clean-up failure (replaced on each retry)."""
+    return f"{_without_cleanup_failure(reason) or ''}{_CLEANUP_FAILED}{failure}".lstrip("; ")
+
+
+def _without_cleanup_failure(reason: str | None) -> str | None:
+    if reason is None:
+        return None
+    if reason.startswith(_CLEANUP_FAILED.lstrip("; ")):
+        return None
+    return reason.split(_CLEANUP_FAILED, 1)[0] or None
 
 
 def _now():
