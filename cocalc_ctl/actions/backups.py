@@ -508,8 +508,11 @@ def due(cfg: Config) -> DueResult:
             pid, why = item
             try:
                 return pid, why, create(cfg, pid, wait=True), None
-            except CocalcError as exc:
-                return pid, why, None, exc
+            except Exception as exc:  # a full disk fails this project's backup, not the whole run
+                mapped = errors.from_exception(exc)
+                if mapped is None:
+                    raise
+                return pid, why, None, mapped
 
         with ThreadPoolExecutor(max_workers=cfg["backup.max_concurrent"]) as pool:
             for pid, why, res, exc in pool.map(one, todo):

@@ -271,3 +271,8 @@ def test_full_pool_during_backup_is_one_line_and_the_job_records_why(make_host, 
     job = jobs(h)[-1]
     assert job["state"] == "failed" and "OSError" not in job["error"] and "no space left" in job["error"].lower(), job
     assert not (h.project_path(PID_A) / ".snapshots" / ".backup-tmp").exists()
+    # the timer's `backup due` records it as this project's failure and goes on (exit 1, JSON intact)
+    r = h.cli("--json", "backup", "due", check=False)
+    assert r.returncode == 1, r.stderr
+    (failed,) = json.loads(r.stdout)["failed"]
+    assert failed["project_id"] == PID_A and "no space left" in failed["error"].lower(), failed
