@@ -210,6 +210,7 @@ def restore(project: str = PROJECT,
     A full restore goes through a staging subvolume and a rename swap. Works on any host: a
     project this host never had is created.
     """
+    from cocalc_ctl import output
     from cocalc_ctl.actions import restore as restore_actions
 
     result = restore_actions.restore(config(), project, backup_id, path=path, to_project=to_project, force=force)
@@ -218,7 +219,11 @@ def restore(project: str = PROJECT,
         print(f"restored {'path ' + r.path + ' of ' if r.path else ''}project {r.project_id} from backup "
               f"{r.backup_id[:8]}" + (f" of project {r.from_project}" if r.from_project != r.project_id else "")
               + (" (created)" if r.created_project else ""))
-        if r.unshared_snapshots:
+        if r.unshared_snapshots and r.shared_bytes:
+            print(f"note: {output.human_bytes(r.shared_bytes)} of the restored files, unchanged since snapshot "
+                  f"{r.shared_snapshot}, share disk space with it again; the rest shares none with the project's "
+                  f"{r.unshared_snapshots} snapshot(s): the pool holds both copies until those snapshots are pruned")
+        elif r.unshared_snapshots:
             print(f"note: the restored files share no disk space with the project's {r.unshared_snapshots} "
                   "snapshot(s): the pool holds both copies until those snapshots are pruned")
 

@@ -88,7 +88,7 @@ def test_full_restore_keeps_snapshots_and_replaces_content(make_host, workdir):
     assert os.listdir(live / ".snapshots") == ["after"]
     assert h.json("project", "show", PID_A)["quota_bytes"] == 300 << 20  # the qgroup limit survives the swap
     said = h.cli("restore", PID_A, bid).stdout
-    assert "note: the restored files share no disk space with the project's 1 snapshot(s)" in said, said
+    assert said.count("\n") == 2 and "share" in said and "the project's 1 snapshot(s)" in said, said
 
     # --path restores just that path into the live project
     (live / "doc.txt").write_text("edited")
@@ -261,4 +261,35 @@ def test_a_snapshot_cocalc_ctl_did_not_make_never_becomes_latest(make_host, work
     assert tree_digest(live) == before and not (live / "evil.txt").exists()
     r = h.cli("restore", PID_A, foreign[0][:12], check=False)
     assert r.returncode == 3 and "not made by cocalc-ctl" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert tree_digest(live) == before
+
+
+def test_full_restore_shares_unchanged_files_with_the_newest_snapshot(make_host, workdir):
+    h = backup_host(make_host, workdir)
+    h.cli("project", "create", PID_A)
+    live = h.project_path(PID_A)
+    (live / "same.bin").write_bytes(os.urandom(8 << 20))
+    (live / "sub").mkdir()
+    (live / "sub" / "also.bin").write_bytes(os.urandom(1 << 20))
+    (live / "changes.bin").write_bytes(os.urandom(1 << 20))
+    linked = os.urandom(1 << 20)
+    (live / "link.bin").write_bytes(linked)
+    bid = _last_json_line(h.cli("--json", "backup", "create", PID_A).stdout)["backup_id"]
+    before = tree_digest(live)
+    (live / "changes.bin").write_bytes(os.urandom(1 << 20))
+    h.cli("snapshot", "create", PID_A, "old")
+    (live / "changes.bin").write_bytes(os.urandom(1 << 20))
+    # a symlink the project placed, to identical bytes outside it: never followed
+    outside = h.pool / "outside.bin"
+    outside.write_bytes(linked)
+    (live / "link.bin").unlink()
+    os.symlink(outside, live / "link.bin")
+    h.cli("snapshot", "create", PID_A, "newest")
+    out = h.json("restore", PID_A, bid)
+    assert tree_digest(live) == before
+    # same.bin and sub/also.bin are unchanged since "newest": shared again; changes.bin and the
+    # symlinked link.bin are not
+    assert out["shared_snapshot"] == "newest" and out["shared_bytes"] == (9 << 20), out
+    said = h.cli("restore", PID_A, bid).stdout
+    assert "9.0 MiB of the restored files, unchanged since snapshot newest, share disk space" in said, said
     assert tree_digest(live) == before
