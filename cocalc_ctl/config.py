@@ -300,6 +300,37 @@ def redact_dsn(dsn: str) -> str:
     return dsn
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, line: int, first_line: int):
+        super().__init__(key)
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+def _unique_key_loader(yaml):
+    """PyYAML's safe loader, refusing a mapping that gives the same key twice (YAML says keys are
+    unique; PyYAML silently keeps the last one, so a typo'd override would go unnoticed)."""
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(str(key), line, seen[key])
+                except TypeError:  # an unhashable key: let the base class report it
+                    continue
+                seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+def _line_of(exc: UnicodeDecodeError) -> int:
+    return exc.object[:exc.start].count(b"\n") + 1
+
+
 def _flatten(data: Any, prefix: str, out: dict[str, Any], origin: str) -> None:
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: expected a mapping at {prefix or 'top level'}",
@@ -310,6 +341,8 @@ def _flatten(data: Any, prefix: str, out: dict[str, Any], origin: str) -> None:
         name = f"{prefix}{k}"
         if isinstance(v, dict) and name not in SCHEMA:
             _flatten(v, name + ".", out, origin)
+        elif name in out:  # `backup.repo:` and `backup: {repo:}` in one file
+            raise ConfigError(f"{origin}: key {name!r} is given twice (dotted and nested)", hint="keep one of them")
         else:
             out[name] = v
 
@@ -329,12 +362,20 @@ def load(path: str | None = None, env: dict[str, str] | None = None) -> Config:
         import yaml  # imported here: PyYAML costs startup time that --help does not need
 
         try:
-            with open(file, encoding="utf-8") as fh:
-                data = yaml.safe_load(fh)
+            with open(file, "rb") as fh:
+                text = fh.read().decode("utf-8")
+            data = yaml.load(text, Loader=_unique_key_loader(yaml))
+        except _DuplicateKey as exc:
+            raise ConfigError(f"config file {file} line {exc.line}: key {exc.key!r} is given twice "
+                              f"(first on line {exc.first_line})", hint="keep one of them") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
             raise ConfigError(f"config file {file}{where}: invalid YAML", hint="fix the syntax") from None
+        except UnicodeDecodeError as exc:
+            line = _line_of(exc)
+            raise ConfigError(f"config file {file} line {line}: not UTF-8 text (byte {exc.object[exc.start]:#04x})",
+                              hint="save the file as UTF-8") from None
         except OSError as exc:
             raise ConfigError(f"config file {file}: {exc.strerror}") from None
         if data is not None:

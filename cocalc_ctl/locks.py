@@ -25,8 +25,11 @@ def lock_dir(data_dir: Path) -> Path:
 
 @contextmanager
 def hold(data_dir: Path, name: str, *, wait: bool = False, timeout: float | None = None,
-         what: str | None = None) -> Iterator[Path]:
-    """Hold lock `name`; raise Busy at once (or after `timeout` when waiting)."""
+         what: str | None = None, doing: str | None = None) -> Iterator[Path]:
+    """Hold lock `name`; raise Busy at once (or after `timeout` when waiting).
+
+    The holder writes its pid and what it is doing (`doing`, default `what`) into the lock file, so
+    a refused run can say who holds it and why (`held by pid 431: restore of project …`)."""
     if "/" in name or name.startswith("."):
         raise ValueError(f"bad lock name {name!r}")
     path = lock_dir(data_dir) / f"{name}.lock"
@@ -41,12 +44,10 @@ def hold(data_dir: Path, name: str, *, wait: bool = False, timeout: float | None
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     raise
                 if not wait or (deadline is not None and time.monotonic() >= deadline):
-                    holder = _read_holder(fd)
-                    raise Busy(f"{what or name} is busy" + (f" (held by pid {holder})" if holder else ""),
+                    raise Busy(f"{what or name} is busy{_holder_text(fd)}",
                                hint="wait for the other run to finish, or retry later") from None
                 time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _write_holder(fd, doing or what or name)
         yield path
     finally:
         os.close(fd)
@@ -62,8 +63,7 @@ def try_hold_any(data_dir: Path, names: list[str]) -> tuple[int, str] | None:
         except OSError:
             os.close(fd)
             continue
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _write_holder(fd, name)
         return fd, name
     return None
 
@@ -83,9 +83,27 @@ def is_held(data_dir: Path, name: str) -> bool:
         os.close(fd)
 
 
-def _read_holder(fd: int) -> str | None:
+def _write_holder(fd: int, doing: str) -> None:
+    text = " ".join(str(doing).split())[:200]
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n{text}\n".encode("utf-8", "replace"), 0)
+
+
+def _read_holder(fd: int) -> tuple[str, str] | None:
+    """(pid, what it is doing) from the lock file; an older holder wrote only its pid."""
     try:
-        data = os.pread(fd, 32, 0).decode().strip()
-        return data if data.isdigit() else None
+        lines = os.pread(fd, 512, 0).decode("utf-8", "replace").splitlines()
     except OSError:
         return None
+    if not lines or not lines[0].strip().isdigit():
+        return None
+    doing = " ".join(lines[1].split()) if len(lines) > 1 else ""
+    return lines[0].strip(), "".join(c for c in doing if c.isprintable())
+
+
+def _holder_text(fd: int) -> str:
+    holder = _read_holder(fd)
+    if holder is None:
+        return ""
+    pid, doing = holder
+    return f" (held by pid {pid}: {doing})" if doing else f" (held by pid {pid})"

@@ -170,7 +170,7 @@ def run(argv: Sequence[str], *, mutates: bool = True, check: bool = True, timeou
             stdout=out_fh if out_fh else (subprocess.PIPE if capture else None),
             stderr=subprocess.PIPE, stdin=None if input is not None else subprocess.DEVNULL,
             cwd=cwd, env=full_env, timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
-            start_new_session=False)
+            start_new_session=False, preexec_fn=_death_signal_setter())
     except subprocess.TimeoutExpired:
         raise CommandTimeout(f"{argv[0]} timed out after {timeout or DEFAULT_TIMEOUT:.0f}s",
                              hint="raise command_timeout or check the target") from None
@@ -275,8 +275,8 @@ def pipeline(stages: Sequence[Stage], *, mutates: bool = True, timeout: float | 
             ef = tempfile.TemporaryFile()
             err_files.append(ef)
             p = subprocess.Popen(list(st.argv), executable=which(st.argv[0], _environment(st.env)), stdin=stdin,
-                                 stdout=stdout,
-                                 stderr=ef, env=_environment(st.env), cwd=st.cwd)
+                                 stdout=stdout, stderr=ef, env=_environment(st.env), cwd=st.cwd,
+                                 preexec_fn=_death_signal_setter())
             procs.append(p)
             # The parent must not hold pipe ends, or EOF/EPIPE never propagate.
             if i > 0 and prev_read is not None:
@@ -358,15 +358,24 @@ def plan_only(text: str) -> bool:
     return False
 
 
+_PRCTL: list = []
+
+
 def _death_signal_setter() -> Callable[[], None] | None:
     """A preexec function making the child get SIGKILL when this process dies (even by SIGKILL),
-    so no engine run outlives the job that owns its lock and its temporary snapshot. Resolved in
-    the parent: the child of a threaded process must not import anything."""
-    try:
-        import ctypes
+    so no engine run, `send | ssh` stage or host step outlives the job that owns its lock and its
+    temporary snapshot. Every child gets it (run, stream, pipeline). Resolved in the parent: the
+    child of a threaded process must not import anything. (The kernel ties the signal to the
+    thread that started the child; each function here waits for its children in that thread.)"""
+    if not _PRCTL:
+        try:
+            import ctypes
 
-        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
+            _PRCTL.append(ctypes.CDLL("libc.so.6", use_errno=True).prctl)
+        except (OSError, AttributeError):
+            _PRCTL.append(None)
+    prctl = _PRCTL[0]
+    if prctl is None:
         return None
 
     parent = os.getpid()
@@ -453,3 +462,20 @@ def background(argv: Sequence[str]) -> subprocess.Popen:
     _log(display(argv))
     return subprocess.Popen(argv, executable=exe, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=full_env, preexec_fn=_death_signal_setter())
+
+
+def self_command() -> list[str]:
+    """The command that runs this same cocalc-ctl again (a move's host steps on this machine):
+    the script the user ran when that was a cocalc-ctl program (`bin/cocalc-ctl`, which sets up
+    its checkout's venv in-process, or an installed entry point), else this interpreter with
+    `-m cocalc_ctl`. `sys.executable -m cocalc_ctl` alone fails when `bin/cocalc-ctl` runs under
+    a system python3 that only gains the venv's packages in-process."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name in ("cocalc_ctl", "cocalc_ctl.__main__"):
+        return [sys.executable, "-m", "cocalc_ctl"]
+    argv0 = sys.argv[0] if sys.argv else ""
+    if (os.path.basename(argv0).startswith("cocalc-ctl") and os.path.isfile(argv0)
+            and os.access(argv0, os.X_OK)):
+        return [os.path.abspath(argv0)]
+    return [sys.executable, "-m", "cocalc_ctl"]

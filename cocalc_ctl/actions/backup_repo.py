@@ -132,17 +132,45 @@ class BackupInfo:
     tags: list[str]
 
 
+def made_by_cocalc_ctl(snap: backup_engine.EngineSnapshot, pid: str) -> bool:
+    """`backup create` tags a project's backup `project:<pid>` and `host:<label>` and sets the
+    engine's host to that same label. A snapshot someone made by hand with the engine and a
+    `project:` tag does not follow that, and must never become the project's `latest` (a full
+    restore would replace the whole project with it)."""
+    hosts = [t.split(":", 1)[1] for t in snap.tags if t.startswith("host:")]
+    return f"project:{pid}" in snap.tags and len(hosts) == 1 and bool(hosts[0]) and snap.hostname == hosts[0]
+
+
+def project_backups(eng: Engine, pid: str) -> tuple[list[backup_engine.EngineSnapshot],
+                                                  list[backup_engine.EngineSnapshot]]:
+    """(the project's backups made by cocalc-ctl, other snapshots carrying its tag), oldest first."""
+    res = run_engine(eng, eng.snapshots(tags=[f"project:{pid}"]), mutates=False)
+    snaps = backup_engine.parse_snapshots(res.stdout)
+    ours = [s for s in snaps if made_by_cocalc_ctl(s, pid)]
+    return ours, [s for s in snaps if not made_by_cocalc_ctl(s, pid)]
+
+
+def _note_ignored(pid: str, foreign: list) -> None:
+    if foreign:
+        from cocalc_ctl import output
+
+        output.note(f"ignored {len(foreign)} snapshot(s) tagged project:{pid} that cocalc-ctl did not make "
+                    "(no matching host: tag and host); list them with the engine's `snapshots` command")
+
+
 def list_backups(cfg: Config, project_id: str) -> list[BackupInfo]:
-    """Backups of a project in the repository, oldest first (the project need not be on this host)."""
+    """Backups of a project in the repository made by cocalc-ctl, oldest first (the project need
+    not be on this host)."""
     pid = ids.project_id(project_id)
     eng = engine_for(cfg)
-    res = run_engine(eng, eng.snapshots(tags=[f"project:{pid}"]), mutates=False)
+    ours, foreign = project_backups(eng, pid)
+    _note_ignored(pid, foreign)
     known: dict[str, sqlite3.Row] = {}
     if host_db.db_path(cfg.data_dir).exists():
         with host_db.connect(cfg.data_dir) as conn:
             known = backup_jobs.by_backup_id(conn, pid)
     out = []
-    for s in backup_engine.parse_snapshots(res.stdout):
+    for s in ours:
         row = known.get(s.id) or known.get(s.short_id) or next(
             (r for k, r in known.items() if s.id.startswith(k)), None)
         host = next((t.split(":", 1)[1] for t in s.tags if t.startswith("host:")), s.hostname)
@@ -155,16 +183,20 @@ def resolve_backup_id(cfg: Config, eng: Engine, pid: str, backup_id: str) -> str
     if backup_id != "latest" and not _BACKUP_ID_RE.fullmatch(backup_id or ""):
         raise InvalidInput(f"invalid backup id {ids._show(backup_id)}",
                            hint="give `latest` or an id from `cocalc-ctl backup list PROJECT`")
-    res = run_engine(eng, eng.snapshots(tags=[f"project:{pid}"]), mutates=False)
-    snaps = backup_engine.parse_snapshots(res.stdout)
+    snaps, foreign = project_backups(eng, pid)
+    ignored = f" ({len(foreign)} snapshot(s) not made by cocalc-ctl ignored)" if foreign else ""
     if backup_id == "latest":
         if not snaps:
-            raise NotFound(f"project {pid} has no backups in {repo_display(eng.repo)}",
+            raise NotFound(f"project {pid} has no backups in {repo_display(eng.repo)}{ignored}",
                            hint="run `cocalc-ctl backup create PROJECT` first")
+        _note_ignored(pid, foreign)
         return snaps[-1].id
     matches = [s for s in snaps if s.id.startswith(backup_id)]
     if not matches:
-        raise NotFound(f"backup {backup_id} of project {pid} not found",
+        if any(s.id.startswith(backup_id) for s in foreign):
+            raise NotFound(f"backup {backup_id} was not made by cocalc-ctl for project {pid}: ignored",
+                           hint="restore it with the engine itself if you really mean it")
+        raise NotFound(f"backup {backup_id} of project {pid} not found{ignored}",
                        hint="see `cocalc-ctl backup list PROJECT`")
     if len(matches) > 1:
         raise InvalidInput(f"backup id {backup_id} is ambiguous", hint="give more of the id")

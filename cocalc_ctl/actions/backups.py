@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from cocalc_ctl import ids, layout, locks, output, proc
+from cocalc_ctl import errors, ids, layout, locks, output, proc
 from cocalc_ctl.actions.backup_repo import engine_for, repo_display
 from cocalc_ctl.actions.pool import require_pool
 from cocalc_ctl.config import Config
@@ -367,7 +367,7 @@ def _create_locked(cfg: Config, eng: Engine, pid: str, live: Path, *, wait: bool
             with host_db.connect(cfg.data_dir) as conn:  # refused before it started: not a failed backup
                 backup_jobs.delete(conn, job_id)
         elif job_id:
-            reason = exc.one_line() if isinstance(exc, CocalcError) else f"{type(exc).__name__}: {exc}"
+            reason = errors.describe(exc)
             with host_db.connect(cfg.data_dir) as conn:
                 backup_jobs.finish(conn, job_id, ok=False, duration=time.monotonic() - started, error=reason[:500])
         raise
@@ -403,6 +403,7 @@ class JobInfo:
     finished_at: str | None
     duration: float | None
     error: str | None
+    resolved_by: int | None = None  # a failed job: the later job of its project that succeeded
 
 
 @dataclass
@@ -411,6 +412,7 @@ class ProjectBackupState:
     last_success: str | None
     age_seconds: float | None
     backup_id: str | None
+    failing: str | None = None  # the project's newest job failed: its error (cleared by a success)
 
 
 @dataclass
@@ -430,16 +432,25 @@ def status(cfg: Config, *, limit: int = 20) -> StatusResult:
     with host_db.connect(cfg.data_dir) as conn:
         jobs = [_job(r) for r in backup_jobs.recent(conn, limit)]
         last = backup_jobs.last_success(conn)
+        newest = backup_jobs.newest_finished(conn)
+    # A failure is history once a later backup of the project succeeded (e.g. one that failed
+    # before `backup init`): say so, and judge each project by its newest job only.
+    for j in jobs:
+        if j.state == "failed" and (ok := last.get(j.project_id)) is not None and ok["id"] > j.id:
+            j.resolved_by = ok["id"]
     on_host = set()
     if cfg.btrfs_root.is_dir():
         on_host = {e.name[len("project-"):] for e in os.scandir(cfg.btrfs_root)
                    if e.name.startswith("project-") and ids.is_uuid(e.name[len("project-"):])}
     projects = []
-    for pid in sorted(on_host | set(last)):
+    for pid in sorted(on_host | set(last) | set(newest)):
         r = last.get(pid)
         age = _age(r["finished_at"]) if r else None
+        n = newest.get(pid)
+        failing = (n["error"] or "failed") if n is not None and n["state"] == "failed" else None
         projects.append(ProjectBackupState(pid, r["finished_at"] if r else None,
-                                           round(age) if age is not None else None, r["backup_id"] if r else None))
+                                           round(age) if age is not None else None, r["backup_id"] if r else None,
+                                           failing))
     return StatusResult(jobs, projects, stale)
 
 
@@ -497,8 +508,11 @@ def due(cfg: Config) -> DueResult:
             pid, why = item
             try:
                 return pid, why, create(cfg, pid, wait=True), None
-            except CocalcError as exc:
-                return pid, why, None, exc
+            except Exception as exc:  # a full disk fails this project's backup, not the whole run
+                mapped = errors.from_exception(exc)
+                if mapped is None:
+                    raise
+                return pid, why, None, mapped
 
         with ThreadPoolExecutor(max_workers=cfg["backup.max_concurrent"]) as pool:
             for pid, why, res, exc in pool.map(one, todo):

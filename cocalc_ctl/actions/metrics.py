@@ -203,9 +203,11 @@ def collect(cfg: Config, *, now: float | None = None) -> list[Family]:
 
 def write(cfg: Config, *, textfile_dir: str | None = None) -> WriteResult:
     d = Path(textfile_dir or cfg["metrics.textfile_dir"])
-    if not d.is_dir():
-        raise PreconditionFailed(f"textfile directory {d} does not exist",
-                                 hint="create it, install prometheus-node-exporter, or pass --textfile-dir")
+    if os.path.lexists(d) and not d.is_dir():
+        raise PreconditionFailed(f"textfile directory {d} is not a directory", hint="pass another --textfile-dir")
+    if not d.is_dir() and not proc.plan_only(proc.display(["mkdir", "-p", "-m", "0755", str(d)])):
+        # node_exporter may be installed later: the file waits there for its collector
+        d.mkdir(mode=0o755, parents=True)
     families = collect(cfg)
     text = render(families)
     target = d / FILE_NAME

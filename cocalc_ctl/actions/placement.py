@@ -117,10 +117,24 @@ def _warn_inactive(host: tuple) -> None:
         output.warn(f"host {host[1] or host[0]} has status {host[2]!r}: the hub will not route to it")
 
 
+def move_hint(state: str, cleaning: bool) -> str:
+    """What an admin can do about a move in `state` (every hint names a command that works then)."""
+    if state in ("queued", "preparing", "sending"):
+        return "wait for it with `move status`, or `move cancel` it"
+    if state == "finalizing":
+        return "it can no longer be cancelled: wait for it with `move status` (a `move worker` finishes it)"
+    if cleaning:
+        what = "delete the source" if state == "done" else "roll the destination back"
+        return f"its clean-up has not run yet: run `move worker --once` to {what}"
+    return "see `move status`"
+
+
 def _refuse_if_moving(p: Placement, force: bool, what: str) -> None:
     if p.move_in_progress and not force:
-        raise Busy(f"project {p.project_id} has a move in progress ({p.move_state}): refusing to {what}",
-                   hint="wait for it with `move status`, `move cancel` it, or pass --force")
+        active = p.move_state in ACTIVE_MOVES
+        raise Busy(f"project {p.project_id} has a move "
+                   f"{'in progress' if active else 'whose clean-up has not run'} ({p.move_state}): refusing to {what}",
+                   hint=f"{move_hint(p.move_state or '', not active)}; or pass --force")
 
 
 def add(cfg: Config, project_id: str, host: str, image: str | None = None) -> PlacementChange:

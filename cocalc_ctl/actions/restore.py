@@ -30,7 +30,7 @@ from cocalc_ctl.actions.pool import require_pool
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import Busy, CommandFailed, InvalidInput, NotFound, OperationFailed
 from cocalc_ctl.state import host_db
-from cocalc_ctl.tools import backup_engine, btrfs
+from cocalc_ctl.tools import backup_engine, btrfs, extents
 
 PATH_TMP_PREFIX = ".cocalc-ctl-restore-"
 # Crash tests name a step here to have the process SIGKILL itself right after it.
@@ -72,7 +72,8 @@ def cleanup(cfg: Config, project_id: str | None = None) -> list[CleanupResult]:
         pids = sorted(found)
     out = []
     for pid in pids:
-        with locks.hold(cfg.data_dir, backups.project_lock(pid), what=f"project {pid} (backup or restore running)"):
+        with locks.hold(cfg.data_dir, backups.project_lock(pid), what=f"project {pid} (backup or restore running)",
+                        doing=f"restore clean-up of project {pid}"):
             out.append(CleanupResult(pid, recover(cfg, pid)))
     return out
 
@@ -86,6 +87,11 @@ class RestoreResult:
     created_project: bool
     persist_restored: bool
     recovered: list[str]
+    # A full restore writes new extents: the project's kept snapshots no longer share disk space
+    # with its files, so the pool holds both copies until those snapshots are pruned.
+    unshared_snapshots: int = 0
+    shared_snapshot: str | None = None  # the newest snapshot the restored files share extents with
+    shared_bytes: int = 0
 
 
 # -- where things are ---------------------------------------------------------------------------
@@ -278,7 +284,8 @@ def restore(cfg: Config, project_id: str, backup_id: str, *, path: str | None = 
     rel = _clean_rel_path(path) if path is not None else None
     require_pool(cfg)
     eng = backup_repo.with_version(backup_repo.engine_for(cfg))
-    with locks.hold(cfg.data_dir, backups.project_lock(dst), what=f"project {dst} (backup or restore running)"):
+    with locks.hold(cfg.data_dir, backups.project_lock(dst), what=f"project {dst} (backup or restore running)",
+                    doing=f"restore of project {dst} from backup {backup_id}" + (f" (--path {rel})" if rel else "")):
         if not force and host_db.db_path(cfg.data_dir).exists():
             with host_db.connect(cfg.data_dir) as conn:
                 row = host_db.get_project(conn, dst)
@@ -292,12 +299,18 @@ def restore(cfg: Config, project_id: str, backup_id: str, *, path: str | None = 
             _restore_path(cfg, eng, dst, snap_id, rel)
             return RestoreResult(dst, src, snap_id, rel, False, False, recovered)
         created = not layout.project_subvolume(cfg, dst).is_dir()
-        persist = _restore_full(cfg, eng, dst, snap_id, src, quota=quota)
+        from cocalc_ctl.actions.projects import snapshot_names
+
+        names = [] if created else snapshot_names(cfg, dst)[0]
+        newest = _newest_snapshot(cfg, dst, names)
+        sharing: dict = {}
+        persist = _restore_full(cfg, eng, dst, snap_id, src, quota=quota, share_with=newest, sharing=sharing)
         if not proc.plan_only(f"# record project {dst} in {host_db.db_path(cfg.data_dir)}"):
             with host_db.connect(cfg.data_dir) as conn:
                 if host_db.get_project(conn, dst) is None:
                     host_db.upsert_project(conn, dst, state="stopped")
-        return RestoreResult(dst, src, snap_id, None, created, persist, recovered)
+        return RestoreResult(dst, src, snap_id, None, created, persist, recovered, len(names),
+                             newest if sharing.get("bytes") else None, sharing.get("bytes", 0))
 
 
 def _engine_restore(eng, snap_id: str, target: Path, include: str | None) -> None:
@@ -345,7 +358,17 @@ def _check_manifest(manifest: Path, source_pid: str, snap_id: str) -> None:
                               hint="the repository's tags and contents disagree; check which backup you meant")
 
 
-def _restore_full(cfg: Config, eng, pid: str, snap_id: str, source_pid: str, *, quota: int | None = None) -> bool:
+def _newest_snapshot(cfg: Config, pid: str, names: list[str]) -> str | None:
+    """The snapshot created last (highest creation generation), if the project has any."""
+    if not names or proc.DRY_RUN:
+        return None
+    listed = {s.name: s.cgen for s in btrfs.list_below(str(layout.snapshots_dir(cfg, pid)))}
+    known = [n for n in names if n in listed]
+    return max(known, key=lambda n: (listed[n], n)) if known else None
+
+
+def _restore_full(cfg: Config, eng, pid: str, snap_id: str, source_pid: str, *, quota: int | None = None,
+                  share_with: str | None = None, sharing: dict | None = None) -> bool:
     root = staging_root(cfg)
     staging = layout.restore_staging(cfg, pid)
     if not root.is_dir() and not proc.plan_only(f"mkdir -m 700 {root}"):
@@ -357,6 +380,11 @@ def _restore_full(cfg: Config, eng, pid: str, snap_id: str, source_pid: str, *, 
         _engine_restore(eng, snap_id, staging, None)
         _failpoint("engine-restored")
         _check_manifest(staging / backups.MANIFEST_IN_BACKUP, source_pid, snap_id)
+        if share_with and sharing is not None:
+            # restic writes every file anew: give back the disk space of the files that are
+            # unchanged since the newest snapshot (the kernel compares the bytes itself)
+            sharing["bytes"] = extents.share_identical_files(
+                str(layout.snapshot_path(cfg, pid, share_with)), str(staging), skip_top=(layout.SNAPSHOTS,))
         staged_persist = staging / backups.PERSIST_IN_BACKUP
         has_persist = not proc.DRY_RUN and staged_persist.is_dir()
         pnew = persist_new(cfg, pid)
@@ -434,6 +462,18 @@ def _safe_parent(live: Path, rel: str, *, create: bool) -> Path:
     return cur
 
 
+def _plan_path_swap(live: Path, tmp: Path, rel: str) -> None:
+    """--dry-run: the rest of a path restore, as the real run does it (checks the same symlinks)."""
+    parent = _safe_parent(live, rel, create=False)
+    dest = parent / rel.rsplit("/", 1)[-1]
+    if not parent.is_dir():
+        proc.plan_only(proc.display(["mkdir", "-p", str(parent)]))
+    if os.path.lexists(dest):
+        proc.plan_only(proc.display(["mv", str(dest), str(tmp / ".old")]))
+    proc.plan_only(proc.display(["mv", str(tmp / rel), str(dest)]))
+    proc.plan_only(proc.display(["rm", "-rf", str(tmp)]))
+
+
 def _restore_path(cfg: Config, eng, pid: str, snap_id: str, rel: str) -> None:
     live = layout.project_subvolume(cfg, pid)
     if not live.is_dir():
@@ -442,6 +482,7 @@ def _restore_path(cfg: Config, eng, pid: str, snap_id: str, rel: str) -> None:
     tmp = live / f"{PATH_TMP_PREFIX}{uuid_mod.uuid4().hex[:12]}"
     if proc.plan_only(f"mkdir -m 700 {tmp}"):
         _engine_restore(eng, snap_id, tmp, rel)
+        _plan_path_swap(live, tmp, rel)
         return
     tmp.mkdir(mode=0o700)
     try:

@@ -4,6 +4,13 @@ Walking from newest to oldest, each policy keeps the first snapshot it sees in e
 until its count is used up (`--keep-daily 7` keeps the newest snapshot of each of the 7 most
 recent days that have one). Locked snapshots are always kept and never use up a bucket; the newest
 snapshot is always kept; names that are not timestamps are not managed and never pruned.
+
+Timestamp names are UTC `YYYY-MM-DDTHH:MM:SSZ` (ours) or `YYYY-MM-DDTHH:MM:SS.mmmZ` (CoCalc's rolling
+snapshots, so a project moved from a CoCalc host has its snapshots pruned too). Where this differs
+from CoCalc on purpose: CoCalc keeps one snapshot per elapsed interval (15 minutes, 1, 7 and 28 days)
+counted back from now; this follows restic's `forget` and counts calendar buckets (quarter hour, hour,
+day, ISO week, calendar month) that have a snapshot, so a host that was off for a week keeps its last
+N days of snapshots rather than none.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-TIMESTAMP_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z")
+TIMESTAMP_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{3})?Z")
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 BUCKETS: dict[str, Callable[[dt.datetime], tuple]] = {
@@ -30,12 +37,14 @@ def timestamp_name(now: dt.datetime) -> str:
 
 
 def parse_timestamp_name(name: str) -> dt.datetime | None:
-    if not TIMESTAMP_RE.fullmatch(name):
+    m = TIMESTAMP_RE.fullmatch(name)
+    if not m:
         return None
     try:
-        return dt.datetime.strptime(name, TIMESTAMP_FORMAT).replace(tzinfo=dt.timezone.utc)
+        when = dt.datetime.strptime(name[:19] + "Z", TIMESTAMP_FORMAT).replace(tzinfo=dt.timezone.utc)
     except ValueError:
         return None
+    return when.replace(microsecond=int(m.group(7)[1:]) * 1000) if m.group(7) else when
 
 
 @dataclass

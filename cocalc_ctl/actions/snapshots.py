@@ -1,8 +1,8 @@
 """Read-only btrfs snapshots of a project under `.snapshots/`: create, list, delete, lock, prune, auto.
 
 A lock is a file `.snapshots/.<name>.lock`; a locked snapshot survives `delete` and `prune` (and
-blocks `project delete` without --force). Only timestamp-named snapshots (UTC `YYYY-MM-DDTHH:MM:SSZ`)
-are managed by retention.
+blocks `project delete` without --force). Only timestamp-named snapshots (UTC `YYYY-MM-DDTHH:MM:SSZ`,
+or CoCalc's `YYYY-MM-DDTHH:MM:SS.mmmZ`) are managed by retention.
 """
 
 from __future__ import annotations

@@ -147,12 +147,13 @@ def status(limit: int = typer.Option(20, "--limit", metavar="N", min=1, help="Ho
     def human(r):
         output.table(["job", "project", "state", "backup", "bytes", "started", "seconds", "error"],
                      [(j.id, j.project_id, j.state, (j.backup_id or "")[:8] or None, output.human_bytes(j.bytes),
-                       j.started_at, f"{j.duration:.1f}" if j.duration is not None else None, j.error)
+                       j.started_at, f"{j.duration:.1f}" if j.duration is not None else None,
+                       f"resolved by job {j.resolved_by}: {j.error}" if j.resolved_by and j.error else j.error)
                       for j in r.jobs], title="jobs")
         print()
-        output.table(["project", "last success", "age", "backup"],
-                     [(p.project_id, p.last_success or "never", _age(p.age_seconds), (p.backup_id or "")[:8] or None)
-                      for p in r.projects], title="projects")
+        output.table(["project", "last success", "age", "backup", "failing"],
+                     [(p.project_id, p.last_success or "never", _age(p.age_seconds), (p.backup_id or "")[:8] or None,
+                       p.failing) for p in r.projects], title="projects")
 
     render(result, human)
 
@@ -266,7 +267,17 @@ def restore(project: str = PROJECT,
     if G.json and not G.dry_run:  # like backup create: progress lines, then the result as the last line
         output.json_line({"event": "result", **output.to_jsonable(result)})
         return
-    render(result, lambda r: done(
-        f"restored {'path ' + r.path + ' of ' if r.path else ''}project {r.project_id} from backup {r.backup_id[:8]}"
-        + (f" of project {r.from_project}" if r.from_project != r.project_id else "")
-        + (" (created)" if r.created_project else "")))
+
+    def human(r) -> None:
+        done(f"restored {'path ' + r.path + ' of ' if r.path else ''}project {r.project_id} from backup "
+             f"{r.backup_id[:8]}" + (f" of project {r.from_project}" if r.from_project != r.project_id else "")
+             + (" (created)" if r.created_project else ""))
+        if r.unshared_snapshots and r.shared_bytes:
+            done(f"note: {output.human_bytes(r.shared_bytes)} of the restored files, unchanged since snapshot "
+                 f"{r.shared_snapshot}, share disk space with it again; the rest shares none with the project's "
+                 f"{r.unshared_snapshots} snapshot(s): the pool holds both copies until those snapshots are pruned")
+        elif r.unshared_snapshots:
+            done(f"note: the restored files share no disk space with the project's {r.unshared_snapshots} "
+                 "snapshot(s): the pool holds both copies until those snapshots are pruned")
+
+    render(result, human)

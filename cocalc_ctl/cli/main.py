@@ -153,7 +153,15 @@ def run(argv: list[str]) -> int:
         return _error("interrupted", 130)
     except BrokenPipeError:
         return 141
-    except Exception as exc:  # click's own exceptions and anything unexpected
+    except Exception as exc:  # click's own exceptions, expected system failures, and real bugs
+        from cocalc_ctl.errors import from_exception
+
+        if (mapped := from_exception(exc)) is not None:  # a full disk, a refused connection, ...
+            if common.G.verbose:
+                import traceback
+
+                traceback.print_exc()
+            return _error(mapped.one_line(), mapped.exit_code)
         name = type(exc).__name__
         if name == "Exit":
             return getattr(exc, "exit_code", 0)

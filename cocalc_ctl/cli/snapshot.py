@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from cocalc_ctl.cli.common import config, done, render
+from cocalc_ctl.cli.common import G, config, done, render
 
 app = typer.Typer(help="Create, list, lock, delete and prune project snapshots.", no_args_is_help=True)
 
@@ -107,6 +107,11 @@ def auto(project: Optional[str] = typer.Argument(None, metavar="[PROJECT]",
     from cocalc_ctl.actions import snapshots
 
     result = snapshots.auto(config(), project)
+    if G.dry_run and not G.json:  # the plan shows what would be created; say what would be skipped
+        for r in result:
+            would = f"would create {r.created}" if r.created else f"skipped ({r.reason})"
+            print(f"# {r.project_id}: {would}" + (f"; would prune {len(r.removed)}" if r.removed else ""))
+        return
 
     def human(rs):
         for r in rs:

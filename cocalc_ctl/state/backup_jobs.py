@@ -67,6 +67,13 @@ def last_success(conn: sqlite3.Connection) -> dict[str, sqlite3.Row]:
     return {r["project_id"]: r for r in rows}
 
 
+def newest_finished(conn: sqlite3.Connection) -> dict[str, sqlite3.Row]:
+    """The newest finished (succeeded or failed) job of each project."""
+    rows = conn.execute("SELECT b.* FROM backup_jobs b JOIN (SELECT project_id, MAX(id) AS id FROM backup_jobs "
+                        "WHERE state IN ('succeeded','failed') GROUP BY project_id) m ON b.id = m.id").fetchall()
+    return {r["project_id"]: r for r in rows}
+
+
 def by_backup_id(conn: sqlite3.Connection, project_id: str) -> dict[str, sqlite3.Row]:
     rows = conn.execute("SELECT * FROM backup_jobs WHERE project_id=? AND backup_id IS NOT NULL",
                         (project_id,)).fetchall()

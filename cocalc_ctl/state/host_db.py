@@ -154,22 +154,56 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """Split a migration into whole SQL statements the way sqlite's own shell does: a `;` ends a
+    statement only where `sqlite3.complete_statement` agrees (not inside a string, a comment or a
+    trigger's BEGIN ... END). Every statement runs inside the migration's one transaction
+    (executescript would commit it first)."""
+    statements, buf = [], ""
+    for piece in script.split(";"):
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            if _has_sql(buf):
+                statements.append(buf.strip())
+            buf = ""
+    if _has_sql(buf[:-1]):  # a last statement without its `;`
+        statements.append(buf[:-1].strip())
+    return statements
+
+
+def _has_sql(text: str) -> bool:
+    lines = (line.split("--", 1)[0].strip() for line in text.splitlines())
+    return any(line and line != ";" for line in lines)
 
 
 # -- projects ---------------------------------------------------------------------------------
 
+PROJECT_FIELDS = ("image", "state", "http_port", "ssh_port", "authorized_keys")
+
+
 def upsert_project(conn: sqlite3.Connection, project_id: str, **fields) -> None:
+    """Insert or update one project row in one transaction (a reader never sees half the fields)."""
+    unknown = set(fields) - set(PROJECT_FIELDS)
+    if unknown:
+        raise ValueError(", ".join(sorted(unknown)))
     now = now_iso()
-    row = conn.execute("SELECT project_id FROM projects WHERE project_id=?", (project_id,)).fetchone()
-    if row is None:
-        conn.execute("INSERT INTO projects(project_id, state, created_at, updated_at) VALUES (?,?,?,?)",
-                     (project_id, fields.pop("state", "stopped"), now, now))
-    allowed = {"image", "state", "http_port", "ssh_port", "authorized_keys"}
-    for k, v in fields.items():
-        if k not in allowed:
-            raise ValueError(k)
-        conn.execute(f"UPDATE projects SET {k}=?, updated_at=? WHERE project_id=?", (v, now, project_id))
+    own = not conn.in_transaction
+    if own:
+        conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute("SELECT project_id FROM projects WHERE project_id=?", (project_id,)).fetchone()
+        if row is None:
+            conn.execute("INSERT INTO projects(project_id, state, created_at, updated_at) VALUES (?,?,?,?)",
+                         (project_id, fields.pop("state", "stopped"), now, now))
+        if fields:
+            columns = [k for k in PROJECT_FIELDS if k in fields]  # names from our own list, never input
+            conn.execute(f"UPDATE projects SET {', '.join(f'{k}=?' for k in columns)}, updated_at=? "
+                         "WHERE project_id=?", (*(fields[k] for k in columns), now, project_id))
+        if own:
+            conn.execute("COMMIT")
+    except BaseException:
+        if own and conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def get_project(conn: sqlite3.Connection, project_id: str) -> sqlite3.Row | None:

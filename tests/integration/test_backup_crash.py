@@ -243,3 +243,36 @@ def test_errors_are_one_line_with_exit_codes_and_leave_project_untouched(make_ho
         db.execute("UPDATE projects SET state='running' WHERE project_id=?", (PID_A,))
     r = h.cli("restore", PID_A, "latest", check=False)
     assert r.returncode == 4 and "is running" in r.stderr
+
+
+def test_full_pool_during_backup_is_one_line_and_the_job_records_why(make_host, workdir):
+    h = backup_host(make_host, workdir, size="300M")
+    h.cli("project", "create", PID_A)
+    (h.project_path(PID_A) / "small").write_text("x")
+    filler = h.pool / "filler"
+    with open(filler, "wb") as fh:  # fill data and metadata: small files until nothing fits
+        try:
+            while True:
+                fh.write(os.urandom(1 << 20))
+                fh.flush()
+        except OSError:
+            pass
+    n = 0
+    try:
+        while True:
+            (h.pool / f"f{n}").write_bytes(os.urandom(2048))
+            n += 1
+    except OSError:
+        pass
+    subprocess.run(["btrfs", "filesystem", "sync", str(h.pool)], check=True)
+    r = h.cli("backup", "create", PID_A, check=False)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "internal error" not in r.stderr and "no space left" in r.stderr.lower(), r.stderr
+    job = jobs(h)[-1]
+    assert job["state"] == "failed" and "OSError" not in job["error"] and "no space left" in job["error"].lower(), job
+    assert not (h.project_path(PID_A) / ".snapshots" / ".backup-tmp").exists()
+    # the timer's `backup due` records it as this project's failure and goes on (exit 1, JSON intact)
+    r = h.cli("--json", "backup", "due", check=False)
+    assert r.returncode == 1, r.stderr
+    (failed,) = json.loads(r.stdout)["failed"]
+    assert failed["project_id"] == PID_A and "no space left" in failed["error"].lower(), failed

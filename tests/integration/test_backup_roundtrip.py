@@ -87,10 +87,13 @@ def test_full_restore_keeps_snapshots_and_replaces_content(make_host, workdir):
 
     out = _last_json_line(h.cli("--json", "restore", PID_A, bid).stdout)
     assert out["backup_id"].startswith(bid) and out["created_project"] is False
+    assert out["unshared_snapshots"] == 1  # "after" no longer shares extents with the restored files
     assert tree_digest(live) == before
     assert (persist / "p").read_text() == "p1"
     assert os.listdir(live / ".snapshots") == ["after"]
     assert h.json("project", "show", PID_A)["quota_bytes"] == 300 << 20  # the qgroup limit survives the swap
+    said = h.cli("restore", PID_A, bid).stdout
+    assert said.count("\n") == 2 and "share" in said and "the project's 1 snapshot(s)" in said, said
 
     # --path restores just that path into the live project
     (live / "doc.txt").write_text("edited")
@@ -115,12 +118,12 @@ def test_full_restore_keeps_snapshots_and_replaces_content(make_host, workdir):
 
     # --to-project restores into another project, which is created
     out = _last_json_line(h.cli("--json", "restore", PID_A, bid, "--to-project", PID_B).stdout)
-    assert out["project_id"] == PID_B and out["created_project"] is True
+    assert out["project_id"] == PID_B and out["created_project"] is True and out["unshared_snapshots"] == 0
     assert tree_digest(h.project_path(PID_B)) == before
     assert PID_B in {p["project_id"] for p in h.json("project", "list")}
 
     # a backup whose tags say one project and whose manifest says another is refused, untouched
-    restic(h, "tag", "--set", f"project:{PID_C}", bid)
+    restic(h, "tag", "--remove", f"project:{PID_A}", "--add", f"project:{PID_C}", bid)
     r = h.cli("restore", PID_C, "latest", check=False)
     assert r.returncode == 1 and f"holds project {PID_A}" in r.stderr
     assert not h.project_path(PID_C).exists() and os.listdir(h.pool / ".restore-staging") == []
@@ -215,3 +218,83 @@ def test_successful_backup_sets_last_backup_on_the_hub(make_host, workdir, hub_d
     r = h.cli("backup", "create", PID_A)
     assert "last_backup was not updated" in r.stderr
     assert [j["state"] for j in jobs(h)] == ["succeeded", "succeeded"]
+
+
+def test_failure_before_init_is_resolved_by_the_next_success_in_status(make_host, workdir):
+    h = backup_host(make_host, workdir, init_repo=False)
+    h.cli("project", "create", PID_A)
+    assert h.cli("backup", "create", PID_A, check=False).returncode == 5
+    st = h.json("backup", "status")
+    (proj,) = [p for p in st["projects"] if p["project_id"] == PID_A]
+    assert "backup init" in proj["failing"] and proj["last_success"] is None
+    assert st["jobs"][0]["state"] == "failed" and st["jobs"][0]["resolved_by"] is None
+    h.cli("backup", "init")
+    h.cli("backup", "create", PID_A)
+    st = h.json("backup", "status")
+    (proj,) = [p for p in st["projects"] if p["project_id"] == PID_A]
+    assert proj["failing"] is None and proj["last_success"]
+    ok, failed = st["jobs"]
+    assert ok["state"] == "succeeded" and failed["state"] == "failed" and failed["resolved_by"] == ok["id"]
+    assert f"resolved by job {ok['id']}" in h.cli("backup", "status").stdout
+
+
+def test_a_snapshot_cocalc_ctl_did_not_make_never_becomes_latest(make_host, workdir):
+    h = backup_host(make_host, workdir)
+    h.cli("project", "create", PID_A)
+    live = h.project_path(PID_A)
+    (live / "mine.txt").write_text("made by cocalc-ctl")
+    ours = _last_json_line(h.cli("--json", "backup", "create", PID_A).stdout)["backup_id"]
+    before = tree_digest(live)
+    stranger = workdir / "stranger"
+    stranger.mkdir()
+    (stranger / "evil.txt").write_text("not this project")
+    cfg = h.extra_config["backup"]
+    env = {**os.environ, "RESTIC_REPOSITORY": cfg["repo"], "RESTIC_PASSWORD_FILE": cfg["password_file"]}
+    import subprocess
+
+    subprocess.run(["restic", "backup", "--tag", f"project:{PID_A}", "."], cwd=str(stranger), env=env, check=True,
+                   capture_output=True)
+    foreign = [s["id"] for s in json.loads(restic(h, "snapshots", "--json").stdout) if s["id"][:8] != ours[:8]]
+    assert len(foreign) == 1
+
+    listed = h.cli("--json", "backup", "list", PID_A)
+    assert [b["id"][:8] for b in json.loads(listed.stdout)] == [ours[:8]]
+    assert "ignored 1 snapshot(s)" in listed.stderr
+    (live / "mine.txt").write_text("changed")
+    r = h.cli("restore", PID_A, "latest")
+    assert "ignored 1 snapshot(s)" in r.stderr and ours[:8] in r.stdout
+    assert tree_digest(live) == before and not (live / "evil.txt").exists()
+    r = h.cli("restore", PID_A, foreign[0][:12], check=False)
+    assert r.returncode == 3 and "not made by cocalc-ctl" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert tree_digest(live) == before
+
+
+def test_full_restore_shares_unchanged_files_with_the_newest_snapshot(make_host, workdir):
+    h = backup_host(make_host, workdir)
+    h.cli("project", "create", PID_A)
+    live = h.project_path(PID_A)
+    (live / "same.bin").write_bytes(os.urandom(8 << 20))
+    (live / "sub").mkdir()
+    (live / "sub" / "also.bin").write_bytes(os.urandom(1 << 20))
+    (live / "changes.bin").write_bytes(os.urandom(1 << 20))
+    linked = os.urandom(1 << 20)
+    (live / "link.bin").write_bytes(linked)
+    bid = _last_json_line(h.cli("--json", "backup", "create", PID_A).stdout)["backup_id"]
+    before = tree_digest(live)
+    (live / "changes.bin").write_bytes(os.urandom(1 << 20))
+    h.cli("snapshot", "create", PID_A, "old")
+    (live / "changes.bin").write_bytes(os.urandom(1 << 20))
+    # a symlink the project placed, to identical bytes outside it: never followed
+    outside = h.pool / "outside.bin"
+    outside.write_bytes(linked)
+    (live / "link.bin").unlink()
+    os.symlink(outside, live / "link.bin")
+    h.cli("snapshot", "create", PID_A, "newest")
+    out = h.json("restore", PID_A, bid)
+    assert tree_digest(live) == before
+    # same.bin and sub/also.bin are unchanged since "newest": shared again; changes.bin and the
+    # symlinked link.bin are not
+    assert out["shared_snapshot"] == "newest" and out["shared_bytes"] == (9 << 20), out
+    said = h.cli("restore", PID_A, bid).stdout
+    assert "9.0 MiB of the restored files, unchanged since snapshot newest, share disk space" in said, said
+    assert tree_digest(live) == before

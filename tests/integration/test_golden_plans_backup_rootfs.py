@@ -58,6 +58,19 @@ def test_restore_and_prune_plans(backed_up):
     assert len(backed_up.json("backup", "list", PID)) == 1
 
 
+def test_restore_path_plan_includes_the_swap_and_the_clean_up(backed_up):
+    (backed_up.project_path(PID) / "docs").mkdir()
+    (backed_up.project_path(PID) / "docs" / "a.md").write_text("a\n")
+    backed_up.cli("backup", "create", PID)
+    before = sorted(os.listdir(backed_up.project_path(PID)))
+    res = backed_up.cli("--dry-run", "restore", PID, "latest", "--path", "notes.md")
+    text = re.sub(r"\.cocalc-ctl-restore-[0-9a-f]{12}", ".cocalc-ctl-restore-$RANDOM", _norm(backed_up, res.stdout))
+    res = backed_up.cli("--dry-run", "restore", PID, "latest", "--path", "docs/new/b.md")
+    text += re.sub(r"\.cocalc-ctl-restore-[0-9a-f]{12}", ".cocalc-ctl-restore-$RANDOM", _norm(backed_up, res.stdout))
+    check_golden("plans/restore-path.txt", text)
+    assert sorted(os.listdir(backed_up.project_path(PID))) == before
+
+
 def test_rootfs_pull_and_mount_plans(backed_up, workdir):
     tree = workdir / "tree"
     (tree / "bin").mkdir(parents=True)

@@ -109,6 +109,12 @@ def test_metrics_survive_an_unmounted_pool_and_a_dead_hub(host, workdir):
     assert m[("cocalc_ctl_host_db_up", ())] == 1
 
 
-def test_metrics_write_needs_an_existing_directory(host, workdir):
-    res = host.cli("metrics", "write", "--textfile-dir", str(workdir / "missing"), check=False)
-    assert res.returncode == 5 and "does not exist" in res.stderr
+def test_metrics_write_creates_a_missing_directory_and_dry_run_says_so(host, workdir):
+    missing = workdir / "missing" / "textfile"
+    plan = host.cli("--dry-run", "metrics", "write", "--textfile-dir", str(missing))
+    assert f"mkdir -p -m 0755 {missing}" in plan.stdout and not missing.exists()
+    host.cli("metrics", "write", "--textfile-dir", str(missing))
+    assert (missing / "cocalc_ctl.prom").is_file() and (missing.stat().st_mode & 0o777) == 0o755
+    (workdir / "a-file").write_text("x")
+    res = host.cli("metrics", "write", "--textfile-dir", str(workdir / "a-file"), check=False)
+    assert res.returncode == 5 and "not a directory" in res.stderr

@@ -159,6 +159,10 @@ def test_a_move_in_progress_guards_host_changes_and_removal(hub, hub_dsn):
     assert admin.json("hub", "project", "set", PID, "--image", "ubuntu:25.10")["changed"] == ["rootfs_image"]
     admin.cli("move", "cancel", PID)
     assert admin.cli("hub", "project", "rm", PID, check=False).returncode == 4
+    # every hint leads somewhere that works: not `move cancel` (it is cancelled) but the worker's clean-up
+    res = admin.cli("hub", "project", "set", PID, "--host", "host-b", check=False)
+    assert res.returncode == 4 and "move worker --once" in res.stderr and "move cancel" not in res.stderr, res.stderr
+    assert admin.json("move", "cancel", PID)["state"] == "cancelled"  # cancelling again is not an error
     assert "MOVE" in admin.cli("hub", "project", "list").stdout and "cancelled*" in admin.cli(
         "hub", "project", "list").stdout
     assert admin.json("hub", "project", "rm", PID, "--force")["action"] == "removed"

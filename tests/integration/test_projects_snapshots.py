@@ -188,3 +188,28 @@ def test_concurrent_auto_runs_are_refused_by_the_lock(host):
         fcntl.flock(fh, fcntl.LOCK_EX)
         res = host.cli("snapshot", "auto", check=False)
     assert res.returncode == 4 and "busy" in res.stderr
+
+
+def test_auto_dry_run_says_skipped_when_nothing_is_due(host):
+    host.cli("project", "create", PID)
+    host.cli("snapshot", "auto", PID)
+    before = subvolumes(host)  # (reading the files would update atimes: a change to the project)
+    res = host.cli("--dry-run", "snapshot", "auto", PID)
+    assert f"# {PID}: skipped (unchanged since generation" in res.stdout, res.stdout
+    (host.project_path(PID) / "new").write_text("data")
+    import time
+
+    time.sleep(1.1)  # timestamp names have one-second resolution
+    res = host.cli("--dry-run", "snapshot", "auto", PID)
+    assert f"btrfs subvolume snapshot -r {host.pool}/project-{PID} " in res.stdout
+    assert f"# {PID}: would create 20" in res.stdout, res.stdout
+    assert subvolumes(host) == before
+
+
+def test_cocalc_millisecond_snapshots_are_pruned(host):
+    host.cli("project", "create", PID)
+    for day in ("01", "02", "03"):
+        host.cli("snapshot", "create", PID, f"2026-01-{day}T10:57:55.123Z")
+    res = host.json("snapshot", "prune", PID, "--keep-daily", "1")
+    assert sorted(res["removed"]) == ["2026-01-01T10:57:55.123Z", "2026-01-02T10:57:55.123Z"], res
+    assert [s["name"] for s in host.json("snapshot", "list", PID)] == ["2026-01-03T10:57:55.123Z"]

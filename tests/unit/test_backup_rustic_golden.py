@@ -78,8 +78,10 @@ def test_backup_line_and_summary(rustic_cfg, fp):
 
 def test_list_uses_ungrouped_snapshots(rustic_cfg, fp):
     cfg, stub, profile = rustic_cfg
-    out = [[{"hostname": "h"}, [{"id": "f" * 64, "time": "2026-11-27T10:00:00Z", "hostname": "h",
-                                 "tags": [f"project:{PID}", "host:h2"]}]]]
+    out = [[{"hostname": "h2"}, [{"id": "f" * 64, "time": "2026-11-27T10:00:00Z", "hostname": "h2",
+                                  "tags": [f"project:{PID}", "host:h2"]},
+                                 {"id": "e" * 64, "time": "2026-11-28T10:00:00Z", "hostname": "h2",
+                                  "tags": [f"project:{PID}"]}]]]  # made by hand: not ours, though newer
     fp.register(["rustic", "-P", profile, "snapshots", "--json", "--group-by", "", "--filter-tags", f"project:{PID}"],
                 stdout=json.dumps(out))
     (b,) = backup_repo.list_backups(cfg, PID)

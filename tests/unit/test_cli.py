@@ -209,3 +209,55 @@ def test_backup_prune_hint_lists_every_keep_option(capsys):
     [prune] = [c for c in model().walk() if c.path == ("backup", "prune")]
     assert options == {n for o in prune.options for n in o.names if n.startswith("--keep-")}
     assert len(options) == 6
+
+
+def _write_to_a_full_disk(*args, **kwargs):
+    with open("/dev/full", "wb", buffering=0) as fh:  # the kernel answers ENOSPC for real
+        fh.write(b"x")
+
+
+def test_full_disk_is_one_line_exit_1_with_a_hint_not_an_internal_error(monkeypatch, capsys):
+    from cocalc_ctl.actions import projects
+
+    monkeypatch.setattr(projects, "list_projects", _write_to_a_full_disk)
+    assert run(["project", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error" not in err, err
+    assert err.startswith("cocalc-ctl: error: no space left on device") and "free space" in err, err
+
+
+@pytest.mark.parametrize("errno_name,code,words", [
+    ("EDQUOT", 1, "quota"), ("EACCES", 5, "run as root"), ("ENOENT", 3, "check the path"),
+    ("EROFS", 5, "read-only"), ("ECONNREFUSED", 1, "server is running"), ("EBUSY", 4, "retry"),
+])
+def test_expected_os_errors_map_to_documented_exit_codes(monkeypatch, capsys, errno_name, code, words):
+    import errno
+    import os
+
+    from cocalc_ctl.actions import projects
+
+    def fail(cfg):
+        number = getattr(errno, errno_name)
+        raise OSError(number, os.strerror(number), "/some/path")
+
+    monkeypatch.setattr(projects, "list_projects", fail)
+    assert run(["project", "list"]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error" not in err and "/some/path" in err and words in err, err
+
+
+def test_non_utf8_config_file_is_exit_2_not_internal_error(tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"data_dir: /caf\xe9\n")
+    monkeypatch.setenv("COCALC_CTL_CONFIG", str(bad))
+    assert run(["project", "list"]) == 2
+    err = capsys.readouterr().err
+    assert "not UTF-8" in err and str(bad) in err and err.count("\n") == 1, err
+
+
+def test_unreachable_hub_for_proxy_hub_mode_is_one_line_exit_1(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("COCALC_CTL_HUB_DSN", f"host={tmp_path}/no-such-socket-dir dbname=hub")
+    assert run(["proxy", "serve", "--mode", "hub", "--listen", "127.0.0.1:0", "--no-access-log"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cocalc-ctl: error: ") and "hub" in err and err.count("\n") == 1, err
+    assert "internal error" not in err and "Traceback" not in err, err

@@ -85,3 +85,31 @@ def test_dsn_password_is_redacted(tmp_path, dsn, hidden):
                                         ("4096", 4096)])
 def test_parse_size(text, value):
     assert config.parse_size(text) == value
+
+
+def test_duplicate_key_is_refused_naming_key_and_lines(tmp_path):
+    path = write(tmp_path, "data_dir: /a\nbackup:\n  repo: /r\ndata_dir: /b\n")
+    with pytest.raises(ConfigError) as exc:
+        config.load(path, env={})
+    text = exc.value.one_line()
+    assert "'data_dir'" in text and "line 4" in text and "line 1" in text and path in text
+
+
+def test_duplicate_nested_key_is_refused(tmp_path):
+    path = write(tmp_path, "backup:\n  repo: /r\n  repo: /s\n")
+    with pytest.raises(ConfigError, match=r"line 3: key 'repo' is given twice \(first on line 2\)"):
+        config.load(path, env={})
+
+
+def test_dotted_and_nested_spelling_of_one_key_is_refused(tmp_path):
+    path = write(tmp_path, "backup.repo: /r\nbackup:\n  repo: /s\n")
+    with pytest.raises(ConfigError, match="'backup.repo' is given twice"):
+        config.load(path, env={})
+
+
+def test_non_utf8_config_is_a_config_error_with_the_line(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_bytes(b"backup:\n  repo: /r\ndata_dir: /caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"line 3: not UTF-8 text \(byte 0xe9\)") as exc:
+        config.load(str(p), env={})
+    assert exc.value.exit_code == 2 and exc.value.hint

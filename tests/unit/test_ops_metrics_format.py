@@ -69,3 +69,16 @@ def test_metrics_show_json_lists_families(cfg):
     assert fams["cocalc_ctl_pool_mounted"]["samples"] == [{"labels": {}, "value": 0}]
     res = subprocess.run([*CLI, "metrics", "show"], capture_output=True, text=True, env=env)
     assert "# TYPE cocalc_ctl_pool_mounted gauge\ncocalc_ctl_pool_mounted 0\n" in res.stdout
+
+
+def test_write_creates_a_missing_directory_and_dry_run_only_plans_it(cfg, tmp_path, monkeypatch, capsys):
+    from cocalc_ctl import proc
+
+    d = tmp_path / "not" / "yet"
+    monkeypatch.setattr(proc, "DRY_RUN", True)
+    monkeypatch.setattr(proc, "PLAN", [])
+    metrics.write(cfg, textfile_dir=str(d))
+    assert f"mkdir -p -m 0755 {d}" in capsys.readouterr().out and not d.exists()
+    monkeypatch.setattr(proc, "DRY_RUN", False)
+    res = metrics.write(cfg, textfile_dir=str(d))
+    assert res.path == str(d / "cocalc_ctl.prom") and (d / "cocalc_ctl.prom").is_file()

@@ -1,10 +1,14 @@
 import os
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from cocalc_ctl import proc
 from cocalc_ctl.errors import CommandFailed, CommandTimeout, ToolMissing
+from tests.support.hosts import REPO
 
 
 @pytest.fixture(autouse=True)
@@ -91,3 +95,46 @@ def test_pipeline_dry_run(capsys):
 
 def test_sigpipe_constant_is_what_we_filter():
     assert signal.SIGPIPE == 13
+
+
+def _running(pid: int) -> bool:
+    """Listed and not a zombie (it may be reaped, and its /proc entry gone, at any moment)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("how", ["pipeline", "run"])
+def test_every_child_dies_with_the_parent(tmp_path, how):
+    """Like proc.stream(): a killed move step must not leave its `btrfs send | ssh` stages running."""
+    a, b = tmp_path / "a.pid", tmp_path / "b.pid"
+    stage = "echo $$ > {}.tmp && mv {}.tmp {}; exec sleep 60"
+    if how == "pipeline":
+        call = (f"proc.pipeline([proc.Stage(['sh', '-c', {stage.format(a, a, a)!r}]), "
+                f"proc.Stage(['sh', '-c', {stage.format(b, b, b)!r}])])")
+        pidfiles = [a, b]
+    else:
+        call = f"proc.run(['sh', '-c', {stage.format(a, a, a)!r}])"
+        pidfiles = [a]
+    parent = subprocess.Popen([sys.executable, "-c", f"from cocalc_ctl import proc; proc.DRY_RUN = False; {call}"],
+                              cwd=str(REPO))
+    try:
+        deadline = time.monotonic() + 60
+        while not all(p.exists() for p in pidfiles):
+            assert time.monotonic() < deadline and parent.poll() is None
+            time.sleep(0.02)
+        children = [int(p.read_text()) for p in pidfiles]
+    finally:
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while any(_running(c) for c in children):
+        if time.monotonic() > deadline:
+            for c in children:
+                if _running(c):
+                    os.kill(c, signal.SIGKILL)
+            raise AssertionError(f"a child of proc.{how} outlived its parent")
+        time.sleep(0.02)

@@ -77,3 +77,25 @@ def test_timestamp_parsing_rejects_impossible_dates():
     assert parse_timestamp_name("2026-02-30T00:00:00Z") is None
     assert parse_timestamp_name("2026-11-27T10:43:45Z") == dt.datetime(2026, 11, 27, 10, 43, 45,
                                                                        tzinfo=dt.timezone.utc)
+
+
+def test_cocalc_millisecond_names_are_managed_and_pruned():
+    # CoCalc names its rolling snapshots with milliseconds; a project moved from a CoCalc host
+    # must not keep them forever.
+    cocalc = [n[:-1] + ".123Z" for n in names_every(dt.timedelta(days=1), 5)]
+    assert parse_timestamp_name("2026-11-27T10:57:55.123Z") == dt.datetime(
+        2026, 11, 27, 10, 57, 55, 123000, tzinfo=dt.timezone.utc)
+    decisions = {d.name: d for d in plan(cocalc, Policy(daily=2))}
+    assert {n for n, d in decisions.items() if d.keep} == set(cocalc[:2])
+    assert all("not a timestamp name" not in d.reasons for d in decisions.values())
+
+
+def test_mixed_second_and_millisecond_names_sort_by_time():
+    names = ["2026-11-27T10:00:00Z", "2026-11-27T10:00:00.500Z", "2026-11-26T10:00:00.001Z"]
+    result = kept(names, Policy(daily=1))
+    assert result == {"2026-11-27T10:00:00.500Z"}
+
+
+def test_malformed_fraction_is_not_a_timestamp():
+    for name in ("2026-11-27T10:57:55.12Z", "2026-11-27T10:57:55.1234Z", "2026-11-27T10:57:55.Z"):
+        assert parse_timestamp_name(name) is None

@@ -95,11 +95,11 @@ def start(cfg: Config, project_id: str, *, to: str | None = None, mode: str | No
                                     (pid,)).fetchone()
             if existing and existing[0] in ACTIVE:
                 raise Busy(f"project {pid} is already being moved (state {existing[0]})",
-                           hint="see `move status`, or `move cancel` it first")
+                           hint=placement.move_hint(existing[0], True))
             if existing and existing[1] is None:
                 # the last move's clean-up (source delete or destination roll-back) has not run yet
                 raise Busy(f"the previous move of {pid} ({existing[0]}) is still being cleaned up",
-                           hint="let a `move worker` finish it, then start again")
+                           hint=placement.move_hint(existing[0], True) + ", then start again")
             done_at_once = dest == source
             conn.execute(
                 """INSERT INTO project_moves (project_id, source_host_id, dest_host_id, state, mode, compress,
@@ -141,9 +141,14 @@ def cancel(cfg: Config, project_id: str) -> Move:
                                f"updated_at=now() WHERE project_id=%s AND state = ANY(%s) RETURNING {COLUMNS}",
                                (pid, list(CANCELLABLE))).fetchone()
             if row is None:
-                cur = conn.execute("SELECT state FROM project_moves WHERE project_id=%s", (pid,)).fetchone()
+                cur = conn.execute(f"SELECT {COLUMNS} FROM project_moves WHERE project_id=%s", (pid,)).fetchone()
                 if cur is None:
                     raise NotFound(f"no move of project {pid}")
-                raise PreconditionFailed(f"the move of {pid} is {cur[0]}: only a move before finalizing can be cancelled")
+                move = row_to_move(cur)
+                if move.state == "cancelled":
+                    return move  # already cancelled: nothing to do (a worker rolls the destination back)
+                raise PreconditionFailed(f"the move of {pid} is {move.state}: only a move before finalizing can be "
+                                         "cancelled", hint=placement.move_hint(move.state, move.cleaned_at is None))
             conn.execute(MIRROR_SQL, (pid,))
     return row_to_move(row)
+

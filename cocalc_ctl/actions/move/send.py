@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +181,9 @@ def send(cfg: Config, project_id: str, to: str | None, *, mode: str | None = Non
         if inv.get("project_exists"):
             raise PreconditionFailed(f"project {pid} already exists on {peer.host}",
                                      hint="it was moved already; run `move cleanup` here if the hub says done")
+        # logged before the snapshot exists: a move that fails from here on is known by its name
+        common.log(cfg, pid, "send", "start", "ok", move_id=name, detail=f"{mode}/{codec} to {peer.spec}")
+        drop_earlier_move_snapshots(cfg, pid, keep=name)
         _take_move_snapshot(cfg, pid, name)
         if proc.DRY_RUN and mode == "staged":
             proc.plan_only(f"# staged: btrfs send each snapshot into {layout.streams_dir(cfg, pid) / name}/, "
@@ -189,7 +193,6 @@ def send(cfg: Config, project_id: str, to: str | None, *, mode: str | None = Non
         snaps = _ordered_snapshots(cfg, pid, name)
         held = {r["received_uuid"] for r in inv.get("received", [])}
         result = SendResult(pid, peer.spec, mode, codec, name)
-        common.log(cfg, pid, "send", "start", "ok", move_id=name, detail=f"{mode}/{codec} to {peer.spec}")
         try:
             if mode == "pipe":
                 _send_persist(cfg, sess, pid, result, inv)
@@ -212,6 +215,32 @@ def send(cfg: Config, project_id: str, to: str | None, *, mode: str | None = Non
         common.log(cfg, pid, "send", "done", "ok", move_id=name, nbytes=result.bytes_total)
         emit({"event": "done", "project_id": pid, "bytes": result.bytes_total, "seconds": round(result.seconds, 3)})
         return result
+
+
+def drop_earlier_move_snapshots(cfg: Config, pid: str, *, keep: str) -> list[str]:
+    """Delete the move snapshots (and staged stream files) that earlier sends of this project left
+    here when they failed or were cancelled: they are not snapshots of the project, and the next
+    move would send them as ordinary ones. A send retried under its own name (`keep`) reuses its
+    snapshot and stream files instead. A locked snapshot is left alone."""
+    try:
+        with host_db.connect(cfg.data_dir) as conn:
+            earlier = {r[0] for r in conn.execute(
+                "SELECT DISTINCT move_id FROM move_log WHERE project_id=? AND role='send' AND move_id IS NOT NULL",
+                (pid,))}
+    except sqlite3.Error:
+        return []
+    earlier.discard(keep)
+    names, locked = snapshot_names(cfg, pid)
+    dropped = []
+    for old in sorted(earlier & set(names) - set(locked)):
+        proc.run(btrfs.subvolume_delete(str(layout.snapshot_path(cfg, pid, old))))
+        dropped.append(old)
+        common.log(cfg, pid, "send", "drop-old-move-snapshot", "ok", move_id=keep, snapshot=old)
+    for old in earlier:
+        stale = layout.streams_dir(cfg, pid) / old
+        if os.path.isdir(stale) and not os.path.islink(stale) and not proc.plan_only(f"rm -rf {stale}"):
+            shutil.rmtree(stale, ignore_errors=True)
+    return dropped
 
 
 def _take_move_snapshot(cfg: Config, pid: str, name: str) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -205,7 +204,7 @@ class LocalTransport(HostTransport):
         if not cfg_file.exists():
             raise PreconditionFailed(f"no config for host {host_id} in {self.configs_dir}",
                                      hint="write <move.host_configs>/<host-uuid>.yaml or use move.transport=ssh")
-        return [sys.executable, "-m", "cocalc_ctl", "--config", str(cfg_file), "--json", *args]
+        return [*proc.self_command(), "--config", str(cfg_file), "--json", *args]
 
     def run(self, host_id: str, args: list[str], *, timeout: float | None = None,
             on_event: Callable[[dict], None] | None = None) -> dict:

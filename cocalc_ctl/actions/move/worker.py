@@ -27,7 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from cocalc_ctl import ids
+from cocalc_ctl import errors, ids
 from cocalc_ctl.actions.move import common
 from cocalc_ctl.actions.move.hub import ACTIVE, COLUMNS, MIRROR_SQL, Move, row_to_move
 from cocalc_ctl.actions.move.transport import HostTransport, host_transport
@@ -77,7 +77,11 @@ class Worker:
         return row_to_move(row) if row else None
 
     def _update(self, move: Move, *, expect: str | None = None, **fields) -> Move:
-        """Write fields (and a state) iff we still hold the lease and the state is as expected."""
+        """Write fields (and a state) iff we still hold the lease and the state is as expected.
+
+        A new state clears the reason of an earlier failed attempt (unless one is given)."""
+        if "state" in fields and "status_reason" not in fields:
+            fields["status_reason"] = None
         sets = ", ".join(f"{k} = %({k})s" for k in fields)
         params = {**fields, "p": move.project_id, "owner": self.owner, "expect": expect or move.state}
         if "progress" in params and params["progress"] is not None:
@@ -165,7 +169,7 @@ class Worker:
             except LeaseLost:
                 raise
             except Exception as exc:  # any failure of a step: retry later, or give up → failing
-                reason = exc.one_line() if isinstance(exc, CocalcError) else f"{type(exc).__name__}: {exc}"
+                reason = errors.describe(exc)
                 if move.state in ACTIVE and move.attempt < self.max_attempts:
                     self._release(move, f"attempt {move.attempt} failed in {move.state}: {reason}",
                                   delay=min(2.0 * move.attempt, 30.0))
@@ -173,7 +177,8 @@ class Worker:
                 if move.state in ACTIVE:
                     move = self._update(move, state="failing", status_reason=f"{move.state} failed: {reason}")
                     continue
-                self._release(move, f"clean-up failed: {reason}", delay=min(5.0 * max(move.attempt, 1), 60.0))
+                self._release(move, _with_cleanup_failure(move.status_reason, reason),
+                              delay=min(5.0 * max(move.attempt, 1), 60.0))
                 return move
             if nxt is None:
                 self._release(move, None)
@@ -227,12 +232,12 @@ class Worker:
             if m.source_host_id != m.dest_host_id:
                 m, ticket = self._ticket(m, "cleanup")
                 self.transport().run(m.source_host_id, ["move", "cleanup", pid, "--force", "--ticket", ticket])
-            return self._update(m, cleaned_at=_now())
+            return self._update(m, cleaned_at=_now(), status_reason=None)  # an old clean-up failure is over
         if m.state in ("failing", "cancelled") and m.cleaned_at is None:
             if m.dest_host_id and m.dest_host_id != m.source_host_id:
                 m, ticket = self._ticket(m, "abort")
                 self.transport().run(m.dest_host_id, ["move", "abort", pid, "--ticket", ticket])
-            return self._update(m, cleaned_at=_now())
+            return self._update(m, cleaned_at=_now(), status_reason=_without_cleanup_failure(m.status_reason))
         return None
 
     def _ticket(self, m: Move, verb: str) -> tuple[Move, str]:
@@ -271,6 +276,22 @@ class Worker:
         progress = {"bytes": res.get("bytes_total"), "seconds": round(time.monotonic() - t0, 3),
                     "backup_id": backup_id, "reused": bool(res.get("reused"))}
         return self._update(m, state="finalizing", backup_id=backup_id, progress=progress)
+
+
+_CLEANUP_FAILED = "; clean-up failed: "
+
+
+def _with_cleanup_failure(reason: str | None, failure: str) -> str:
+    """Why the move ended (kept) plus the latest clean-up failure (replaced on each retry)."""
+    return f"{_without_cleanup_failure(reason) or ''}{_CLEANUP_FAILED}{failure}".lstrip("; ")
+
+
+def _without_cleanup_failure(reason: str | None) -> str | None:
+    if reason is None:
+        return None
+    if reason.startswith(_CLEANUP_FAILED.lstrip("; ")):
+        return None
+    return reason.split(_CLEANUP_FAILED, 1)[0] or None
 
 
 def _now():

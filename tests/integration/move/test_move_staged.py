@@ -96,3 +96,28 @@ def test_staged_copy_resumes_after_the_send_is_killed(pair):
     assert [e["snapshot"] for e in res if e["event"] == "sent"] == ["s1", "s2", "s3", "move-kill"]
     b.cli("move", "finalize", pid)
     assert_moved(b, pid, digests)
+
+
+def test_a_failed_moves_snapshot_is_dropped_by_the_next_move_and_never_sent(small_pair):
+    """A staged move that fails after taking its move snapshot leaves it behind; a new move (another
+    name) deletes it instead of shipping it as an ordinary snapshot. A retry under the same name
+    reuses its snapshot (test_staged_copy_resumes_after_the_send_is_killed)."""
+    from tests.support.move import make_project
+
+    a, b, rb, _ = small_pair
+    pid = str(uuid.uuid4())
+    make_project(a, pid, {"notes.txt": b"v1\n"})
+    a.cli("snapshot", "create", pid, "s1")
+    (a.project_path(pid) / "big.bin").write_bytes(os.urandom(80 << 20))  # more than B has free
+    subprocess.run(["btrfs", "filesystem", "sync", str(a.pool)], check=True)
+    res = a.cli("move", "send", pid, "--to", rb.spec(), "--mode", "staged", "--snapshot", "move-one", check=False)
+    assert res.returncode == 5 and "free" in res.stderr, res.stderr
+    assert (a.project_path(pid) / ".snapshots" / "move-one").is_dir()  # what the failed move left
+    (a.project_path(pid) / "big.bin").unlink()
+    subprocess.run(["btrfs", "filesystem", "sync", str(a.pool)], check=True)
+    evs = events(a.cli("--json", "move", "send", pid, "--to", rb.spec(), "--mode", "staged",
+                       "--snapshot", "move-two").stdout)
+    assert [e["snapshot"] for e in evs if e["event"] == "sent"] == ["s1", "move-two"]
+    assert sorted(os.listdir(a.project_path(pid) / ".snapshots")) == ["move-two", "s1"]
+    b.cli("move", "finalize", pid)
+    assert sorted(json.loads(b.cli("--json", "project", "show", pid).stdout)["snapshots"]) == ["s1"]

@@ -249,3 +249,36 @@ def test_hub_key_rotation_in_the_middle_of_a_queue_fails_no_move(rig):
         row = rig.move_row(p)
         assert row["attempt"] == 1 and row["status_reason"] is None, row
     assert old[0] not in pinned_hub_keys(rig.b) and published[0] in pinned_hub_keys(rig.b)
+
+
+def test_worker_started_as_bin_cocalc_ctl_runs_host_steps_with_the_same_program(rig, workdir):
+    """bin/cocalc-ctl may run under a system python3 that gets the venv's packages only in-process:
+    the host steps must be started the same way, not as `sys.executable -m cocalc_ctl`."""
+    from tests.support.hosts import REPO
+
+    pid = str(uuid.uuid4())
+    digests = build_project(rig.a, pid)
+    queue(rig, pid)
+    env = {k: v for k, v in rig.a.env.items() if k != "COCALC_CTL_CONFIG"}
+    elsewhere = workdir / "cwd"
+    elsewhere.mkdir()
+    res = subprocess.run([str(REPO / "bin" / "cocalc-ctl"), "--config", str(rig.config_path), "--json", "move",
+                          "worker", "--once"], cwd=str(elsewhere), env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert [p["state"] for p in out["processed"]] == ["done"], out
+    assert_done(rig, pid, digests)
+
+
+def test_status_reason_of_a_finished_clean_up_drops_the_old_clean_up_failure(rig):
+    pid = str(uuid.uuid4())
+    build_project(rig.a, pid)
+    queue(rig, pid)
+    assert json.loads(rig.cli("--json", "move", "cancel", pid).stdout)["state"] == "cancelled"
+    # what a clean-up attempt that failed leaves behind: the reason the move ended, plus the failure
+    rig.sql("UPDATE project_moves SET status_reason = 'cancelled by an admin; clean-up failed: boom' "
+            "WHERE project_id = %s", (pid,))
+    rig.cli("move", "worker", "--once")
+    row = rig.move_row(pid)
+    assert row["cleaned_at"] is not None and row["status_reason"] == "cancelled by an admin", row
