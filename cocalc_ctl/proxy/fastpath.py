@@ -215,6 +215,7 @@ class ClientProtocol(asyncio.Protocol):
     def reply_error(self, head, status: int, reason: str, t0: float, upstream: str | None) -> None:
         keep = head.keep_alive and status < 500 and status != 400
         self.p.metrics.requests[status] += 1
+        self.p.metrics.fast_path += 1
         self.p.log.log(peer=self.peer, method=head.method, target=head.target, status=status, bytes_out=0,
                        seconds=time.monotonic() - t0, upstream=upstream, note=reason)
         if not self.detached:

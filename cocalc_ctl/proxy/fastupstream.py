@@ -156,6 +156,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self._detach()
         p = self.p
         p.metrics.requests[self.resp.status] += 1
+        p.metrics.fast_path += 1
         p.metrics.bytes_downstream += self.sent
         if p.log.enabled:
             p.log.log(peer=conn.peer, method=self.head.method, target=self.head.target, status=self.resp.status,

@@ -197,6 +197,9 @@ class Proxy(StreamRelay):
     def _extra_metrics(self) -> dict:
         idle = self.pool.idle_count() + self.fast_pool.idle_count()
         extra = {"cocalc_proxy_upstream_idle_connections": ("gauge", "Idle pooled upstream connections.", idle)}
+        if hasattr(self.routes, "lookups"):
+            extra["cocalc_proxy_route_lookups_total"] = (
+                "counter", "Route table reads that missed the route cache (host mode).", self.routes.lookups)
         if hasattr(self.routes, "notifications"):
             extra["cocalc_proxy_route_notifications_total"] = (
                 "counter", "Route NOTIFY messages received from the hub.", self.routes.notifications)
@@ -214,12 +217,14 @@ class Proxy(StreamRelay):
         except ClientGone:
             keep = False
         self.metrics.requests[status] += 1
+        self.metrics.stream_path += 1
         self.log.log(peer=peer, method=head.method, target=head.target, status=status, bytes_out=0,
                      seconds=time.monotonic() - t0, upstream=upstream, note=reason)
         return keep
 
     def _done(self, head, status, counter, peer, t0, upstream, note) -> None:
         self.metrics.requests[status] += 1
+        self.metrics.stream_path += 1
         self.metrics.bytes_downstream += counter.n
         self.log.log(peer=peer, method=head.method, target=head.target, status=status, bytes_out=counter.n,
                      seconds=time.monotonic() - t0, upstream=upstream, note=note)
@@ -240,6 +245,7 @@ async def serve(routes, settings: Settings, host: str, port: int, access_log: Ac
     """Run until SIGTERM/SIGINT (or `stop` is set); `ready(host, port)` is called once listening."""
     await routes.start()
     proxy = Proxy(routes, settings, access_log)
+    proxy.metrics.event_loop = "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
     if settings.fast_path:
         from cocalc_ctl.proxy.fastpath import ClientProtocol
 

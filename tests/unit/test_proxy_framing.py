@@ -229,3 +229,16 @@ def test_projects_never_share_an_upstream_connection(fast):
     for conn, head, _ in up.requests:
         by_conn.setdefault(conn, set()).add(head.split(b"/")[1])
     assert all(len(v) == 1 for v in by_conn.values()), by_conn
+
+
+@paths
+def test_plain_get_is_served_by_the_fast_path_when_it_is_on(fast):
+    """The hot path must not regress: a body-less GET with a Content-Length answer stays on the fast path."""
+    metrics = b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n"
+    got, up, _ = asyncio.run(_run(lambda c, n, h: ok(), GET + GET + metrics, fast=fast, expect_responses=3))
+    assert _statuses(got) == [200, 200, 200]
+    text = got.decode()
+    fast_n = int(re.search(r'cocalc_proxy_path_requests_total\{path="fast"\} (\d+)', text).group(1))
+    stream_n = int(re.search(r'cocalc_proxy_path_requests_total\{path="stream"\} (\d+)', text).group(1))
+    assert (fast_n, stream_n) == ((2, 0) if fast else (0, 2))
+    assert re.search(r'cocalc_proxy_event_loop_info\{loop="(uvloop|asyncio)"\} 1', text)
