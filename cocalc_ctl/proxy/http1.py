@@ -329,7 +329,3 @@ def simple_response(status: int, body: bytes, *, keep_alive: bool, content_type:
             % (status, reason, content_type, len(body), extra,
                b"" if keep_alive else b"connection: close\r\n"))
     return head if head_only else head + body
-
-
-# Body relays live in bodies.py; re-exported for callers that import them from here.
-from cocalc_ctl.proxy.bodies import Counter, relay_chunked, relay_fixed, relay_until_close  # noqa: E402,F401
