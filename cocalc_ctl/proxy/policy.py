@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from cocalc_ctl.proxy.http1 import HOP_BY_HOP, HttpError, UpstreamProtocolError, parse_request_head
+from cocalc_ctl.proxy.http1 import (HOP_BY_HOP, HttpError, UpstreamProtocolError, parse_request_head,
+                                    parse_response_head)
 
 FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port"})
@@ -221,8 +222,6 @@ def interim_head(resp) -> bytes:
 
 def parse_response_lines(raw: bytes):
     """Fast path: a complete CRLF head (without its final CRLFCRLF) -> ResponseHead, with the limits."""
-    from cocalc_ctl.proxy.http1 import parse_response_head
-
     if len(raw) + 4 > RESPONSE_ACCEPT_BYTES:
         raise UpstreamProtocolError("response head too large")
     lines = raw.split(b"\r\n")
