@@ -168,6 +168,11 @@ def _split_header(line: bytes) -> tuple[bytes, bytes]:
     return name, value
 
 
+# An empty Transfer-Encoding value, or an empty list element in it (`, chunked`, `chunked,,x`): RFC 9110
+# §5.6.1 lets a recipient skip those, but a parser that does not is exactly what smuggling needs.
+_EMPTY_ELEMENT = re.compile(rb"^[ \t]*(?:,|$)|,[ \t]*(?:,|$)")
+
+
 def _tokens(value: bytes) -> list[bytes]:
     return [t.strip(b" \t").lower() for t in value.split(b",") if t.strip(b" \t")]
 
@@ -214,6 +219,8 @@ def parse_request_head(lines: list[bytes]) -> RequestHead:
                 raise HttpError(400, "invalid Content-Length")
             cl = value
         elif lname == b"transfer-encoding":
+            if _EMPTY_ELEMENT.search(value) is not None:
+                raise HttpError(400, "empty element in Transfer-Encoding")
             te.extend(_tokens(value))
         elif lname == b"connection":
             connection.extend(_tokens(value))
@@ -284,6 +291,8 @@ def parse_response_head(lines: list[bytes]) -> ResponseHead:
                     raise UpstreamProtocolError("invalid Content-Length")
                 cls.add(v.lstrip(b"0") or b"0")
         elif lname == b"transfer-encoding":
+            if _EMPTY_ELEMENT.search(value) is not None:
+                raise UpstreamProtocolError("empty element in Transfer-Encoding")
             te.extend(_tokens(value))
         else:  # connection
             head.connection_tokens.update(_tokens(value))
