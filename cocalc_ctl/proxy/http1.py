@@ -317,20 +317,6 @@ def parse_response_head(lines: list[bytes]) -> ResponseHead:
     return head
 
 
-def end_to_end(headers: list[tuple[bytes, bytes, bytes]], connection_tokens: set[bytes] | None = None):
-    """Headers without the hop-by-hop ones and without those the Connection header names."""
-    drop = HOP_BY_HOP if not connection_tokens else HOP_BY_HOP | connection_tokens
-    return [h for h in headers if h[0] not in drop]
-
-
-def connection_tokens(headers: list[tuple[bytes, bytes, bytes]]) -> set[bytes]:
-    out: set[bytes] = set()
-    for lname, _, value in headers:
-        if lname == b"connection":
-            out.update(_tokens(value))
-    return out
-
-
 def simple_response(status: int, body: bytes, *, keep_alive: bool, content_type: bytes = b"text/plain; charset=utf-8",
                     head_only: bool = False, extra: bytes = b"") -> bytes:
     reason = REASONS.get(status, "Status").encode()
