@@ -57,6 +57,8 @@ def effective(cfg) -> list[tuple[str, object, str]]:
 
 
 def _text(value) -> str:
+    if isinstance(value, (tuple, list)):  # list values (proxy.trust_forwarded) comma-separated
+        return ", ".join(str(v) for v in value) or "(none)"
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
