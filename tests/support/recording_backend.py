@@ -9,7 +9,8 @@ Answers:
 - default: 200 with `x-rec: <seq>` and the body `<seq> <method> <target> <body length> <sha1>`, so a
   client can tell which received request a response belongs to;
 - a target containing `/script/<name>`: the steps registered in `scripts[name]`, written raw (bytes to
-  write, ("sleep", s), ("close",), ("hold",) to stay silent until the peer goes away);
+  write, ("sleep", s), ("drip", bytes, s) one byte every s seconds, ("close",), ("hold", s) silence
+  for s seconds, then close);
 - `Expect: 100-continue` gets `100 Continue` before the body is read (as common servers do).
 
 Framing of what the backend reads is deliberately lenient (a chunked body wins over a length, bare
@@ -317,6 +318,11 @@ class RecordingBackend:
                 await writer.drain()
             elif step[0] == "sleep":
                 await asyncio.sleep(step[1])
+            elif step[0] == "drip":  # ("drip", bytes, seconds between bytes)
+                for i in range(len(step[1])):
+                    writer.write(step[1][i:i + 1])
+                    await writer.drain()
+                    await asyncio.sleep(step[2])
             elif step[0] == "close":
                 return True
             elif step[0] == "hold":  # silent until the proxy gives up (its timeout), then close
