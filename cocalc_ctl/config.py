@@ -125,6 +125,25 @@ def _as_size(v: Any) -> int:
     return _parse_size(str(v))
 
 
+def _as_trusted_proxies(v: Any) -> tuple[str, ...]:
+    """proxy.trust_forwarded: a list (or comma-separated string) of IP addresses and networks."""
+    import ipaddress
+
+    if v is None or v is False or v == "":
+        return ()
+    if v is True:
+        raise ValueError("expected a list of addresses or networks (e.g. [10.0.0.5, 10.1.0.0/16]), not true")
+    items = v if isinstance(v, (list, tuple)) else _as_str(v).split(",")
+    out = []
+    for item in items:
+        text = _as_str(item).strip()
+        try:
+            out.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError:
+            raise ValueError(f"not an IP address or network: {text!r}") from None
+    return tuple(out)
+
+
 def _as_choice(*choices: str) -> Callable[[Any], str]:
     def check(v: Any) -> str:
         s = _as_str(v)
@@ -232,7 +251,8 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("proxy.websocket_idle_timeout", _as_pos_int, 3600, "seconds a WebSocket may pass no bytes either way"),
     _k("proxy.max_header_bytes", _as_pos_int, 32768, "largest request head accepted (431 beyond)"),
     _k("proxy.route_cache_ttl", _as_nonneg_int, 5, "hub mode: seconds a project's route is cached (NOTIFY evicts)"),
-    _k("proxy.trust_forwarded", _as_bool, False, "keep X-Forwarded-Proto/-Host/-Port sent by the peer (behind a proxy)"),
+    _k("proxy.trust_forwarded", _as_trusted_proxies, None,
+       "addresses/CIDRs of front proxies (a host: the hub) whose X-Forwarded-* are kept; unset: trust nobody"),
     _k("proxy.scheme", _as_choice("http", "https"), "http", "X-Forwarded-Proto when not trusted from the peer"),
     _k("proxy.metrics", _as_bool, True, "serve Prometheus text on /metrics"),
     _k("proxy.event_loop", _as_choice("auto", "uvloop", "asyncio"), "auto", "auto: uvloop when installed"),

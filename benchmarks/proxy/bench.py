@@ -7,7 +7,10 @@ WebSockets held through ours.
     python3 benchmarks/proxy/bench.py [--duration 10] [--rounds 3] [--connections 64] [--websockets 10000]
 
 Needs: wrk, nginx (nginx-light), node + npm (configurable-http-proxy is npm-installed into a temp dir
-unless --chp-dir points at an existing install). Prints medians and ratios as a Markdown table.
+unless --chp-dir points at an existing install). Prints medians and ratios as a Markdown table, and
+for every cocalc-ctl variant the event loop it ran on and how many requests the fast path and the
+stream path served (read from the proxy's own /metrics), so a figure can be reproduced: without
+uvloop installed (`pip install '.[uvloop]'`) the headline cocalc-ctl figure is asyncio's loop.
 """
 
 from __future__ import annotations
@@ -144,8 +147,28 @@ async def ws_ping(r, w) -> bool:
     return await asyncio.wait_for(r.readexactly(6), 10) == b"\x81\x04ping"
 
 
+def served_by(port: int) -> dict:
+    """Event loop, requests per path and route-table reads, from the proxy's /metrics."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    loop = re.search(r'cocalc_proxy_event_loop_info\{loop="([^"]+)"\}', text)
+
+    def counter(pattern):
+        m = re.search(pattern + r" (\d+)", text)
+        return int(m.group(1)) if m else 0
+
+    return {"loop": loop.group(1) if loop else "unknown",
+            "fast": counter(r'cocalc_proxy_path_requests_total\{path="fast"\}'),
+            "stream": counter(r'cocalc_proxy_path_requests_total\{path="stream"\}'),
+            "lookups": counter(r"cocalc_proxy_route_lookups_total")}
+
+
 def report(med: dict, args) -> None:
-    ours_m = med.get("cocalc-ctl (uvloop)") or med["cocalc-ctl (asyncio)"]
+    ours_name = "cocalc-ctl (uvloop)" if "cocalc-ctl (uvloop)" in med else "cocalc-ctl (asyncio)"
+    ours_m = med[ours_name]
+    print(f"\n'ours' below is {ours_name}"
+          + ("" if ours_name.endswith("(uvloop)") else ": uvloop is NOT installed, so this is asyncio's loop"))
     chp_m, ngx_m = med["configurable-http-proxy"], med["nginx (1 worker)"]
     print(f"\nwrk -t2 -c{args.connections} -d{args.duration}s --latency, {args.rounds} interleaved rounds, medians\n")
     print("| target | req/s | p50 ms | p99 ms | req/s vs ours |")
@@ -179,6 +202,13 @@ def main() -> int:
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, want)), hard))
 
+    try:
+        import uvloop
+        uv = f"uvloop {uvloop.__version__} installed"
+    except ImportError:
+        uv = "uvloop NOT installed (pip install '.[uvloop]'): cocalc-ctl runs on asyncio's loop only"
+    print(f"python {sys.version.split()[0]}, {uv}; load average at start {os.getloadavg()[0]:.2f} "
+          f"(figures under load unless this is ~0; compare ratios)", flush=True)
     work = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
     procs = Procs()
     try:
@@ -253,6 +283,13 @@ def main() -> int:
         med = {k: {m: statistics.median(x[m] for x in v) for m in ("rps", "p50", "p99")} for k, v in results.items()}
         if med:
             report(med, args)
+            print(f"\nserved by (from each proxy's /metrics; load average now {os.getloadavg()[0]:.2f}):")
+            for name, port in ours.items():
+                sb = served_by(port)
+                total = sb["fast"] + sb["stream"]
+                print(f"- cocalc-ctl ({name}): event loop {sb['loop']}, fast path {sb['fast']} / stream path "
+                      f"{sb['stream']} requests ({100 * sb['fast'] / max(total, 1):.1f}% fast), "
+                      f"route-table reads {sb['lookups']}")
 
         if args.websockets:
             ws_backend = free_port()

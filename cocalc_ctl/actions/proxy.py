@@ -37,7 +37,7 @@ def settings_from_config(cfg):
         header_timeout=float(cfg["proxy.header_timeout"]),
         websocket_idle_timeout=float(cfg["proxy.websocket_idle_timeout"]),
         max_head_bytes=int(cfg["proxy.max_header_bytes"]),
-        trust_forwarded=bool(cfg["proxy.trust_forwarded"]),
+        trust_forwarded=tuple(cfg["proxy.trust_forwarded"] or ()),
         scheme=cfg["proxy.scheme"],
         metrics=bool(cfg["proxy.metrics"]),
         fast_path=bool(cfg["proxy.fast_path"]),

@@ -2,15 +2,15 @@
 
 Most requests through a project proxy are body-less (GET/HEAD...) and answered with a
 Content-Length or no body. For those, callbacks on the transports do the whole exchange: parse the
-head (the same strict parser as the stream path), write it to a pooled upstream connection,
-forward the answer as it arrives, with back-pressure by pausing the upstream while the client's
-write buffer is full. That avoids the per-read coroutine and future machinery of StreamReader and is
-about three times faster (benchmarks/proxy).
+head (policy.parse_request, the same rules as the stream path), write the head policy builds to a
+pooled upstream connection (fastupstream.py), forward the answer as it arrives, with back-pressure
+by pausing the upstream while the client's write buffer is full. That avoids the per-read
+coroutine and future machinery of StreamReader and is about three times faster (benchmarks/proxy).
 
-Anything else (a request body, an Upgrade, /healthz and /metrics, a route needing a database
-lookup, a chunked/until-close/1xx answer, an upstream speaking bare LF) is handed to the stream
-implementation in server.py by moving the transport to a StreamReaderProtocol with the bytes already
-buffered; that connection then stays on the stream path.
+Anything else (a request body, an Upgrade, /healthz and /metrics, a chunked/until-close/100
+answer, an upstream speaking bare LF) is handed to the stream relay (stream.py) by moving the
+transport to a StreamReaderProtocol with the bytes already buffered; that connection then stays on
+the stream path.
 """
 
 from __future__ import annotations
@@ -19,29 +19,13 @@ import asyncio
 import re
 import time
 
-from cocalc_ctl.proxy import http1
-from cocalc_ctl.proxy.http1 import HttpError, UpstreamProtocolError
-from cocalc_ctl.proxy.routing import Route, project_from_target
+from cocalc_ctl.proxy import http1, policy
+from cocalc_ctl.proxy.fastupstream import fast_connect, to_streams
+from cocalc_ctl.proxy.http1 import HttpError
+from cocalc_ctl.proxy.routing import project_from_target
 
 _BARE_LF_OR_CR = re.compile(rb"(?<!\r)\n|\r(?=[^\n])")
-
-
-def to_streams(transport: asyncio.Transport, buffered: bytes, *, limit: int, eof: bool = False):
-    """Re-home a transport onto a StreamReader/StreamWriter pair, keeping bytes already received."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=limit, loop=loop)
-    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    transport.set_protocol(protocol)
-    protocol.connection_made(transport)
-    # Resume first, then feed: feed_data pauses the transport again if `buffered` is already over the
-    # reader's limit, and the reader's own flow control stays consistent.
-    transport.resume_reading()
-    if buffered:
-        reader.feed_data(buffered)
-    if eof:
-        reader.feed_eof()
-    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-    return reader, writer
+_LOCAL = (b"/healthz", b"/metrics")
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -58,7 +42,7 @@ class ClientProtocol(asyncio.Protocol):
         self.head_started = False
         self.timer = None
         self.deadline: float | None = None
-        self.upstream: UpstreamProtocol | None = None
+        self.upstream = None  # fastupstream.UpstreamProtocol of the exchange in flight
 
     # -- transport callbacks -------------------------------------------------------------------
 
@@ -68,6 +52,9 @@ class ClientProtocol(asyncio.Protocol):
         self.peer = peer[0] if peer else "-"
         sock = transport.get_extra_info("sockname")
         self.local_port = sock[1] if sock and len(sock) > 1 else 0
+        self.peer_b = self.peer.encode()
+        self.port_b = str(self.local_port).encode()
+        self.trusted, self.max_bytes, self.max_fields = self.p.limits(self.peer)
         self.p.metrics.active_connections += 1
         self.p._clients.add(transport)
         self._arm(self.p.s.header_timeout)
@@ -99,7 +86,7 @@ class ClientProtocol(asyncio.Protocol):
     def data_received(self, data):
         self.buf += data
         if self.busy:
-            if len(self.buf) > self.p.s.max_head_bytes and not self.read_paused:
+            if len(self.buf) > self.max_bytes and not self.read_paused:
                 self.read_paused = True  # pipelined requests wait; do not buffer without bound
                 self.t.pause_reading()
             return
@@ -146,7 +133,7 @@ class ClientProtocol(asyncio.Protocol):
         if not buf:
             return
         end = buf.find(b"\r\n\r\n")
-        limit = self.p.s.max_head_bytes
+        limit = self.max_bytes
         if end < 0 or end + 4 > limit:
             if _BARE_LF_OR_CR.search(buf, 0, limit) is not None:
                 return self._bad(HttpError(400, "bare LF or CR in message head"))
@@ -163,15 +150,57 @@ class ClientProtocol(asyncio.Protocol):
         # line must be exactly three tokens and every field line must match the field grammar.
         lines = raw.split(b"\r\n")
         try:
-            if len(lines) > self.p.s.max_headers + 1:
+            if len(lines) > self.max_fields + 1:
                 raise HttpError(431, "too many header fields")
-            head = http1.parse_request_head(lines)
+            head = policy.parse_request(lines)
         except HttpError as exc:
             return self._bad(exc, lines[0].split(b" ", 1)[0][:16])
         self.busy = True
         self.head_started = False
         self._disarm()
-        self.p.fast_dispatch(self, head)
+        self._dispatch(head)
+
+    def _dispatch(self, head) -> None:
+        t0 = time.monotonic()
+        if head.chunked or head.content_length or head.upgrade is not None or head.target in _LOCAL:
+            return self._to_stream_path(head)
+        try:
+            project_id = project_from_target(head.target)
+        except HttpError as exc:
+            return self.reply_error(head, exc.status, exc.reason, t0, None)
+        route = route_now(self.p.routes, project_id)
+        if route is None:  # needs a database lookup: do it, then carry on here
+            asyncio.ensure_future(self._after_lookup(head, project_id, t0))
+            return
+        self._routed(head, route, project_id, t0)
+
+    async def _after_lookup(self, head, project_id: str, t0: float) -> None:
+        try:
+            route = await self.p.routes.resolve(project_id)
+        except HttpError as exc:
+            route = exc
+        except Exception as exc:  # never leave the client waiting on a failed lookup
+            route = HttpError(503, f"route lookup failed: {type(exc).__name__}")
+        if not self.detached:
+            self._routed(head, route, project_id, t0)
+
+    def _routed(self, head, route, project_id: str, t0: float) -> None:
+        p = self.p
+        if isinstance(route, HttpError):
+            if route.status >= 500:
+                p.metrics.upstream_errors["not_running" if route.status == 502 else "route_lookup"] += 1
+            return self.reply_error(head, route.status, route.reason, t0, None)
+        out = policy.upstream_request_head(head, self.peer_b, self.port_b, p.fwd, self.trusted)
+        key = p.pool_key(route, project_id)
+        up = p.fast_pool.take(key)
+        if up is not None:
+            up.start(self, head, out, t0, reused=True)
+        else:
+            fast_connect(p, self, head, out, key, t0)
+
+    def _to_stream_path(self, head) -> None:
+        reader, writer = self.to_streams()
+        asyncio.ensure_future(self.p.handle(reader, writer, pending=head, counted=True))
 
     def _bad(self, exc: HttpError, method: bytes = b"-") -> None:
         self.busy = True
@@ -186,6 +215,7 @@ class ClientProtocol(asyncio.Protocol):
     def reply_error(self, head, status: int, reason: str, t0: float, upstream: str | None) -> None:
         keep = head.keep_alive and status < 500 and status != 400
         self.p.metrics.requests[status] += 1
+        self.p.metrics.fast_path += 1
         self.p.log.log(peer=self.peer, method=head.method, target=head.target, status=status, bytes_out=0,
                        seconds=time.monotonic() - t0, upstream=upstream, note=reason)
         if not self.detached:
@@ -214,182 +244,7 @@ class ClientProtocol(asyncio.Protocol):
         self.p._clients.discard(self.t)
         buffered = bytes(self.buf)
         self.buf.clear()
-        return to_streams(self.t, buffered, limit=self.p.s.max_head_bytes, eof=self.eof)
-
-
-class UpstreamProtocol(asyncio.Protocol):
-    def __init__(self, proxy, key: tuple[str, int]):
-        self.p = proxy
-        self.key = key
-        self.loop = asyncio.get_running_loop()
-        self.t: asyncio.Transport | None = None
-        self.conn: ClientProtocol | None = None
-        self.closed = False
-        self.timer = None
-
-    def connection_made(self, transport):
-        self.t = transport
-
-    def start(self, conn: ClientProtocol, head, out: bytes, t0: float, reused: bool) -> None:
-        self.conn = conn
-        self.head = head
-        self.out = out
-        self.t0 = t0
-        self.reused = reused
-        self.got_any = False
-        self.resp = None
-        self.remaining = 0
-        self.sent = 0
-        self.overflow = False
-        self.buf = bytearray()
-        self.last = self.started = self.loop.time()
-        conn.upstream = self
-        self.t.write(out)
-        if conn.write_paused:
-            self.t.pause_reading()
-        if self.timer is None:  # a pending one (from an earlier exchange) fires sooner and re-arms
-            self.timer = self.loop.call_later(self.p.s.upstream_timeout, self._expired)
-
-    @property
-    def upstream_name(self) -> str:
-        return f"{self.key[0]}:{self.key[1]}"
-
-    def data_received(self, data):
-        conn = self.conn
-        if conn is None:
-            self.t.close()  # bytes on an idle pooled connection: not HTTP we can trust
-            return
-        self.got_any = True
-        self.last = self.loop.time()
-        if self.resp is not None:
-            n = self.remaining
-            if len(data) > n:
-                data = data[:n]
-                self.overflow = True
-            conn.t.write(data)
-            self.remaining -= len(data)
-            self.sent += len(data)
-            if self.remaining == 0:
-                self._finish()
-            return
-        self.buf += data
-        buf = self.buf
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if b"\n\n" in buf:
-                return self._to_slow(None)  # bare-LF upstream: the lenient stream parser copes
-            if len(buf) > self.p.pool.limit:
-                return self._fail(502, "upstream response head too large", "protocol")
-            return
-        raw = bytes(buf[:end])
-        if raw.count(b"\n") != raw.count(b"\r\n"):
-            return self._to_slow(None)  # bare LF somewhere: the lenient stream parser copes
-        try:
-            resp = http1.parse_response_head(raw.split(b"\r\n"))
-        except UpstreamProtocolError as exc:
-            return self._fail(502, f"bad upstream response: {exc}", "protocol")
-        head = self.head
-        no_body = head.method == b"HEAD" or resp.status in (204, 304)
-        if 100 <= resp.status < 200 or (not no_body and (resp.chunked or resp.content_length is None)):
-            return self._to_slow(resp, end + 4)
-        self.resp = resp
-        self.keep = head.keep_alive
-        rest = bytes(buf[end + 4:])
-        self.buf = bytearray()
-        self.remaining = 0 if no_body else resp.content_length
-        if len(rest) > self.remaining:
-            rest = rest[:self.remaining]
-            self.overflow = True
-        self.remaining -= len(rest)
-        self.sent = len(rest)
-        conn.t.write(self.p._response_head(resp, extra=b"" if self.keep else b"connection: close\r\n") + rest)
-        if self.remaining == 0:
-            self._finish()
-
-    def _finish(self) -> None:
-        conn = self.conn
-        self._detach()
-        p = self.p
-        p.metrics.requests[self.resp.status] += 1
-        p.metrics.bytes_downstream += self.sent
-        if p.log.enabled:
-            p.log.log(peer=conn.peer, method=self.head.method, target=self.head.target, status=self.resp.status,
-                      bytes_out=self.sent, seconds=time.monotonic() - self.t0, upstream=self.upstream_name)
-        if self.resp.keep_alive and not self.overflow and not self.closed:
-            self.t.resume_reading()
-            p.fast_pool_put(self)
-        else:
-            self._cancel_timer()
-            self.t.close()
-        conn.request_done(self.keep)
-
-    def _detach(self) -> None:
-        if self.conn is not None:
-            self.conn.upstream = None
-        self.conn = None
-
-    def _fail(self, status: int, reason: str, kind: str) -> None:
-        conn = self.conn
-        self._detach()
-        self._cancel_timer()
-        self.t.close()
-        self.p.metrics.upstream_errors[kind] += 1
-        if self.resp is None:
-            conn.reply_error(self.head, status, reason, self.t0, self.upstream_name)
-        else:  # the answer has begun: all we can do is cut the client off
-            conn.t.close()
-
-    def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _expired(self) -> None:
-        self.timer = None
-        if self.conn is None:
-            return  # idle in the pool (or handed to the stream path)
-        # Waiting for the head: counted from the request; inside the body: from the last bytes.
-        deadline = (self.started if self.resp is None else self.last) + self.p.s.upstream_timeout
-        remaining = deadline - self.loop.time()
-        if remaining > 0:
-            self.timer = self.loop.call_later(remaining, self._expired)
-            return
-        self._fail(504, "upstream timed out", "timeout")
-
-    def client_lost(self) -> None:
-        self._detach()
-        self._cancel_timer()
-        self.t.close()
-
-    def connection_lost(self, exc):
-        self.closed = True
-        self._cancel_timer()
-        self.p.fast_pool_discard(self)
-        conn = self.conn
-        if conn is None:
-            return
-        if self.resp is None and self.reused and not self.got_any:
-            self._detach()  # a pooled connection the upstream had closed: retry once on a fresh one
-            self.p.fast_connect(conn, self.head, self.out, self.key, self.t0, retry=False)
-            return
-        self.p.metrics.upstream_errors["reset" if self.resp is None else "body"] += 1
-        self._detach()
-        if self.resp is None:
-            conn.reply_error(self.head, 502, "upstream closed the connection", self.t0, self.upstream_name)
-        else:
-            conn.t.close()
-
-    def _to_slow(self, resp, head_len: int = 0) -> None:
-        """Finish this exchange on the stream path (chunked or until-close bodies, 1xx, bare LF)."""
-        conn, head = self.conn, self.head
-        self._detach()
-        self._cancel_timer()
-        buffered = bytes(self.buf[head_len:])
-        self.buf = bytearray()
-        ur, uw = to_streams(self.t, buffered, limit=self.p.pool.limit)
-        cr, cw = conn.to_streams()
-        asyncio.ensure_future(self.p.continue_on_streams(head, resp, ur, uw, self.key, cr, cw, conn.peer,
-                                                         conn.local_port, self.t0, self.upstream_name))
+        return to_streams(self.t, buffered, limit=self.p.read_limit, eof=self.eof)
 
 
 def route_now(routes, project_id: str):
@@ -401,6 +256,3 @@ def route_now(routes, project_id: str):
         return fn(project_id)
     except HttpError as exc:
         return exc
-
-
-__all__ = ["ClientProtocol", "UpstreamProtocol", "Route", "project_from_target", "route_now", "to_streams"]

@@ -5,7 +5,8 @@ a back end could read two ways is refused: bare LF or CR, obs-fold, whitespace b
 duplicate Host, Content-Length together with Transfer-Encoding, list or non-digit Content-Length,
 any transfer coding but `chunked`. Responses come from project servers (user code): they are parsed
 a little more leniently but never allowed to inject a line into what the client sees.
-Bodies are relayed piece by piece with `drain()` after every write, so memory stays flat.
+This module is syntax only; what the proxy does with a parsed head (refusals, forwarded fields,
+re-emitted framing) is policy.py, called by both the fast and the stream path.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class UpstreamProtocolError(Exception):
 
 class RequestHead:
     __slots__ = ("method", "target", "version", "headers", "host", "content_length", "chunked",
-                 "keep_alive", "upgrade", "expect_continue", "raw_size")
+                 "keep_alive", "upgrade", "expect_continue", "raw_size", "connection_tokens")
 
     def __init__(self):
         self.headers: list[tuple[bytes, bytes, bytes]] = []  # (lowercase name, name, value)
@@ -63,6 +64,7 @@ class RequestHead:
         self.upgrade: bytes | None = None
         self.expect_continue = False
         self.raw_size = 0
+        self.connection_tokens: frozenset[bytes] = frozenset()
 
 
 class ResponseHead:
@@ -242,6 +244,8 @@ def parse_request_head(lines: list[bytes]) -> RequestHead:
     if head.upgrade is not None and b"upgrade" not in connection:
         head.upgrade = None  # an Upgrade not named in Connection is not an upgrade request (RFC 9110 §7.8)
     head.raw_size = sum(len(x) + 2 for x in lines) + 2
+    if connection:
+        head.connection_tokens = frozenset(connection)
     return head
 
 
@@ -284,11 +288,15 @@ def parse_response_head(lines: list[bytes]) -> ResponseHead:
         else:  # connection
             head.connection_tokens.update(_tokens(value))
     if te:
-        # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length; a final coding that is not
-        # chunked means "read until close".
-        head.chunked = te[-1] == b"chunked"
-        if not head.chunked:
+        # The only transfer coding a project may use is chunked, once (nginx: "unknown
+        # Transfer-Encoding" -> 502). With Content-Length as well, RFC 9112 §6.3 lets
+        # Transfer-Encoding win, and the connection must not be reused afterwards.
+        if te != [b"chunked"]:
+            raise UpstreamProtocolError("unsupported transfer coding in the response")
+        head.chunked = True
+        if cls:
             head.keep_alive = False
+            head.connection_tokens.add(b"close")
     elif cls:
         if len(cls) > 1:
             raise UpstreamProtocolError("conflicting Content-Length values")
@@ -321,124 +329,3 @@ def simple_response(status: int, body: bytes, *, keep_alive: bool, content_type:
             % (status, reason, content_type, len(body), extra,
                b"" if keep_alive else b"connection: close\r\n"))
     return head if head_only else head + body
-
-
-# -- bodies ----------------------------------------------------------------------------------
-
-class Counter:
-    """Bytes moved by one relay, so a failure can tell whether anything was sent yet."""
-    __slots__ = ("n",)
-
-    def __init__(self):
-        self.n = 0
-
-
-async def _read(reader: asyncio.StreamReader, n: int, timeout: float) -> bytes:
-    async with asyncio.timeout(timeout):
-        data = await reader.read(n)
-    if not data:
-        raise PeerClosed("connection closed inside a message body")
-    return data
-
-
-async def relay_fixed(reader, writer, length: int, *, timeout: float, counter: Counter | None = None,
-                      prefix: bytes = b"") -> None:
-    """Copy exactly `length` body bytes; `prefix` (a message head) goes out with the first piece so a
-    small response costs one write."""
-    while length > 0:
-        data = await _read(reader, min(length, READ_SIZE), timeout)
-        length -= len(data)
-        if prefix:
-            writer.write(prefix + data)
-            prefix = b""
-        else:
-            writer.write(data)
-        if counter is not None:
-            counter.n += len(data)
-        await writer.drain()
-    if prefix:
-        writer.write(prefix)
-        await writer.drain()
-
-
-async def relay_until_close(reader, writer, *, timeout: float, chunked_out: bool,
-                            counter: Counter | None = None) -> None:
-    """Copy a body delimited by the connection closing; re-frame it as chunked if asked."""
-    while True:
-        async with asyncio.timeout(timeout):
-            data = await reader.read(READ_SIZE)
-        if not data:
-            break
-        writer.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked_out else data)
-        if counter is not None:
-            counter.n += len(data)
-        await writer.drain()
-    if chunked_out:
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
-
-
-async def relay_chunked(reader, writer, *, timeout: float, counter: Counter | None = None,
-                        strict: bool = True, max_line: int = 4096, chunked_out: bool = True) -> None:
-    """Copy a chunked body chunk by chunk, re-encoding each size line (extensions and trailers are
-    dropped: they are per-hop in practice and a classic smuggling vector). `chunked_out=False`
-    writes the bare data (for an HTTP/1.0 client)."""
-    while True:
-        async with asyncio.timeout(timeout):
-            try:
-                line = await reader.readuntil(b"\n")
-            except asyncio.IncompleteReadError:
-                raise PeerClosed("connection closed inside a chunked body") from None
-            except asyncio.LimitOverrunError:
-                raise HttpError(400, "chunk size line too long") from None
-        if len(line) > max_line:
-            raise HttpError(400, "chunk size line too long")
-        if line.endswith(b"\r\n"):
-            line = line[:-2]
-        elif strict:
-            raise HttpError(400, "bare LF in chunked framing")
-        else:
-            line = line[:-1]
-        m = CHUNK_SIZE_RE.fullmatch(line)
-        if m is None:
-            raise HttpError(400, "malformed chunk size")
-        size = int(m.group(1), 16)
-        if size == 0:
-            await _skip_trailers(reader, timeout=timeout, strict=strict)
-            if chunked_out:
-                writer.write(b"0\r\n\r\n")
-            await writer.drain()
-            return
-        if chunked_out:
-            writer.write(b"%x\r\n" % size)
-        await relay_fixed(reader, writer, size, timeout=timeout, counter=counter)
-        async with asyncio.timeout(timeout):
-            try:
-                end = await reader.readuntil(b"\n")
-            except asyncio.IncompleteReadError:
-                raise PeerClosed("connection closed inside a chunked body") from None
-            except asyncio.LimitOverrunError:
-                raise HttpError(400, "chunk data not followed by CRLF") from None
-        if end != b"\r\n" and (strict or end != b"\n"):
-            raise HttpError(400, "chunk data not followed by CRLF")
-        if chunked_out:
-            writer.write(b"\r\n")
-
-
-async def _skip_trailers(reader, *, timeout: float, strict: bool) -> None:
-    total = 0
-    while True:
-        async with asyncio.timeout(timeout):
-            try:
-                line = await reader.readuntil(b"\n")
-            except asyncio.IncompleteReadError:
-                raise PeerClosed("connection closed inside chunked trailers") from None
-            except asyncio.LimitOverrunError:
-                raise HttpError(400, "trailer line too long") from None
-        total += len(line)
-        if total > 16384:
-            raise HttpError(400, "trailers too large")
-        if strict and not line.endswith(b"\r\n"):
-            raise HttpError(400, "bare LF in trailers")
-        if line in (b"\r\n", b"\n"):
-            return

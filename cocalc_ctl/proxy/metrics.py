@@ -17,6 +17,9 @@ class Metrics:
         self.active_connections = 0
         self.active_websockets = 0
         self.websockets_total = 0
+        self.fast_path = 0         # exchanges finished on the Protocol fast path
+        self.stream_path = 0       # exchanges finished on the stream relay
+        self.event_loop = ""       # "uvloop" or "asyncio", set by serve()
         self.started = time.time()
 
     def render(self, extra: dict[str, tuple[str, str, float]] | None = None) -> bytes:
@@ -45,6 +48,13 @@ class Metrics:
             "# HELP cocalc_proxy_websockets_total Upgraded tunnels opened.",
             "# TYPE cocalc_proxy_websockets_total counter",
             f"cocalc_proxy_websockets_total {self.websockets_total}",
+            "# HELP cocalc_proxy_path_requests_total Requests answered, by the path that served them.",
+            "# TYPE cocalc_proxy_path_requests_total counter",
+            f'cocalc_proxy_path_requests_total{{path="fast"}} {self.fast_path}',
+            f'cocalc_proxy_path_requests_total{{path="stream"}} {self.stream_path}',
+            "# HELP cocalc_proxy_event_loop_info The event loop the proxy runs on.",
+            "# TYPE cocalc_proxy_event_loop_info gauge",
+            f'cocalc_proxy_event_loop_info{{loop="{self.event_loop or "unknown"}"}} 1',
             "# HELP cocalc_proxy_start_time_seconds Unix time the proxy started.",
             "# TYPE cocalc_proxy_start_time_seconds gauge",
             f"cocalc_proxy_start_time_seconds {self.started:.3f}",

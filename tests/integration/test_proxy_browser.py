@@ -29,7 +29,7 @@ def test_browser_loads_page_and_round_trips_a_websocket_through_hub_and_host(tmp
         backend = start_backend(tmp_path)
         started.append(backend)
         host_state(tmp_path / "host", {pid: backend.port})
-        host = start_proxy(tmp_path, "host", {"data_dir": str(tmp_path / "host"), "proxy": {"trust_forwarded": True}})
+        host = start_proxy(tmp_path, "host", {"data_dir": str(tmp_path / "host"), "proxy": {"trust_forwarded": ["127.0.0.1"]}})
         started.append(host)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("INSERT INTO project_hosts(id, internal_url) VALUES (%s, %s)",

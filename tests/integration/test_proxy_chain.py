@@ -45,7 +45,7 @@ def chain(tmp_path_factory, postgres):
         started.append(backend_b)
         host_state(work / "a", {PID: backend_a.port})
         host_state(work / "b", {PID: backend_b.port})
-        host_cfg = {"proxy": {"trust_forwarded": True, "upstream_timeout": 5}}
+        host_cfg = {"proxy": {"trust_forwarded": ["127.0.0.1"], "upstream_timeout": 5}}
         proxy_a = start_proxy(work, "host", {"data_dir": str(work / "a"), **host_cfg})
         started.append(proxy_a)
         proxy_b = start_proxy(work, "host", {"data_dir": str(work / "b"), **host_cfg})

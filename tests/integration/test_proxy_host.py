@@ -42,7 +42,7 @@ def test_get_forwards_full_path_and_forwarded_headers(env):
     assert status == 200
     assert info["target"] == f"/{RUNNING}/port/8888/lab/info?token=abc"
     h = {k.lower(): v for k, v in info["headers"]}
-    assert h["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    assert h["x-forwarded-for"] == "127.0.0.1"  # a direct client's own X-Forwarded-For is replaced
     assert h["x-forwarded-proto"] == "http"  # not trusted from a direct client by default
     assert h["x-forwarded-host"] == f"127.0.0.1:{port}"
     assert h["x-forwarded-port"] == str(port)

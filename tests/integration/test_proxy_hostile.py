@@ -48,7 +48,7 @@ def _c(env) -> int:
 HOSTILE = [
     ("absolute-form", b"GET http://127.0.0.1:{canary}/{pid}/info HTTP/1.1\r\nHost: 127.0.0.1:{canary}\r\n\r\n", 400),
     ("absolute-form-https", b"GET https://evil.example/{pid}/info HTTP/1.1\r\nHost: x\r\n\r\n", 400),
-    ("authority-form", b"CONNECT 127.0.0.1:{canary} HTTP/1.1\r\nHost: 127.0.0.1:{canary}\r\n\r\n", 400),
+    ("authority-form", b"CONNECT 127.0.0.1:{canary} HTTP/1.1\r\nHost: 127.0.0.1:{canary}\r\n\r\n", 405),
     ("asterisk-form", b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     ("protocol-relative", b"GET //127.0.0.1:{canary}/{pid}/info HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     ("dot-dot", b"GET /{pid}/../info HTTP/1.1\r\nHost: x\r\n\r\n", 400),

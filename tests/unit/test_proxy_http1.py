@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from cocalc_ctl.proxy import http1
+from cocalc_ctl.proxy import bodies, http1
 from cocalc_ctl.proxy.http1 import HttpError, parse_request_head, parse_response_head
 from cocalc_ctl.proxy.routing import HubRoutes, Route, parse_internal_url, project_from_target
 
@@ -119,7 +119,7 @@ def test_chunked_relay_reencodes_and_drops_extensions_and_trailers():
             async def drain(self):
                 pass
 
-        await http1.relay_chunked(reader, W(), timeout=1)
+        await bodies.relay_chunked(reader, W(), timeout=1)
         return b"".join(out)
 
     assert asyncio.run(go()) == b"5\r\nhello\r\n0\r\n\r\n"
