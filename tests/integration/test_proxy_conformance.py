@@ -23,8 +23,37 @@ pytestmark = pytest.mark.integration
 
 PATHS = ("host", "hub", "nginx")
 
-# case id or family -> (which side forwards less, why). Checked both ways: an entry must match.
-DIFFERENCES: dict[str, tuple[str, str]] = {}
+# case id or family -> (which side forwards less, why). An observed difference must be listed with
+# the side observed; the README's routing-safety table says the same.
+C, N = "cocalc stricter", "nginx stricter"
+DIFFERENCES: dict[str, tuple[str, str]] = {
+    "head": (C, "bare LF, control characters, a line without a colon, a non-token name or several empty "
+                "lines before the request line: 400 (nginx accepts and normalises)"),
+    "conn": (C, "Connection naming Content-Length or Transfer-Encoding: 400 (nginx ignores the token)"),
+    "conn-combo": (C, "Connection naming Content-Length or Transfer-Encoding: 400 (nginx ignores the token)"),
+    "host": (C, "HTTP/1.0 without Host and Host with userinfo: 400 (nginx accepts)"),
+    "upgrade": (C, "an upgrade request with a body is 400; after a refused upgrade the connection is closed "
+                   "(nginx reads the bytes behind it as the next request)"),
+    "line.lowercase-method": (N, "methods are RFC 9110 tokens (`get` is a method, not GET); nginx only takes "
+                                 "upper-case letters"),
+    "line": (C, "request-line spacing, HTTP/1.2, HTTP/0.9, `#` and absolute-form, dot segments and `//`: "
+                "400/505 (nginx accepts, normalises or resolves them)"),
+    "chunk.zero-then-data": (N, "the bytes behind the last chunk start `helloGET`, a valid method token to "
+                                "cocalc-ctl (nginx: 400, upper-case methods only)"),
+    "cl.underscore": (N, "`Content_Length` is an ordinary field (dropped: it has `_`); the body then starts a "
+                         "`helloPOST` request, a valid method token (nginx: 400, upper-case methods only)"),
+    "cl.tab-value": (N, "a tab is optional whitespace before a field value (RFC 9110 §5.6.3); nginx 400s "
+                        "`Content-Length:<TAB>5`"),
+    "chunk": (C, "chunk extensions over 4 KiB, bare LF in chunk framing or trailers, chunk sizes of 16 digits "
+                 "or more: 400 (nginx accepts)"),
+    "te-te.tab-value": (N, "`Transfer-Encoding:<TAB>chunked` is chunked (RFC 9110 optional whitespace); "
+                           "nginx refuses it"),
+    "te-te.empty-then-chunked": (N, "empty list elements are ignored (RFC 9110 §5.6.1), so an empty "
+                                    "Transfer-Encoding line plus `chunked` is chunked; nginx refuses"),
+    "te-te.comma-lead": (N, "`Transfer-Encoding: ,chunked` is chunked (empty list elements are ignored); "
+                            "nginx answers 501"),
+    "te-te": (C, "a line with bare LF or a CR inside a value: 400 (nginx accepts bare LF)"),
+}
 
 
 def _difference_for(case_id: str, family: str):
@@ -150,7 +179,8 @@ def response_case(port, backend, case, flush: bool = False) -> list[str]:
     backend.reset()
     if problems and flush:
         time.sleep(TIMEOUTS["idle_timeout"] + 0.5)  # the host closes the hub's pooled connection
-    return problems
+    refused = not view.responses or view.responses[0].status in (502, 504)
+    return problems, "refused" if refused else "passed"
 
 
 def _answers(resp, records, target_end: bytes) -> bool:
@@ -162,5 +192,40 @@ def _answers(resp, records, target_end: bytes) -> bool:
 
 @pytest.mark.parametrize("case", RESPONSES, ids=[c.id for c in RESPONSES])
 def test_response_case_reaches_the_client_framed(response_results, case):
-    problems = [f"{p}: {x}" for p in ("host", "hub") for x in response_results[p][case.id]]
+    problems = [f"{p}: {x}" for p in ("host", "hub") for x in response_results[p][case.id][0]]
     assert not problems, "\n".join(problems)
+
+
+# response case id or family -> (which side passes less on to the client, why)
+RESP_DIFFERENCES: dict[str, tuple[str, str]] = {
+    "valid.gzip-te-close": (C, "a response transfer coding other than exactly `chunked` is a 502 (nginx relays "
+                               "it, delimited by close)"),
+    "valid.cl-list-equal": (N, "`Content-Length: 5, 5` is one length, re-emitted as `content-length: 5` "
+                               "(nginx 1.22: 502)"),
+    "conn": (C, "a response whose Connection names Content-Length or Transfer-Encoding is a 502 (nginx "
+                "ignores the token)"),
+    "framing.cl-conflict": (C, "two different Content-Length values: 502 (nginx 1.22 relays the first)"),
+    "framing.cl-negative": (C, "a non-numeric Content-Length: 502 (nginx 1.22 reads to close)"),
+    "framing.cl-huge": (C, "a Content-Length over 18 digits: 502 (nginx 1.22 relays)"),
+    "head.reason-ctl": (C, "a control character in the reason phrase: 502 (nginx relays)"),
+    "head.too-many-fields": (C, "a response head over 200 fields: 502 (nginx counts bytes only, "
+                                "proxy_buffer_size)"),
+}
+
+
+def test_every_response_difference_from_nginx_is_documented(response_results, capsys):
+    seen, bad = [], []
+    for case in RESPONSES:
+        ngx = response_results["nginx"][case.id][1]
+        for path in ("host", "hub"):
+            ours = response_results[path][case.id][1]
+            if ours == ngx:
+                continue
+            verdict = C if ours == "refused" else N
+            seen.append(f"{case.id}/{path}: {verdict}")
+            doc = RESP_DIFFERENCES.get(case.id) or RESP_DIFFERENCES.get(case.family)
+            if doc is None or doc[0] != verdict:
+                bad.append(f"{case.id} ({path}): ours {ours}, nginx {ngx}: {verdict}, documented {doc and doc[0]}")
+    with capsys.disabled():
+        print("\nresponse differences: " + ", ".join(seen))
+    assert not bad, "\n".join(bad)
