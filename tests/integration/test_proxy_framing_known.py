@@ -303,3 +303,47 @@ def test_slow_client_body_on_a_pooled_connection_does_not_mix_with_the_next_clie
 
 def test_no_traceback_in_any_proxy_log(framing_rig):
     _no_traceback(*framing_rig.proxies())
+
+
+@pytest.mark.parametrize("path", ["host", "hub"])
+def test_three_hundred_pipelined_requests_are_answered_in_order(framing_rig, path):
+    proxy, backend = _path(framing_rig, path)
+    mark = backend.mark()
+    reqs = b"".join(b"GET %s/pipe/%d HTTP/1.1\r\nHost: x\r\n\r\n" % (A, i) if i % 3 else
+                    b"POST %s/pipe/%d HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n%03d" % (A, i, i)
+                    for i in range(300))
+    view = exchange(proxy.port, reqs, [b"GET"] * 300, 300, quiet=3.0, total=30)
+    assert not view.error, view.error
+    got = {r.seq: r for r in backend.since(mark)}
+    assert [got[int(r.header(b"x-rec"))].target for r in view.responses] == [A + b"/pipe/%d" % i for i in range(300)]
+
+
+@pytest.mark.parametrize("path", ["host", "hub"])
+def test_http10_client_gets_a_chunked_answer_raw_then_close(framing_rig, path):
+    proxy, _ = _path(framing_rig, path)
+    _script(framing_rig, "chunked-answer", [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                            b"5;x=y\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n"])
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        s.sendall(b"GET %s/script/chunked-answer HTTP/1.0\r\nHost: x\r\n\r\n" % A)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert body == b"hello world", data
+    assert b"transfer-encoding" not in head.lower()
+
+
+@pytest.mark.parametrize("path", ["host", "hub"])
+def test_an_upstream_that_says_close_is_not_reused_even_if_it_stays_open(framing_rig, path):
+    proxy, backend = _path(framing_rig, path)
+    backend.reset()
+    _script(framing_rig, "says-close", [b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"])
+    mark = backend.mark()
+    exchange(proxy.port, b"GET %s/script/says-close HTTP/1.1\r\nHost: x\r\n\r\n" % A, [b"GET"], 1)
+    exchange(proxy.port, b"GET %s/after-close HTTP/1.1\r\nHost: x\r\n\r\n" % A, [b"GET"], 1)
+    got = backend.since(mark)
+    first = next(r for r in got if r.target.endswith(b"/says-close"))
+    after = next(r for r in got if r.target.endswith(b"/after-close"))
+    # (through the hub, the hub->host connection may stay; the host->backend one must not be reused)
+    assert first.conn != after.conn, "the proxy sent another request on a connection the upstream closed"
+    backend.reset()
