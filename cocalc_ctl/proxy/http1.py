@@ -168,6 +168,11 @@ def _split_header(line: bytes) -> tuple[bytes, bytes]:
     return name, value
 
 
+# An empty Transfer-Encoding value, or an empty list element in it (`, chunked`, `chunked,,x`): RFC 9110
+# §5.6.1 lets a recipient skip those, but a parser that does not is exactly what smuggling needs.
+_EMPTY_ELEMENT = re.compile(rb"^[ \t]*(?:,|$)|,[ \t]*(?:,|$)")
+
+
 def _tokens(value: bytes) -> list[bytes]:
     return [t.strip(b" \t").lower() for t in value.split(b",") if t.strip(b" \t")]
 
@@ -214,6 +219,8 @@ def parse_request_head(lines: list[bytes]) -> RequestHead:
                 raise HttpError(400, "invalid Content-Length")
             cl = value
         elif lname == b"transfer-encoding":
+            if _EMPTY_ELEMENT.search(value) is not None:
+                raise HttpError(400, "empty element in Transfer-Encoding")
             te.extend(_tokens(value))
         elif lname == b"connection":
             connection.extend(_tokens(value))
@@ -284,6 +291,8 @@ def parse_response_head(lines: list[bytes]) -> ResponseHead:
                     raise UpstreamProtocolError("invalid Content-Length")
                 cls.add(v.lstrip(b"0") or b"0")
         elif lname == b"transfer-encoding":
+            if _EMPTY_ELEMENT.search(value) is not None:
+                raise UpstreamProtocolError("empty element in Transfer-Encoding")
             te.extend(_tokens(value))
         else:  # connection
             head.connection_tokens.update(_tokens(value))
@@ -306,20 +315,6 @@ def parse_response_head(lines: list[bytes]) -> ResponseHead:
     elif head.version == 10 and b"keep-alive" in head.connection_tokens:
         head.keep_alive = True
     return head
-
-
-def end_to_end(headers: list[tuple[bytes, bytes, bytes]], connection_tokens: set[bytes] | None = None):
-    """Headers without the hop-by-hop ones and without those the Connection header names."""
-    drop = HOP_BY_HOP if not connection_tokens else HOP_BY_HOP | connection_tokens
-    return [h for h in headers if h[0] not in drop]
-
-
-def connection_tokens(headers: list[tuple[bytes, bytes, bytes]]) -> set[bytes]:
-    out: set[bytes] = set()
-    for lname, _, value in headers:
-        if lname == b"connection":
-            out.update(_tokens(value))
-    return out
 
 
 def simple_response(status: int, body: bytes, *, keep_alive: bool, content_type: bytes = b"text/plain; charset=utf-8",

@@ -203,3 +203,34 @@ def test_notify_reroutes_a_moved_project_on_the_next_request(chain):
         _sql(chain, "UPDATE projects SET host_id=%s WHERE project_id=%s", (HOST_A, PID))
     _, metrics = get_json(hub, "/metrics")
     assert "cocalc_proxy_route_notifications_total" in metrics["text"]
+
+
+def test_client_forwarded_fields_are_replaced_at_the_hub_and_trusted_by_the_host(chain):
+    """The hub does not trust its client: it sets X-Forwarded-*; the host lists the hub's address in
+    proxy.trust_forwarded, so it keeps the hub's values and appends the hub's address."""
+    hub = chain["hub"].port
+    status, info = get_json(hub, f"/{PID}/info", headers={
+        "X-Forwarded-For": "6.6.6.6", "X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https",
+        "X_Forwarded_Host": "evil.example", "Forwarded": "for=6.6.6.6", "X-Real-IP": "6.6.6.6"})
+    assert status == 200
+    h = {k.lower(): v for k, v in info["headers"]}
+    assert h["x-forwarded-for"] == "127.0.0.1, 127.0.0.1"
+    assert h["x-forwarded-host"] == f"127.0.0.1:{hub}" and h["x-forwarded-proto"] == "http"
+    assert "6.6.6.6" not in json.dumps(info) and "evil" not in json.dumps(info)
+    assert not any("_" in k for k in h) and "forwarded" not in h and "x-real-ip" not in h
+
+
+def test_a_request_head_the_hub_accepts_the_host_accepts(chain):
+    """At the hub's limits (100 fields, proxy.max_header_bytes) plus the four fields the hub adds."""
+    from tests.support.proxy import raw_exchange, status_of
+
+    lines = [f"GET /{PID}/info HTTP/1.1".encode(), b"Host: h", b"Connection: close"]
+    while len(lines) < 101:
+        lines.append(b"X-Pad-%d: v" % len(lines))
+    lines[-1] += b"v" * (32768 - sum(len(x) + 2 for x in lines) - 2)
+    head = b"\r\n".join(lines) + b"\r\n\r\n"
+    assert len(head) == 32768
+    resp = raw_exchange(chain["hub"].port, head, timeout=10)
+    assert status_of(resp) == 200, resp[:300]
+    too_big = head[:-2] + b"X-One-More: x\r\n\r\n"
+    assert status_of(raw_exchange(chain["hub"].port, too_big, timeout=10)) == 431

@@ -65,6 +65,9 @@ def test_request_framing_is_re_emitted_from_the_parse_never_copied():
     (b"GET /x HTTP/1.1\r\nHost:   ", 400),
     (b"GET /x HTTP/1.0", 400),
     (b"GET /x HTTP/1.1\r\nHost: " + b"a" * (policy.MAX_HOST_BYTES + 1), 400),
+    (b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\nTransfer-Encoding: chunked", 400),
+    (b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,chunked", 400),
+    (b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked,", 400),
 ])
 def test_methods_and_host_refused(raw, status):
     with pytest.raises(HttpError) as info:
@@ -151,7 +154,7 @@ def test_interim_responses_not_asked_for_are_a_502():
 
 
 def test_response_transfer_codings_other_than_chunked_are_refused():
-    for te in (b"gzip", b"gzip, chunked", b"chunked, chunked", b"identity"):
+    for te in (b"gzip", b"gzip, chunked", b"chunked, chunked", b"identity", b",chunked", b""):
         with pytest.raises(UpstreamProtocolError):
             _resp(b"HTTP/1.1 200 OK", b"Transfer-Encoding: " + te)
     both = _resp(b"HTTP/1.1 200 OK", b"Transfer-Encoding: chunked", b"Content-Length: 3", b"Connection: keep-alive")
