@@ -55,6 +55,7 @@ class Conn:
     consumed: int = 0       # bytes of `raw` that belong to complete requests
     open: bool = True
     writer: object = None
+    task: object = None
 
     def leftover(self) -> bytes:
         return bytes(self.raw[self.consumed:])
@@ -168,6 +169,7 @@ class RecordingBackend:
             for c in self.conns:
                 if c.open and c.writer is not None:
                     c.writer.close()
+                    c.task.cancel()  # a scripted answer may be sleeping
         self._loop.call_soon_threadsafe(drop)
 
     def reset(self, timeout: float = 2.0) -> None:
@@ -195,7 +197,7 @@ class RecordingBackend:
 
     async def _handle(self, reader, writer) -> None:
         with self._lock:
-            conn = Conn(id=len(self.conns), writer=writer)
+            conn = Conn(id=len(self.conns), writer=writer, task=asyncio.current_task())
             self.conns.append(conn)
         buf = _Buf(reader, conn)
         try:
