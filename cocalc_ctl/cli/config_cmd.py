@@ -25,6 +25,8 @@ def show() -> None:
 
     def human(_):
         print(f"config file: {cfg.file or '(none: defaults and environment only)'}")
-        output.table(["key", "value", "source"], [(k, v["value"], v["source"]) for k, v in data["keys"].items()])
+        output.table(["key", "value", "source"], [
+            (k, ", ".join(v["value"]) if isinstance(v["value"], tuple) else v["value"], v["source"])
+            for k, v in data["keys"].items()])  # list values (proxy.trust_forwarded) comma-separated
 
     render(data, human)

@@ -200,10 +200,12 @@ def client_response_head(resp, mode: int, chunked_out: bool, keep: bool, extra: 
             continue
         out += b"%s: %s\r\n" % (name, value)
         n += 1
-    if mode == FIXED or (mode == NONE and resp.content_length is not None and resp.status not in (204,)
-                         and resp.status >= 200):
-        # FIXED: the length we relay; HEAD / 304: the length the upstream stated (metadata, no body)
-        out += b"content-length: %d\r\n" % resp.content_length
+    if mode == FIXED:
+        out += b"content-length: %d\r\n" % resp.content_length  # the length we relay
+    elif mode == NONE:
+        if resp.content_length is not None and resp.status >= 200 and resp.status != 204:
+            # HEAD / 304: the length the upstream stated (metadata: no body follows)
+            out += b"content-length: %d\r\n" % resp.content_length
     elif chunked_out:
         out += b"transfer-encoding: chunked\r\n"
     if not keep:
