@@ -27,6 +27,8 @@ PATHS = ("host", "hub", "nginx")
 # the side observed; the README's routing-safety table says the same.
 C, N = "cocalc stricter", "nginx stricter"
 DIFFERENCES: dict[str, tuple[str, str]] = {
+    "local": (C, "/healthz, /metrics, unknown projects and bad targets are answered by the proxy itself (nginx "
+                 "here forwards every path); after such an answer to a request with a body the connection closes"),
     "head": (C, "bare LF, control characters, a line without a colon, a non-token name or several empty "
                 "lines before the request line: 400 (nginx accepts and normalises)"),
     "conn": (C, "Connection naming Content-Length or Transfer-Encoding: 400 (nginx ignores the token)"),

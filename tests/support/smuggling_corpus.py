@@ -346,6 +346,21 @@ def _cases() -> list[Case]:
                        b"X-Forwarded-For: 2.2.2.2"}.items():
         add("forwarded", name, b"GET {P}/a HTTP/1.1\r\nHost: x\r\n" + line + b"\r\n\r\n")
 
+    # -- the proxy's own answers (local endpoints, routing errors) with bodies behind them ----------
+    nobody = b"/99999999-9999-4999-8999-999999999999"
+    for name, target in (("healthz", b"/healthz"), ("metrics", b"/metrics"), ("unknown-project", nobody + b"/x"),
+                         ("bad-target", b"{P}/../x"), ("not-uuid", b"/not-a-project/x")):
+        add("local", f"{name}-cl-body", b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+            % (target, len(SMUGGLED), SMUGGLED) + get_next)
+        add("local", f"{name}-chunked-body", b"POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"%x\r\n%s\r\n0\r\n\r\n" % (target, len(SMUGGLED), SMUGGLED) + get_next)
+        add("local", f"{name}-expect", b"POST %s HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (target, len(SMUGGLED), SMUGGLED) + get_next)
+        add("local", f"{name}-head-then-get", b"HEAD %s HTTP/1.1\r\nHost: x\r\n\r\n" % target + get_next)
+    add("valid", "http10-keepalive-post", b"POST {P}/a HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n"
+        b"Content-Length: 5\r\n\r\nhello" + get_next)
+    add("valid", "huge-chunk-then-close", post + b"Transfer-Encoding: chunked\r\n\r\n7fffffffffffffff\r\nabc")
+
     # -- generated pipelines of valid messages with random framing ---------------------------------
     rng = random.Random(1111)
     for i in range(40):
