@@ -283,13 +283,16 @@ def test_trailers_never_reach_the_backend(framing_rig, path):
     assert rec.body == b"hello" and "trailer field" not in rec.ambiguous, rec.ambiguous
     assert view.responses[0].header(b"x-rec") == str(rec.seq).encode()
 
+@pytest.mark.parametrize("framing", ["length", "chunked"])
 @pytest.mark.parametrize("path", ["host", "hub"])
-def test_slow_client_body_on_a_pooled_connection_does_not_mix_with_the_next_client(framing_rig, path):
+def test_slow_client_body_on_a_pooled_connection_does_not_mix_with_the_next_client(framing_rig, path, framing):
     """A client stops halfway through its body; the upstream connection that carried the first half
     must not go back to the pool."""
     proxy, backend = _path(framing_rig, path)
+    partial = (b"Content-Length: 100\r\n\r\n" + b"h" * 50 if framing == "length"
+               else b"Transfer-Encoding: chunked\r\n\r\n7fffffff\r\n" + b"h" * 50)
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
-        s.sendall(b"POST %s/half HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" % A + b"h" * 50)
+        s.sendall(b"POST %s/half HTTP/1.1\r\nHost: x\r\n" % A + partial)
         time.sleep(0.3)
     time.sleep(0.3)
     mark = backend.mark()
