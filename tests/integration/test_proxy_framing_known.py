@@ -163,10 +163,14 @@ def test_what_the_hub_accepts_the_host_accepts(framing_rig, what):
     hub, host, backend = framing_rig.hub, framing_rig.hub_host, framing_rig.rec_hub
     if what == "fields":
         extra = b"".join(b"X-F%d: v\r\n" % i for i in range(99))   # + Host = 100 fields
-    else:
+    else:  # a head of 32760 bytes, just under the hub's proxy.max_header_bytes (32768)
         line = b"X-Big: " + b"b" * 8000 + b"\r\n"
-        extra = line * 3 + b"X-Pad: " + b"p" * (32768 - 200 - 3 * len(line)) + b"\r\n"
+        start = b"GET %s/limits HTTP/1.1\r\nHost: x\r\n" % A
+        pad = 32760 - len(start) - 3 * len(line) - len(b"X-Pad: \r\n\r\n")
+        extra = line * 3 + b"X-Pad: " + b"p" * pad + b"\r\n"
     req = b"GET %s/limits HTTP/1.1\r\nHost: x\r\n%s\r\n" % (A, extra)
+    if what == "bytes":
+        assert len(req) == 32760
     host_431 = _requests_total(host.port, 431)
     mark = backend.mark()
     view = exchange(hub.port, req, [b"GET"], 1)

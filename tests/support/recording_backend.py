@@ -55,7 +55,7 @@ class Conn:
     consumed: int = 0       # bytes of `raw` that belong to complete requests
     open: bool = True
     writer: object = None
-    task: object = None
+    dropped: object = None  # asyncio.Event: drop_idle() was called (ends a scripted wait)
 
     def leftover(self) -> bytes:
         return bytes(self.raw[self.consumed:])
@@ -169,7 +169,7 @@ class RecordingBackend:
             for c in self.conns:
                 if c.open and c.writer is not None:
                     c.writer.close()
-                    c.task.cancel()  # a scripted answer may be sleeping
+                    c.dropped.set()  # a scripted answer may be waiting
         self._loop.call_soon_threadsafe(drop)
 
     def reset(self, timeout: float = 2.0) -> None:
@@ -197,7 +197,7 @@ class RecordingBackend:
 
     async def _handle(self, reader, writer) -> None:
         with self._lock:
-            conn = Conn(id=len(self.conns), writer=writer, task=asyncio.current_task())
+            conn = Conn(id=len(self.conns), writer=writer, dropped=asyncio.Event())
             self.conns.append(conn)
         buf = _Buf(reader, conn)
         try:
@@ -209,7 +209,7 @@ class RecordingBackend:
                     rec.seq = len(self.records)
                     self.records.append(rec)
                     conn.consumed = buf.pos
-                close = await self._answer(rec, writer)
+                close = await self._answer(rec, writer, conn)
                 if close:
                     return
         except (EOFError, ConnectionError, ValueError, asyncio.IncompleteReadError) as exc:
@@ -305,7 +305,17 @@ class RecordingBackend:
         return Record(seq=-1, conn=buf.conn.id, method=method, target=target, version=version, headers=headers,
                       body=bytes(body), raw_head=raw_head, ambiguous=ambiguous)
 
-    async def _answer(self, rec: Record, writer) -> bool:
+    @staticmethod
+    async def _wait(conn: Conn, seconds: float) -> bool:
+        """Sleep; True if the connection was dropped meanwhile."""
+        try:
+            async with asyncio.timeout(seconds):
+                await conn.dropped.wait()
+            return True
+        except TimeoutError:
+            return False
+
+    async def _answer(self, rec: Record, writer, conn: Conn) -> bool:
         m = re.search(rb"/script/([A-Za-z0-9_.-]+)", rec.target)
         steps = self.scripts.get(m.group(1).decode()) if m else None
         if steps is None:
@@ -319,15 +329,17 @@ class RecordingBackend:
                 writer.write(bytes(step).replace(b"{seq}", str(rec.seq).encode()))
                 await writer.drain()
             elif step[0] == "sleep":
-                await asyncio.sleep(step[1])
+                if await self._wait(conn, step[1]):
+                    return True
             elif step[0] == "drip":  # ("drip", bytes, seconds between bytes)
                 for i in range(len(step[1])):
                     writer.write(step[1][i:i + 1])
                     await writer.drain()
-                    await asyncio.sleep(step[2])
+                    if await self._wait(conn, step[2]):
+                        return True
             elif step[0] == "close":
                 return True
             elif step[0] == "hold":  # silent until the proxy gives up (its timeout), then close
-                await asyncio.sleep(step[1] if len(step) > 1 else 30)
+                await self._wait(conn, step[1] if len(step) > 1 else 30)
                 return True
         return False
