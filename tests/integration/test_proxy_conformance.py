@@ -46,8 +46,8 @@ DIFFERENCES: dict[str, tuple[str, str]] = {
                          "`helloPOST` request, a valid method token (nginx: 400, upper-case methods only)"),
     "cl.tab-value": (N, "a tab is optional whitespace before a field value (RFC 9110 §5.6.3); nginx 400s "
                         "`Content-Length:<TAB>5`"),
-    "chunk": (C, "chunk extensions over 4 KiB, bare LF in chunk framing or trailers, chunk sizes of 16 digits "
-                 "or more: 400 (nginx accepts)"),
+    "chunk": (C, "chunk extensions over 4 KiB, trailers over 16 KiB, bare LF in chunk framing or trailers, chunk "
+                 "sizes of 16 digits or more: 400 (nginx accepts)"),
     "te-te.tab-value": (N, "`Transfer-Encoding:<TAB>chunked` is chunked (RFC 9110 optional whitespace); "
                            "nginx refuses it"),
     "te-te": (C, "a line with bare LF or a CR inside a value: 400 (nginx accepts bare LF)"),

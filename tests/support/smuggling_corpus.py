@@ -193,6 +193,10 @@ def _cases() -> list[Case]:
         "tab-size": b"5\t\r\nhello\r\n0\r\n\r\n",
         "many-small": b"".join(b"1\r\n%c\r\n" % c for c in b"abcdefghij") + b"0\r\n\r\n",
         "zero-then-data": b"0\r\n\r\nhello",
+        "trailers-huge": b"5\r\nhello\r\n0\r\n" + b"".join(b"X-T%d: %s\r\n" % (i, b"t" * 1000) for i in range(20))
+                         + b"\r\n",
+        "trailer-line-huge": b"5\r\nhello\r\n0\r\nX-T: " + b"t" * 70000 + b"\r\n\r\n",
+        "many-chunks-then-bad": b"1\r\na\r\n" * 50 + b"zz\r\n",
     }
     for name, body in chunk_bodies.items():
         add("chunk", name, post + b"Transfer-Encoding: chunked\r\n\r\n" + body + get_next)
