@@ -356,3 +356,23 @@ def test_an_upstream_that_says_close_is_not_reused_even_if_it_stays_open(framing
     # (through the hub, the hub->host connection may stay; the host->backend one must not be reused)
     assert first.conn != after.conn, "the proxy sent another request on a connection the upstream closed"
     backend.reset()
+
+
+@pytest.mark.parametrize("method", [b"GET", b"POST"], ids=["fast-path", "stream-path"])
+def test_a_project_cannot_answer_another_projects_requests_through_the_hub(framing_rig, method):
+    """Project P1 answers with extra bytes (a forged response) behind its own; requests to P2 on the
+    same host, through the same hub, get only P2's answers."""
+    hub, backend = framing_rig.hub, framing_rig.rec_hub
+    forged = b"HTTP/1.1 200 OK\r\nx-rec: fake\r\nContent-Length: 4\r\n\r\nfake"
+    _script(framing_rig, "forge", [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + forged * 3])
+    body = b"Content-Length: 1\r\n\r\nz" if method == b"POST" else b"\r\n"
+    for _ in range(2):
+        exchange(hub.port, b"%s %s/script/forge HTTP/1.1\r\nHost: x\r\n%s" % (method, A, body), [method], 1)
+    for i in range(3):
+        mark = backend.mark()
+        view = exchange(hub.port, b"%s %s/victim-%d HTTP/1.1\r\nHost: x\r\n%s" % (method, B, i, body), [method], 1)
+        assert view.responses, view.raw[:200]
+        recs = {r.seq: r for r in backend.since(mark)}
+        marker = view.responses[0].header(b"x-rec") or b"-"
+        assert marker.isdigit() and recs[int(marker)].target == B + b"/victim-%d" % i, view.raw[:200]
+    backend.reset()
