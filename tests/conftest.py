@@ -75,3 +75,15 @@ def postgres():
 @pytest.fixture
 def hub_dsn(postgres) -> str:
     return postgres.new_database()
+
+
+@pytest.fixture(scope="session")
+def framing_rig(postgres, tmp_path_factory):
+    """Host proxy, hub -> host chain and nginx, each before a recording backend (tests/support/framing_rig.py)."""
+    from tests.support.framing_rig import Rig
+
+    rig = Rig(tmp_path_factory.mktemp("framing"), postgres.new_database())
+    try:
+        yield rig
+    finally:
+        rig.close()
