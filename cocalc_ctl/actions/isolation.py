@@ -364,9 +364,9 @@ def container_args(cfg: Config, pid: str, rng: IdRange) -> list[str]:
 def _ensure_tables(cfg: Config) -> None:
     uids = port_uids(cfg)
     with locks.hold(cfg.data_dir, "nft", wait=True, timeout=60, what="the nft port guard"):
-        have = all(proc.run(nft.list_table(f), mutates=False, check=False).returncode == 0
-                   for f in ("inet", "bridge"))
-        proc.run(nft.load(), input=nft.add_uids(uids) if have else nft.ruleset(uids))
+        # always the whole ruleset: it reloads over itself keeping the sets' elements, so tables an
+        # earlier version made get every current rule (e.g. the bridge output guard)
+        proc.run(nft.load(), input=nft.ruleset(uids))
 
 
 def guard_ports(cfg: Config, pid: str, ports: list[int]) -> None:

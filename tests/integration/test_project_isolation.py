@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -29,7 +30,7 @@ COMMAND = ("/bin/sh -c 'id > /home/user/id.txt; cat /proc/self/uid_map > /home/u
            "cat /proc/self/status > /home/user/status; cp /bin/busybox /home/user/busybox; chmod u+s /home/user/busybox; "
            "cat /home/user/doc.txt > /home/user/readback 2>/home/user/readback.err; "
            "echo started > /home/user/started; exec /bin/httpd -f -p 8080 -h /home/user'")
-EXTRA_APPLETS = ["cp", "chmod", "grep", "nc", "printf", "head"]
+EXTRA_APPLETS = ["cp", "chmod", "grep", "nc", "printf", "head", "ln", "mknod"]
 
 
 def tree(workdir):
@@ -56,10 +57,10 @@ def as_nobody(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(["runuser", "-u", "nobody", "--", *argv], capture_output=True, text=True, timeout=timeout)
 
 
-def connect_as_nobody(port: int) -> subprocess.CompletedProcess:
-    code = ("import socket,sys\ns=socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=10)\n"
+def connect_as_nobody(port: int, host: str = "127.0.0.1", timeout: float = 10) -> subprocess.CompletedProcess:
+    code = ("import socket,sys\ns=socket.create_connection((sys.argv[2], int(sys.argv[1])), timeout=float(sys.argv[3]))\n"
             "s.sendall(b'GET /started HTTP/1.0\\r\\n\\r\\n'); print(s.recv(100))")
-    return as_nobody("/usr/bin/python3", "-c", code, str(port))
+    return as_nobody("/usr/bin/python3", "-c", code, str(port), host, str(timeout))
 
 
 def idmap_row(host, pid):
@@ -145,6 +146,13 @@ def test_container_root_is_an_unprivileged_range_and_the_setuid_attack_fails(mak
     assert seen.stdout == "started\n", seen
     assert podman_store.run("exec", f"project-{pid}", "touch", "/home/user/.snapshots/planted",
                             check=False).returncode != 0, "but the project cannot write into it"
+    # no device nodes (no CAP_MKNOD; the pool is nodev anyway), no hard link from the image into the home
+    # (another mount), nor to .snapshots' files (read-only subvolume)
+    for attack in ("mknod /home/user/mem c 1 1", "mknod /tmp/mem c 1 1", "ln /etc/image /home/user/hl",
+                   "ln /home/user/.snapshots/s1/started /home/user/hl2"):
+        res = podman_store.run("exec", f"project-{pid}", "/bin/sh", "-c", attack, check=False)
+        assert res.returncode != 0, (attack, res)
+    assert not (project / "mem").exists() and not (project / "hl").exists()
     res = json.loads(h.cli("--json", "doctor", check=False).stdout)
     check = next(c for c in res["checks"] if c["name"] == "pool-hardening")
     assert check["status"] == "ok", check
@@ -175,18 +183,33 @@ def test_project_ports_answer_the_proxies_only(make_host, workdir, podman_store)
     refused = connect_as_nobody(port)
     assert refused.returncode != 0 and "Connection" in refused.stderr, refused
     assert connect_as_nobody(out["ssh_port"]).returncode != 0
-    # the refusal is the guard's doing: without the port in the set, nobody gets through
-    nft_script(f"delete element inet cocalc_ctl project_ports {{ {port} }}\n")
-    try:
-        ok = connect_as_nobody(port)
-        assert ok.returncode == 0 and "200 OK" in ok.stdout, ok
-    finally:
-        nft_script(f"add element inet cocalc_ctl project_ports {{ {port} }}\n")
+    # nor through the other loopback spellings (IPv6 ::1, 127.0.0.2: nothing is published there)
+    assert connect_as_nobody(port, "::1", timeout=5).returncode != 0
+    assert connect_as_nobody(port, "127.0.0.2", timeout=5).returncode != 0
 
-    # from inside project b: neither a's container address nor the published port through the gateway
+    # nor straight at the container's bridge address, past the published port (and its guard)
     info = json.loads(podman_store.run("container", "inspect", f"project-{a}").stdout)[0]
     a_ip = info["NetworkSettings"]["IPAddress"]
     gateway = info["NetworkSettings"]["Gateway"]
+    a_mac = info["NetworkSettings"]["MacAddress"]
+    assert a_ip and get(f"http://{a_ip}:8080/started") == b"started\n", "root reaches the container"
+    direct = connect_as_nobody(8080, a_ip, timeout=5)
+    assert direct.returncode != 0 and "200 OK" not in direct.stdout, direct
+
+    # the refusals are the guard's doing: without the port and the MAC in the sets, nobody gets through
+    nft_script(f"delete element inet cocalc_ctl project_ports {{ {port} }}\n"
+               f"delete element bridge cocalc_ctl project_macs {{ {a_mac} }}\n")
+    try:
+        ok = connect_as_nobody(port)
+        assert ok.returncode == 0 and "200 OK" in ok.stdout, ok
+        ok = connect_as_nobody(8080, a_ip)
+        assert ok.returncode == 0 and "200 OK" in ok.stdout, ok
+    finally:
+        nft_script(f"add element inet cocalc_ctl project_ports {{ {port} }}\n"
+                   f"add element bridge cocalc_ctl project_macs {{ {a_mac} }}\n")
+    assert connect_as_nobody(8080, a_ip, timeout=5).returncode != 0
+
+    # from inside project b: neither a's container address nor the published port through the gateway
 
     def probe(target: str) -> bool:
         host, port = target.rsplit(":", 1)
@@ -196,6 +219,25 @@ def test_project_ports_answer_the_proxies_only(make_host, workdir, podman_store)
 
     assert a_ip and not probe(f"{a_ip}:8080")
     assert not probe(f"{gateway}:{port}")
+    assert not probe(f"127.0.0.1:{port}"), "the container's loopback is its own"
+    # a host service on loopback only (like PostgreSQL's or sshpiper's REST port) is out of reach too,
+    # through the gateway (the bridge has route_localnet on for podman's port mapping) and its other names
+    svc = socket.socket()
+    svc.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    svc.bind(("127.0.0.1", 0))
+    svc.listen(8)
+    svc.settimeout(0.1)
+    try:
+        for target in (f"{gateway}:{svc.getsockname()[1]}", f"127.0.0.1:{svc.getsockname()[1]}"):
+            probe(target)
+            try:
+                conn, peer = svc.accept()
+                conn.close()
+                raise AssertionError(f"project b reached the host's loopback service via {target} from {peer}")
+            except TimeoutError:
+                pass
+    finally:
+        svc.close()
     macs = [info["NetworkSettings"]["MacAddress"],
             json.loads(podman_store.run("container", "inspect", f"project-{b}").stdout)[0]["NetworkSettings"][
                 "MacAddress"]]

@@ -90,7 +90,14 @@ def test_mac_is_locally_administered_and_per_host_and_project(tmp_path):
 def test_nft_ruleset_parses_and_matches_the_socket_uid():
     text = nft.ruleset([0, 33])
     assert "meta skuid != @port_users reject" in text and "priority -150" in text
-    assert "elements = { 0, 33 }" in text
+    assert "add element inet cocalc_ctl port_users { 0, 33 }" in text
+    # the host's own connections straight to a project container's address need an allowed uid too
+    assert ("add rule bridge cocalc_ctl output ether daddr @project_macs meta l4proto tcp "
+            "tcp flags & (syn | ack) == syn meta skuid != @port_users drop") in text
+    assert "add element bridge cocalc_ctl port_users { 0, 33 }" in text
+    # reloadable over itself: chains are flushed and refilled, sets only declared (elements kept)
+    assert "flush chain inet cocalc_ctl output" in text and "flush chain bridge cocalc_ctl output" in text
+    assert "flush set" not in text and "flush table" not in text
     assert nft.elements("add", [1, 2], "02:00:00:00:00:01") == (
         "add element inet cocalc_ctl project_ports { 1, 2 }\n"
         "add element bridge cocalc_ctl project_macs { 02:00:00:00:00:01 }\n")
