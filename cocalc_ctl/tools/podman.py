@@ -88,6 +88,7 @@ class RunSpec:
     labels: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     volumes: list[tuple[str, str]] = field(default_factory=list)
+    readonly_volumes: list[tuple[str, str]] = field(default_factory=list)  # `--volume src:dst:ro`
     publish: list[tuple[str, int, int]] = field(default_factory=list)  # (host ip, host port, container port)
     network: str | None = None
     workdir: str | None = None
@@ -125,6 +126,8 @@ def run(storage: Storage, spec: RunSpec) -> list[str]:
         args += ["--env", f"{k}={v}"]
     for src, dst in spec.volumes:
         args += ["--volume", f"{src}:{dst}"]
+    for src, dst in spec.readonly_volumes:
+        args += ["--volume", f"{src}:{dst}:ro"]
     if spec.network:
         args += ["--network", spec.network]
     for ip, host_port, container_port in spec.publish:

@@ -30,7 +30,7 @@ COMMAND = ("/bin/sh -c 'id > /home/user/id.txt; cat /proc/self/uid_map > /home/u
            "cat /proc/self/status > /home/user/status; cp /bin/busybox /home/user/busybox; chmod u+s /home/user/busybox; "
            "cat /home/user/doc.txt > /home/user/readback 2>/home/user/readback.err; "
            "echo started > /home/user/started; exec /bin/httpd -f -p 8080 -h /home/user'")
-EXTRA_APPLETS = ["cp", "chmod", "grep", "nc", "printf", "head", "ln", "mknod"]
+EXTRA_APPLETS = ["cp", "chmod", "grep", "nc", "printf", "head", "ln", "mknod", "mv", "rmdir"]
 
 
 def tree(workdir):
@@ -256,6 +256,48 @@ def test_project_ports_answer_the_proxies_only(make_host, workdir, podman_store)
         "stop removes the port from the guard"
     h.cli("project", "stop", b)
 
+
+
+def test_a_project_cannot_swap_its_snapshots_for_a_symlink_root_would_follow(make_host, workdir,
+                                                                             podman_store):  # noqa: F811
+    """Container root owns its home, so it could rename `.snapshots` and plant a symlink to another
+    project's `.snapshots`: the snapshot timer (root) would then create into and prune the victim's
+    snapshots. The running container sees `.snapshots` as a mount point it can neither rename nor
+    replace; a symlink found there at start (made while stopped, by an older version) is refused."""
+    h = make_host("a", **config(podman_store))
+    t = tree(workdir)
+    a, victim = str(uuid.uuid4()), str(uuid.uuid4())
+    for pid in (a, victim):
+        h.cli("project", "create", pid)
+    h.cli("snapshot", "create", victim, "victims-own")
+    h.json("project", "start", a, "--image", f"dir:{t}")
+    home = h.project_path(a)
+    wait_for(home / "started")
+    rel = os.path.relpath(h.project_path(victim) / ".snapshots", home)
+    for attack in (f"mv /home/user/.snapshots /home/user/.away && ln -s {rel} /home/user/.snapshots",
+                   f"ln -s {rel} /home/user/.planted && mv -f /home/user/.planted /home/user/.snapshots",
+                   "rmdir /home/user/.snapshots"):
+        res = podman_store.run("exec", f"project-{a}", "/bin/sh", "-c", attack, check=False)
+        assert res.returncode != 0, (attack, res)
+    snaps = home / ".snapshots"
+    assert snaps.is_dir() and not snaps.is_symlink()
+    assert podman_store.run("exec", f"project-{a}", "cat", "/home/user/.snapshots/../started",
+                            check=False).stdout == "started\n"
+    h.cli("snapshot", "create", a, "s1")
+    assert (snaps / "s1").is_dir() and not (h.project_path(victim) / ".snapshots" / "s1").exists()
+    h.cli("project", "stop", a)
+
+    # a symlink already there at start (planted while the project ran without this guard): refused
+    os.rename(snaps, home / ".away")
+    os.symlink(rel, snaps)
+    try:
+        res = h.cli("project", "start", a, "--image", f"dir:{t}", check=False)
+        assert res.returncode != 0 and ".snapshots" in res.stderr, res
+        assert podman_store.run("container", "exists", f"project-{a}", check=False).returncode != 0
+    finally:
+        os.unlink(snaps)
+        os.rename(home / ".away", snaps)
+    assert sorted(os.listdir(h.project_path(victim) / ".snapshots")) == ["victims-own"]
 
 def _foreign_ids(path, base):
     """Entries below `path` owned outside the range, except .snapshots, overlayfs's own work/work and the
