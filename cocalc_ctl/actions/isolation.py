@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import errno
+import grp
 import hashlib
 import os
 import pwd
@@ -105,9 +106,36 @@ def get_range(cfg: Config, pid: str) -> IdRange | None:
     return IdRange(row["base"], row["size"]) if row else None
 
 
+SUBID_FILES = ("/etc/subuid", "/etc/subgid")
+
+
+def host_id_ranges() -> list[tuple[int, int]]:
+    """(start, count) of host ids someone else may act as: /etc/subuid and /etc/subgid entries (any
+    user can map them with newuidmap) and the users and groups the host knows. A project range
+    overlapping one would let that user signal, ptrace and (through /proc/PID/root) read the project."""
+    out = []
+    for name in SUBID_FILES:
+        try:
+            text = Path(name).read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            parts = line.strip().split(":")
+            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                out.append((int(parts[1]), int(parts[2])))
+    out += [(p.pw_uid, 1) for p in pwd.getpwall()] + [(g.gr_gid, 1) for g in grp.getgrall()]
+    return out
+
+
+def _overlaps(base: int, ranges: list[tuple[int, int]]) -> bool:
+    return any(start < base + SIZE and base < start + count for start, count in ranges)
+
+
 def ensure_range(cfg: Config, pid: str) -> IdRange:
-    """The project's range, allocating the lowest free one on first use (one transaction)."""
+    """The project's range, allocating the lowest free one on first use (one transaction), never one
+    that overlaps host ids another user may hold (`host_id_ranges`)."""
     first = _first_base(cfg)
+    reserved = host_id_ranges()
     with host_db.connect(cfg.data_dir) as conn:
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -115,7 +143,7 @@ def ensure_range(cfg: Config, pid: str) -> IdRange:
             if row is None:
                 used = {r[0] for r in conn.execute("SELECT base FROM project_idmaps")}
                 base = first
-                while base in used:
+                while base in used or _overlaps(base, reserved):
                     base += SIZE
                 if base + SIZE > 1 << 32:
                     raise OperationFailed("no free uid range left for another project",

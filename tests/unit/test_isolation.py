@@ -51,6 +51,25 @@ def test_ranges_are_aligned_distinct_stable_and_freed_by_release(tmp_path):
     assert isolation.ensure_range(c, "b") == b
 
 
+def test_ranges_skip_subordinate_ids_and_known_users(tmp_path, monkeypatch):
+    """A user whose /etc/subuid (or subgid) entry, or own uid, falls into a project's range could act as
+    that project's ids (newuidmap): such ranges are never handed out."""
+    subuid, subgid = tmp_path / "subuid", tmp_path / "subgid"
+    # Debian's useradd hands out 100000 + n*65536: the 15th user's range straddles 1 << 20
+    subuid.write_text("alice:100000:65536\n#x\nmallory:1017504:65536\nbroken:line\n")
+    subgid.write_text(f"mallory:{(1 << 20) + 65536 + 5}:1\n")
+    monkeypatch.setattr(isolation, "SUBID_FILES", (str(subuid), str(subgid)))
+    c = cfg(tmp_path)
+    assert isolation.ensure_range(c, "a").base == (1 << 20) + 2 * 65536
+    import pwd
+
+    real = pwd.getpwall()
+    fake = real + [pwd.struct_passwd(("ldapuser", "x", (1 << 20) + 3 * 65536 + 42, 100, "", "/", "/bin/sh"))]
+    monkeypatch.setattr(isolation.pwd, "getpwall", lambda: fake)
+    assert isolation.ensure_range(c, "b").base == (1 << 20) + 4 * 65536
+    assert isolation.ensure_range(c, "a").base == (1 << 20) + 2 * 65536, "an allocated range stays"
+
+
 def test_uid_base_must_be_aligned(tmp_path):
     with pytest.raises(InvalidInput, match="multiple of 65536"):
         isolation.ensure_range(cfg(tmp_path, **{"isolation.uid_base": 100000}), "a")
