@@ -299,6 +299,40 @@ def test_a_project_cannot_swap_its_snapshots_for_a_symlink_root_would_follow(mak
         os.rename(home / ".away", snaps)
     assert sorted(os.listdir(h.project_path(victim) / ".snapshots")) == ["victims-own"]
 
+
+def test_a_path_restore_into_a_running_project_writes_nowhere_else(make_host, workdir, podman_store):  # noqa: F811
+    """Root makes a private directory in the running project's home for a `restore --path` and has the
+    engine restore into it. The project owns its home: it watches for that directory, moves it aside
+    and leaves a symlink to a host directory in its place. The engine must still write only into the
+    directory root made (held by an fd), never through the planted symlink."""
+    t = tree(workdir)
+    h = backup_host(make_host, workdir, "a", **config(podman_store))
+    pid = str(uuid.uuid4())
+    h.cli("project", "create", pid)
+    live = h.project_path(pid)
+    (live / "notes").mkdir()
+    (live / "notes" / "a.txt").write_text("from the backup\n")
+    h.cli("--json", "backup", "create", pid)
+    (live / "notes" / "a.txt").write_text("changed since\n")
+    outside = workdir / "host-dir"
+    outside.mkdir()
+    h.json("project", "start", pid, "--image", f"dir:{t}")
+    wait_for(live / "started")
+    swap = ("while [ ! -e /home/user/stop-swapping ]; do for d in /home/user/.cocalc-ctl-restore-*; do "
+            "if [ -d \"$d\" ] && [ ! -L \"$d\" ]; then mv \"$d\" /home/user/.moved && "
+            f"ln -s {outside} \"$d\" && echo swapped > /home/user/swapped && exit 0; fi; done; done")
+    podman_store.run("exec", "-d", f"project-{pid}", "/bin/sh", "-c", swap)
+    time.sleep(1)
+    try:
+        res = h.cli("restore", pid, "latest", "--path", "notes/a.txt", "--force", check=False)
+    finally:
+        (live / "stop-swapping").write_text("")
+    assert (live / "swapped").exists(), f"the attacker did swap the directory (else this test proves nothing): {res}"
+    assert list(outside.iterdir()) == [], "root restored through the project's symlink into a host directory"
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res
+    assert (live / "notes" / "a.txt").read_text() == "from the backup\n"
+    h.cli("project", "stop", pid)
+
 def _foreign_ids(path, base):
     """Entries below `path` owned outside the range, except .snapshots, overlayfs's own work/work and the
     /etc/mtab symlink podman adds to a root without one (both made by host root, neither the project's)."""
