@@ -31,9 +31,11 @@ def ruleset(allowed_uids: list[int]) -> str:
     - inet output: a connection to a guarded loopback port is reset unless the connecting socket
       belongs to an allowed uid (matched before the DNAT that podman's port mapping does, at
       priority -150).
-    - bridge output: the host's own TCP connections straight to a project container's address (its
-      bridge IP, IPv4 or IPv6, any port) must come from an allowed uid too: a SYN sent to a project
-      container's MAC by any other local socket is dropped (the bridge has no reject in output).
+    - bridge output: the host's own TCP connections and UDP datagrams straight to a project
+      container's address (its bridge IP, IPv4 or IPv6, any port) must come from an allowed uid too:
+      a SYN or a datagram sent to a project container's MAC by any other local socket is dropped (the
+      bridge family has neither reject in output nor, without br_netfilter's conntrack, `ct state`;
+      so a host UDP service running as another user cannot answer a project container either).
     - bridge forward: frames from or to a project container's MAC never pass between two ports of
       the bridge (each project reaches only the host and the outside)."""
     uids = ", ".join(str(u) for u in sorted(set(allowed_uids))) or "0"
@@ -57,6 +59,7 @@ add element bridge {TABLE} port_users {{ {uids} }}
 add rule bridge {TABLE} forward ether saddr @project_macs drop
 add rule bridge {TABLE} forward ether daddr @project_macs drop
 add rule bridge {TABLE} output ether daddr @project_macs meta l4proto tcp tcp flags & (syn | ack) == syn meta skuid != @port_users drop
+add rule bridge {TABLE} output ether daddr @project_macs meta l4proto udp meta skuid != @port_users drop
 """
 
 

@@ -208,6 +208,26 @@ def test_project_ports_answer_the_proxies_only(make_host, workdir, podman_store)
         nft_script(f"add element inet cocalc_ctl project_ports {{ {port} }}\n"
                    f"add element bridge cocalc_ctl project_macs {{ {a_mac} }}\n")
     assert connect_as_nobody(8080, a_ip, timeout=5).returncode != 0
+    # nor UDP: a datagram from nobody to a UDP service in the project's network namespace is dropped,
+    # root's arrives (the listener runs in the container's netns: busybox has no UDP server)
+    a_pid = str(info["State"]["Pid"])
+    server = ("import socket,time\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', 9999))\n"
+              "print('ready', flush=True)\ns.settimeout(0.2)\nend=time.monotonic()+8\n"
+              "while time.monotonic()<end:\n  try: print(s.recv(100).decode().strip(), flush=True)\n"
+              "  except TimeoutError: pass\n")
+    listener = subprocess.Popen(["nsenter", "-t", a_pid, "-n", "/usr/bin/python3", "-c", server],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout.readline().strip() == "ready"
+        send = ("import socket,sys\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+                ".sendto(sys.argv[2].encode(), (sys.argv[1], 9999))")
+        assert as_nobody("/usr/bin/python3", "-c", send, a_ip, "from-nobody").returncode == 0
+        subprocess.run(["/usr/bin/python3", "-c", send, a_ip, "from-root"], check=True)
+        got = listener.communicate(timeout=30)[0].split()
+    finally:
+        listener.kill()
+        listener.wait()
+    assert got == ["from-root"], got
 
     # from inside project b: neither a's container address nor the published port through the gateway
 

@@ -113,6 +113,8 @@ def test_nft_ruleset_parses_and_matches_the_socket_uid():
     # the host's own connections straight to a project container's address need an allowed uid too
     assert ("add rule bridge cocalc_ctl output ether daddr @project_macs meta l4proto tcp "
             "tcp flags & (syn | ack) == syn meta skuid != @port_users drop") in text
+    assert ("add rule bridge cocalc_ctl output ether daddr @project_macs meta l4proto udp "
+            "meta skuid != @port_users drop") in text
     assert "add element bridge cocalc_ctl port_users { 0, 33 }" in text
     # reloadable over itself: chains are flushed and refilled, sets only declared (elements kept)
     assert "flush chain inet cocalc_ctl output" in text and "flush chain bridge cocalc_ctl output" in text
