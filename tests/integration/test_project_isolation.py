@@ -353,6 +353,48 @@ def test_a_path_restore_into_a_running_project_writes_nowhere_else(make_host, wo
     assert (live / "notes" / "a.txt").read_text() == "from the backup\n"
     h.cli("project", "stop", pid)
 
+
+def _with_btrfs_tool(t):
+    """The host's btrfs(8) and its libraries inside the image (an attacker brings its own tools)."""
+    import shutil as sh
+
+    libs = subprocess.run(["ldd", "/usr/bin/btrfs"], capture_output=True, text=True, check=True).stdout
+    for path in [w for w in libs.split() if w.startswith("/")] + ["/usr/bin/btrfs"]:
+        dest = t / path.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        sh.copy2(os.path.realpath(path), dest)
+    return t
+
+
+def test_a_project_cannot_make_nested_subvolumes_its_quota_does_not_count(make_host, workdir,
+                                                                          podman_store):  # noqa: F811
+    """A nested subvolume is a qgroup of its own: data in it escapes the project's limit (and its
+    snapshots, and btrfs send). Unprivileged users may create one by ioctl, so containers must not."""
+    h = make_host("a", **config(podman_store))
+    t = _with_btrfs_tool(tree(workdir))
+    pid = str(uuid.uuid4())
+    h.cli("project", "create", pid, "--quota", "64M")
+    h.json("project", "start", pid, "--image", f"dir:{t}")
+    home = h.project_path(pid)
+    wait_for(home / "started")
+    res = podman_store.run("exec", f"project-{pid}", "/usr/bin/btrfs", "subvolume", "create", "/home/user/escape",
+                           check=False)
+    made = (home / "escape").exists()
+    try:
+        assert res.returncode != 0 and not made, res
+        res = podman_store.run("exec", f"project-{pid}", "/usr/bin/btrfs", "subvolume", "snapshot",
+                               "/home/user", "/home/user/copy", check=False)
+        assert res.returncode != 0 and not (home / "copy").exists(), res
+        # other ioctls still work (btrfs's own space info, no capability needed)
+        res = podman_store.run("exec", f"project-{pid}", "/usr/bin/btrfs", "filesystem", "df", "/home/user",
+                               check=False)
+        assert res.returncode == 0 and "Data" in res.stdout, res
+    finally:
+        h.cli("project", "stop", pid)
+        for sub in ("escape", "copy"):
+            if (home / sub).exists():
+                subprocess.run(["btrfs", "subvolume", "delete", str(home / sub)], capture_output=True)
+
 def _foreign_ids(path, base):
     """Entries below `path` owned outside the range, except .snapshots, overlayfs's own work/work and the
     /etc/mtab symlink podman adds to a root without one (both made by host root, neither the project's)."""

@@ -138,3 +138,32 @@ def test_exec_acl_round_trip(tmp_path):
     assert os.stat(d).st_mode & 0o777 == 0o710  # group bits show the mask (--x)
     idmap.set_exec_acl(str(d), set())
     assert idmap.exec_acl_users(str(d)) == set() and os.stat(d).st_mode & 0o777 == 0o700
+
+
+def test_seccomp_profile_refuses_exactly_the_btrfs_subvolume_ioctl_block(tmp_path, monkeypatch):
+    import json
+
+    base = tmp_path / "default.json"
+    base.write_text(json.dumps({"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1, "syscalls": [
+        {"names": ["ioctl", "read"], "action": "SCMP_ACT_ALLOW", "args": []},
+        {"names": ["ioctl"], "action": "SCMP_ACT_ALLOW"}]}))
+    monkeypatch.setattr(isolation, "SECCOMP_DEFAULTS", (str(tmp_path / "missing.json"), str(base)))
+    c = cfg(tmp_path)
+    path = isolation.seccomp_profile(c)
+    prof = json.loads(open(path).read())
+    assert oct(os.stat(path).st_mode & 0o777) == "0o644" and isolation.seccomp_profile(c) == path
+    assert {"names": ["read"], "action": "SCMP_ACT_ALLOW", "args": []} in prof["syscalls"]
+    ioctl = [r for r in prof["syscalls"] if "ioctl" in r["names"]]
+    assert ioctl and all(r["args"] and r["action"] == "SCMP_ACT_ALLOW" for r in ioctl)
+
+    def allowed(request: int) -> bool:  # what seccomp does with the rules: any matching allow
+        return any(all(request & a["value"] == a["valueTwo"] for a in r["args"]) for r in ioctl)
+
+    for request in (0x5000940E, 0x50009401, 0x50009417, 0x50009418, 0x5000940F, 0x500094FF,
+                    (1 << 32) | 0x5000940E, (0xFFFF << 48) | 0x50009418):  # upper bits: the kernel drops them
+        assert not allowed(request), hex(request)
+    for request in (0x5401, 0x541B, 0xC0109414, 0x40049409, 0x50009500, 0x500093FF, 0x5100940E, 0):
+        assert allowed(request), hex(request)
+    base.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}))
+    with pytest.raises(Exception, match="does not refuse by default"):
+        isolation.seccomp_profile(c)
