@@ -395,6 +395,40 @@ def test_a_project_cannot_make_nested_subvolumes_its_quota_does_not_count(make_h
             if (home / sub).exists():
                 subprocess.run(["btrfs", "subvolume", "delete", str(home / sub)], capture_output=True)
 
+
+def _nft_set(family: str, name: str) -> set[str]:
+    out = subprocess.run(["nft", "list", "set", family, "cocalc_ctl", name], capture_output=True, text=True,
+                         check=True).stdout
+    body = out.split("elements = {", 1)[1].split("}", 1)[0] if "elements = {" in out else ""
+    return {w.strip() for w in body.replace("\n", " ").split(",") if w.strip()}
+
+
+def test_a_crashed_project_stays_guarded_and_stop_or_restart_leaves_nothing_open(make_host, workdir,
+                                                                                 podman_store):  # noqa: F811
+    h = make_host("a", **config(podman_store))
+    t = tree(workdir)
+    pid = str(uuid.uuid4())
+    h.cli("project", "create", pid)
+    first = h.json("project", "start", pid, "--image", f"dir:{t}")
+    wait_for(h.project_path(pid) / "started")
+    mac = json.loads(podman_store.run("container", "inspect", f"project-{pid}").stdout)[0]["NetworkSettings"][
+        "MacAddress"]
+    ports = {str(first["http_port"]), str(first["ssh_port"])}
+    assert ports <= _nft_set("inet", "project_ports") and mac in _nft_set("bridge", "project_macs")
+
+    podman_store.run("kill", f"project-{pid}")  # a crash: no `project stop`
+    assert ports <= _nft_set("inet", "project_ports"), "a crashed project's ports stay guarded"
+    assert mac in _nft_set("bridge", "project_macs")
+    (h.project_path(pid) / "started").unlink()
+    again = h.json("project", "start", pid, "--image", f"dir:{t}")
+    wait_for(h.project_path(pid) / "started")
+    new = {str(again["http_port"]), str(again["ssh_port"])}
+    guarded = _nft_set("inet", "project_ports")
+    assert new <= guarded and not (ports - new) & guarded, "the earlier run's ports left the guard"
+    assert connect_as_nobody(again["http_port"]).returncode != 0
+    h.cli("project", "stop", pid)
+    assert not new & _nft_set("inet", "project_ports") and mac not in _nft_set("bridge", "project_macs")
+
 def _foreign_ids(path, base):
     """Entries below `path` owned outside the range, except .snapshots, overlayfs's own work/work and the
     /etc/mtab symlink podman adds to a root without one (both made by host root, neither the project's)."""
