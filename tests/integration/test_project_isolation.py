@@ -186,6 +186,7 @@ def test_project_ports_answer_the_proxies_only(make_host, workdir, podman_store)
     # nor through the other loopback spellings (IPv6 ::1, 127.0.0.2: nothing is published there)
     assert connect_as_nobody(port, "::1", timeout=5).returncode != 0
     assert connect_as_nobody(port, "127.0.0.2", timeout=5).returncode != 0
+    assert connect_as_nobody(port, "::ffff:127.0.0.1", timeout=5).returncode != 0, "an IPv6 socket, IPv4 packets"
 
     # nor straight at the container's bridge address, past the published port (and its guard)
     info = json.loads(podman_store.run("container", "inspect", f"project-{a}").stdout)[0]
@@ -240,6 +241,12 @@ def test_project_ports_answer_the_proxies_only(make_host, workdir, podman_store)
     assert a_ip and not probe(f"{a_ip}:8080")
     assert not probe(f"{gateway}:{port}")
     assert not probe(f"127.0.0.1:{port}"), "the container's loopback is its own"
+    host_addrs = [w.split("/")[0] for line in subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True,
+                                                             text=True, check=True).stdout.splitlines()
+                  for w in line.split()[3:4] if not w.startswith("127.")]
+    assert host_addrs
+    for addr in host_addrs:  # the published port is on loopback only, whichever host address is tried
+        assert not probe(f"{addr}:{port}"), addr
     # a host service on loopback only (like PostgreSQL's or sshpiper's REST port) is out of reach too,
     # through the gateway (the bridge has route_localnet on for podman's port mapping) and its other names
     svc = socket.socket()
