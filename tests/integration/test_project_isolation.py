@@ -433,6 +433,11 @@ def test_a_crashed_project_stays_guarded_and_stop_or_restart_leaves_nothing_open
     guarded = _nft_set("inet", "project_ports")
     assert new <= guarded and not (ports - new) & guarded, "the earlier run's ports left the guard"
     assert connect_as_nobody(again["http_port"]).returncode != 0
+    # the ruleset is reloaded at each start: its rules are replaced, not added again
+    for family, verdict, n in (("inet", "reject", 1), ("bridge", "drop", 2)):
+        chain = subprocess.run(["nft", "list", "chain", family, "cocalc_ctl", "output"], capture_output=True,
+                               text=True, check=True).stdout
+        assert chain.count(verdict) == n, chain
     h.cli("project", "stop", pid)
     assert not new & _nft_set("inet", "project_ports") and mac not in _nft_set("bridge", "project_macs")
 
