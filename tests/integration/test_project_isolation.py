@@ -321,6 +321,11 @@ def test_a_project_cannot_swap_its_snapshots_for_a_symlink_root_would_follow(mak
         res = h.cli("project", "start", a, "--image", f"dir:{t}", check=False)
         assert res.returncode != 0 and ".snapshots" in res.stderr, res
         assert podman_store.run("container", "exists", f"project-{a}", check=False).returncode != 0
+        # and the snapshot commands refuse it too (the project is stopped: nothing can swap it meanwhile)
+        for argv in (("snapshot", "create", a, "s2"), ("snapshot", "delete", a, "victims-own"),
+                     ("snapshot", "prune", a, "--keep-daily", "1")):
+            res = h.cli(*argv, check=False)
+            assert res.returncode != 0 and ".snapshots" in res.stderr, (argv, res)
     finally:
         os.unlink(snaps)
         os.rename(home / ".away", snaps)
