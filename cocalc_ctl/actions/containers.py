@@ -9,8 +9,10 @@ come from config (`podman.*`), never from code.
 
 from __future__ import annotations
 
+import os
 import shlex
 import socket
+import stat
 from dataclasses import dataclass
 
 from cocalc_ctl import layout, locks, proc
@@ -19,7 +21,7 @@ from cocalc_ctl.actions.projects import _existing
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import InvalidInput, PreconditionFailed
 from cocalc_ctl.state import host_db
-from cocalc_ctl.tools import podman
+from cocalc_ctl.tools import btrfs, podman
 
 LOOPBACK = "127.0.0.1"
 LABEL_PREFIX = "org.cocalc"
@@ -49,6 +51,24 @@ def _free_ports(taken: set[int], n: int) -> list[int]:
         for s in socks:
             s.close()
     return ports
+
+
+def _snapshots_mount(cfg: Config, pid: str) -> tuple[str, str]:
+    """`.snapshots` bound over itself, read-only, in the container. The project's root owns its home,
+    so it could otherwise rename `.snapshots` and plant a symlink (to another project's snapshots)
+    that root's `snapshot create`/`prune` would follow; a mount point in its own mount namespace
+    cannot be renamed, removed or replaced (EBUSY). Checked here, while the project is stopped."""
+    snaps = layout.snapshots_dir(cfg, pid)
+    try:
+        st = os.lstat(snaps)
+    except FileNotFoundError:
+        proc.run(btrfs.subvolume_create(str(snaps)))
+        st = None if proc.DRY_RUN else os.lstat(snaps)
+    if st is not None and (stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode)):
+        raise PreconditionFailed(f"{snaps} is a symlink or not a directory; refusing to start the project",
+                                 hint="move it aside and restore the project's snapshots directory "
+                                      "(a btrfs subvolume owned by root)")
+    return str(snaps), f"{str(cfg['podman.home']).rstrip('/')}/{layout.SNAPSHOTS}"
 
 
 def _command(cfg: Config, marker: dict) -> list[str]:
@@ -122,6 +142,7 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
             proc.run(podman.rm_container(store, container_name(pid), stop_timeout=cfg["podman.stop_timeout"]))
         if row is not None and not proc.DRY_RUN:  # ports of an earlier run that ended without `project stop`
             isolation.unguard_ports(cfg, pid, [p for p in (row["http_port"], row["ssh_port"]) if p])
+        snapshots_mount = _snapshots_mount(cfg, pid)  # nothing of the project runs now
         if not proc.plan_only(f"# record project {pid} starting in host sqlite"):
             with host_db.connect(cfg.data_dir) as conn:
                 host_db.upsert_project(conn, pid, state="starting", http_port=None, ssh_port=None)
@@ -145,6 +166,7 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
             labels={f"{LABEL_PREFIX}.project_id": pid, f"{LABEL_PREFIX}.image": mounted.image,
                     f"{LABEL_PREFIX}.managed-by": "cocalc-ctl"},
             env=env, volumes=[(str(layout.project_subvolume(cfg, pid)), home)],
+            readonly_volumes=[snapshots_mount],
             publish=[(LOOPBACK, http_port, cfg["podman.http_port"]), (LOOPBACK, ssh_port, cfg["podman.ssh_port"])],
             network=cfg["podman.network"], workdir=home, hostname=container_name(pid)[:63], init=cfg["podman.init"])
         rng = isolation.get_range(cfg, pid) if isolation.enabled(cfg) and not proc.DRY_RUN else None

@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import errno
+import grp
 import hashlib
 import os
 import pwd
@@ -105,9 +106,36 @@ def get_range(cfg: Config, pid: str) -> IdRange | None:
     return IdRange(row["base"], row["size"]) if row else None
 
 
+SUBID_FILES = ("/etc/subuid", "/etc/subgid")
+
+
+def host_id_ranges() -> list[tuple[int, int]]:
+    """(start, count) of host ids someone else may act as: /etc/subuid and /etc/subgid entries (any
+    user can map them with newuidmap) and the users and groups the host knows. A project range
+    overlapping one would let that user signal, ptrace and (through /proc/PID/root) read the project."""
+    out = []
+    for name in SUBID_FILES:
+        try:
+            text = Path(name).read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            parts = line.strip().split(":")
+            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                out.append((int(parts[1]), int(parts[2])))
+    out += [(p.pw_uid, 1) for p in pwd.getpwall()] + [(g.gr_gid, 1) for g in grp.getgrall()]
+    return out
+
+
+def _overlaps(base: int, ranges: list[tuple[int, int]]) -> bool:
+    return any(start < base + SIZE and base < start + count for start, count in ranges)
+
+
 def ensure_range(cfg: Config, pid: str) -> IdRange:
-    """The project's range, allocating the lowest free one on first use (one transaction)."""
+    """The project's range, allocating the lowest free one on first use (one transaction), never one
+    that overlaps host ids another user may hold (`host_id_ranges`)."""
     first = _first_base(cfg)
+    reserved = host_id_ranges()
     with host_db.connect(cfg.data_dir) as conn:
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -115,7 +143,7 @@ def ensure_range(cfg: Config, pid: str) -> IdRange:
             if row is None:
                 used = {r[0] for r in conn.execute("SELECT base FROM project_idmaps")}
                 base = first
-                while base in used:
+                while base in used or _overlaps(base, reserved):
                     base += SIZE
                 if base + SIZE > 1 << 32:
                     raise OperationFailed("no free uid range left for another project",
@@ -356,17 +384,79 @@ def uses_bridge(cfg: Config) -> bool:
     return net.split(":", 1)[0] not in ("host", "none", "ns", "container", "slirp4netns", "pasta")
 
 
+# podman's default seccomp profile, the base of ours (first found)
+SECCOMP_DEFAULTS = ("/etc/containers/seccomp.json", "/usr/share/containers/seccomp.json")
+# btrfs ioctls that make a subvolume or a snapshot (BTRFS_IOC_SNAP_CREATE 0x50009401, SUBVOL_CREATE
+# 0x5000940e, their _V2 0x50009417/0x50009418): any user may call them on a directory it can write, and
+# a nested subvolume is a qgroup of its own (outside the project's quota, its snapshots, btrfs send).
+# Refused as the whole block 0x500094xx (_IOW(0x94, n, 4096-byte args): those and admin-only ones).
+BTRFS_IOCTL_MASK, BTRFS_IOCTL_BLOCK = 0xFFFFFF00, 0x50009400
+
+
+def _ioctl_rules() -> list[dict]:
+    """ioctl allowed unless its request's low 32 bits (all the kernel reads) fall in the btrfs block:
+    one rule per bit of the mask, each allowing requests whose bit differs from the block's."""
+    rules = []
+    for bit in range(32):
+        m = 1 << bit
+        if BTRFS_IOCTL_MASK & m:
+            rules.append({"names": ["ioctl"], "action": "SCMP_ACT_ALLOW", "comment": "ioctl but btrfs subvolumes",
+                          "args": [{"index": 1, "value": m, "valueTwo": m & ~BTRFS_IOCTL_BLOCK,
+                                    "op": "SCMP_CMP_MASKED_EQ"}]})
+    return rules
+
+
+def seccomp_profile(cfg: Config) -> str:
+    """podman's default seccomp profile with ioctl refused (EPERM, the profile's default) for the btrfs
+    subvolume/snapshot ioctls, written to `<data_dir>/isolation/seccomp.json` (rewritten when
+    podman's default changes); returns its path."""
+    import json
+
+    for name in SECCOMP_DEFAULTS:
+        try:
+            base = json.loads(Path(name).read_text())
+            break
+        except (OSError, ValueError):
+            continue
+    else:
+        raise PreconditionFailed("no seccomp profile of podman's to build the project containers' profile on",
+                                 hint=f"install containers-common (it ships {SECCOMP_DEFAULTS[-1]})")
+    if base.get("defaultAction") not in ("SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS"):
+        raise PreconditionFailed(f"{name} does not refuse by default; cannot build a profile on it",
+                                 hint="restore podman's default seccomp profile")
+    for rule in base.get("syscalls") or []:  # an unconditional allow would override conditional rules
+        if "ioctl" in (rule.get("names") or []) and not rule.get("args"):
+            rule["names"] = [n for n in rule["names"] if n != "ioctl"]
+    base["syscalls"] = [r for r in base.get("syscalls") or [] if r.get("names")] + _ioctl_rules()
+    text = json.dumps(base, indent=1, sort_keys=True) + "\n"
+    d = cfg.data_dir / "isolation"
+    path = d / "seccomp.json"
+    if proc.plan_only(f"# write {path} (podman's seccomp profile, btrfs subvolume ioctls refused)"):
+        return str(path)
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        if path.read_text() == text:
+            return str(path)
+    except OSError:
+        pass
+    tmp = d / f".seccomp.json.{os.getpid()}"
+    tmp.write_text(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return str(path)
+
+
 def container_args(cfg: Config, pid: str, rng: IdRange) -> list[str]:
     mac = mac_address(cfg, pid) if uses_bridge(cfg) else None
-    return podman.isolation_args(rng.base, rng.size, capabilities(cfg), mac)
+    return podman.isolation_args(rng.base, rng.size, capabilities(cfg), mac, seccomp_profile(cfg))
 
 
 def _ensure_tables(cfg: Config) -> None:
     uids = port_uids(cfg)
     with locks.hold(cfg.data_dir, "nft", wait=True, timeout=60, what="the nft port guard"):
-        have = all(proc.run(nft.list_table(f), mutates=False, check=False).returncode == 0
-                   for f in ("inet", "bridge"))
-        proc.run(nft.load(), input=nft.add_uids(uids) if have else nft.ruleset(uids))
+        # always the whole ruleset: it reloads over itself keeping the sets' elements, so tables an
+        # earlier version made get every current rule (e.g. the bridge output guard)
+        proc.run(nft.load(), input=nft.ruleset(uids))
 
 
 def guard_ports(cfg: Config, pid: str, ports: list[int]) -> None:

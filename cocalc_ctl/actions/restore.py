@@ -485,24 +485,65 @@ def _restore_path(cfg: Config, eng, pid: str, snap_id: str, rel: str) -> None:
         _plan_path_swap(live, tmp, rel)
         return
     tmp.mkdir(mode=0o700)
+    # The project owns its home and may be running (--force): it can move `tmp` aside and leave a
+    # symlink in its place. Everything below goes through an fd on the directory made here (the
+    # engine gets /proc/PID/fd/N, which names that directory whatever happens to its path).
     try:
-        (tmp / ".target").write_bytes(os.fsencode(rel))
-        _engine_restore(eng, snap_id, tmp, rel)
-        got = tmp / rel
+        tfd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OperationFailed(f"path restore into project {pid} failed: {tmp.name} was replaced "
+                              f"({exc.strerror})", hint="stop the project and try again") from None
+    held = Path(f"/proc/{os.getpid()}/fd/{tfd}")
+    try:
+        st = os.fstat(tfd)
+        if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+            raise OperationFailed(f"path restore into project {pid} failed: {tmp.name} was replaced",
+                                  hint="stop the project and try again")
+        fd = os.open(".target", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=tfd)
+        try:
+            os.write(fd, os.fsencode(rel))
+        finally:
+            os.close(fd)
+        _engine_restore(eng, snap_id, held, rel)
+        got = held / rel
         if not os.path.lexists(got):
             raise NotFound(f"path {ids._show(rel)} is not in backup {snap_id[:8]}",
                            hint="list the backup's files with the engine's `ls` command")
         dest = _safe_parent(live, rel, create=True) / rel.rsplit("/", 1)[-1]
         if os.path.lexists(dest):
-            os.rename(dest, tmp / ".old")
+            os.rename(dest, held / ".old")
         try:
             os.rename(got, dest)
         except OSError:
-            if os.path.lexists(tmp / ".old"):
-                os.rename(tmp / ".old", dest)
+            if os.path.lexists(held / ".old"):
+                os.rename(held / ".old", dest)
             raise
     except OSError as exc:
         raise OperationFailed(f"path restore into project {pid} failed: {exc.strerror or exc}") from None
     finally:
-        if os.path.lexists(tmp):
-            shutil.rmtree(tmp)
+        _remove_held(tmp, tfd)
+
+
+def _remove_held(tmp: Path, tfd: int) -> None:
+    """Empty the directory `tfd` holds (by fd, never through a path the project can change) and
+    remove it if it is still at `tmp`; closes `tfd`."""
+    try:
+        # a new open of the directory: btrfs lists through an fd only what existed when it was opened
+        lfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=tfd)
+        try:
+            names = os.listdir(lfd)
+        finally:
+            os.close(lfd)
+        for name in names:
+            if stat.S_ISDIR(os.lstat(name, dir_fd=tfd).st_mode):
+                shutil.rmtree(name, dir_fd=tfd)
+            else:
+                os.unlink(name, dir_fd=tfd)
+        try:
+            if os.path.samestat(os.lstat(tmp), os.fstat(tfd)):
+                os.rmdir(tmp)
+        except OSError:
+            pass  # moved aside by the project: an empty root-owned directory stays where it put it
+    finally:
+        os.close(tfd)

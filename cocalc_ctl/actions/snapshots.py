@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import stat
 from dataclasses import dataclass, field
 
 from cocalc_ctl import ids, layout, locks, proc
 from cocalc_ctl.actions import retention
 from cocalc_ctl.actions.projects import _existing, snapshot_names
 from cocalc_ctl.config import Config
-from cocalc_ctl.errors import Busy, NotFound, OperationFailed
+from cocalc_ctl.errors import Busy, NotFound, OperationFailed, PreconditionFailed
 from cocalc_ctl.tools import btrfs
 
 
@@ -36,10 +37,25 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def _require_real_snapshots_dir(cfg: Config, pid: str) -> None:
+    """`.snapshots` sits in the project's home, which its root owns: a symlink there (planted while
+    the project ran without `.snapshots` pinned by a mount) must not send root's btrfs commands
+    elsewhere. While the project runs the mount keeps it in place; while stopped nothing swaps it."""
+    d = layout.snapshots_dir(cfg, pid)
+    try:
+        st = os.lstat(d)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise PreconditionFailed(f"{d} is a symlink or not a directory; refusing to use it",
+                                 hint="move it aside and restore the project's snapshots directory")
+
+
 def create(cfg: Config, project_id: str, name: str | None = None, *, now: dt.datetime | None = None) -> SnapshotInfo:
     if name is not None:
         name = ids.snapshot_name(name)
     pid = _existing(cfg, project_id)
+    _require_real_snapshots_dir(cfg, pid)
     name = name or retention.timestamp_name(now or _now())
     dest = layout.snapshot_path(cfg, pid, name)
     if os.path.lexists(dest):
@@ -92,6 +108,7 @@ def _creation_times(path: str) -> dict[str, str]:
 def _existing_snapshot(cfg: Config, project_id: str, name: str) -> tuple[str, str]:
     name = ids.snapshot_name(name)
     pid = _existing(cfg, project_id)
+    _require_real_snapshots_dir(cfg, pid)
     if not layout.snapshot_path(cfg, pid, name).is_dir():
         raise NotFound(f"snapshot {name} of project {pid} does not exist", hint="see `cocalc-ctl snapshot list`")
     return pid, name
@@ -137,6 +154,7 @@ class PruneResult:
 
 def prune(cfg: Config, project_id: str, policy: retention.Policy) -> PruneResult:
     pid = _existing(cfg, project_id)
+    _require_real_snapshots_dir(cfg, pid)
     names, locked = snapshot_names(cfg, pid)
     decisions = retention.plan(names, policy, set(locked))
     result = PruneResult(pid, kept=[d for d in decisions if d.keep])

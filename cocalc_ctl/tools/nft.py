@@ -24,32 +24,43 @@ def load() -> list[str]:
 
 
 def ruleset(allowed_uids: list[int]) -> str:
-    """The two tables. Connections to a guarded loopback port are refused unless the connecting
-    socket belongs to an allowed uid (matched before the DNAT that podman's port mapping does, at
-    priority -150), and bridged frames from or to a project container's MAC never pass between
-    two ports of the bridge (each project reaches only the host and the outside)."""
+    """The two tables, loadable again over themselves (declarations are idempotent, the chains are
+    flushed and refilled in the same transaction, set elements are kept), so a host whose tables an
+    earlier version made gets the current rules at the next project start.
+
+    - inet output: a connection to a guarded loopback port is reset unless the connecting socket
+      belongs to an allowed uid (matched before the DNAT that podman's port mapping does, at
+      priority -150).
+    - bridge output: the host's own TCP connections and UDP datagrams straight to a project
+      container's address (its bridge IP, IPv4 or IPv6, any port) must come from an allowed uid too:
+      a SYN or a datagram sent to a project container's MAC by any other local socket is dropped (the
+      bridge family has neither reject in output nor, without br_netfilter's conntrack, `ct state`;
+      so a host UDP service running as another user cannot answer a project container either).
+    - bridge forward: frames from or to a project container's MAC never pass between two ports of
+      the bridge (each project reaches only the host and the outside)."""
     uids = ", ".join(str(u) for u in sorted(set(allowed_uids))) or "0"
     return f"""table inet {TABLE} {{
   set project_ports {{ type inet_service; }}
-  set port_users {{ type uid; elements = {{ {uids} }} }}
-  chain output {{
-    type filter hook output priority -150; policy accept;
-    ip daddr 127.0.0.0/8 tcp dport @project_ports meta skuid != @port_users reject with tcp reset
-  }}
+  set port_users {{ type uid; }}
+  chain output {{ type filter hook output priority -150; policy accept; }}
 }}
+flush chain inet {TABLE} output
+add element inet {TABLE} port_users {{ {uids} }}
+add rule inet {TABLE} output ip daddr 127.0.0.0/8 tcp dport @project_ports meta skuid != @port_users reject with tcp reset
 table bridge {TABLE} {{
   set project_macs {{ type ether_addr; }}
-  chain forward {{
-    type filter hook forward priority -200; policy accept;
-    ether saddr @project_macs drop
-    ether daddr @project_macs drop
-  }}
+  set port_users {{ type uid; }}
+  chain forward {{ type filter hook forward priority -200; policy accept; }}
+  chain output {{ type filter hook output priority -200; policy accept; }}
 }}
+flush chain bridge {TABLE} forward
+flush chain bridge {TABLE} output
+add element bridge {TABLE} port_users {{ {uids} }}
+add rule bridge {TABLE} forward ether saddr @project_macs drop
+add rule bridge {TABLE} forward ether daddr @project_macs drop
+add rule bridge {TABLE} output ether daddr @project_macs meta l4proto tcp tcp flags & (syn | ack) == syn meta skuid != @port_users drop
+add rule bridge {TABLE} output ether daddr @project_macs meta l4proto udp meta skuid != @port_users drop
 """
-
-
-def add_uids(uids: list[int]) -> str:
-    return f"add element inet {TABLE} port_users {{ {', '.join(str(u) for u in uids)} }}\n"
 
 
 def elements(verb: str, ports: list[int], mac: str | None) -> str:

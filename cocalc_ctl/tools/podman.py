@@ -88,6 +88,7 @@ class RunSpec:
     labels: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     volumes: list[tuple[str, str]] = field(default_factory=list)
+    readonly_volumes: list[tuple[str, str]] = field(default_factory=list)  # `--volume src:dst:ro`
     publish: list[tuple[str, int, int]] = field(default_factory=list)  # (host ip, host port, container port)
     network: str | None = None
     workdir: str | None = None
@@ -96,12 +97,16 @@ class RunSpec:
     isolation_args: list[str] = field(default_factory=list)  # from `isolation_args()`
 
 
-def isolation_args(id_base: int, id_count: int, capabilities: list[str], mac: str | None) -> list[str]:
+def isolation_args(id_base: int, id_count: int, capabilities: list[str], mac: str | None,
+                   seccomp: str | None = None) -> list[str]:
     """A private user namespace (container ids 0..count-1 = host ids base..), only `capabilities`
-    kept, no privilege gain through setuid or file capabilities, and a fixed MAC address."""
+    kept, no privilege gain through setuid or file capabilities, a fixed MAC address, and the
+    seccomp profile at `seccomp` (podman's default when None)."""
     args = ["--uidmap", f"0:{id_base}:{id_count}", "--gidmap", f"0:{id_base}:{id_count}", "--cap-drop=all"]
     args += [f"--cap-add={c}" for c in capabilities]
     args += ["--security-opt", "no-new-privileges"]
+    if seccomp:
+        args += ["--security-opt", f"seccomp={seccomp}"]
     if mac:
         args += ["--mac-address", mac]
     return args
@@ -125,6 +130,8 @@ def run(storage: Storage, spec: RunSpec) -> list[str]:
         args += ["--env", f"{k}={v}"]
     for src, dst in spec.volumes:
         args += ["--volume", f"{src}:{dst}"]
+    for src, dst in spec.readonly_volumes:
+        args += ["--volume", f"{src}:{dst}:ro"]
     if spec.network:
         args += ["--network", spec.network]
     for ip, host_port, container_port in spec.publish:

@@ -51,6 +51,25 @@ def test_ranges_are_aligned_distinct_stable_and_freed_by_release(tmp_path):
     assert isolation.ensure_range(c, "b") == b
 
 
+def test_ranges_skip_subordinate_ids_and_known_users(tmp_path, monkeypatch):
+    """A user whose /etc/subuid (or subgid) entry, or own uid, falls into a project's range could act as
+    that project's ids (newuidmap): such ranges are never handed out."""
+    subuid, subgid = tmp_path / "subuid", tmp_path / "subgid"
+    # Debian's useradd hands out 100000 + n*65536: the 15th user's range straddles 1 << 20
+    subuid.write_text("alice:100000:65536\n#x\nmallory:1017504:65536\nbroken:line\n")
+    subgid.write_text(f"mallory:{(1 << 20) + 65536 + 5}:1\n")
+    monkeypatch.setattr(isolation, "SUBID_FILES", (str(subuid), str(subgid)))
+    c = cfg(tmp_path)
+    assert isolation.ensure_range(c, "a").base == (1 << 20) + 2 * 65536
+    import pwd
+
+    real = pwd.getpwall()
+    fake = real + [pwd.struct_passwd(("ldapuser", "x", (1 << 20) + 3 * 65536 + 42, 100, "", "/", "/bin/sh"))]
+    monkeypatch.setattr(isolation.pwd, "getpwall", lambda: fake)
+    assert isolation.ensure_range(c, "b").base == (1 << 20) + 4 * 65536
+    assert isolation.ensure_range(c, "a").base == (1 << 20) + 2 * 65536, "an allocated range stays"
+
+
 def test_uid_base_must_be_aligned(tmp_path):
     with pytest.raises(InvalidInput, match="multiple of 65536"):
         isolation.ensure_range(cfg(tmp_path, **{"isolation.uid_base": 100000}), "a")
@@ -90,7 +109,16 @@ def test_mac_is_locally_administered_and_per_host_and_project(tmp_path):
 def test_nft_ruleset_parses_and_matches_the_socket_uid():
     text = nft.ruleset([0, 33])
     assert "meta skuid != @port_users reject" in text and "priority -150" in text
-    assert "elements = { 0, 33 }" in text
+    assert "add element inet cocalc_ctl port_users { 0, 33 }" in text
+    # the host's own connections straight to a project container's address need an allowed uid too
+    assert ("add rule bridge cocalc_ctl output ether daddr @project_macs meta l4proto tcp "
+            "tcp flags & (syn | ack) == syn meta skuid != @port_users drop") in text
+    assert ("add rule bridge cocalc_ctl output ether daddr @project_macs meta l4proto udp "
+            "meta skuid != @port_users drop") in text
+    assert "add element bridge cocalc_ctl port_users { 0, 33 }" in text
+    # reloadable over itself: chains are flushed and refilled, sets only declared (elements kept)
+    assert "flush chain inet cocalc_ctl output" in text and "flush chain bridge cocalc_ctl output" in text
+    assert "flush set" not in text and "flush table" not in text
     assert nft.elements("add", [1, 2], "02:00:00:00:00:01") == (
         "add element inet cocalc_ctl project_ports { 1, 2 }\n"
         "add element bridge cocalc_ctl project_macs { 02:00:00:00:00:01 }\n")
@@ -110,3 +138,32 @@ def test_exec_acl_round_trip(tmp_path):
     assert os.stat(d).st_mode & 0o777 == 0o710  # group bits show the mask (--x)
     idmap.set_exec_acl(str(d), set())
     assert idmap.exec_acl_users(str(d)) == set() and os.stat(d).st_mode & 0o777 == 0o700
+
+
+def test_seccomp_profile_refuses_exactly_the_btrfs_subvolume_ioctl_block(tmp_path, monkeypatch):
+    import json
+
+    base = tmp_path / "default.json"
+    base.write_text(json.dumps({"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1, "syscalls": [
+        {"names": ["ioctl", "read"], "action": "SCMP_ACT_ALLOW", "args": []},
+        {"names": ["ioctl"], "action": "SCMP_ACT_ALLOW"}]}))
+    monkeypatch.setattr(isolation, "SECCOMP_DEFAULTS", (str(tmp_path / "missing.json"), str(base)))
+    c = cfg(tmp_path)
+    path = isolation.seccomp_profile(c)
+    prof = json.loads(open(path).read())
+    assert oct(os.stat(path).st_mode & 0o777) == "0o644" and isolation.seccomp_profile(c) == path
+    assert {"names": ["read"], "action": "SCMP_ACT_ALLOW", "args": []} in prof["syscalls"]
+    ioctl = [r for r in prof["syscalls"] if "ioctl" in r["names"]]
+    assert ioctl and all(r["args"] and r["action"] == "SCMP_ACT_ALLOW" for r in ioctl)
+
+    def allowed(request: int) -> bool:  # what seccomp does with the rules: any matching allow
+        return any(all(request & a["value"] == a["valueTwo"] for a in r["args"]) for r in ioctl)
+
+    for request in (0x5000940E, 0x50009401, 0x50009417, 0x50009418, 0x5000940F, 0x500094FF,
+                    (1 << 32) | 0x5000940E, (0xFFFF << 48) | 0x50009418):  # upper bits: the kernel drops them
+        assert not allowed(request), hex(request)
+    for request in (0x5401, 0x541B, 0xC0109414, 0x40049409, 0x50009500, 0x500093FF, 0x5100940E, 0):
+        assert allowed(request), hex(request)
+    base.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}))
+    with pytest.raises(Exception, match="does not refuse by default"):
+        isolation.seccomp_profile(c)

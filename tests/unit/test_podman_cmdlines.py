@@ -24,13 +24,14 @@ def test_run_uses_configured_runtime_ulimits_limits_and_rootfs():
         command=["/bin/sh", "-c", "exec sleep 1d"], runtime="runc", ulimits=["nofile=1024:1024", "nproc=512:512"],
         memory="1G", pids_limit=100, labels={"org.cocalc.project_id": "p"}, env={"HOME": "/home/user"},
         volumes=[("/mnt/cocalc/project-p", "/home/user")], publish=[("127.0.0.1", 40001, 8080)],
+        readonly_volumes=[("/mnt/cocalc/project-p/.snapshots", "/home/user/.snapshots")],
         workdir="/home/user", hostname="project-p")
     assert podman.run(podman.Storage(), spec) == [
         "podman", "run", "--detach", "--name", "project-1b4e28ba-2fa1-11d2-883f-0016d3cca427",
         "--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=512:512",
         "--memory", "1G", "--pids-limit", "100", "--label", "org.cocalc.project_id=p",
         "--env", "HOME=/home/user", "--volume", "/mnt/cocalc/project-p:/home/user",
-        "--publish", "127.0.0.1:40001:8080", "--workdir", "/home/user", "--hostname", "project-p",
+        "--volume", "/mnt/cocalc/project-p/.snapshots:/home/user/.snapshots:ro", "--publish", "127.0.0.1:40001:8080", "--workdir", "/home/user", "--hostname", "project-p",
         "--rootfs", "/var/lib/cocalc-ctl/project-roots/p", "/bin/sh", "-c", "exec sleep 1d"]
 
 
