@@ -290,7 +290,7 @@ def test_full_restore_shares_unchanged_files_with_the_newest_snapshot(make_host,
     (live / "link.bin").unlink()
     os.symlink(outside, live / "link.bin")
     h.cli("snapshot", "create", PID_A, "newest")
-    out = h.json("restore", PID_A, bid)
+    out = _last_json_line(h.cli("--json", "restore", PID_A, bid).stdout)
     assert tree_digest(live) == before
     # same.bin and sub/also.bin are unchanged since "newest": shared again; changes.bin and the
     # symlinked link.bin are not

@@ -496,7 +496,7 @@ def test_ownership_moves_into_the_new_range_after_restore_on_another_host(make_h
     a.cli("project", "stop", pid)
     a.cli("--json", "backup", "create", pid)
 
-    b.json("restore", pid, "latest")
+    b.cli("--json", "restore", pid, "latest")
     moved = b.project_path(pid)
     for f in ("started", "readback", "readback.err"):
         (moved / f).unlink()
