@@ -102,7 +102,7 @@ def _is_running(info: dict | None) -> bool:
 def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartResult:
     pid = _existing(cfg, project_id)
     if image is not None:
-        rootfs.normalize(image, cfg["rootfs.default_image"])  # refuse a bad reference before any command runs
+        rootfs.allowed(cfg, image)  # refuse a bad or disallowed reference before any command runs
     try:
         ulimits = podman.parse_ulimits(cfg["podman.ulimits"])
     except ValueError as exc:
