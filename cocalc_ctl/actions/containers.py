@@ -13,7 +13,7 @@ import shlex
 import socket
 from dataclasses import dataclass
 
-from cocalc_ctl import layout, locks, proc
+from cocalc_ctl import ids, layout, locks, proc
 from cocalc_ctl.actions import overlay, rootfs
 from cocalc_ctl.actions.projects import _existing
 from cocalc_ctl.config import Config
@@ -229,3 +229,10 @@ def status(cfg: Config, project_id: str) -> ProjectStatus:
                          row["image"] if row else None, overlay.current_image(cfg, pid), overlay.is_mounted(cfg, pid),
                          str(layout.project_root_mount(cfg, pid)), row["http_port"] if row else None,
                          row["ssh_port"] if row else None)
+
+
+def managed_containers(cfg: Config) -> list[str]:
+    """Project ids of every container (running or not) this host's podman storage has labelled as ours."""
+    res = proc.run(podman.ps_labelled(rootfs.podman_storage(cfg), f"{LABEL_PREFIX}.managed-by=cocalc-ctl",
+                                      f"{LABEL_PREFIX}.project_id"), mutates=False, check=False)
+    return [p for p in res.stdout.split() if ids.is_uuid(p)] if res.returncode == 0 else []

@@ -135,6 +135,12 @@ def container_inspect(storage: Storage, name: str) -> list[str]:
     return podman(storage, "container", "inspect", "--format", "json", "--", name)
 
 
+def ps_labelled(storage: Storage, label: str, show_label: str) -> list[str]:
+    """Every container (running or not) with `label` (k=v); prints the value of `show_label`, one a line."""
+    return podman(storage, "ps", "--all", "--filter", f"label={label}",
+                  "--format", "{{index .Labels \"%s\"}}" % show_label)
+
+
 # -- parsers ----------------------------------------------------------------------------------
 
 def parse_ulimits(text: str | None) -> list[str]:
