@@ -19,12 +19,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
 import uuid as uuid_mod
 from dataclasses import dataclass
 from pathlib import Path
 
-from cocalc_ctl import ids, layout, locks, output, proc
+from cocalc_ctl import ids, layout, locks, output, proc, safepath
 from cocalc_ctl.actions import backup_repo, backups
 from cocalc_ctl.actions.pool import require_pool
 from cocalc_ctl.config import Config
@@ -241,17 +240,19 @@ def _recover_path_restores(cfg: Config, pid: str) -> list[str]:
     for e in os.scandir(live):
         if not e.name.startswith(PATH_TMP_PREFIX):
             continue
-        tmp = Path(e.path)
         if not e.is_dir(follow_symlinks=False):
             continue  # ours are directories; anything else here was made by someone else
         try:
-            rel = _clean_rel_path(os.fsdecode((tmp / ".target").read_bytes()))
-            parent = _safe_parent(live, rel, create=False)
+            rel = _clean_rel_path(os.fsdecode(safepath.read_file(live, (e.name, ".target"), limit=4096) or b""))
         except (OSError, InvalidInput, OperationFailed):
             rel = None
-        if rel and parent.is_dir() and os.path.lexists(tmp / ".old") and not os.path.lexists(live / rel):
-            _rename(tmp / ".old", live / rel)  # crashed between the two renames: put the old back
-        _rmtree(tmp)
+        parts = tuple(rel.split("/")) if rel else ()
+        if parts and safepath.lexists(live, (e.name, ".old")) and not safepath.lexists(live, parts):
+            try:  # crashed between the two renames: put the old back
+                _move_between(live, (e.name, ".old"), live, parts)
+            except (OSError, safepath.UnsafePath):
+                pass
+        safepath.rmtree(live, (e.name,))
         done.append(f"removed an unfinished path restore {e.name}")
     return done
 
@@ -394,25 +395,13 @@ def _carry_quota(cfg: Config, pid: str, staging: Path, quota: int | None = None)
         proc.run(btrfs.qgroup_limit(limit, str(staging)))
 
 
-def _safe_parent(live: Path, rel: str, *, create: bool) -> Path:
-    """The directory that will hold `rel` inside the live project, reached without following a
-    symlink (a project's users own its tree: a symlinked component must not send root's rename
-    outside the project)."""
-    cur = live
-    for part in rel.split("/")[:-1]:
-        cur = cur / part
-        try:
-            st = os.lstat(cur)
-        except FileNotFoundError:
-            if not create:
-                return cur
-            os.mkdir(cur, 0o755)
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            raise OperationFailed(f"cannot restore {ids._show(rel)}: {ids._show(str(cur.relative_to(live)))} "
-                                  "is a symlink or not a directory in the live project",
-                                  hint="move it aside, or restore the whole project")
-    return cur
+def _move_between(src_root: Path, src: tuple[str, ...], dst_root: Path, dst: tuple[str, ...], *,
+                  create: bool = False) -> None:
+    """rename src_root/src… to dst_root/dst… by directory fds (safepath): a project's users own the
+    live tree, so a symlinked component must not send root's rename outside the project."""
+    with safepath.open_dir(src_root, src[:-1]) as sfd, \
+            safepath.open_dir(dst_root, dst[:-1], create=create) as dfd:
+        os.rename(src[-1], dst[-1], src_dir_fd=sfd, dst_dir_fd=dfd)
 
 
 def _restore_path(cfg: Config, eng, pid: str, snap_id: str, rel: str) -> None:
@@ -425,24 +414,26 @@ def _restore_path(cfg: Config, eng, pid: str, snap_id: str, rel: str) -> None:
         _engine_restore(eng, snap_id, tmp, rel)
         return
     tmp.mkdir(mode=0o700)
+    parts, t = tuple(rel.split("/")), (tmp.name,)
     try:
-        (tmp / ".target").write_bytes(os.fsencode(rel))
+        safepath.write_file(live, (*t, ".target"), os.fsencode(rel), mode=0o600)
         _engine_restore(eng, snap_id, tmp, rel)
-        got = tmp / rel
-        if not os.path.lexists(got):
+        if not safepath.lexists(live, (*t, *parts)):
             raise NotFound(f"path {ids._show(rel)} is not in backup {snap_id[:8]}",
                            hint="list the backup's files with the engine's `ls` command")
-        dest = _safe_parent(live, rel, create=True) / rel.rsplit("/", 1)[-1]
-        if os.path.lexists(dest):
-            os.rename(dest, tmp / ".old")
+        had_old = safepath.lexists(live, parts)
+        if had_old:
+            _move_between(live, parts, live, (*t, ".old"), create=True)
         try:
-            os.rename(got, dest)
+            _move_between(live, (*t, *parts), live, parts, create=True)
         except OSError:
-            if os.path.lexists(tmp / ".old"):
-                os.rename(tmp / ".old", dest)
+            if had_old:
+                _move_between(live, (*t, ".old"), live, parts)
             raise
+    except safepath.UnsafePath as exc:
+        raise OperationFailed(f"cannot restore {ids._show(rel)}: {exc.message}",
+                              hint="move it aside in the live project, or restore the whole project") from None
     except OSError as exc:
         raise OperationFailed(f"path restore into project {pid} failed: {exc.strerror or exc}") from None
     finally:
-        if os.path.lexists(tmp):
-            shutil.rmtree(tmp)
+        safepath.rmtree(live, t)

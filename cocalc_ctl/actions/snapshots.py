@@ -11,7 +11,7 @@ import datetime as dt
 import os
 from dataclasses import dataclass, field
 
-from cocalc_ctl import ids, layout, locks, proc
+from cocalc_ctl import ids, layout, locks, proc, safepath
 from cocalc_ctl.actions import retention
 from cocalc_ctl.actions.projects import _existing, snapshot_names
 from cocalc_ctl.config import Config
@@ -93,8 +93,12 @@ def _existing_snapshot(cfg: Config, project_id: str, name: str) -> tuple[str, st
     return pid, name
 
 
+def _lock_parts(name: str) -> tuple[str, str]:
+    return (layout.SNAPSHOTS, layout.snapshot_lock_file_name(name))
+
+
 def is_locked(cfg: Config, pid: str, name: str) -> bool:
-    return layout.snapshot_lock_file(cfg, pid, name).exists()
+    return safepath.lexists(layout.project_subvolume(cfg, pid), _lock_parts(name))
 
 
 def delete(cfg: Config, project_id: str, name: str) -> str:
@@ -110,9 +114,8 @@ def lock(cfg: Config, project_id: str, name: str, *, reason: str = "") -> str:
     path = layout.snapshot_lock_file(cfg, pid, name)
     if not proc.plan_only(f"touch {path}"):
         text = f"locked_at={retention.timestamp_name(_now())}\n" + (f"reason={' '.join(reason.split())}\n" if reason else "")
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        # the project controls every name under .snapshots: write by dir fd, never by path
+        safepath.write_file(layout.project_subvolume(cfg, pid), _lock_parts(name), text.encode())
     return name
 
 
@@ -120,7 +123,7 @@ def unlock(cfg: Config, project_id: str, name: str) -> str:
     pid, name = _existing_snapshot(cfg, project_id, name)
     path = layout.snapshot_lock_file(cfg, pid, name)
     if not proc.plan_only(f"rm -f {path}"):
-        path.unlink(missing_ok=True)
+        safepath.unlink(layout.project_subvolume(cfg, pid), _lock_parts(name))
     return name
 
 
