@@ -38,10 +38,10 @@ _cocalc_ctl() {
         ['cocalc-ctl hub']='-h --help'
         ['cocalc-ctl hub migrate']='-h --help'
         ['cocalc-ctl hub project']='-h --help'
-        ['cocalc-ctl hub project add']='--host --image -h --help'
+        ['cocalc-ctl hub project add']='--host --image --memory --swap --pids --cpu-shares --tmp --disk -h --help'
         ['cocalc-ctl hub project list']='--host -h --help'
         ['cocalc-ctl hub project rm']='--force -h --help'
-        ['cocalc-ctl hub project set']='--host --image --force -h --help'
+        ['cocalc-ctl hub project set']='--host --image --force --memory --swap --pids --cpu-shares --tmp --disk -h --help'
         ['cocalc-ctl hub project show']='-h --help'
         ['cocalc-ctl keys']='-h --help'
         ['cocalc-ctl keys broadcast']='-h --help'
@@ -110,7 +110,7 @@ _cocalc_ctl() {
         ['cocalc-ctl timers remove']='--user-unit-dir --unit-dir --only -h --help'
     )
     local globals='--config --json --dry-run -v --verbose -q --quiet --version -h --help'
-    local valopts=' --bin --bwlimit --compress --concurrency --config --from --from-backup --host --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --mode --only --out --path --poll --quota --reason --role --seconds --snapshot --textfile-dir --to --to-project --unit-dir --user --user-unit-dir --which '
+    local valopts=' --bin --bwlimit --compress --concurrency --config --cpu-shares --disk --from --from-backup --host --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --memory --mode --only --out --path --pids --poll --quota --reason --role --seconds --snapshot --swap --textfile-dir --tmp --to --to-project --unit-dir --user --user-unit-dir --which '
     local cmdpath=cocalc-ctl i w
     for ((i = 1; i < COMP_CWORD; i++)); do
         w="${COMP_WORDS[i]}"
@@ -131,6 +131,8 @@ _cocalc_ctl() {
         --bwlimit) COMPREPLY=(); return ;;
         --compress) COMPREPLY=(); return ;;
         --concurrency) COMPREPLY=(); return ;;
+        --cpu-shares) COMPREPLY=(); return ;;
+        --disk) COMPREPLY=(); return ;;
         --from) COMPREPLY=(); return ;;
         --from-backup) COMPREPLY=(); return ;;
         --host) COMPREPLY=(); return ;;
@@ -146,15 +148,19 @@ _cocalc_ctl() {
         --listen) COMPREPLY=(); return ;;
         --loopback) COMPREPLY=(); return ;;
         --max-size) COMPREPLY=(); return ;;
+        --memory) COMPREPLY=(); return ;;
         --mode) COMPREPLY=(); return ;;
         --only) COMPREPLY=(); return ;;
         --path) COMPREPLY=(); return ;;
+        --pids) COMPREPLY=(); return ;;
         --poll) COMPREPLY=(); return ;;
         --quota) COMPREPLY=(); return ;;
         --reason) COMPREPLY=(); return ;;
         --role) COMPREPLY=(); return ;;
         --seconds) COMPREPLY=(); return ;;
         --snapshot) COMPREPLY=(); return ;;
+        --swap) COMPREPLY=(); return ;;
+        --tmp) COMPREPLY=(); return ;;
         --to) COMPREPLY=(); return ;;
         --to-project) COMPREPLY=(); return ;;
         --user) COMPREPLY=(); return ;;

@@ -1,7 +1,7 @@
 # fish completion for cocalc-ctl (generated from the CLI by scripts/regenerate; do not edit)
 
 set -g __cocalc_ctl_subs 'cocalc-ctl:backup' 'cocalc-ctl:config' 'cocalc-ctl:doctor' 'cocalc-ctl:host' 'cocalc-ctl:hub' 'cocalc-ctl:keys' 'cocalc-ctl:metrics' 'cocalc-ctl:move' 'cocalc-ctl:project' 'cocalc-ctl:proxy' 'cocalc-ctl:restore' 'cocalc-ctl:rootfs' 'cocalc-ctl:snapshot' 'cocalc-ctl:sshpiper' 'cocalc-ctl:timers' 'cocalc-ctl backup:cleanup' 'cocalc-ctl backup:create' 'cocalc-ctl backup:due' 'cocalc-ctl backup:init' 'cocalc-ctl backup:list' 'cocalc-ctl backup:prune' 'cocalc-ctl backup:status' 'cocalc-ctl config:show' 'cocalc-ctl host:init' 'cocalc-ctl host:status' 'cocalc-ctl host:teardown' 'cocalc-ctl hub:migrate' 'cocalc-ctl hub:project' 'cocalc-ctl hub project:add' 'cocalc-ctl hub project:list' 'cocalc-ctl hub project:rm' 'cocalc-ctl hub project:set' 'cocalc-ctl hub project:show' 'cocalc-ctl keys:broadcast' 'cocalc-ctl keys:ensure' 'cocalc-ctl keys:known-hosts' 'cocalc-ctl keys:peers' 'cocalc-ctl keys:register' 'cocalc-ctl keys:rotate' 'cocalc-ctl keys:show' 'cocalc-ctl keys:sync' 'cocalc-ctl keys:trust' 'cocalc-ctl keys:untrust' 'cocalc-ctl keys:watch' 'cocalc-ctl metrics:show' 'cocalc-ctl metrics:write' 'cocalc-ctl move:abort' 'cocalc-ctl move:cancel' 'cocalc-ctl move:cleanup' 'cocalc-ctl move:finalize' 'cocalc-ctl move:host-step' 'cocalc-ctl move:recv' 'cocalc-ctl move:send' 'cocalc-ctl move:start' 'cocalc-ctl move:status' 'cocalc-ctl move:worker' 'cocalc-ctl project:create' 'cocalc-ctl project:delete' 'cocalc-ctl project:list' 'cocalc-ctl project:show' 'cocalc-ctl project:start' 'cocalc-ctl project:status' 'cocalc-ctl project:stop' 'cocalc-ctl proxy:serve' 'cocalc-ctl rootfs:gc' 'cocalc-ctl rootfs:list' 'cocalc-ctl rootfs:mount' 'cocalc-ctl rootfs:pull' 'cocalc-ctl rootfs:resolve' 'cocalc-ctl rootfs:rm' 'cocalc-ctl rootfs:umount' 'cocalc-ctl snapshot:auto' 'cocalc-ctl snapshot:create' 'cocalc-ctl snapshot:delete' 'cocalc-ctl snapshot:list' 'cocalc-ctl snapshot:lock' 'cocalc-ctl snapshot:prune' 'cocalc-ctl snapshot:unlock' 'cocalc-ctl sshpiper:auth' 'cocalc-ctl sshpiper:authorized-keys' 'cocalc-ctl sshpiper:config' 'cocalc-ctl sshpiper:keys-refresh' 'cocalc-ctl sshpiper:receiver-users' 'cocalc-ctl sshpiper:serve' 'cocalc-ctl timers:cron' 'cocalc-ctl timers:install' 'cocalc-ctl timers:list' 'cocalc-ctl timers:remove'
-set -g __cocalc_ctl_valopts '--bin' '--bwlimit' '--compress' '--concurrency' '--config' '--from' '--from-backup' '--host' '--image' '--internal-url' '--keep-daily' '--keep-frequent' '--keep-hourly' '--keep-last' '--keep-monthly' '--keep-weekly' '--keep-yearly' '--limit' '--listen' '--loopback' '--max-size' '--mode' '--only' '--out' '--path' '--poll' '--quota' '--reason' '--role' '--seconds' '--snapshot' '--textfile-dir' '--to' '--to-project' '--unit-dir' '--user' '--user-unit-dir' '--which'
+set -g __cocalc_ctl_valopts '--bin' '--bwlimit' '--compress' '--concurrency' '--config' '--cpu-shares' '--disk' '--from' '--from-backup' '--host' '--image' '--internal-url' '--keep-daily' '--keep-frequent' '--keep-hourly' '--keep-last' '--keep-monthly' '--keep-weekly' '--keep-yearly' '--limit' '--listen' '--loopback' '--max-size' '--memory' '--mode' '--only' '--out' '--path' '--pids' '--poll' '--quota' '--reason' '--role' '--seconds' '--snapshot' '--swap' '--textfile-dir' '--tmp' '--to' '--to-project' '--unit-dir' '--user' '--user-unit-dir' '--which'
 
 function __cocalc_ctl_path
     set -l cmdpath cocalc-ctl
@@ -100,11 +100,17 @@ complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub migrate"' 
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project"' -a add -d 'Record a project on a host.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project"' -a list -d 'Projects in the hub with their host and image.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project"' -a rm -d 'Delete a project\'s hub row.'
-complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project"' -a set -d 'Change a project\'s recorded host or image.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project"' -a set -d 'Change a project\'s recorded host, image or run quota.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project"' -a show -d 'A project\'s host, internal URL, image and move state.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project add"' -l host -x -d 'Host uuid or registered name.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project add"' -l image -x -d 'Root filesystem image (normalised, e.g. ubuntu:25.10 -> docker.io/library/ubuntu:25.10); \''
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project add"' -l memory -x -d 'Run quota: memory of the project\'s container (e.g. 4G).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project add"' -l swap -x -d 'Run quota: swap on top of the memory (e.g. 1G; 0 = none).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project add"' -l pids -x -d 'Run quota: processes and threads (e.g. 4096).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project add"' -l cpu-shares -x -d 'Run quota: relative CPU weight (1024 = normal).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project add"' -l tmp -x -d 'Run quota: size of the tmpfs at /tmp (e.g. 1G).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project add"' -l disk -x -d 'Run quota: disk (the project subvolume\'s qgroup limit, e.g. 20G).'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project add"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project add"' -F
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project list"' -l host -x -d 'Only projects on this host (uuid, also of a removed host, or name).'
@@ -115,6 +121,12 @@ complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project rm
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project set"' -l host -x -d 'Host uuid or registered name (the data is not moved).'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project set"' -l image -x -d 'Root filesystem image (normalised, e.g. ubuntu:25.10 -> docker.io/library/ubuntu:25.10); \''
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project set"' -l force -d 'Change the host even while a move is in progress.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project set"' -l memory -x -d 'Run quota: memory of the project\'s container (e.g. 4G).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project set"' -l swap -x -d 'Run quota: swap on top of the memory (e.g. 1G; 0 = none).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project set"' -l pids -x -d 'Run quota: processes and threads (e.g. 4096).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project set"' -l cpu-shares -x -d 'Run quota: relative CPU weight (1024 = normal).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project set"' -l tmp -x -d 'Run quota: size of the tmpfs at /tmp (e.g. 1G).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project set"' -l disk -x -d 'Run quota: disk (the project subvolume\'s qgroup limit, e.g. 20G).'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project set"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project set"' -F
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project show"' -s h -l help -d 'Show the help and exit.'

@@ -9,17 +9,18 @@ come from config (`podman.*`), never from code.
 
 from __future__ import annotations
 
+import json
 import shlex
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cocalc_ctl import ids, layout, locks, proc
-from cocalc_ctl.actions import overlay, rootfs
+from cocalc_ctl.actions import overlay, quota, rootfs
 from cocalc_ctl.actions.projects import _existing
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import InvalidInput, PreconditionFailed
 from cocalc_ctl.state import host_db
-from cocalc_ctl.tools import podman
+from cocalc_ctl.tools import btrfs, cgroups, podman
 
 LOOPBACK = "127.0.0.1"
 LABEL_PREFIX = "org.cocalc"
@@ -120,6 +121,7 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
                                row["http_port"], row["ssh_port"], True, info.get("Id"))
         if info is not None:  # an exited or half-made container of an earlier run
             proc.run(podman.rm_container(store, container_name(pid), stop_timeout=cfg["podman.stop_timeout"]))
+        limits = _run_quota(cfg, pid, row["run_quota"] if row else None)  # a bad quota refuses the start here
         if not proc.plan_only(f"# record project {pid} starting in host sqlite"):
             with host_db.connect(cfg.data_dir) as conn:
                 host_db.upsert_project(conn, pid, state="starting", http_port=None, ssh_port=None)
@@ -135,17 +137,19 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
         env = _base_env(marker)
         env.update({"HOME": home, "COCALC_PROJECT_ID": pid, "COCALC_HTTP_PORT": str(cfg["podman.http_port"]),
                     "COCALC_SSH_PORT": str(cfg["podman.ssh_port"])})
-        memory = cfg["podman.memory"]
         spec = podman.RunSpec(
             name=container_name(pid), rootfs=mounted.merged, command=_command(cfg, marker),
-            runtime=cfg["podman.runtime"] or None, ulimits=ulimits, memory=memory or None,
-            pids_limit=cfg["podman.pids_limit"] or None,
+            runtime=cfg["podman.runtime"] or None, ulimits=ulimits,
+            quota_args=podman.quota_args(memory=limits.memory, swap=limits.swap, pids=limits.pids,
+                                         cpu_shares=limits.cpu_shares, tmp=limits.tmp),
             labels={f"{LABEL_PREFIX}.project_id": pid, f"{LABEL_PREFIX}.image": mounted.image,
                     f"{LABEL_PREFIX}.managed-by": "cocalc-ctl"},
             env=env, volumes=[(str(layout.project_subvolume(cfg, pid)), home)],
             publish=[(LOOPBACK, http_port, cfg["podman.http_port"]), (LOOPBACK, ssh_port, cfg["podman.ssh_port"])],
             network=cfg["podman.network"], workdir=home, hostname=container_name(pid)[:63], init=cfg["podman.init"])
         try:
+            if limits.disk:
+                proc.run(btrfs.qgroup_limit(limits.disk, str(layout.project_subvolume(cfg, pid))))
             res = proc.run(podman.run(store, spec))
         except BaseException:
             if not proc.DRY_RUN:
@@ -160,6 +164,16 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
                                    ssh_port=ssh_port)
         return StartResult(pid, container_name(pid), mounted.image, mounted.merged, http_port, ssh_port, False,
                            res.stdout.strip() or None)
+
+
+def _run_quota(cfg: Config, pid: str, recorded: str | None) -> quota.RunQuota:
+    """The project's run quota (hub, else host record) over this host's defaults; the hub's value is
+    recorded in host sqlite for starts while the hub is unreachable."""
+    own, source = quota.for_project(cfg, pid, recorded)
+    if source == "hub" and not proc.plan_only(f"# record run quota {own.as_dict()} of project {pid}"):
+        with host_db.connect(cfg.data_dir) as conn:
+            host_db.upsert_project(conn, pid, run_quota=json.dumps(own.as_dict(), sort_keys=True))
+    return quota.effective(cfg, own)
 
 
 def _record_stopped(cfg: Config, pid: str) -> None:
@@ -212,6 +226,35 @@ class ProjectStatus:
     root: str
     http_port: int | None
     ssh_port: int | None
+    limits: dict = field(default_factory=dict)  # the run quota in force (from the container and the qgroup)
+    exit_code: int | None = None
+    oom_kills: int | None = None  # processes the kernel killed for memory in the container (while it runs)
+    out_of_memory: bool = False  # the container was OOM-killed or its processes were
+
+
+def _limits_in_force(cfg: Config, pid: str, info: dict | None) -> dict:
+    host = (info or {}).get("HostConfig") or {}
+    out: dict = {}
+    if host.get("Memory"):
+        out["memory"] = host["Memory"]
+        swap = host.get("MemorySwap") or 0
+        out["swap"] = max(swap - host["Memory"], 0) if swap > 0 else None
+    if host.get("PidsLimit"):
+        out["pids"] = host["PidsLimit"]
+    if host.get("CpuShares"):
+        out["cpu_shares"] = host["CpuShares"]
+    tmp = (host.get("Tmpfs") or {}).get("/tmp")
+    if tmp:
+        size = next((o.split("=", 1)[1] for o in tmp.split(",") if o.startswith("size=")), None)
+        out["tmp"] = int(size) if size and size.isdigit() else size
+    sub = layout.project_subvolume(cfg, pid)
+    try:
+        q = btrfs.qgroups(str(sub)).get(f"0/{btrfs.show(str(sub)).subvolume_id}")
+    except Exception:  # noqa: BLE001 (status must answer even when btrfs cannot)
+        q = None
+    if q is not None and q.max_referenced:
+        out["disk"] = q.max_referenced
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def status(cfg: Config, project_id: str) -> ProjectStatus:
@@ -223,12 +266,18 @@ def status(cfg: Config, project_id: str) -> ProjectStatus:
     info = _container_state(cfg, pid) if proc.have("podman") else None
     cstate = ((info or {}).get("State") or {}).get("Status") if info else None
     state = row["state"] if row else "unregistered"
+    cst = (info or {}).get("State") or {}
+    exit_code = cst.get("ExitCode") if info and not _is_running(info) else None
+    kills = cgroups.oom_kills(cst["Pid"]) if _is_running(info) and cst.get("Pid") else None
+    limits = _limits_in_force(cfg, pid, info)
+    # podman's OOMKilled is unreliable on hybrid cgroups; a SIGKILL (137) under a memory limit is the kernel's
+    oom = bool(cst.get("OOMKilled")) or bool(kills) or (exit_code == 137 and "memory" in limits)
     if state == "running" and not _is_running(info):
-        state = "crashed"  # sqlite says running but the container is gone or exited
+        state = "crashed (out of memory)" if oom else "crashed"  # sqlite says running but the container is not
     return ProjectStatus(pid, state, container_name(pid), cstate, (info or {}).get("Id"),
                          row["image"] if row else None, overlay.current_image(cfg, pid), overlay.is_mounted(cfg, pid),
                          str(layout.project_root_mount(cfg, pid)), row["http_port"] if row else None,
-                         row["ssh_port"] if row else None)
+                         row["ssh_port"] if row else None, limits, exit_code, kills, oom)
 
 
 def managed_containers(cfg: Config) -> list[str]:

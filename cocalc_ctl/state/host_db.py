@@ -72,6 +72,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE backup_jobs ADD COLUMN duration REAL;
     ALTER TABLE backup_jobs ADD COLUMN generation INTEGER
     """,
+    # run quota: the project's own quota (JSON) as last read from the hub, for starts while it is down
+    """
+    ALTER TABLE projects ADD COLUMN run_quota TEXT
+    """,
 ]
 
 
@@ -138,7 +142,7 @@ def upsert_project(conn: sqlite3.Connection, project_id: str, **fields) -> None:
     if row is None:
         conn.execute("INSERT INTO projects(project_id, state, created_at, updated_at) VALUES (?,?,?,?)",
                      (project_id, fields.pop("state", "stopped"), now, now))
-    allowed = {"image", "state", "http_port", "ssh_port", "authorized_keys"}
+    allowed = {"image", "state", "http_port", "ssh_port", "authorized_keys", "run_quota"}
     for k, v in fields.items():
         if k not in allowed:
             raise ValueError(k)

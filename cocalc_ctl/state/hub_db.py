@@ -116,6 +116,10 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ("move: backup id of a backup-mode move", [
         """ALTER TABLE project_moves ADD COLUMN IF NOT EXISTS backup_id text""",
     ]),
+    # run quotas: {"memory","swap","tmp","disk": bytes, "pids","cpu_shares": int}; absent key = host default
+    ("projects: run quota", [
+        """ALTER TABLE projects ADD COLUMN IF NOT EXISTS run_quota jsonb""",
+    ]),
 ]
 
 

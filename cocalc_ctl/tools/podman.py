@@ -93,6 +93,7 @@ class RunSpec:
     workdir: str | None = None
     hostname: str | None = None
     init: bool = False
+    quota_args: list[str] = field(default_factory=list)  # run quota flags (quota_args())
 
 
 def run(storage: Storage, spec: RunSpec) -> list[str]:
@@ -121,10 +122,27 @@ def run(storage: Storage, spec: RunSpec) -> list[str]:
         args += ["--workdir", spec.workdir]
     if spec.hostname:
         args += ["--hostname", spec.hostname]
+    args += spec.quota_args
     # --rootfs: the merged overlay is the container's / (a `:O` suffix would mean something else,
     # so the caller guarantees the path has no colon).
     args += ["--rootfs", spec.rootfs, *spec.command]
     return podman(storage, *args)
+
+
+def quota_args(*, memory: int | None = None, swap: int | None = None, pids: int | None = None,
+               cpu_shares: int | None = None, tmp: int | None = None) -> list[str]:
+    """podman run flags of a run quota (bytes and counts; None = no flag). `--memory-swap` is podman's
+    memory+swap total; without swap it equals the memory (no swap), so memory is a hard limit."""
+    args: list[str] = []
+    if memory:
+        args += ["--memory", str(memory), "--memory-swap", str(memory + (swap or 0))]
+    if pids:
+        args += ["--pids-limit", str(pids)]
+    if cpu_shares:
+        args += ["--cpu-shares", str(cpu_shares)]
+    if tmp:
+        args += ["--tmpfs", f"/tmp:rw,nosuid,nodev,mode=1777,size={tmp}"]
+    return args
 
 
 def rm_container(storage: Storage, name: str, *, stop_timeout: int) -> list[str]:
