@@ -149,3 +149,33 @@ def test_disk_quota_stops_writes_at_the_limit(qhost, workdir):
     with sqlite3.connect(qhost.data / "host.sqlite") as conn:
         assert json.loads(conn.execute("SELECT run_quota FROM projects WHERE project_id=?",
                                        (pid,)).fetchone()[0]) == {"disk": 40 * MiB}
+
+
+def test_the_quota_follows_the_project_to_another_host_and_survives_the_hub_being_away(
+        qhost, make_host, podman_store, hub_dsn, workdir):  # noqa: F811
+    tree = tree_with(workdir)
+    qhost.write_config(**{"podman.command": "/bin/sh -c 'exec sleep 1000'"})
+    pid = new_project(qhost, "--memory", "48M", "--pids", "100", "--tmp", "4M")
+    # the project's data lands on host b (as a move or a restore leaves it) and the hub records it there
+    b = make_host("b", hub_dsn=hub_dsn, **{**podman_store.config, "podman.stop_timeout": 1,
+                                           "podman.ulimits": "nofile=1024:1024,nproc=1024:1024",
+                                           "podman.command": "/bin/sh -c 'exec sleep 1000'",
+                                           "podman.memory": "1G", "podman.pids_limit": 500})
+    b.cli("keys", "ensure")
+    b.cli("keys", "register")
+    b.cli("project", "create", pid)
+    qhost.cli("hub", "project", "set", pid, "--host", b.host_id, "--pids", "90")
+    b.cli("project", "start", pid, "--image", f"dir:{tree}")
+    try:
+        assert b.json("project", "status", pid)["limits"] == {"memory": 48 * MiB, "swap": 0, "pids": 90,
+                                                             "tmp": 4 * MiB}
+    finally:
+        b.cli("project", "stop", pid)
+    # hub unreachable: b starts the project with the quota it recorded (and says so), not its defaults
+    b.write_config(hub_dsn="host=/nonexistent-socket-dir dbname=none connect_timeout=2")
+    res = b.cli("project", "start", pid, "--image", f"dir:{tree}")
+    try:
+        assert "using the run quota recorded on this host" in res.stderr
+        assert b.json("project", "status", pid)["limits"]["pids"] == 90
+    finally:
+        b.cli("project", "stop", pid)
