@@ -45,6 +45,7 @@ def create(cfg: Config, project_id: str, name: str | None = None, *, now: dt.dat
     if os.path.lexists(dest):
         raise OperationFailed(f"snapshot {name} of project {pid} already exists",
                               hint="choose another name, or wait a second for a new timestamp")
+    _require_plain_snapshots_dir(cfg, pid)
     proc.run(btrfs.snapshot(str(layout.project_subvolume(cfg, pid)), str(dest), readonly=True))
     return SnapshotInfo(name, str(dest), retention.timestamp_name(now or _now()), None, None, None, False)
 
@@ -93,6 +94,14 @@ def _existing_snapshot(cfg: Config, project_id: str, name: str) -> tuple[str, st
     return pid, name
 
 
+def _require_plain_snapshots_dir(cfg: Config, pid: str) -> None:
+    """Refuse to run btrfs on a `.snapshots` entry when the project has made `.snapshots` a symlink (btrfs
+    takes paths: it would create or delete a subvolume wherever the link points). btrfs-progs resolves
+    the path again itself, so a swap in the instant between this check and its open is not covered."""
+    with safepath.open_dir(layout.project_subvolume(cfg, pid), (layout.SNAPSHOTS,)):
+        pass
+
+
 def _lock_parts(name: str) -> tuple[str, str]:
     return (layout.SNAPSHOTS, layout.snapshot_lock_file_name(name))
 
@@ -105,6 +114,7 @@ def delete(cfg: Config, project_id: str, name: str) -> str:
     pid, name = _existing_snapshot(cfg, project_id, name)
     if is_locked(cfg, pid, name):
         raise Busy(f"snapshot {name} is locked", hint=f"unlock it first: cocalc-ctl snapshot unlock {pid} {name}")
+    _require_plain_snapshots_dir(cfg, pid)
     proc.run(btrfs.subvolume_delete(str(layout.snapshot_path(cfg, pid, name))))
     return name
 
@@ -146,6 +156,7 @@ def prune(cfg: Config, project_id: str, policy: retention.Policy) -> PruneResult
         if is_locked(cfg, pid, d.name):
             result.kept.append(retention.Decision(d.name, True, ["locked"]))
             continue
+        _require_plain_snapshots_dir(cfg, pid)
         proc.run(btrfs.subvolume_delete(str(layout.snapshot_path(cfg, pid, d.name))))
         result.removed.append(d.name)
     return result

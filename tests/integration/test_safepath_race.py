@@ -172,3 +172,19 @@ def test_safepath_write_unlink_rmtree_never_leave_the_tree(host, project):
     assert safepath.unlink(root, (*parts, "current-image")) is True
     (root / "d" / "share" / "overlay" / "victim" / "x").mkdir(parents=True)
     assert safepath.rmtree(root, (*parts, "victim")) is True and not (root / "d" / "share" / "overlay" / "victim").exists()
+
+
+def test_snapshot_commands_refuse_a_symlinked_snapshots_dir(host, project):
+    cfg, pid, root, outside = project
+    host.cli("snapshot", "create", pid, "snap1")
+    os.rename(root / ".snapshots", root / ".snapshots-real")
+    (root / ".snapshots").symlink_to(outside)
+    (outside / "snap2").mkdir()
+    before = tree_state(outside)
+    for argv in (["snapshot", "create", pid, "snap3"], ["snapshot", "delete", pid, "snap1"],
+                 ["snapshot", "lock", pid, "snap1"]):
+        res = host.cli(*argv, check=False)
+        assert res.returncode == 5 and "symlink" in res.stderr, (argv, res.stderr)
+    assert tree_state(outside) == before
+    os.unlink(root / ".snapshots")
+    os.rename(root / ".snapshots-real", root / ".snapshots")
