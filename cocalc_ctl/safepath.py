@@ -62,6 +62,13 @@ def open_dir(root: Path | str, parts: tuple[str, ...] = (), *, create: bool = Fa
                     made = True
                 except FileExistsError:
                     pass
+                except OSError as exc:
+                    # e.g. EPERM/EROFS in a read-only subvolume: fine if the entry is there already
+                    try:
+                        os.stat(name, dir_fd=fds[-1], follow_symlinks=False)
+                    except OSError:
+                        raise exc from None
+
             try:
                 fds.append(os.open(name, _DIR_FLAGS, dir_fd=fds[-1]))
             except OSError as exc:

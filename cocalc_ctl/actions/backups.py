@@ -224,15 +224,18 @@ def _prepare_snapshot(cfg: Config, pid: str, live: Path, snap: Path) -> tuple[in
         proc.run(btrfs.subvolume_delete(str(snap)))  # a leftover of a killed run
     if not proc.plan_only(f"mkdir -m 700 {holder}"):
         # .snapshots and everything in it are names the project controls: by dir fd, never by path
-        parts = (layout.SNAPSHOTS, holder.name)
+        # the holder sits in the project's own .snapshots (`live` may be a read-only snapshot of it)
+        project, parts = layout.project_subvolume(cfg, pid), (layout.SNAPSHOTS, holder.name)
+        if holder != project.joinpath(*parts):
+            raise OperationFailed(f"internal: temporary snapshot holder {holder} is not in the project's .snapshots")
         try:
-            with safepath.open_dir(live, parts):
+            with safepath.open_dir(project, parts):
                 pass
         except FileNotFoundError:
             pass
         except safepath.UnsafePath:
-            safepath.rmtree(live, parts)  # a link or file planted in its place: removed, not followed
-        with safepath.open_dir(live, parts, create=True, mode=0o700) as hfd:
+            safepath.rmtree(project, parts)  # a link or file planted in its place: removed, not followed
+        with safepath.open_dir(project, parts, create=True, mode=0o700) as hfd:
             if os.fstat(hfd).st_uid != os.geteuid():
                 raise OperationFailed(f"{holder} is not owned by this user", hint=f"remove it: rm -rf {holder}")
             os.fchmod(hfd, 0o700)
