@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cocalc_ctl import ids, layout, locks, proc
 from cocalc_ctl.actions import overlay, quota, rootfs
@@ -147,10 +149,16 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
             env=env, volumes=[(str(layout.project_subvolume(cfg, pid)), home)],
             publish=[(LOOPBACK, http_port, cfg["podman.http_port"]), (LOOPBACK, ssh_port, cfg["podman.ssh_port"])],
             network=cfg["podman.network"], workdir=home, hostname=container_name(pid)[:63], init=cfg["podman.init"])
+        monitor = _monitor_dir(cfg, pid)
+        if not proc.DRY_RUN:
+            monitor.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (monitor / "oom").unlink(missing_ok=True)
         try:
             if limits.disk:
                 proc.run(btrfs.qgroup_limit(limits.disk, str(layout.project_subvolume(cfg, pid))))
-            res = proc.run(podman.run(store, spec))
+            # podman's monitor (conmon) inherits our working directory and writes an `oom` file there
+            # when the kernel OOM-kills in the container: give it a directory of ours, not the caller's
+            res = proc.run(podman.run(store, spec), cwd=None if proc.DRY_RUN else str(monitor))
         except BaseException:
             if not proc.DRY_RUN:
                 proc.run(podman.rm_container(store, container_name(pid), stop_timeout=0), check=False)
@@ -174,6 +182,11 @@ def _run_quota(cfg: Config, pid: str, recorded: str | None) -> quota.RunQuota:
         with host_db.connect(cfg.data_dir) as conn:
             host_db.upsert_project(conn, pid, run_quota=json.dumps(own.as_dict(), sort_keys=True))
     return quota.effective(cfg, own)
+
+
+def _monitor_dir(cfg: Config, pid: str) -> Path:
+    """Working directory of the project's podman monitor (conmon): it leaves `oom` here on an OOM kill."""
+    return cfg.data_dir / "conmon" / pid
 
 
 def _record_stopped(cfg: Config, pid: str) -> None:
@@ -206,6 +219,8 @@ def stop(cfg: Config, project_id: str) -> StopResult:
             existed = _container_state(cfg, pid) is not None
             proc.run(podman.rm_container(store, container_name(pid), stop_timeout=cfg["podman.stop_timeout"]))
         unmounted = overlay.umount(cfg, pid, stopping=True).was_mounted
+        if not proc.DRY_RUN:
+            shutil.rmtree(_monitor_dir(cfg, pid), ignore_errors=True)
         if not proc.plan_only(f"# record project {pid} stopped in host sqlite"):
             with host_db.connect(cfg.data_dir) as conn:
                 if host_db.get_project(conn, pid) is not None:
@@ -271,7 +286,8 @@ def status(cfg: Config, project_id: str) -> ProjectStatus:
     kills = cgroups.oom_kills(cst["Pid"]) if _is_running(info) and cst.get("Pid") else None
     limits = _limits_in_force(cfg, pid, info)
     # podman's OOMKilled is unreliable on hybrid cgroups; a SIGKILL (137) under a memory limit is the kernel's
-    oom = bool(cst.get("OOMKilled")) or bool(kills) or (exit_code == 137 and "memory" in limits)
+    oom = bool(cst.get("OOMKilled")) or bool(kills) or (exit_code == 137 and "memory" in limits) \
+        or (info is not None and (_monitor_dir(cfg, pid) / "oom").exists())
     if state == "running" and not _is_running(info):
         state = "crashed (out of memory)" if oom else "crashed"  # sqlite says running but the container is not
     return ProjectStatus(pid, state, container_name(pid), cstate, (info or {}).get("Id"),

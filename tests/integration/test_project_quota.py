@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 
+from tests.support.hosts import REPO
 from tests.support.rootfs import busybox_tree, podman_store  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
@@ -87,6 +88,8 @@ def test_memory_quota_from_the_hub_oom_kills_and_status_says_so(qhost, workdir):
         assert st["state"] == "crashed (out of memory)" and st["exit_code"] == 137 and st["out_of_memory"]
     finally:
         qhost.cli("project", "stop", pid)
+    # podman's monitor writes an `oom` file into its working directory: never the caller's
+    assert not (REPO / "oom").exists()
 
 
 def test_fork_bomb_stops_at_the_pids_limit_and_the_host_stays_responsive(qhost, workdir):
