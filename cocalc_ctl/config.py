@@ -121,6 +121,29 @@ def _as_opt_internal_url(v: Any) -> str | None:
         raise ValueError(exc.one_line()) from None
 
 
+def _as_path_list(v: Any) -> tuple[str, ...]:
+    """Absolute paths as a YAML list or one comma-separated string; empty = none."""
+    if v in (None, ""):
+        return ()
+    items = v if isinstance(v, (list, tuple)) else [p for p in _as_str(v).split(",")]
+    return tuple(_as_path(str(p).strip()) for p in items if str(p).strip())
+
+
+def _as_word_list(v: Any) -> tuple[str, ...]:
+    """Words (e.g. registry host[:port] names) as a YAML list or one comma-separated string."""
+    if v in (None, ""):
+        return ()
+    items = v if isinstance(v, (list, tuple)) else _as_str(v).split(",")
+    out = []
+    for item in items:
+        word = _as_str(item).strip().lower()
+        if word:
+            if not re.fullmatch(r"[a-z0-9.:\[\]-]{1,255}", word):
+                raise ValueError(f"not a host[:port] name: {word!r}")
+            out.append(word)
+    return tuple(out)
+
+
 def _as_size(v: Any) -> int:
     return _parse_size(str(v))
 
@@ -192,12 +215,21 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("rootfs.dir_source", _as_choice("copy", "bind"), "copy",
        "dir:/path images: copy the tree into the cache, or bind-use the directory in place"),
     _k("rootfs.keep_podman_copy", _as_bool, False, "keep podman's copy of a pulled image (as `rootfs pull --keep`)"),
+    _k("rootfs.local_roots", _as_path_list, (),
+       "directories under which dir:, oci-archive: and docker-archive: image sources may lie "
+       "(comma-separated; empty = local sources refused)"),
+    _k("rootfs.registries", _as_word_list, (),
+       "registries image references may name besides docker.io (host[:port], comma-separated; "
+       "localhost and loopback addresses only when listed)"),
     _k("rootfs.gc_max_size", _as_opt_str, None, "rootfs gc: size budget of the cache (e.g. 20G); unset = drop all unused"),
     _k("podman.runtime", _as_opt_str, "runc", "OCI runtime for project containers (runc, crun, ...); empty = podman's"),
     _k("podman.ulimits", _as_opt_str, "nofile=4096:4096,nproc=4096:4096",
        "ulimits of project containers, NAME=SOFT:HARD comma-separated, at or below the host's hard limits"),
     _k("podman.memory", _as_opt_str, "4G", "memory limit of a project container (e.g. 4G); empty = none"),
     _k("podman.pids_limit", _as_nonneg_int, 2048, "process limit of a project container; 0 = none"),
+    _k("podman.swap", _as_opt_str, "0", "default swap of a project container on top of its memory (e.g. 1G); 0 = none"),
+    _k("podman.cpu_shares", _as_nonneg_int, 0, "default CPU shares of a project container (1024 = normal); 0 = podman's"),
+    _k("podman.tmp_size", _as_opt_str, None, "default size of the tmpfs at a project container's /tmp (e.g. 1G); unset = no tmpfs"),
     _k("podman.root", _as_opt_path, None, "podman --root (image storage); unset = podman's default"),
     _k("podman.runroot", _as_opt_path, None, "podman --runroot; unset = podman's default"),
     _k("podman.tmpdir", _as_opt_path, None, "podman --tmpdir (libpod state); unset = podman's default"),

@@ -21,8 +21,12 @@ def snapshot_path(cfg: Config, project_id: str, name: str) -> Path:
     return snapshots_dir(cfg, project_id) / name
 
 
+def snapshot_lock_file_name(name: str) -> str:
+    return f".{name}.lock"
+
+
 def snapshot_lock_file(cfg: Config, project_id: str, name: str) -> Path:
-    return snapshots_dir(cfg, project_id) / f".{name}.lock"
+    return snapshots_dir(cfg, project_id) / snapshot_lock_file_name(name)
 
 
 def persist_dir(cfg: Config, project_id: str) -> Path:

@@ -43,10 +43,10 @@ _cocalc_ctl() {
         ['cocalc-ctl hub keys show']='-h --help'
         ['cocalc-ctl hub migrate']='-h --help'
         ['cocalc-ctl hub project']='-h --help'
-        ['cocalc-ctl hub project add']='--host --image -h --help'
+        ['cocalc-ctl hub project add']='--host --image --memory --swap --pids --cpu-shares --tmp --disk -h --help'
         ['cocalc-ctl hub project list']='--host -h --help'
         ['cocalc-ctl hub project rm']='--force -h --help'
-        ['cocalc-ctl hub project set']='--host --image --force -h --help'
+        ['cocalc-ctl hub project set']='--host --image --force --memory --swap --pids --cpu-shares --tmp --disk -h --help'
         ['cocalc-ctl hub project show']='-h --help'
         ['cocalc-ctl keys']='-h --help'
         ['cocalc-ctl keys broadcast']='-h --help'
@@ -115,7 +115,7 @@ _cocalc_ctl() {
         ['cocalc-ctl timers remove']='--user-unit-dir --unit-dir --only -h --help'
     )
     local globals='--config --json --dry-run -v --verbose -q --quiet --wide --version -h --help'
-    local valopts=' --bin --bwlimit --compress --concurrency --config --from --from-backup --host --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --mode --only --out --path --poll --quota --reason --role --seconds --snapshot --textfile-dir --ticket --to --to-project --unit-dir --user --user-unit-dir --which '
+    local valopts=' --bin --bwlimit --compress --concurrency --config --cpu-shares --disk --from --from-backup --host --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --memory --mode --only --out --path --pids --poll --quota --reason --role --seconds --snapshot --swap --textfile-dir --ticket --tmp --to --to-project --unit-dir --user --user-unit-dir --which '
     local projcmds='|cocalc-ctl backup cleanup|cocalc-ctl backup create|cocalc-ctl backup list|cocalc-ctl backup prune|cocalc-ctl hub project add|cocalc-ctl hub project rm|cocalc-ctl hub project set|cocalc-ctl hub project show|cocalc-ctl move abort|cocalc-ctl move cancel|cocalc-ctl move cleanup|cocalc-ctl move finalize|cocalc-ctl move send|cocalc-ctl move start|cocalc-ctl move status|cocalc-ctl project create|cocalc-ctl project delete|cocalc-ctl project show|cocalc-ctl project start|cocalc-ctl project status|cocalc-ctl project stop|cocalc-ctl restore|cocalc-ctl rootfs mount|cocalc-ctl rootfs resolve|cocalc-ctl rootfs umount|cocalc-ctl snapshot auto|cocalc-ctl snapshot create|cocalc-ctl snapshot delete|cocalc-ctl snapshot list|cocalc-ctl snapshot lock|cocalc-ctl snapshot prune|cocalc-ctl snapshot unlock|cocalc-ctl sshpiper keys-refresh|'
     local cmdpath=cocalc-ctl i w cfg=
     for ((i = 1; i < COMP_CWORD; i++)); do
@@ -156,6 +156,8 @@ _cocalc_ctl() {
         --user-unit-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
         --bwlimit) COMPREPLY=(); return ;;
         --concurrency) COMPREPLY=(); return ;;
+        --cpu-shares) COMPREPLY=(); return ;;
+        --disk) COMPREPLY=(); return ;;
         --from) COMPREPLY=(); return ;;
         --from-backup) COMPREPLY=(); return ;;
         --host) COMPREPLY=(); return ;;
@@ -171,13 +173,17 @@ _cocalc_ctl() {
         --listen) COMPREPLY=(); return ;;
         --loopback) COMPREPLY=(); return ;;
         --max-size) COMPREPLY=(); return ;;
+        --memory) COMPREPLY=(); return ;;
         --path) COMPREPLY=(); return ;;
+        --pids) COMPREPLY=(); return ;;
         --poll) COMPREPLY=(); return ;;
         --quota) COMPREPLY=(); return ;;
         --reason) COMPREPLY=(); return ;;
         --seconds) COMPREPLY=(); return ;;
         --snapshot) COMPREPLY=(); return ;;
+        --swap) COMPREPLY=(); return ;;
         --ticket) COMPREPLY=(); return ;;
+        --tmp) COMPREPLY=(); return ;;
         --to) COMPREPLY=(); return ;;
         --user) COMPREPLY=(); return ;;
     esac

@@ -65,6 +65,8 @@ for _ in $(seq 50); do (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sl
 "${P[@]}" push -q --tls-verify=false localhost/demo:1 "docker://127.0.0.1:$PORT/demo/busybox:1"
 "${P[@]}" rmi -f localhost/demo:1 >/dev/null
 IMAGE="127.0.0.1:$PORT/demo/busybox:1"
+# a host pulls only from the registries its config lists (docker.io and rootfs.registries)
+export COCALC_CTL_ROOTFS_REGISTRIES="127.0.0.1:$PORT"
 
 PROJECT=$(python3 -c 'import uuid; print(uuid.uuid4())')
 "$CTL" project create "$PROJECT" >/dev/null

@@ -333,6 +333,8 @@ class Demo:
                     **{f"podman.{k}": str(v) for k, v in podman.items()},
                     "podman.runtime": "runc", "podman.ulimits": "nofile=1024:1024,nproc=1024:1024",
                     "podman.memory": "256M", "podman.pids_limit": 128, "podman.stop_timeout": 2,
+                    # the demo's image is a local directory: the one place local image sources may lie
+                    "rootfs.local_roots": str(self.base / "image"),
                     # the project's web server: busybox httpd, serving /<project-id>/ like a real project server
                     "podman.command": "/bin/sh -c 'mkdir -p /tmp/www/$COCALC_PROJECT_ID && "
                                       "ln -sfn /home/user /tmp/www/$COCALC_PROJECT_ID/files && "

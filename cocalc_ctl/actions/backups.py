@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from cocalc_ctl import errors, ids, layout, locks, output, proc
+from cocalc_ctl import errors, ids, layout, locks, output, proc, safepath
 from cocalc_ctl.actions.backup_repo import engine_for, repo_display
 from cocalc_ctl.actions.pool import require_pool
 from cocalc_ctl.config import Config
@@ -223,12 +223,22 @@ def _prepare_snapshot(cfg: Config, pid: str, live: Path, snap: Path) -> tuple[in
     if snap.is_dir():
         proc.run(btrfs.subvolume_delete(str(snap)))  # a leftover of a killed run
     if not proc.plan_only(f"mkdir -m 700 {holder}"):
-        if holder.is_symlink() or (holder.exists() and not holder.is_dir()):
-            holder.unlink()
-        holder.mkdir(mode=0o700, exist_ok=True)
-        if os.lstat(holder).st_uid != os.geteuid():
-            raise OperationFailed(f"{holder} is not owned by this user", hint=f"remove it: rm -rf {holder}")
-        os.chmod(holder, 0o700)
+        # .snapshots and everything in it are names the project controls: by dir fd, never by path
+        # the holder sits in the project's own .snapshots (`live` may be a read-only snapshot of it)
+        project, parts = layout.project_subvolume(cfg, pid), (layout.SNAPSHOTS, holder.name)
+        if holder != project.joinpath(*parts):
+            raise OperationFailed(f"internal: temporary snapshot holder {holder} is not in the project's .snapshots")
+        try:
+            with safepath.open_dir(project, parts):
+                pass
+        except FileNotFoundError:
+            pass
+        except safepath.UnsafePath:
+            safepath.rmtree(project, parts)  # a link or file planted in its place: removed, not followed
+        with safepath.open_dir(project, parts, create=True, mode=0o700) as hfd:
+            if os.fstat(hfd).st_uid != os.geteuid():
+                raise OperationFailed(f"{holder} is not owned by this user", hint=f"remove it: rm -rf {holder}")
+            os.fchmod(hfd, 0o700)
     proc.run(btrfs.snapshot(str(live), str(snap), readonly=False))
     # The nested .snapshots subvolume shows as an empty directory in the snapshot: not backed up.
     stub = snap / layout.SNAPSHOTS
@@ -240,8 +250,8 @@ def _prepare_snapshot(cfg: Config, pid: str, live: Path, snap: Path) -> tuple[in
     staged = snap / PERSIST_IN_BACKUP
     manifest = snap / MANIFEST_IN_BACKUP
     for reserved in (staged, manifest):
-        if not proc.DRY_RUN and os.path.lexists(reserved):
-            proc.run(["rm", "-rf", "--one-file-system", str(reserved)])  # reserved names: ours win
+        if not proc.DRY_RUN:
+            safepath.rmtree(snap, (reserved.name,))  # reserved names: ours win (a planted link is removed)
     persist = layout.persist_dir(cfg, pid)
     has_persist = persist.is_dir()
     if has_persist:
@@ -250,10 +260,9 @@ def _prepare_snapshot(cfg: Config, pid: str, live: Path, snap: Path) -> tuple[in
     if not proc.plan_only(f"# write {manifest}"):
         import json
 
-        fd = os.open(manifest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps({"project_id": pid, "host": _host_label(cfg), "persist": has_persist,
-                                 "time": host_db.now_iso()}) + "\n")
+        safepath.write_file(snap, (manifest.name,), (json.dumps({
+            "project_id": pid, "host": _host_label(cfg), "persist": has_persist,
+            "time": host_db.now_iso()}) + "\n").encode())
     proc.run(btrfs.property_set_readonly(str(snap), True))
     gen = None if proc.DRY_RUN else btrfs.show(str(snap)).gen_at_creation
     return gen, has_persist

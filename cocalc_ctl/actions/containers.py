@@ -9,19 +9,22 @@ come from config (`podman.*`), never from code.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import shutil
 import socket
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from cocalc_ctl import layout, locks, proc
-from cocalc_ctl.actions import isolation, overlay, rootfs
+from cocalc_ctl import ids, layout, locks, proc
+from cocalc_ctl.actions import isolation, overlay, quota, rootfs
 from cocalc_ctl.actions.projects import _existing
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import InvalidInput, PreconditionFailed
 from cocalc_ctl.state import host_db
-from cocalc_ctl.tools import btrfs, podman
+from cocalc_ctl.tools import btrfs, cgroups, podman
 
 LOOPBACK = "127.0.0.1"
 LABEL_PREFIX = "org.cocalc"
@@ -122,7 +125,7 @@ def _is_running(info: dict | None) -> bool:
 def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartResult:
     pid = _existing(cfg, project_id)
     if image is not None:
-        rootfs.normalize(image, cfg["rootfs.default_image"])  # refuse a bad reference before any command runs
+        rootfs.allowed(cfg, image)  # refuse a bad or disallowed reference before any command runs
     try:
         ulimits = podman.parse_ulimits(cfg["podman.ulimits"])
     except ValueError as exc:
@@ -143,6 +146,7 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
         if row is not None and not proc.DRY_RUN:  # ports of an earlier run that ended without `project stop`
             isolation.unguard_ports(cfg, pid, [p for p in (row["http_port"], row["ssh_port"]) if p])
         snapshots_mount = _snapshots_mount(cfg, pid)  # nothing of the project runs now
+        limits = _run_quota(cfg, pid, row["run_quota"] if row else None)  # a bad quota refuses the start here
         if not proc.plan_only(f"# record project {pid} starting in host sqlite"):
             with host_db.connect(cfg.data_dir) as conn:
                 host_db.upsert_project(conn, pid, state="starting", http_port=None, ssh_port=None)
@@ -158,11 +162,11 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
         env = _base_env(marker)
         env.update({"HOME": home, "COCALC_PROJECT_ID": pid, "COCALC_HTTP_PORT": str(cfg["podman.http_port"]),
                     "COCALC_SSH_PORT": str(cfg["podman.ssh_port"])})
-        memory = cfg["podman.memory"]
         spec = podman.RunSpec(
             name=container_name(pid), rootfs=mounted.merged, command=_command(cfg, marker),
-            runtime=cfg["podman.runtime"] or None, ulimits=ulimits, memory=memory or None,
-            pids_limit=cfg["podman.pids_limit"] or None,
+            runtime=cfg["podman.runtime"] or None, ulimits=ulimits,
+            quota_args=podman.quota_args(memory=limits.memory, swap=limits.swap, pids=limits.pids,
+                                         cpu_shares=limits.cpu_shares, tmp=limits.tmp),
             labels={f"{LABEL_PREFIX}.project_id": pid, f"{LABEL_PREFIX}.image": mounted.image,
                     f"{LABEL_PREFIX}.managed-by": "cocalc-ctl"},
             env=env, volumes=[(str(layout.project_subvolume(cfg, pid)), home)],
@@ -172,9 +176,17 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
         rng = isolation.get_range(cfg, pid) if isolation.enabled(cfg) and not proc.DRY_RUN else None
         if rng is not None:
             spec.isolation_args = isolation.container_args(cfg, pid, rng)
+        monitor = _monitor_dir(cfg, pid)
+        if not proc.DRY_RUN:
+            monitor.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (monitor / "oom").unlink(missing_ok=True)
         try:
+            if limits.disk:
+                proc.run(btrfs.qgroup_limit(limits.disk, str(layout.project_subvolume(cfg, pid))))
             isolation.guard_ports(cfg, pid, [http_port, ssh_port])  # before anything listens on them
-            res = proc.run(podman.run(store, spec))
+            # podman's monitor (conmon) inherits our working directory and writes an `oom` file there
+            # when the kernel OOM-kills in the container: give it a directory of ours, not the caller's
+            res = proc.run(podman.run(store, spec), cwd=None if proc.DRY_RUN else str(monitor))
         except BaseException:
             if not proc.DRY_RUN:
                 isolation.unguard_ports(cfg, pid, [http_port, ssh_port])
@@ -189,6 +201,21 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
                                    ssh_port=ssh_port)
         return StartResult(pid, container_name(pid), mounted.image, mounted.merged, http_port, ssh_port, False,
                            res.stdout.strip() or None)
+
+
+def _run_quota(cfg: Config, pid: str, recorded: str | None) -> quota.RunQuota:
+    """The project's run quota (hub, else host record) over this host's defaults; the hub's value is
+    recorded in host sqlite for starts while the hub is unreachable."""
+    own, source = quota.for_project(cfg, pid, recorded)
+    if source == "hub" and not proc.plan_only(f"# record run quota {own.as_dict()} of project {pid}"):
+        with host_db.connect(cfg.data_dir) as conn:
+            host_db.upsert_project(conn, pid, run_quota=json.dumps(own.as_dict(), sort_keys=True))
+    return quota.effective(cfg, own)
+
+
+def _monitor_dir(cfg: Config, pid: str) -> Path:
+    """Working directory of the project's podman monitor (conmon): it leaves `oom` here on an OOM kill."""
+    return cfg.data_dir / "conmon" / pid
 
 
 def _record_stopped(cfg: Config, pid: str) -> None:
@@ -225,6 +252,8 @@ def stop(cfg: Config, project_id: str) -> StopResult:
             proc.run(podman.rm_container(store, container_name(pid), stop_timeout=cfg["podman.stop_timeout"]))
         isolation.unguard_ports(cfg, pid, guarded)
         unmounted = overlay.umount(cfg, pid, stopping=True).was_mounted
+        if not proc.DRY_RUN:
+            shutil.rmtree(_monitor_dir(cfg, pid), ignore_errors=True)
         if not proc.plan_only(f"# record project {pid} stopped in host sqlite"):
             with host_db.connect(cfg.data_dir) as conn:
                 if host_db.get_project(conn, pid) is not None:
@@ -245,6 +274,35 @@ class ProjectStatus:
     root: str
     http_port: int | None
     ssh_port: int | None
+    limits: dict = field(default_factory=dict)  # the run quota in force (from the container and the qgroup)
+    exit_code: int | None = None
+    oom_kills: int | None = None  # processes the kernel killed for memory in the container (while it runs)
+    out_of_memory: bool = False  # the container was OOM-killed or its processes were
+
+
+def _limits_in_force(cfg: Config, pid: str, info: dict | None) -> dict:
+    host = (info or {}).get("HostConfig") or {}
+    out: dict = {}
+    if host.get("Memory"):
+        out["memory"] = host["Memory"]
+        swap = host.get("MemorySwap") or 0
+        out["swap"] = max(swap - host["Memory"], 0) if swap > 0 else None
+    if host.get("PidsLimit"):
+        out["pids"] = host["PidsLimit"]
+    if host.get("CpuShares"):
+        out["cpu_shares"] = host["CpuShares"]
+    tmp = (host.get("Tmpfs") or {}).get("/tmp")
+    if tmp:
+        size = next((o.split("=", 1)[1] for o in tmp.split(",") if o.startswith("size=")), None)
+        out["tmp"] = int(size) if size and size.isdigit() else size
+    sub = layout.project_subvolume(cfg, pid)
+    try:
+        q = btrfs.qgroups(str(sub)).get(f"0/{btrfs.show(str(sub)).subvolume_id}")
+    except Exception:  # noqa: BLE001 (status must answer even when btrfs cannot)
+        q = None
+    if q is not None and q.max_referenced:
+        out["disk"] = q.max_referenced
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def status(cfg: Config, project_id: str) -> ProjectStatus:
@@ -256,9 +314,23 @@ def status(cfg: Config, project_id: str) -> ProjectStatus:
     info = _container_state(cfg, pid) if proc.have("podman") else None
     cstate = ((info or {}).get("State") or {}).get("Status") if info else None
     state = row["state"] if row else "unregistered"
+    cst = (info or {}).get("State") or {}
+    exit_code = cst.get("ExitCode") if info and not _is_running(info) else None
+    kills = cgroups.oom_kills(cst["Pid"]) if _is_running(info) and cst.get("Pid") else None
+    limits = _limits_in_force(cfg, pid, info)
+    # podman's OOMKilled is unreliable on hybrid cgroups; a SIGKILL (137) under a memory limit is the kernel's
+    oom = bool(cst.get("OOMKilled")) or bool(kills) or (exit_code == 137 and "memory" in limits) \
+        or (info is not None and (_monitor_dir(cfg, pid) / "oom").exists())
     if state == "running" and not _is_running(info):
-        state = "crashed"  # sqlite says running but the container is gone or exited
+        state = "crashed (out of memory)" if oom else "crashed"  # sqlite says running but the container is not
     return ProjectStatus(pid, state, container_name(pid), cstate, (info or {}).get("Id"),
                          row["image"] if row else None, overlay.current_image(cfg, pid), overlay.is_mounted(cfg, pid),
                          str(layout.project_root_mount(cfg, pid)), row["http_port"] if row else None,
-                         row["ssh_port"] if row else None)
+                         row["ssh_port"] if row else None, limits, exit_code, kills, oom)
+
+
+def managed_containers(cfg: Config) -> list[str]:
+    """Project ids of every container (running or not) this host's podman storage has labelled as ours."""
+    res = proc.run(podman.ps_labelled(rootfs.podman_storage(cfg), f"{LABEL_PREFIX}.managed-by=cocalc-ctl",
+                                      f"{LABEL_PREFIX}.project_id"), mutates=False, check=False)
+    return [p for p in res.stdout.split() if ids.is_uuid(p)] if res.returncode == 0 else []

@@ -11,7 +11,7 @@ from pathlib import Path
 from cocalc_ctl import layout, proc
 from cocalc_ctl.actions import isolation
 from cocalc_ctl.config import Config, parse_size
-from cocalc_ctl.errors import OperationFailed, PreconditionFailed
+from cocalc_ctl.errors import Busy, OperationFailed, PreconditionFailed
 from cocalc_ctl.ids import is_uuid
 from cocalc_ctl.state import host_db
 from cocalc_ctl.tools import btrfs, mounts
@@ -189,6 +189,45 @@ class TeardownResult:
     image_deleted: bool
 
 
+def _running_projects(cfg: Config) -> list[str]:
+    """Projects host sqlite records as running (or on the way), plus any container of ours podman has."""
+    found: list[str] = []
+    if host_db.db_path(cfg.data_dir).exists():
+        with host_db.connect(cfg.data_dir) as conn:
+            found += [r["project_id"] for r in host_db.list_projects(conn)
+                      if r["state"] in ("running", "starting", "stopping")]
+    if proc.have("podman"):
+        from cocalc_ctl.actions import containers
+
+        found += [pid for pid in containers.managed_containers(cfg) if pid not in found]
+    return found
+
+
+def pool_users(cfg: Config) -> list[str]:
+    """Mounts that hold the pool: anything mounted below it, and any mount whose options name a path in
+    it (an overlay root's upper dir lives in its project) or whose mount point is a project root."""
+    root = os.path.realpath(cfg.btrfs_root).rstrip("/") + "/"
+    roots = os.path.realpath(cfg.data_dir / "project-roots").rstrip("/") + "/"
+    return [m.mountpoint for m in mounts.mounts()
+            if m.mountpoint.startswith(root) or m.mountpoint.startswith(roots) or f"={root}" in m.options
+            or f":{root}" in m.options]
+
+
+def refuse_if_pool_in_use(cfg: Config) -> None:
+    """`host teardown` must not pull the pool from under a project: its container (in its own mount
+    namespace, where our unmount does not reach) and overlay root would keep the loop device."""
+    running = _running_projects(cfg)
+    if running:
+        more = f" and {len(running) - 1} more" if len(running) > 1 else ""
+        raise Busy(f"project {running[0]}{more} is running on this pool; refusing to tear it down",
+                   hint="stop every project first (`cocalc-ctl project stop PROJECT`)")
+    users = pool_users(cfg)
+    if users:
+        more = f" and {len(users) - 1} more" if len(users) > 1 else ""
+        raise Busy(f"{users[0]}{more} is mounted on or from the pool; refusing to tear it down",
+                   hint="stop the projects or unmount it first (`cocalc-ctl rootfs umount PROJECT`)")
+
+
 def teardown(cfg: Config, *, delete_image: bool = False) -> TeardownResult:
     record = _pool_record(cfg)
     root = str(cfg.btrfs_root)
@@ -200,9 +239,7 @@ def teardown(cfg: Config, *, delete_image: bool = False) -> TeardownResult:
     if m is not None:
         if m.fstype != "btrfs":
             raise PreconditionFailed(f"{root} is mounted with {m.fstype}, not the pool", hint="unmount it first")
-        busy = [x.mountpoint for x in mounts.mounts() if x.mountpoint.startswith(root.rstrip("/") + "/")]
-        if busy:
-            raise PreconditionFailed(f"mounts below the pool are still active: {busy[0]}", hint="unmount them first")
+        refuse_if_pool_in_use(cfg)
         proc.run(mounts.umount(root))
         unmounted = True
     detached = None

@@ -8,13 +8,10 @@ own upper (switching images leaves the old one intact). The merged root is mount
 
 from __future__ import annotations
 
-import os
-import shutil
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from cocalc_ctl import layout, proc
+from cocalc_ctl import layout, proc, safepath
 from cocalc_ctl.actions import isolation, rootfs
 from cocalc_ctl.actions.projects import _existing
 from cocalc_ctl.config import Config
@@ -38,54 +35,32 @@ def work_dir(cfg: Config, pid: str, key: str) -> Path:
 
 
 def current_image(cfg: Config, pid: str) -> str | None:
-    try:
-        fd = os.open(overlay_dir(cfg, pid) / CURRENT_IMAGE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        return os.read(fd, 1024).decode("utf-8", "replace").strip() or None
-    finally:
-        os.close(fd)
+    data = safepath.read_file(layout.project_subvolume(cfg, pid), (*OVERLAY_DIR.split("/"), CURRENT_IMAGE),
+                              limit=4096)
+    return (data or b"").decode("utf-8", "replace").strip() or None
 
 
 def _real_dir(base: Path, rel: str, owner: "isolation.IdRange | None" = None) -> Path:
     """`base/rel` as a chain of real directories, creating what is missing.
 
     The project tree belongs to its user, who could plant a symlink (`.local -> /etc`) to make us
-    create, empty or mount directories outside the project: every component is checked with lstat
-    and a symlink or non-directory anywhere is refused. Only called while the project is stopped,
-    so nothing of the user's runs to swap a component afterwards.
+    create, empty or mount directories outside the project: every component is made and opened by
+    dir fd with O_NOFOLLOW (safepath), a symlink or non-directory anywhere is refused. The path
+    returned is for the overlay mount options; only called while the project is stopped.
     """
-    path = base
-    for part in Path(rel).parts:
-        path = path / part
-        try:
-            os.mkdir(path, 0o755)
-            isolation.chown_new_dir(path, owner)
-        except FileExistsError:
+    try:
+        with safepath.open_dir(base, Path(rel).parts, create=True,
+                               owner=(owner.base, owner.base) if owner is not None and not proc.DRY_RUN else None):
             pass
-        st = os.lstat(path)
-        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-            raise PreconditionFailed(f"{path} inside the project is a symlink or not a directory; refusing to use it",
-                                     hint="remove or rename it (it must be a plain directory)")
+    except safepath.UnsafePath as exc:
+        raise PreconditionFailed(exc.message, hint=exc.hint) from None
+    path = base / rel
     return path
 
 
 def _write_current_image(cfg: Config, pid: str, ref: str, owner: "isolation.IdRange | None" = None) -> None:
-    d = overlay_dir(cfg, pid)
-    tmp = d / (CURRENT_IMAGE + ".tmp")
-    try:
-        os.unlink(tmp)  # never follows a planted symlink
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        if owner is not None:
-            os.fchown(fd, owner.base, owner.base)
-        os.write(fd, (ref + "\n").encode())
-    finally:
-        os.close(fd)
-    os.rename(tmp, d / CURRENT_IMAGE)
+    safepath.write_file(layout.project_subvolume(cfg, pid), (*OVERLAY_DIR.split("/"), CURRENT_IMAGE),
+                        (ref + "\n").encode(), owner=(owner.base, owner.base) if owner is not None else None)
 
 
 def mounted_lower(cfg: Config, pid: str) -> str | None:
@@ -157,11 +132,7 @@ def mount(cfg: Config, project_id: str, *, image: str | None = None, remount: bo
     project = layout.project_subvolume(cfg, pid)
     image_dir = _real_dir(project, f"{OVERLAY_DIR}/{ref.key}", rng)
     # overlayfs needs an empty workdir; a crash can leave `work/work` behind.
-    work_entry = image_dir / "work"
-    if os.path.islink(work_entry) or (os.path.lexists(work_entry) and not work_entry.is_dir()):
-        os.unlink(work_entry)
-    elif work_entry.exists():
-        shutil.rmtree(work_entry)  # fd-based walk: never follows symlinks inside
+    safepath.rmtree(project, (*OVERLAY_DIR.split("/"), *ref.key.split("/"), "work"))  # by fd, no symlink followed
     _real_dir(image_dir, "upper", rng)
     _real_dir(image_dir, "work", rng)
     if rng is not None:

@@ -14,7 +14,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from cocalc_ctl import ids, proc
-from cocalc_ctl.actions import rootfs
+from cocalc_ctl.actions import quota, rootfs
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import Busy, InvalidInput, NotFound, PreconditionFailed
 from cocalc_ctl.state import hub_db
@@ -34,6 +34,7 @@ class Placement:
     move_state: str | None  # the last move's state, None if never moved
     move_in_progress: bool  # a move runs or its clean-up has not finished
     last_backup: dt.datetime | None
+    run_quota: dict | None = None  # the project's own run quota (quota.RunQuota fields); None = host defaults
 
 
 @dataclass
@@ -47,7 +48,7 @@ class PlacementChange:
 SELECT_SQL = """SELECT p.project_id::text, p.host_id::text, h.name, h.status, h.internal_url, p.rootfs_image,
                        p.compute_image, m.state, (m.project_id IS NOT NULL AND (m.state = ANY(%(active)s)
                                                                               OR m.cleaned_at IS NULL)),
-                       p.last_backup
+                       p.last_backup, p.run_quota
                   FROM projects p
                   LEFT JOIN project_hosts h ON h.id = p.host_id
                   LEFT JOIN project_moves m ON m.project_id = p.project_id"""
@@ -137,9 +138,29 @@ def _refuse_if_moving(p: Placement, force: bool, what: str) -> None:
                    hint=f"{move_hint(p.move_state or '', not active)}; or pass --force")
 
 
-def add(cfg: Config, project_id: str, host: str, image: str | None = None) -> PlacementChange:
+def _quota_json(q: "quota.RunQuota | None") -> str | None:
+    import json
+
+    return json.dumps(q.as_dict(), sort_keys=True) if q is not None and q.as_dict() else None
+
+
+def _set_quota(conn, pid: str, q: "quota.RunQuota | None", changed: list[str]) -> None:
+    """Merge the given quota fields into the row's run_quota (fields not given keep their value)."""
+    data = _quota_json(q)
+    if data is None:
+        return
+    res = conn.execute("UPDATE projects SET run_quota = COALESCE(run_quota, '{}'::jsonb) || %s::jsonb "
+                       "WHERE project_id = %s AND run_quota IS DISTINCT FROM "
+                       "COALESCE(run_quota, '{}'::jsonb) || %s::jsonb", (data, pid, data))
+    if res.rowcount:
+        changed.append("run_quota")
+
+
+def add(cfg: Config, project_id: str, host: str, image: str | None = None, *,
+        run_quota: "quota.RunQuota | None" = None) -> PlacementChange:
     """Record a project on HOST. An existing row without a host is placed; a row already on HOST
-    (with the same image, if one is given) is left unchanged; a row on another host is refused."""
+    (with the same image, if one is given) is left unchanged; a row on another host is refused.
+    A run quota given is merged into the row's (the shape is checked here, the host applies it)."""
     pid = ids.project_id(project_id)
     host = host_ref(host)
     img = image_ref(image) if image is not None else None
@@ -154,8 +175,9 @@ def add(cfg: Config, project_id: str, host: str, image: str | None = None) -> Pl
                 "INSERT INTO projects (project_id, host_id, rootfs_image) VALUES (%s, %s, %s) "
                 "ON CONFLICT (project_id) DO NOTHING RETURNING project_id", (pid, h[0], img)).fetchone()
             if inserted:
-                return PlacementChange(pid, "added", ["host_id"] + (["rootfs_image"] if img else []),
-                                       _fetch(conn, pid))
+                changed = ["host_id"] + (["rootfs_image"] if img else [])
+                _set_quota(conn, pid, run_quota, changed)
+                return PlacementChange(pid, "added", changed, _fetch(conn, pid))
             cur = _fetch(conn, pid, lock=True)
             if cur.host_id is not None and cur.host_id != h[0]:
                 raise PreconditionFailed(
@@ -168,6 +190,7 @@ def add(cfg: Config, project_id: str, host: str, image: str | None = None) -> Pl
                                              f"{cur.rootfs_image or '(host default)'}",
                                              hint="change the image with `hub project set --image`")
                 changed.append("rootfs_image")
+            _set_quota(conn, pid, run_quota, changed)
             if not changed:
                 return PlacementChange(pid, "unchanged", [], cur)
             conn.execute("UPDATE projects SET host_id = %s, rootfs_image = CASE WHEN %s THEN %s ELSE rootfs_image END "
@@ -176,16 +199,18 @@ def add(cfg: Config, project_id: str, host: str, image: str | None = None) -> Pl
 
 
 def set_placement(cfg: Config, project_id: str, *, host: str | None = None, image: str | None = None,
-                  force: bool = False) -> PlacementChange:
-    """Change the recorded host and/or image of an existing project (the data is not moved)."""
+                  force: bool = False, run_quota: "quota.RunQuota | None" = None) -> PlacementChange:
+    """Change the recorded host, image and/or run quota of an existing project (the data is not moved)."""
     pid = ids.project_id(project_id)
-    if host is None and image is None:
-        raise InvalidInput("nothing to change", hint="give --host HOST and/or --image IMAGE")
+    if host is None and image is None and _quota_json(run_quota) is None:
+        raise InvalidInput("nothing to change",
+                           hint="give --host HOST, --image IMAGE and/or a run quota (--memory, --pids, ...)")
     if host is not None:
         host = host_ref(host)
     img = image_ref(image) if image is not None else None
     sets = ([f"host_id = <host {host}>"] if host is not None else []) + \
-           ([f"rootfs_image = {img or 'NULL'}"] if image is not None else [])
+           ([f"rootfs_image = {img or 'NULL'}"] if image is not None else []) + \
+           ([f"run_quota = run_quota || {_quota_json(run_quota)}"] if _quota_json(run_quota) else [])
     if proc.plan_only(f"# UPDATE hub projects SET {', '.join(sets)} WHERE project_id = {pid}"):
         return PlacementChange(pid, "updated", (["host_id"] if host is not None else [])
                                + (["rootfs_image"] if image is not None else []))
@@ -205,6 +230,7 @@ def set_placement(cfg: Config, project_id: str, *, host: str | None = None, imag
                     changed.append("host_id")
             if image is not None and img != cur.rootfs_image:
                 changed.append("rootfs_image")
+            _set_quota(conn, pid, run_quota, changed)
             if not changed:
                 return PlacementChange(pid, "unchanged", [], cur)
             conn.execute("UPDATE projects SET host_id = %s, rootfs_image = CASE WHEN %s THEN %s ELSE rootfs_image END "

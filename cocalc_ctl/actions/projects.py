@@ -19,6 +19,9 @@ from cocalc_ctl.state import host_db
 from cocalc_ctl.tools import btrfs, mounts
 
 
+DELETING = "_deleting"  # top-level pool dir: projects being taken apart by `project delete`
+
+
 class AlreadyExists(OperationFailed):
     pass
 
@@ -153,9 +156,56 @@ class DeleteResult:
     deleted: bool
 
 
+def deleting_dir(cfg: Config, pid: str):
+    """Where `project delete` moves a project before taking it apart (so it vanishes in one rename)."""
+    return cfg.btrfs_root / DELETING / f"project-{pid}"
+
+
+def _nested_subvolumes(path) -> list[str]:
+    """Paths of every subvolume below `path` (at any depth), deepest first."""
+    out: list[str] = []
+    marker = f"{path.name}/"
+    for sub in btrfs.list_below(str(path)):
+        child = path / sub.path.split(marker, 1)[-1]
+        out += _nested_subvolumes(child) + [str(child)]
+    return out
+
+
+def _lift_limits(paths: list[str]) -> None:
+    """Remove the qgroup limits of `paths`: btrfs needs room in a subvolume's qgroup to delete it, so a
+    project (or a snapshot, which inherits its limit) that filled its quota would refuse to go."""
+    for p in paths:
+        proc.run(btrfs.qgroup_limit("none", p), check=False)  # quotas off: nothing to lift
+
+
+def _take_apart(cfg: Config, pid: str) -> None:
+    trash = deleting_dir(cfg, pid)
+    if proc.DRY_RUN:
+        proc.plan_only(f"btrfs subvolume delete <every subvolume below {trash}, deepest first> {trash}")
+        return
+    nested = _nested_subvolumes(trash)
+    _lift_limits(nested + [str(trash)])
+    for sub in nested:
+        proc.run(btrfs.subvolume_delete(sub))
+    proc.run(btrfs.subvolume_delete(str(trash)))
+    try:
+        os.rmdir(trash.parent)
+    except OSError:
+        pass  # another delete is under way, or it was never there
+
+
 def delete(cfg: Config, project_id: str, *, force: bool = False) -> DeleteResult:
-    pid = _existing(cfg, project_id)
+    """All or nothing as far as btrfs allows: every check first, then the project's qgroup limit is
+    lifted and the subvolume renamed aside in one step (from then on the project is gone), then taken
+    apart. A failure before the rename restores the limit and leaves the project as it was; a failure
+    after it is finished by the next `project delete` of the same id."""
+    pid = ids.project_id(project_id)
+    require_pool(cfg)
     path = layout.project_subvolume(cfg, pid)
+    if not path.is_dir() and os.path.isdir(deleting_dir(cfg, pid)):
+        _take_apart(cfg, pid)  # the rest of an interrupted delete
+        return DeleteResult(pid, [], True)
+    pid = _existing(cfg, pid)
     names, locked = snapshot_names(cfg, pid)
     if locked and not force:
         raise Busy(f"project {pid} has locked snapshots: {', '.join(locked)}",
@@ -172,28 +222,36 @@ def delete(cfg: Config, project_id: str, *, force: bool = False) -> DeleteResult
         from cocalc_ctl.actions import containers
 
         containers.stop(cfg, pid)
-    snaps = layout.snapshots_dir(cfg, pid)
-    for name in names:  # snapshots first: a failure leaves the project itself intact
-        proc.run(btrfs.subvolume_delete(str(snaps / name)))
-    if snaps.is_dir():
-        for lock in snaps.glob(".*.lock"):
-            if not proc.plan_only(f"rm -f {lock}"):
-                lock.unlink(missing_ok=True)
-        proc.run(btrfs.subvolume_delete(str(snaps)))
-    # Any other nested subvolume (e.g. made by a user) would block the delete; remove them too.
-    if not proc.DRY_RUN:
-        for sub in sorted(btrfs.list_below(str(path)), key=lambda s: -len(s.path)):
-            rel = sub.path.split(f"project-{pid}/", 1)[-1]
-            proc.run(btrfs.subvolume_delete(str(path / rel)))
-    proc.run(btrfs.subvolume_delete(str(path)))
-    persist = layout.persist_dir(cfg, pid)
-    if persist.exists() and not proc.plan_only(f"rm -rf {persist}"):
-        shutil.rmtree(persist)
-    if not proc.plan_only(f"# remove project {pid} from {host_db.db_path(cfg.data_dir)}"):
-        if host_db.db_path(cfg.data_dir).exists():
-            with host_db.connect(cfg.data_dir) as conn:
-                host_db.delete_project(conn, pid)
-                from cocalc_ctl.actions import isolation
+    trash = deleting_dir(cfg, pid)
+    if proc.plan_only(f"btrfs qgroup limit none {path}; mv {path} {trash}"):
+        _take_apart(cfg, pid)
+        proc.plan_only(f"rm -rf {layout.persist_dir(cfg, pid)}; # remove project {pid} from host sqlite")
+        return DeleteResult(pid, names, True)
+    sub = btrfs.show(str(path))
+    limit = (btrfs.qgroups(str(path)).get(f"0/{sub.subvolume_id}") or None)
+    _lift_limits([str(path)])
+    try:
+        trash.parent.mkdir(mode=0o700, exist_ok=True)
+        if os.path.lexists(trash):
+            raise OperationFailed(f"{trash} is in the way of deleting project {pid}",
+                                  hint="remove it (an earlier delete of this project left it)")
+        os.rename(path, trash)
+    except BaseException:
+        if limit is not None and limit.max_referenced:
+            proc.run(btrfs.qgroup_limit(limit.max_referenced, str(path)), check=False)
+        raise
+    if host_db.db_path(cfg.data_dir).exists():
+        with host_db.connect(cfg.data_dir) as conn:
+            host_db.delete_project(conn, pid)
+            from cocalc_ctl.actions import isolation
 
-                isolation.release(conn, pid)  # its uid range is free again only now
+            isolation.release(conn, pid)  # its uid range is free again only now
+    persist = layout.persist_dir(cfg, pid)
+    if persist.exists():
+        shutil.rmtree(persist)
+    try:
+        _take_apart(cfg, pid)
+    except OperationFailed as exc:
+        raise OperationFailed(f"project {pid} is deleted but not all of its subvolumes are gone yet: {exc.message}",
+                              hint=f"run `cocalc-ctl project delete {pid}` again to finish") from None
     return DeleteResult(pid, names, True)

@@ -24,7 +24,7 @@ import uuid as uuid_mod
 from dataclasses import dataclass
 from pathlib import Path
 
-from cocalc_ctl import ids, layout, locks, output, proc
+from cocalc_ctl import ids, layout, locks, output, proc, safepath
 from cocalc_ctl.actions import backup_repo, backups
 from cocalc_ctl.actions.pool import require_pool
 from cocalc_ctl.config import Config
@@ -247,17 +247,19 @@ def _recover_path_restores(cfg: Config, pid: str) -> list[str]:
     for e in os.scandir(live):
         if not e.name.startswith(PATH_TMP_PREFIX):
             continue
-        tmp = Path(e.path)
         if not e.is_dir(follow_symlinks=False):
             continue  # ours are directories; anything else here was made by someone else
         try:
-            rel = _clean_rel_path(os.fsdecode((tmp / ".target").read_bytes()))
-            parent = _safe_parent(live, rel, create=False)
+            rel = _clean_rel_path(os.fsdecode(safepath.read_file(live, (e.name, ".target"), limit=4096) or b""))
         except (OSError, InvalidInput, OperationFailed):
             rel = None
-        if rel and parent.is_dir() and os.path.lexists(tmp / ".old") and not os.path.lexists(live / rel):
-            _rename(tmp / ".old", live / rel)  # crashed between the two renames: put the old back
-        _rmtree(tmp)
+        parts = tuple(rel.split("/")) if rel else ()
+        if parts and safepath.lexists(live, (e.name, ".old")) and not safepath.lexists(live, parts):
+            try:  # crashed between the two renames: put the old back
+                _move_between(live, (e.name, ".old"), live, parts)
+            except (OSError, safepath.UnsafePath):
+                pass
+        safepath.rmtree(live, (e.name,))
         done.append(f"removed an unfinished path restore {e.name}")
     return done
 
@@ -441,6 +443,15 @@ def _carry_quota(cfg: Config, pid: str, staging: Path, quota: int | None = None)
         proc.run(btrfs.qgroup_limit(limit, str(staging)))
 
 
+def _move_between(src_root: Path, src: tuple[str, ...], dst_root: Path, dst: tuple[str, ...], *,
+                  create: bool = False) -> None:
+    """rename src_root/src… to dst_root/dst… by directory fds (safepath): a project's users own the
+    live tree, so a symlinked component must not send root's rename outside the project."""
+    with safepath.open_dir(src_root, src[:-1]) as sfd, \
+            safepath.open_dir(dst_root, dst[:-1], create=create) as dfd:
+        os.rename(src[-1], dst[-1], src_dir_fd=sfd, dst_dir_fd=dfd)
+
+
 def _safe_parent(live: Path, rel: str, *, create: bool) -> Path:
     """The directory that will hold `rel` inside the live project, reached without following a
     symlink (a project's users own its tree: a symlinked component must not send root's rename
@@ -510,15 +521,25 @@ def _restore_path(cfg: Config, eng, pid: str, snap_id: str, rel: str) -> None:
         if not os.path.lexists(got):
             raise NotFound(f"path {ids._show(rel)} is not in backup {snap_id[:8]}",
                            hint="list the backup's files with the engine's `ls` command")
-        dest = _safe_parent(live, rel, create=True) / rel.rsplit("/", 1)[-1]
-        if os.path.lexists(dest):
-            os.rename(dest, held / ".old")
-        try:
-            os.rename(got, dest)
-        except OSError:
-            if os.path.lexists(held / ".old"):
-                os.rename(held / ".old", dest)
-            raise
+        parts = tuple(rel.split("/"))
+        with safepath.open_dir(live, parts[:-1], create=True) as dfd:  # by fd: no symlink of the project followed
+            name = parts[-1]
+            try:
+                os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                had_old = True
+            except FileNotFoundError:
+                had_old = False
+            if had_old:
+                os.rename(name, ".old", src_dir_fd=dfd, dst_dir_fd=tfd)
+            try:
+                os.rename(rel, name, src_dir_fd=tfd, dst_dir_fd=dfd)
+            except OSError:
+                if had_old:
+                    os.rename(".old", name, src_dir_fd=tfd, dst_dir_fd=dfd)
+                raise
+    except safepath.UnsafePath as exc:
+        raise OperationFailed(f"cannot restore {ids._show(rel)}: {exc.message}",
+                              hint="move it aside in the live project, or restore the whole project") from None
     except OSError as exc:
         raise OperationFailed(f"path restore into project {pid} failed: {exc.strerror or exc}") from None
     finally:

@@ -143,6 +143,74 @@ def _registry_ref(raw: str, text: str) -> ImageRef:
     return ImageRef(ref=ref, key=ref, transport="docker")
 
 
+# -- the allow-list (where image references enter a host) -------------------------------------
+
+_LOOPBACK_NAMES = ("localhost",)
+
+
+def _registry_host(domain: str) -> str:
+    """`host[:port]` without the port, lowercase."""
+    if domain.startswith("["):
+        return domain.split("]", 1)[0] + "]"
+    return domain.rsplit(":", 1)[0] if ":" in domain else domain
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def check_source(cfg: Config, ref: ImageRef) -> ImageRef:
+    """Refuse an image source this host's config does not allow (SPEC §4: an image reference must not
+    make a host read its own files or reach an arbitrary network address). Pure apart from realpath.
+
+    Local sources (dir:, oci-archive:, docker-archive:) must resolve, symlinks followed, under one of
+    `rootfs.local_roots` and never into secrets_dir, data_dir or the pool. Registry references must
+    name docker.io or a registry listed in `rootfs.registries`, compared as the exact host[:port]
+    (`registry.example` does not allow `registry.example:5000`; loopback registries only when listed)."""
+    if ref.transport == "docker":
+        domain = ref.ref.split("/", 1)[0]
+        if domain in {r.lower() for r in cfg["rootfs.registries"]} | {DOCKER_HUB}:
+            return ref
+        what = "loopback registry" if _is_loopback(_registry_host(domain)) else "registry"
+        raise PreconditionFailed(f"image {ref.ref}: {what} {domain} is not allowed on this host",
+                                 hint=f"add {domain} to rootfs.registries in the host's config if it should be")
+    roots = [os.path.realpath(r) for r in cfg["rootfs.local_roots"]]
+    if not roots:
+        raise PreconditionFailed(f"image {ref.ref}: local image sources are not allowed on this host",
+                                 hint="list the directories they may come from in rootfs.local_roots")
+    real = os.path.realpath(ref.path)
+    forbidden = {"secrets_dir": cfg.secrets_dir, "data_dir": cfg.data_dir, "btrfs_root": cfg.btrfs_root}
+    for relation, test in (("lies in", lambda w: _inside(real, w)), ("contains", lambda w: _inside(w, real))):
+        for setting, where in forbidden.items():
+            where_real = os.path.realpath(where)
+            if test(where_real):
+                raise PreconditionFailed(f"image {ref.ref}: {real} {relation} {setting} ({where_real}); "
+                                         "refusing to use it as an image",
+                                         hint="keep image sources outside cocalc-ctl's directories")
+    if not any(_inside(real, root) for root in roots):
+        shown = real if real == ref.path else f"{ref.path} (resolves to {real})"
+        raise PreconditionFailed(f"image {ref.ref}: {shown} is not under rootfs.local_roots",
+                                 hint="move it under one of " + ", ".join(roots) + " or add its directory to "
+                                      "rootfs.local_roots")
+    return ImageRef(ref.ref, ref.key, ref.transport, real)
+
+
+def allowed(cfg: Config, raw: object) -> ImageRef:
+    """normalise + check_source: every host-side entry point of an image reference goes through here."""
+    return check_source(cfg, normalize(raw, cfg["rootfs.default_image"]))
+
+
 # -- cache paths ------------------------------------------------------------------------------
 
 def entry_path(cfg: Config, key: str) -> Path:
@@ -223,7 +291,7 @@ def resolve(cfg: Config, project_id: str, *, image: str | None = None, store: bo
     pid = ids.project_id(project_id)
     default = cfg["rootfs.default_image"]
     if image is not None:
-        ref, source, raw = normalize(image, default), "option", image  # refused before any I/O
+        ref, source, raw = allowed(cfg, image), "option", image  # refused before any I/O
         _existing(cfg, pid)
     else:
         _existing(cfg, pid)
@@ -243,12 +311,12 @@ def resolve(cfg: Config, project_id: str, *, image: str | None = None, store: bo
                 output.warn(f"{exc.message}; using the image recorded on this host")
         if hub_ok:
             raw = hub_raw
-            ref, source = normalize(raw, default), "hub" if (raw or "").strip() else "default"
+            ref, source = allowed(cfg, raw), "hub" if (raw or "").strip() else "default"
         elif row is not None and row["image"]:
             raw = row["image"]
-            ref, source = normalize(raw, default), "host"
+            ref, source = allowed(cfg, raw), "host"
         else:
-            raw, ref, source = None, normalize_default(default), "default"
+            raw, ref, source = None, check_source(cfg, normalize_default(default)), "default"
     if store and not proc.plan_only(f"# record image {ref.ref} for project {pid} in host sqlite"):
         with host_db.connect(cfg.data_dir) as conn:
             host_db.upsert_project(conn, pid, image=ref.ref)
@@ -301,7 +369,7 @@ def _progress(msg: str) -> None:
 
 
 def pull(cfg: Config, image: str, *, force: bool = False, keep: bool | None = None) -> PullResult:
-    ref = normalize(image, cfg["rootfs.default_image"])
+    ref = allowed(cfg, image)
     keep = cfg["rootfs.keep_podman_copy"] if keep is None else keep
     if ref.transport == "dir" and not os.path.isdir(ref.path):
         raise NotFound(f"rootfs directory {ref.path} does not exist")

@@ -12,7 +12,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from cocalc_ctl import ids, layout, locks, proc
+from cocalc_ctl import ids, layout, locks, proc, safepath
 from cocalc_ctl.actions import retention
 from cocalc_ctl.actions.projects import _existing, snapshot_names
 from cocalc_ctl.config import Config
@@ -61,6 +61,7 @@ def create(cfg: Config, project_id: str, name: str | None = None, *, now: dt.dat
     if os.path.lexists(dest):
         raise OperationFailed(f"snapshot {name} of project {pid} already exists",
                               hint="choose another name, or wait a second for a new timestamp")
+    _require_plain_snapshots_dir(cfg, pid)
     proc.run(btrfs.snapshot(str(layout.project_subvolume(cfg, pid)), str(dest), readonly=True))
     made = SnapshotInfo(name, str(dest), retention.timestamp_name(now or _now()), None, None, None, False)
     if proc.DRY_RUN or not dest.is_dir():
@@ -114,14 +115,27 @@ def _existing_snapshot(cfg: Config, project_id: str, name: str) -> tuple[str, st
     return pid, name
 
 
+def _require_plain_snapshots_dir(cfg: Config, pid: str) -> None:
+    """Refuse to run btrfs on a `.snapshots` entry when the project has made `.snapshots` a symlink (btrfs
+    takes paths: it would create or delete a subvolume wherever the link points). btrfs-progs resolves
+    the path again itself, so a swap in the instant between this check and its open is not covered."""
+    with safepath.open_dir(layout.project_subvolume(cfg, pid), (layout.SNAPSHOTS,)):
+        pass
+
+
+def _lock_parts(name: str) -> tuple[str, str]:
+    return (layout.SNAPSHOTS, layout.snapshot_lock_file_name(name))
+
+
 def is_locked(cfg: Config, pid: str, name: str) -> bool:
-    return layout.snapshot_lock_file(cfg, pid, name).exists()
+    return safepath.lexists(layout.project_subvolume(cfg, pid), _lock_parts(name))
 
 
 def delete(cfg: Config, project_id: str, name: str) -> str:
     pid, name = _existing_snapshot(cfg, project_id, name)
     if is_locked(cfg, pid, name):
         raise Busy(f"snapshot {name} is locked", hint=f"unlock it first: cocalc-ctl snapshot unlock {pid} {name}")
+    _require_plain_snapshots_dir(cfg, pid)
     proc.run(btrfs.subvolume_delete(str(layout.snapshot_path(cfg, pid, name))))
     return name
 
@@ -131,9 +145,8 @@ def lock(cfg: Config, project_id: str, name: str, *, reason: str = "") -> str:
     path = layout.snapshot_lock_file(cfg, pid, name)
     if not proc.plan_only(f"touch {path}"):
         text = f"locked_at={retention.timestamp_name(_now())}\n" + (f"reason={' '.join(reason.split())}\n" if reason else "")
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        # the project controls every name under .snapshots: write by dir fd, never by path
+        safepath.write_file(layout.project_subvolume(cfg, pid), _lock_parts(name), text.encode())
     return name
 
 
@@ -141,7 +154,7 @@ def unlock(cfg: Config, project_id: str, name: str) -> str:
     pid, name = _existing_snapshot(cfg, project_id, name)
     path = layout.snapshot_lock_file(cfg, pid, name)
     if not proc.plan_only(f"rm -f {path}"):
-        path.unlink(missing_ok=True)
+        safepath.unlink(layout.project_subvolume(cfg, pid), _lock_parts(name))
     return name
 
 
@@ -165,6 +178,7 @@ def prune(cfg: Config, project_id: str, policy: retention.Policy) -> PruneResult
         if is_locked(cfg, pid, d.name):
             result.kept.append(retention.Decision(d.name, True, ["locked"]))
             continue
+        _require_plain_snapshots_dir(cfg, pid)
         proc.run(btrfs.subvolume_delete(str(layout.snapshot_path(cfg, pid, d.name))))
         result.removed.append(d.name)
     return result

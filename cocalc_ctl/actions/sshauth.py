@@ -16,7 +16,6 @@ AuthorizedKeysCommand path imports it directly and must answer in a few tens of 
 
 from __future__ import annotations
 
-import errno
 import os
 import sqlite3
 import stat
@@ -25,7 +24,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from cocalc_ctl import ids, layout
+from cocalc_ctl import ids, layout, safepath
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import NotFound, PreconditionFailed
 from cocalc_ctl.tools import ssh
@@ -80,37 +79,8 @@ def _log(msg: str) -> None:
 
 def read_file_below(root: Path | str, parts: tuple[str, ...], *, limit: int = MAX_KEYS_FILE,
                     log=_log) -> bytes | None:
-    """Read root/parts… without following any symlink the project owner may have planted; a
-    missing file is None silently, an unreadable, special or oversized one is None with a log line."""
-    fds = []
-    try:
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fds.append(fd)
-        for d in parts[:-1]:
-            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            fds.append(fd)
-        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
-        fds.append(fd)
-        st = os.fstat(fd)
-        rel = "/".join(parts)
-        if not stat.S_ISREG(st.st_mode):
-            log(f"skipping {root}/{rel}: not a regular file")
-            return None
-        if st.st_size > limit:
-            log(f"skipping {root}/{rel}: {st.st_size} bytes is more than {limit}")
-            return None
-        data = os.read(fd, limit + 1)
-        if len(data) > limit:
-            log(f"skipping {root}/{rel}: more than {limit} bytes")
-            return None
-        return data
-    except OSError as exc:
-        if exc.errno not in (errno.ENOENT,):
-            log(f"skipping {root}/{'/'.join(parts)}: {os.strerror(exc.errno or 0)}")
-        return None
-    finally:
-        for f in reversed(fds):
-            os.close(f)
+    """Read root/parts… without following any symlink the project owner may have planted (safepath)."""
+    return safepath.read_file(root, parts, limit=limit, log=log)
 
 
 def key_lines(text: str | bytes | None) -> list[str]:
@@ -360,43 +330,14 @@ def refresh_managed_keys(cfg: Config, project: str) -> RefreshResult:
     if proc.plan_only(f"# write {len(lines)} key(s) to {target} (0600, dirs 0700)"):
         return RefreshResult(pid, str(target), len(lines))
     st = os.stat(root)
-    uid, gid = st.st_uid, st.st_gid
+    owner = (st.st_uid, st.st_gid)
     data = ("\n".join(lines) + "\n").encode() if lines else b""
-    fds = []
+    dirs = MANAGED_KEYS[:-1]
     try:
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fds.append(fd)
-        for d in MANAGED_KEYS[:-1]:
-            try:
-                os.mkdir(d, 0o700, dir_fd=fd)
-                made = True
-            except FileExistsError:
-                made = False
-            try:
-                nfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            except OSError as exc:
-                raise PreconditionFailed(f"{root}/{d} is not a plain directory ({os.strerror(exc.errno or 0)})",
-                                         hint="remove the link or file there and rerun") from None
-            fds.append(nfd)
-            if made or d == ".cocalc":
-                os.fchown(nfd, uid, gid)
-                os.fchmod(nfd, 0o700)
-            fd = nfd
-        tmp = f".authorized_keys.{os.getpid()}.tmp"
-        try:
-            os.unlink(tmp, dir_fd=fd)
-        except FileNotFoundError:
-            pass
-        wfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
-        try:
-            os.fchmod(wfd, 0o600)
-            os.fchown(wfd, uid, gid)
-            os.write(wfd, data)
-            os.fsync(wfd)
-        finally:
-            os.close(wfd)
-        os.rename(tmp, MANAGED_KEYS[-1], src_dir_fd=fd, dst_dir_fd=fd)
-    finally:
-        for f in reversed(fds):
-            os.close(f)
+        with safepath.open_dir(root, dirs, create=True, mode=0o700, owner=owner) as fd:
+            os.fchown(fd, *owner)  # the managed dir is ours: keep it private whoever made it
+            os.fchmod(fd, 0o700)
+        safepath.write_file(root, MANAGED_KEYS, data, mode=0o600, owner=owner)
+    except safepath.UnsafePath as exc:
+        raise PreconditionFailed(exc.message, hint=exc.hint) from None
     return RefreshResult(pid, str(target), len(lines))

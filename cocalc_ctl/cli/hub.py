@@ -50,17 +50,39 @@ def _change_line(r) -> str:
             f" (changed: {', '.join(r.changed)})")
 
 
+def _opt(flag: str, help: str, metavar: str = "SIZE"):
+    return typer.Option(None, flag, metavar=metavar, help=help)
+
+
+MEMORY = _opt("--memory", "Run quota: memory of the project's container (e.g. 4G).")
+SWAP = _opt("--swap", "Run quota: swap on top of the memory (e.g. 1G; 0 = none).")
+PIDS = _opt("--pids", "Run quota: processes and threads (e.g. 4096).", "N")
+CPU_SHARES = _opt("--cpu-shares", "Run quota: relative CPU weight (1024 = normal).", "N")
+TMP = _opt("--tmp", "Run quota: size of the tmpfs at /tmp (e.g. 1G).")
+DISK = _opt("--disk", "Run quota: disk (the project subvolume's qgroup limit, e.g. 20G).")
+
+
+def _run_quota(memory, swap, pids, cpu_shares, tmp, disk):
+    from cocalc_ctl.actions import quota
+
+    return quota.parse(memory=memory, swap=swap, pids=pids, cpu_shares=cpu_shares, tmp=tmp, disk=disk)
+
+
 @project_app.command("add")
 def project_add(project: str = PROJECT,
                 host: str = typer.Option(..., "--host", metavar="HOST", help="Host uuid or registered name."),
-                image: Optional[str] = typer.Option(None, "--image", metavar="IMAGE", help=IMAGE_HELP)) -> None:
+                image: Optional[str] = typer.Option(None, "--image", metavar="IMAGE", help=IMAGE_HELP),
+                memory: Optional[str] = MEMORY, swap: Optional[str] = SWAP, pids: Optional[str] = PIDS,
+                cpu_shares: Optional[str] = CPU_SHARES, tmp: Optional[str] = TMP,
+                disk: Optional[str] = DISK) -> None:
     """Record a project on a host.
 
     Creates the hub row, or places an existing row that has no host yet; a project already on
     another host is refused (`set --host` corrects the record, `move start` moves the data)."""
     from cocalc_ctl.actions import placement
 
-    render(placement.add(config(), project, host, image), lambda r: done(_change_line(r)))
+    q = _run_quota(memory, swap, pids, cpu_shares, tmp, disk)
+    render(placement.add(config(), project, host, image, run_quota=q), lambda r: done(_change_line(r)))
 
 
 @project_app.command("set")
@@ -69,14 +91,18 @@ def project_set(project: str = PROJECT,
                                                    help="Host uuid or registered name (the data is not moved)."),
                 image: Optional[str] = typer.Option(None, "--image", metavar="IMAGE", help=IMAGE_HELP),
                 force: bool = typer.Option(False, "--force",
-                                           help="Change the host even while a move is in progress.")) -> None:
-    """Change a project's recorded host or image.
+                                           help="Change the host even while a move is in progress."),
+                memory: Optional[str] = MEMORY, swap: Optional[str] = SWAP, pids: Optional[str] = PIDS,
+                cpu_shares: Optional[str] = CPU_SHARES, tmp: Optional[str] = TMP,
+                disk: Optional[str] = DISK) -> None:
+    """Change a project's recorded host, image or run quota.
 
     Only the record changes (no data is moved: that is `move start`); hub proxies re-route at once.
     A host change is refused while a move of the project is in progress, unless --force."""
     from cocalc_ctl.actions import placement
 
-    result = placement.set_placement(config(), project, host=host, image=image, force=force)
+    q = _run_quota(memory, swap, pids, cpu_shares, tmp, disk)
+    result = placement.set_placement(config(), project, host=host, image=image, force=force, run_quota=q)
     render(result, lambda r: done(_change_line(r)))
 
 
@@ -92,7 +118,17 @@ def project_show(project: str = PROJECT) -> None:
         ("internal_url", p.internal_url or "-"), ("rootfs_image", p.rootfs_image or "-"),
         ("compute_image", p.compute_image or "-"),
         ("move", (p.move_state or "-") + (" (in progress)" if p.move_in_progress else "")),
-        ("last_backup", p.last_backup.isoformat(timespec="seconds") if p.last_backup else "-")]))
+        ("last_backup", p.last_backup.isoformat(timespec="seconds") if p.last_backup else "-"),
+        ("run_quota", _quota_line(p.run_quota))]))
+
+
+def _quota_line(q: dict | None) -> str:
+    from cocalc_ctl.output import human_bytes
+
+    if not q:
+        return "- (host defaults)"
+    return ", ".join(f"{k} {human_bytes(v) if k in ('memory', 'swap', 'tmp', 'disk') else v}"
+                     for k, v in sorted(q.items()))
 
 
 @project_app.command("list")

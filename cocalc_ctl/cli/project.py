@@ -104,4 +104,18 @@ def status(project: str = PROJECT) -> None:
     render(result, lambda s: output.kv([
         ("project", s.project_id), ("state", s.state), ("container", f"{s.container} ({s.container_state or 'none'})"),
         ("image", s.image), ("root", f"{s.root} ({'mounted' if s.root_mounted else 'not mounted'})"),
-        ("current image", s.current_image), ("http port", s.http_port), ("ssh port", s.ssh_port)]))
+        ("current image", s.current_image), ("http port", s.http_port), ("ssh port", s.ssh_port),
+        ("limits", _limits_line(s.limits)),
+        ("memory", ("out of memory: " + (f"{s.oom_kills} process(es) killed by the kernel" if s.oom_kills
+                                         else f"the container was killed (exit {s.exit_code})"))
+         if s.out_of_memory else "ok")]))
+
+
+def _limits_line(limits: dict) -> str:
+    from cocalc_ctl.output import human_bytes
+
+    if not limits:
+        return "none"
+    shown = [f"{k} {human_bytes(v) if k in ('memory', 'swap', 'tmp', 'disk') and isinstance(v, int) else v}"
+             for k, v in limits.items()]
+    return ", ".join(shown)

@@ -99,6 +99,10 @@ MIGRATIONS: list[str] = [
         finished_at TEXT
     )
     """,
+    # run quota: the project's own quota (JSON) as last read from the hub, for starts while it is down
+    """
+    ALTER TABLE projects ADD COLUMN run_quota TEXT
+    """,
 ]
 
 
@@ -177,7 +181,7 @@ def _has_sql(text: str) -> bool:
 
 # -- projects ---------------------------------------------------------------------------------
 
-PROJECT_FIELDS = ("image", "state", "http_port", "ssh_port", "authorized_keys")
+PROJECT_FIELDS = ("image", "state", "http_port", "ssh_port", "authorized_keys", "run_quota")
 
 
 def upsert_project(conn: sqlite3.Connection, project_id: str, **fields) -> None:

@@ -134,6 +134,10 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
            FOR EACH ROW EXECUTE FUNCTION cocalc_ctl_notify_hub_keys()""",
         """ALTER TABLE project_moves ADD COLUMN IF NOT EXISTS move_id uuid""",
     ]),
+    # run quotas: {"memory","swap","tmp","disk": bytes, "pids","cpu_shares": int}; absent key = host default
+    ("projects: run quota", [
+        """ALTER TABLE projects ADD COLUMN IF NOT EXISTS run_quota jsonb""",
+    ]),
 ]
 
 

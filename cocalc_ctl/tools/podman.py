@@ -95,6 +95,7 @@ class RunSpec:
     hostname: str | None = None
     init: bool = False
     isolation_args: list[str] = field(default_factory=list)  # from `isolation_args()`
+    quota_args: list[str] = field(default_factory=list)  # run quota flags (quota_args())
 
 
 def isolation_args(id_base: int, id_count: int, capabilities: list[str], mac: str | None,
@@ -141,10 +142,27 @@ def run(storage: Storage, spec: RunSpec) -> list[str]:
     if spec.hostname:
         args += ["--hostname", spec.hostname]
     args += spec.isolation_args
+    args += spec.quota_args
     # --rootfs: the merged overlay is the container's / (a `:O` suffix would mean something else,
     # so the caller guarantees the path has no colon).
     args += ["--rootfs", spec.rootfs, *spec.command]
     return podman(storage, *args)
+
+
+def quota_args(*, memory: int | None = None, swap: int | None = None, pids: int | None = None,
+               cpu_shares: int | None = None, tmp: int | None = None) -> list[str]:
+    """podman run flags of a run quota (bytes and counts; None = no flag). `--memory-swap` is podman's
+    memory+swap total; without swap it equals the memory (no swap), so memory is a hard limit."""
+    args: list[str] = []
+    if memory:
+        args += ["--memory", str(memory), "--memory-swap", str(memory + (swap or 0))]
+    if pids:
+        args += ["--pids-limit", str(pids)]
+    if cpu_shares:
+        args += ["--cpu-shares", str(cpu_shares)]
+    if tmp:
+        args += ["--tmpfs", f"/tmp:rw,nosuid,nodev,mode=1777,size={tmp}"]
+    return args
 
 
 def rm_container(storage: Storage, name: str, *, stop_timeout: int) -> list[str]:
@@ -153,6 +171,12 @@ def rm_container(storage: Storage, name: str, *, stop_timeout: int) -> list[str]
 
 def container_inspect(storage: Storage, name: str) -> list[str]:
     return podman(storage, "container", "inspect", "--format", "json", "--", name)
+
+
+def ps_labelled(storage: Storage, label: str, show_label: str) -> list[str]:
+    """Every container (running or not) with `label` (k=v); prints the value of `show_label`, one a line."""
+    return podman(storage, "ps", "--all", "--filter", f"label={label}",
+                  "--format", "{{index .Labels \"%s\"}}" % show_label)
 
 
 # -- parsers ----------------------------------------------------------------------------------

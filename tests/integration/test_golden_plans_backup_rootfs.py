@@ -75,6 +75,7 @@ def test_rootfs_pull_and_mount_plans(backed_up, workdir):
     tree = workdir / "tree"
     (tree / "bin").mkdir(parents=True)
     (tree / "bin" / "sh").write_text("#!/bin/true\n")
+    backed_up.write_config(**{"rootfs.local_roots": str(tree), "rootfs.registries": "localhost"})
     res = backed_up.cli("--dry-run", "rootfs", "pull", f"dir:{tree}")
     check_golden("plans/rootfs-pull-dir.txt", _norm(backed_up, res.stdout))
     res = backed_up.cli("--dry-run", "rootfs", "mount", PID, "--image", "localhost/busybox:1")

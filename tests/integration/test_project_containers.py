@@ -121,7 +121,7 @@ def test_failed_start_leaves_nothing_running_or_mounted(make_host, workdir, podm
 def test_resolve_reads_the_hub_and_records_the_normalised_image(make_host, hub_dsn):
     import psycopg
 
-    h = make_host("c", hub_dsn=hub_dsn)
+    h = make_host("c", hub_dsn=hub_dsn, **{"rootfs.registries": "registry.example:5000"})
     h.cli("hub", "migrate")
     a, b, c = (str(uuid.uuid4()) for _ in range(3))
     for pid in (a, b, c):

@@ -83,6 +83,7 @@ def test_pull_from_local_registry(rhost, workdir, podman_store, registry):  # no
     ref = f"{registry.address}/test/bb:1"
     podman_store.run("push", "--tls-verify=false", "localhost/bb:1", f"docker://{ref}")
     podman_store.run("rmi", "localhost/bb:1")
+    rhost.write_config(**{"rootfs.registries": registry.address})
     out = rhost.json("rootfs", "pull", ref)
     assert out["downloaded"] is True and out["image"] == ref
     entry = cache_entry(rhost, ref)
@@ -100,6 +101,7 @@ def test_concurrent_pulls_of_one_image_download_once(rhost, workdir, podman_stor
     ref = f"{registry.address}/test/bb:2"
     podman_store.run("push", "--tls-verify=false", "localhost/bb:2", f"docker://{ref}")
     podman_store.run("rmi", "localhost/bb:2")
+    rhost.write_config(**{"rootfs.registries": registry.address})
     fetches_before = registry.blob_fetches()
     procs = [subprocess.Popen([*CLI, "--json", "rootfs", "pull", ref], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=rhost.env, cwd=str(REPO)) for _ in range(2)]
@@ -120,6 +122,7 @@ def test_concurrent_pulls_of_one_image_download_once(rhost, workdir, podman_stor
 
 def test_failed_pulls_leave_no_cache_entry(rhost, registry):  # noqa: F811
     missing = f"{registry.address}/test/nothing:1"
+    rhost.write_config(**{"rootfs.registries": registry.address})
     res = rhost.cli("rootfs", "pull", missing, check=False)
     assert res.returncode == 1
     assert res.stderr.startswith("cocalc-ctl: error: pull of") and len(res.stderr.strip().splitlines()) == 1
@@ -183,6 +186,7 @@ def test_leftovers_of_an_interrupted_pull_are_never_used_and_are_cleaned(rhost, 
 def test_pull_of_a_local_podman_image_uses_it_and_keeps_it(rhost, workdir, podman_store):  # noqa: F811
     tree = busybox_tree(workdir / "tree", marker="local")
     iid = import_image(podman_store, tree, "localhost/bb:3", workdir)
+    rhost.write_config(**{"rootfs.registries": "localhost"})
     out = rhost.json("rootfs", "pull", "localhost/bb:3")
     assert out["downloaded"] is True and out["kept_podman_copy"] is True
     assert (cache_entry(rhost, "localhost/bb:3") / "etc" / "image").read_text() == "local\n"

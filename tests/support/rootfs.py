@@ -61,7 +61,9 @@ class PodmanStore:
     @property
     def config(self) -> dict:
         return {"podman.root": str(self.root), "podman.runroot": str(self.runroot),
-                "podman.tmpdir": str(self.tmpdir), "podman.runtime": "runc", "podman.tls_verify": False}
+                "podman.tmpdir": str(self.tmpdir), "podman.runtime": "runc", "podman.tls_verify": False,
+                # image trees and archives of a test live in its workdir (the store's grandparent)
+                "rootfs.local_roots": str(self.root.parent.parent)}
 
     def images(self) -> list[str]:
         return self.run("images", "-q", "--no-trunc").stdout.split()

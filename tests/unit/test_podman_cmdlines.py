@@ -71,3 +71,13 @@ def test_overlay_options_escape_colons_and_refuse_commas():
     with pytest.raises(ValueError):
         overlay.escape_path("/a,b")
     assert overlay.lowerdir_of("rw,lowerdir=/c/x\\:1,upperdir=/u,workdir=/w") == "/c/x\\:1"
+
+
+def test_run_quota_flags():
+    from cocalc_ctl.tools.podman import quota_args
+
+    assert quota_args() == []
+    assert quota_args(memory=32 << 20, pids=64, cpu_shares=512, tmp=8 << 20) == [
+        "--memory", str(32 << 20), "--memory-swap", str(32 << 20), "--pids-limit", "64", "--cpu-shares", "512",
+        "--tmpfs", f"/tmp:rw,nosuid,nodev,mode=1777,size={8 << 20}"]
+    assert quota_args(memory=1 << 30, swap=1 << 30)[:4] == ["--memory", str(1 << 30), "--memory-swap", str(2 << 30)]

@@ -134,3 +134,47 @@ def test_pull_of_a_hostile_reference_runs_nothing(monkeypatch, tmp_path):
         with pytest.raises(InvalidInput):
             rootfs.rm(cfg, raw)
     assert not (tmp_path / "data").exists()
+
+
+# -- the allow-list (rootfs.local_roots, rootfs.registries) -----------------------------------
+
+def _cfg(tmp_path, **values):
+    from cocalc_ctl import config
+
+    env = {"COCALC_CTL_DATA_DIR": str(tmp_path / "data"), "COCALC_CTL_BTRFS_ROOT": str(tmp_path / "pool")}
+    env.update({config.env_name(k): v for k, v in values.items()})
+    return config.load(env=env)
+
+
+@pytest.mark.parametrize("ref", ["ubuntu:25.10", "docker.io/library/debian", "registry.example:5000/a/b:1"])
+def test_listed_registries_are_allowed(tmp_path, ref):
+    cfg = _cfg(tmp_path, **{"rootfs.registries": "registry.example:5000"})
+    assert rootfs.allowed(cfg, ref).ref == normalize(ref).ref
+
+
+@pytest.mark.parametrize("ref", ["127.0.0.1:5000/a:1", "localhost/a:1", "localhost:5000/a:1",
+                                 "registry.example/a:1", "registry.example:5001/a:1", "quay.io/a/b:1"])
+def test_unlisted_registries_are_refused_naming_the_setting(tmp_path, ref):
+    from cocalc_ctl.errors import PreconditionFailed
+
+    cfg = _cfg(tmp_path, **{"rootfs.registries": "registry.example:5000"})
+    with pytest.raises(PreconditionFailed) as exc:
+        rootfs.allowed(cfg, ref)
+    assert "rootfs.registries" in exc.value.one_line() and exc.value.exit_code == 5
+
+
+def test_local_sources_need_a_root_and_resolve_symlinks(tmp_path):
+    from cocalc_ctl.errors import PreconditionFailed
+
+    (tmp_path / "images" / "tree").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "images" / "link").symlink_to(tmp_path / "outside")
+    with pytest.raises(PreconditionFailed) as exc:
+        rootfs.allowed(_cfg(tmp_path), f"dir:{tmp_path}/images/tree")  # default: no roots = refused
+    assert "rootfs.local_roots" in exc.value.one_line()
+    cfg = _cfg(tmp_path, **{"rootfs.local_roots": str(tmp_path / "images")})
+    assert rootfs.allowed(cfg, f"dir:{tmp_path}/images/tree").path == str(tmp_path / "images" / "tree")
+    for ref in (f"dir:{tmp_path}/images/link", f"dir:{tmp_path}/outside", f"oci-archive:{tmp_path}/images2/x.tar"):
+        with pytest.raises(PreconditionFailed) as exc:
+            rootfs.allowed(cfg, ref)
+        assert "rootfs.local_roots" in exc.value.one_line()
