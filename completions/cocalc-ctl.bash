@@ -16,7 +16,7 @@ _cocalc_ctl() {
         ['cocalc-ctl proxy']='serve'
         ['cocalc-ctl rootfs']='gc list mount pull resolve rm umount'
         ['cocalc-ctl snapshot']='auto create delete list lock prune unlock'
-        ['cocalc-ctl sshpiper']='auth authorized-keys config keys-refresh receiver-users serve'
+        ['cocalc-ctl sshpiper']='auth authorized-keys config keys-refresh receiver-keys receiver-users serve'
         ['cocalc-ctl timers']='cron install list remove'
     )
     local -A opts=(
@@ -99,8 +99,9 @@ _cocalc_ctl() {
         ['cocalc-ctl sshpiper']='-h --help'
         ['cocalc-ctl sshpiper auth']='-h --help'
         ['cocalc-ctl sshpiper authorized-keys']='-h --help'
-        ['cocalc-ctl sshpiper config']='--sshd --sshpiperd -h --help'
+        ['cocalc-ctl sshpiper config']='--sshd --sshpiperd --write-env -h --help'
         ['cocalc-ctl sshpiper keys-refresh']='-h --help'
+        ['cocalc-ctl sshpiper receiver-keys']='-h --help'
         ['cocalc-ctl sshpiper receiver-users']='--out -h --help'
         ['cocalc-ctl sshpiper serve']='--listen --allow-remote --seconds -h --help'
         ['cocalc-ctl timers']='-h --help'

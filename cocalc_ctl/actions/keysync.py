@@ -1,5 +1,7 @@
 """Distributing public keys through the hub: register, trust/untrust, sync, watch, known_hosts.
 
+Every sync also rewrites the receiver sshd's static authorized_keys files (`sshauth.write_receiver_keys`).
+
 The hub's `project_hosts` table is the registry. A trigger (hub migration "keys: notify") sends
 `NOTIFY cocalc_ctl_keys` whenever a host's keys, address, status or trust change, so `keys watch`
 sees a change within a round trip; `keys sync` is the same full refresh for timers. Only trusted
@@ -53,6 +55,7 @@ class SyncResult:
     removed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     known_hosts: str | None = None
+    receiver_keys: str | None = None  # the dir of the receiver's static authorized_keys files
 
 
 @dataclass
@@ -208,6 +211,9 @@ def sync(cfg: Config, *, conn=None) -> SyncResult:
         peers_db.set_self_trusted(db, hid, self_trusted)
     res = SyncResult(hid, self_trusted, [p.host_id for p in rows], added, changed, removed, skipped)
     res.known_hosts = write_known_hosts(cfg).path
+    from cocalc_ctl.actions import sshauth
+
+    res.receiver_keys = sshauth.write_receiver_keys(cfg).dir
     return res
 
 

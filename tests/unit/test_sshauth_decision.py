@@ -100,7 +100,10 @@ def test_peer_users_get_only_that_trusted_peers_key(kh, peer):
         assert line.startswith(f'restrict,command="/usr/local/bin/cocalc-ctl --config {kh.config_path} '
                                f'move recv --from {peer.host_id}" ssh-ed25519 ')
     assert h2h.split()[1] in lines[0]
-    assert kh.pub("sshpiper/upstream_key").split()[1] in lines[1]
+    # sshpiperd relays with its relay key; the upstream key (project containers) is never accepted here
+    assert kh.pub("sshpiper/relay_key").split()[1] in lines[1]
+    upstream = kh.pub("sshpiper/upstream_key").split()[1]
+    assert not any(upstream in line for line in lines)
     # the hub's move worker logs in as project-host-<uuid> and may only run the host-step command
     host_lines = kh.cli("sshpiper", "authorized-keys", f"project-host-{peer.host_id}").stdout.splitlines()
     assert host_lines and all(
@@ -151,6 +154,7 @@ def test_rest_contract_allow_deny_wrong_token_healthz(kh, peer):
         status, body = c.lookup(tok, f"btrfs-{peer.host_id}")
         assert body["authorizedKeys"].split()[:2] == peer.pub("host-to-host/id_ed25519").split()[:2]
         assert body["host"] == "127.0.0.1:2222" and body["user"] == f"btrfs-{peer.host_id}"
+        assert body["privateKey"] == (kh.secrets / "sshpiper" / "relay_key").read_text()  # never the upstream key
         assert c.lookup(tok[:-1] + ("A" if tok[-1] != "A" else "B"), f"project-{P}") == (200, EMPTY)
         assert c.lookup("", f"project-{P}") == (200, EMPTY)
         assert c.lookup(tok, "root") == (200, EMPTY)
