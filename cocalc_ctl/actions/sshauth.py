@@ -171,6 +171,10 @@ def relay_public_keys(cfg: Config) -> list[str]:
     return out
 
 
+# receiver logins sshpiperd relays (with the relay key): a peer's `btrfs-<peer>`, and the hub's login
+RELAYED_KINDS = ("btrfs", "hub")
+
+
 @dataclass
 class LoginGrant:
     """One login of the move receiver's sshd: who may log in (OpenSSH key lines) and what runs (forced)."""
@@ -189,9 +193,10 @@ def receiver_logins(cfg: Config, db: sqlite3.Connection | None = None) -> list[L
     """Every login the receiver sshd accepts, with its keys and forced command: the one decision both the
     AuthorizedKeysCommand (`Resolver.authorized_keys`) and the static files (`write_receiver_keys`) use.
 
-    Per trusted peer: `btrfs-<peer>` -> `move recv --from <peer>`, accepting the peer's host-to-host key(s)
-    and this host's relay key (sshpiperd relays that login with it; the upstream key is never accepted);
-    `project-host-<peer>` -> `move host-step`, the peer's keys only."""
+    Per trusted peer: `btrfs-<peer>` -> `move recv --from <peer>`, accepting the peer's host-to-host key(s);
+    `project-host-<peer>` -> `move host-step`, the peer's keys only. Grants of a kind in RELAYED_KINDS also
+    accept this host's relay key (sshpiperd relays those logins with it); the upstream key (project
+    containers) is accepted by no receiver login."""
     from cocalc_ctl.state import peers
 
     if db is None:
@@ -203,7 +208,6 @@ def receiver_logins(cfg: Config, db: sqlite3.Connection | None = None) -> list[L
 
         with closing(host_db.connect(cfg.data_dir)) as conn:
             return receiver_logins(cfg, conn)
-    relay = relay_public_keys(cfg)
     out = []
     for p in peers.list_peers(db):
         if not p.trusted or not ids.is_uuid(p.host_id):
@@ -211,11 +215,14 @@ def receiver_logins(cfg: Config, db: sqlite3.Connection | None = None) -> list[L
         keys = [k.line for k in ssh.parse_public_keys(p.host_to_host_public_key)]
         if not keys:
             continue
-        out.append(LoginGrant(f"btrfs-{p.host_id}", "btrfs", p.host_id, _dedupe(keys + relay),
+        out.append(LoginGrant(f"btrfs-{p.host_id}", "btrfs", p.host_id, keys,
                               forced_command(cfg, p.host_id, "btrfs")))
-        out.append(LoginGrant(f"project-host-{p.host_id}", "host", p.host_id, list(keys),
+        out.append(LoginGrant(f"project-host-{p.host_id}", "host", p.host_id, keys,
                               forced_command(cfg, p.host_id, "host")))
-    return out
+    # sshpiperd authenticates these logins downstream and relays them with the relay key
+    relay = relay_public_keys(cfg)
+    return [LoginGrant(g.login, g.kind, g.peer_id, _dedupe(g.keys + (relay if g.kind in RELAYED_KINDS else [])),
+                       g.command) for g in out]
 
 
 class Resolver:
