@@ -163,12 +163,13 @@ class _HttpProtocol(asyncio.Protocol):
         self.transport = transport
         want = self.handler.allowed_uid
         if want is not None:
-            peer, local = _unmapped(transport.get_extra_info("peername")), _unmapped(transport.get_extra_info("sockname"))
+            peer = _unmapped(transport.get_extra_info("peername"))
+            local = _unmapped(transport.get_extra_info("sockname"))
             owner = socket_owner(peer, local) if peer and local else None
             if owner != want:
                 self.handler.stats.bad_peer += 1
-                self.handler.log(f"closed a connection from {'a remote or vanished socket' if owner is None else f'uid {owner}'}"
-                                 f" (only uid {want} may ask)")
+                who = "a remote or vanished socket" if owner is None else f"uid {owner}"
+                self.handler.log(f"closed a connection from {who} (only uid {want} may ask)")
                 self.closing = True
                 transport.abort()
                 return
