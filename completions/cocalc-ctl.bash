@@ -17,7 +17,7 @@ _cocalc_ctl() {
         ['cocalc-ctl proxy']='serve'
         ['cocalc-ctl rootfs']='gc list mount pull resolve rm umount'
         ['cocalc-ctl snapshot']='auto create delete list lock prune unlock'
-        ['cocalc-ctl sshpiper']='auth authorized-keys config keys-refresh receiver-users serve'
+        ['cocalc-ctl sshpiper']='auth authorized-keys config keys-refresh receiver-keys receiver-users serve'
         ['cocalc-ctl timers']='cron install list remove'
     )
     local -A opts=(
@@ -104,8 +104,9 @@ _cocalc_ctl() {
         ['cocalc-ctl sshpiper']='-h --help'
         ['cocalc-ctl sshpiper auth']='-h --help'
         ['cocalc-ctl sshpiper authorized-keys']='-h --help'
-        ['cocalc-ctl sshpiper config']='--sshd --sshpiperd -h --help'
+        ['cocalc-ctl sshpiper config']='--sshd --sshpiperd --write-env -h --help'
         ['cocalc-ctl sshpiper keys-refresh']='-h --help'
+        ['cocalc-ctl sshpiper receiver-keys']='-h --help'
         ['cocalc-ctl sshpiper receiver-users']='--out -h --help'
         ['cocalc-ctl sshpiper serve']='--listen --allow-remote --seconds -h --help'
         ['cocalc-ctl timers']='-h --help'
@@ -130,7 +131,7 @@ _cocalc_ctl() {
     case "$cmdpath $prev" in
         'cocalc-ctl hub project add --image') _cocalc_ctl_dyn images; return ;;
         'cocalc-ctl hub project set --image') _cocalc_ctl_dyn images; return ;;
-        'cocalc-ctl keys rotate --which') COMPREPLY=($(compgen -W 'host sshpiperd upstream' -- "$cur")); return ;;
+        'cocalc-ctl keys rotate --which') COMPREPLY=($(compgen -W 'host sshpiperd upstream relay' -- "$cur")); return ;;
         'cocalc-ctl move send --mode') COMPREPLY=($(compgen -W 'pipe staged backup' -- "$cur")); return ;;
         'cocalc-ctl move send --compress') COMPREPLY=($(compgen -W 'none lz4 zstd' -- "$cur")); return ;;
         'cocalc-ctl move start --mode') COMPREPLY=($(compgen -W 'pipe staged backup' -- "$cur")); return ;;

@@ -10,7 +10,7 @@ from A to B over the real sshd, serves a request into it through the HTTP proxy,
 table. Every `cocalc-ctl` command is printed with its output.
 
 Everything it makes lives in one directory under /var/tmp (plus a root-owned directory under /run for
-the sshd's AuthorizedKeysCommand, and the receiver users' lines in /etc/passwd) and is removed at
+the sshd's forced command and static per-login key files, and the receiver users' lines in /etc/passwd) and is removed at
 the end, also on failure or Ctrl-C. With `--keep` it leaves everything running and prints how to
 explore it and how to tear it down later (`scripts/demo.py --teardown DIR`).
 
@@ -306,7 +306,7 @@ class Demo:
 
         self.rundir.mkdir(mode=0o755)
         os.chmod(self.rundir, 0o755)
-        # sshd runs AuthorizedKeysCommand only from a root-owned directory chain (not under /tmp)
+        # sshd runs forced commands and reads key files only from a root-owned directory chain (not /var/tmp)
         wrapper = self.rundir / "cocalc-ctl"
         wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(REPO))} "
                            f"exec {shlex.quote(PY)} -m cocalc_ctl \"$@\"\n")
@@ -329,6 +329,8 @@ class Demo:
                     "ssh_server": f"{addr}:{node.receiver_port}",
                     "sshpiper.receiver_listen": f"{addr}:{node.receiver_port}",
                     "sshpiper.cocalc_ctl": str(wrapper),
+                    # sshd reads the static per-login key files only from a root-owned chain (not /var/tmp)
+                    "sshpiper.receiver_keys_dir": str(self.rundir / f"receiver-keys-{label.lower()}"),
                     "backup.repo": str(self.base / "restic-repo"), "backup.password_file": str(pw),
                     **{f"podman.{k}": str(v) for k, v in podman.items()},
                     "podman.runtime": "runc", "podman.ulimits": "nofile=1024:1024,nproc=1024:1024",
@@ -388,7 +390,7 @@ class Demo:
                 conf.parent.mkdir(parents=True, exist_ok=True)
                 conf.write_text(r.stdout)
                 print(f"(wrote {conf}: {len(r.stdout.splitlines())} lines, "
-                      f"AuthorizedKeysCommand {self.rundir}/cocalc-ctl … sshpiper authorized-keys %u)")
+                      f"AuthorizedKeysFile {self.rundir}/receiver-keys-{n.label.lower()}/%u, written by `keys sync`)")
                 t = subprocess.run(["/usr/sbin/sshd", "-t", "-f", str(conf)], capture_output=True, text=True)
                 if t.returncode != 0:
                     raise DemoFailed(f"sshd -t {conf}: {t.stderr.strip()}")

@@ -3,8 +3,8 @@
 Each check owns one concern and reports ok / warn / fail (or skip when a check it depends on
 already failed, so one broken prerequisite makes exactly one line fail): the pool and its quotas,
 each required program (with its version), secrets file modes, the host's keys and their hub
-registration, the hub database and its schema, the backup repository, the sshpiper token, the
-clock, and free space. Nothing is changed.
+registration, the hub database and its schema, the backup repository, the sshpiper token (and that
+no secret shows in any process's argv), the clock, and free space. Nothing is changed.
 """
 
 from __future__ import annotations
@@ -183,6 +183,65 @@ def check_sshpiper_token(cfg: Config) -> Check:
         return Check("sshpiper-token", FAIL, f"{p} is missing or empty",
                      "create it: cocalc-ctl keys ensure")
     return Check("sshpiper-token", OK, f"{p} present")
+
+
+def _argv_secrets(cfg: Config) -> list[tuple[str, bytes]]:
+    """(label, bytes) of the secrets cheap to look for in a process list: the sshpiper REST token and the
+    backup repository password (a file, not a directory of them)."""
+    out = []
+    try:
+        token = (cfg.secrets_dir / SSHPIPER_TOKEN).read_bytes().strip()
+        if len(token) >= 16:
+            out.append(("the sshpiper REST token", token))
+    except OSError:
+        pass
+    pw = cfg["backup.password_file"]
+    if pw and os.path.isfile(pw):
+        try:
+            with open(pw, "rb") as f:
+                first = (f.read(4096).splitlines() or [b""])[0].strip()
+            if len(first) >= 8:
+                out.append(("the backup repository password", first))
+        except OSError:
+            pass
+    return out
+
+
+def check_argv_secrets(cfg: Config, proc_dir: str = "/proc") -> Check:
+    """No cocalc-ctl secret in any process's command line (`ps` shows argv to every local user)."""
+    wanted = _argv_secrets(cfg)
+    if not wanted:
+        return Check("secrets-in-argv", SKIP, "no secret to look for (see the sshpiper-token check)")
+    found: list[tuple[str, int, str]] = []
+    scanned = 0
+    me = os.getpid()
+    for name in os.listdir(proc_dir):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"{proc_dir}/{name}/cmdline", "rb") as f:
+                argv = f.read()
+        except OSError:
+            continue  # gone, or a kernel thread
+        scanned += 1
+        for label, secret in wanted:
+            if secret in argv:
+                try:
+                    with open(f"{proc_dir}/{name}/comm", "rb") as f:
+                        comm = f.read().decode("utf-8", "replace").strip()[:32]
+                except OSError:
+                    comm = "?"
+                found.append((label, int(name), comm))
+    if found:
+        label, pid, comm = found[0]
+        more = f" (+{len(found) - 1} more)" if len(found) > 1 else ""
+        return Check("secrets-in-argv", FAIL, f"{label} is in the command line of pid {pid} ({comm}), "
+                                              f"readable by every local user{more}",
+                     "pass it by file or environment (sshpiperd: `cocalc-ctl sshpiper config --sshpiperd "
+                     "--write-env`), then rotate it: it must be treated as leaked",
+                     data={"processes": [{"pid": p, "comm": c, "secret": lb} for lb, p, c in found]})
+    return Check("secrets-in-argv", OK, f"no cocalc-ctl secret in the argv of {scanned} processes",
+                 data={"processes_scanned": scanned})
 
 
 def _hub_state(cfg: Config) -> tuple[Check, bool]:
@@ -454,6 +513,7 @@ def run_checks(cfg: Config) -> Report:
     checks.append(check_secrets(cfg))
     checks.append(check_keys(cfg))
     checks.append(check_sshpiper_token(cfg))
+    checks.append(check_argv_secrets(cfg))
     hub, hub_ok = _hub_state(cfg)
     checks.append(hub)
     checks.append(check_registration(cfg, hub_ok and hub.status == OK))

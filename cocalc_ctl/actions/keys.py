@@ -1,10 +1,11 @@
 """This host's SSH keypairs: create (`keys ensure`), show, rotate.
 
-Three ed25519 keypairs live under `secrets_dir`, each private file 0600 in a 0700 directory with its
+Four ed25519 keypairs live under `secrets_dir`, each private file 0600 in a 0700 directory with its
 `.pub` beside it (0644):
   host-to-host/id_ed25519   outbound ssh/rsync to peers (peers accept it for `btrfs-<this host>`)
   sshpiperd/host_key        the ingress host key (sshpiperd and the move receiver's sshd present it)
-  sshpiper/upstream_key     the key sshpiperd logs into upstreams with (project containers, receiver)
+  sshpiper/upstream_key     the key sshpiperd logs into project containers with (nothing else accepts it)
+  sshpiper/relay_key        the key sshpiperd relays peers' `btrfs-<uuid>` logins to the receiver with
 plus the REST token `sshpiper/token`. An existing key is never rewritten; a wrong mode on an existing
 secret is an error (a key that others could read must be treated as leaked, not silently fixed).
 Rotation renames the current key to `<name>.previous` and makes a new one; both are published until
@@ -30,6 +31,7 @@ KEYS: dict[str, tuple[str, str, str]] = {
     "host": ("host-to-host", "id_ed25519", "host-to-host"),
     "sshpiperd": ("sshpiperd", "host_key", "sshpiperd"),
     "upstream": ("sshpiper", "upstream_key", "sshpiper-upstream"),
+    "relay": ("sshpiper", "relay_key", "sshpiper-relay"),
 }
 PREVIOUS_SUFFIX = ".previous"
 TOKEN_DIR, TOKEN_FILE = "sshpiper", "token"
@@ -277,6 +279,7 @@ def _ensure(cfg: Config) -> EnsureResult:
                                      hint=f"remove {_pub(path)} (or restore the private key) and rerun")
         if not proc.plan_only(f"# generate an ed25519 key {path} (0600) and {_pub(path)}"):
             _create_pair(path, _comment(cfg, which, hid))
+            _relay_changed(cfg, which)
         result.created.append(str(path))
     tpath, made = ensure_token(cfg)
     (result.created if made else result.existing).append(str(tpath))
@@ -342,6 +345,14 @@ def rotate(cfg: Config, which: str, *, finish: bool = False) -> RotateResult:
         return _rotate(cfg, which, finish=finish)
 
 
+def _relay_changed(cfg: Config, which: str) -> None:
+    """The receiver's static authorized_keys files carry the relay key: rewrite them when it changes."""
+    if which == "relay":
+        from cocalc_ctl.actions import sshauth
+
+        sshauth.write_receiver_keys(cfg)
+
+
 def _rotate(cfg: Config, which: str, *, finish: bool = False) -> RotateResult:
     hid = require_host_id(cfg)
     path, prev = key_path(cfg, which), previous_path(cfg, which)
@@ -360,6 +371,7 @@ def _rotate(cfg: Config, which: str, *, finish: bool = False) -> RotateResult:
                 if os.path.lexists(p):
                     os.unlink(p)
             record_self(cfg, hid)
+            _relay_changed(cfg, which)
         cur = ssh.parse_public_key(_public_line(path) or "")
         return RotateResult(which, "finished", cur.line if cur else None, cur.fingerprint if cur else None,
                             old.fingerprint if old else None,
@@ -377,6 +389,7 @@ def _rotate(cfg: Config, which: str, *, finish: bool = False) -> RotateResult:
                 os.unlink(src)
         _create_pair(path, _comment(cfg, which, hid))
         record_self(cfg, hid)
+        _relay_changed(cfg, which)
     cur = ssh.parse_public_key(_public_line(path) or "")
     return RotateResult(which, "rotated", cur.line if cur else None, cur.fingerprint if cur else None,
                         old.fingerprint if old else None,

@@ -1,5 +1,7 @@
 """Distributing public keys through the hub: register, trust/untrust, sync, watch, known_hosts.
 
+Every sync also rewrites the receiver sshd's static authorized_keys files (`sshauth.write_receiver_keys`).
+
 The hub's `project_hosts` table is the registry. A trigger (hub migration "keys: notify") sends
 `NOTIFY cocalc_ctl_keys` whenever a host's keys, address, status or trust change, so `keys watch`
 sees a change within a round trip; `keys sync` is the same full refresh for timers. Only trusted
@@ -58,6 +60,7 @@ class SyncResult:
     hub_keys: list[str] = field(default_factory=list)      # fingerprints of the pinned hub keys
     hub_added: list[str] = field(default_factory=list)
     hub_removed: list[str] = field(default_factory=list)
+    receiver_keys: str | None = None  # the dir of the receiver's static authorized_keys files
 
 
 @dataclass
@@ -233,6 +236,9 @@ def sync(cfg: Config, *, conn=None) -> SyncResult:
                      hub_keys=_fps("\n".join(k.line for k in hub_rows)), hub_added=_fps("\n".join(hub_added)),
                      hub_removed=_fps("\n".join(hub_removed)))
     res.known_hosts = write_known_hosts(cfg).path
+    from cocalc_ctl.actions import sshauth
+
+    res.receiver_keys = sshauth.write_receiver_keys(cfg).dir
     return res
 
 

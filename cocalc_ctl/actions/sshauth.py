@@ -9,7 +9,11 @@ One decision, three outputs: the REST answer `{"user","host","authorizedKeys","p
   key(s); OpenSSH gets them as `restrict,command="… move recv --from <uuid>"`;
 - `cocalc-hub` -> the same receiver sshd, keys = exactly the hub keys this host pinned (`keys sync`),
   forced command `… move host-step` (the hub's move worker; every step needs a hub ticket).
-`receiver_logins()` lists every receiver login with its keys and forced command.
+sshpiperd relays these receiver logins with the *relay* key (`sshpiper/relay_key`), which the receiver
+accepts for `btrfs-<uuid>` and `cocalc-hub` only; the *upstream* key (project containers) is accepted by
+no receiver login. The receiver's logins are one list (`receiver_logins`): the AuthorizedKeysCommand
+answers from it and `write_receiver_keys` writes it as static per-login authorized_keys files (no
+process per login).
 Every failure is a deny. This module stays import-light (no typer/rich/psycopg): the
 AuthorizedKeysCommand path imports it directly and must answer in a few tens of milliseconds.
 """
@@ -122,6 +126,80 @@ def forced_command(cfg: Config, peer_id: str | None, kind: str = "btrfs") -> str
     return text
 
 
+def relay_key_path(cfg: Config) -> Path:
+    return Path(cfg.secrets_dir) / "sshpiper" / "relay_key"
+
+
+def relay_public_keys(cfg: Config) -> list[str]:
+    """The relay key's public line(s): current, and the previous one during a rotation."""
+    out = []
+    base = relay_key_path(cfg)
+    for p in (Path(str(base) + ".pub"), Path(str(base) + ".previous.pub")):
+        try:
+            k = ssh.parse_public_key(p.read_text().strip())
+        except OSError:
+            continue
+        if k:
+            out.append(k.bare + " cocalc-ctl-sshpiper-relay")
+    return out
+
+
+# receiver logins sshpiperd relays (with the relay key): a peer's `btrfs-<peer>`, and the hub's login
+RELAYED_KINDS = ("btrfs", "hub")
+
+
+@dataclass
+class LoginGrant:
+    """One login of the move receiver's sshd: who may log in (OpenSSH key lines) and what runs (forced)."""
+
+    login: str
+    kind: str  # "hub" | "btrfs"
+    peer_id: str | None
+    keys: list[str]
+    command: str
+
+    def lines(self) -> list[str]:
+        return [f'restrict,command="{self.command}" {k}' for k in self.keys]
+
+
+def receiver_logins(cfg: Config, db: sqlite3.Connection | None = None) -> list[LoginGrant]:
+    """Every login the receiver sshd accepts, with its keys and forced command: the one decision both the
+    AuthorizedKeysCommand (`Resolver.authorized_keys`) and the static files (`write_receiver_keys`) use.
+
+    `cocalc-hub` -> `move host-step`, accepting the hub keys this host pinned (only if any is pinned);
+    per trusted peer: `btrfs-<peer>` -> `move recv --from <peer>`, accepting the peer's host-to-host key(s).
+    A peer's key is never in the hub grant. Grants of a kind in RELAYED_KINDS also accept this host's
+    relay key (sshpiperd relays those logins with it); the upstream key (project containers) is accepted
+    by no receiver login."""
+    from cocalc_ctl.state import peers
+
+    if db is None:
+        from cocalc_ctl.state import host_db
+
+        if not host_db.db_path(cfg.data_dir).exists():
+            return []
+        from contextlib import closing
+
+        with closing(host_db.connect(cfg.data_dir)) as conn:
+            return receiver_logins(cfg, conn)
+    out = []
+    hub = _dedupe(_hub_key_lines(db))
+    if hub:
+        out.append(LoginGrant(ids.HUB_LOGIN, "hub", None, hub, forced_command(cfg, None, "hub")))
+    for p in peers.list_peers(db):
+        if not p.trusted or not ids.is_uuid(p.host_id):
+            continue
+        keys = [k.line for k in ssh.parse_public_keys(p.host_to_host_public_key)]
+        if not keys:
+            continue
+        out.append(LoginGrant(f"btrfs-{p.host_id}", "btrfs", p.host_id, keys,
+                              forced_command(cfg, p.host_id, "btrfs")))
+    # sshpiperd authenticates these logins downstream and relays them with the relay key
+    relay = relay_public_keys(cfg)
+    return [LoginGrant(g.login, g.kind, g.peer_id, _dedupe(g.keys + (relay if g.kind in RELAYED_KINDS else [])),
+                       g.command) for g in out]
+
+
 class Resolver:
     """Holds the config, a read-only sqlite connection per thread and the cached upstream key."""
 
@@ -130,11 +208,12 @@ class Resolver:
         self.log = log
         self.db_path = Path(cfg.data_dir) / "host.sqlite"
         self.upstream_key_path = Path(cfg.secrets_dir) / "sshpiper" / "upstream_key"
+        self.relay_key_path = relay_key_path(cfg)
         self.upstream_user = cfg["sshpiper.upstream_user"]
         self.pool = str(layout.project_subvolume(cfg, "x").parent)
         self.receiver = ssh.listen_address(*ssh.parse_host_port(cfg["sshpiper.receiver_listen"]))
         self._local = threading.local()
-        self._key_cache: tuple[tuple[int, int, int], str] | None = None
+        self._key_cache: dict[str, tuple[tuple[int, int, int], str]] = {}
 
     # -- state access -----------------------------------------------------------------------
     def _db(self) -> sqlite3.Connection | None:
@@ -147,26 +226,26 @@ class Resolver:
             self._local.conn = conn
         return conn
 
-    def upstream_private_key(self) -> str:
-        """The proxy's upstream key, re-read only when the file changes (rotation)."""
-        st = os.lstat(self.upstream_key_path)
+    def _private_key(self, path: Path) -> str:
+        """A private key sshpiperd logs in with, re-read only when the file changes (rotation)."""
+        st = os.lstat(path)
         sig = (st.st_ino, st.st_mtime_ns, st.st_size)
-        cached = self._key_cache
+        cached = self._key_cache.get(str(path))
         if cached and cached[0] == sig:
             return cached[1]
         if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077 or st.st_uid != os.geteuid():
-            raise PreconditionFailed(f"upstream key {self.upstream_key_path} has unsafe mode or owner")
-        text = self.upstream_key_path.read_text()
-        self._key_cache = (sig, text)
+            raise PreconditionFailed(f"key {path} has unsafe mode or owner")
+        text = path.read_text()
+        self._key_cache[str(path)] = (sig, text)
         return text
 
-    def upstream_public_key(self) -> str | None:
-        try:
-            text = Path(str(self.upstream_key_path) + ".pub").read_text()
-        except OSError:
-            return None
-        k = ssh.parse_public_key(text.strip())
-        return k.bare if k else None
+    def upstream_private_key(self) -> str:
+        """The key sshpiperd logs into project containers with (never accepted by the receiver)."""
+        return self._private_key(self.upstream_key_path)
+
+    def relay_private_key(self) -> str:
+        """The key sshpiperd relays receiver logins (`btrfs-<uuid>`, `cocalc-hub`) to the receiver with."""
+        return self._private_key(self.relay_key_path)
 
     def project_keys(self, project_id: str, db_keys: str | None) -> list[str]:
         root = f"{self.pool}/project-{project_id}"  # = layout.project_subvolume, without pathlib per request
@@ -207,9 +286,9 @@ class Resolver:
         if not keys:
             return DENY, Decision(login, u.kind, u.id, False, "no authorized keys")
         try:
-            private = self.upstream_private_key()
+            private = self.upstream_private_key() if u.kind == "project" else self.relay_private_key()
         except (OSError, PreconditionFailed) as exc:
-            self.log(f"cannot use the upstream key: {exc}")
+            self.log(f"cannot use the {'upstream' if u.kind == 'project' else 'relay'} key: {exc}")
             return DENY, Decision(login, u.kind, u.id, False, "upstream key unavailable (run `keys ensure`)")
         answer = Answer(user, host, "\n".join(keys) + "\n", private)
         return answer, Decision(login, u.kind, u.id, True, "allowed", user, host, keys)
@@ -219,19 +298,14 @@ class Resolver:
         u = ids.parse_ssh_user(login)
         if u is None:
             return []
-        answer, decision = self.decide(login)
-        if not decision.allowed:
-            # the receiver trusts its own sshpiperd's relayed login even when no peer key matched here
-            return []
         if u.kind == "project":
-            return list(decision.authorized_keys or [])
-        prefix = f'restrict,command="{forced_command(self.cfg, u.id, u.kind)}" '
-        lines = [prefix + k for k in decision.authorized_keys or []]
-        own = self.upstream_public_key()
-        if own:
-            # sshpiperd already checked the peer's key and relays the login with the upstream key
-            lines.append(prefix + own + " cocalc-ctl-sshpiper-upstream")
-        return lines
+            _, decision = self.decide(login)
+            return list(decision.authorized_keys or []) if decision.allowed else []
+        # receiver logins: the same list the static files are written from
+        db = self._db()
+        if db is None:
+            return []
+        return [line for g in receiver_logins(self.cfg, db) if g.login == login for line in g.lines()]
 
 
 def _hub_key_lines(db: sqlite3.Connection) -> list[str]:
@@ -242,41 +316,6 @@ def _hub_key_lines(db: sqlite3.Connection) -> list[str]:
     except sqlite3.OperationalError:  # a database from before the hub_keys table: no hub key pinned
         return []
     return [k.line for r in rows for k in ssh.parse_public_keys(r.line)]
-
-
-@dataclass
-class LoginGrant:
-    """One login of the receiver sshd: the keys it accepts and the forced command they run."""
-
-    login: str
-    kind: str            # "hub" | "btrfs"
-    peer_id: str | None  # btrfs: the trusted peer
-    keys: list[str]      # OpenSSH public key lines
-    command: str         # forced command (safe inside command="…")
-
-
-def receiver_logins(cfg: Config, db: sqlite3.Connection | None = None) -> list[LoginGrant]:
-    """Every login the receiver accepts: `cocalc-hub` for the pinned hub keys (if any), and
-    `btrfs-<peer>` for each trusted peer's host-to-host keys. A peer's key is never in the hub grant."""
-    from contextlib import closing, nullcontext
-
-    from cocalc_ctl.state import host_db, peers
-
-    if db is None and not host_db.db_path(cfg.data_dir).exists():
-        return []
-    with (nullcontext(db) if db is not None else closing(host_db.connect(cfg.data_dir))) as conn:
-        out = []
-        hub = _dedupe(_hub_key_lines(conn))
-        if hub:
-            out.append(LoginGrant(ids.HUB_LOGIN, "hub", None, hub, forced_command(cfg, None, "hub")))
-        for p in peers.list_peers(conn):
-            if not p.trusted or not ids.is_uuid(p.host_id):
-                continue
-            keys = [k.line for k in ssh.parse_public_keys(p.host_to_host_public_key)]
-            if keys:
-                out.append(LoginGrant(f"btrfs-{p.host_id}", "btrfs", p.host_id, keys,
-                                      forced_command(cfg, p.host_id, "btrfs")))
-    return out
 
 
 def authorized_keys_fast(argv_user: str, config_path: str | None) -> int:
@@ -341,3 +380,93 @@ def refresh_managed_keys(cfg: Config, project: str) -> RefreshResult:
     except safepath.UnsafePath as exc:
         raise PreconditionFailed(exc.message, hint=exc.hint) from None
     return RefreshResult(pid, str(target), len(lines))
+
+
+# -- the receiver's static authorized_keys files ---------------------------------------------
+
+@dataclass
+class ReceiverKeysResult:
+    dir: str
+    logins: list[str]
+    written: list[str]
+    removed: list[str]
+
+
+def receiver_keys_dir(cfg: Config) -> Path:
+    d = cfg["sshpiper.receiver_keys_dir"]
+    return Path(d) if d else Path(cfg.data_dir) / "ssh" / "receiver_keys"
+
+
+def _open_keys_dir(path: Path) -> int:
+    """Open (creating 0755) the receiver keys dir; it must be a plain directory owned by us, writable by
+    nobody else (sshd's StrictModes refuses anything else, and so do we)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise PreconditionFailed(f"{path} is not a plain directory ({os.strerror(exc.errno or 0)})",
+                                 hint="remove the link or file there and rerun") from None
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        os.close(fd)
+        raise PreconditionFailed(f"{path} is owned by uid {st.st_uid} or writable by others",
+                                 hint=f"fix it with: chown {os.geteuid()} {path}; chmod 755 {path}")
+    return fd
+
+
+def write_receiver_keys(cfg: Config) -> ReceiverKeysResult:
+    """Write `receiver_logins` as one authorized_keys file per login (`<dir>/<login>`, 0644, lines
+    `restrict,command="…" <key>`), each atomically (tmp + fsync + rename, then the dir fsynced), and delete
+    the files of logins that are gone. Only changed files are rewritten."""
+    from cocalc_ctl import proc
+
+    d = receiver_keys_dir(cfg)
+    entries = receiver_logins(cfg)
+    want = {}
+    for e in entries:
+        if not e.lines() or "/" in e.login or e.login.startswith("."):
+            continue
+        want[e.login] = ("# cocalc-ctl move receiver: " + e.login + "\n" + "\n".join(e.lines()) + "\n").encode()
+    res = ReceiverKeysResult(str(d), sorted(want), [], [])
+    if proc.plan_only(f"# write {len(want)} receiver authorized_keys file(s) to {d} (0644)"):
+        return res
+    fd = _open_keys_dir(d)
+    try:
+        for name in sorted(os.listdir(fd)):
+            if name.startswith(".") and name.endswith(".tmp"):
+                os.unlink(name, dir_fd=fd)  # a crash between write and rename
+            elif name not in want and not name.startswith("."):
+                os.unlink(name, dir_fd=fd)
+                res.removed.append(name)
+        for login, data in want.items():
+            try:
+                rfd = os.open(login, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                try:
+                    st = os.fstat(rfd)
+                    same = (stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o644
+                            and st.st_uid == os.geteuid() and os.read(rfd, len(data) + 1) == data)
+                finally:
+                    os.close(rfd)
+                if same:
+                    continue
+            except OSError:
+                pass
+            tmp = f".{login}.{os.getpid()}.tmp"
+            wfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                          dir_fd=fd)
+            try:
+                os.fchmod(wfd, 0o644)
+                os.write(wfd, data)
+                os.fsync(wfd)
+            finally:
+                os.close(wfd)
+            os.rename(tmp, login, src_dir_fd=fd, dst_dir_fd=fd)
+            res.written.append(login)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return res

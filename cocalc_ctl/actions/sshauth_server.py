@@ -8,6 +8,11 @@ four fields empty, because the plugin mishandles anything else. `GET /healthz` s
 A minimal asyncio protocol rather than http.server: the decision is a primary-key lookup plus two
 small file reads, so the HTTP layer is most of the cost and must stay thin to serve thousands of
 lookups per second on one core. The token is compared in constant time and never logged.
+
+Defence in depth beside the token: a connection is answered only when the socket at its other end
+belongs to the local user sshpiperd runs as (`sshpiper.rest_client_user`, default root). Loopback TCP
+peers are local sockets, so their owner is in `/proc/net/tcp{,6}` (the row whose local address is the
+peer's and whose remote address is ours); any other owner, or no such row, is closed unanswered.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import pwd
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -26,7 +33,7 @@ from urllib.parse import unquote_plus
 
 from cocalc_ctl.actions.sshauth import DENY, Resolver
 from cocalc_ctl.config import Config
-from cocalc_ctl.errors import InvalidInput
+from cocalc_ctl.errors import ConfigError, InvalidInput
 from cocalc_ctl.tools import ssh
 
 MAX_HEAD = 16 << 10
@@ -48,14 +55,70 @@ class Stats:
     denied: int = 0
     bad_token: int = 0
     errors: int = 0
+    bad_peer: int = 0  # connections closed because another local user opened them
+
+
+def _hex_addr(ip: str) -> str | None:
+    """An address as /proc/net/tcp{,6} prints it (32-bit words in host byte order)."""
+    try:
+        if ":" in ip:
+            b = socket.inet_pton(socket.AF_INET6, ip.split("%", 1)[0])
+            return "".join("%08X" % struct.unpack("=I", b[i:i + 4])[0] for i in range(0, 16, 4))
+        return "%08X" % struct.unpack("=I", socket.inet_aton(ip))[0]
+    except (OSError, ValueError):
+        return None
+
+
+def socket_owner(peer: tuple, local: tuple, *, proc_net: str = "/proc/net") -> int | None:
+    """uid owning the local socket `peer` that is connected to our `local` address, or None when no such
+    socket exists on this host (a remote client, or it is gone)."""
+    want_l, want_r = _hex_addr(peer[0]), _hex_addr(local[0])
+    if want_l is None or want_r is None:
+        return None
+    want_l += ":%04X" % peer[1]
+    want_r += ":%04X" % local[1]
+    for name in (("tcp6", "tcp") if ":" in peer[0] else ("tcp", "tcp6")):
+        try:
+            with open(f"{proc_net}/{name}", "rb") as f:
+                data = f.read().decode("ascii", "replace")
+        except OSError:
+            continue
+        for line in data.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) > 7 and fields[1] == want_l and fields[2] == want_r:
+                try:
+                    return int(fields[7])
+                except ValueError:
+                    return None
+    return None
+
+
+def _unmapped(addr: tuple) -> tuple:
+    """::ffff:127.0.0.1 -> 127.0.0.1 (an IPv4 peer of a dual-stack listener lives in /proc/net/tcp)."""
+    if addr and isinstance(addr[0], str) and addr[0].lower().startswith("::ffff:") and "." in addr[0]:
+        return (addr[0][7:], addr[1])
+    return addr
+
+
+def client_uid(cfg: Config) -> int:
+    """`sshpiper.rest_client_user` as a uid (a user name or a number)."""
+    v = str(cfg["sshpiper.rest_client_user"]).strip()
+    if v.isdigit():
+        return int(v)
+    try:
+        return pwd.getpwnam(v).pw_uid
+    except KeyError:
+        raise ConfigError(f"config sshpiper.rest_client_user: no local user {v!r}",
+                          hint="set it to the user sshpiperd runs as (name or uid)") from None
 
 
 class Handler:
     """Request target -> response body. Pure function of state; never raises."""
 
-    def __init__(self, resolver: Resolver, token: str, *, log=None):
+    def __init__(self, resolver: Resolver, token: str, *, log=None, allowed_uid: int | None = None):
         self.resolver = resolver
         self.token = token.encode()
+        self.allowed_uid = allowed_uid
         self.stats = Stats()
         self.log = log or (lambda m: None)
 
@@ -98,6 +161,18 @@ class _HttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
+        want = self.handler.allowed_uid
+        if want is not None:
+            peer = _unmapped(transport.get_extra_info("peername"))
+            local = _unmapped(transport.get_extra_info("sockname"))
+            owner = socket_owner(peer, local) if peer and local else None
+            if owner != want:
+                self.handler.stats.bad_peer += 1
+                who = "a remote or vanished socket" if owner is None else f"uid {owner}"
+                self.handler.log(f"closed a connection from {who} (only uid {want} may ask)")
+                self.closing = True
+                transport.abort()
+                return
         self.conns.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -181,7 +256,7 @@ def serve(cfg: Config, *, listen: str | None = None, allow_remote: bool = False,
 
     host, port = parse_listen(listen or cfg["sshpiper.rest_listen"], allow_remote=allow_remote)
     keys.ensure_token(cfg)
-    handler = Handler(Resolver(cfg, log=_log), keys.read_token(cfg), log=_log)
+    handler = Handler(Resolver(cfg, log=_log), keys.read_token(cfg), log=_log, allowed_uid=client_uid(cfg))
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -195,7 +270,8 @@ def serve(cfg: Config, *, listen: str | None = None, allow_remote: bool = False,
                                           reuse_address=True, backlog=1024)
         reaper = asyncio.ensure_future(_reap_idle(conns, idle_timeout))
         bound = server.sockets[0].getsockname()
-        _log(f"listening on http://{ssh.listen_address(bound[0], bound[1])}/ (token from the secrets dir)")
+        _log(f"listening on http://{ssh.listen_address(bound[0], bound[1])}/ (token from the secrets dir; "
+             f"answering uid {handler.allowed_uid} only)")
         started = time.monotonic()
         try:
             if max_seconds is None:
@@ -216,7 +292,7 @@ def serve(cfg: Config, *, listen: str | None = None, allow_remote: bool = False,
                 pass
             s = handler.stats
             _log(f"stopped after {time.monotonic() - started:.0f}s: {s.requests} requests, {s.allowed} allowed, "
-                 f"{s.denied} denied, {s.bad_token} bad token, {s.errors} errors")
+                 f"{s.denied} denied, {s.bad_token} bad token, {s.bad_peer} other-user connections, {s.errors} errors")
 
     asyncio.run(main())
     return handler.stats

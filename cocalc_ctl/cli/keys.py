@@ -58,7 +58,7 @@ def show() -> None:
 
 @app.command("rotate")
 def rotate(
-    which: str = typer.Option("host", "--which", metavar="host|sshpiperd|upstream", help="host (host-to-host), sshpiperd, or upstream."),
+    which: str = typer.Option("host", "--which", metavar="host|sshpiperd|upstream|relay", help="host (host-to-host), sshpiperd, upstream, or relay."),
     finish: bool = typer.Option(False, "--finish", help="Remove the previous key (peers stop accepting it)."),
 ) -> None:
     """Make a new key; the old one stays accepted as "previous" until `--finish`."""
@@ -125,7 +125,8 @@ def _sync_line(r) -> str:
 
 @app.command("sync")
 def sync() -> None:
-    """Copy every trusted peer's public keys from the hub into host sqlite; refresh known_hosts."""
+    """Copy every trusted peer's public keys from the hub into host sqlite; refresh known_hosts and the
+    receiver's static authorized_keys files."""
     from cocalc_ctl.actions import keysync
 
     result = keysync.sync(config())

@@ -70,26 +70,42 @@ def keys_refresh(project: str = typer.Argument(..., metavar="PROJECT", help="Pro
 @app.command("config")
 def config_(
     sshd: bool = typer.Option(False, "--sshd", help="Print only the receiver's sshd_config."),
-    sshpiperd: bool = typer.Option(False, "--sshpiperd", help="Print only the sshpiperd command line."),
+    sshpiperd: bool = typer.Option(False, "--sshpiperd", help="Print only the sshpiperd systemd unit."),
+    write_env: bool = typer.Option(False, "--write-env",
+                                   help="Write sshpiperd's EnvironmentFile (REST_AUTH_URL with the token; 0600) "
+                                        "to config sshpiper.sshpiperd_env_file."),
 ) -> None:
-    """The sshpiperd command line and a complete sshd_config for the move receiver."""
+    """The sshpiperd systemd unit (no secret in it or in any argv) and the move receiver's sshd_config."""
+    from cocalc_ctl import output
     from cocalc_ctl.actions import sshpiper_config
 
-    result = sshpiper_config.build(config())
+    result = sshpiper_config.build(config(), write_env=write_env)
+    if write_env:
+        output.note(f"wrote {result.env_file} (0600): REST_AUTH_URL for sshpiperd's REST plugin")
 
     def human(r):
         if sshd:
             print(r.sshd_config, end="")
         elif sshpiperd:
-            print(r.sshpiperd_command)
+            print(r.sshpiperd_unit, end="")
         else:
-            print("# sshpiperd (the REST token is read from its file at start, never printed):")
-            print(r.sshpiperd_command)
-            print()
+            print(f"# sshpiperd unit (the REST token is in {r.env_file}, never on a command line):")
+            print(r.sshpiperd_unit)
             print(f"# sshd_config of the move receiver ({r.receiver_listen}):")
             print(r.sshd_config, end="")
 
     render(result, human)
+
+
+@app.command("receiver-keys")
+def receiver_keys() -> None:
+    """Write the receiver's static authorized_keys files (one per login, `restrict,command=` lines) from
+    host sqlite, as `keys sync` does after every sync."""
+    from cocalc_ctl.actions import sshauth
+
+    result = sshauth.write_receiver_keys(config())
+    render(result, lambda r: print(f"{r.dir}: {len(r.logins)} login(s), {len(r.written)} written, "
+                                   f"{len(r.removed)} removed"))
 
 
 @app.command("receiver-users")

@@ -159,3 +159,28 @@ def test_wrong_restic_password_fails_the_repo_check(ready):
     _, checks = doctor(ready)
     assert checks["backup-repo"]["status"] == "fail"
     assert "hunter2-not-it" not in json.dumps(checks) and "correct horse" not in json.dumps(checks)
+
+
+def test_token_in_a_process_argv_fails_only_the_argv_check(ready):
+    """A process started with the sshpiper REST token on its command line (what the old sshpiperd
+    command line did): every local user can read it with `ps`, and doctor says so, without the token."""
+    import sys
+    import time
+
+    _, base = doctor(ready)
+    assert base["secrets-in-argv"]["status"] == "ok"
+    token = (ready.data / "secrets" / "sshpiper" / "token").read_text().strip()
+    leak = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "--url",
+                             f"http://127.0.0.1:8089/{token}"])
+    try:
+        time.sleep(0.3)
+        code, checks = doctor(ready)
+        human = ready.cli("doctor", check=False)
+    finally:
+        leak.kill()
+        leak.wait()
+    assert code == 1
+    assert_only_failure(statuses(base), checks, "secrets-in-argv")
+    assert f"pid {leak.pid}" in checks["secrets-in-argv"]["detail"]
+    assert token not in json.dumps(checks) and token not in human.stdout + human.stderr
+    assert doctor(ready)[1]["secrets-in-argv"]["status"] == "ok"

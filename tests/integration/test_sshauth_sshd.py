@@ -11,6 +11,7 @@ recording the SSH_ORIGINAL_COMMAND it was given.
 from __future__ import annotations
 
 import contextlib
+import stat
 import subprocess
 import sys
 import uuid
@@ -39,9 +40,12 @@ def run_ssh(argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-@pytest.fixture
-def world(tmp_path):
-    """Receiver host R (sshd on 127.0.0.2), trusted peers A and B, login users for them."""
+@pytest.fixture(params=["file", "command"])
+def world(tmp_path, request):
+    """Receiver host R (sshd on 127.0.0.2), trusted peers A and B, a pinned hub key, login users for them
+    (`btrfs-<peer>`, `cocalc-hub`); R's sshd reads
+    the static per-login files (`file`, the default) or asks the AuthorizedKeysCommand (`command`)."""
+    mode = request.param
     with contextlib.ExitStack() as stack:
         rundir = stack.enter_context(root_owned_dir())
         record = tmp_path / "forced.log"
@@ -50,21 +54,34 @@ def world(tmp_path):
                                                                      record=record))
         port = free_port("127.0.0.2")
         r = KeyHost(tmp_path / "r", extra={"sshpiper.cocalc_ctl": str(wrapper),
-                                            "sshpiper.receiver_listen": f"127.0.0.2:{port}"})
+                                            "sshpiper.receiver_listen": f"127.0.0.2:{port}",
+                                            "sshpiper.receiver_auth": mode,
+                                            "sshpiper.receiver_keys_dir": str(rundir / "keys")})
         a, b = KeyHost(tmp_path / "a"), KeyHost(tmp_path / "b")
-        for h in (r, a, b):
+        hub = KeyHost(tmp_path / "hub")  # its host-to-host key stands in for a hub key (any ed25519 key)
+        for h in (r, a, b, hub):
             h.cli("keys", "ensure")
+        hub_key = hub.secrets / "host-to-host" / "id_ed25519"
+        r.pin_hub_keys([hub.pub("host-to-host/id_ed25519")])  # what `keys sync` pins from the hub
+
+        def refresh() -> None:
+            """What `keys sync` does after it changed host sqlite (tests plant peers directly)."""
+            r.cli("sshpiper", "receiver-keys")
+
         for peer in (a, b):
             r.add_peer(peer.host_id, peer.pub("host-to-host/id_ed25519"))
             peer.add_peer(r.host_id, r.pub("host-to-host/id_ed25519"), ssh_server=f"127.0.0.2:{port}",
                           sshpiperd=r.pub("sshpiperd/host_key"))
             peer.cli("keys", "known-hosts")
+        refresh()
         stranger = str(uuid.uuid4())
-        stack.enter_context(passwd_users([f"btrfs-{a.host_id}", f"btrfs-{b.host_id}", f"btrfs-{stranger}"]))
+        stack.enter_context(passwd_users([f"btrfs-{a.host_id}", f"btrfs-{b.host_id}", f"btrfs-{stranger}",
+                                          "cocalc-hub"]))
         sshd = Sshd(r.cli("sshpiper", "config", "--sshd").stdout, tmp_path, "receiver")
         stack.callback(sshd.stop)
         sshd.start("127.0.0.2", port)
-        yield {"r": r, "a": a, "b": b, "port": port, "record": record, "sshd": sshd, "stranger": stranger}
+        yield {"r": r, "a": a, "b": b, "port": port, "record": record, "sshd": sshd, "stranger": stranger,
+               "mode": mode, "refresh": refresh, "keys_dir": rundir / "keys", "hub_key": hub_key}
 
 
 def login(host: KeyHost, user: str, port: int, words: list[str], *, identity: Path | None = None,
@@ -137,6 +154,7 @@ def test_rotation_accepts_both_keys_until_finish(world):
     a.cli("keys", "rotate", "--which", "host")
     lines = a.db().execute("SELECT host_to_host_public_key FROM project_hosts WHERE is_self=1").fetchone()[0]
     r.add_peer(a.host_id, lines)  # what `keys register` + `keys sync` deliver during a rotation
+    world["refresh"]()
     new, old = a.secrets / "host-to-host" / "id_ed25519", a.secrets / "host-to-host" / "id_ed25519.previous"
     assert login(_Cfg(a), user, port, ["new"], identity=new).returncode == 0
     assert login(_Cfg(a), user, port, ["old"], identity=old).returncode == 0
@@ -146,6 +164,7 @@ def test_rotation_accepts_both_keys_until_finish(world):
     a.cli("keys", "rotate", "--which", "host", "--finish")
     lines = a.db().execute("SELECT host_to_host_public_key FROM project_hosts WHERE is_self=1").fetchone()[0]
     r.add_peer(a.host_id, lines)
+    world["refresh"]()
     assert login(_Cfg(a), user, port, ["new"], identity=new).returncode == 0
     assert not old.exists() and not old.with_name("id_ed25519.previous.pub").exists()
     res = login(_Cfg(a), user, port, ["old"], identity=saved)
@@ -166,7 +185,8 @@ def test_known_hosts_pinning_on_port_22_and_a_high_port(tmp_path):
         servers = []
         for port in (22, high):
             r = KeyHost(tmp_path / f"r{port}", extra={"sshpiper.cocalc_ctl": str(wrapper),
-                                                      "sshpiper.receiver_listen": f"127.0.0.3:{port}"})
+                                                      "sshpiper.receiver_listen": f"127.0.0.3:{port}",
+                                                      "sshpiper.receiver_auth": "command"})
             r.cli("keys", "ensure")
             r.add_peer(a.host_id, a.pub("host-to-host/id_ed25519"))
             sshd = Sshd(r.cli("sshpiper", "config", "--sshd").stdout, tmp_path, f"sshd{port}")
@@ -205,7 +225,8 @@ def test_hub_trust_end_to_end_login_then_untrust_refuses(tmp_path, hub_dsn):
         port = free_port("127.0.0.2")
         r = KeyHost(tmp_path / "r", extra={"hub_dsn": hub_dsn, "ssh_server": f"127.0.0.2:{port}",
                                             "sshpiper.cocalc_ctl": str(wrapper),
-                                            "sshpiper.receiver_listen": f"127.0.0.2:{port}"})
+                                            "sshpiper.receiver_listen": f"127.0.0.2:{port}",
+                                            "sshpiper.receiver_keys_dir": str(rundir / "keys")})
         a = KeyHost(tmp_path / "a", extra={"hub_dsn": hub_dsn, "ssh_server": "127.0.0.3:22"})
         r.cli("hub", "migrate")
         for h in (r, a):
@@ -220,7 +241,66 @@ def test_hub_trust_end_to_end_login_then_untrust_refuses(tmp_path, hub_dsn):
         sshd.start("127.0.0.2", port)
         res = login(_Cfg(a), f"btrfs-{a.host_id}", port, ["recv"])
         assert res.returncode == 0 and "stub move recv got: recv" in res.stdout, res.stderr
+        # `keys sync` wrote the static file sshd read (no AuthorizedKeysCommand in this config)
+        assert f"AuthorizedKeysFile {rundir / 'keys'}/%u" in sshd.config.read_text()
+        assert "AuthorizedKeysCommand" not in sshd.config.read_text()
+        assert (rundir / "keys" / f"btrfs-{a.host_id}").is_file()
         r.cli("keys", "untrust", a.host_id)
         assert r.json("keys", "sync")["removed"] == [a.host_id]
+        assert not (rundir / "keys" / f"btrfs-{a.host_id}").exists()
         res = login(_Cfg(a), f"btrfs-{a.host_id}", port, ["recv"])
         assert res.returncode == 255 and "Permission denied" in res.stderr
+
+
+def test_upstream_key_reaches_no_receiver_login_relay_key_only_btrfs(world):
+    """Least privilege (real sshd): the key sshpiperd logs into project containers with is accepted for no
+    receiver login; the relay key (sshpiperd relaying a peer or the hub) only for `btrfs-<peer>` and
+    `cocalc-hub`, each with its forced command; a peer's own key never reaches `cocalc-hub`, the hub's key
+    never a `btrfs-<peer>` login."""
+    a, r, port, record = world["a"], world["r"], world["port"], world["record"]
+    upstream, relay = r.secrets / "sshpiper" / "upstream_key", r.secrets / "sshpiper" / "relay_key"
+    before = record.read_text()
+    for user in (f"btrfs-{a.host_id}", "cocalc-hub"):
+        res = login(_Cfg(a), user, port, ["recv"], identity=upstream)
+        assert res.returncode == 255 and "Permission denied" in res.stderr, (user, res.stderr)
+    res = login(_Cfg(a), "cocalc-hub", port, ["x"])  # a peer's own key
+    assert res.returncode == 255 and "Permission denied" in res.stderr
+    res = login(_Cfg(a), f"btrfs-{a.host_id}", port, ["x"], identity=world["hub_key"])  # the hub's key
+    assert res.returncode == 255 and "Permission denied" in res.stderr
+    assert record.read_text() == before  # nothing ran
+    res = login(_Cfg(a), f"btrfs-{a.host_id}", port, ["relayed"], identity=relay)
+    assert res.returncode == 0 and res.stdout.strip() == "stub move recv got: relayed", res.stderr
+    assert f"move recv --from {a.host_id}" in record.read_text()
+    # the hub's move worker, directly or relayed by sshpiperd: only `move host-step` runs
+    for identity in (world["hub_key"], relay):
+        res = login(_Cfg(a), "cocalc-hub", port, ["project", "show"], identity=identity)
+        assert res.returncode == 0 and res.stdout.strip() == "stub move recv got: project show", res.stderr
+        assert record.read_text().splitlines()[-2].endswith(" move host-step")
+
+
+def test_static_receiver_files_are_root_owned_atomic_and_follow_the_peers(world):
+    if world["mode"] != "file":
+        pytest.skip("static files are the `file` mode")
+    a, b, r, port, d = world["a"], world["b"], world["r"], world["port"], world["keys_dir"]
+    config = world["sshd"].config.read_text()
+    assert f"AuthorizedKeysFile {d}/%u" in config.splitlines() and "AuthorizedKeysCommand" not in config
+    st = d.stat()
+    assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o755
+    files = sorted(p.name for p in d.iterdir())
+    assert files == sorted([f"btrfs-{h.host_id}" for h in (a, b)] + ["cocalc-hub"])
+    f = d / f"btrfs-{a.host_id}"
+    st = f.stat()
+    assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o644
+    lines = [ln for ln in f.read_text().splitlines() if not ln.startswith("#")]
+    assert len(lines) == 2 and all(ln.startswith('restrict,command="') and f"move recv --from {a.host_id}" in ln
+                                   for ln in lines)
+    # unchanged peers: nothing is rewritten (same inode); a change replaces the file by rename
+    ino = f.stat().st_ino
+    assert r.json("sshpiper", "receiver-keys")["written"] == []
+    assert f.stat().st_ino == ino
+    r.add_peer(a.host_id, a.pub("host-to-host/id_ed25519"), trusted=False)
+    res = r.json("sshpiper", "receiver-keys")
+    assert res["removed"] == [f"btrfs-{a.host_id}"]
+    assert login(_Cfg(a), f"btrfs-{a.host_id}", port, ["x"]).returncode == 255
+    assert login(_Cfg(b), f"btrfs-{b.host_id}", port, ["ok"]).returncode == 0
+    assert not any(p.name.startswith(".") for p in d.iterdir())  # no temporary file left behind

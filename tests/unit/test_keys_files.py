@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.keys import KeyHost
 
-KEYFILES = ["host-to-host/id_ed25519", "sshpiperd/host_key", "sshpiper/upstream_key"]
+KEYFILES = ["host-to-host/id_ed25519", "sshpiperd/host_key", "sshpiper/upstream_key", "sshpiper/relay_key"]
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_show_and_json_never_contain_private_keys_or_token(kh):
         for s in secrets:
             assert s not in res.stdout and s not in res.stderr
     shown = json.loads(outputs[1].stdout)
-    assert {k["which"] for k in shown} == {"host", "sshpiperd", "upstream"}
+    assert {k["which"] for k in shown} == {"host", "sshpiperd", "upstream", "relay"}
     assert all(k["fingerprint"].startswith("SHA256:") for k in shown)
 
 
@@ -151,7 +151,7 @@ def test_concurrent_ensure_makes_one_consistent_set(kh):
              for _ in range(4)]
     results = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
     assert all(rc == 0 for _, _, rc in results), results
-    assert sum(out.count("created ") for out, _, _ in results) == 4  # three keys and the token, made once
+    assert sum(out.count("created ") for out, _, _ in results) == 5  # four keys and the token, made once
     for rel in KEYFILES:
         derived = subprocess.run(["ssh-keygen", "-y", "-f", str(kh.secrets / rel)], capture_output=True, text=True,
                                  check=True).stdout.split()[:2]

@@ -100,17 +100,25 @@ def test_peer_users_get_only_that_trusted_peers_key(kh, peer):
         assert line.startswith(f'restrict,command="/usr/local/bin/cocalc-ctl --config {kh.config_path} '
                                f'move recv --from {peer.host_id}" ssh-ed25519 ')
     assert h2h.split()[1] in lines[0]
-    assert kh.pub("sshpiper/upstream_key").split()[1] in lines[1]
+    # sshpiperd relays with its relay key; the upstream key (project containers) is never accepted here
+    relay = kh.pub("sshpiper/relay_key").split()[1]
+    assert relay in lines[1]
+    upstream = kh.pub("sshpiper/upstream_key").split()[1]
+    assert not any(upstream in line for line in lines)
     # project-host-<uuid> is gone: a peer's key never reaches `move host-step`
     assert kh.cli("sshpiper", "authorized-keys", f"project-host-{peer.host_id}").stdout == ""
     assert not kh.json("sshpiper", "auth", f"project-host-{peer.host_id}")["allowed"]
     # the hub's move worker logs in as cocalc-hub with a pinned hub key only, and may only run host-step
     assert not kh.json("sshpiper", "auth", "cocalc-hub")["allowed"]  # no hub key pinned yet
+    assert kh.cli("sshpiper", "authorized-keys", "cocalc-hub").stdout == ""  # not even the relay key
     hub_key = peer.pub("sshpiperd/host_key").replace("sshpiperd", "hub")  # any ed25519 key stands in
     kh.pin_hub_keys([hub_key])
     d = kh.json("sshpiper", "auth", "cocalc-hub")
     assert d["allowed"] and d["authorized_keys"] == [hub_key] and h2h not in d["authorized_keys"]
     host_lines = kh.cli("sshpiper", "authorized-keys", "cocalc-hub").stdout.splitlines()
+    # the hub's key, and this host's sshpiperd relaying the hub; never the upstream key
+    assert len(host_lines) == 2 and hub_key.split()[1] in host_lines[0] and relay in host_lines[1]
+    assert not any(upstream in line for line in host_lines)
     assert host_lines and all(
         line.startswith(f'restrict,command="/usr/local/bin/cocalc-ctl --config {kh.config_path} move host-step" ')
         for line in host_lines)
@@ -159,6 +167,7 @@ def test_rest_contract_allow_deny_wrong_token_healthz(kh, peer):
         status, body = c.lookup(tok, f"btrfs-{peer.host_id}")
         assert body["authorizedKeys"].split()[:2] == peer.pub("host-to-host/id_ed25519").split()[:2]
         assert body["host"] == "127.0.0.1:2222" and body["user"] == f"btrfs-{peer.host_id}"
+        assert body["privateKey"] == (kh.secrets / "sshpiper" / "relay_key").read_text()  # never the upstream key
         assert c.lookup(tok[:-1] + ("A" if tok[-1] != "A" else "B"), f"project-{P}") == (200, EMPTY)
         assert c.lookup("", f"project-{P}") == (200, EMPTY)
         assert c.lookup(tok, "root") == (200, EMPTY)

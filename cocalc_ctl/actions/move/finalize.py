@@ -17,7 +17,7 @@ from cocalc_ctl import ids, layout, locks, proc
 from cocalc_ctl.actions import projects
 from cocalc_ctl.actions.host import host_id as own_host_id
 from cocalc_ctl.actions.move import common
-from cocalc_ctl.actions.move.recv import drop_incoming
+from cocalc_ctl.actions.move.recv import drop_incoming, refuse_live_project
 from cocalc_ctl.actions.pool import require_pool
 from cocalc_ctl.config import Config, parse_size
 from cocalc_ctl.errors import NotFound, OperationFailed, PreconditionFailed
@@ -150,12 +150,14 @@ def present(cfg: Config, project_id: str) -> bool:
 
 
 def abort(cfg: Config, project_id: str) -> AbortResult:
-    """Roll back a destination: received data, staged streams, and a project finalize had begun."""
+    """Roll back a destination: received data, staged streams, and a project finalize had begun. A project
+    that lives here with nothing incoming is refused (NotFound, exit 3), never reported as aborted."""
     pid = ids.project_id(project_id)
     require_pool(cfg)
     incoming = layout.incoming_dir(cfg, pid)
     partial = False
     with common.receive_lock(cfg, pid):
+        refuse_live_project(cfg, pid)
         if (incoming / common.FINALIZING_MARKER).exists():
             from cocalc_ctl.actions.move import backup_mode
 

@@ -17,7 +17,10 @@ its verbs (see tickets.py); without one nothing runs, not even `list`:
 
 Receives land in `<btrfs_root>/_incoming/<project>/`; each one is verified (read-only,
 received_uuid equal to the announced source uuid, parent as announced) and a garbled one is deleted
-at once. A project that already exists here is never received into.
+at once. A project that already exists here is never received into. The first receiving step claims
+`_incoming/<project>` for its source host (`.source`); a receive that fails and leaves nothing there
+releases the claim again, so a failed attempt never blocks moves of the project from other hosts.
+`abort` of a project that lives here (and has nothing incoming) is refused, never reported as done.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import re
 import shutil
 import sys
 import tarfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,7 +244,8 @@ def _receive(cfg: Config, src: str, req: Request) -> None:
     name, kind, codec, src_uuid = req.args[:4]
     parent = req.args[4] if len(req.args) > 4 else None
     incoming = _claim_incoming(cfg, src, req.project_id)
-    _receive_stream(cfg, req.project_id, incoming, name, kind, codec, src_uuid, parent, stdin_path=None)
+    with _release_on_failure(cfg, req.project_id, incoming):
+        _receive_stream(cfg, req.project_id, incoming, name, kind, codec, src_uuid, parent, stdin_path=None)
 
 
 def _receive_stream(cfg: Config, pid: str, incoming: Path, name: str, kind: str, codec: str, src_uuid: str,
@@ -301,6 +306,47 @@ def _receive_stream(cfg: Config, pid: str, incoming: Path, name: str, kind: str,
         common.log(cfg, pid, "recv", "receive", "ok", snapshot=name, parent=parent)
 
 
+def _release_if_empty(cfg: Config, pid: str, incoming: Path) -> bool:
+    """After a failed receive (under the receive lock): when `_incoming/<pid>` holds nothing of value —
+    no received subvolume, no persist store, no move or finalize marker, no staged streams — remove it,
+    releasing the source's claim so that a failed attempt never blocks moves of the project from other
+    hosts. Returns whether it was released."""
+    try:
+        names = set(os.listdir(incoming))
+    except FileNotFoundError:
+        return False
+    if names - {common.SOURCE_MARKER} or os.path.lexists(layout.streams_dir(cfg, pid)):
+        return False
+    try:
+        (incoming / common.SOURCE_MARKER).unlink(missing_ok=True)
+        incoming.rmdir()
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def _release_on_failure(cfg: Config, pid: str, incoming: Path):
+    """A receive that fails (refused, garbled, interrupted) releases the claim it made, if nothing else
+    holds it."""
+    try:
+        yield
+    except BaseException:
+        with common.receive_lock(cfg, pid):
+            if _release_if_empty(cfg, pid, incoming):
+                common.log(cfg, pid, "recv", "release", "ok", detail="failed receive: claim released")
+        raise
+
+
+def refuse_live_project(cfg: Config, pid: str) -> None:
+    """`abort` rolls back an incoming move; a project that lives here with nothing incoming is no such
+    thing, and saying "aborted" for it would hide a wrong host or a wrong id."""
+    incoming = layout.incoming_dir(cfg, pid)
+    if os.path.lexists(layout.project_subvolume(cfg, pid)) and not os.path.lexists(incoming):
+        raise NotFound(f"project {pid} is a live project on this host, not an incoming move: nothing to abort",
+                       hint="check the project id and the host; `project delete` removes a project")
+
+
 def _drain_stdin(stdin_path: str | None) -> None:
     if stdin_path is None:
         while os.read(0, 1 << 20):
@@ -333,7 +379,9 @@ def _receive_file(cfg: Config, src: str, req: Request) -> None:
     if parent is not None and not ids.is_uuid(parent):
         raise Refused("refused: manifest entry is malformed")
     incoming = _claim_incoming(cfg, src, req.project_id)
-    _receive_stream(cfg, req.project_id, incoming, name, kind, codec, entry["uuid"], parent, stdin_path=str(path))
+    with _release_on_failure(cfg, req.project_id, incoming):
+        _receive_stream(cfg, req.project_id, incoming, name, kind, codec, entry["uuid"], parent,
+                        stdin_path=str(path))
 
 
 def _persist(cfg: Config, src: str, req: Request) -> None:
@@ -348,6 +396,7 @@ def _persist(cfg: Config, src: str, req: Request) -> None:
                 tar.extractall(tmp, filter="data")  # no absolute paths, no .., no devices, no links out
         except (tarfile.TarError, OSError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            _release_if_empty(cfg, req.project_id, incoming)
             raise OperationFailed(f"persist store archive is invalid: {exc}") from None
         shutil.rmtree(final, ignore_errors=True)
         os.rename(tmp, final)
@@ -356,6 +405,7 @@ def _persist(cfg: Config, src: str, req: Request) -> None:
 
 def _abort(cfg: Config, src: str, req: Request) -> None:
     with common.receive_lock(cfg, req.project_id):
+        refuse_live_project(cfg, req.project_id)
         drop_incoming(cfg, req.project_id)
     common.log(cfg, req.project_id, "recv", "abort", "ok")
 

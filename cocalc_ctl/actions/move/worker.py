@@ -32,7 +32,7 @@ from cocalc_ctl.actions.move import common
 from cocalc_ctl.actions.move.hub import ACTIVE, COLUMNS, MIRROR_SQL, Move, row_to_move
 from cocalc_ctl.actions.move.transport import HostTransport, host_transport
 from cocalc_ctl.config import Config
-from cocalc_ctl.errors import CocalcError, PreconditionFailed
+from cocalc_ctl.errors import CocalcError, CommandFailed, PreconditionFailed
 from cocalc_ctl.state import hub_db
 
 CLAIMABLE = f"""(state = ANY(ARRAY{list(ACTIVE)!r}::text[])
@@ -236,7 +236,13 @@ class Worker:
         if m.state in ("failing", "cancelled") and m.cleaned_at is None:
             if m.dest_host_id and m.dest_host_id != m.source_host_id:
                 m, ticket = self._ticket(m, "abort")
-                self.transport().run(m.dest_host_id, ["move", "abort", pid, "--ticket", ticket])
+                try:
+                    self.transport().run(m.dest_host_id, ["move", "abort", pid, "--ticket", ticket])
+                except CommandFailed as exc:
+                    # exit 3 "live project": the destination has its own project with this id and nothing
+                    # of this move (the collision the move failed on): there is nothing to roll back
+                    if exc.returncode != 3 or "live project" not in exc.stderr_tail:
+                        raise
             return self._update(m, cleaned_at=_now(), status_reason=_without_cleanup_failure(m.status_reason))
         return None
 

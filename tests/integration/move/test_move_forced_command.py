@@ -79,12 +79,60 @@ def test_forced_command_refuses_another_hosts_incoming_and_existing_projects(pai
         res = ssh_to(a, rb, command, input=b"garbage", ticket=a.hub.ticket(pid, a, b, snapshot="move-x"))
         assert res.returncode != 0 and b"already exists" in res.stderr, res.stderr
     assert not (b.pool / "_incoming" / pid).exists()
-    # a garbled stream is refused by btrfs and leaves nothing behind
+    # a garbled stream is refused by btrfs and leaves nothing behind, not even A's claim on the project
     other = str(uuid.uuid4())
     res = ssh_to(a, rb, f"receive {other} s1 snapshot none {SNAP_UUID}", input=b"not a btrfs stream" * 100,
                  ticket=a.hub.ticket(other, a, b))
     assert res.returncode != 0
-    assert not any(p.name == "s1" for p in (b.pool / "_incoming" / other).iterdir())
+    assert not (b.pool / "_incoming" / other).exists()
+
+
+def test_a_failed_receive_releases_its_claim(pair, make_host):
+    """A receive that fails must not leave the sending host's claim on `_incoming/<uuid>` behind: another
+    host's move of that project would be refused ("belongs to another source host") until an abort."""
+    a, b, rb, _ = pair
+    c = make_host("c", init=False)
+    ensure_host_key(c)
+    rb.allow(c)
+    pid = str(uuid.uuid4())
+    for command in (f"receive {pid} s1 snapshot none {SNAP_UUID}",  # garbled stream
+                    f"receive {pid} s2 snapshot none {SNAP_UUID} {str(uuid.uuid4())}",  # unknown parent
+                    f"persist {pid}"):  # not a tar
+        res = ssh_to(a, rb, command, input=b"not a btrfs stream" * 100, ticket=a.hub.ticket(pid, a, b))
+        assert res.returncode != 0 and b"ticket" not in res.stderr, (command, res.stderr)  # the receive failed
+        assert not (b.pool / "_incoming" / pid).exists(), (command, res.stderr)
+        res = ssh_to(c, rb, f"receive {pid} s1 snapshot none {SNAP_UUID}", input=b"garbage" * 100,
+                     ticket=a.hub.ticket(pid, c, b))
+        assert res.returncode != 0 and b"another source host" not in res.stderr, res.stderr
+        assert b"ticket" not in res.stderr, res.stderr
+    # a claim that holds received data is kept: A's real move of a project is not disturbed by its failures
+    make_project(a, pid, {"f.txt": b"x\n"})
+    a.cli("snapshot", "create", pid, "s1")
+    a.cli("move", "send", pid, "--to", rb.spec(), "--snapshot", "move-x")
+    res = ssh_to(a, rb, f"receive {pid} s9 snapshot none {SNAP_UUID}", input=b"garbage" * 100,
+                 ticket=a.hub.ticket(pid, a, b, snapshot="move-x"))
+    assert res.returncode != 0
+    assert (b.pool / "_incoming" / pid / "s1").is_dir() and (b.pool / "_incoming" / pid / ".source").exists()
+    res = ssh_to(c, rb, f"abort {pid}", ticket=a.hub.ticket(pid, c, b))
+    assert res.returncode != 0 and b"another source host" in res.stderr
+
+
+def test_abort_of_a_live_project_is_an_error_not_a_success(pair):
+    """`move abort` (host verb and the receiver's grammar) of a project that lives on this host is refused
+    with exit 3 and a one-line hint, and the project is untouched."""
+    a, b, rb, _ = pair
+    pid = str(uuid.uuid4())
+    make_project(b, pid, {"keep.txt": b"precious\n"})
+    res = b.cli("move", "abort", pid, check=False)
+    assert res.returncode == 3, (res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cocalc-ctl: error: ") and "live project" in lines[0]
+    assert "Traceback" not in res.stderr
+    res = ssh_to(a, rb, f"abort {pid}", ticket=a.hub.ticket(pid, a, b))
+    assert res.returncode == 3 and b"live project" in res.stderr
+    assert (b.pool / f"project-{pid}" / "keep.txt").read_bytes() == b"precious\n"
+    # an id with nothing here at all is still a quiet no-op (the worker's roll-back may run twice)
+    assert b.cli("move", "abort", str(uuid.uuid4())).returncode == 0
 
 
 def test_rsync_waits_for_a_receive_in_progress(pair):
