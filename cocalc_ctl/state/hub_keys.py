@@ -81,6 +81,28 @@ def admit(conn: sqlite3.Connection, move_id: str, project_id: str, attempt: int,
     return why
 
 
+def close(conn: sqlite3.Connection, move_id: str, project_id: str, attempt: int, by: str, now: str) -> str | None:
+    """Record the move as finished here by `by` even if this host never saw a ticket of it (a step with
+    nothing left to do); return why not (None = recorded, also when it was finished already)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = ledger(conn, move_id)
+        why = None
+        if row is not None and row.project_id != project_id:
+            why = "its move id belongs to another project here"
+        elif row is None:
+            conn.execute("INSERT INTO move_tickets(move_id, project_id, attempt, seen_at, finished_by, finished_at) "
+                         "VALUES (?,?,?,?,?,?)", (move_id, project_id, attempt, now, by, now))
+        else:
+            conn.execute("UPDATE move_tickets SET attempt=max(attempt, ?), finished_by=coalesce(finished_by, ?), "
+                         "finished_at=coalesce(finished_at, ?) WHERE move_id=?", (attempt, by, now, move_id))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return why
+
+
 def finish(conn: sqlite3.Connection, move_id: str, by: str, now: str) -> None:
     conn.execute("UPDATE move_tickets SET finished_by=coalesce(finished_by, ?), finished_at=coalesce(finished_at, ?) "
                  "WHERE move_id=?", (by, now, move_id))
