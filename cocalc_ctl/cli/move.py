@@ -214,6 +214,7 @@ def abort(project: str = PROJECT, ticket: Optional[str] = TICKET) -> None:
     t = None
     if ticket is not None and fin.incoming_present(cfg, project):
         t = authority.check(cfg, ticket, verb="abort", project_id=ids.project_id(project))
+        authority.finished(cfg, t, "abort")  # first: a receive waiting for the lock must not start after it
     elif ticket is not None:  # nothing to roll back: still a valid ticket, and the move ends here now
         authority.close(cfg, ticket, verb="abort", project_id=ids.project_id(project))
     result = fin.abort(cfg, project)

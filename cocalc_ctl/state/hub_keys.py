@@ -65,7 +65,7 @@ def admit(conn: sqlite3.Connection, move_id: str, project_id: str, attempt: int,
         why = None
         if row is not None and row.project_id != project_id:
             why = "its move id belongs to another project here"
-        elif row is not None and row.finished_by and not (verb == "finalize" and row.finished_by == "finalize"):
+        elif row is not None and row.finished_by and not (verb in ("finalize", "abort") and row.finished_by == verb):
             why = f"its move is already finished on this host ({row.finished_by})"
         elif row is not None and attempt < row.attempt:
             why = f"attempt {attempt} was superseded by attempt {row.attempt}"

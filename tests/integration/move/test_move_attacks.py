@@ -5,10 +5,14 @@ sshd: ticket tricks, replays, scope changes and command smuggling against B's re
 from __future__ import annotations
 
 import base64
+import subprocess
+import time
 import uuid
 
 import pytest
 
+from cocalc_ctl import locks
+from tests.support.hosts import CLI, REPO
 from tests.integration.move.test_move_authority import host_key_of, refused, state_of
 from tests.support.move import make_project, ssh_to
 
@@ -118,3 +122,59 @@ def test_a_superseded_attempts_ticket_is_refused_on_the_receiver(pair):
     refused(ssh_to(a, rb, f"list {p}", ticket=old), b"superseded")
     # and the current attempt's ticket still names only its own project
     refused(ssh_to(a, rb, f"list {uuid.uuid4()}", ticket=new), b"the ticket is for project")
+
+
+def _ledger(host, move_id: str):
+    from contextlib import closing
+
+    from cocalc_ctl.state import host_db, hub_keys
+
+    with closing(host_db.connect(host.data)) as db:
+        return hub_keys.ledger(db, move_id)
+
+
+def _wait(cond, what: str, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, what
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("command", ["receive {p} s1 snapshot none " + SNAP_UUID, "persist {p}",
+                                     "rsync --server -tre.iLsfxCIvu --partial . _streams/{p}/move-rig/"])
+def test_a_push_admitted_before_an_abort_does_not_start_after_it(pair, command):
+    """A's command passed the ticket check and waits for B's receive lock; meanwhile the hub aborts the
+    move on B. Once the lock is free, A's command must not create anything under B's pool."""
+    a, b, rb, ra = pair
+    hub = a.hub
+    p = str(uuid.uuid4())
+    send_p = hub.ticket(p, a, b)
+    mid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{p}/{a.host_id}/{b.host_id}/move-rig"))  # RigHub's move id
+    procs = []
+    try:
+        with locks.hold(b.data, f"move-recv-{p}"):  # as a receive of this project in progress would
+            key = a.data / "secrets" / "host-to-host" / "id_ed25519"
+            push = subprocess.Popen(["ssh", "-p", str(rb.port), "-i", str(key), "-o", "IdentitiesOnly=yes",
+                                     "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+                                     "-o", f"UserKnownHostsFile={a.data / 'ssh' / 'known_hosts'}",
+                                     "-o", "GlobalKnownHostsFile=/dev/null", "-T", f"root@{rb.addr}",
+                                     f"ticket {send_p} " + command.format(p=p)],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            procs.append(push)
+            _wait(lambda: _ledger(b, mid) is not None, "A's push was never admitted")
+            abort = subprocess.Popen([*CLI, "move", "abort", p, "--ticket", hub.ticket(p, a, b, verbs=("abort",))],
+                                     env=b.env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            procs.append(abort)
+            _wait(lambda: (_ledger(b, mid) or None) and _ledger(b, mid).finished_by == "abort",
+                  "the abort never recorded the move as finished")
+        out, err = push.communicate(timeout=120)
+        assert push.returncode != 0 and b"ended here" in err, (push.returncode, err)
+        out, err = abort.communicate(timeout=120)
+        assert abort.returncode == 0, err
+    finally:
+        for pr in procs:
+            if pr.poll() is None:
+                pr.kill()
+                pr.wait()
+    assert not (b.pool / "_incoming" / p).exists()
+    assert not (b.pool / "_streams" / p).exists()
