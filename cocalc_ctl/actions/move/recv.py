@@ -200,6 +200,8 @@ def _check_ticket(cfg: Config, src: str, req: Request) -> None:
         snapshot = req.args[0]
     req.admitted = authority.check(cfg, req.ticket, verb="send", project_id=req.project_id, peer=src,
                                    snapshot=snapshot)
+    if req.admitted.mode not in ("pipe", "staged"):  # a backup-mode move pushes nothing to this host
+        raise Refused(f"refused: the ticket is for a {req.admitted.mode}-mode move, which sends no streams here")
 
 
 def _still_open(cfg: Config, req: Request) -> None:

@@ -73,6 +73,8 @@ def test_ticket_tricks_scope_and_smuggling_leave_b_untouched(pair):
         (f"list {p}", hub.ticket(p, a, b, verbs=("finalize",), mode="staged", snapshot="move-p")),
         (f"abort {live}", hub.ticket(live, a, b, verbs=("abort",))),
         (f"list {p}", hub.ticket(p, a, b, verbs=("cleanup", "finalize"), mode="staged", snapshot="move-p")),
+        (f"list {q}", hub.ticket(q, a, b, mode="backup")),   # a backup-mode move pushes no streams
+        (f"receive {q} s1 snapshot none {SNAP_UUID}", hub.ticket(q, a, b, mode="backup")),
         # the ticket text: a second bogus signature, body from another ticket, a re-padded body
         (f"list {q}", f"{body}.{sig}.{sig}"[:-1] + "A"),
         (f"list {q}", hub.ticket(q, a, b).split(".")[0] + "." + sig),
