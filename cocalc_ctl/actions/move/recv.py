@@ -140,8 +140,8 @@ def serve(cfg: Config, source_host: str, command: str | None) -> int:
         return _refuse(cfg, None, f"invalid --from {ids._show(source_host)}", command)
     try:
         req = parse(command)
+        _check_ticket(cfg, src, req)  # first: without the hub's ticket nothing here is told, not even what exists
         _check_peer(cfg, src, req)
-        _check_ticket(cfg, src, req)
     except InvalidInput as exc:  # Refused, TicketRefused
         return _refuse(cfg, None, exc.message, command)
     try:

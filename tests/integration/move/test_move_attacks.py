@@ -104,6 +104,11 @@ def test_ticket_tricks_scope_and_smuggling_leave_b_untouched(pair):
     for command, ticket in attempts:
         refused(ssh_to(a, rb, command, ticket=ticket, input=b"not a stream" * 10))
         assert state_of(b, live) == before, command
+    # without a ticket B tells nothing, not even which projects live there or whose incoming is whose
+    for command in (f"receive {live} s9 snapshot none {SNAP_UUID}", f"persist {live}", f"list {live}"):
+        res = ssh_to(a, rb, command)
+        refused(res, b"needs `ticket")
+        assert live.encode() not in res.stderr and b"exists" not in res.stderr, res.stderr
     # a different spelling of the same signature is no new ticket: spent like the original
     malleated = body + "." + _malleate(sig)
     b.cli("move", "abort", p, "--ticket", hub.ticket(p, a, b, verbs=("abort",), mode="staged", snapshot="move-p"))
