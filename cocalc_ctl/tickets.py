@@ -69,10 +69,14 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
+    """Strict: the one spelling `_b64` makes (no other padding bits), so a ticket has one text."""
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise TicketRefused("not base64url") from None
+    if _b64(raw) != text:
+        raise TicketRefused("not canonical base64url")
+    return raw
 
 
 def canonical(payload: dict) -> bytes:
@@ -102,7 +106,7 @@ def _check_fields(p: object) -> Ticket:
     if not isinstance(p, dict) or set(p) != {"v", "mid", "att", "p", "src", "dst", "mode", "snap", "verbs", "iat",
                                              "exp"}:
         raise TicketRefused("unexpected fields")
-    if p["v"] != VERSION:
+    if type(p["v"]) is not int or p["v"] != VERSION:
         raise TicketRefused(f"unsupported version {ids._show(p['v'])}")
     try:
         for k in ("mid", "src", "dst"):
@@ -169,11 +173,14 @@ def verify(text: object, public_keys: list, *, now: float | None = None) -> Tick
             break
     if not ok:
         raise TicketRefused("not signed by a hub key this host trusts")
+    raw = _unb64(body)
     try:
-        payload = json.loads(_unb64(body).decode("ascii"))
+        payload = json.loads(raw.decode("ascii"))
     except (ValueError, UnicodeError):
         raise TicketRefused("payload is not JSON") from None
     ticket = _check_fields(payload)
+    if canonical(payload) != raw:  # duplicate keys, other spellings: only what `sign` makes is read
+        raise TicketRefused("payload is not canonical JSON")
     t = time.time() if now is None else now
     if ticket.issued_at > t + SKEW_SECONDS:
         raise TicketRefused("issued in the future (check the clocks of hub and host)")

@@ -297,6 +297,7 @@ def known_hosts_text(cfg: Config) -> tuple[str, int]:
     if host_db.db_path(cfg.data_dir).exists():
         with closing(host_db.connect(cfg.data_dir)) as db:
             rows = peers_db.list_peers(db)
+        wanted = []
         for p in rows:
             if not p.trusted or not p.ssh_server:
                 continue
@@ -304,7 +305,17 @@ def known_hosts_text(cfg: Config) -> tuple[str, int]:
                 host, port = ssh.parse_host_port(p.ssh_server)
             except ValueError:
                 continue
-            pattern = ssh.known_hosts_pattern(host, port)
+            wanted.append((ssh.known_hosts_pattern(host, port), p))
+        # One address, one peer: a host that registers another host's ssh_server must not get its own
+        # key accepted for that address (and so receive the moves the hub ticketed to the other host).
+        owners: dict[str, set[str]] = {}
+        for pattern, p in wanted:
+            owners.setdefault(pattern.lower(), set()).add(p.host_id)
+        for pattern, p in wanted:
+            if len(owners[pattern.lower()]) > 1:
+                output.warn(f"peer {p.host_id}: ssh_server {p.ssh_server} is claimed by "
+                            f"{len(owners[pattern.lower()])} trusted hosts; pinning none of them there")
+                continue
             for k in ssh.parse_public_keys(p.sshpiperd_public_key):
                 lines.append(f"{pattern} {k.bare}")
                 n += 1

@@ -212,8 +212,11 @@ def abort(project: str = PROJECT, ticket: Optional[str] = TICKET) -> None:
 
     cfg = config()
     t = None
-    if ticket is not None and fin.incoming_present(cfg, project):  # nothing to roll back needs no authority
+    if ticket is not None and fin.incoming_present(cfg, project):
         t = authority.check(cfg, ticket, verb="abort", project_id=ids.project_id(project))
+        authority.finished(cfg, t, "abort")  # first: a receive waiting for the lock must not start after it
+    elif ticket is not None:  # nothing to roll back: still a valid ticket, and the move ends here now
+        authority.close(cfg, ticket, verb="abort", project_id=ids.project_id(project))
     result = fin.abort(cfg, project)
     authority.finished(cfg, t, "abort")
     render(result, lambda r: done(f"aborted {r.project_id}: removed {len(r.deleted_received)} received snapshots"

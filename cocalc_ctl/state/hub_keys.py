@@ -65,7 +65,7 @@ def admit(conn: sqlite3.Connection, move_id: str, project_id: str, attempt: int,
         why = None
         if row is not None and row.project_id != project_id:
             why = "its move id belongs to another project here"
-        elif row is not None and row.finished_by and not (verb == "finalize" and row.finished_by == "finalize"):
+        elif row is not None and row.finished_by and not (verb in ("finalize", "abort") and row.finished_by == verb):
             why = f"its move is already finished on this host ({row.finished_by})"
         elif row is not None and attempt < row.attempt:
             why = f"attempt {attempt} was superseded by attempt {row.attempt}"
@@ -74,6 +74,28 @@ def admit(conn: sqlite3.Connection, move_id: str, project_id: str, attempt: int,
                          (move_id, project_id, attempt, now))
         elif attempt > row.attempt:
             conn.execute("UPDATE move_tickets SET attempt=?, seen_at=? WHERE move_id=?", (attempt, now, move_id))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return why
+
+
+def close(conn: sqlite3.Connection, move_id: str, project_id: str, attempt: int, by: str, now: str) -> str | None:
+    """Record the move as finished here by `by` even if this host never saw a ticket of it (a step with
+    nothing left to do); return why not (None = recorded, also when it was finished already)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = ledger(conn, move_id)
+        why = None
+        if row is not None and row.project_id != project_id:
+            why = "its move id belongs to another project here"
+        elif row is None:
+            conn.execute("INSERT INTO move_tickets(move_id, project_id, attempt, seen_at, finished_by, finished_at) "
+                         "VALUES (?,?,?,?,?,?)", (move_id, project_id, attempt, now, by, now))
+        else:
+            conn.execute("UPDATE move_tickets SET attempt=max(attempt, ?), finished_by=coalesce(finished_by, ?), "
+                         "finished_at=coalesce(finished_at, ?) WHERE move_id=?", (attempt, by, now, move_id))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

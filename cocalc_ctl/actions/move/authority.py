@@ -44,6 +44,27 @@ def check(cfg: Config, text: str | None, *, verb: str, project_id: str, peer: st
     return t
 
 
+def close(cfg: Config, text: str | None, *, verb: str, project_id: str) -> tickets.Ticket:
+    """A finishing step (`abort`, `cleanup`) that finds nothing to do here still needs a valid ticket for
+    this host's role and project, and records the move as finished here: the move's other tickets (the
+    peer's `send`) are refused from now on, not only once data had arrived. A rerun is accepted."""
+    from cocalc_ctl.actions.host import host_id
+
+    if not text:
+        raise tickets.TicketRefused(f"{verb} over ssh needs a ticket")
+    me = host_id(cfg)
+    if me is None:
+        raise tickets.TicketRefused("this host has no id", hint="run `cocalc-ctl host init`")
+    t = tickets.verify(text, pinned_keys(cfg))
+    tickets.require(t, verb=verb, me=me, project_id=project_id)
+    if not proc.DRY_RUN:
+        with closing(host_db.connect(cfg.data_dir)) as conn:
+            why = hub_keys_db.close(conn, t.move_id, t.project_id, t.attempt, verb, host_db.now_iso())
+        if why:
+            raise tickets.TicketRefused(why)
+    return t
+
+
 def finished(cfg: Config, ticket: tickets.Ticket | None, by: str) -> None:
     """This host's part of the ticket's move is done: later tickets of that move are refused."""
     if ticket is None or proc.DRY_RUN:

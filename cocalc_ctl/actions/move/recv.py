@@ -60,6 +60,7 @@ class Request:
     project_id: str
     args: list[str]
     ticket: str | None = None
+    admitted: object = None  # the checked tickets.Ticket
 
 
 def parse(command: str | None) -> Request:
@@ -143,8 +144,8 @@ def serve(cfg: Config, source_host: str, command: str | None) -> int:
         return _refuse(cfg, None, f"invalid --from {ids._show(source_host)}", command)
     try:
         req = parse(command)
+        _check_ticket(cfg, src, req)  # first: without the hub's ticket nothing here is told, not even what exists
         _check_peer(cfg, src, req)
-        _check_ticket(cfg, src, req)
     except InvalidInput as exc:  # Refused, TicketRefused
         return _refuse(cfg, None, exc.message, command)
     try:
@@ -201,10 +202,34 @@ def _check_ticket(cfg: Config, src: str, req: Request) -> None:
         snapshot = req.args[-1]
     elif req.verb == "receive-file":
         snapshot = req.args[0]
-    authority.check(cfg, req.ticket, verb="send", project_id=req.project_id, peer=src, snapshot=snapshot)
+    req.admitted = authority.check(cfg, req.ticket, verb="send", project_id=req.project_id, peer=src,
+                                   snapshot=snapshot)
+    if req.admitted.mode not in ("pipe", "staged"):  # a backup-mode move pushes nothing to this host
+        raise Refused(f"refused: the ticket is for a {req.admitted.mode}-mode move, which sends no streams here")
 
 
-def _claim_incoming(cfg: Config, src: str, pid: str) -> Path:
+def _still_open(cfg: Config, req: Request) -> None:
+    """Under the receive lock, again: a finalize or abort may have ended the move here while this
+    command waited for the lock (its ticket was admitted before); then nothing is received."""
+    from contextlib import closing
+
+    from cocalc_ctl.state import hub_keys as hub_keys_db
+
+    if req.verb != "list" and os.path.lexists(layout.project_subvolume(cfg, req.project_id)):
+        raise Refused(f"refused: project {req.project_id} already exists on this host")
+    t = req.admitted
+    if t is None or proc.DRY_RUN or not host_db.db_path(cfg.data_dir).exists():
+        return
+    with closing(host_db.connect(cfg.data_dir)) as conn:
+        row = hub_keys_db.ledger(conn, t.move_id)
+    if row is not None and row.finished_by:
+        raise Refused(f"refused: the move of {req.project_id} ended here ({row.finished_by})")
+
+
+def _claim_incoming(cfg: Config, src: str, req: Request) -> Path:
+    """Under the receive lock: the incoming dir of this source's move (created on first use)."""
+    _still_open(cfg, req)
+    pid = req.project_id
     incoming = layout.incoming_dir(cfg, pid)
     incoming.mkdir(parents=True, exist_ok=True)
     os.chmod(incoming.parent, 0o700)
@@ -217,6 +242,7 @@ def _claim_incoming(cfg: Config, src: str, pid: str) -> Path:
 def _list(cfg: Config, src: str, req: Request) -> None:
     incoming = layout.incoming_dir(cfg, req.project_id)
     with common.receive_lock(cfg, req.project_id):
+        _still_open(cfg, req)
         have = common.inventory(incoming)
         for r in have:
             if not r.complete:  # a receive that died half way: never a parent, never finalized
@@ -243,14 +269,15 @@ def _free_bytes(cfg: Config) -> int | None:
 def _receive(cfg: Config, src: str, req: Request) -> None:
     name, kind, codec, src_uuid = req.args[:4]
     parent = req.args[4] if len(req.args) > 4 else None
-    incoming = _claim_incoming(cfg, src, req.project_id)
-    with _release_on_failure(cfg, req.project_id, incoming):
-        _receive_stream(cfg, req.project_id, incoming, name, kind, codec, src_uuid, parent, stdin_path=None)
+    with _release_on_failure(cfg, req.project_id, layout.incoming_dir(cfg, req.project_id)):
+        _receive_stream(cfg, src, req, name, kind, codec, src_uuid, parent, stdin_path=None)
 
 
-def _receive_stream(cfg: Config, pid: str, incoming: Path, name: str, kind: str, codec: str, src_uuid: str,
+def _receive_stream(cfg: Config, src: str, req: Request, name: str, kind: str, codec: str, src_uuid: str,
                     parent: str | None, *, stdin_path: str | None) -> None:
+    pid = req.project_id
     with common.receive_lock(cfg, pid):
+        incoming = _claim_incoming(cfg, src, req)
         before = {r.name: r for r in common.inventory(incoming)}
         done = before.get(name)
         if done and done.complete and done.received_uuid == src_uuid:
@@ -378,15 +405,13 @@ def _receive_file(cfg: Config, src: str, req: Request) -> None:
     parent = entry.get("parent_uuid")
     if parent is not None and not ids.is_uuid(parent):
         raise Refused("refused: manifest entry is malformed")
-    incoming = _claim_incoming(cfg, src, req.project_id)
-    with _release_on_failure(cfg, req.project_id, incoming):
-        _receive_stream(cfg, req.project_id, incoming, name, kind, codec, entry["uuid"], parent,
-                        stdin_path=str(path))
+    with _release_on_failure(cfg, req.project_id, layout.incoming_dir(cfg, req.project_id)):
+        _receive_stream(cfg, src, req, name, kind, codec, entry["uuid"], parent, stdin_path=str(path))
 
 
 def _persist(cfg: Config, src: str, req: Request) -> None:
     with common.receive_lock(cfg, req.project_id):
-        incoming = _claim_incoming(cfg, src, req.project_id)
+        incoming = _claim_incoming(cfg, src, req)
         tmp = incoming / (common.PERSIST_DIR + ".tmp")
         final = incoming / common.PERSIST_DIR
         shutil.rmtree(tmp, ignore_errors=True)
@@ -428,7 +453,7 @@ def _rsync(cfg: Config, src: str, req: Request) -> None:
     # under the receive lock: a server left over from a killed send must not write the same
     # partial files as the rerun's (it ends once its connection is gone; the rerun waits for it)
     with common.receive_lock(cfg, req.project_id):
-        _claim_incoming(cfg, src, req.project_id)
+        _claim_incoming(cfg, src, req)
         sdir = _stream_dir(cfg, req.project_id, move_id)
         sdir.mkdir(parents=True, exist_ok=True)
         os.chmod(layout.streams_dir(cfg, req.project_id).parent, 0o700)
