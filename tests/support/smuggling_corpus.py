@@ -460,6 +460,10 @@ def _resp_cases() -> list[RespCase]:
         add("nobody", f"{status}-cl-body", [b"HTTP/1.1 %d X\r\nContent-Length: 5\r\n\r\nhello" % status])
         add("nobody", f"{status}-chunked", [b"HTTP/1.1 %d X\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
                                             b"0\r\n\r\n" % status])
+    add("nobody", "304-te-no-body", [b"HTTP/1.1 304 X\r\nTransfer-Encoding: chunked\r\n\r\n"])
+    add("nobody", "204-cl-no-body", [b"HTTP/1.1 204 X\r\nContent-Length: 5\r\n\r\n"])
+    add("nobody", "head-cl-no-body", [ok + b"Content-Length: 5\r\n\r\n"], method=b"HEAD")
+    add("nobody", "head-te-no-body", [ok + b"Transfer-Encoding: chunked\r\n\r\n"], method=b"HEAD")
     add("nobody", "head-with-body", [ok + b"Content-Length: 5\r\n\r\nhello"], method=b"HEAD")
     add("nobody", "head-chunked-with-body", [ok + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"],
         method=b"HEAD")
