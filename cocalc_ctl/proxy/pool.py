@@ -23,7 +23,13 @@ def reusable_streams(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
 
 
 class StreamPool:
-    """Stream-path connections (StreamReader, StreamWriter), newest first; stale ones are dropped."""
+    """Stream-path connections (StreamReader, StreamWriter), newest first; stale ones are dropped.
+
+    While a connection is idle a watcher task waits for one byte: EOF (the upstream closed its idle
+    connection, as the host does to the hub after its idle_timeout) or any byte closes it at once,
+    so no descriptor lingers in CLOSE_WAIT until the sweep. Taking a connection stops its watcher
+    first (a StreamReader allows one waiting reader).
+    """
 
     def __init__(self, max_idle: int, idle_ttl: float, limit: int):
         self.max_idle = max_idle
@@ -38,11 +44,13 @@ class StreamPool:
     async def acquire(self, key: PoolKey, timeout: float):
         dq = self._idle.get(key)
         while dq:
-            reader, writer, _ = dq.pop()
-            if not reusable_streams(reader, writer):  # closed, or bytes arrived while idle
-                writer.close()
-                continue
-            return reader, writer, True
+            reader, writer, _, watcher = dq.pop()
+            if not watcher.done():
+                watcher.cancel()
+                await asyncio.wait({watcher})
+            if watcher.cancelled() and reusable_streams(reader, writer):
+                return reader, writer, True
+            writer.close()  # closed, or bytes arrived while idle
         reader, writer = await self.open(key, timeout)
         return reader, writer, False
 
@@ -51,13 +59,27 @@ class StreamPool:
         if len(dq) >= self.max_idle or not reusable_streams(reader, writer):
             writer.close()
             return
-        dq.append((reader, writer, time.monotonic()))
+        entry = [reader, writer, time.monotonic(), None]
+        entry[3] = asyncio.ensure_future(self._watch(key, entry))
+        dq.append(entry)
+
+    async def _watch(self, key: PoolKey, entry: list) -> None:
+        try:
+            await entry[0].read(1)  # b"" at EOF, or a byte nobody asked for: unusable either way
+        except (ConnectionError, OSError):
+            pass
+        entry[1].close()
+        dq = self._idle.get(key)
+        if dq is not None and entry in dq:
+            dq.remove(entry)
 
     def sweep(self) -> None:
         cutoff = time.monotonic() - self.idle_ttl
         for key, dq in list(self._idle.items()):
-            while dq and (dq[0][2] < cutoff or dq[0][1].is_closing()):
-                dq.popleft()[1].close()
+            for entry in [e for e in dq if e[2] < cutoff or e[1].is_closing()]:
+                dq.remove(entry)
+                entry[3].cancel()
+                entry[1].close()
             if not dq:
                 del self._idle[key]
 
@@ -66,8 +88,9 @@ class StreamPool:
 
     def close(self) -> None:
         for dq in self._idle.values():
-            for _, writer, _ in dq:
-                writer.close()
+            for entry in dq:
+                entry[3].cancel()
+                entry[1].close()
         self._idle.clear()
 
 

@@ -260,3 +260,43 @@ def test_a_trusted_front_proxy_gets_room_for_the_fields_it_adds(fast, trusted):
         assert _statuses(got) == [431] and up.requests == []
     else:
         assert _statuses(got) == [431] and up.requests == []
+
+
+def test_stream_pool_closes_an_idle_connection_the_upstream_closed_at_once():
+    """No descriptor waits in CLOSE_WAIT for the sweep: EOF (or a stray byte) while idle closes it."""
+    from cocalc_ctl.proxy.pool import StreamPool
+
+    async def main():
+        conns = []
+
+        async def upstream(reader, writer):
+            conns.append(writer)
+
+        server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+        key = ("127.0.0.1", server.sockets[0].getsockname()[1], PID)
+        pool = StreamPool(max_idle=8, idle_ttl=3600, limit=65536)
+        readers = []
+        for _ in range(3):
+            r, w = await pool.open(key, 5)
+            readers.append((r, w))
+        for r, w in readers:
+            pool.release(key, r, w)
+        await asyncio.sleep(0.1)
+        assert pool.idle_count() == 3
+        conns[0].close()               # the upstream closes one idle connection
+        conns[1].write(b"HTTP/1.1 200 OK\r\n")  # and sends a stray byte on another
+        await asyncio.sleep(0.3)
+        assert pool.idle_count() == 1
+        closed = [w.is_closing() for _, w in readers]
+        assert closed.count(True) == 2
+        r, w, reused = await pool.acquire(key, 5)  # the live one, usable (its watcher stopped)
+        assert reused and not w.is_closing()
+        w.write(b"x")
+        await w.drain()
+        pool.release(key, r, w)
+        pool.close()
+        server.close()
+        for c in conns:
+            c.close()
+
+    asyncio.run(main())
