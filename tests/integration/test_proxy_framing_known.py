@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.support.framing_rig import P1, P2, TIMEOUTS, fd_count, wait_fds
-from tests.support.http_wire import exchange
+from tests.support.http_wire import exchange, read_responses
 
 pytestmark = pytest.mark.integration
 
@@ -376,3 +376,28 @@ def test_a_project_cannot_answer_another_projects_requests_through_the_hub(frami
         marker = view.responses[0].header(b"x-rec") or b"-"
         assert marker.isdigit() and recs[int(marker)].target == B + b"/victim-%d" % i, view.raw[:200]
     backend.reset()
+
+
+@pytest.mark.parametrize("path", ["host", "hub"])
+def test_a_pipeline_sent_one_byte_at_a_time_is_read_the_same(framing_rig, path):
+    """Every head and body boundary split across TCP segments (the fast path's buffer scan, the hand-over
+    to the stream path, the chunk parser)."""
+    proxy, backend = _path(framing_rig, path)
+    data = (b"GET %s/b1 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST %s/b2 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+            b"PUT %s/b3 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;e=1\r\nabc\r\n0\r\nT: 1\r\n\r\n"
+            b"HEAD %s/b4 HTTP/1.1\r\nHost: x\r\n\r\n" % (A, A, A, A))
+    mark = backend.mark()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(data)):
+            s.sendall(data[i:i + 1])
+            if i % 16 == 0:
+                time.sleep(0.001)
+        view = read_responses(s, [b"GET", b"POST", b"PUT", b"HEAD"], 4, quiet=3.0)
+    backend.settle()
+    got = backend.since(mark)
+    assert [(r.method, r.target, r.body) for r in got] == [
+        (b"GET", A + b"/b1", b""), (b"POST", A + b"/b2", b"hello"), (b"PUT", A + b"/b3", b"abc"),
+        (b"HEAD", A + b"/b4", b"")]
+    assert [r.header(b"x-rec") for r in view.responses] == [str(r.seq).encode() for r in got]

@@ -128,7 +128,7 @@ def test_interleaved_clients_on_two_projects_get_only_their_own_answers(framing_
             pid = (P1 if k % 2 == 0 else P2).encode()
             targets = [b"/%s/prop/%s/%d" % (pid, tag, i) for i in range(len(reqs))]
             data = b"".join(encode(q, t) for q, t in zip(reqs, targets))
-            cuts = sorted(rnd.sample(range(1, len(data)), min(3, len(data) - 1)))
+            cuts = sorted(rnd.sample(range(1, len(data)), min(rnd.randint(1, 12), len(data) - 1)))
             pieces = [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)])]
             socks.append(socket.create_connection(("127.0.0.1", hub.port), timeout=10))
             plans.append((tag, reqs, targets, pieces))
