@@ -44,6 +44,7 @@ DIFFERENCES: dict[str, tuple[str, str]] = {
                                 "cocalc-ctl (nginx: 400, upper-case methods only)"),
     "cl.underscore": (N, "`Content_Length` is an ordinary field (dropped: it has `_`); the body then starts a "
                          "`helloPOST` request, a valid method token (nginx: 400, upper-case methods only)"),
+    "cl.many-leading-zeros": (C, "a Content-Length of more than 18 digits, even leading zeros: 400 (nginx reads 5)"),
     "cl.tab-value": (N, "a tab is optional whitespace before a field value (RFC 9110 §5.6.3); nginx 400s "
                         "`Content-Length:<TAB>5`"),
     "chunk": (C, "chunk extensions over 4 KiB, trailers over 16 KiB, bare LF in chunk framing or trailers, chunk "
