@@ -401,3 +401,36 @@ def test_a_pipeline_sent_one_byte_at_a_time_is_read_the_same(framing_rig, path):
         (b"GET", A + b"/b1", b""), (b"POST", A + b"/b2", b"hello"), (b"PUT", A + b"/b3", b"abc"),
         (b"HEAD", A + b"/b4", b"")]
     assert [r.header(b"x-rec") for r in view.responses] == [str(r.seq).encode() for r in got]
+
+
+@pytest.mark.parametrize("path", ["host", "hub"])
+def test_bytes_sent_before_an_accepted_101_reach_the_new_protocol_once_in_order(framing_rig, path):
+    """A client sends data right behind its upgrade request. When the project switches, those bytes
+    belong to the new protocol: relayed once, in order, on the same upstream connection, after the 101
+    (the recording backend keeps reading them as HTTP, which makes them visible)."""
+    proxy, backend = _path(framing_rig, path)
+    _script(framing_rig, "ws101", [b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                                   b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"])
+    early = b"GET %s/inside-the-tunnel HTTP/1.1\r\nHost: x\r\n\r\n" % A
+    mark = backend.mark()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        s.sendall(b"GET %s/script/ws101 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n%s" % (A, early))
+        data = b""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and b"inside-the-tunnel 0" not in data:
+            s.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            data += chunk
+    backend.settle()
+    got = backend.since(mark)
+    assert [r.target for r in got] == [A + b"/script/ws101", A + b"/inside-the-tunnel"], data[:300]
+    assert got[0].conn == got[1].conn
+    assert data.startswith(b"HTTP/1.1 101 ") and data.count(b"HTTP/1.1 101 ") == 1, data[:300]
+    assert data.split(b"\r\n\r\n", 1)[1].startswith(b"HTTP/1.1 200 OK"), data[:300]
+    backend.reset()
