@@ -44,6 +44,7 @@ DIFFERENCES: dict[str, tuple[str, str]] = {
                                 "cocalc-ctl (nginx: 400, upper-case methods only)"),
     "cl.underscore": (N, "`Content_Length` is an ordinary field (dropped: it has `_`); the body then starts a "
                          "`helloPOST` request, a valid method token (nginx: 400, upper-case methods only)"),
+    "cl.many-leading-zeros": (C, "a Content-Length of more than 18 digits, even leading zeros: 400 (nginx reads 5)"),
     "cl.tab-value": (N, "a tab is optional whitespace before a field value (RFC 9110 §5.6.3); nginx 400s "
                         "`Content-Length:<TAB>5`"),
     "chunk": (C, "chunk extensions over 4 KiB, trailers over 16 KiB, bare LF in chunk framing or trailers, chunk "
@@ -129,7 +130,10 @@ def response_results(framing_rig):
     def run(path):
         port, backend = framing_rig.paths()[path]
         for case in RESPONSES:
-            results[path][case.id] = response_case(port, backend, case, flush=path == "hub")
+            # (nginx leaves some connections open after a 502 without answering the request behind it:
+            # wait less there, its own invariants are not asserted)
+            results[path][case.id] = response_case(port, backend, case, flush=path == "hub",
+                                                   quiet=0.5 if path == "nginx" else 1.5)
 
     threads = [threading.Thread(target=run, args=(p,)) for p in PATHS]
     for t in threads:
@@ -139,7 +143,7 @@ def response_results(framing_rig):
     return results
 
 
-def response_case(port, backend, case, flush: bool = False) -> list[str]:
+def response_case(port, backend, case, flush: bool = False, quiet: float = 1.5):
     """The scripted response, then a pipelined request on the same connection, then a fresh
     connection: the client must get one framed answer to each, and the later ones must be the
     backend's real answers (no stale bytes of the scripted one)."""
@@ -147,7 +151,7 @@ def response_case(port, backend, case, flush: bool = False) -> list[str]:
     first = b"%s %s/script/%s HTTP/1.1\r\nHost: x\r\n\r\n" % (case.method, pid, case.id.encode())
     after = b"GET %s/after-%s HTTP/1.1\r\nHost: x\r\n\r\n" % (pid, case.id.encode())
     mark = backend.mark()
-    view = exchange(port, first + after, [case.method, b"GET"], 2, quiet=0.5, total=8)
+    view = exchange(port, first + after, [case.method, b"GET"], 2, quiet=quiet, total=8)
     problems = []
     if view.error and not (view.closed and view.error.startswith("incomplete")):
         problems.append(f"client stream: {view.error}: {view.garbage[:160]!r}")
@@ -168,13 +172,13 @@ def response_case(port, backend, case, flush: bool = False) -> list[str]:
     mark = backend.mark()
     fresh_target = b"/fresh-" + case.id.encode()
     fresh = exchange(port, b"GET %s%s HTTP/1.1\r\nHost: x\r\n\r\n" % (pid, fresh_target), [b"GET"], 1,
-                     quiet=0.5, total=8)
+                     quiet=quiet, total=8)
     if not fresh.responses or not _answers(fresh.responses[0], backend.since(mark), fresh_target):
         problems.append(f"the next client got {fresh.raw[:200]!r}")
     else:  # and the one after it (a pool hands out its newest connection first, but which is which varies)
         mark = backend.mark()
         again = exchange(port, b"GET %s%s HTTP/1.1\r\nHost: x\r\n\r\n" % (pid, fresh_target), [b"GET"], 1,
-                         quiet=0.5, total=8)
+                         quiet=quiet, total=8)
         if not again.responses or not _answers(again.responses[0], backend.since(mark), fresh_target):
             problems.append(f"the client after that got {again.raw[:200]!r}")
     backend.reset()

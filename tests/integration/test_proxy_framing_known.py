@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.support.framing_rig import P1, P2, TIMEOUTS, fd_count, wait_fds
-from tests.support.http_wire import exchange
+from tests.support.http_wire import exchange, read_responses
 
 pytestmark = pytest.mark.integration
 
@@ -375,4 +375,62 @@ def test_a_project_cannot_answer_another_projects_requests_through_the_hub(frami
         recs = {r.seq: r for r in backend.since(mark)}
         marker = view.responses[0].header(b"x-rec") or b"-"
         assert marker.isdigit() and recs[int(marker)].target == B + b"/victim-%d" % i, view.raw[:200]
+    backend.reset()
+
+
+@pytest.mark.parametrize("path", ["host", "hub"])
+def test_a_pipeline_sent_one_byte_at_a_time_is_read_the_same(framing_rig, path):
+    """Every head and body boundary split across TCP segments (the fast path's buffer scan, the hand-over
+    to the stream path, the chunk parser)."""
+    proxy, backend = _path(framing_rig, path)
+    data = (b"GET %s/b1 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST %s/b2 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+            b"PUT %s/b3 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;e=1\r\nabc\r\n0\r\nT: 1\r\n\r\n"
+            b"HEAD %s/b4 HTTP/1.1\r\nHost: x\r\n\r\n" % (A, A, A, A))
+    mark = backend.mark()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(data)):
+            s.sendall(data[i:i + 1])
+            if i % 16 == 0:
+                time.sleep(0.001)
+        view = read_responses(s, [b"GET", b"POST", b"PUT", b"HEAD"], 4, quiet=3.0)
+    backend.settle()
+    got = backend.since(mark)
+    assert [(r.method, r.target, r.body) for r in got] == [
+        (b"GET", A + b"/b1", b""), (b"POST", A + b"/b2", b"hello"), (b"PUT", A + b"/b3", b"abc"),
+        (b"HEAD", A + b"/b4", b"")]
+    assert [r.header(b"x-rec") for r in view.responses] == [str(r.seq).encode() for r in got]
+
+
+@pytest.mark.parametrize("path", ["host", "hub"])
+def test_bytes_sent_before_an_accepted_101_reach_the_new_protocol_once_in_order(framing_rig, path):
+    """A client sends data right behind its upgrade request. When the project switches, those bytes
+    belong to the new protocol: relayed once, in order, on the same upstream connection, after the 101
+    (the recording backend keeps reading them as HTTP, which makes them visible)."""
+    proxy, backend = _path(framing_rig, path)
+    _script(framing_rig, "ws101", [b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                                   b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"])
+    early = b"GET %s/inside-the-tunnel HTTP/1.1\r\nHost: x\r\n\r\n" % A
+    mark = backend.mark()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        s.sendall(b"GET %s/script/ws101 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n%s" % (A, early))
+        data = b""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and b"inside-the-tunnel 0" not in data:
+            s.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            data += chunk
+    backend.settle()
+    got = backend.since(mark)
+    assert [r.target for r in got] == [A + b"/script/ws101", A + b"/inside-the-tunnel"], data[:300]
+    assert got[0].conn == got[1].conn
+    assert data.startswith(b"HTTP/1.1 101 ") and data.count(b"HTTP/1.1 101 ") == 1, data[:300]
+    assert data.split(b"\r\n\r\n", 1)[1].startswith(b"HTTP/1.1 200 OK"), data[:300]
     backend.reset()

@@ -99,11 +99,12 @@ SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
 
 
 @SETTINGS
-@given(reqs=st.lists(a_request(), min_size=1, max_size=5))
-def test_one_client_pipeline_reaches_the_backend_byte_for_byte(framing_rig, reqs):
+@given(reqs=st.lists(a_request(), min_size=1, max_size=5), projects=st.lists(st.booleans(), min_size=5, max_size=5))
+def test_one_client_pipeline_reaches_the_backend_byte_for_byte(framing_rig, reqs, projects):
+    """One connection, each request to either project (so the hub uses both per-project pools)."""
     hub, backend = framing_rig.hub, framing_rig.rec_hub
     tag = b"p%d" % next(_ids)
-    targets = [b"/%s/prop/%s/%d" % (P1.encode(), tag, i) for i in range(len(reqs))]
+    targets = [b"/%s/prop/%s/%d" % ((P1 if projects[i] else P2).encode(), tag, i) for i in range(len(reqs))]
     mark = backend.mark()
     with socket.create_connection(("127.0.0.1", hub.port), timeout=10) as s:
         s.sendall(b"".join(encode(q, t) for q, t in zip(reqs, targets)))
@@ -127,7 +128,7 @@ def test_interleaved_clients_on_two_projects_get_only_their_own_answers(framing_
             pid = (P1 if k % 2 == 0 else P2).encode()
             targets = [b"/%s/prop/%s/%d" % (pid, tag, i) for i in range(len(reqs))]
             data = b"".join(encode(q, t) for q, t in zip(reqs, targets))
-            cuts = sorted(rnd.sample(range(1, len(data)), min(3, len(data) - 1)))
+            cuts = sorted(rnd.sample(range(1, len(data)), min(rnd.randint(1, 12), len(data) - 1)))
             pieces = [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)])]
             socks.append(socket.create_connection(("127.0.0.1", hub.port), timeout=10))
             plans.append((tag, reqs, targets, pieces))

@@ -32,6 +32,8 @@ class Nginx:
     """nginx with its own prefix, temp dirs and a free loopback port; stopped on close()."""
 
     def __init__(self, work: Path, upstream_port: int):
+        if not os.path.exists(NGINX):
+            raise RuntimeError("nginx not found: install nginx-light (scripts/setup.sh does)")
         self.dir = work / "nginx"
         (self.dir / "tmp").mkdir(parents=True)
         self.log_path = self.dir / "error.log"

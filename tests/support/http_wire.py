@@ -140,7 +140,7 @@ def _one_request(data: bytes, pos: int, lenient: bool = False) -> tuple[Req, int
                 raise Bad("chunk not followed by CRLF")
             p += 2
     if cl:
-        if len(cl) > 1 or not re.fullmatch(rb"[0-9]{1,15}", cl[0]):
+        if len(cl) > 1 or not re.fullmatch(rb"[0-9]+" if lenient else rb"[0-9]{1,15}", cl[0]):
             raise Bad("Content-Length")
         n = int(cl[0])
         if len(data) < body_start + n:

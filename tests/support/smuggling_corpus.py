@@ -149,6 +149,8 @@ def _cases() -> list[Case]:
         "nul": b"Content-Length: 5\x00",
         "obs-fold": b"Content-Length:\r\n 5",
         "unicode-digit": b"Content-Length: \xd9\xa5",
+        "many-leading-zeros": b"Content-Length: 0000000000000000000005",
+        "dup-other-case": b"Content-Length: 5\r\ncontent-LENGTH: 5",
     }
     for name, line in cl_variants.items():
         add("cl", name, post + line + b"\r\n\r\nhello" + SMUGGLED)
@@ -270,6 +272,7 @@ def _cases() -> list[Case]:
     add("host", "empty", b"GET {P}/a HTTP/1.1\r\nHost:\r\n\r\n")
     add("host", "empty-spaces", b"GET {P}/a HTTP/1.1\r\nHost:   \r\n\r\n")
     add("host", "duplicate", b"GET {P}/a HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n")
+    add("host", "duplicate-other-case", b"GET {P}/a HTTP/1.1\r\nHost: x\r\nhOST: y\r\n\r\n")
     add("host", "list", b"GET {P}/a HTTP/1.1\r\nHost: x, y\r\n\r\n")
     add("host", "userinfo", b"GET {P}/a HTTP/1.1\r\nHost: u@x\r\n\r\n")
     add("host", "slash", b"GET {P}/a HTTP/1.1\r\nHost: x/y\r\n\r\n")
@@ -460,6 +463,10 @@ def _resp_cases() -> list[RespCase]:
         add("nobody", f"{status}-cl-body", [b"HTTP/1.1 %d X\r\nContent-Length: 5\r\n\r\nhello" % status])
         add("nobody", f"{status}-chunked", [b"HTTP/1.1 %d X\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
                                             b"0\r\n\r\n" % status])
+    add("nobody", "304-te-no-body", [b"HTTP/1.1 304 X\r\nTransfer-Encoding: chunked\r\n\r\n"])
+    add("nobody", "204-cl-no-body", [b"HTTP/1.1 204 X\r\nContent-Length: 5\r\n\r\n"])
+    add("nobody", "head-cl-no-body", [ok + b"Content-Length: 5\r\n\r\n"], method=b"HEAD")
+    add("nobody", "head-te-no-body", [ok + b"Transfer-Encoding: chunked\r\n\r\n"], method=b"HEAD")
     add("nobody", "head-with-body", [ok + b"Content-Length: 5\r\n\r\nhello"], method=b"HEAD")
     add("nobody", "head-chunked-with-body", [ok + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"],
         method=b"HEAD")
