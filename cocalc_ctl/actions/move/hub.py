@@ -54,6 +54,19 @@ COLUMNS = ("project_id::text, source_host_id::text, dest_host_id::text, state, m
            "move_id::text")
 
 
+# `move start` without --to: the least-loaded trusted, active, recently seen host other than the
+# source, ties broken at random. One aggregate over the candidates' projects (an index-only scan of
+# projects(host_id, project_id)), not a count per host.
+LEAST_LOADED_SQL = """
+WITH candidates AS (
+    SELECT id FROM project_hosts
+     WHERE trusted AND status = 'active' AND last_seen > now() - interval '2 minutes' AND id <> %(source)s),
+load AS (
+    SELECT host_id, count(*) AS n FROM projects WHERE host_id IN (SELECT id FROM candidates) GROUP BY host_id)
+SELECT c.id::text FROM candidates c LEFT JOIN load l ON l.host_id = c.id
+ ORDER BY coalesce(l.n, 0), random() LIMIT 1"""
+
+
 def row_to_move(row) -> Move:
     return Move(*row)
 
@@ -82,11 +95,7 @@ def start(cfg: Config, project_id: str, *, to: str | None = None, mode: str | No
                     raise PreconditionFailed(f"host {name or dest} is not a trusted, active host",
                                              hint="`keys trust` it (and `keys register` on it) first")
             else:
-                row = conn.execute(
-                    """SELECT id::text FROM project_hosts
-                       WHERE trusted AND status = 'active' AND last_seen > now() - interval '2 minutes' AND id <> %s
-                       ORDER BY (SELECT count(*) FROM projects p WHERE p.host_id = project_hosts.id), random()
-                       LIMIT 1""", (source,)).fetchone()
+                row = conn.execute(LEAST_LOADED_SQL, {"source": source}).fetchone()
                 if row is None:
                     raise PreconditionFailed("no trusted, active host was seen in the last 2 minutes",
                                              hint="give --to HOST or check that hosts run `keys register`")
