@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from cocalc_ctl import ids
+from cocalc_ctl import ids, paging
 from cocalc_ctl.actions import placement
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import Busy, InvalidInput, NotFound, PreconditionFailed
@@ -130,16 +130,25 @@ def start(cfg: Config, project_id: str, *, to: str | None = None, mode: str | No
     return row_to_move(row)
 
 
-def status(cfg: Config, project_id: str | None = None) -> list[Move]:
+def status(cfg: Config, project_id: str | None = None, *, limit: int = paging.DEFAULT_LIMIT,
+           after: str | None = None) -> paging.Page:
+    """One move, or a page of all of them, newest change first (keyset: `<updated_at>/<project>`)."""
     pid = ids.project_id(project_id) if project_id else None
+    paging.check_limit(limit)
+    key = paging.time_project_key(after) if after is not None else None
     with hub_db.connect(cfg["hub_dsn"]) as conn:
         if pid:
             rows = conn.execute(f"SELECT {COLUMNS} FROM project_moves WHERE project_id=%s", (pid,)).fetchall()
             if not rows:
                 raise NotFound(f"no move of project {pid}", hint="start one with `move start`")
+        elif key is None:
+            rows = conn.execute(f"SELECT {COLUMNS} FROM project_moves ORDER BY updated_at DESC, project_id DESC "
+                                "LIMIT %s", (limit + 1,)).fetchall()
         else:
-            rows = conn.execute(f"SELECT {COLUMNS} FROM project_moves ORDER BY updated_at DESC").fetchall()
-    return [row_to_move(r) for r in rows]
+            rows = conn.execute(f"SELECT {COLUMNS} FROM project_moves WHERE (updated_at, project_id) < (%s, %s) "
+                                "ORDER BY updated_at DESC, project_id DESC LIMIT %s", (*key, limit + 1)).fetchall()
+    return paging.page([row_to_move(r) for r in rows], limit,
+                       lambda m: paging.format_time_key(m.updated_at, m.project_id))
 
 
 def cancel(cfg: Config, project_id: str) -> Move:
