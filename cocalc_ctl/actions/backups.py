@@ -468,6 +468,7 @@ class DueResult:
     backed_up: list[BackupResult] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
+    pruned: dict[str, int] = field(default_factory=dict)  # old host records deleted (retention.host_records_days)
 
 
 def due_projects(cfg: Config) -> list[tuple[str, str]]:
@@ -529,6 +530,9 @@ def due(cfg: Config) -> DueResult:
                     result.skipped.append({"project_id": pid, "reason": exc.one_line()})
                 else:
                     result.failed.append({"project_id": pid, "reason": why, "error": exc.one_line()})
+    from cocalc_ctl.actions import host_records
+
+    result.pruned = host_records.prune(cfg)
     return result
 
 
