@@ -222,6 +222,14 @@ def show(cfg: Config, project_id: str) -> Placement:
     return p
 
 
+def list_sql(where: list[str]) -> str:
+    """The page of projects first, then its joins: one join over the whole table would read the
+    moves from the first one on to reach a page deep in the list. `where`: our own conditions."""
+    clause = (" WHERE " + " AND ".join(where)) if where else ""
+    page = f"(SELECT * FROM projects p{clause} ORDER BY p.project_id LIMIT %(limit)s) p"
+    return SELECT_SQL.replace("FROM projects p", "FROM " + page, 1) + " ORDER BY p.project_id"
+
+
 def list_placements(cfg: Config, host: str | None = None, *, limit: int = paging.DEFAULT_LIMIT,
                     after: str | None = None) -> paging.Page:
     """A page of projects in project id order (keyset: the last project id of the previous page)."""
@@ -236,8 +244,7 @@ def list_placements(cfg: Config, host: str | None = None, *, limit: int = paging
             # a host id needs no registration: this is how to find projects left on a removed host
             params["h"] = host if ids.is_uuid(host) else resolve_host(conn, host)[0]
             where.append("p.host_id = %(h)s")
-        clause = (" WHERE " + " AND ".join(where)) if where else ""
-        rows = conn.execute(SELECT_SQL + clause + " ORDER BY p.project_id LIMIT %(limit)s", params).fetchall()
+        rows = conn.execute(list_sql(where), params).fetchall()
     return paging.page([Placement(*r) for r in rows], limit, lambda p: p.project_id)
 
 

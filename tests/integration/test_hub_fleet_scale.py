@@ -143,3 +143,37 @@ def test_move_start_without_to_picks_the_least_loaded_active_trusted_host(admin,
     _sql(hub_dsn, "UPDATE project_hosts SET trusted = false WHERE id <> %s", (source,))
     res = admin.cli("move", "start", pid, check=False, env=env)
     assert res.returncode != 0 and "no trusted, active host" in res.stderr
+
+
+def _max_rows(node: dict) -> int:
+    return max([node.get("Actual Rows", 0) * node.get("Actual Loops", 1)]
+               + [_max_rows(n) for n in node.get("Plans", [])])
+
+
+def test_paged_lists_read_one_page_however_deep(admin, hub_dsn):
+    """A page deep in `hub project list` (with and without --host) and in `move status` reads about a
+    page of rows, not everything before it."""
+    from cocalc_ctl.actions import placement
+    from cocalc_ctl.actions.move.hub import STATUS_AFTER_SQL
+
+    hosts = _fill(hub_dsn, hosts=4, projects=20000, done_moves=20000, queued=0)
+    middle = "80000000-0000-4000-8000-000000000000"
+    queries = [
+        (placement.list_sql(["p.project_id > %(after)s"]), {"after": middle}),
+        (placement.list_sql(["p.project_id > %(after)s", "p.host_id = %(h)s"]), {"after": middle, "h": hosts[1]}),
+    ]
+    with psycopg.connect(hub_dsn) as conn:
+        # at this size a hash join over all moves is cheap enough for the planner; what matters is that
+        # a plan reading only the page exists (at 100,000 projects the planner picks it by itself)
+        conn.execute("SET enable_seqscan = off")
+        conn.execute("SET enable_hashjoin = off")
+        for sql, params in queries:
+            plan = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql,
+                                {**params, "limit": 101, "active": ["queued"]}).fetchone()[0]
+            assert _max_rows(plan[0]["Plan"]) <= 500, json.dumps(plan, indent=1, default=str)
+        conn.execute("UPDATE project_moves SET updated_at = updated_at - (random() * interval '1 hour') "
+                     "WHERE random() < 0.5")  # times that differ and times that tie
+        conn.execute("ANALYZE project_moves")
+        at = conn.execute("SELECT updated_at FROM project_moves ORDER BY updated_at LIMIT 1 OFFSET 10000").fetchone()[0]
+        plan = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + STATUS_AFTER_SQL, (at, middle, 101)).fetchone()[0]
+        assert _max_rows(plan[0]["Plan"]) <= 500, json.dumps(plan, indent=1, default=str)

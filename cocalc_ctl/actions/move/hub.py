@@ -130,6 +130,12 @@ def start(cfg: Config, project_id: str, *, to: str | None = None, mode: str | No
     return row_to_move(row)
 
 
+# a page of `move status` after its KEY (index project_moves(updated_at, project_id), read backwards;
+# ORDER BY names the table's uuid column: the bare name would be the selected `project_id::text`)
+STATUS_AFTER_SQL = (f"SELECT {COLUMNS} FROM project_moves WHERE (updated_at, project_id) < (%s, %s) "
+                    "ORDER BY updated_at DESC, project_moves.project_id DESC LIMIT %s")
+
+
 def status(cfg: Config, project_id: str | None = None, *, limit: int = paging.DEFAULT_LIMIT,
            after: str | None = None) -> paging.Page:
     """One move, or a page of all of them, newest change first (keyset: `<updated_at>/<project>`)."""
@@ -142,11 +148,11 @@ def status(cfg: Config, project_id: str | None = None, *, limit: int = paging.DE
             if not rows:
                 raise NotFound(f"no move of project {pid}", hint="start one with `move start`")
         elif key is None:
-            rows = conn.execute(f"SELECT {COLUMNS} FROM project_moves ORDER BY updated_at DESC, project_id DESC "
-                                "LIMIT %s", (limit + 1,)).fetchall()
+            rows = conn.execute(f"SELECT {COLUMNS} FROM project_moves "
+                                "ORDER BY updated_at DESC, project_moves.project_id DESC LIMIT %s",
+                                (limit + 1,)).fetchall()
         else:
-            rows = conn.execute(f"SELECT {COLUMNS} FROM project_moves WHERE (updated_at, project_id) < (%s, %s) "
-                                "ORDER BY updated_at DESC, project_id DESC LIMIT %s", (*key, limit + 1)).fetchall()
+            rows = conn.execute(STATUS_AFTER_SQL, (*key, limit + 1)).fetchall()
     return paging.page([row_to_move(r) for r in rows], limit,
                        lambda m: paging.format_time_key(m.updated_at, m.project_id))
 
