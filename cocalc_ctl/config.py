@@ -313,6 +313,9 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("backup.heartbeat_interval", _as_pos_int, 5, "seconds between heartbeats of a running backup job"),
     _k("backup.wait_timeout", _as_nonneg_int, 0, "backup create: seconds to wait for a free slot (0 = no limit)"),
     _k("backup.timeout", _as_nonneg_int, 0, "seconds a backup, restore or prune may run (0 = no limit)"),
+    # retention: host sqlite records (backup_jobs, move_log, move_tickets), pruned by the timers
+    _k("retention.host_records_days", _as_pos_int, 90,
+       "days host records (backup jobs, move log, move tickets) are kept; the newest per project always"),
     # placement: what `keys register` publishes for the hub's proxy
     _k("proxy.internal_url", _as_opt_internal_url, None,
        "http://HOST:PORT the hub's proxy forwards this host's projects to (keys register)"),

@@ -28,7 +28,7 @@ _cocalc_ctl() {
         ['cocalc-ctl backup init']='-h --help'
         ['cocalc-ctl backup list']='-h --help'
         ['cocalc-ctl backup prune']='--keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --keep-yearly -h --help'
-        ['cocalc-ctl backup status']='--limit -h --help'
+        ['cocalc-ctl backup status']='--limit --after -h --help'
         ['cocalc-ctl config']='-h --help'
         ['cocalc-ctl config show']='-h --help'
         ['cocalc-ctl doctor']='-h --help'
@@ -44,7 +44,7 @@ _cocalc_ctl() {
         ['cocalc-ctl hub migrate']='-h --help'
         ['cocalc-ctl hub project']='-h --help'
         ['cocalc-ctl hub project add']='--host --image --memory --swap --pids --cpu-shares --tmp --disk -h --help'
-        ['cocalc-ctl hub project list']='--host -h --help'
+        ['cocalc-ctl hub project list']='--host --limit --after -h --help'
         ['cocalc-ctl hub project rm']='--force -h --help'
         ['cocalc-ctl hub project set']='--host --image --force --memory --swap --pids --cpu-shares --tmp --disk -h --help'
         ['cocalc-ctl hub project show']='-h --help'
@@ -72,7 +72,7 @@ _cocalc_ctl() {
         ['cocalc-ctl move recv']='--from -h --help'
         ['cocalc-ctl move send']='--to --mode --compress --bwlimit --snapshot --ticket -h --help'
         ['cocalc-ctl move start']='--to --mode --compress -h --help'
-        ['cocalc-ctl move status']='--watch -h --help'
+        ['cocalc-ctl move status']='--watch --limit --after -h --help'
         ['cocalc-ctl move worker']='--once --concurrency --poll -h --help'
         ['cocalc-ctl project']='-h --help'
         ['cocalc-ctl project create']='--quota -h --help'
@@ -116,7 +116,7 @@ _cocalc_ctl() {
         ['cocalc-ctl timers remove']='--user-unit-dir --unit-dir --only -h --help'
     )
     local globals='--config --json --dry-run -v --verbose -q --quiet --wide --version -h --help'
-    local valopts=' --bin --bwlimit --compress --concurrency --config --cpu-shares --disk --from --from-backup --host --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --memory --mode --only --out --path --pids --poll --quota --reason --role --seconds --snapshot --swap --textfile-dir --ticket --tmp --to --to-project --unit-dir --user --user-unit-dir --which '
+    local valopts=' --after --bin --bwlimit --compress --concurrency --config --cpu-shares --disk --from --from-backup --host --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --memory --mode --only --out --path --pids --poll --quota --reason --role --seconds --snapshot --swap --textfile-dir --ticket --tmp --to --to-project --unit-dir --user --user-unit-dir --which '
     local projcmds='|cocalc-ctl backup cleanup|cocalc-ctl backup create|cocalc-ctl backup list|cocalc-ctl backup prune|cocalc-ctl hub project add|cocalc-ctl hub project rm|cocalc-ctl hub project set|cocalc-ctl hub project show|cocalc-ctl move abort|cocalc-ctl move cancel|cocalc-ctl move cleanup|cocalc-ctl move finalize|cocalc-ctl move send|cocalc-ctl move start|cocalc-ctl move status|cocalc-ctl project create|cocalc-ctl project delete|cocalc-ctl project show|cocalc-ctl project start|cocalc-ctl project status|cocalc-ctl project stop|cocalc-ctl restore|cocalc-ctl rootfs mount|cocalc-ctl rootfs resolve|cocalc-ctl rootfs umount|cocalc-ctl snapshot auto|cocalc-ctl snapshot create|cocalc-ctl snapshot delete|cocalc-ctl snapshot list|cocalc-ctl snapshot lock|cocalc-ctl snapshot prune|cocalc-ctl snapshot unlock|cocalc-ctl sshpiper keys-refresh|'
     local cmdpath=cocalc-ctl i w cfg=
     for ((i = 1; i < COMP_CWORD; i++)); do
@@ -155,6 +155,7 @@ _cocalc_ctl() {
         --textfile-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
         --unit-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
         --user-unit-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
+        --after) COMPREPLY=(); return ;;
         --bwlimit) COMPREPLY=(); return ;;
         --concurrency) COMPREPLY=(); return ;;
         --cpu-shares) COMPREPLY=(); return ;;

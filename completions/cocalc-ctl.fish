@@ -1,7 +1,7 @@
 # fish completion for cocalc-ctl (generated from the CLI by scripts/regenerate; do not edit)
 
 set -g __cocalc_ctl_subs 'cocalc-ctl:backup' 'cocalc-ctl:config' 'cocalc-ctl:doctor' 'cocalc-ctl:host' 'cocalc-ctl:hub' 'cocalc-ctl:keys' 'cocalc-ctl:metrics' 'cocalc-ctl:move' 'cocalc-ctl:project' 'cocalc-ctl:proxy' 'cocalc-ctl:restore' 'cocalc-ctl:rootfs' 'cocalc-ctl:snapshot' 'cocalc-ctl:sshpiper' 'cocalc-ctl:timers' 'cocalc-ctl backup:cleanup' 'cocalc-ctl backup:create' 'cocalc-ctl backup:due' 'cocalc-ctl backup:init' 'cocalc-ctl backup:list' 'cocalc-ctl backup:prune' 'cocalc-ctl backup:status' 'cocalc-ctl config:show' 'cocalc-ctl host:init' 'cocalc-ctl host:status' 'cocalc-ctl host:teardown' 'cocalc-ctl hub:keys' 'cocalc-ctl hub:migrate' 'cocalc-ctl hub:project' 'cocalc-ctl hub keys:ensure' 'cocalc-ctl hub keys:rotate' 'cocalc-ctl hub keys:show' 'cocalc-ctl hub project:add' 'cocalc-ctl hub project:list' 'cocalc-ctl hub project:rm' 'cocalc-ctl hub project:set' 'cocalc-ctl hub project:show' 'cocalc-ctl keys:broadcast' 'cocalc-ctl keys:ensure' 'cocalc-ctl keys:known-hosts' 'cocalc-ctl keys:peers' 'cocalc-ctl keys:register' 'cocalc-ctl keys:rotate' 'cocalc-ctl keys:show' 'cocalc-ctl keys:sync' 'cocalc-ctl keys:trust' 'cocalc-ctl keys:untrust' 'cocalc-ctl keys:watch' 'cocalc-ctl metrics:show' 'cocalc-ctl metrics:write' 'cocalc-ctl move:abort' 'cocalc-ctl move:cancel' 'cocalc-ctl move:cleanup' 'cocalc-ctl move:finalize' 'cocalc-ctl move:host-step' 'cocalc-ctl move:recv' 'cocalc-ctl move:send' 'cocalc-ctl move:start' 'cocalc-ctl move:status' 'cocalc-ctl move:worker' 'cocalc-ctl project:create' 'cocalc-ctl project:delete' 'cocalc-ctl project:list' 'cocalc-ctl project:show' 'cocalc-ctl project:start' 'cocalc-ctl project:status' 'cocalc-ctl project:stop' 'cocalc-ctl proxy:serve' 'cocalc-ctl rootfs:gc' 'cocalc-ctl rootfs:list' 'cocalc-ctl rootfs:mount' 'cocalc-ctl rootfs:pull' 'cocalc-ctl rootfs:resolve' 'cocalc-ctl rootfs:rm' 'cocalc-ctl rootfs:umount' 'cocalc-ctl snapshot:auto' 'cocalc-ctl snapshot:create' 'cocalc-ctl snapshot:delete' 'cocalc-ctl snapshot:list' 'cocalc-ctl snapshot:lock' 'cocalc-ctl snapshot:prune' 'cocalc-ctl snapshot:unlock' 'cocalc-ctl sshpiper:auth' 'cocalc-ctl sshpiper:authorized-keys' 'cocalc-ctl sshpiper:config' 'cocalc-ctl sshpiper:keys-refresh' 'cocalc-ctl sshpiper:receiver-keys' 'cocalc-ctl sshpiper:receiver-users' 'cocalc-ctl sshpiper:serve' 'cocalc-ctl timers:cron' 'cocalc-ctl timers:install' 'cocalc-ctl timers:list' 'cocalc-ctl timers:remove'
-set -g __cocalc_ctl_valopts '--bin' '--bwlimit' '--compress' '--concurrency' '--config' '--cpu-shares' '--disk' '--from' '--from-backup' '--host' '--image' '--internal-url' '--keep-daily' '--keep-frequent' '--keep-hourly' '--keep-last' '--keep-monthly' '--keep-weekly' '--keep-yearly' '--limit' '--listen' '--loopback' '--max-size' '--memory' '--mode' '--only' '--out' '--path' '--pids' '--poll' '--quota' '--reason' '--role' '--seconds' '--snapshot' '--swap' '--textfile-dir' '--ticket' '--tmp' '--to' '--to-project' '--unit-dir' '--user' '--user-unit-dir' '--which'
+set -g __cocalc_ctl_valopts '--after' '--bin' '--bwlimit' '--compress' '--concurrency' '--config' '--cpu-shares' '--disk' '--from' '--from-backup' '--host' '--image' '--internal-url' '--keep-daily' '--keep-frequent' '--keep-hourly' '--keep-last' '--keep-monthly' '--keep-weekly' '--keep-yearly' '--limit' '--listen' '--loopback' '--max-size' '--memory' '--mode' '--only' '--out' '--path' '--pids' '--poll' '--quota' '--reason' '--role' '--seconds' '--snapshot' '--swap' '--textfile-dir' '--ticket' '--tmp' '--to' '--to-project' '--unit-dir' '--user' '--user-unit-dir' '--which'
 
 function __cocalc_ctl_path
     set -l cmdpath cocalc-ctl
@@ -90,6 +90,7 @@ complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup prune"'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup prune"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup prune"' -a '(__cocalc_ctl_dyn projects)'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup status"' -l limit -x -d 'How many recent jobs to show.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup status"' -l after -x -d 'Older jobs: the KEY of the previous page\'s `… more: --after KEY` (JSON: next_after).'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl backup status"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl config"' -a show -d 'Print every config key, its effective value and its source (secrets redacted).'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl config"' -s h -l help -d 'Show the help and exit.'
@@ -119,7 +120,7 @@ complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub keys rotat
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub keys show"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub migrate"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project"' -a add -d 'Record a project on a host.'
-complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project"' -a list -d 'Projects in the hub with their host and image.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project"' -a list -d 'Projects in the hub with their host and image (a page of --limit, by project id).'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project"' -a rm -d 'Delete a project\'s hub row.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project"' -a set -d 'Change a project\'s recorded host, image or run quota.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project"' -a show -d 'A project\'s host, internal URL, image and move state.'
@@ -135,6 +136,8 @@ complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project ad
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project add"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project add"' -a '(__cocalc_ctl_dyn projects)'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project list"' -l host -x -d 'Only projects on this host (uuid, also of a removed host, or name).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project list"' -l limit -x -d 'At most N projects (in project id order).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project list"' -l after -x -d 'The next page: the KEY of the previous page\'s last line `… more: --after KEY`.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project list"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project rm"' -l force -d 'Remove even while a move is in progress.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl hub project rm"' -s h -l help -d 'Show the help and exit.'
@@ -197,7 +200,7 @@ complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move"' -a host
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move"' -a recv -d 'The destination\'s forced command: runs the request in SSH_ORIGINAL_COMMAND (own small gram'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move"' -a send -d 'Stop the project, snapshot it, send every snapshot (incrementally) to the destination.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move"' -a start -d 'Queue a move in the hub and return at once (a `move worker` carries it out).'
-complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move"' -a status -d 'Moves in the hub with state, attempt, bytes and reason.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move"' -a status -d 'Moves in the hub with state, attempt, bytes and reason (a page of --limit, newest first).'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move"' -a worker -d 'Advance queued moves (queued → preparing → sending → finalizing → done) under leases.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move abort"' -l ticket -x -d 'The hub\'s signed move ticket for this step (required over ssh; a root operator here needs '
@@ -231,6 +234,8 @@ complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move start"' -
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move start"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move start"' -a '(__cocalc_ctl_dyn projects)'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move status"' -l watch -d 'Refresh every second until every move is finished.'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move status"' -l limit -x -d 'At most N moves (newest change first).'
+complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move status"' -l after -x -d 'The next page: the KEY of the previous page\'s last line `… more: --after KEY`.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move status"' -s h -l help -d 'Show the help and exit.'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move status"' -a '(__cocalc_ctl_dyn projects)'
 complete -c cocalc-ctl -n 'test (__cocalc_ctl_path) = "cocalc-ctl move worker"' -l once -d 'Exit when no move is claimable.'

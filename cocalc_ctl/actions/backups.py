@@ -429,6 +429,7 @@ class StatusResult:
     jobs: list[JobInfo]
     projects: list[ProjectBackupState]
     stale: list[StaleJob] = field(default_factory=list)
+    next_after: int | None = None  # more (older) jobs exist: `backup status --after` this job id
 
 
 def _job(r: sqlite3.Row) -> JobInfo:
@@ -436,10 +437,16 @@ def _job(r: sqlite3.Row) -> JobInfo:
                    r["finished_at"], r["duration"], r["error"])
 
 
-def status(cfg: Config, *, limit: int = 20) -> StatusResult:
+def status(cfg: Config, *, limit: int = 20, after: str | None = None) -> StatusResult:
+    from cocalc_ctl import paging
+
+    paging.check_limit(limit)
+    before = paging.job_key(after) if after is not None else None
     stale = sweep_stale(cfg)
     with host_db.connect(cfg.data_dir) as conn:
-        jobs = [_job(r) for r in backup_jobs.recent(conn, limit)]
+        jobs = [_job(r) for r in backup_jobs.recent(conn, limit + 1, before=before)]
+        more = paging.page(jobs, limit, lambda j: j.id)
+        jobs = list(more)
         last = backup_jobs.last_success(conn)
         newest = backup_jobs.newest_finished(conn)
     # A failure is history once a later backup of the project succeeded (e.g. one that failed
@@ -460,7 +467,7 @@ def status(cfg: Config, *, limit: int = 20) -> StatusResult:
         projects.append(ProjectBackupState(pid, r["finished_at"] if r else None,
                                            round(age) if age is not None else None, r["backup_id"] if r else None,
                                            failing))
-    return StatusResult(jobs, projects, stale)
+    return StatusResult(jobs, projects, stale, more.next_after)
 
 
 # -- due ----------------------------------------------------------------------------------------
@@ -470,6 +477,7 @@ class DueResult:
     backed_up: list[BackupResult] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
+    pruned: dict[str, int] = field(default_factory=dict)  # old host records deleted (retention.host_records_days)
 
 
 def due_projects(cfg: Config) -> list[tuple[str, str]]:
@@ -531,6 +539,9 @@ def due(cfg: Config) -> DueResult:
                     result.skipped.append({"project_id": pid, "reason": exc.one_line()})
                 else:
                     result.failed.append({"project_id": pid, "reason": why, "error": exc.one_line()})
+    from cocalc_ctl.actions import host_records
+
+    result.pruned = host_records.prune(cfg)
     return result
 
 

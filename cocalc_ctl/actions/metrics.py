@@ -94,9 +94,9 @@ def _host_db_families(cfg: Config, now: float, fam: dict[str, Family]) -> None:
         fam["host_db_up"].add(1)
         for row in conn.execute("SELECT state, count(*) AS n FROM projects GROUP BY state ORDER BY state"):
             fam["projects"].add(row["n"], state=row["state"])
+        counts = {r[0]: r[1] for r in conn.execute("SELECT state, count(*) FROM backup_jobs GROUP BY state")}
         for state in ("pending", "running", "succeeded", "failed"):
-            n = conn.execute("SELECT count(*) FROM backup_jobs WHERE state=?", (state,)).fetchone()[0]
-            fam["backup_jobs"].add(n, state=state)
+            fam["backup_jobs"].add(counts.get(state, 0), state=state)
         last_ok = {r[0]: r[1] for r in conn.execute(
             "SELECT project_id, max(finished_at) FROM backup_jobs WHERE state='succeeded' GROUP BY project_id")}
         latest = {r["project_id"]: r["state"] for r in conn.execute(

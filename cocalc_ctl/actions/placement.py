@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from cocalc_ctl import ids, proc
+from cocalc_ctl import ids, paging, proc
 from cocalc_ctl.actions import quota, rootfs
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import Busy, InvalidInput, NotFound, PreconditionFailed
@@ -65,6 +65,8 @@ def image_ref(image: str) -> str | None:
         raise InvalidInput("no image given")
     if not image.strip():
         return None
+    from cocalc_ctl.actions import rootfs  # here: `move start` and the lists need none of it
+
     text = image.strip()
     if rootfs._LEGACY_LABEL_RE.fullmatch(text):
         raise InvalidInput(f"image {ids._show(image)} is a legacy label, not an image reference",
@@ -247,16 +249,30 @@ def show(cfg: Config, project_id: str) -> Placement:
     return p
 
 
-def list_placements(cfg: Config, host: str | None = None) -> list[Placement]:
-    params: dict = {"active": list(ACTIVE_MOVES)}
+def list_sql(where: list[str]) -> str:
+    """The page of projects first, then its joins: one join over the whole table would read the
+    moves from the first one on to reach a page deep in the list. `where`: our own conditions."""
+    clause = (" WHERE " + " AND ".join(where)) if where else ""
+    page = f"(SELECT * FROM projects p{clause} ORDER BY p.project_id LIMIT %(limit)s) p"
+    return SELECT_SQL.replace("FROM projects p", "FROM " + page, 1) + " ORDER BY p.project_id"
+
+
+def list_placements(cfg: Config, host: str | None = None, *, limit: int = paging.DEFAULT_LIMIT,
+                    after: str | None = None) -> paging.Page:
+    """A page of projects in project id order (keyset: the last project id of the previous page)."""
+    paging.check_limit(limit)
+    params: dict = {"active": list(ACTIVE_MOVES), "limit": limit + 1}
+    where = []
+    if after is not None:
+        params["after"] = paging.project_key(after)
+        where.append("p.project_id > %(after)s")
     with _connect(cfg) as conn:
-        where = ""
         if host is not None:
             # a host id needs no registration: this is how to find projects left on a removed host
             params["h"] = host if ids.is_uuid(host) else resolve_host(conn, host)[0]
-            where = " WHERE p.host_id = %(h)s"
-        rows = conn.execute(SELECT_SQL + where + " ORDER BY p.project_id", params).fetchall()
-    return [Placement(*r) for r in rows]
+            where.append("p.host_id = %(h)s")
+        rows = conn.execute(list_sql(where), params).fetchall()
+    return paging.page([Placement(*r) for r in rows], limit, lambda p: p.project_id)
 
 
 def remove(cfg: Config, project_id: str, *, force: bool = False) -> PlacementChange:

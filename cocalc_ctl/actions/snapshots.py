@@ -233,4 +233,8 @@ def auto(cfg: Config, project_id: str | None = None, *, now: dt.datetime | None 
         for t in targets:
             _existing(cfg, t)
             results.append(auto_one(cfg, t, policy, now=now))
-        return results
+    if pid is None:  # the timer's run: its housekeeping too
+        from cocalc_ctl.actions import host_records
+
+        host_records.prune(cfg)
+    return results

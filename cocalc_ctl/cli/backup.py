@@ -137,12 +137,16 @@ def list_(project: str = PROJECT) -> None:
 
 
 @app.command("status")
-def status(limit: int = typer.Option(20, "--limit", metavar="N", min=1, help="How many recent jobs to show.")) -> None:
+def status(limit: int = typer.Option(20, "--limit", metavar="N", min=1, max=10000,
+                                     help="How many recent jobs to show."),
+           after: Optional[str] = typer.Option(None, "--after", metavar="KEY",
+                                               help="Older jobs: the KEY of the previous page's `… more: --after "
+                                                    "KEY` (JSON: next_after).")) -> None:
     """Recent backup jobs, and the last successful backup of each project with its age."""
-    from cocalc_ctl import output
+    from cocalc_ctl import output, paging
     from cocalc_ctl.actions import backups
 
-    result = backups.status(config(), limit=limit)
+    result = backups.status(config(), limit=limit, after=after)
 
     def human(r):
         output.table(["job", "project", "state", "backup", "bytes", "started", "seconds", "error"],
@@ -154,6 +158,7 @@ def status(limit: int = typer.Option(20, "--limit", metavar="N", min=1, help="Ho
         output.table(["project", "last success", "age", "backup", "failing"],
                      [(p.project_id, p.last_success or "never", _age(p.age_seconds), (p.backup_id or "")[:8] or None,
                        p.failing) for p in r.projects], title="projects")
+        paging.more_line(None if getattr(r, "next_after", None) is None else str(r.next_after))
 
     render(result, human)
 

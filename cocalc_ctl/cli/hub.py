@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from cocalc_ctl.cli.common import config, done, render
+from cocalc_ctl.cli.common import G, config, done, render
 
 app = typer.Typer(help="Hub PostgreSQL: schema, project placement and the hub key.",
                   no_args_is_help=True)
@@ -133,19 +133,27 @@ def _quota_line(q: dict | None) -> str:
 
 @project_app.command("list")
 def project_list(host: Optional[str] = typer.Option(None, "--host", metavar="HOST",
-                                                    help="Only projects on this host (uuid, also of a removed host, or name).")) -> None:
-    """Projects in the hub with their host and image.
+                                                    help="Only projects on this host (uuid, also of a removed host, or name)."),
+                 limit: int = typer.Option(100, "--limit", metavar="N", min=1, max=10000,
+                                           help="At most N projects (in project id order)."),
+                 after: Optional[str] = typer.Option(None, "--after", metavar="KEY",
+                                                     help="The next page: the KEY of the previous page's last line "
+                                                          "`… more: --after KEY`.")) -> None:
+    """Projects in the hub with their host and image (a page of --limit, by project id).
 
     MOVE is the last move's state, with `*` while it (or its clean-up) is in progress."""
-    from cocalc_ctl import output
+    from cocalc_ctl import output, paging
     from cocalc_ctl.actions import placement
 
-    result = placement.list_placements(config(), host)
-    render(result, lambda ps: output.table(
+    result = placement.list_placements(config(), host, limit=limit, after=after)
+    more = getattr(result, "next_after", None)
+    render(result, lambda ps: (output.table(
         ["project", "host", "name", "internal_url", "image", "move"],
         [(p.project_id, p.host_id or "-", p.host_name or "-", p.internal_url or "-",
           p.rootfs_image or p.compute_image or "-", (p.move_state or "-") + ("*" if p.move_in_progress else ""))
-         for p in ps]))
+         for p in ps]), paging.more_line(more)))
+    if G.json:
+        paging.more_line(more, json_array=True)
 
 
 @project_app.command("rm")

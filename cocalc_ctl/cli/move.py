@@ -254,20 +254,28 @@ def start(project: str = PROJECT,
 
 @app.command("status")
 def status(project: Optional[str] = typer.Argument(None, metavar="[PROJECT]", help="One project (default: all)."),
-           watch: bool = typer.Option(False, "--watch", help="Refresh every second until every move is finished.")) -> None:
-    """Moves in the hub with state, attempt, bytes and reason."""
+           watch: bool = typer.Option(False, "--watch", help="Refresh every second until every move is finished."),
+           limit: int = typer.Option(100, "--limit", metavar="N", min=1, max=10000,
+                                     help="At most N moves (newest change first)."),
+           after: Optional[str] = typer.Option(None, "--after", metavar="KEY",
+                                               help="The next page: the KEY of the previous page's last line "
+                                                    "`… more: --after KEY`.")) -> None:
+    """Moves in the hub with state, attempt, bytes and reason (a page of --limit, newest first)."""
     import time
 
-    from cocalc_ctl import output
+    from cocalc_ctl import output, paging
     from cocalc_ctl.actions.move import hub
 
     while True:
-        moves = hub.status(config(), project)
+        moves = hub.status(config(), project, limit=limit, after=after)
+        more = getattr(moves, "next_after", None)
         if G.json and watch:
             for m in moves:
                 output.json_line(m)
         else:
-            render(moves, _status_table)
+            render(moves, lambda ms: (_status_table(ms), paging.more_line(more)))
+        if G.json:
+            paging.more_line(more, json_array=True)
         if not watch or all(m.state in hub.TERMINAL for m in moves):
             return
         time.sleep(1.0)

@@ -53,7 +53,15 @@ def get(conn: sqlite3.Connection, job_id: int) -> sqlite3.Row | None:
     return conn.execute("SELECT * FROM backup_jobs WHERE id=?", (job_id,)).fetchone()
 
 
-def recent(conn: sqlite3.Connection, limit: int = 20, project_id: str | None = None) -> list[sqlite3.Row]:
+def recent(conn: sqlite3.Connection, limit: int = 20, project_id: str | None = None,
+           before: int | None = None) -> list[sqlite3.Row]:
+    """The newest jobs first; `before`: only jobs older than that job id (keyset paging)."""
+    if before is not None:
+        if project_id:
+            return conn.execute("SELECT * FROM backup_jobs WHERE project_id=? AND id < ? ORDER BY id DESC LIMIT ?",
+                                (project_id, before, limit)).fetchall()
+        return conn.execute("SELECT * FROM backup_jobs WHERE id < ? ORDER BY id DESC LIMIT ?",
+                            (before, limit)).fetchall()
     if project_id:
         return conn.execute("SELECT * FROM backup_jobs WHERE project_id=? ORDER BY id DESC LIMIT ?",
                             (project_id, limit)).fetchall()

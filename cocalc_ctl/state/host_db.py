@@ -103,6 +103,17 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE projects ADD COLUMN run_quota TEXT
     """,
+    # host records: retention indexes (host_records.prune finds old rows by time; metrics counts jobs
+    # by state without reading the table; the newest job of a project by (project_id, id))
+    """
+    CREATE INDEX IF NOT EXISTS backup_jobs_finished ON backup_jobs(finished_at);
+    CREATE INDEX IF NOT EXISTS backup_jobs_state ON backup_jobs(state);
+    CREATE INDEX IF NOT EXISTS backup_jobs_project_id ON backup_jobs(project_id, id);
+    CREATE INDEX IF NOT EXISTS move_log_at ON move_log(at);
+    CREATE INDEX IF NOT EXISTS move_log_project_role ON move_log(project_id, role, id);
+    CREATE INDEX IF NOT EXISTS move_log_role_status ON move_log(role, status);
+    CREATE INDEX IF NOT EXISTS move_tickets_seen ON move_tickets(seen_at)
+    """,
 ]
 
 

@@ -138,6 +138,16 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ("projects: run quota", [
         """ALTER TABLE projects ADD COLUMN IF NOT EXISTS run_quota jsonb""",
     ]),
+    # fleet scale: the move worker's claim (its WHERE clause without the lease test, in its ORDER BY
+    # order: a poll reads only the claimable rows, never the finished ones), projects by host (`move
+    # start`'s least-loaded host, `hub project list --host`, paged), the newest moves first (`move status`)
+    ("fleet scale: claim, host and paging indexes", [
+        """CREATE INDEX IF NOT EXISTS project_moves_claimable ON project_moves (created_at, project_id)
+           WHERE state = ANY(ARRAY['queued', 'preparing', 'sending', 'finalizing']::text[])
+              OR (state IN ('done', 'failing', 'cancelled') AND cleaned_at IS NULL)""",
+        """CREATE INDEX IF NOT EXISTS projects_host_id ON projects (host_id, project_id)""",
+        """CREATE INDEX IF NOT EXISTS project_moves_updated ON project_moves (updated_at, project_id)""",
+    ]),
 ]
 
 

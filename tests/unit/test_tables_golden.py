@@ -46,7 +46,7 @@ def _fake_actions(monkeypatch):
            referenced_bytes=8_388_608, exclusive_bytes=16_384, locked=False),
         NS(name="before-upgrade", created="2026-11-27T12:02:14Z", gen_at_creation=10,
            referenced_bytes=8_388_608, exclusive_bytes=16_384, locked=True)])
-    monkeypatch.setattr(backups, "status", lambda cfg, limit=20: NS(
+    monkeypatch.setattr(backups, "status", lambda cfg, limit=20, after=None: NS(
         jobs=[NS(id=12, project_id=P1, state="succeeded", backup_id=BACKUP, bytes=8_400_000,
                  started_at="2026-11-27T12:02:20Z", duration=3.25, error=None, resolved_by=None),
               NS(id=11, project_id=P2, state="failed", backup_id=None, bytes=None, started_at="2026-11-27T11:00:00Z",
@@ -54,7 +54,7 @@ def _fake_actions(monkeypatch):
         projects=[NS(project_id=P1, last_success="2026-11-27T12:02:23Z", age_seconds=4000, backup_id=BACKUP, failing=None),
                   NS(project_id=P2, last_success=None, age_seconds=None, backup_id=None,
                      failing="repository does not exist (run `cocalc-ctl backup init`)")]))
-    monkeypatch.setattr(hub, "status", lambda cfg, p=None: [
+    monkeypatch.setattr(hub, "status", lambda cfg, p=None, limit=100, after=None: [
         NS(project_id=P1, state="succeeded", source_host_id=H1, dest_host_id=H2, mode="pipe", compress="zstd",
            attempt=1, progress={"bytes": 9_000_000}, status_reason=None),
         NS(project_id=P2, state="failed", source_host_id=H2, dest_host_id=H1, mode="backup", compress="none",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from cocalc_ctl import ids
+from cocalc_ctl import ids, paging
 from cocalc_ctl.actions import placement
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import Busy, InvalidInput, NotFound, PreconditionFailed
@@ -54,6 +54,19 @@ COLUMNS = ("project_id::text, source_host_id::text, dest_host_id::text, state, m
            "move_id::text")
 
 
+# `move start` without --to: the least-loaded trusted, active, recently seen host other than the
+# source, ties broken at random. One aggregate over the candidates' projects (an index-only scan of
+# projects(host_id, project_id)), not a count per host.
+LEAST_LOADED_SQL = """
+WITH candidates AS (
+    SELECT id FROM project_hosts
+     WHERE trusted AND status = 'active' AND last_seen > now() - interval '2 minutes' AND id <> %(source)s),
+load AS (
+    SELECT host_id, count(*) AS n FROM projects WHERE host_id IN (SELECT id FROM candidates) GROUP BY host_id)
+SELECT c.id::text FROM candidates c LEFT JOIN load l ON l.host_id = c.id
+ ORDER BY coalesce(l.n, 0), random() LIMIT 1"""
+
+
 def row_to_move(row) -> Move:
     return Move(*row)
 
@@ -82,11 +95,7 @@ def start(cfg: Config, project_id: str, *, to: str | None = None, mode: str | No
                     raise PreconditionFailed(f"host {name or dest} is not a trusted, active host",
                                              hint="`keys trust` it (and `keys register` on it) first")
             else:
-                row = conn.execute(
-                    """SELECT id::text FROM project_hosts
-                       WHERE trusted AND status = 'active' AND last_seen > now() - interval '2 minutes' AND id <> %s
-                       ORDER BY (SELECT count(*) FROM projects p WHERE p.host_id = project_hosts.id), random()
-                       LIMIT 1""", (source,)).fetchone()
+                row = conn.execute(LEAST_LOADED_SQL, {"source": source}).fetchone()
                 if row is None:
                     raise PreconditionFailed("no trusted, active host was seen in the last 2 minutes",
                                              hint="give --to HOST or check that hosts run `keys register`")
@@ -121,16 +130,31 @@ def start(cfg: Config, project_id: str, *, to: str | None = None, mode: str | No
     return row_to_move(row)
 
 
-def status(cfg: Config, project_id: str | None = None) -> list[Move]:
+# a page of `move status` after its KEY (index project_moves(updated_at, project_id), read backwards;
+# ORDER BY names the table's uuid column: the bare name would be the selected `project_id::text`)
+STATUS_AFTER_SQL = (f"SELECT {COLUMNS} FROM project_moves WHERE (updated_at, project_id) < (%s, %s) "
+                    "ORDER BY updated_at DESC, project_moves.project_id DESC LIMIT %s")
+
+
+def status(cfg: Config, project_id: str | None = None, *, limit: int = paging.DEFAULT_LIMIT,
+           after: str | None = None) -> paging.Page:
+    """One move, or a page of all of them, newest change first (keyset: `<updated_at>/<project>`)."""
     pid = ids.project_id(project_id) if project_id else None
+    paging.check_limit(limit)
+    key = paging.time_project_key(after) if after is not None else None
     with hub_db.connect(cfg["hub_dsn"]) as conn:
         if pid:
             rows = conn.execute(f"SELECT {COLUMNS} FROM project_moves WHERE project_id=%s", (pid,)).fetchall()
             if not rows:
                 raise NotFound(f"no move of project {pid}", hint="start one with `move start`")
+        elif key is None:
+            rows = conn.execute(f"SELECT {COLUMNS} FROM project_moves "
+                                "ORDER BY updated_at DESC, project_moves.project_id DESC LIMIT %s",
+                                (limit + 1,)).fetchall()
         else:
-            rows = conn.execute(f"SELECT {COLUMNS} FROM project_moves ORDER BY updated_at DESC").fetchall()
-    return [row_to_move(r) for r in rows]
+            rows = conn.execute(STATUS_AFTER_SQL, (*key, limit + 1)).fetchall()
+    return paging.page([row_to_move(r) for r in rows], limit,
+                       lambda m: paging.format_time_key(m.updated_at, m.project_id))
 
 
 def cancel(cfg: Config, project_id: str) -> Move:
