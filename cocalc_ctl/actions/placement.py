@@ -14,7 +14,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from cocalc_ctl import ids, paging, proc
-from cocalc_ctl.actions import quota, rootfs
+from cocalc_ctl.actions import quota
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import Busy, InvalidInput, NotFound, PreconditionFailed
 from cocalc_ctl.state import hub_db

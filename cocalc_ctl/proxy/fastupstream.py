@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 from cocalc_ctl.proxy import policy
 from cocalc_ctl.proxy.http1 import UpstreamProtocolError
 from cocalc_ctl.proxy.stream import connect_failure
+
+if TYPE_CHECKING:  # the client side imports this module
+    from cocalc_ctl.proxy.fastpath import ClientProtocol
 
 
 def to_streams(transport: asyncio.Transport, buffered: bytes, *, limit: int, eof: bool = False):
