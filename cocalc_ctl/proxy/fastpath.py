@@ -207,20 +207,23 @@ class ClientProtocol(asyncio.Protocol):
         self._disarm()
         p = self.p
         p.metrics.requests[exc.status] += 1
-        p.log.log(peer=self.peer, method=method, target=b"-", status=exc.status, bytes_out=0, seconds=0.0,
+        body = exc.reason.encode() + b"\n"
+        p.log.log(peer=self.peer, method=method, target=b"-", status=exc.status, bytes_out=len(body), seconds=0.0,
                   upstream=None, note=exc.reason)
-        self.t.write(http1.simple_response(exc.status, exc.reason.encode() + b"\n", keep_alive=False))
+        self.t.write(http1.simple_response(exc.status, body, keep_alive=False))
         self.t.close()
 
     def reply_error(self, head, status: int, reason: str, t0: float, upstream: str | None) -> None:
         keep = head.keep_alive and status < 500 and status != 400
         self.p.metrics.requests[status] += 1
         self.p.metrics.fast_path += 1
-        self.p.log.log(peer=self.peer, method=head.method, target=head.target, status=status, bytes_out=0,
+        body = reason.encode() + b"\n"
+        head_only = head.method == b"HEAD"
+        self.p.log.log(peer=self.peer, method=head.method, target=head.target, status=status,
+                       bytes_out=0 if head_only or self.detached else len(body),
                        seconds=time.monotonic() - t0, upstream=upstream, note=reason)
         if not self.detached:
-            self.t.write(http1.simple_response(status, reason.encode() + b"\n", keep_alive=keep,
-                                               head_only=head.method == b"HEAD"))
+            self.t.write(http1.simple_response(status, body, keep_alive=keep, head_only=head_only))
         self.request_done(keep)
 
     def request_done(self, keep: bool) -> None:

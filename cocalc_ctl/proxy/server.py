@@ -145,10 +145,11 @@ class Proxy(StreamRelay):
 
     async def _reply_bad(self, writer, exc: HttpError, peer: str, method: bytes, target: bytes) -> None:
         self.metrics.requests[exc.status] += 1
-        self.log.log(peer=peer, method=method, target=target, status=exc.status, bytes_out=0, seconds=0.0,
+        body = exc.reason.encode() + b"\n"
+        self.log.log(peer=peer, method=method, target=target, status=exc.status, bytes_out=len(body), seconds=0.0,
                      upstream=None, note=exc.reason)
         try:
-            writer.write(http1.simple_response(exc.status, exc.reason.encode() + b"\n", keep_alive=False))
+            writer.write(http1.simple_response(exc.status, body, keep_alive=False))
             await asyncio.wait_for(writer.drain(), 5)
         except (ConnectionError, OSError, TimeoutError, RuntimeError):
             pass
@@ -210,6 +211,7 @@ class Proxy(StreamRelay):
     async def _error(self, writer, head, status: int, reason: str, peer, t0, upstream, has_body) -> bool:
         # A request body we did not read would be parsed as the next request: close instead.
         keep = head.keep_alive and not has_body and status < 500 and status != 400
+        body = b"" if head.method == b"HEAD" else reason.encode() + b"\n"
         writer.write(http1.simple_response(status, reason.encode() + b"\n", keep_alive=keep,
                                            head_only=head.method == b"HEAD"))
         try:
@@ -218,7 +220,7 @@ class Proxy(StreamRelay):
             keep = False
         self.metrics.requests[status] += 1
         self.metrics.stream_path += 1
-        self.log.log(peer=peer, method=head.method, target=head.target, status=status, bytes_out=0,
+        self.log.log(peer=peer, method=head.method, target=head.target, status=status, bytes_out=len(body),
                      seconds=time.monotonic() - t0, upstream=upstream, note=reason)
         return keep
 

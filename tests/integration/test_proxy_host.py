@@ -176,6 +176,24 @@ def test_healthz_metrics_and_json_access_log(env):
     assert not any("token=" in x for x in env["proxy"].log().splitlines())  # query strings are not logged
 
 
+
+def test_access_log_counts_the_body_of_the_proxys_own_error_answers(env):
+    """A 502 (or 404) that the proxy writes itself has a body; the access log says how many bytes it was."""
+    port = env["proxy"].port
+    target = f"/{REFUSED}/bytes-{time.monotonic_ns()}"
+    resp = raw_exchange(port, f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    assert status_of(resp) == 502
+    body = resp.partition(b"\r\n\r\n")[2]
+    assert body
+    deadline = time.monotonic() + 10
+    while True:
+        mine = [json.loads(x) for x in env["proxy"].log().splitlines()
+                if x.startswith("{") and json.loads(x)["path"] == target]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert mine and mine[0]["status"] == 502 and mine[0]["bytes"] == len(body), mine
+
 def test_client_half_close_after_request_still_gets_the_answer(env):
     resp = raw_exchange(env["proxy"].port, f"GET /{RUNNING}/info HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
                         half_close=True)
