@@ -142,6 +142,12 @@ def from_exception(exc: BaseException) -> CocalcError | None:
         first = (str(exc).strip().splitlines() or ["connection failed"])[0]
         return OperationFailed(f"hub database: {' '.join(first.split())[:240]}",
                                hint="check hub_dsn and that PostgreSQL is running and reachable")
+    if module.startswith("psycopg") and type(exc).__name__ == "InsufficientPrivilege":
+        # a host's least-privilege role (`hub host-role`) asked for more than it may: PostgreSQL refused
+        first = (str(exc).strip().splitlines() or ["permission denied"])[0]
+        return PreconditionFailed(f"the hub refused: {' '.join(first.split())[:240]}",
+                                  hint="this hub role may not do that (a host writes only its own row: check "
+                                       "host_id and the user in hub_dsn, see `hub host-role`)")
     if module == "sqlite3" and type(exc).__name__ == "OperationalError":
         text = " ".join(str(exc).split())
         if "disk is full" in text or "disk I/O" in text:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from cocalc_ctl import proc
+import os
+from dataclasses import dataclass
+
+from cocalc_ctl import ids, proc
 from cocalc_ctl.config import Config
+from cocalc_ctl.errors import InvalidInput, PreconditionFailed
 from cocalc_ctl.state import hub_db
 
 
@@ -12,3 +16,120 @@ def migrate(cfg: Config) -> hub_db.MigrateResult | None:
     if proc.plan_only("# apply pending hub migrations to hub_dsn"):
         return None
     return hub_db.migrate(cfg["hub_dsn"])
+
+
+# -- hub host-role: a host's own least-privilege login ------------------------------------------------
+
+@dataclass
+class HostRoleResult:
+    host_id: str
+    host_name: str | None
+    role: str
+    action: str  # created | updated | dropped | absent
+    password_file: str | None = None  # where the new password was written (never the password itself)
+    dsn: str | None = None  # the hub_dsn to put in the host's config (no password in it)
+
+
+def _dsn_template(hub_dsn: str, role: str, password_file: str | None) -> str:
+    """The hub's DSN with this login's user and no secret: the host admin adds the password source."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    params = {k: v for k, v in conninfo_to_dict(hub_dsn).items()
+              if k not in ("user", "password", "passfile", "sslkey", "sslcert", "sslpassword")}
+    params["user"] = role
+    if password_file:
+        params["passfile"] = "/etc/cocalc-ctl/hub.pgpass"  # where the host admin installs the file
+    return make_conninfo(**params)
+
+
+def _write_password_file(path: str, role: str, password: str) -> tuple[str, str]:
+    """Write a libpq password file line for `role` to a temporary file beside `path` (0600, refusing
+    symlinks); returns (tmp, final). The caller renames it once PostgreSQL holds the password."""
+    final = os.path.abspath(path)
+    parent = os.path.dirname(final)
+    if not os.path.isdir(parent):
+        raise InvalidInput(f"--password-file: no directory {parent}", hint="create it first (mode 0700)")
+    if os.path.islink(final) or (os.path.exists(final) and not os.path.isfile(final)):
+        raise InvalidInput(f"--password-file: {final} is not a regular file", hint="name a new file")
+    tmp = os.path.join(parent, f".{os.path.basename(final)}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        # libpq passfile format (host:port:database:user:password); the password has no ':' or '\'
+        os.write(fd, f"*:*:*:{role}:{password}\n".encode())
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    return tmp, final
+
+
+def host_role(cfg: Config, host: str, *, password_file: str | None = None, no_password: bool = False,
+              drop: bool = False) -> HostRoleResult:
+    """Create or update (or with `drop`, drop) the LOGIN role host `host` connects to the hub as: a
+    member of hub_db.HOST_GROUP, so it has exactly the host rights of the "least privilege" migration.
+    A new password goes only to `password_file` (0600) and to PostgreSQL as a SCRAM verifier."""
+    import secrets
+
+    from psycopg import sql
+
+    from cocalc_ctl.actions import placement
+
+    if drop and (password_file or no_password):
+        raise InvalidInput("--drop takes no --password-file or --no-password", hint="give --drop alone")
+    if not drop and bool(password_file) == bool(no_password):
+        raise InvalidInput("give --password-file PATH or --no-password",
+                           hint="--no-password for peer or certificate authentication")
+    placement.host_ref(host)
+    with hub_db.connect(cfg["hub_dsn"], autocommit=False) as conn:
+        # the migration's function is per database, its group role per cluster: both must be there
+        if not drop and conn.execute("SELECT to_regprocedure('cocalc_ctl_host_id()') IS NULL "
+                                     "OR NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)",
+                                     (hub_db.HOST_GROUP,)).fetchone()[0]:
+            raise PreconditionFailed("the hub has no host role migration yet", hint="run `cocalc-ctl hub migrate` first")
+        if ids.is_uuid(host):  # a host may get its login before its first `keys register`
+            hid = ids.host_id(host)
+            row = conn.execute("SELECT name FROM project_hosts WHERE id = %s", (hid,)).fetchone()
+            name = row[0] if row else None
+        else:
+            hid, name, _status = placement.resolve_host(conn, host)
+        role = hub_db.host_role_name(hid)
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
+        if drop:
+            if proc.plan_only(f"# DROP ROLE {role} in the hub"):
+                return HostRoleResult(hid, name, role, "dropped" if exists else "absent")
+            with conn.transaction():
+                conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+            return HostRoleResult(hid, name, role, "dropped" if exists else "absent")
+        action = "updated" if exists else "created"
+        dsn = _dsn_template(cfg["hub_dsn"], role, password_file)
+        what = "with a new password" if password_file else "without a password"
+        if proc.plan_only(f"# {'ALTER' if exists else 'CREATE'} ROLE {role} LOGIN {what}, IN ROLE {hub_db.HOST_GROUP}"):
+            return HostRoleResult(hid, name, role, action, password_file, dsn)
+        tmp = final = None
+        verifier = None
+        if password_file:
+            password = secrets.token_urlsafe(32)
+            tmp, final = _write_password_file(password_file, role, password)
+            # only the SCRAM verifier reaches the server (and its logs), never the password
+            verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
+            del password
+        try:
+            with conn.transaction():
+                ident = sql.Identifier(role)
+                if not exists:
+                    conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
+                                         " NOBYPASSRLS").format(ident))
+                conn.execute(sql.SQL("ALTER ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
+                                     " NOBYPASSRLS INHERIT PASSWORD {}").format(
+                    ident, sql.Literal(verifier) if verifier else sql.SQL("NULL")))
+                conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(hub_db.HOST_GROUP), ident))
+        except BaseException:
+            if tmp:
+                os.unlink(tmp)
+            raise
+        if tmp and final:
+            os.replace(tmp, final)
+    return HostRoleResult(hid, name, role, action, final, dsn)

@@ -22,6 +22,36 @@ def migrate() -> None:
         "\n".join(f"applied {a}" for a in r.applied) + ("\n" if r.applied else "") + f"hub schema at version {r.version}"))
 
 
+def _host_role_line(r) -> str:
+    who = f"{r.host_name} ({r.host_id})" if r.host_name else r.host_id
+    if r.action in ("dropped", "absent"):
+        return f"host {who}: role {r.role} " + ("dropped" if r.action == "dropped" else "did not exist")
+    lines = [f"host {who}: {r.action} role {r.role} (member of cocalc_ctl_host)"]
+    if r.password_file:
+        lines.append(f"  password written to {r.password_file} (libpq passfile format, 0600); install it on the host "
+                     "as /etc/cocalc-ctl/hub.pgpass (0600, owned by root)")
+    else:
+        lines.append("  no password: the hub's pg_hba.conf must authenticate it (peer, cert)")
+    lines.append("  hub_dsn for the host's config:")
+    lines.append(f"  {r.dsn}")
+    return "\n".join(lines)
+
+
+@app.command("host-role")
+def host_role(host: str = typer.Argument(..., metavar="HOST", help="Host uuid or registered name."),
+              password_file: Optional[str] = typer.Option(
+                  None, "--password-file", metavar="PATH",
+                  help="Write a new random password there (0600, libpq passfile format); never printed."),
+              no_password: bool = typer.Option(False, "--no-password",
+                                               help="No password (peer or certificate authentication)."),
+              drop: bool = typer.Option(False, "--drop", help="Drop the host's role instead.")) -> None:
+    """Create or update a host's own hub login (least privilege), or --drop it."""
+    from cocalc_ctl.actions import hub
+
+    render(hub.host_role(config(), host, password_file=password_file, no_password=no_password, drop=drop),
+           lambda r: done(_host_role_line(r)))
+
+
 # -- hub project: where each project lives -----------------------------------------------------
 
 project_app = typer.Typer(help="Where projects live: the hub's projects rows (host, image). Recording a "

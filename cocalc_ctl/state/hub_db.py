@@ -20,6 +20,65 @@ ROUTE_CHANNEL = "cocalc_ctl_routes"
 PROJECT_ROUTE_SQL = """SELECT p.host_id, h.internal_url FROM projects p
                        LEFT JOIN project_hosts h ON h.id = p.host_id WHERE p.project_id = %s"""
 
+# -- least privilege for hosts ----------------------------------------------------------------------
+# A host logs in as HOST_ROLE_PREFIX + its id's 32 hex digits, a member of HOST_GROUP (NOLOGIN), which
+# holds every right a host has. cocalc_ctl_host_id() is that id for such a login, else NULL.
+HOST_GROUP = "cocalc_ctl_host"
+HOST_ROLE_PREFIX = "cocalc_host_"
+HOST_INSERT_COLUMNS = ("id", "name", "ssh_server", "status", "last_seen", "host_to_host_public_key",
+                       "sshpiperd_public_key", "internal_url")
+HOST_UPDATE_COLUMNS = HOST_INSERT_COLUMNS[1:]  # never id, never trusted
+HOST_PROJECT_COLUMNS = ("project_id", "host_id", "rootfs_image", "compute_image", "run_quota", "last_backup")
+
+
+def host_role_name(host_id: str) -> str:
+    """The LOGIN role of a host (its id is a validated uuid)."""
+    return HOST_ROLE_PREFIX + host_id.replace("-", "").lower()
+
+
+def _policies(table: str, host_policies: list[str]) -> list[str]:
+    names = ["cocalc_ctl_others", "cocalc_ctl_host_read", "cocalc_ctl_host_insert", "cocalc_ctl_host_update"]
+    return ([f"DROP POLICY IF EXISTS {n} ON {table}" for n in names]
+            + [f"""CREATE POLICY cocalc_ctl_others ON {table} FOR ALL TO PUBLIC
+                   USING (NOT cocalc_ctl_is_host()) WITH CHECK (NOT cocalc_ctl_is_host())""",
+               f"CREATE POLICY cocalc_ctl_host_read ON {table} FOR SELECT TO {HOST_GROUP} USING (true)"]
+            + host_policies
+            + [f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY"])
+
+
+HOST_ROLE_SQL: list[str] = [
+    f"""DO $$ BEGIN
+          IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{HOST_GROUP}') THEN
+            CREATE ROLE {HOST_GROUP} NOLOGIN;
+          END IF;
+        EXCEPTION WHEN duplicate_object THEN NULL;  -- roles are cluster-wide: another database's migration
+        END $$""",
+    # a member of the group, whatever its name (SET ROLE cocalc_ctl_host included): host policies only
+    f"""CREATE OR REPLACE FUNCTION cocalc_ctl_is_host() RETURNS boolean LANGUAGE sql STABLE AS $$
+          SELECT pg_has_role(current_user, '{HOST_GROUP}', 'MEMBER') $$""",
+    f"""CREATE OR REPLACE FUNCTION cocalc_ctl_host_id() RETURNS uuid LANGUAGE sql STABLE AS $$
+          SELECT CASE WHEN current_user ~ '^{HOST_ROLE_PREFIX}[0-9a-f]{{32}}$'
+                       AND pg_has_role(current_user, '{HOST_GROUP}', 'MEMBER')
+                      THEN substr(current_user, {len(HOST_ROLE_PREFIX) + 1})::uuid END $$""",
+    f"""DO $$ BEGIN EXECUTE format('GRANT USAGE ON SCHEMA %I TO {HOST_GROUP}', current_schema()); END $$""",
+    f"GRANT SELECT ON project_hosts, project_moves, hub_keys, cocalc_ctl_schema_migrations TO {HOST_GROUP}",
+    f"GRANT SELECT ({', '.join(HOST_PROJECT_COLUMNS)}) ON projects TO {HOST_GROUP}",
+    f"GRANT INSERT ({', '.join(HOST_INSERT_COLUMNS)}) ON project_hosts TO {HOST_GROUP}",
+    f"GRANT UPDATE ({', '.join(HOST_UPDATE_COLUMNS)}) ON project_hosts TO {HOST_GROUP}",
+    f"GRANT UPDATE (last_backup) ON projects TO {HOST_GROUP}",
+    *_policies("project_hosts", [
+        f"""CREATE POLICY cocalc_ctl_host_insert ON project_hosts FOR INSERT TO {HOST_GROUP}
+            WITH CHECK (id = cocalc_ctl_host_id())""",
+        f"""CREATE POLICY cocalc_ctl_host_update ON project_hosts FOR UPDATE TO {HOST_GROUP}
+            USING (id = cocalc_ctl_host_id()) WITH CHECK (id = cocalc_ctl_host_id())""",
+    ]),
+    *_policies("projects", [
+        f"""CREATE POLICY cocalc_ctl_host_update ON projects FOR UPDATE TO {HOST_GROUP}
+            USING (host_id = cocalc_ctl_host_id()) WITH CHECK (host_id = cocalc_ctl_host_id())""",
+    ]),
+]
+
+
 # Each migration is (name, statements). Append only.
 MIGRATIONS: list[tuple[str, list[str]]] = [
     ("core tables", [
@@ -148,6 +207,11 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         """CREATE INDEX IF NOT EXISTS projects_host_id ON projects (host_id, project_id)""",
         """CREATE INDEX IF NOT EXISTS project_moves_updated ON project_moves (updated_at, project_id)""",
     ]),
+    # least privilege: the group role of host logins (`hub host-role`). A host reads what it needs and
+    # writes only its own project_hosts row (never `trusted`) and its own projects' last_backup; row-level
+    # security compares `id` / `host_id` with the id in the login's name. The owner (the hub's own
+    # role) and superusers bypass RLS; any other non-host role keeps full row access (cocalc_ctl_others).
+    ("least privilege: host role", HOST_ROLE_SQL),
 ]
 
 
