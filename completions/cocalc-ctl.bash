@@ -7,7 +7,7 @@ _cocalc_ctl() {
         ['cocalc-ctl backup']='cleanup create due init list prune status'
         ['cocalc-ctl config']='show'
         ['cocalc-ctl host']='init status teardown'
-        ['cocalc-ctl hub']='keys migrate project'
+        ['cocalc-ctl hub']='host-role keys migrate project'
         ['cocalc-ctl hub keys']='ensure rotate show'
         ['cocalc-ctl hub project']='add list rm set show'
         ['cocalc-ctl keys']='broadcast ensure known-hosts peers register rotate show sync trust untrust watch'
@@ -37,6 +37,7 @@ _cocalc_ctl() {
         ['cocalc-ctl host status']='-h --help'
         ['cocalc-ctl host teardown']='--delete-image -h --help'
         ['cocalc-ctl hub']='-h --help'
+        ['cocalc-ctl hub host-role']='--password-file --no-password --drop -h --help'
         ['cocalc-ctl hub keys']='-h --help'
         ['cocalc-ctl hub keys ensure']='-h --help'
         ['cocalc-ctl hub keys rotate']='--finish -h --help'
@@ -116,7 +117,7 @@ _cocalc_ctl() {
         ['cocalc-ctl timers remove']='--user-unit-dir --unit-dir --only -h --help'
     )
     local globals='--config --json --dry-run -v --verbose -q --quiet --wide --version -h --help'
-    local valopts=' --after --bin --bwlimit --compress --concurrency --config --cpu-shares --disk --from --from-backup --host --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --memory --mode --only --out --path --pids --poll --quota --reason --role --seconds --snapshot --swap --textfile-dir --ticket --tmp --to --to-project --unit-dir --user --user-unit-dir --which '
+    local valopts=' --after --bin --bwlimit --compress --concurrency --config --cpu-shares --disk --from --from-backup --host --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --memory --mode --only --out --password-file --path --pids --poll --quota --reason --role --seconds --snapshot --swap --textfile-dir --ticket --tmp --to --to-project --unit-dir --user --user-unit-dir --which '
     local projcmds='|cocalc-ctl backup cleanup|cocalc-ctl backup create|cocalc-ctl backup list|cocalc-ctl backup prune|cocalc-ctl hub project add|cocalc-ctl hub project rm|cocalc-ctl hub project set|cocalc-ctl hub project show|cocalc-ctl move abort|cocalc-ctl move cancel|cocalc-ctl move cleanup|cocalc-ctl move finalize|cocalc-ctl move send|cocalc-ctl move start|cocalc-ctl move status|cocalc-ctl project create|cocalc-ctl project delete|cocalc-ctl project show|cocalc-ctl project start|cocalc-ctl project status|cocalc-ctl project stop|cocalc-ctl restore|cocalc-ctl rootfs mount|cocalc-ctl rootfs resolve|cocalc-ctl rootfs umount|cocalc-ctl snapshot auto|cocalc-ctl snapshot create|cocalc-ctl snapshot delete|cocalc-ctl snapshot list|cocalc-ctl snapshot lock|cocalc-ctl snapshot prune|cocalc-ctl snapshot unlock|cocalc-ctl sshpiper keys-refresh|'
     local cmdpath=cocalc-ctl i w cfg=
     for ((i = 1; i < COMP_CWORD; i++)); do
@@ -152,6 +153,7 @@ _cocalc_ctl() {
         --config) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --image) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --password-file) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --textfile-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
         --unit-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
         --user-unit-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
