@@ -49,6 +49,10 @@ def _write_password_file(path: str, role: str, password: str) -> tuple[str, str]
     parent = os.path.dirname(final)
     if not os.path.isdir(parent):
         raise InvalidInput(f"--password-file: no directory {parent}", hint="create it first (mode 0700)")
+    mode = os.stat(parent).st_mode & 0o777
+    if mode & 0o077:
+        raise InvalidInput(f"--password-file: {parent} is open to other users (mode {mode:04o})",
+                           hint="put the file in a 0700 directory")
     if os.path.islink(final) or (os.path.exists(final) and not os.path.isfile(final)):
         raise InvalidInput(f"--password-file: {final} is not a regular file", hint="name a new file")
     tmp = os.path.join(parent, f".{os.path.basename(final)}.{os.getpid()}.tmp")

@@ -81,6 +81,10 @@ def test_host_role_creates_updates_and_drops_a_login_without_printing_its_passwo
         assert res.returncode == 3 and "not registered" in res.stderr
         res = hub.cli("hub", "host-role", hid, "--no-password", "--password-file", str(pw), check=False)
         assert res.returncode == 2
+        (tmp_path / "open").mkdir(mode=0o755)
+        (tmp_path / "open").chmod(0o755)
+        res = hub.cli("hub", "host-role", hid, "--password-file", str(tmp_path / "open" / "pw"), check=False)
+        assert res.returncode == 2 and "0700" in res.stderr and not (tmp_path / "open" / "pw").exists()
         assert hub.json("hub", "host-role", hid, "--drop")["action"] == "dropped"
         assert hub.json("hub", "host-role", hid, "--drop")["action"] == "absent"
         with psycopg.connect(hub_dsn) as conn:
@@ -118,7 +122,9 @@ def test_legitimate_host_flows_pass_under_the_host_role(fleet):
     with psycopg.connect(hub.extra["hub_dsn"]) as conn:
         got = dict(conn.execute("SELECT project_id::text, last_backup IS NOT NULL FROM projects").fetchall())
     assert got == {pa: True, pb: False}
-    assert a.cli("doctor", check=False).returncode in (0, 1)  # reads the schema version as the host role
+    # doctor's hub checks read the schema version and the host's own row as the host role
+    checks = {c["name"]: c for c in json.loads(a.cli("--json", "doctor", check=False).stdout)["checks"]}
+    assert checks["hub"]["status"] == "ok" and checks["keys-registered"]["status"] == "ok"
 
 
 def test_a_host_role_cannot_touch_the_hub_keys_moves_or_another_host(fleet, tmp_path):
