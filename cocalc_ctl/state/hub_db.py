@@ -53,12 +53,14 @@ HOST_ROLE_SQL: list[str] = [
           END IF;
         EXCEPTION WHEN duplicate_object THEN NULL;  -- roles are cluster-wide: another database's migration
         END $$""",
-    # a member of the group, whatever its name (SET ROLE cocalc_ctl_host included): host policies only
+    # whoever holds the group's rights (inherited, or after SET ROLE to it), whatever its name, gets the
+    # host policies only. USAGE, not MEMBER: a role that merely administers the group without inheriting
+    # it (PostgreSQL 16 grants that to a CREATEROLE creator) is no host.
     f"""CREATE OR REPLACE FUNCTION cocalc_ctl_is_host() RETURNS boolean LANGUAGE sql STABLE AS $$
-          SELECT pg_has_role(current_user, '{HOST_GROUP}', 'MEMBER') $$""",
+          SELECT pg_has_role(current_user, '{HOST_GROUP}', 'USAGE') $$""",
     f"""CREATE OR REPLACE FUNCTION cocalc_ctl_host_id() RETURNS uuid LANGUAGE sql STABLE AS $$
           SELECT CASE WHEN current_user ~ '^{HOST_ROLE_PREFIX}[0-9a-f]{{32}}$'
-                       AND pg_has_role(current_user, '{HOST_GROUP}', 'MEMBER')
+                       AND pg_has_role(current_user, '{HOST_GROUP}', 'USAGE')
                       THEN substr(current_user, {len(HOST_ROLE_PREFIX) + 1})::uuid END $$""",
     f"""DO $$ BEGIN EXECUTE format('GRANT USAGE ON SCHEMA %I TO {HOST_GROUP}', current_schema()); END $$""",
     f"GRANT SELECT ON project_hosts, project_moves, hub_keys, cocalc_ctl_schema_migrations TO {HOST_GROUP}",
