@@ -114,6 +114,10 @@ def test_legitimate_host_flows_pass_under_the_host_role(fleet):
     hub.cli("hub", "project", "add", pb, "--host", b.host_id)
     r = a.json("keys", "sync")
     assert r["self_trusted"] and r["peers"] == [b.host_id] and r["hub_keys"] == [made["fingerprint"]]
+    watched = a.cli("--json", "keys", "watch", "--seconds", "2")  # LISTEN cocalc_ctl_keys and sync, as A's role
+    events = [json.loads(line) for line in watched.stdout.splitlines() if line.strip()]
+    assert events and events[0]["event"] == "sync" and events[0]["peers"] == [b.host_id]
+    assert "hub connection lost" not in watched.stderr
     cfg = config_mod.load(str(a.config_path))
     assert rootfs.hub_image(cfg, pa) == "docker.io/library/ubuntu:25.10"
     assert quota.hub_quota(cfg, pa).memory == 2 * 1024**3
