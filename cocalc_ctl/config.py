@@ -196,7 +196,8 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("btrfs_root", _as_path, "/mnt/cocalc", "mount point of the btrfs pool holding project subvolumes"),
     _k("data_dir", _as_path, "/var/lib/cocalc-ctl", "host state: sqlite, persist stores, rootfs cache, locks"),
     _k("secrets_dir", _as_opt_path, None, "private keys and tokens, mode 0700 (default: <data_dir>/secrets)"),
-    _k("hub_dsn", _as_opt_str, None, "PostgreSQL connection string of the hub (libpq DSN or URL)", True),
+    _k("hub_dsn", _as_opt_str, None, "PostgreSQL connection string of the hub (libpq DSN or URL); on a host, "
+       "its own least-privilege login printed by `hub host-role`", True),
     _k("ssh_server", _as_opt_str, None, "host:port where peers reach this host's sshpiperd"),
     _k("command_timeout", _as_pos_int, 3600, "default timeout in seconds for external commands"),
     _k("project.quota", _as_opt_str, None, "default qgroup limit for new projects (e.g. 10G); unset = none"),

@@ -15,7 +15,8 @@ EXAMPLE_HOST = "host-1.example.internal"
 EXAMPLE_VALUES = {
     "host_name": "host-1",
     "ssh_server": "host-1.example.internal:2222",
-    "hub_dsn": "host=hub.example.internal dbname=cocalc user=cocalc sslmode=verify-full",
+    "hub_dsn": ("host=hub.example.internal dbname=cocalc user=cocalc_host_6f1c2a0e8d3b4c559a712b0f4e9d1c11 "
+                "passfile=/etc/cocalc-ctl/hub.pgpass sslmode=verify-full"),  # from `hub host-role`
     "project.quota": "10G",
     "backup.repo": "rest:https://backup.example.internal:8000/cocalc",
     "backup.password_file": "/var/lib/cocalc-ctl/secrets/backup-password",
