@@ -130,6 +130,7 @@ def host_role(cfg: Config, host: str, *, password_file: str | None = None, no_pa
                                      " NOBYPASSRLS INHERIT PASSWORD {}").format(
                     ident, sql.Literal(verifier) if verifier else sql.SQL("NULL")))
                 conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(hub_db.HOST_GROUP), ident))
+            conn.commit()  # PostgreSQL holds the new password before the file takes its final name
         except BaseException:
             if tmp:
                 os.unlink(tmp)
