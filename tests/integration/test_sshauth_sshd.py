@@ -278,9 +278,9 @@ def test_upstream_key_reaches_no_receiver_login_relay_key_only_btrfs(world):
         assert record.read_text().splitlines()[-2].endswith(" move host-step")
 
 
+@pytest.mark.parametrize("world", ["file"], indirect=True)  # static files are the `file` mode only
 def test_static_receiver_files_are_root_owned_atomic_and_follow_the_peers(world):
-    if world["mode"] != "file":
-        pytest.skip("static files are the `file` mode")
+    assert world["mode"] == "file"
     a, b, r, port, d = world["a"], world["b"], world["r"], world["port"], world["keys_dir"]
     config = world["sshd"].config.read_text()
     assert f"AuthorizedKeysFile {d}/%u" in config.splitlines() and "AuthorizedKeysCommand" not in config
