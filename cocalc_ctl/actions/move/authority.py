@@ -27,27 +27,20 @@ def pinned_keys(cfg: Config) -> list[str]:
 
 def check(cfg: Config, text: str | None, *, verb: str, project_id: str, peer: str | None = None,
           mode: str | None = None, snapshot: str | None = None) -> tickets.Ticket:
-    from cocalc_ctl.actions.host import host_id
-
-    if not text:
-        raise tickets.TicketRefused(f"{verb} over ssh needs a ticket")
-    me = host_id(cfg)
-    if me is None:
-        raise tickets.TicketRefused("this host has no id", hint="run `cocalc-ctl host init`")
-    t = tickets.verify(text, pinned_keys(cfg))
-    tickets.require(t, verb=verb, me=me, project_id=project_id, peer=peer, mode=mode, snapshot=snapshot)
-    if not proc.DRY_RUN:
-        with closing(host_db.connect(cfg.data_dir)) as conn:
-            why = hub_keys_db.admit(conn, t.move_id, t.project_id, t.attempt, verb, host_db.now_iso())
-        if why:
-            raise tickets.TicketRefused(why)
-    return t
+    return _admit(cfg, text, hub_keys_db.admit, verb=verb, project_id=project_id, peer=peer, mode=mode,
+                  snapshot=snapshot)
 
 
 def close(cfg: Config, text: str | None, *, verb: str, project_id: str) -> tickets.Ticket:
     """A finishing step (`abort`, `cleanup`) that finds nothing to do here still needs a valid ticket for
     this host's role and project, and records the move as finished here: the move's other tickets (the
     peer's `send`) are refused from now on, not only once data had arrived. A rerun is accepted."""
+    return _admit(cfg, text, hub_keys_db.close, verb=verb, project_id=project_id)
+
+
+def _admit(cfg: Config, text: str | None, ledger, *, verb: str, project_id: str, **require) -> tickets.Ticket:
+    """Verify the ticket against the pinned hub keys and this host's role, then let the host's ticket
+    ledger (`admit` or `close`) refuse a replay."""
     from cocalc_ctl.actions.host import host_id
 
     if not text:
@@ -56,10 +49,10 @@ def close(cfg: Config, text: str | None, *, verb: str, project_id: str) -> ticke
     if me is None:
         raise tickets.TicketRefused("this host has no id", hint="run `cocalc-ctl host init`")
     t = tickets.verify(text, pinned_keys(cfg))
-    tickets.require(t, verb=verb, me=me, project_id=project_id)
+    tickets.require(t, verb=verb, me=me, project_id=project_id, **require)
     if not proc.DRY_RUN:
         with closing(host_db.connect(cfg.data_dir)) as conn:
-            why = hub_keys_db.close(conn, t.move_id, t.project_id, t.attempt, verb, host_db.now_iso())
+            why = ledger(conn, t.move_id, t.project_id, t.attempt, verb, host_db.now_iso())
         if why:
             raise tickets.TicketRefused(why)
     return t
