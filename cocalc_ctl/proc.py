@@ -474,8 +474,9 @@ def self_command() -> list[str]:
     spec = getattr(main, "__spec__", None)
     if spec is not None and spec.name in ("cocalc_ctl", "cocalc_ctl.__main__"):
         return [sys.executable, "-m", "cocalc_ctl"]
-    argv0 = sys.argv[0] if sys.argv else ""
-    if (os.path.basename(argv0).startswith("cocalc-ctl") and os.path.isfile(argv0)
-            and os.access(argv0, os.X_OK)):
-        return [os.path.abspath(argv0)]
+    from cocalc_ctl import program
+
+    running = program.running_program()  # the one answer to "which program is this" (units use it too)
+    if running is not None and os.path.basename(running).startswith("cocalc-ctl"):
+        return [running]
     return [sys.executable, "-m", "cocalc_ctl"]
