@@ -43,6 +43,12 @@ class ClientProtocol(asyncio.Protocol):
         self.timer = None
         self.deadline: float | None = None
         self.upstream = None  # fastupstream.UpstreamProtocol of the exchange in flight
+        # The last request head seen on this connection, parsed, and the head sent upstream for it: a
+        # keep-alive client repeating a request byte for byte (polling) is neither re-parsed nor re-built.
+        # Both are pure functions of the bytes and of this connection's constants (peer, port, trust).
+        self.last_raw: bytes | None = None
+        self.last_head = None
+        self.last_out: bytes | None = None
 
     # -- transport callbacks -------------------------------------------------------------------
 
@@ -146,15 +152,21 @@ class ClientProtocol(asyncio.Protocol):
             return
         raw = bytes(buf[:end])
         del buf[:end + 4]
-        # A bare LF or CR inside a complete head is refused by the line checks that follow: the request
-        # line must be exactly three tokens and every field line must match the field grammar.
-        lines = raw.split(b"\r\n")
-        try:
-            if len(lines) > self.max_fields + 1:
-                raise HttpError(431, "too many header fields")
-            head = policy.parse_request(lines)
-        except HttpError as exc:
-            return self._bad(exc, lines[0].split(b" ", 1)[0][:16])
+        if raw == self.last_raw:
+            head = self.last_head  # the same bytes as the last request: the same parse
+        else:
+            # A bare LF or CR inside a complete head is refused by the line checks that follow: the request
+            # line must be exactly three tokens and every field line must match the field grammar.
+            lines = raw.split(b"\r\n")
+            try:
+                if len(lines) > self.max_fields + 1:
+                    raise HttpError(431, "too many header fields")
+                head = policy.parse_request(lines)
+            except HttpError as exc:
+                return self._bad(exc, lines[0].split(b" ", 1)[0][:16])
+            self.last_raw = raw
+            self.last_head = head
+            self.last_out = None
         self.busy = True
         self.head_started = False
         self._disarm()
@@ -190,7 +202,11 @@ class ClientProtocol(asyncio.Protocol):
             if route.status >= 500:
                 p.metrics.upstream_errors["not_running" if route.status == 502 else "route_lookup"] += 1
             return self.reply_error(head, route.status, route.reason, t0, None)
-        out = policy.upstream_request_head(head, self.peer_b, self.port_b, p.fwd, self.trusted)
+        out = self.last_out
+        if out is None or head is not self.last_head:
+            out = policy.upstream_request_head(head, self.peer_b, self.port_b, p.fwd, self.trusted)
+            if head is self.last_head:
+                self.last_out = out
         key = p.pool_key(route, project_id)
         up = p.fast_pool.take(key)
         if up is not None:

@@ -72,6 +72,12 @@ class UpstreamProtocol(asyncio.Protocol):
         self.conn: ClientProtocol | None = None
         self.closed = False
         self.timer = None
+        # The last response head on this connection (raw bytes, parse) and the head re-emitted for it
+        # with its (body mode, keep-alive): a server answering the same way again is not re-parsed.
+        self.last_raw: bytes | None = None
+        self.last_resp = None
+        self.last_plan = None
+        self.last_out = b""
 
     def connection_made(self, transport):
         self.t = transport
@@ -128,16 +134,24 @@ class UpstreamProtocol(asyncio.Protocol):
                 return self._fail(502, "bad upstream response: response head too large", "protocol")
             return
         raw = bytes(buf[:end])
-        if raw.count(b"\n") != raw.count(b"\r\n"):
+        cached = raw == self.last_raw
+        if not cached and raw.count(b"\n") != raw.count(b"\r\n"):
             return self._to_slow(None)  # bare LF somewhere: the lenient stream parser copes
         head = self.head
         try:
-            resp = policy.parse_response_lines(raw)
+            # Only a head that was answered on the fast path is remembered, so a cached parse is never
+            # one the stream relay has been given.
+            resp = self.last_resp if cached else policy.parse_response_lines(raw)
             policy.check_response(head, resp)
             mode, _, keep, reusable = policy.plan_response(head, resp)
             if resp.status == 100 or mode >= policy.CHUNKED:
                 return self._to_slow(resp, end + 4)  # the stream relay re-frames these
-            out = policy.client_response_head(resp, mode, False, keep)
+            plan = (mode, keep)
+            if cached and plan == self.last_plan:
+                out = self.last_out
+            else:
+                out = policy.client_response_head(resp, mode, False, keep)
+                self.last_raw, self.last_resp, self.last_plan, self.last_out = raw, resp, plan, out
         except UpstreamProtocolError as exc:
             return self._fail(502, f"bad upstream response: {exc}", "protocol")
         self.resp = resp

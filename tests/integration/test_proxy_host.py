@@ -236,3 +236,31 @@ def test_timeouts_hold_on_reused_connections(env):
             pass  # the proxy closes the idle keep-alive connection after idle_timeout (3 s)
         waited = time.monotonic() - t
         assert 0.5 < waited < 3.0, waited  # 3 s after the last answer, 1.5 s of which already passed
+
+
+def test_repeated_and_changed_requests_on_one_connection_are_each_forwarded_as_sent(env):
+    # The fast path remembers a connection's last request and response head: a repeat, a change of
+    # one field, and the same response head for a request with other framing (HEAD) must each be
+    # answered from their own bytes.
+    conn = http.client.HTTPConnection("127.0.0.1", env["proxy"].port, timeout=5)
+    seen = []
+    for value in ("a", "a", "b", "a"):
+        conn.request("GET", f"/{RUNNING}/info", headers={"X-Probe": value})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        seen.append({k.lower(): v for k, v in json.loads(resp.read())["headers"]}["x-probe"])
+    assert seen == ["a", "a", "b", "a"]
+    for method, size in (("GET", 5), ("GET", 5), ("HEAD", 5), ("GET", 5), ("GET", 7), ("GET", 5)):
+        conn.request(method, f"/{RUNNING}/download?size={size}")
+        resp = conn.getresponse()
+        body = resp.read()
+        assert resp.status == 200
+        assert resp.getheader("content-length") == str(size)
+        assert len(body) == (0 if method == "HEAD" else size)
+    # The pooled upstream connection answers an HTTP/1.0 client with the same head: the client's copy
+    # must say close this time.
+    out = raw_exchange(env["proxy"].port, f"GET /{RUNNING}/download?size=5 HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert status_of(out) == 200 and body == bytes(range(5))
+    assert b"\r\nconnection: close" in head.lower()
+    conn.close()
