@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from tests.support.keys import KeyHost
+from tests.support.postgres import sql as _sql
 
 pytestmark = pytest.mark.integration
 
@@ -22,11 +23,6 @@ def admin(tmp_path, hub_dsn):
     a.cli("hub", "migrate")
     return a
 
-
-def _sql(dsn: str, query: str, params=()) -> list:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        cur = conn.execute(query, params)
-        return cur.fetchall() if cur.description else []
 
 
 def _indexes(dsn: str) -> set[str]:

@@ -7,10 +7,10 @@ import contextlib
 import json
 import uuid
 
-import psycopg
 import pytest
 
 from tests.support.keys import KeyHost
+from tests.support.postgres import sql as _sql
 
 pytestmark = pytest.mark.integration
 
@@ -21,11 +21,6 @@ def admin(tmp_path, hub_dsn):
     a.cli("hub", "migrate")
     return a
 
-
-def _sql(dsn: str, query: str, params=()) -> list:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        cur = conn.execute(query, params)
-        return cur.fetchall() if cur.description else []
 
 
 def _pages(cli, args: list[str], limit: int) -> tuple[list[list[str]], list[str | None]]:

@@ -72,3 +72,12 @@ class Postgres:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+
+
+def sql(dsn: str, query: str, params=()) -> list:
+    """Run one statement on the hub (autocommit); the rows it returns, if any."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
