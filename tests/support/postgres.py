@@ -39,10 +39,19 @@ class Postgres:
     def start(self) -> "Postgres":
         subprocess.run(self._as_user([pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
                                       "-E", "UTF8", "--no-sync"]), check=True, capture_output=True)
+        self.resume()
+        return self
+
+    def resume(self) -> None:
+        """Start the server (again, after `pause()`), same socket directory and settings."""
         subprocess.run(self._as_user([pg_bin("pg_ctl"), "-D", str(self.data), "-o",
                                       f"-k {self.dir} -c listen_addresses='' -c fsync=off -c max_connections=200",
                                       "-l", str(self.dir / "log"), "-w", "start"]), check=True, capture_output=True)
-        return self
+
+    def pause(self) -> None:
+        """Stop the server (fast shutdown: sessions are ended), keeping its data for `resume()`."""
+        subprocess.run(self._as_user([pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"]),
+                       check=True, capture_output=True)
 
     def stop(self) -> None:
         subprocess.run(self._as_user([pg_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"]),

@@ -314,16 +314,37 @@ def run(cfg: Config, *, once: bool = False, concurrency: int = 1, poll: float = 
     stop = stop or threading.Event()
     lock = threading.Lock()
 
+    failures: list[BaseException] = []
+
     def loop(n: int) -> None:
+        import psycopg
+
         w = Worker(cfg, transport=transport, owner=f"{base}:{n}")
+        outage = 0
         while not stop.is_set():
-            move = w.claim()
-            if move is None:
+            try:
+                move = w.claim()
+                if move is None:
+                    if once:
+                        return
+                    stop.wait(poll)
+                    continue
+                final = w.process(move)
+            except (CocalcError, psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                # the hub is unreachable (restarting, failing over): a long-running worker waits and tries
+                # again, with back-off; a move it held resumes once its lease lapses. `--once` reports it.
                 if once:
+                    with lock:
+                        failures.append(exc)
                     return
-                stop.wait(poll)
+                outage += 1
+                delay = min(poll * 2 ** min(outage, 5), 30.0)
+                from cocalc_ctl import output
+
+                output.warn(f"move worker: {errors.describe(exc)}; trying again in {delay:.0f}s")
+                stop.wait(delay)
                 continue
-            final = w.process(move)
+            outage = 0
             with lock:
                 result.processed.append({"project_id": final.project_id, "state": final.state,
                                          "attempt": final.attempt, "reason": final.status_reason})
@@ -338,4 +359,6 @@ def run(cfg: Config, *, once: bool = False, concurrency: int = 1, poll: float = 
     except KeyboardInterrupt:
         stop.set()
         raise
+    if failures:
+        raise failures[0]
     return result
