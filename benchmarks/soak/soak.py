@@ -70,7 +70,7 @@ def _load_demo():
 
 demo = _load_demo()
 from tests.support.leftovers import processes_mentioning  # noqa: E402
-from tests.support.postgres import Postgres, pg_bin, sql  # noqa: E402
+from tests.support.postgres import Postgres, sql  # noqa: E402
 
 PY = sys.executable
 CLI = [PY, "-m", "cocalc_ctl"]
@@ -455,14 +455,10 @@ class Soak:
         self.say(f"chaos: receiver sshd of {label} stopped")
 
     def restart_postgres(self, down: float) -> None:
-        runas = ["runuser", "-u", "nobody", "--"]
-        subprocess.run([*runas, pg_bin("pg_ctl"), "-D", str(self.pg.data), "-m", "fast", "-w", "stop"],
-                       capture_output=True, check=True)
+        self.pg.pause()
         self.say(f"chaos: PostgreSQL stopped (fast) for {down:.0f}s")
         time.sleep(down)
-        subprocess.run([*runas, pg_bin("pg_ctl"), "-D", str(self.pg.data), "-o",
-                        f"-k {self.pg.dir} -c listen_addresses='' -c fsync=off -c max_connections=200",
-                        "-l", str(self.pg.dir / "log"), "-w", "start"], capture_output=True, check=True)
+        self.pg.resume()
         self.faults["PostgreSQL restarted"] += 1
         self.say("chaos: PostgreSQL started again")
 
