@@ -42,7 +42,13 @@ CLAIMABLE = f"""(state = ANY(ARRAY{list(ACTIVE)!r}::text[])
 CLAIM_SQL = f"""
 UPDATE project_moves m
    SET lease_owner = %(owner)s, lease_until = now() + make_interval(secs => %(lease)s), updated_at = now(),
-       attempt = CASE WHEN m.state = ANY(ARRAY{list(ACTIVE)!r}::text[]) THEN m.attempt + 1 ELSE m.attempt END
+       attempt = CASE WHEN m.state = ANY(ARRAY{list(ACTIVE)!r}::text[]) THEN m.attempt + 1 ELSE m.attempt END,
+       -- a lease still owned is one that lapsed: its worker died (or lost the hub) without a word, so say
+       -- that, or a move that runs out of attempts this way would give up with no cause at all
+       status_reason = CASE WHEN m.lease_owner IS NOT NULL AND m.state = ANY(ARRAY{list(ACTIVE)!r}::text[])
+                            THEN 'attempt ' || m.attempt || ' ended in ' || m.state || ': worker ' || m.lease_owner
+                                 || ' stopped renewing its lease (it died or lost the hub)'
+                            ELSE m.status_reason END
  WHERE m.project_id = (SELECT project_id FROM project_moves WHERE {CLAIMABLE}
                        ORDER BY created_at, project_id FOR UPDATE SKIP LOCKED LIMIT 1)
 RETURNING {', '.join('m.' + c.strip() for c in COLUMNS.split(','))}"""

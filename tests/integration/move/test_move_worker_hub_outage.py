@@ -1,6 +1,10 @@
-"""A long-running `move worker` outlives a restart of the hub's PostgreSQL (found by the fleet soak:
-every worker exited 0 when the database went away, so a unit restarting only on failure stayed dead),
-and `move worker --once` reports an unreachable hub with exit 1 and one line, not a traceback and 0."""
+"""What the fleet soak found in the move worker, proven on a hub without hosts:
+
+- a long-running `move worker` outlives a restart of the hub's PostgreSQL (every worker exited 0 when
+  the database went away, so a unit restarting only on failure stayed dead), and `move worker --once`
+  reports an unreachable hub with exit 1 and one line, not a traceback and 0;
+- a move whose attempts were used up by workers that died (SIGKILL) says so when it gives up (it
+  ended `failing` with the reason "gave up after 3 attempts" and no cause)."""
 
 from __future__ import annotations
 
@@ -100,3 +104,18 @@ def test_worker_once_with_the_hub_down_exits_1_with_one_line(tmp_path, own_postg
     assert r.returncode == 1, (r.returncode, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cocalc-ctl: error: ") and "hub database" in lines[0], r.stderr
+
+
+def test_a_lapsed_lease_is_recorded_as_the_attempt_s_cause(tmp_path, own_postgres):
+    pg = own_postgres
+    _cfg, cli = _hub(tmp_path, pg)
+    pid = _queue_a_move(pg, cli)
+    # what three claims by workers SIGKILLed mid-send leave: attempt 3, a lease still owned, now lapsed
+    sql(pg.dsn(), "UPDATE project_moves SET state='sending', snapshot_name='move-soak', move_id=gen_random_uuid(), "
+                  "attempt=3, status_reason=NULL, lease_owner='dead-worker:1', lease_until=now() - interval '1 second' "
+                  "WHERE project_id=%s", (pid,))
+    cli("move", "worker", "--once")
+    (state, reason), = sql(pg.dsn(), "SELECT state, status_reason FROM project_moves WHERE project_id=%s", (pid,))
+    assert state == "failing", reason
+    assert reason.startswith("gave up after 3 attempts: attempt 3 ended in sending: worker dead-worker:1 stopped "
+                             "renewing its lease"), reason
