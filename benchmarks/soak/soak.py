@@ -58,6 +58,7 @@ if (_VENV / "bin" / "python").exists() and Path(sys.prefix).resolve() != _VENV.r
     os.execv(str(_VENV / "bin" / "python"), [str(_VENV / "bin" / "python"), str(Path(__file__).resolve()),
                                               *sys.argv[1:]])
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def _load_demo():
@@ -69,6 +70,7 @@ def _load_demo():
 
 
 demo = _load_demo()
+from benchenv import print_environment  # noqa: E402
 from tests.support.leftovers import processes_mentioning  # noqa: E402
 from tests.support.postgres import Postgres, sql  # noqa: E402
 
@@ -714,6 +716,9 @@ class Soak:
             ("bytes moved (done moves, on the wire / backed up)", f"{sum(m.bytes for m in self.moves) / 2**20:.1f} MiB"),
             *[(f"time: {k}", f"{v:.0f} s") for k, v in self.phase_times.items()],
             ("wall time", f"{wall:.0f} s"),
+            ("load average at the end (1/5/15 min)", " / ".join(f"{x:.1f}" for x in os.getloadavg())
+             + f" on {os.cpu_count()} cpus" + ("  UNDER LOAD" if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1)
+                                               else "")),
             ("checks", f"{sum(ok for _, ok, _ in self.checks)} of {len(self.checks)} ok"),
         ]
         w = max(len(a) for a, _ in rows)
@@ -790,6 +795,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
+    print_environment()
     soak = Soak(opts)
     print(f"soak directory {soak.base}; seed {opts.seed}; {opts.hosts} hosts, {opts.moves} moves, "
           f"{opts.duration:.0f}s of chaos", flush=True)
