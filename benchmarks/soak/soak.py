@@ -34,12 +34,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import fcntl
 import importlib.util
 import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -113,6 +115,7 @@ class MoveRecord:
     bytes: int = 0
     started: float = 0.0
     ended: float = 0.0
+    reasons: list = field(default_factory=list)  # every status_reason seen while it ran (failed attempts)
 
 
 class Soak:
@@ -342,22 +345,28 @@ class Soak:
         d.mkdir(parents=True, exist_ok=True)
         (d / f"f{p.files}.bin").write_bytes(self.rng.randbytes(size))
 
-    def snapshot(self, p: Project) -> None:
+    def snapshot(self, p: Project, check: bool = True) -> None:
         p.snaps += 1
-        self.ctl(self.hosts[p.host], "snapshot", "create", p.pid, f"s{p.snaps}")
+        self.ctl(self.hosts[p.host], "snapshot", "create", p.pid, f"s{p.snaps}", check=check)
 
     def mutate(self, p: Project) -> None:
-        """What a user does between moves: a new file, a changed one, sometimes a snapshot."""
+        """What a user does between moves: a new file, a changed one, sometimes a snapshot. On a full
+        pool (the soak fills one) the writes and the snapshot fail, as they would for the user."""
         root = self.hosts[p.host].pool / f"project-{p.pid}"
-        self._write_random(p, root, self.rng.randint(1 << 10, 512 << 10))
-        files = sorted((root / "data").rglob("*.bin"))
-        if files:
-            victim = self.rng.choice(files)
-            with open(victim, "r+b") as fh:
-                fh.seek(self.rng.randint(0, max(0, victim.stat().st_size - 1)))
-                fh.write(self.rng.randbytes(4096))
+        try:
+            self._write_random(p, root, self.rng.randint(1 << 10, 512 << 10))
+            files = sorted((root / "data").rglob("*.bin"))
+            if files:
+                victim = self.rng.choice(files)
+                with open(victim, "r+b") as fh:
+                    fh.seek(self.rng.randint(0, max(0, victim.stat().st_size - 1)))
+                    fh.write(self.rng.randbytes(4096))
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self.say(f"user write into {p.pid[:8]} on {p.host} refused: {e.strerror}")
         if self.rng.random() < 0.4:
-            self.snapshot(p)
+            self.snapshot(p, check=False)
 
     # -- moves --------------------------------------------------------------------------------------
     def start_move(self, p: Project, dst: str, mode: str, compress: str, retry: bool) -> bool:
@@ -392,6 +401,8 @@ class Soak:
             p = moving[pid]
             rec: MoveRecord = p.moving["rec"]
             rec.state, rec.reason, rec.attempt = state, reason, attempt
+            if reason and (not rec.reasons or rec.reasons[-1] != reason):
+                rec.reasons.append(reason)
             if state in TERMINAL and cleaned:
                 rec.ended = self.t()
                 p.moving = None
@@ -604,9 +615,11 @@ class Soak:
         bad_place, bad_sums = [], []
         for p in self.projects:
             where = found.get(p.pid, [])
+            on_disk = [label for label, n in self.hosts.items() if (n.pool / f"project-{p.pid}").exists()]
             hub_host = by_host_id.get(str(hub_rows.get(p.pid, {}).get("host_id")))
-            if where != [p.host] or hub_host != p.host:
-                bad_place.append(f"{p.pid[:8]}: on {where or 'no host'}, hub says {hub_host}, expected {p.host}")
+            if where != [p.host] or on_disk != [p.host] or hub_host != p.host:
+                bad_place.append(f"{p.pid[:8]}: listed on {where or 'no host'}, subvolume on {on_disk or 'no host'}, "
+                                 f"hub says {hub_host}, expected {p.host}")
                 continue
             sums = demo.tree_sums(self.hosts[p.host].pool / f"project-{p.pid}")
             if sums != p.sums:
@@ -819,6 +832,15 @@ def main() -> int:
         ok = error is None and soak.checks and all(c[1] for c in soak.checks)
         print("\n== summary (seed %d)" % opts.seed)
         print(soak.summary(wall))
+        seen: dict[str, int] = {}
+        for m in soak.moves:
+            for r in m.reasons:
+                key = re.sub(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", "<uuid>", r.replace(str(REPO), "<repo>"))
+                seen[key[:160]] = seen.get(key[:160], 0) + 1
+        if seen:
+            print("\nreasons the hub recorded while moves ran (failed attempts, count):")
+            for key, count in sorted(seen.items(), key=lambda kv: -kv[1]):
+                print(f"  {count:3d}  {key}")
         if soak.unexpected_exits:
             print("\nworkers that exited by themselves:\n  " + "\n  ".join(soak.unexpected_exits))
         if error:
