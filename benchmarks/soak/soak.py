@@ -144,6 +144,7 @@ class Soak:
         self.hub_proxy_port = 0
         self.image = ""
         self.phase_times: dict[str, float] = {}
+        self.leftover_by_failed: list[str] = []
 
     # -- bookkeeping --------------------------------------------------------------------------------
     def save_state(self) -> None:
@@ -558,6 +559,7 @@ class Soak:
         self.say("chaos over: waiting for every move to finish")
         self.settle()
         failed = [p for p in self.projects if p.failed]
+        self.leftover_by_failed = self.left_by_failed_moves(failed)
         self.say(f"retrying {len(failed)} failed move(s) once")
         for p in failed:
             f = p.failed
@@ -578,6 +580,22 @@ class Soak:
             self.poll_moves()
         self.settle()
         self.checks_at_end()
+
+    def left_by_failed_moves(self, failed: list[Project]) -> list[str]:
+        """What failed moves left on their sources before anything retried them (reported, not a check:
+        the next send of the project removes it; a project never moved again keeps it)."""
+        left = []
+        for p in failed:
+            node = self.hosts[p.host]
+            r = self.ctl(node, "--json", "snapshot", "list", p.pid, check=False)
+            if r.returncode == 0:
+                left += [f"{p.pid[:8]}@{p.host}:{s['name']}" for s in json.loads(r.stdout) if s["name"].startswith("move-")]
+            streams = node.pool / "_streams" / p.pid
+            if streams.is_dir():
+                left += [f"{p.pid[:8]}@{p.host}:_streams/{e.name}" for e in streams.iterdir()]
+        if left:
+            self.say(f"left on the sources by {len(failed)} failed move(s) before their retry: {', '.join(left)}")
+        return left
 
     def settle(self) -> None:
         deadline = time.monotonic() + self.o.settle_timeout
@@ -726,6 +744,8 @@ class Soak:
             ("worker claims (attempts) over all moves", str(sum(m.attempt for m in self.moves))),
             *[(f"fault: {k}", str(v)) for k, v in self.faults.items()],
             ("workers that exited by themselves", str(len(self.unexpected_exits))),
+            ("move snapshots / stream dirs failed moves left on sources (before retry)",
+             str(len(self.leftover_by_failed))),
             ("bytes moved (done moves, on the wire / backed up)", f"{sum(m.bytes for m in self.moves) / 2**20:.1f} MiB"),
             *[(f"time: {k}", f"{v:.0f} s") for k, v in self.phase_times.items()],
             ("wall time", f"{wall:.0f} s"),
