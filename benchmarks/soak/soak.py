@@ -830,8 +830,8 @@ def main() -> int:
     signal.signal(signal.SIGHUP, on_signal)
     print_environment()
     soak = Soak(opts)
-    print(f"soak directory {soak.base}; seed {opts.seed}; {opts.hosts} hosts, {opts.moves} moves, "
-          f"{opts.duration:.0f}s of chaos", flush=True)
+    print(f"soak directory {soak.base}; run directory {soak.rundir}; seed {opts.seed}; {opts.hosts} hosts, "
+          f"{opts.moves} moves, {opts.duration:.0f}s of chaos", flush=True)
     error = None
     t0 = time.monotonic()
     try:
