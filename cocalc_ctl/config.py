@@ -282,6 +282,8 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("sshpiper.sshpiperd_env_file", _as_opt_path, None,
        "sshpiperd's EnvironmentFile with REST_AUTH_URL (default: <secrets_dir>/sshpiper/sshpiperd.env)"),
     _k("keys.resync_every", _as_pos_int, 300, "keys watch: full sync at least this often (seconds)"),
+    _k("keys.sync_jitter_ms", _as_nonneg_int, 200,
+       "keys watch: random delay (0..N ms) before syncing a change, so a fleet does not hit the hub at once"),
     # move: host-to-host moves and the hub's move worker
     _k("move.mode", _as_choice("pipe", "staged", "backup"), "pipe",
        "default move mode: pipe (stream), staged (files + rsync) or backup (backup + restore)"),
@@ -293,6 +295,8 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("move.receiver_user", _as_opt_str, None, "ssh user of a destination's receiver (default btrfs-<source-uuid>)"),
     _k("move.host_user", _as_opt_str, None, "ssh transport: user the worker logs in as (default cocalc-hub)"),
     _k("move.bwlimit", _as_opt_str, None, "move worker: --bwlimit passed to every send (e.g. 100M)"),
+    _k("move.poll_seconds", _as_pos_int, 60,
+       "move worker: fallback poll interval when idle (NOTIFY on the moves channel wakes it at once)"),
     _k("move.ticket_minutes", _as_pos_int, 180,
        "move worker: lifetime of the signed move tickets it issues (a step must start within it)"),
     # proxy: `proxy serve` (HTTP/WebSocket reverse proxy)
