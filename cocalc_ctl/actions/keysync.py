@@ -317,6 +317,11 @@ def watch(cfg: Config, *, max_seconds: float | None = None, resync_every: float 
             # a real session of its own (never behind transaction pooling): LISTEN belongs to it
             with hub_db.connect(cfg["hub_dsn"], listen=True) as conn:
                 conn.execute(f"LISTEN {CHANNEL}")
+                # what arrives during the probe is covered by the full sync right after it
+                if not hub_db.probe_listen(conn, cfg["hub_dsn"], CHANNEL):
+                    output.warn(f"keys watch: a NOTIFY on {CHANNEL} does not reach this LISTEN session (a "
+                                "transaction-pooling proxy in front of PostgreSQL?); key changes arrive only with "
+                                f"the full sync every {resync_every:g} s")
                 result = sync(cfg, conn=conn)  # after LISTEN: nothing between the two is missed
                 syncs += 1
                 if on_sync:
@@ -332,8 +337,9 @@ def watch(cfg: Config, *, max_seconds: float | None = None, resync_every: float 
                     if time.monotonic() - last_full >= resync_every:
                         result = sync(cfg, conn=conn)
                         last_full = time.monotonic()
-                    elif got:
-                        result = sync_changes(cfg, conn, {n.payload for n in got if n.channel == CHANNEL})
+                    elif payloads := {n.payload for n in got
+                                      if n.channel == CHANNEL and not n.payload.startswith(hub_db.PROBE_PREFIX)}:
+                        result = sync_changes(cfg, conn, payloads)
                         if result.scope == "full":
                             last_full = time.monotonic()
                     else:

@@ -315,6 +315,30 @@ class HubPool:
         self._pool.close()
 
 
+PROBE_PREFIX = "probe:"  # a LISTEN session's self-test on any channel; listeners ignore it
+
+
+def probe_listen(conn, dsn: str | None, channel: str, *, timeout: float = 5.0, on_other=None) -> bool:
+    """Does a NOTIFY on `channel` reach `conn`, which has just run LISTEN on it? Sends a probe payload
+    from a second session and waits up to `timeout`. False means the notifications go elsewhere —
+    typically a transaction-pooling proxy between us and PostgreSQL, which runs the LISTEN on a server
+    session it then hands to other clients. Other notifications seen meanwhile go to `on_other`."""
+    import time
+    import uuid
+
+    probe = f"{PROBE_PREFIX}{uuid.uuid4()}"
+    with connect(dsn) as other:
+        other.execute("SELECT pg_notify(%s, %s)", (channel, probe))
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        for n in conn.notifies(timeout=left, stop_after=1):
+            if n.payload == probe:
+                return True
+            if on_other is not None and not n.payload.startswith(PROBE_PREFIX):
+                on_other(n)
+    return False
+
+
 def migrate(dsn: str | None) -> MigrateResult:
     with connect(dsn, autocommit=False) as conn:
         with conn.transaction():

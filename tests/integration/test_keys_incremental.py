@@ -121,3 +121,22 @@ def test_a_burst_of_changes_is_one_sync_reading_only_the_named_rows(fleet, hub_d
         ev = next_sync(watch)
         assert ev["scope"] == "incremental" and sorted(ev["synced"]) == sorted([a.host_id, c.host_id])
         assert cached_server(b, a.host_id) == "127.0.0.12:22" and cached_server(b, c.host_id) == "127.0.0.14:22"
+
+
+def test_watch_through_transaction_pooling_says_notify_does_not_reach_it(fleet, hub_dsn, postgres):
+    from tests.support.pgbouncer import pgbouncer
+
+    a, b, c = fleet
+    with pgbouncer(postgres, hub_dsn.split("dbname=")[1], "transaction") as dsn:
+        env = {**b.env, "COCALC_CTL_HUB_DSN": dsn}
+        watch = subprocess.Popen([*CLI, "--json", "keys", "watch", "--seconds", "60"], env=env, cwd=str(REPO),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            first = next_sync(watch)  # the full sync still works through the pooler
+            assert first["scope"] == "full" and sorted(first["peers"]) == sorted([a.host_id, c.host_id])
+        finally:
+            watch.terminate()
+            watch.wait(timeout=10)
+        err = watch.stderr.read()
+    assert "a NOTIFY on cocalc_ctl_keys does not reach this LISTEN session" in err, err
+    assert "Traceback" not in err

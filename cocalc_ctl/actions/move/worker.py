@@ -364,18 +364,21 @@ class Wakeup:
             return self._cond.wait_for(lambda: self.generation != seen, timeout=max(0.0, timeout))
 
 
-def listen(cfg: Config, wake: Wakeup, stop: threading.Event, *, listening: threading.Event | None = None) -> None:
+def listen(cfg: Config, wake: Wakeup, stop: threading.Event, *, listening: threading.Event | None = None,
+           poll: float = 60.0) -> None:
     """LISTEN on the moves channel in one dedicated session and kick `wake` on every notification and
-    after every (re)connect; reconnect with backoff. Idle, it only waits on its socket (no queries)."""
+    after every (re)connect; reconnect with backoff. After each LISTEN it checks with a probe NOTIFY
+    that notifications reach it, and warns if not. Idle, it only waits on its socket (no queries)."""
     from cocalc_ctl import output
 
     try:
-        _listen(cfg, wake, stop, listening, output)
+        _listen(cfg, wake, stop, listening, output, poll)
     finally:
         wake.kick()  # stop is set: no idle thread waits out its poll
 
 
-def _listen(cfg: Config, wake: Wakeup, stop: threading.Event, listening: threading.Event | None, output) -> None:
+def _listen(cfg: Config, wake: Wakeup, stop: threading.Event, listening: threading.Event | None, output,
+            poll: float) -> None:
     import random
 
     import psycopg
@@ -386,14 +389,19 @@ def _listen(cfg: Config, wake: Wakeup, stop: threading.Event, listening: threadi
             # its own session, never a pooled one: LISTEN belongs to the session that ran it
             with hub_db.connect(cfg["hub_dsn"], listen=True) as conn:
                 conn.execute(f"LISTEN {hub_db.MOVE_CHANNEL}")
+                wake.kick()  # claim whatever became claimable while nobody listened
+                if not hub_db.probe_listen(conn, cfg["hub_dsn"], hub_db.MOVE_CHANNEL, on_other=lambda n: wake.kick()):
+                    output.warn(f"move worker: a NOTIFY on {hub_db.MOVE_CHANNEL} does not reach this worker's LISTEN "
+                                "session (a transaction-pooling proxy in front of PostgreSQL?); queued moves wait "
+                                f"for the fallback poll (every {poll:g} s)")
                 if listening is not None:
                     listening.set()
-                wake.kick()  # claim whatever became claimable while nobody listened
                 backoff = 1.0
                 while not stop.is_set():
                     # the timeout only bounds how late `stop` is seen; it sends nothing to the hub
-                    for _ in conn.notifies(timeout=1.0, stop_after=1):
-                        wake.kick()
+                    for n in conn.notifies(timeout=1.0, stop_after=1):
+                        if not n.payload.startswith(hub_db.PROBE_PREFIX):
+                            wake.kick()
         except (psycopg.Error, CocalcError) as exc:
             if listening is not None:
                 listening.clear()
@@ -467,7 +475,7 @@ def run(cfg: Config, *, once: bool = False, concurrency: int = 1, poll: float | 
 
     listener = None
     if not once:
-        listener = threading.Thread(target=listen, args=(cfg, wake, stop), kwargs={"listening": listening},
+        listener = threading.Thread(target=listen, args=(cfg, wake, stop), kwargs={"listening": listening, "poll": poll},
                                     daemon=True, name="move-listener")
         listener.start()
     threads = [threading.Thread(target=guarded, args=(n,), daemon=True) for n in range(threads_n)]

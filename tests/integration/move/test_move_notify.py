@@ -234,3 +234,27 @@ def test_move_notify_migration_reapplies_on_a_hub_with_data(moves_hub):
         listener.execute(f"LISTEN {hub_db.MOVE_CHANNEL}")
         hub.start(cfg, pids[2], to=dst)
         assert _notifications(listener) == [pids[2]]
+
+
+@pytest.mark.parametrize("pool_mode", ["session", "transaction"])
+def test_worker_tells_whether_notify_reaches_it_through_pgbouncer(moves_hub, postgres, capfd, pool_mode):
+    """Through session pooling the worker claims on NOTIFY; through transaction pooling its LISTEN
+    lands on a server session it does not keep, its probe never arrives, and it says so."""
+    from tests.support.pgbouncer import pgbouncer
+
+    cfg, src, dst = moves_hub
+    dbname = cfg["hub_dsn"].split("dbname=")[1]
+    with pgbouncer(postgres, dbname, pool_mode) as dsn:
+        pooled = config_mod.load(None, env={**{f"COCALC_CTL_{k}": v for k, v in (
+            ("HUB_DSN", dsn), ("DATA_DIR", str(cfg.data_dir)), ("CONFIG", str(cfg.file or "")),
+            ("MOVE_LEASE_SECONDS", "30"))}})
+        capfd.readouterr()
+        with RunningWorker(pooled) as w:  # `listening` is set once the probe has answered or timed out
+            err = capfd.readouterr().err
+            if pool_mode == "session":
+                assert "does not reach" not in err, err
+                pid = new_project(cfg["hub_dsn"], src)
+                hub.start(cfg, pid, to=dst)
+                assert w.wait_claim(pid, 30.0) is not None
+            else:
+                assert f"a NOTIFY on {hub_db.MOVE_CHANNEL} does not reach this worker's LISTEN session" in err, err
