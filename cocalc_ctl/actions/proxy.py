@@ -118,8 +118,8 @@ def _serve_workers(cfg, mode: str, host: str, port: int, access_log: bool, json_
                         drain_timeout=float(cfg["proxy.drain_timeout"]))
 
     def ready(loop: str) -> None:
-        print(f"cocalc-ctl proxy: mode {mode}, listening on http://{_show(spec.host)}:{spec.port} ({loop}, {n} workers)",
-              file=sys.stderr, flush=True)
+        where = f"http://{_show(spec.host)}:{spec.port}"
+        print(f"cocalc-ctl proxy: mode {mode}, listening on {where} ({loop}, {n} workers)", file=sys.stderr, flush=True)
 
     try:
         loop_name = workers.serve_workers(spec, n, ready)

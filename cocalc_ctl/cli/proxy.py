@@ -19,9 +19,10 @@ def serve(
                                          help="Listen address (default: proxy.listen)."),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log",
                                     help="One line per request on stderr (JSON lines with --json)."),
-    workers: Optional[str] = typer.Option(None, "--workers", metavar="N|auto",
-                                          help="Worker processes on one SO_REUSEPORT address, supervised "
-                                               "(default: proxy.workers, auto = one per core; 1 = one process)."),
+    workers: Optional[str] = typer.Option(None, "--workers", metavar="N",
+                                          help="Worker processes (a number, or auto) on one SO_REUSEPORT "
+                                               "address, supervised (default: proxy.workers, auto = one per "
+                                               "core; 1 = one process)."),
 ) -> None:
     """Serve `/<project_id>/...` until SIGTERM/SIGINT; also /healthz and /metrics."""
     from cocalc_ctl.actions import proxy as proxy_actions
