@@ -185,7 +185,7 @@ def served_by(port: int) -> dict:
             "per_worker": per_worker}
 
 
-def report_workers(med: dict, args) -> None:
+def report_workers(med: dict, args, results: dict) -> None:
     n = args.workers
     one, many = med["cocalc-ctl (1 worker)"], med[f"cocalc-ctl ({n} workers)"]
     ngx = med[f"nginx ({n} workers)"]
@@ -196,6 +196,9 @@ def report_workers(med: dict, args) -> None:
         print(f"| {name} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['cores']:.2f} | "
               f"{m['rps'] / one['rps']:.2f} |")
     print(f"\n{n} workers / 1 worker req/s: {many['rps'] / one['rps']:.2f} (target >= 1.7)")
+    rounds = [a["rps"] / b["rps"] for a, b in zip(results[f"cocalc-ctl ({n} workers)"], results["cocalc-ctl (1 worker)"])]
+    print(f"  the same ratio round by round (adjacent runs): {', '.join(f'{r:.2f}' for r in rounds)}; "
+          f"median {statistics.median(rounds):.2f}")
     print(f"{n} workers / nginx ({n} workers) req/s: {many['rps'] / ngx['rps']:.2f} (target >= 0.5)")
     print(f"{n} workers p99 / nginx ({n} workers) p99: {many['p99'] / ngx['p99']:.2f}")
     print(f"for scale: nginx {n} workers / nginx 1 worker req/s: {ngx['rps'] / med['nginx (1 worker)']['rps']:.2f}; "
@@ -203,9 +206,9 @@ def report_workers(med: dict, args) -> None:
           f"(a ratio near 1 means no idle core was left to use)")
 
 
-def report(med: dict, args) -> None:
+def report(med: dict, args, results: dict) -> None:
     if args.workers_only:
-        return report_workers(med, args)
+        return report_workers(med, args, results)
     ours_name = "cocalc-ctl (uvloop)" if "cocalc-ctl (uvloop)" in med else "cocalc-ctl (asyncio)"
     ours_m = med[ours_name]
     print(f"\n'ours' below is {ours_name}"
@@ -356,7 +359,7 @@ def main() -> int:
         med = {k: {m: statistics.median(x[m] for x in v) for m in ("rps", "p50", "p99", "cores")}
                for k, v in results.items()}
         if med:
-            report(med, args)
+            report(med, args, results)
             print(f"\nserved by (from each proxy's /metrics; load average now {os.getloadavg()[0]:.2f}):")
             for name, port in ours.items():
                 sb = served_by(port)
