@@ -211,3 +211,53 @@ def test_workers_1_is_the_single_process_it_was(env):
     text = get(proxy.port, "/metrics")[1].decode()
     assert "worker=" not in text and "cocalc_proxy_workers" not in text
     assert metric(text, "cocalc_proxy_requests_total", status=200) == 1
+
+
+def test_hub_mode_each_worker_listens_for_route_changes(tmp_path, postgres):
+    """Each worker has its own route cache and LISTEN connection: a move re-routes every worker at once,
+    well inside a cache lifetime of an hour."""
+    import psycopg
+
+    from cocalc_ctl.state import hub_db
+
+    dsn = postgres.new_database()
+    hub_db.migrate(dsn)
+    host_a, host_b = str(uuid.uuid4()), str(uuid.uuid4())
+    started = []
+    try:
+        backend_a = start_backend(tmp_path, name="a")
+        started.append(backend_a)
+        backend_b = start_backend(tmp_path, name="b")
+        started.append(backend_b)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for hid, port in ((host_a, backend_a.port), (host_b, backend_b.port)):
+                conn.execute("INSERT INTO project_hosts(id, name, internal_url) VALUES (%s, %s, %s)",
+                             (hid, f"host-{port}", f"http://127.0.0.1:{port}"))
+            conn.execute("INSERT INTO projects(project_id, host_id) VALUES (%s, %s)", (RUNNING, host_a))
+        hub = start_proxy(tmp_path, "hub", {"data_dir": str(tmp_path / "hub"), "hub_dsn": dsn,
+                                            "proxy": {"route_cache_ttl": 3600}}, json_log=True, workers=2)
+        started.append(hub)
+
+        def names(n):
+            return [json.loads(get(hub.port, f"/{RUNNING}/info")[1])["name"] for _ in range(n)]
+
+        assert names(30) == ["a"] * 30
+        assert {line["worker"] for line in access_lines(hub) if line["path"] == f"/{RUNNING}/info"} == {0, 1}
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("UPDATE projects SET host_id = %s WHERE project_id = %s", (host_b, RUNNING))
+
+        def notified():
+            text = get(hub.port, "/metrics")[1].decode()
+            return all((metric(text, "cocalc_proxy_route_notifications_total", worker=w) or 0) >= 1 for w in (0, 1))
+
+        wait_for(notified, 30, "the route NOTIFY in both workers")
+        assert names(30) == ["b"] * 30
+    finally:
+        for s in reversed(started):
+            pids = children(s.pid)
+            s.stop()
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
