@@ -177,6 +177,29 @@ def test_sigterm_drains_a_slow_request_closes_idle_ones_and_exits_0(env):
     idle.close()
 
 
+def test_drain_timeout_bounds_the_wait_for_a_request_that_outlasts_it(env):
+    proxy = env(2, drain_timeout=1)
+    wait_for(lambda: len(children(proxy.pid)) == 2, what="2 workers")
+    slow = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+    slow.sendall(f"GET /{RUNNING}/slow?delay=20 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    proxy.proc.send_signal(signal.SIGTERM)
+    assert proxy.proc.wait(15) == 0
+    assert time.monotonic() - t0 < 10  # the drain timeout (1 s), not the request's 20 s
+    assert slow.recv(65536) == b""  # cut without an answer
+    slow.close()
+
+
+def test_sighup_to_the_whole_process_group_changes_nothing(env):
+    proxy = env(2)
+    workers = wait_for(lambda: len(children(proxy.pid)) == 2 and children(proxy.pid), what="2 workers")
+    os.killpg(proxy.pid, signal.SIGHUP)  # a closed terminal: supervisor and workers alike
+    time.sleep(1.0)
+    assert proxy.alive() and children(proxy.pid) == workers
+    assert get(proxy.port, f"/{RUNNING}/info")[0] == 200
+
+
 def test_crash_loop_ends_the_command_with_exit_1_and_one_line(env):
     proxy = env(2)
     killed = set()
