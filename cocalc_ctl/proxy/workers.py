@@ -255,7 +255,14 @@ def _worker_main(slot: int, sock: socket.socket, board: Board, status_fd: int, s
         if err is None:
             if worker.is_ready:
                 raise  # a bug: the traceback goes to stderr, the supervisor restarts the worker
-            err = OperationFailed(f"internal error: {type(exc).__name__}: {exc}")
+            err = OperationFailed(f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
+                                  hint="rerun with -v for a traceback")
+            from cocalc_ctl import proc
+
+            if proc.VERBOSE:  # -v, as for one process
+                import traceback
+
+                traceback.print_exc()
         worker.tell("E", f"{err.exit_code} {err.one_line()}")
         return err.exit_code or 1
 
