@@ -56,6 +56,7 @@ KILL_MARGIN = 5.0        # seconds after the drain timeout before a worker still
 PUBLISH_EVERY = 1.0      # seconds between a worker's metric snapshots on the board
 SLOT_BYTES = 64 << 10    # board space per worker (a worker's /metrics text is about 3 KiB)
 _HDR = 16                # seq u64, length u32, restarts u32
+_WATCHED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # the supervisor's signals
 
 
 def restart_delay(failures: int) -> float:
@@ -235,6 +236,7 @@ def _worker_main(slot: int, sock: socket.socket, board: Board, status_fd: int, s
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _WATCHED)  # blocked across the fork (Supervisor.start)
     for fd in close_fds:
         try:
             os.close(fd)
@@ -337,7 +339,14 @@ class Supervisor:
         sock = self.socks[slot.index]
         others = [s.fileno() for s in self.socks if s is not sock and s.fileno() >= 0]
         close_fds = others + [self.wake_r, self.wake_w, self.status_r]
-        slot.pid = proc.fork(lambda: _worker_main(slot.index, sock, self.board, self.status_w, self.spec, close_fds))
+        # Blocked across the fork: a signal in the child before it resets the supervisor's handlers
+        # would run them there (and write to the supervisor's wake-up pipe).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
+        try:
+            slot.pid = proc.fork(lambda: _worker_main(slot.index, sock, self.board, self.status_w, self.spec,
+                                                      close_fds))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         slot.started = time.monotonic()
         slot.ready = False
         slot.restart_at = None
@@ -346,8 +355,7 @@ class Supervisor:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.status_r, self.status_w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self.status_r, False)
-        watched = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-        previous = {sig: signal.signal(sig, lambda *_: None) for sig in watched}
+        previous = {sig: signal.signal(sig, lambda *_: None) for sig in _WATCHED}
         old_wakeup = signal.set_wakeup_fd(self.wake_w)
         sel = selectors.DefaultSelector()
         sel.register(self.wake_r, selectors.EVENT_READ)
