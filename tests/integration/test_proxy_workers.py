@@ -95,12 +95,16 @@ def test_every_worker_serves_and_metrics_and_access_log_name_each(env):
     wait_for(lambda: "(asyncio, 2 workers)" in proxy.log() or "(uvloop, 2 workers)" in proxy.log(), what="ready line")
     for _ in range(40):  # a new connection each: the kernel spreads them over the workers' sockets
         assert get(proxy.port, f"/{RUNNING}/info")[0] == 200
-    time.sleep(1.5)  # the other worker's series on the board are at most a second old
-    status, body = get(proxy.port, "/metrics")
-    text = body.decode()
-    assert status == 200
-    per_worker = [metric(text, "cocalc_proxy_requests_total", worker=w, status=200) or 0 for w in (0, 1)]
-    assert all(n > 0 for n in per_worker) and sum(per_worker) == 40, per_worker
+
+    def scrape():  # the other worker's series on the board are about a second old
+        status, body = get(proxy.port, "/metrics")
+        assert status == 200
+        text = body.decode()
+        counts = [metric(text, "cocalc_proxy_requests_total", worker=w, status=200) or 0 for w in (0, 1)]
+        return (text, counts) if sum(counts) == 40 else None
+
+    text, per_worker = wait_for(scrape, 30, "both workers' counts on /metrics")
+    assert all(n > 0 for n in per_worker), per_worker
     assert metric(text, "cocalc_proxy_workers") == 2
     assert metric(text, "cocalc_proxy_worker_restarts_total", worker=0) == 0
     types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
@@ -139,10 +143,13 @@ def test_killed_worker_is_restarted_while_the_address_keeps_answering(env):
                      proxy.log())
     for _ in range(30):  # the new worker takes its share of new connections
         assert get(proxy.port, f"/{RUNNING}/info")[0] == 200
-    time.sleep(1.5)
-    text = get(proxy.port, "/metrics")[1].decode()
-    assert metric(text, "cocalc_proxy_worker_restarts_total", worker=1) == 1
-    assert (metric(text, "cocalc_proxy_requests_total", worker=1, status=200) or 0) > 0
+
+    def restarted_and_serving():
+        text = get(proxy.port, "/metrics")[1].decode()
+        return (metric(text, "cocalc_proxy_worker_restarts_total", worker=1) == 1
+                and (metric(text, "cocalc_proxy_requests_total", worker=1, status=200) or 0) > 0)
+
+    wait_for(restarted_and_serving, 30, "the new worker 1 counted on /metrics")
     assert proxy.alive()
 
 
