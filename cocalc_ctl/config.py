@@ -167,6 +167,19 @@ def _as_trusted_proxies(v: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+MAX_PROXY_WORKERS = 256
+
+
+def _as_proxy_workers(v: Any) -> str | int:
+    """proxy.workers and `proxy serve --workers`: `auto` (one per usable core) or 1..MAX_PROXY_WORKERS."""
+    s = _as_str(v).strip().lower()
+    if s == "auto":
+        return "auto"
+    if not re.fullmatch(r"[0-9]{1,4}", s) or not 1 <= int(s) <= MAX_PROXY_WORKERS:
+        raise ValueError(f"expected auto or a whole number from 1 to {MAX_PROXY_WORKERS}, got {v!r}")
+    return int(s)
+
+
 def _as_choice(*choices: str) -> Callable[[Any], str]:
     def check(v: Any) -> str:
         s = _as_str(v)
@@ -314,6 +327,11 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("proxy.metrics", _as_bool, True, "serve Prometheus text on /metrics"),
     _k("proxy.event_loop", _as_choice("auto", "uvloop", "asyncio"), "auto", "auto: uvloop when installed"),
     _k("proxy.fast_path", _as_bool, True, "serve body-less requests on the Protocol fast path (off: streams only)"),
+    _k("proxy.workers", _as_proxy_workers, "auto",
+       "proxy serve: worker processes sharing the listen address (SO_REUSEPORT); auto = one per usable core, "
+       "1 = a single process"),
+    _k("proxy.drain_timeout", _as_pos_int, 30,
+       "proxy serve with 2+ workers: seconds SIGTERM/SIGINT lets in-flight requests finish before closing them"),
     # backup: keys added with backups and restores
     _k("backup.heartbeat_interval", _as_pos_int, 5, "seconds between heartbeats of a running backup job"),
     _k("backup.wait_timeout", _as_nonneg_int, 0, "backup create: seconds to wait for a free slot (0 = no limit)"),

@@ -480,3 +480,39 @@ def self_command() -> list[str]:
     if running is not None and os.path.basename(running).startswith("cocalc-ctl"):
         return [running]
     return [sys.executable, "-m", "cocalc_ctl"]
+
+
+def fork(child: Callable[[], int], *, death_signal: int = signal.SIGTERM) -> int:
+    """Fork this interpreter (no exec): the child runs `child()` and exits with its return value, never
+    returning here; the parent gets the child's pid. The child gets `death_signal` when this process
+    dies, even by SIGKILL. For long-lived workers of a single-threaded parent that must share its
+    sockets (`proxy serve --workers`); call it before any event loop or thread exists."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()  # or the child would write the parent's buffered text a second time
+        except (OSError, ValueError):
+            pass
+    _death_signal_setter()  # resolve prctl in the parent, as for the other children
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        if _PRCTL and _PRCTL[0] is not None:
+            _PRCTL[0](1, death_signal)  # PR_SET_PDEATHSIG
+            if os.getppid() != parent:
+                os._exit(1)
+        code = child()
+    except BaseException:  # a child never returns into the parent's code
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code if isinstance(code, int) else 1)
+    return 0  # unreachable

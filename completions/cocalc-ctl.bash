@@ -84,7 +84,7 @@ _cocalc_ctl() {
         ['cocalc-ctl project status']='-h --help'
         ['cocalc-ctl project stop']='-h --help'
         ['cocalc-ctl proxy']='-h --help'
-        ['cocalc-ctl proxy serve']='--mode --listen --access-log --no-access-log -h --help'
+        ['cocalc-ctl proxy serve']='--mode --listen --access-log --no-access-log --workers -h --help'
         ['cocalc-ctl restore']='--path --to-project --force -h --help'
         ['cocalc-ctl rootfs']='-h --help'
         ['cocalc-ctl rootfs gc']='--max-size -h --help'
@@ -117,7 +117,7 @@ _cocalc_ctl() {
         ['cocalc-ctl timers remove']='--user-unit-dir --unit-dir --only -h --help'
     )
     local globals='--config --json --dry-run -v --verbose -q --quiet --wide --version -h --help'
-    local valopts=' --after --bin --bwlimit --compress --concurrency --config --cpu-shares --disk --from --from-backup --host --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --memory --mode --only --out --password-file --path --pids --poll --quota --reason --role --seconds --snapshot --swap --textfile-dir --ticket --tmp --to --to-project --unit-dir --user --user-unit-dir --which '
+    local valopts=' --after --bin --bwlimit --compress --concurrency --config --cpu-shares --disk --from --from-backup --host --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --memory --mode --only --out --password-file --path --pids --poll --quota --reason --role --seconds --snapshot --swap --textfile-dir --ticket --tmp --to --to-project --unit-dir --user --user-unit-dir --which --workers '
     local projcmds='|cocalc-ctl backup cleanup|cocalc-ctl backup create|cocalc-ctl backup list|cocalc-ctl backup prune|cocalc-ctl hub project add|cocalc-ctl hub project rm|cocalc-ctl hub project set|cocalc-ctl hub project show|cocalc-ctl move abort|cocalc-ctl move cancel|cocalc-ctl move cleanup|cocalc-ctl move finalize|cocalc-ctl move send|cocalc-ctl move start|cocalc-ctl move status|cocalc-ctl project create|cocalc-ctl project delete|cocalc-ctl project show|cocalc-ctl project start|cocalc-ctl project status|cocalc-ctl project stop|cocalc-ctl restore|cocalc-ctl rootfs mount|cocalc-ctl rootfs resolve|cocalc-ctl rootfs umount|cocalc-ctl snapshot auto|cocalc-ctl snapshot create|cocalc-ctl snapshot delete|cocalc-ctl snapshot list|cocalc-ctl snapshot lock|cocalc-ctl snapshot prune|cocalc-ctl snapshot unlock|cocalc-ctl sshpiper keys-refresh|'
     local cmdpath=cocalc-ctl i w cfg=
     for ((i = 1; i < COMP_CWORD; i++)); do
@@ -190,6 +190,7 @@ _cocalc_ctl() {
         --tmp) COMPREPLY=(); return ;;
         --to) COMPREPLY=(); return ;;
         --user) COMPREPLY=(); return ;;
+        --workers) COMPREPLY=(); return ;;
     esac
     if [[ $cur == -* ]]; then
         COMPREPLY=($(compgen -W "${opts[$cmdpath]-} $globals" -- "$cur"))
