@@ -464,6 +464,19 @@ def background(argv: Sequence[str]) -> subprocess.Popen:
                             stderr=subprocess.DEVNULL, env=full_env, preexec_fn=_death_signal_setter())
 
 
+def interactive(argv: Sequence[str]) -> int:
+    """Run a command on this process's own terminal/stdio (an admin's `ssh` session) and return its
+    exit status. With --dry-run it is only printed."""
+    argv = [str(a) for a in argv]
+    if DRY_RUN:
+        _plan(display(argv))
+        return 0
+    full_env = _environment(None)
+    exe = which(argv[0], full_env)
+    _log(display(argv))
+    return subprocess.run(argv, executable=exe, env=full_env).returncode
+
+
 def self_command() -> list[str]:
     """The command that runs this same cocalc-ctl again (a move's host steps on this machine):
     the script the user ran when that was a cocalc-ctl program (`bin/cocalc-ctl`, which sets up
