@@ -359,8 +359,8 @@ def debian_tree(workdir: Path) -> Path:
             pytest.skip("debootstrap is not installed")
         tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(tmp),
-                        os.environ.get("COCALC_TEST_DEBIAN_MIRROR", "http://deb.debian.org/debian")],
+        mirror = [os.environ["COCALC_TEST_DEBIAN_MIRROR"]] if os.environ.get("COCALC_TEST_DEBIAN_MIRROR") else []
+        subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(tmp), *mirror],
                        check=True, capture_output=True, timeout=1800)
         os.rename(tmp, cache)
     dest = workdir / "debian"
