@@ -142,7 +142,8 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
         info = _container_state(cfg, pid)
         if _is_running(info) and row and row["state"] == "running" and overlay.is_mounted(cfg, pid):
             return StartResult(pid, container_name(pid), row["image"], str(layout.project_root_mount(cfg, pid)),
-                               row["http_port"], row["ssh_port"], True, info.get("Id"))
+                               row["http_port"], row["ssh_port"], True, info.get("Id"),
+                               _revive_sshd(cfg, store, pid, row["ssh_port"]))
         if info is not None:  # an exited or half-made container of an earlier run
             proc.run(podman.rm_container(store, container_name(pid), stop_timeout=cfg["podman.stop_timeout"]))
         if row is not None and not proc.DRY_RUN:  # ports of an earlier run that ended without `project stop`
@@ -227,6 +228,21 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
                                    ssh_port=ssh_port)
         return StartResult(pid, container_name(pid), mounted.image, mounted.merged, http_port, ssh_port, False,
                            res.stdout.strip() or None, sshd)
+
+
+def _revive_sshd(cfg: Config, store: podman.Storage, pid: str, port: int | None) -> str | None:
+    """`project start` of a running project starts its sshd again if it is gone (the project may stop it)."""
+    if not project_ssh.enabled(cfg) or proc.DRY_RUN or not port or not project_ssh.state_dir(cfg, pid).is_dir():
+        return None
+    state = project_ssh.sshd_state(port)
+    if state == "running":
+        return state
+    try:
+        project_ssh.start_sshd(cfg, store, container_name(pid))
+    except OperationFailed as exc:
+        output.warn(f"project {pid}: its sshd did not start: {exc.message}")
+        return "not started"
+    return project_ssh.wait_running(port)
 
 
 def _run_quota(cfg: Config, pid: str, recorded: str | None) -> quota.RunQuota:

@@ -58,12 +58,14 @@ def parse_public_key(stdout: str) -> str | None:
 
 
 def server(binary: str, *, host_key: str, port: int, forced_command: str, pid_file: str,
-           remote_forwarding: bool) -> list[str]:
+           remote_forwarding: bool, recv_window: int = 2 << 20) -> list[str]:
     """dropbear in the foreground (-F) logging to stderr (-E), passing its environment (the
     container's, -e) to sessions, public-key logins only (-s), every session through
     `forced_command` (-c; the client's command arrives as SSH_ORIGINAL_COMMAND), -k unless remote
-    forwarding is allowed."""
-    argv = [binary, "-F", "-E", "-e", "-s", "-c", forced_command, "-r", host_key, "-p", str(port), "-P", pid_file]
+    forwarding is allowed. `recv_window` (-W): dropbear's default of 24 KiB caps a transfer at a
+    fraction of what the link carries; 2 MiB is OpenSSH's window."""
+    argv = [binary, "-F", "-E", "-e", "-s", "-c", forced_command, "-r", host_key, "-p", str(port), "-P", pid_file,
+            "-W", str(recv_window)]
     if not remote_forwarding:
         argv.insert(5, "-k")
     return argv

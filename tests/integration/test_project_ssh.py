@@ -319,6 +319,16 @@ def test_busybox_project_gets_a_full_confined_ssh_session(ssh_host, workdir):
     finally:
         subprocess.run(["ssh-agent", "-k"], env=env, capture_output=True)
 
+    # the project may stop its own sshd: status says so, and `project start` of the running project revives it
+    s.run("kill $(cat /tmp/.cocalc-sshd.pid)", check=False)
+    deadline = time.monotonic() + 30
+    while h.json("project", "status", pid)["sshd"] != "not answering":
+        assert time.monotonic() < deadline, "the sshd is still answering"
+        time.sleep(0.5)
+    again = h.json("project", "start", pid)
+    assert again["already_running"] is True and again["sshd"] == "running"
+    assert s.run("echo back").stdout == "back\n"
+
     # the host key is kept root-only outside the project, and survives stop/start
     key = h.data / "sync" / "projects" / pid / "ssh" / "ssh_host_ed25519_key"
     assert key.stat().st_uid == 0 and key.stat().st_mode & 0o777 == 0o600
