@@ -39,6 +39,7 @@ DEBIAN_PACKAGES = {
     "zstd": "zstd", "mount": "mount", "umount": "mount", "losetup": "mount", "findmnt": "util-linux",
     "truncate": "coreutils", "tar": "tar", "initdb": "postgresql", "pg_ctl": "postgresql",
     "nginx": "nginx-light", "nft": "nftables", "unshare": "util-linux", "wrk": "wrk", "hyperfine": "hyperfine", "bats": "bats",
+    "dropbearkey": "dropbear-bin", "patchelf": "patchelf", "ldd": "libc-bin",
 }
 
 STDERR_TAIL_BYTES = 4096

@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--logins", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--mib", type=int, default=500)
+    ap.add_argument("--cipher", default=None, help="ssh -c for both targets (default: the client's negotiation)")
     args = ap.parse_args()
     for line in benchenv.environment():
         print(line)
@@ -78,7 +79,7 @@ def main() -> None:
     (base / "config.yaml").write_text(
         f"btrfs_root: {base / 'pool'}\ndata_dir: {base / 'data'}\n"
         + "".join(f"podman.{k}: {v}\n" for k, v in podman.items())
-        + "podman.runtime: runc\npodman.ulimits: nofile=1024:1024,nproc=1024:1024\npodman.memory: 2G\n"
+        + "podman.runtime: runc\npodman.ulimits: nofile=1024:1024,nproc=1024:1024\npodman.memory: 4G\n"
         + f"podman.command: /bin/sleep 100000\nrootfs.local_roots: {base}\n")
     env = {**os.environ, "PYTHONPATH": str(REPO), "COCALC_CTL_CONFIG": str(base / "config.yaml")}
 
@@ -121,6 +122,8 @@ def main() -> None:
         kh.write_text(f"[127.0.0.1]:{st['ssh_port']} {st['ssh_host_key']}\n[127.0.0.1]:{bport} {hostpub}\n")
         common = ["-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "BatchMode=yes",
                   "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={kh}"]
+        if args.cipher:
+            common += ["-c", args.cipher]
         targets = {
             "project": (["ssh", "-i", str(key), *common, "-p", str(st["ssh_port"])], "user@127.0.0.1", "bench"),
             "openssh": (["ssh", "-i", str(sd / "client_key"), *common, "-p", str(bport)], "root@127.0.0.1",
@@ -156,6 +159,7 @@ def main() -> None:
                                capture_output=True)
                 rs[name].append(time.perf_counter() - t)
         load = os.getloadavg()
+        print(f"cipher: {args.cipher or 'negotiated (chacha20-poly1305@openssh.com with both servers)'}")
         print(f"load average after the run {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
         print(f"| measure | OpenSSH to the host | project sshd | project / OpenSSH | target |")
         print("|---|---:|---:|---:|---|")
