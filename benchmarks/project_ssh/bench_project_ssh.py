@@ -3,8 +3,10 @@
 
 The project leg is what sshpiperd does after the auth hook: `ssh` with the upstream key to the
 project's published port, where the project's own sshd (the bundled dropbear, in its container, in its
-user namespace) answers. The baseline is the host's OpenSSH `sshd` (a private instance on 127.0.0.1,
-root with a key) writing into the same btrfs pool. Both use the client's default cipher negotiation.
+user namespace) answers. The baseline is the host's OpenSSH `sshd` (a private instance on 127.0.0.1)
+logging in a throwaway user whose shell is /bin/sh (root's shell may source a heavy ~/.bashrc for
+every ssh command, which would flatter the project), writing into the same btrfs pool. Both use the
+client's default cipher negotiation.
 
 - latency: login to the first byte of `echo x` output (median of --logins, default 20), alternating
   which target goes first each round;
@@ -93,6 +95,8 @@ def main() -> None:
 
     pid = str(uuid.uuid4())
     sshd = None
+    user = f"cbs{uuid.uuid4().hex[:8]}"
+    made_user = False
     try:
         cli("host", "init", "--loopback", f"{max(2, (args.mib * 3) // 1024 + 1)}G")
         cli("keys", "ensure")
@@ -109,10 +113,18 @@ def main() -> None:
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(sd / "host_key")], check=True)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(sd / "client_key")], check=True)
         shutil.copy(sd / "client_key.pub", sd / "authorized_keys")
+        os.chmod(sd, 0o755)
+        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", str(sd), "--shell", "/bin/sh", user],
+                       check=True)
+        made_user = True
+        subprocess.run(["usermod", "-p", "*", user], check=True)
+        os.chmod(base / "pool", 0o711)  # the bench's own pool: let the baseline user reach its directory
+        (base / "pool" / "baseline").mkdir()
+        shutil.chown(base / "pool" / "baseline", user, user)
         bport = free_port()
         (sd / "sshd_config").write_text(
             f"ListenAddress 127.0.0.1:{bport}\nHostKey {sd / 'host_key'}\nPidFile {sd / 'pid'}\n"
-            f"AuthorizedKeysFile {sd / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
+            f"AuthorizedKeysFile {sd / 'authorized_keys'}\nPermitRootLogin no\nAllowUsers {user}\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
             "Subsystem sftp internal-sftp\n")
         os.makedirs("/run/sshd", exist_ok=True)
@@ -126,8 +138,8 @@ def main() -> None:
             common += ["-c", args.cipher]
         targets = {
             "project": (["ssh", "-i", str(key), *common, "-p", str(st["ssh_port"])], "user@127.0.0.1", "bench"),
-            "openssh": (["ssh", "-i", str(sd / "client_key"), *common, "-p", str(bport)], "root@127.0.0.1",
-                        str(base / "pool" / "baseline")),
+            "openssh": (["ssh", "-i", str(sd / "client_key"), *common, "-p", str(bport)], f"{user}@127.0.0.1",
+                        str(base / "pool" / "baseline" / "data")),
         }
         deadline = time.monotonic() + 20
         while subprocess.run([*targets["openssh"][0], targets["openssh"][1], "true"], capture_output=True).returncode:
@@ -176,6 +188,8 @@ def main() -> None:
         if sshd is not None:
             sshd.terminate()
             sshd.wait(10)
+        if made_user:
+            subprocess.run(["userdel", user], capture_output=True)
         subprocess.run([*CLI, "project", "stop", pid], env=env, capture_output=True, cwd=str(REPO))
         subprocess.run(["podman", *sum((["--" + k, str(v)] for k, v in podman.items()), []), "rm", "--all", "--force",
                         "--time", "0"], capture_output=True)

@@ -18,8 +18,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cocalc_ctl import ids, layout, locks, proc
-from cocalc_ctl import output
+from cocalc_ctl import ids, layout, locks, output, proc
 from cocalc_ctl.actions import isolation, overlay, project_ssh, quota, rootfs
 from cocalc_ctl.actions.projects import _existing
 from cocalc_ctl.config import Config
