@@ -491,8 +491,8 @@ class Demo:
             src, back = self.base / "notes-here", self.base / "notes-back"
             shutil.copytree(root / "notes", src)
             rsh = " ".join(["ssh", *opts])
-            self.sh(f"rsync -a -e '{rsh}' {src}/ {login}:notes-copy/   # and back into {back}")
-            for a_, b_ in ((f"{src}/", f"{login}:notes-copy/"), (f"{login}:notes-copy/", f"{back}/")):
+            self.sh(f"rsync -a -e '{rsh}' {src}/ {login}:/tmp/notes-copy/   # and back into {back}")
+            for a_, b_ in ((f"{src}/", f"{login}:/tmp/notes-copy/"), (f"{login}:/tmp/notes-copy/", f"{back}/")):
                 subprocess.run(["rsync", "-a", "-e", rsh, a_, b_], check=True, capture_output=True, timeout=120)
             self.check(tree_sums(back) == tree_sums(src), "rsync there and back: same checksums")
             local = free_port("127.0.0.1")
@@ -510,8 +510,8 @@ class Demo:
             finally:
                 fwd.terminate()
                 fwd.wait(10)
-            self.ctl(n, "project", "ssh", pid, "--", "hostname; echo $HOME")
-            self.sums = tree_sums(root)  # the session's files are part of the project the backup must bring back
+            self.ctl(n, "project", "ssh", pid, "--", "hostname; echo $HOME; busybox rm -rf .ssh")
+            self.check(tree_sums(root) == self.sums, "the project's files are as they were (the user's key removed)")
 
     def _get_retry(self, url: str, want: int = 200, tries: int = 50) -> tuple[int, str]:
         code, body = 0, ""
