@@ -394,3 +394,16 @@ def test_debian_project_gets_the_same_session(make_host, podman_store, workdir):
     assert s.run("echo $SHELL").stdout.strip() == "/bin/bash"
     check_escapes_fail(h, s, workdir / "s")
     h.cli("project", "stop", pid)
+
+
+def test_dry_run_start_prints_the_sshd_and_makes_nothing(ssh_host, workdir):
+    h = ssh_host
+    tree = busybox_image(workdir)
+    pid = str(uuid.uuid4())
+    h.cli("project", "create", pid)
+    out = h.cli("--dry-run", "project", "start", pid, "--image", f"dir:{tree}").stdout
+    assert "/opt/cocalc/ssh/bin/dropbear -F -E -e -s -k -c /opt/cocalc/ssh-state/session" in out, out
+    assert "exec --detach -- project-" in out
+    assert not (h.data / "ssh-bundle").exists()
+    assert not (h.data / "sync" / "projects" / pid / "ssh").exists()
+    assert not (h.data / "project-ssh" / pid).exists()
