@@ -176,7 +176,12 @@ def ensure_bundle(cfg: Config) -> Path:
             for f in files:
                 os.chmod(os.path.join(d, f), 0o755)
         os.chmod(tmp, 0o755)
-        os.rename(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # a concurrent start built the same bundle first
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

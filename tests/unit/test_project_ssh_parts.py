@@ -3,7 +3,9 @@ passwd line and the in-container script that adds it, login-name validation."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +86,24 @@ def test_ensure_user_refuses_a_name_the_image_already_has(tmp_path):
 def test_authorized_keys_carry_the_restrictions():
     text = project_ssh.authorized_keys_text({"ssh.agent_forwarding": False}, ["ssh-ed25519 AAAA"])
     assert text == "no-X11-forwarding,no-agent-forwarding ssh-ed25519 AAAA\n"
+
+
+def test_two_builders_of_one_bundle_both_end_with_it(tmp_path, monkeypatch):
+    """A second start that built the same bundle concurrently keeps the first one and succeeds."""
+    class C(dict):
+        data_dir = tmp_path
+
+    cfg = C()
+    monkeypatch.setattr(project_ssh, "_bundle_digest", lambda: "d1")
+    real_rename = os.rename
+
+    def racing_rename(src, dst):
+        Path(dst).mkdir(parents=True)  # the other builder won
+        (Path(dst) / "bin").mkdir()
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(project_ssh.os, "rename", racing_rename)
+    final = project_ssh.ensure_bundle(cfg)
+    assert final == tmp_path / "ssh-bundle" / "d1" and (final / "bin").is_dir()
+    assert not (final / "bin" / "dropbear").exists()  # the winner's bundle, not a mix
+    assert [p.name for p in final.parent.iterdir()] == ["d1"]  # no temporary left
