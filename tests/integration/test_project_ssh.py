@@ -407,3 +407,28 @@ def test_dry_run_start_prints_the_sshd_and_makes_nothing(ssh_host, workdir):
     assert not (h.data / "ssh-bundle").exists()
     assert not (h.data / "sync" / "projects" / pid / "ssh").exists()
     assert not (h.data / "project-ssh" / pid).exists()
+
+
+def test_a_restore_on_another_host_brings_the_same_host_key(make_host, workdir, podman_store):  # noqa: F811
+    from tests.support.backup import backup_host
+
+    common = {**podman_store.config, "podman.command": COMMAND, "podman.ulimits": "nofile=1024:1024,nproc=1024:1024"}
+    a = backup_host(make_host, workdir, "a", **common)
+    tree = busybox_image(workdir)
+    pid = str(uuid.uuid4())
+    a.cli("keys", "ensure")
+    a.cli("project", "create", pid)
+    assert a.json("project", "start", pid, "--image", f"dir:{tree}")["sshd"] == "running"
+    key_a = a.json("project", "status", pid)["ssh_host_key"]
+    a.cli("project", "stop", pid)
+    a.cli("backup", "create", pid)
+
+    b = backup_host(make_host, workdir, "b", init_repo=False, **common, **{"isolation.uid_base": (1 << 20) + 7 * 65536})
+    b.cli("keys", "ensure")
+    b.cli("restore", pid, "latest")
+    key = b.data / "sync" / "projects" / pid / "ssh" / "ssh_host_ed25519_key"
+    assert key.stat().st_uid == 0 and key.stat().st_mode & 0o777 == 0o600
+    assert b.json("project", "start", pid, "--image", f"dir:{tree}")["sshd"] == "running"
+    assert b.json("project", "status", pid)["ssh_host_key"] == key_a
+    assert b.cli("project", "ssh", pid, "--", "echo", "restored").stdout == "restored\n"
+    b.cli("project", "stop", pid)
