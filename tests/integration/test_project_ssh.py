@@ -294,6 +294,21 @@ def check_only_the_upstream_key(h, s: Session, pid: str, work: Path) -> None:
     assert res.returncode != 0
 
 
+def with_agent(s: Session, command: str) -> subprocess.CompletedProcess:
+    """`ssh -A` with a running ssh-agent of the client's."""
+    agent = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True, check=True).stdout
+    env = dict(os.environ)
+    for part in agent.replace("\n", ";").split(";"):
+        if "=" in part and not part.strip().startswith("export"):
+            k, v = part.strip().split("=", 1)
+            env[k] = v
+    try:
+        argv = [a.replace("IdentityAgent=none", "IdentityAgent=" + env["SSH_AUTH_SOCK"]) for a in s.ssh_argv("-A")]
+        return subprocess.run([*argv, command], capture_output=True, text=True, env=env, timeout=60)
+    finally:
+        subprocess.run(["ssh-agent", "-k"], env=env, capture_output=True)
+
+
 def test_busybox_project_gets_a_full_confined_ssh_session(ssh_host, workdir):
     h = ssh_host
     pid = start_project(h, busybox_image(workdir))
@@ -304,20 +319,8 @@ def test_busybox_project_gets_a_full_confined_ssh_session(ssh_host, workdir):
     check_escapes_fail(h, s, workdir / "s")
 
     # agent forwarding: the session gets a socket
-    agent = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True, check=True).stdout
-    env = dict(os.environ)
-    for part in agent.replace("\n", ";").split(";"):
-        if "=" in part and not part.strip().startswith("export"):
-            k, v = part.strip().split("=", 1)
-            env[k] = v
-    try:
-        argv = [a.replace("IdentityAgent=none", "IdentityAgent=" + env["SSH_AUTH_SOCK"]) for a in s.ssh_argv("-A")]
-        res = subprocess.run([*argv,
-                              'test -S "$SSH_AUTH_SOCK" && echo agent-ok'], capture_output=True, text=True,
-                             env=env, timeout=60)
-        assert "agent-ok" in res.stdout, res.stderr
-    finally:
-        subprocess.run(["ssh-agent", "-k"], env=env, capture_output=True)
+    res = with_agent(s, 'test -S "$SSH_AUTH_SOCK" && echo agent-ok')
+    assert "agent-ok" in res.stdout, res.stderr
 
     # the project may stop its own sshd: status says so, and `project start` of the running project revives it
     s.run("kill $(cat /tmp/.cocalc-sshd.pid)", check=False)
@@ -432,3 +435,17 @@ def test_a_restore_on_another_host_brings_the_same_host_key(make_host, workdir, 
     assert b.json("project", "status", pid)["ssh_host_key"] == key_a
     assert b.cli("project", "ssh", pid, "--", "echo", "restored").stdout == "restored\n"
     b.cli("project", "stop", pid)
+
+
+def test_remote_forwarding_and_agent_forwarding_follow_the_config(make_host, workdir, podman_store):  # noqa: F811
+    h = make_host("r", **podman_store.config, **{"podman.command": COMMAND,
+                                                 "podman.ulimits": "nofile=1024:1024,nproc=1024:1024",
+                                                 "ssh.remote_forwarding": True, "ssh.agent_forwarding": False})
+    h.cli("keys", "ensure")
+    pid = start_project(h, busybox_image(workdir))
+    s = Session(h, pid, workdir / "r")
+    res = s.run("echo forwarded", "-o", "ExitOnForwardFailure=yes", "-R", "127.0.0.1:0:127.0.0.1:22", check=False)
+    assert res.returncode == 0 and res.stdout == "forwarded\n", res.stderr
+    res = with_agent(s, 'echo "agent=$SSH_AUTH_SOCK"')
+    assert res.returncode == 0 and res.stdout == "agent=\n", res  # no-agent-forwarding on the upstream key
+    h.cli("project", "stop", pid)
