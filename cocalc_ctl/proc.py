@@ -39,6 +39,7 @@ DEBIAN_PACKAGES = {
     "zstd": "zstd", "mount": "mount", "umount": "mount", "losetup": "mount", "findmnt": "util-linux",
     "truncate": "coreutils", "tar": "tar", "initdb": "postgresql", "pg_ctl": "postgresql",
     "nginx": "nginx-light", "nft": "nftables", "unshare": "util-linux", "wrk": "wrk", "hyperfine": "hyperfine", "bats": "bats",
+    "dropbearkey": "dropbear-bin", "patchelf": "patchelf", "ldd": "libc-bin",
 }
 
 STDERR_TAIL_BYTES = 4096
@@ -462,6 +463,19 @@ def background(argv: Sequence[str]) -> subprocess.Popen:
     _log(display(argv))
     return subprocess.Popen(argv, executable=exe, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=full_env, preexec_fn=_death_signal_setter())
+
+
+def interactive(argv: Sequence[str]) -> int:
+    """Run a command on this process's own terminal/stdio (an admin's `ssh` session) and return its
+    exit status. With --dry-run it is only printed."""
+    argv = [str(a) for a in argv]
+    if DRY_RUN:
+        _plan(display(argv))
+        return 0
+    full_env = _environment(None)
+    exe = which(argv[0], full_env)
+    _log(display(argv))
+    return subprocess.run(argv, executable=exe, env=full_env).returncode
 
 
 def self_command() -> list[str]:
