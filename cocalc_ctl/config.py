@@ -167,6 +167,19 @@ def _as_trusted_proxies(v: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+MAX_PROXY_WORKERS = 256
+
+
+def _as_proxy_workers(v: Any) -> str | int:
+    """proxy.workers and `proxy serve --workers`: `auto` (one per usable core) or 1..MAX_PROXY_WORKERS."""
+    s = _as_str(v).strip().lower()
+    if s == "auto":
+        return "auto"
+    if not re.fullmatch(r"[0-9]{1,4}", s) or not 1 <= int(s) <= MAX_PROXY_WORKERS:
+        raise ValueError(f"expected auto or a whole number from 1 to {MAX_PROXY_WORKERS}, got {v!r}")
+    return int(s)
+
+
 def _as_choice(*choices: str) -> Callable[[Any], str]:
     def check(v: Any) -> str:
         s = _as_str(v)
@@ -257,6 +270,10 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
        "capabilities project containers keep (all others are dropped), comma-separated"),
     _k("isolation.port_users", _as_str, "root",
        "users (names or uids, comma-separated) whose sockets may connect to project ports: the proxies and sshpiperd"),
+    # project ssh: the sshd `project start` runs in each project container (actions/project_ssh.py)
+    _k("ssh.enabled", _as_bool, True, "start the project's own sshd (a bundled dropbear) in every project container"),
+    _k("ssh.remote_forwarding", _as_bool, False, "allow `ssh -R` (remote port forwarding) in project sessions"),
+    _k("ssh.agent_forwarding", _as_bool, True, "allow `ssh -A` (agent forwarding) in project sessions"),
     # ops: timers, doctor, metrics
     _k("ops.bin", _as_opt_path, None, "cocalc-ctl executable the generated units and cron lines run (default: found on PATH)"),
     _k("ops.unit_dir", _as_path, "/etc/systemd/system", "where `timers install` writes systemd units"),
@@ -282,6 +299,8 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("sshpiper.sshpiperd_env_file", _as_opt_path, None,
        "sshpiperd's EnvironmentFile with REST_AUTH_URL (default: <secrets_dir>/sshpiper/sshpiperd.env)"),
     _k("keys.resync_every", _as_pos_int, 300, "keys watch: full sync at least this often (seconds)"),
+    _k("keys.sync_jitter_ms", _as_nonneg_int, 200,
+       "keys watch: random delay (0..N ms) before syncing a change, so a fleet does not hit the hub at once"),
     # move: host-to-host moves and the hub's move worker
     _k("move.mode", _as_choice("pipe", "staged", "backup"), "pipe",
        "default move mode: pipe (stream), staged (files + rsync) or backup (backup + restore)"),
@@ -293,6 +312,8 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("move.receiver_user", _as_opt_str, None, "ssh user of a destination's receiver (default btrfs-<source-uuid>)"),
     _k("move.host_user", _as_opt_str, None, "ssh transport: user the worker logs in as (default cocalc-hub)"),
     _k("move.bwlimit", _as_opt_str, None, "move worker: --bwlimit passed to every send (e.g. 100M)"),
+    _k("move.poll_seconds", _as_pos_int, 60,
+       "move worker: fallback poll interval when idle (NOTIFY on the moves channel wakes it at once)"),
     _k("move.ticket_minutes", _as_pos_int, 180,
        "move worker: lifetime of the signed move tickets it issues (a step must start within it)"),
     # proxy: `proxy serve` (HTTP/WebSocket reverse proxy)
@@ -310,6 +331,11 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("proxy.metrics", _as_bool, True, "serve Prometheus text on /metrics"),
     _k("proxy.event_loop", _as_choice("auto", "uvloop", "asyncio"), "auto", "auto: uvloop when installed"),
     _k("proxy.fast_path", _as_bool, True, "serve body-less requests on the Protocol fast path (off: streams only)"),
+    _k("proxy.workers", _as_proxy_workers, "auto",
+       "proxy serve: worker processes sharing the listen address (SO_REUSEPORT); auto = one per usable core, "
+       "1 = a single process"),
+    _k("proxy.drain_timeout", _as_pos_int, 30,
+       "proxy serve with 2+ workers: seconds SIGTERM/SIGINT lets in-flight requests finish before closing them"),
     # backup: keys added with backups and restores
     _k("backup.heartbeat_interval", _as_pos_int, 5, "seconds between heartbeats of a running backup job"),
     _k("backup.wait_timeout", _as_nonneg_int, 0, "backup create: seconds to wait for a free slot (0 = no limit)"),

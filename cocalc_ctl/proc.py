@@ -39,6 +39,7 @@ DEBIAN_PACKAGES = {
     "zstd": "zstd", "mount": "mount", "umount": "mount", "losetup": "mount", "findmnt": "util-linux",
     "truncate": "coreutils", "tar": "tar", "initdb": "postgresql", "pg_ctl": "postgresql",
     "nginx": "nginx-light", "nft": "nftables", "unshare": "util-linux", "wrk": "wrk", "hyperfine": "hyperfine", "bats": "bats",
+    "dropbearkey": "dropbear-bin", "patchelf": "patchelf", "ldd": "libc-bin",
 }
 
 STDERR_TAIL_BYTES = 4096
@@ -464,6 +465,19 @@ def background(argv: Sequence[str]) -> subprocess.Popen:
                             stderr=subprocess.DEVNULL, env=full_env, preexec_fn=_death_signal_setter())
 
 
+def interactive(argv: Sequence[str]) -> int:
+    """Run a command on this process's own terminal/stdio (an admin's `ssh` session) and return its
+    exit status. With --dry-run it is only printed."""
+    argv = [str(a) for a in argv]
+    if DRY_RUN:
+        _plan(display(argv))
+        return 0
+    full_env = _environment(None)
+    exe = which(argv[0], full_env)
+    _log(display(argv))
+    return subprocess.run(argv, executable=exe, env=full_env).returncode
+
+
 def self_command() -> list[str]:
     """The command that runs this same cocalc-ctl again (a move's host steps on this machine):
     the script the user ran when that was a cocalc-ctl program (`bin/cocalc-ctl`, which sets up
@@ -480,3 +494,39 @@ def self_command() -> list[str]:
     if running is not None and os.path.basename(running).startswith("cocalc-ctl"):
         return [running]
     return [sys.executable, "-m", "cocalc_ctl"]
+
+
+def fork(child: Callable[[], int], *, death_signal: int = signal.SIGTERM) -> int:
+    """Fork this interpreter (no exec): the child runs `child()` and exits with its return value, never
+    returning here; the parent gets the child's pid. The child gets `death_signal` when this process
+    dies, even by SIGKILL. For long-lived workers of a single-threaded parent that must share its
+    sockets (`proxy serve --workers`); call it before any event loop or thread exists."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()  # or the child would write the parent's buffered text a second time
+        except (OSError, ValueError):
+            pass
+    _death_signal_setter()  # resolve prctl in the parent, as for the other children
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        if _PRCTL and _PRCTL[0] is not None:
+            _PRCTL[0](1, death_signal)  # PR_SET_PDEATHSIG
+            if os.getppid() != parent:
+                os._exit(1)
+        code = child()
+    except BaseException:  # a child never returns into the parent's code
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code if isinstance(code, int) else 1)
+    return 0  # unreachable

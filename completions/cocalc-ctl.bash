@@ -13,7 +13,7 @@ _cocalc_ctl() {
         ['cocalc-ctl keys']='broadcast ensure known-hosts peers register rotate show sync trust untrust watch'
         ['cocalc-ctl metrics']='show write'
         ['cocalc-ctl move']='abort cancel cleanup finalize host-step recv send start status worker'
-        ['cocalc-ctl project']='create delete list show start status stop'
+        ['cocalc-ctl project']='create delete list show ssh start status stop'
         ['cocalc-ctl proxy']='serve'
         ['cocalc-ctl rootfs']='gc list mount pull resolve rm umount'
         ['cocalc-ctl snapshot']='auto create delete list lock prune unlock'
@@ -80,11 +80,12 @@ _cocalc_ctl() {
         ['cocalc-ctl project delete']='--force -h --help'
         ['cocalc-ctl project list']='-h --help'
         ['cocalc-ctl project show']='-h --help'
+        ['cocalc-ctl project ssh']='-h --help'
         ['cocalc-ctl project start']='--image -h --help'
         ['cocalc-ctl project status']='-h --help'
         ['cocalc-ctl project stop']='-h --help'
         ['cocalc-ctl proxy']='-h --help'
-        ['cocalc-ctl proxy serve']='--mode --listen --access-log --no-access-log -h --help'
+        ['cocalc-ctl proxy serve']='--mode --listen --access-log --no-access-log --workers -h --help'
         ['cocalc-ctl restore']='--path --to-project --force -h --help'
         ['cocalc-ctl rootfs']='-h --help'
         ['cocalc-ctl rootfs gc']='--max-size -h --help'
@@ -117,8 +118,8 @@ _cocalc_ctl() {
         ['cocalc-ctl timers remove']='--user-unit-dir --unit-dir --only -h --help'
     )
     local globals='--config --json --dry-run -v --verbose -q --quiet --wide --version -h --help'
-    local valopts=' --after --bin --bwlimit --compress --concurrency --config --cpu-shares --disk --from --from-backup --host --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --memory --mode --only --out --password-file --path --pids --poll --quota --reason --role --seconds --snapshot --swap --textfile-dir --ticket --tmp --to --to-project --unit-dir --user --user-unit-dir --which '
-    local projcmds='|cocalc-ctl backup cleanup|cocalc-ctl backup create|cocalc-ctl backup list|cocalc-ctl backup prune|cocalc-ctl hub project add|cocalc-ctl hub project rm|cocalc-ctl hub project set|cocalc-ctl hub project show|cocalc-ctl move abort|cocalc-ctl move cancel|cocalc-ctl move cleanup|cocalc-ctl move finalize|cocalc-ctl move send|cocalc-ctl move start|cocalc-ctl move status|cocalc-ctl project create|cocalc-ctl project delete|cocalc-ctl project show|cocalc-ctl project start|cocalc-ctl project status|cocalc-ctl project stop|cocalc-ctl restore|cocalc-ctl rootfs mount|cocalc-ctl rootfs resolve|cocalc-ctl rootfs umount|cocalc-ctl snapshot auto|cocalc-ctl snapshot create|cocalc-ctl snapshot delete|cocalc-ctl snapshot list|cocalc-ctl snapshot lock|cocalc-ctl snapshot prune|cocalc-ctl snapshot unlock|cocalc-ctl sshpiper keys-refresh|'
+    local valopts=' --after --bin --bwlimit --compress --concurrency --config --cpu-shares --disk --from --from-backup --host --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --memory --mode --only --out --password-file --path --pids --poll --quota --reason --role --seconds --snapshot --swap --textfile-dir --ticket --tmp --to --to-project --unit-dir --user --user-unit-dir --which --workers '
+    local projcmds='|cocalc-ctl backup cleanup|cocalc-ctl backup create|cocalc-ctl backup list|cocalc-ctl backup prune|cocalc-ctl hub project add|cocalc-ctl hub project rm|cocalc-ctl hub project set|cocalc-ctl hub project show|cocalc-ctl move abort|cocalc-ctl move cancel|cocalc-ctl move cleanup|cocalc-ctl move finalize|cocalc-ctl move send|cocalc-ctl move start|cocalc-ctl move status|cocalc-ctl project create|cocalc-ctl project delete|cocalc-ctl project show|cocalc-ctl project ssh|cocalc-ctl project start|cocalc-ctl project status|cocalc-ctl project stop|cocalc-ctl restore|cocalc-ctl rootfs mount|cocalc-ctl rootfs resolve|cocalc-ctl rootfs umount|cocalc-ctl snapshot auto|cocalc-ctl snapshot create|cocalc-ctl snapshot delete|cocalc-ctl snapshot list|cocalc-ctl snapshot lock|cocalc-ctl snapshot prune|cocalc-ctl snapshot unlock|cocalc-ctl sshpiper keys-refresh|'
     local cmdpath=cocalc-ctl i w cfg=
     for ((i = 1; i < COMP_CWORD; i++)); do
         w="${COMP_WORDS[i]}"
@@ -190,6 +191,7 @@ _cocalc_ctl() {
         --tmp) COMPREPLY=(); return ;;
         --to) COMPREPLY=(); return ;;
         --user) COMPREPLY=(); return ;;
+        --workers) COMPREPLY=(); return ;;
     esac
     if [[ $cur == -* ]]; then
         COMPREPLY=($(compgen -W "${opts[$cmdpath]-} $globals" -- "$cur"))

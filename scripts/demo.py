@@ -438,7 +438,7 @@ class Demo:
     def start_stop(self, label: str) -> None:
         n = self.hosts[label]
         pid = self.project
-        with self.step(f"project start on {label}, serve HTTP from inside it, project stop"):
+        with self.step(f"project start on {label}, serve HTTP from inside it"):
             self.ctl(n, "project", "start", pid)
             st = self.ctl_json(n, "project", "status", pid)
             port = st["http_port"]
@@ -448,7 +448,70 @@ class Demo:
             print(body.rstrip())
             self.check(code == 200 and pid in body, f"the project's own web server answers on 127.0.0.1:{port}")
             self.ctl(n, "project", "status", pid)
+        if label == "A":
+            self.project_ssh(n)
+        with self.step(f"project stop on {label}"):
             self.ctl(n, "project", "stop", pid)
+
+    def project_ssh(self, n: Node) -> None:
+        """A user's key on the project, the auth hook's answer, then real ssh into the running project
+        the way sshpiperd goes on from there (its upstream key, the port the hook named)."""
+        pid = self.project
+        with self.step(f"ssh into the project on {n.label}: a command, rsync of a directory, -L to its web server"):
+            work = self.base / "ssh-client"
+            work.mkdir(mode=0o700, exist_ok=True)
+            user_key = work / "id_user"
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "demo-user", "-f", str(user_key)],
+                           check=True)
+            root = n.pool / f"project-{pid}"
+            self.sh(f"cat {user_key}.pub >> {root}/.ssh/authorized_keys   # a user's key for the project")
+            owner = root.stat().st_uid
+            (root / ".ssh").mkdir(mode=0o700, exist_ok=True)
+            (root / ".ssh" / "authorized_keys").write_text(Path(f"{user_key}.pub").read_text())
+            for p in (root / ".ssh", root / ".ssh" / "authorized_keys"):
+                os.chown(p, owner, owner)
+            self.ctl(n, "sshpiper", "auth", f"project-{pid}")
+            d = self.ctl_json(n, "sshpiper", "auth", f"project-{pid}")
+            self.check(d["allowed"] and d["upstream_host"].startswith("127.0.0.1:"),
+                       f"sshpiper sends project-{pid} to {d['upstream_user']}@{d['upstream_host']}")
+            port = int(d["upstream_host"].rsplit(":", 1)[1])
+            st = self.ctl_json(n, "project", "status", pid)
+            known = work / "known_hosts"
+            known.write_text(f"[127.0.0.1]:{port} {st['ssh_host_key']}\n")
+            key = n.data / "secrets" / "sshpiper" / "upstream_key"
+            opts = ["-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "BatchMode=yes",
+                    "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}", "-p", str(port)]
+            login = f"{d['upstream_user']}@127.0.0.1"
+            shown = f"ssh -i {key} -o StrictHostKeyChecking=yes -o UserKnownHostsFile={known} -p {port} {login}"
+            command = "id; cat /etc/image; ls notes"
+            self.sh(f"{shown} '{command}'")
+            r = subprocess.run(["ssh", *opts, login, command], capture_output=True, text=True, timeout=120)
+            print((r.stdout + r.stderr).rstrip())
+            self.check(r.returncode == 0 and "hello.txt" in r.stdout, "a command ran inside the project")
+            src, back = self.base / "notes-here", self.base / "notes-back"
+            shutil.copytree(root / "notes", src)
+            rsh = " ".join(["ssh", *opts])
+            self.sh(f"rsync -a -e '{rsh}' {src}/ {login}:/tmp/notes-copy/   # and back into {back}")
+            for a_, b_ in ((f"{src}/", f"{login}:/tmp/notes-copy/"), (f"{login}:/tmp/notes-copy/", f"{back}/")):
+                subprocess.run(["rsync", "-a", "-e", rsh, a_, b_], check=True, capture_output=True, timeout=120)
+            self.check(tree_sums(back) == tree_sums(src), "rsync there and back: same checksums")
+            local = free_port("127.0.0.1")
+            inner = n.config.get("podman.http_port", 8080) if isinstance(n.config, dict) else 8080
+            self.sh(f"{shown} -N -L {local}:127.0.0.1:{inner} &   # the project's own web server, from inside")
+            fwd = subprocess.Popen(["ssh", *opts, "-N", "-o", "ExitOnForwardFailure=yes",
+                                    "-L", f"127.0.0.1:{local}:127.0.0.1:{inner}", login],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                url = f"http://127.0.0.1:{local}/{pid}/files/notes/hello.txt"
+                self.sh(f"curl {url}")
+                code, body = self._get_retry(url)
+                print(body.rstrip())
+                self.check(code == 200 and pid in body, "-L reached the web server inside the project")
+            finally:
+                fwd.terminate()
+                fwd.wait(10)
+            self.ctl(n, "project", "ssh", pid, "--", "hostname; echo $HOME; busybox rm -rf .ssh")
+            self.check(tree_sums(root) == self.sums, "the project's files are as they were (the user's key removed)")
 
     def _get_retry(self, url: str, want: int = 200, tries: int = 50) -> tuple[int, str]:
         code, body = 0, ""

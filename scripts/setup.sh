@@ -8,6 +8,8 @@ PACKAGES=(
   python3-venv btrfs-progs restic rclone openssh-server openssh-client rsync lz4 zstd bats
   podman runc uidmap skopeo catatonit busybox-static docker-registry util-linux mount kmod curl
   systemd man-db groff-base zsh fish chromium nftables acl nginx-light
+  pgbouncer
+  dropbear-bin patchelf openssh-sftp-server debootstrap
 )
 # PostgreSQL server binaries (initdb, pg_ctl) for the throwaway hub database
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then

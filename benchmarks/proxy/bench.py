@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Proxy benchmark: wrk with keep-alive against the same backend, directly and through nginx
-(proxy_pass, 1 worker), configurable-http-proxy and `cocalc-ctl proxy serve` (1 process: fast path on
-uvloop and on asyncio, and the stream path alone), in interleaved rounds of one run; then N idle
-WebSockets held through ours.
+(proxy_pass, 1 worker and 2 worker processes), configurable-http-proxy and `cocalc-ctl proxy serve`
+(1 process: fast path on uvloop and on asyncio, and the stream path alone; and `--workers 2`), in
+interleaved rounds of one run; then N idle WebSockets held through ours.
 
     python3 benchmarks/proxy/bench.py [--duration 10] [--rounds 3] [--connections 64] [--websockets 10000]
+    python3 benchmarks/proxy/bench.py --workers-only [--workers 2]   # 1 vs N workers vs nginx with N workers
 
 Needs: wrk, nginx (nginx-light), node + npm (configurable-http-proxy is npm-installed into a temp dir
 unless --chp-dir points at an existing install). Prints medians and ratios as a Markdown table, and
@@ -74,11 +75,11 @@ class Procs:
                 p.kill()
 
 
-def nginx_conf(work: Path, name: str, port: int, body: str) -> Path:
+def nginx_conf(work: Path, name: str, port: int, body: str, workers: int = 1) -> Path:
     d = work / name
     (d / "tmp").mkdir(parents=True)
     conf = d / "nginx.conf"
-    conf.write_text(f"""worker_processes 1;
+    conf.write_text(f"""worker_processes {workers};
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 20000; }}
@@ -93,10 +94,27 @@ http {{
     return conf
 
 
-def start_nginx(procs: Procs, work: Path, name: str, port: int, body: str):
-    conf = nginx_conf(work, name, port, body)
-    procs.start(["nginx", "-c", str(conf), "-p", str(conf.parent), "-g", "daemon off;"], work / f"{name}.log")
+def start_nginx(procs: Procs, work: Path, name: str, port: int, body: str, workers: int = 1) -> subprocess.Popen:
+    conf = nginx_conf(work, name, port, body, workers)
+    p = procs.start(["nginx", "-c", str(conf), "-p", str(conf.parent), "-g", "daemon off;"], work / f"{name}.log")
     wait_port(port)
+    return p
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its direct children (nginx or our workers)."""
+    ticks = 0
+    try:
+        kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except OSError:
+        kids = []
+    for p in [pid, *map(int, kids)]:
+        try:
+            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(url: str, duration: int, connections: int) -> dict:
@@ -152,19 +170,45 @@ def served_by(port: int) -> dict:
     import urllib.request
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    loop = re.search(r'cocalc_proxy_event_loop_info\{loop="([^"]+)"\}', text)
+    loop = re.search(r'cocalc_proxy_event_loop_info\{(?:worker="\d+",)?loop="([^"]+)"\}', text)
 
-    def counter(pattern):
-        m = re.search(pattern + r" (\d+)", text)
-        return int(m.group(1)) if m else 0
+    def counter(name, label=""):  # summed over the workers of `--workers N` (a worker="i" label each)
+        pattern = rf'^{name}(?:\{{(?:worker="\d+",?)?{label}\}})? (\d+)$'
+        return sum(int(m.group(1)) for m in re.finditer(pattern, text, re.M))
 
+    per_worker = [int(m.group(1)) for m in re.finditer(
+        r'^cocalc_proxy_path_requests_total\{worker="\d+",path="fast"\} (\d+)$', text, re.M)]
     return {"loop": loop.group(1) if loop else "unknown",
-            "fast": counter(r'cocalc_proxy_path_requests_total\{path="fast"\}'),
-            "stream": counter(r'cocalc_proxy_path_requests_total\{path="stream"\}'),
-            "lookups": counter(r"cocalc_proxy_route_lookups_total")}
+            "fast": counter("cocalc_proxy_path_requests_total", 'path="fast"'),
+            "stream": counter("cocalc_proxy_path_requests_total", 'path="stream"'),
+            "lookups": counter("cocalc_proxy_route_lookups_total"),
+            "per_worker": per_worker}
 
 
-def report(med: dict, args) -> None:
+def report_workers(med: dict, args, results: dict) -> None:
+    n = args.workers
+    one, many = med["cocalc-ctl (1 worker)"], med[f"cocalc-ctl ({n} workers)"]
+    ngx = med[f"nginx ({n} workers)"]
+    print(f"\nwrk -t2 -c{args.connections} -d{args.duration}s --latency, {args.rounds} interleaved rounds, medians\n")
+    print("| target | req/s | p50 ms | p99 ms | CPU used (cores) | req/s vs 1 worker |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, m in med.items():
+        print(f"| {name} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['cores']:.2f} | "
+              f"{m['rps'] / one['rps']:.2f} |")
+    print(f"\n{n} workers / 1 worker req/s: {many['rps'] / one['rps']:.2f} (target >= 1.7)")
+    rounds = [a["rps"] / b["rps"] for a, b in zip(results[f"cocalc-ctl ({n} workers)"], results["cocalc-ctl (1 worker)"])]
+    print(f"  the same ratio round by round (adjacent runs): {', '.join(f'{r:.2f}' for r in rounds)}; "
+          f"median {statistics.median(rounds):.2f}")
+    print(f"{n} workers / nginx ({n} workers) req/s: {many['rps'] / ngx['rps']:.2f} (target >= 0.5)")
+    print(f"{n} workers p99 / nginx ({n} workers) p99: {many['p99'] / ngx['p99']:.2f}")
+    print(f"for scale: nginx {n} workers / nginx 1 worker req/s: {ngx['rps'] / med['nginx (1 worker)']['rps']:.2f}; "
+          f"CPU our {n} workers got / 1 worker got: {many['cores'] / one['cores']:.2f} "
+          f"(a ratio near 1 means no idle core was left to use)")
+
+
+def report(med: dict, args, results: dict) -> None:
+    if args.workers_only:
+        return report_workers(med, args, results)
     ours_name = "cocalc-ctl (uvloop)" if "cocalc-ctl (uvloop)" in med else "cocalc-ctl (asyncio)"
     ours_m = med[ours_name]
     print(f"\n'ours' below is {ours_name}"
@@ -183,6 +227,11 @@ def report(med: dict, args) -> None:
     print(f"fast path / streams-only req/s: {ours_m['rps'] / streams['rps']:.2f}")
     if "cocalc-ctl (uvloop)" in med:
         print(f"uvloop / asyncio req/s: {ours_m['rps'] / med['cocalc-ctl (asyncio)']['rps']:.2f}")
+    many = med.get(f"cocalc-ctl ({args.workers} workers)")
+    if many:
+        print(f"{args.workers} workers / 1 worker ({ours_name}) req/s: {many['rps'] / ours_m['rps']:.2f} (target >= 1.7)")
+        print(f"{args.workers} workers / nginx ({args.workers} workers) req/s: "
+              f"{many['rps'] / med[f'nginx ({args.workers} workers)']['rps']:.2f} (target >= 0.5)")
 
 
 def main() -> int:
@@ -193,7 +242,14 @@ def main() -> int:
     ap.add_argument("--websockets", type=int, default=10000)
     ap.add_argument("--chp-dir", help="directory with node_modules/.bin/configurable-http-proxy")
     ap.add_argument("--skip-http", action="store_true", help="only the idle WebSocket part")
+    ap.add_argument("--workers", type=int, default=2, help="worker processes of the multi-process variants")
+    ap.add_argument("--workers-only", action="store_true",
+                    help="only nginx (1 and N workers) and ours with 1 and N workers (no npm, no WebSockets)")
     args = ap.parse_args()
+    if args.workers < 2:
+        ap.error("--workers must be 2 or more (the single-process variants are always measured)")
+    if args.workers_only:
+        args.websockets = 0
     # each held WebSocket costs the proxy two descriptors; root may raise the hard limit
     want = max(4 * args.websockets + 1024, 4096)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -216,24 +272,32 @@ def main() -> int:
         start_nginx(procs, work, "backend", backend,
                     f'server {{ listen 127.0.0.1:{backend}; location / {{ return 200 "hello from the backend\\n"; }} }}')
         nginx = free_port()
-        start_nginx(procs, work, "nginx-proxy", nginx, f"""
+        pids = {"nginx (1 worker)": None, f"nginx ({args.workers} workers)": None}
+        pids["nginx (1 worker)"] = start_nginx(procs, work, "nginx-proxy", nginx, f"""
   upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }}
   server {{ listen 127.0.0.1:{nginx};
     location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";
                  proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}""")
+        nginx_n = free_port()
+        pids[f"nginx ({args.workers} workers)"] = start_nginx(procs, work, "nginx-proxy-n", nginx_n, f"""
+  upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }}
+  server {{ listen 127.0.0.1:{nginx_n};
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";
+                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}""", workers=args.workers)
 
         chp_dir = Path(args.chp_dir) if args.chp_dir else work / "chp"
         chp_bin = chp_dir / "node_modules/.bin/configurable-http-proxy"
-        if not chp_bin.exists():
+        if not chp_bin.exists() and not args.workers_only:
             chp_dir.mkdir(exist_ok=True)
             subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent", "configurable-http-proxy"],
                            cwd=chp_dir, check=True, capture_output=True)
         chp = free_port()
-        procs.start([str(chp_bin), "--ip", "127.0.0.1", "--port", str(chp), "--api-ip", "127.0.0.1",
+        if not args.workers_only:
+            procs.start([str(chp_bin), "--ip", "127.0.0.1", "--port", str(chp), "--api-ip", "127.0.0.1",
                      "--api-port", str(free_port()), "--default-target", f"http://127.0.0.1:{backend}",
                      "--log-level", "error"], work / "chp.log",
                     env={**os.environ, "CONFIGPROXY_AUTH_TOKEN": uuid.uuid4().hex})
-        wait_port(chp)
+            wait_port(chp)
 
         from cocalc_ctl.state import host_db
 
@@ -247,23 +311,31 @@ def main() -> int:
             loops = ("uvloop", "asyncio")
         except ImportError:
             loops = ("asyncio",)
-        variants = [(loop, True) for loop in loops] + [(loops[-1], False)]
-        for loop, fast in variants:
-            name = loop if fast else "streams-only"
+        variants = [(loop, True, 1) for loop in loops] + [(loops[-1], False, 1), (loops[0], True, args.workers)]
+        if args.workers_only:
+            variants = [(loops[0], True, 1), (loops[0], True, args.workers)]
+        for loop, fast, n in variants:
+            name = (loop if fast else "streams-only") if n == 1 else f"{n} workers"
+            if args.workers_only and n == 1:
+                name = "1 worker"
             port = free_port()
-            cfg = work / f"ours-{name}.yaml"
+            cfg = work / f"ours-{name.replace(' ', '-')}.yaml"
             cfg.write_text(f"data_dir: {work / 'data'}\nproxy:\n  event_loop: {loop}\n  fast_path: {str(fast).lower()}\n")
-            procs.start([sys.executable, "-m", "cocalc_ctl", "--config", str(cfg), "proxy", "serve", "--mode", "host",
-                         "--no-access-log", "--listen", f"127.0.0.1:{port}"], work / f"ours-{name}.log", env=env,
-                        cwd=REPO)
+            pids[f"cocalc-ctl ({name})"] = procs.start([
+                sys.executable, "-m", "cocalc_ctl", "--config", str(cfg), "proxy", "serve", "--mode", "host",
+                         "--no-access-log", "--listen", f"127.0.0.1:{port}", "--workers", str(n)],
+                        work / f"ours-{name.replace(' ', '-')}.log", env=env, cwd=REPO)
             wait_port(port)
             ours[name] = port
 
         targets = {
             "direct": f"http://127.0.0.1:{backend}/{PID}/bench",
             "nginx (1 worker)": f"http://127.0.0.1:{nginx}/{PID}/bench",
+            f"nginx ({args.workers} workers)": f"http://127.0.0.1:{nginx_n}/{PID}/bench",
             "configurable-http-proxy": f"http://127.0.0.1:{chp}/{PID}/bench",
         }
+        if args.workers_only:
+            del targets["direct"], targets["configurable-http-proxy"]
         for name in ours:
             targets[f"cocalc-ctl ({name})"] = f"http://127.0.0.1:{ours[name]}/{PID}/bench"
         for url in ([] if args.skip_http else targets.values()):  # warm up (JIT, pools)
@@ -271,25 +343,31 @@ def main() -> int:
         results: dict[str, list[dict]] = {k: [] for k in targets}
         for r in range(0 if args.skip_http else args.rounds):
             for name, url in targets.items():
+                proc = pids.get(name)
+                cpu0 = cpu_seconds(proc.pid) if proc else 0.0
                 res = wrk(url, args.duration, args.connections)
+                res["cores"] = (cpu_seconds(proc.pid) - cpu0) / args.duration if proc else float("nan")
                 results[name].append(res)
                 print(f"round {r + 1} {name}: {res['rps']:.0f} req/s p50 {res['p50']:.2f} ms p99 {res['p99']:.2f} ms"
+                      + (f" cpu {res['cores']:.2f} cores" if proc else "")
                       + (f" non2xx {res['non2xx']}" if res["non2xx"] else "")
                       + (f" socket errors: {res['socket_errors']}" if res["socket_errors"] else ""),
                       file=sys.stderr, flush=True)
 
         if args.skip_http:
             results = {}
-        med = {k: {m: statistics.median(x[m] for x in v) for m in ("rps", "p50", "p99")} for k, v in results.items()}
+        med = {k: {m: statistics.median(x[m] for x in v) for m in ("rps", "p50", "p99", "cores")}
+               for k, v in results.items()}
         if med:
-            report(med, args)
+            report(med, args, results)
             print(f"\nserved by (from each proxy's /metrics; load average now {os.getloadavg()[0]:.2f}):")
             for name, port in ours.items():
                 sb = served_by(port)
                 total = sb["fast"] + sb["stream"]
                 print(f"- cocalc-ctl ({name}): event loop {sb['loop']}, fast path {sb['fast']} / stream path "
                       f"{sb['stream']} requests ({100 * sb['fast'] / max(total, 1):.1f}% fast), "
-                      f"route-table reads {sb['lookups']}")
+                      f"route-table reads {sb['lookups']}"
+                      + (f", fast-path requests per worker {sb['per_worker']}" if sb["per_worker"] else ""))
 
         if args.websockets:
             ws_backend = free_port()

@@ -18,11 +18,11 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cocalc_ctl import ids, layout, locks, proc
-from cocalc_ctl.actions import isolation, overlay, quota, rootfs
+from cocalc_ctl import ids, layout, locks, output, proc
+from cocalc_ctl.actions import isolation, overlay, project_ssh, quota, rootfs
 from cocalc_ctl.actions.projects import _existing
 from cocalc_ctl.config import Config
-from cocalc_ctl.errors import InvalidInput, PreconditionFailed
+from cocalc_ctl.errors import InvalidInput, OperationFailed, PreconditionFailed
 from cocalc_ctl.state import host_db
 from cocalc_ctl.tools import btrfs, cgroups, podman
 
@@ -110,6 +110,7 @@ class StartResult:
     ssh_port: int | None
     already_running: bool
     container_id: str | None = None
+    sshd: str | None = None  # the project sshd's state after the start (project_ssh.sshd_state)
 
 
 def _container_state(cfg: Config, pid: str) -> dict | None:
@@ -140,7 +141,8 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
         info = _container_state(cfg, pid)
         if _is_running(info) and row and row["state"] == "running" and overlay.is_mounted(cfg, pid):
             return StartResult(pid, container_name(pid), row["image"], str(layout.project_root_mount(cfg, pid)),
-                               row["http_port"], row["ssh_port"], True, info.get("Id"))
+                               row["http_port"], row["ssh_port"], True, info.get("Id"),
+                               _revive_sshd(cfg, store, pid, row["ssh_port"]))
         if info is not None:  # an exited or half-made container of an earlier run
             proc.run(podman.rm_container(store, container_name(pid), stop_timeout=cfg["podman.stop_timeout"]))
         if row is not None and not proc.DRY_RUN:  # ports of an earlier run that ended without `project stop`
@@ -176,6 +178,16 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
         rng = isolation.get_range(cfg, pid) if isolation.enabled(cfg) and not proc.DRY_RUN else None
         if rng is not None:
             spec.isolation_args = isolation.container_args(cfg, pid, rng)
+        ssh_volumes = None
+        if project_ssh.enabled(cfg):  # the sshd's bundle and state, read-only (a bad setup refuses the start)
+            try:
+                ssh_volumes = project_ssh.prepare(cfg, pid, rng.base if rng is not None else 0)
+            except BaseException:
+                overlay.umount(cfg, pid, stopping=True)
+                _record_stopped(cfg, pid)
+                raise
+            if ssh_volumes is not None:
+                spec.readonly_volumes += ssh_volumes
         monitor = _monitor_dir(cfg, pid)
         if not proc.DRY_RUN:
             monitor.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -192,15 +204,44 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
                 isolation.unguard_ports(cfg, pid, [http_port, ssh_port])
                 proc.run(podman.rm_container(store, container_name(pid), stop_timeout=0), check=False)
                 overlay.umount(cfg, pid, stopping=True)
+                project_ssh.cleanup(cfg, pid)
                 _record_stopped(cfg, pid)
             raise
+        sshd = None
+        if project_ssh.enabled(cfg) and ssh_volumes is None and not proc.DRY_RUN:
+            output.warn(f"project {pid} runs without its sshd: this host has no upstream key "
+                        "(run `cocalc-ctl keys ensure`)")
+            sshd = "not started"
+        if ssh_volumes is not None:
+            # the project runs without its sshd rather than not at all (an image without /bin/sh)
+            try:
+                project_ssh.start_sshd(cfg, store, container_name(pid))
+                sshd = None if proc.DRY_RUN else project_ssh.wait_running(ssh_port)
+            except OperationFailed as exc:
+                output.warn(f"project {pid}: its sshd did not start: {exc.message}")
+                sshd = "not started"
         if proc.plan_only(f"# record project {pid} running on ports http {http_port}, ssh {ssh_port}"):
             return StartResult(pid, container_name(pid), mounted.image, mounted.merged, None, None, False)
         with host_db.connect(cfg.data_dir) as conn:
             host_db.upsert_project(conn, pid, state="running", image=mounted.image, http_port=http_port,
                                    ssh_port=ssh_port)
         return StartResult(pid, container_name(pid), mounted.image, mounted.merged, http_port, ssh_port, False,
-                           res.stdout.strip() or None)
+                           res.stdout.strip() or None, sshd)
+
+
+def _revive_sshd(cfg: Config, store: podman.Storage, pid: str, port: int | None) -> str | None:
+    """`project start` of a running project starts its sshd again if it is gone (the project may stop it)."""
+    if not project_ssh.enabled(cfg) or proc.DRY_RUN or not port or not project_ssh.state_dir(cfg, pid).is_dir():
+        return None
+    state = project_ssh.sshd_state(port)
+    if state == "running":
+        return state
+    try:
+        project_ssh.start_sshd(cfg, store, container_name(pid))
+    except OperationFailed as exc:
+        output.warn(f"project {pid}: its sshd did not start: {exc.message}")
+        return "not started"
+    return project_ssh.wait_running(port)
 
 
 def _run_quota(cfg: Config, pid: str, recorded: str | None) -> quota.RunQuota:
@@ -252,6 +293,7 @@ def stop(cfg: Config, project_id: str) -> StopResult:
             proc.run(podman.rm_container(store, container_name(pid), stop_timeout=cfg["podman.stop_timeout"]))
         isolation.unguard_ports(cfg, pid, guarded)
         unmounted = overlay.umount(cfg, pid, stopping=True).was_mounted
+        project_ssh.cleanup(cfg, pid)
         if not proc.DRY_RUN:
             shutil.rmtree(_monitor_dir(cfg, pid), ignore_errors=True)
         if not proc.plan_only(f"# record project {pid} stopped in host sqlite"):
@@ -278,6 +320,8 @@ class ProjectStatus:
     exit_code: int | None = None
     oom_kills: int | None = None  # processes the kernel killed for memory in the container (while it runs)
     out_of_memory: bool = False  # the container was OOM-killed or its processes were
+    sshd: str | None = None  # running | not answering | stopped (what greets on the ssh port)
+    ssh_host_key: str | None = None  # the project sshd's host key (for users' known_hosts)
 
 
 def _limits_in_force(cfg: Config, pid: str, info: dict | None) -> dict:
@@ -326,7 +370,9 @@ def status(cfg: Config, project_id: str) -> ProjectStatus:
     return ProjectStatus(pid, state, container_name(pid), cstate, (info or {}).get("Id"),
                          row["image"] if row else None, overlay.current_image(cfg, pid), overlay.is_mounted(cfg, pid),
                          str(layout.project_root_mount(cfg, pid)), row["http_port"] if row else None,
-                         row["ssh_port"] if row else None, limits, exit_code, kills, oom)
+                         row["ssh_port"] if row else None, limits, exit_code, kills, oom,
+                         project_ssh.sshd_state(row["ssh_port"] if row and _is_running(info) else None),
+                         project_ssh.host_public_key(cfg, pid))
 
 
 def managed_containers(cfg: Config) -> list[str]:

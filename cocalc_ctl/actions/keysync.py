@@ -4,7 +4,12 @@ Every sync also rewrites the receiver sshd's static authorized_keys files (`ssha
 
 The hub's `project_hosts` table is the registry. A trigger (hub migration "keys: notify") sends
 `NOTIFY cocalc_ctl_keys` whenever a host's keys, address, status or trust change, so `keys watch`
-sees a change within a round trip; `keys sync` is the same full refresh for timers. Only trusted
+sees a change within a round trip; `keys sync` is the same full refresh for timers. The NOTIFY
+payload names what changed (a host id, `hub:<id>` for a hub key, anything else: everything), and
+`keys watch` re-reads only that — its own row and the named hosts' rows, so a change costs the hub
+O(hosts) rows across the fleet, not O(hosts²) — after a small random delay (`keys.sync_jitter_ms`,
+which also gathers a burst into one sync); a change of its own row, an unknown payload, every
+(re)connect and every `keys.resync_every` seconds do the full sync. Only trusted
 hosts are distributed, and a host the hub does not trust receives no peers at all. `keys sync` also
 pins the hub principal's public keys (hub table `hub_keys`, see `hub keys ensure`): exactly the set
 the hub publishes (none for an untrusted host); they verify move tickets and log in as `cocalc-hub`.
@@ -61,6 +66,8 @@ class SyncResult:
     hub_added: list[str] = field(default_factory=list)
     hub_removed: list[str] = field(default_factory=list)
     receiver_keys: str | None = None  # the dir of the receiver's static authorized_keys files
+    scope: str = "full"  # full: every peer re-read; incremental: only `synced` (keys watch)
+    synced: list[str] = field(default_factory=list)  # incremental: the host ids / hub:<id> re-read
 
 
 @dataclass
@@ -168,18 +175,19 @@ def broadcast(cfg: Config) -> None:
 
 # -- sync -------------------------------------------------------------------------------------
 
-def _fetch_peers(conn, hid: str) -> tuple[bool, list, list[str]]:
+PEER_COLUMNS = "id::text, name, ssh_server, host_to_host_public_key, sshpiperd_public_key"
+PEER_WHERE = "trusted AND coalesce(status, 'active') NOT IN ('deleted', 'off')"
+
+
+def _self_trusted(conn, hid: str) -> bool:
+    row = conn.execute("SELECT trusted, status FROM project_hosts WHERE id=%s", (hid,)).fetchone()
+    return bool(row and row[0] and row[1] != "deleted")
+
+
+def _clean_peers(rows) -> tuple[list, list[str]]:
+    """Hub rows (PEER_COLUMNS) → the PeerRows worth caching, and the ids skipped (bad id, no key)."""
     from cocalc_ctl.state.peers import PeerRow
 
-    row = conn.execute("SELECT trusted, status FROM project_hosts WHERE id=%s", (hid,)).fetchone()
-    self_trusted = bool(row and row[0] and row[1] != "deleted")
-    if not self_trusted:
-        return False, [], []
-    rows = conn.execute(
-        """SELECT id::text, name, ssh_server, host_to_host_public_key, sshpiperd_public_key
-             FROM project_hosts
-            WHERE trusted AND id <> %s AND coalesce(status, 'active') NOT IN ('deleted', 'off')
-            ORDER BY id""", (hid,)).fetchall()
     peers, skipped = [], []
     for pid, name, server, h2h, piper in rows:
         if not ids.is_uuid(pid):
@@ -197,6 +205,15 @@ def _fetch_peers(conn, hid: str) -> tuple[bool, list, list[str]]:
             continue
         clean_name = "".join(ch for ch in (name or "") if ch.isprintable())[:200] or None
         peers.append(PeerRow(pid, clean_name, server, h2h, piper, True, False))
+    return peers, skipped
+
+
+def _fetch_peers(conn, hid: str) -> tuple[bool, list, list[str]]:
+    if not _self_trusted(conn, hid):
+        return False, [], []
+    rows = conn.execute(f"SELECT {PEER_COLUMNS} FROM project_hosts WHERE {PEER_WHERE} AND id <> %s ORDER BY id",
+                        (hid,)).fetchall()
+    peers, skipped = _clean_peers(rows)
     return True, peers, skipped
 
 
@@ -242,10 +259,48 @@ def sync(cfg: Config, *, conn=None) -> SyncResult:
     return res
 
 
+def sync_changes(cfg: Config, conn, payloads: set[str]) -> SyncResult:
+    """The sync one batch of NOTIFY payloads calls for: only the named hosts (one query for this host's
+    own row and theirs) and, for `hub:<id>`, the hub keys; a full sync when this host's own row
+    changed, this host is not trusted, or a payload names nothing known (`all`, anything else)."""
+    from cocalc_ctl.state import host_db, hub_keys as hub_keys_db, peers as peers_db
+
+    hid = keys_mod.require_host_id(cfg)
+    hosts = sorted(p for p in payloads if ids.is_uuid(p))
+    hubs = sorted(p for p in payloads if p.startswith("hub:") and ids.is_uuid(p[4:]))
+    if hid in hosts or len(hosts) + len(hubs) != len(payloads) or not payloads:
+        return sync(cfg, conn=conn)
+    rows = conn.execute(f"SELECT {PEER_COLUMNS}, ({PEER_WHERE}) AS wanted, trusted, status FROM project_hosts "
+                        "WHERE id = ANY(%s::uuid[])", ([hid, *hosts],)).fetchall()
+    me = [r for r in rows if r[0] == hid]
+    if not (me and me[0][6] and me[0][7] != "deleted"):
+        return sync(cfg, conn=conn)  # not trusted (any more): the full sync drops every peer
+    peers, skipped = _clean_peers([r[:5] for r in rows if r[0] != hid and r[5]])
+    hub_rows = _fetch_hub_keys(conn, True) if hubs else None
+    with closing(host_db.connect(cfg.data_dir)) as db:
+        added, changed, removed = peers_db.set_peers(db, hosts, peers, host_db.now_iso())
+        peers_db.set_self_trusted(db, hid, True)
+        hub_added, hub_removed = (hub_keys_db.replace_keys(db, hub_rows, host_db.now_iso())
+                                  if hub_rows is not None else ([], []))
+        all_peers = [p.host_id for p in peers_db.list_peers(db)]
+        pinned = hub_keys_db.list_keys(db)
+    res = SyncResult(hid, True, all_peers, added, changed, removed, skipped,
+                     hub_keys=_fps("\n".join(k.line for k in pinned)), hub_added=_fps("\n".join(hub_added)),
+                     hub_removed=_fps("\n".join(hub_removed)), scope="incremental", synced=[*hosts, *hubs])
+    res.known_hosts = write_known_hosts(cfg).path
+    from cocalc_ctl.actions import sshauth
+
+    res.receiver_keys = sshauth.write_receiver_keys(cfg).dir
+    return res
+
+
 def watch(cfg: Config, *, max_seconds: float | None = None, resync_every: float = 300.0,
-          on_sync: Callable[[SyncResult], None] | None = None) -> int:
-    """LISTEN for key changes and sync on each; reconnect with backoff and resync after every
-    (re)connect. Returns the number of syncs done (when `max_seconds` ends it)."""
+          on_sync: Callable[[SyncResult], None] | None = None, jitter: float = 0.0) -> int:
+    """LISTEN for key changes and sync what each names (after a random delay of up to `jitter`
+    seconds, gathering a burst into one sync); full sync after every (re)connect and every
+    `resync_every` seconds; reconnect with backoff. Idle, it only waits on its socket: a dead hub
+    connection shows there (and through TCP keepalives). Returns the number of syncs done (when
+    `max_seconds` ends it)."""
     import psycopg
 
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
@@ -257,8 +312,16 @@ def watch(cfg: Config, *, max_seconds: float | None = None, resync_every: float 
 
     while left() > 0:
         try:
-            with _hub(cfg) as conn:
+            from cocalc_ctl.state import hub_db
+
+            # a real session of its own (never behind transaction pooling): LISTEN belongs to it
+            with hub_db.connect(cfg["hub_dsn"], listen=True) as conn:
                 conn.execute(f"LISTEN {CHANNEL}")
+                # what arrives during the probe is covered by the full sync right after it
+                if not hub_db.probe_listen(conn, cfg["hub_dsn"], CHANNEL):
+                    output.warn(f"keys watch: a NOTIFY on {CHANNEL} does not reach this LISTEN session (a "
+                                "transaction-pooling proxy in front of PostgreSQL?); key changes arrive only with "
+                                f"the full sync every {resync_every:g} s")
                 result = sync(cfg, conn=conn)  # after LISTEN: nothing between the two is missed
                 syncs += 1
                 if on_sync:
@@ -268,17 +331,22 @@ def watch(cfg: Config, *, max_seconds: float | None = None, resync_every: float 
                 while left() > 0:
                     wait = min(left(), max(0.1, resync_every - (time.monotonic() - last_full)), 5.0)
                     # one generator at a time: notifies() holds the connection lock while it runs
-                    got = len(list(conn.notifies(timeout=wait, stop_after=1))) > 0
-                    if got:  # drain a burst so one change set costs one sync
-                        list(conn.notifies(timeout=0.05))
-                    if got or time.monotonic() - last_full >= resync_every:
+                    got = list(conn.notifies(timeout=wait, stop_after=1))
+                    if got:  # wait the jitter, gathering the rest of a burst: one change set, one sync
+                        got += conn.notifies(timeout=max(0.02, random.uniform(0.0, jitter)))
+                    if time.monotonic() - last_full >= resync_every:
                         result = sync(cfg, conn=conn)
-                        syncs += 1
                         last_full = time.monotonic()
-                        if on_sync:
-                            on_sync(result)
+                    elif payloads := {n.payload for n in got
+                                      if n.channel == CHANNEL and not n.payload.startswith(hub_db.PROBE_PREFIX)}:
+                        result = sync_changes(cfg, conn, payloads)
+                        if result.scope == "full":
+                            last_full = time.monotonic()
                     else:
-                        conn.execute("SELECT 1")  # notice a dead connection promptly
+                        continue
+                    syncs += 1
+                    if on_sync:
+                        on_sync(result)
         except (psycopg.OperationalError, OperationFailed, psycopg.InterfaceError) as exc:
             msg = " ".join(str(exc).split())[:200]
             output.warn(f"keys watch: hub connection lost ({msg}); retrying in {backoff:.0f}s")

@@ -16,6 +16,7 @@ class ServeResult:
     mode: str
     listen: str
     event_loop: str
+    workers: int = 1
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -25,6 +26,21 @@ def parse_listen(text: str) -> tuple[str, int]:
         raise InvalidInput(f"invalid listen address {text!r}", hint="use HOST:PORT, e.g. 127.0.0.1:8080")
     host = m.group(1)
     return (host[1:-1] if host.startswith("[") else host), int(m.group(2))
+
+
+def worker_count(value) -> int:
+    """`--workers` / proxy.workers (the config's one rule): `auto` is the number of usable cores."""
+    from cocalc_ctl.config import SCHEMA
+
+    try:
+        n = SCHEMA["proxy.workers"].convert(value)
+    except ValueError as exc:
+        raise InvalidInput(f"invalid --workers: {exc}", hint="use --workers auto or a number such as 2") from None
+    if n == "auto":
+        from cocalc_ctl.proxy.workers import usable_cores
+
+        return usable_cores()
+    return n
 
 
 def settings_from_config(cfg):
@@ -54,10 +70,14 @@ def make_routes(cfg, mode: str):
     return HubRoutes(cfg["hub_dsn"], ttl=float(cfg["proxy.route_cache_ttl"]))
 
 
-def serve(cfg, *, mode: str, listen: str | None, access_log: bool, json_log: bool) -> ServeResult:
+def serve(cfg, *, mode: str, listen: str | None, access_log: bool, json_log: bool,
+          workers: str | int | None = None) -> ServeResult:
     if mode not in MODES:
         raise InvalidInput(f"invalid mode {mode!r}", hint="use --mode host or --mode hub")
     host, port = parse_listen(listen or cfg["proxy.listen"])
+    n = worker_count(cfg["proxy.workers"] if workers is None else workers)
+    if n > 1:
+        return _serve_workers(cfg, mode, host, port, access_log, json_log, n)
     from cocalc_ctl.proxy import server
     from cocalc_ctl.proxy.metrics import AccessLog
 
@@ -79,3 +99,35 @@ def serve(cfg, *, mode: str, listen: str | None, access_log: bool, json_log: boo
         raise PreconditionFailed(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
                                  hint="pick a free address with --listen") from None
     return ServeResult(mode=mode, listen=bound[0] if bound else f"{host}:{port}", event_loop=loop_name)
+
+
+def _serve_workers(cfg, mode: str, host: str, port: int, access_log: bool, json_log: bool, n: int) -> ServeResult:
+    """`--workers N` (N >= 2): N forked workers on one address, this process their supervisor."""
+    from cocalc_ctl.proxy import workers
+
+    if cfg["proxy.event_loop"] == "uvloop":
+        try:
+            import uvloop  # noqa: F401  (checked here: a worker would only fail after the fork)
+        except ImportError:
+            raise PreconditionFailed("proxy.event_loop is uvloop but uvloop is not installed",
+                                     hint="pip install uvloop, or set proxy.event_loop: auto") from None
+    if mode == "hub" and not cfg["hub_dsn"]:
+        make_routes(cfg, mode)  # raises its precondition error here, before any fork
+    spec = workers.Spec(make_routes=lambda: make_routes(cfg, mode), settings=settings_from_config(cfg), host=host,
+                        port=port, access_log=access_log, json_log=json_log, event_loop=cfg["proxy.event_loop"],
+                        drain_timeout=float(cfg["proxy.drain_timeout"]))
+
+    def ready(loop: str) -> None:
+        where = f"http://{_show(spec.host)}:{spec.port}"
+        print(f"cocalc-ctl proxy: mode {mode}, listening on {where} ({loop}, {n} workers)", file=sys.stderr, flush=True)
+
+    try:
+        loop_name = workers.serve_workers(spec, n, ready)
+    except OSError as exc:
+        raise PreconditionFailed(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                                 hint="pick a free address with --listen") from None
+    return ServeResult(mode=mode, listen=f"{_show(spec.host)}:{spec.port}", event_loop=loop_name, workers=n)
+
+
+def _show(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

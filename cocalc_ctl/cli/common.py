@@ -65,3 +65,30 @@ def done(*parts: Any, **kwargs: Any) -> None:
     """A confirmation (`created snapshot X`): stdout, but nothing with -q (errors and requested output only)."""
     if not G.quiet:
         print(*parts, **kwargs)
+
+
+def exit_for(exc: BaseException) -> int:
+    """The one mapping of an exception that ended a command (click's own aside, see main.run) to its
+    one-line `cocalc-ctl: error: …` on stderr and exit code; a traceback only with -v."""
+    import sys
+
+    from cocalc_ctl.errors import EXIT_FAILED, CocalcError, from_exception
+
+    if isinstance(exc, BrokenPipeError):
+        return 141
+    if isinstance(exc, KeyboardInterrupt):
+        msg, code = "interrupted", 130
+    else:
+        mapped = exc if isinstance(exc, CocalcError) else from_exception(exc)
+        if mapped is not None:
+            msg, code = mapped.one_line(), mapped.exit_code
+        else:
+            msg = (f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+                   "(rerun with -v for a traceback)")
+            code = EXIT_FAILED
+        if G.verbose:
+            import traceback
+
+            traceback.print_exception(exc)
+    print(f"cocalc-ctl: error: {msg}", file=sys.stderr, flush=True)
+    return code

@@ -2,6 +2,8 @@
 
 - `cocalc-ctl [--config F] sshpiper authorized-keys USER` runs for every SSH login attempt on the move
   receiver: it calls the decision directly.
+- `move start PROJECT [--to|--mode|--compress V]` (plain forms only, see cli/fast_move.py): the
+  hub's frequent enqueue, without typer.
 - `--version`, `--help`/`-h` of any command (text pre-rendered by scripts/regenerate into
   `cocalc_ctl/cli/helpcache.py`; used when the terminal is at least 80 columns wide, where click's
   help is 78 columns whatever the width, so the text is byte for byte what typer prints), a noun
@@ -88,12 +90,30 @@ def fast_path(argv: list[str]) -> int | None:
     return None
 
 
+def _exit_now(code: int) -> None:
+    """Flush and exit without the interpreter's teardown (as cli.main does: all work is done)."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):
+        pass
+    import os
+
+    os._exit(code)
+
+
 def main() -> None:
     fast = fast_authorized_keys(sys.argv[1:])
     if fast is not None:
         from cocalc_ctl.actions.sshauth import authorized_keys_fast
 
         sys.exit(authorized_keys_fast(fast[1], fast[0]))
+    if "start" in sys.argv:
+        from cocalc_ctl.cli import fast_move
+
+        args = fast_move.parse(sys.argv[1:])
+        if args is not None:
+            _exit_now(fast_move.run(args))
     code = fast_path(sys.argv[1:])
     if code is not None:
         sys.exit(code)

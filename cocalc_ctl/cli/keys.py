@@ -137,7 +137,8 @@ def sync() -> None:
 def watch(
     seconds: Optional[float] = typer.Option(None, "--seconds", metavar="SECONDS", help="Stop after this long (default: forever)."),
 ) -> None:
-    """LISTEN for key changes in the hub and sync on each (reconnects with backoff)."""
+    """LISTEN for key changes in the hub and sync what each names (full sync on (re)connect and every
+    keys.resync_every seconds; needs a real PostgreSQL session, no transaction pooling)."""
     from cocalc_ctl import output
     from cocalc_ctl.actions import keysync
     from cocalc_ctl.cli.common import G
@@ -150,7 +151,8 @@ def watch(
         else:
             output.note(f"keys watch: {_sync_line(r)}")
 
-    n = keysync.watch(cfg, max_seconds=seconds, resync_every=float(cfg["keys.resync_every"]), on_sync=on_sync)
+    n = keysync.watch(cfg, max_seconds=seconds, resync_every=float(cfg["keys.resync_every"]), on_sync=on_sync,
+                      jitter=cfg["keys.sync_jitter_ms"] / 1000.0)
     if not G.json:
         output.note(f"keys watch: stopped after {n} sync(s)")
 

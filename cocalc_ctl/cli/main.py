@@ -136,32 +136,20 @@ def _error(msg: str, code: int) -> int:
 
 
 def run(argv: list[str]) -> int:
-    from cocalc_ctl.errors import EXIT_FAILED, EXIT_USAGE, CocalcError
+    from cocalc_ctl.errors import EXIT_USAGE, CocalcError
 
     argv = hoist_global_flags(argv)
     command = typer.main.get_command(app)
     try:
         rv = command.main(args=argv, prog_name="cocalc-ctl", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
-    except CocalcError as exc:
-        if common.G.verbose:
-            import traceback
-
-            traceback.print_exc()
-        return _error(exc.one_line(), exc.exit_code)
-    except KeyboardInterrupt:
-        return _error("interrupted", 130)
-    except BrokenPipeError:
-        return 141
+    except (CocalcError, KeyboardInterrupt, BrokenPipeError) as exc:
+        return common.exit_for(exc)
     except Exception as exc:  # click's own exceptions, expected system failures, and real bugs
         from cocalc_ctl.errors import from_exception
 
-        if (mapped := from_exception(exc)) is not None:  # a full disk, a refused connection, ...
-            if common.G.verbose:
-                import traceback
-
-                traceback.print_exc()
-            return _error(mapped.one_line(), mapped.exit_code)
+        if from_exception(exc) is not None:  # a full disk, a refused connection, ...
+            return common.exit_for(exc)
         name = type(exc).__name__
         if name == "Exit":
             return getattr(exc, "exit_code", 0)
@@ -175,12 +163,7 @@ def run(argv: list[str]) -> int:
             ctx = getattr(exc, "ctx", None)
             where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
             return _error(" ".join(exc.format_message().split()) + where, exc.exit_code or EXIT_USAGE)
-        if common.G.verbose:
-            import traceback
-
-            traceback.print_exc()
-        return _error(f"internal error: {name}: {' '.join(str(exc).split())[:300]} (rerun with -v for a traceback)",
-                      EXIT_FAILED)
+        return common.exit_for(exc)
 
 
 def main() -> None:

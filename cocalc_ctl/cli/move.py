@@ -294,8 +294,12 @@ def cancel(project: str = PROJECT) -> None:
 def worker(once: bool = typer.Option(False, "--once", help="Exit when no move is claimable."),
            concurrency: int = typer.Option(1, "--concurrency", min=1, max=64, metavar="N",
                                            help="Moves handled at once."),
-           poll: float = typer.Option(2.0, "--poll", min=0.1, metavar="SECONDS", help="Idle poll interval.")) -> None:
-    """Advance queued moves (queued → preparing → sending → finalizing → done) under leases."""
+           poll: Optional[float] = typer.Option(None, "--poll", min=0.1, metavar="SECONDS",
+                                                help="Fallback poll interval when idle (default move.poll_seconds); "
+                                                     "a NOTIFY from the hub wakes the worker at once.")) -> None:
+    """Advance queued moves (queued → preparing → sending → finalizing → done) under leases.
+
+    Waits on the hub's NOTIFY (a real PostgreSQL session: no transaction pooling in front of it)."""
     from cocalc_ctl.actions.move import worker as worker_action
 
     result = worker_action.run(config(), once=once, concurrency=concurrency, poll=poll)

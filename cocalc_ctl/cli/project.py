@@ -82,7 +82,7 @@ def start(
     result = containers.start(config(), project, image=image)
     render(result, lambda r: done(
         f"project {r.project_id} {'already running' if r.already_running else 'started'} ({r.image}); "
-        f"http 127.0.0.1:{r.http_port}, ssh 127.0.0.1:{r.ssh_port}"))
+        f"http 127.0.0.1:{r.http_port}, ssh 127.0.0.1:{r.ssh_port}" + (f" (sshd {r.sshd})" if r.sshd else "")))
 
 
 @app.command("stop")
@@ -92,6 +92,21 @@ def stop(project: str = PROJECT) -> None:
 
     result = containers.stop(config(), project)
     render(result, lambda r: done(f"project {r.project_id} stopped"))
+
+
+@app.command("ssh")
+def ssh(
+    project: str = PROJECT,
+    args: Optional[list[str]] = typer.Argument(None, metavar="[-- ARGS]",
+                                               help="Command to run in the project (default: a login shell)."),
+) -> None:
+    """Open an SSH session into the running project as sshpiperd does (upstream key, host key pinned).
+
+    Exits with ssh's status (the remote command's, or 255 when ssh itself fails)."""
+    from cocalc_ctl.actions import project_ssh
+
+    rc = project_ssh.open_session(config(), project, list(args or []))
+    raise typer.Exit(rc)
 
 
 @app.command("status")
@@ -105,6 +120,7 @@ def status(project: str = PROJECT) -> None:
         ("project", s.project_id), ("state", s.state), ("container", f"{s.container} ({s.container_state or 'none'})"),
         ("image", s.image), ("root", f"{s.root} ({'mounted' if s.root_mounted else 'not mounted'})"),
         ("current image", s.current_image), ("http port", s.http_port), ("ssh port", s.ssh_port),
+        ("sshd", s.sshd), ("ssh host key", s.ssh_host_key),
         ("limits", _limits_line(s.limits)),
         ("memory", ("out of memory: " + (f"{s.oom_kills} process(es) killed by the kernel" if s.oom_kills
                                          else f"the container was killed (exit {s.exit_code})"))

@@ -19,12 +19,17 @@ def serve(
                                          help="Listen address (default: proxy.listen)."),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log",
                                     help="One line per request on stderr (JSON lines with --json)."),
+    workers: Optional[str] = typer.Option(None, "--workers", metavar="N",
+                                          help="Worker processes (a number, or auto) on one SO_REUSEPORT "
+                                               "address, supervised (default: proxy.workers, auto = one per "
+                                               "core; 1 = one process)."),
 ) -> None:
     """Serve `/<project_id>/...` until SIGTERM/SIGINT; also /healthz and /metrics."""
     from cocalc_ctl.actions import proxy as proxy_actions
 
     cfg = config()
-    result = proxy_actions.serve(cfg, mode=mode, listen=listen, access_log=access_log, json_log=G.json)
+    result = proxy_actions.serve(cfg, mode=mode, listen=listen, access_log=access_log, json_log=G.json,
+                                 workers=workers)
     if not G.json:
         return
     render(result, lambda r: None)

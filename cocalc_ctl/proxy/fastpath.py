@@ -246,7 +246,7 @@ class ClientProtocol(asyncio.Protocol):
         self.busy = False
         if self.detached:
             return
-        if not keep or self.eof:
+        if not keep or self.eof or self.p.draining:
             self.t.close()
             return
         self._arm(self.p.s.idle_timeout)

@@ -67,10 +67,11 @@ class Metrics:
 class AccessLog:
     """One line per request on stderr; the query string is never logged (it carries tokens)."""
 
-    def __init__(self, enabled: bool, as_json: bool, stream=None):
+    def __init__(self, enabled: bool, as_json: bool, stream=None, worker: int | None = None):
         self.enabled = enabled
         self.as_json = as_json
         self.stream = stream or sys.stderr
+        self.worker = worker  # `--workers N`: which worker served the request (a field of every line)
 
     def log(self, *, peer: str, method: bytes, target: bytes, status: int, bytes_out: int, seconds: float,
             upstream: str | None, note: str | None = None) -> None:
@@ -80,10 +81,12 @@ class AccessLog:
         if self.as_json:
             line = json.dumps({"ts": round(time.time(), 3), "peer": peer, "method": method.decode("ascii", "replace"),
                                "path": path, "status": status, "bytes": bytes_out, "ms": round(seconds * 1000, 2),
-                               "upstream": upstream, **({"note": note} if note else {})}, separators=(",", ":"))
+                               "upstream": upstream, **({"note": note} if note else {}),
+                               **({"worker": self.worker} if self.worker is not None else {})}, separators=(",", ":"))
         else:
             line = (f'{peer} "{method.decode("ascii", "replace")} {path}" {status} {bytes_out} '
-                    f'{seconds * 1000:.1f}ms {upstream or "-"}' + (f" ({note})" if note else ""))
+                    f'{seconds * 1000:.1f}ms {upstream or "-"}' + (f" ({note})" if note else "")
+                    + (f" worker={self.worker}" if self.worker is not None else ""))
         try:
             self.stream.write(line + "\n")
             self.stream.flush()

@@ -61,6 +61,8 @@ class Proxy(StreamRelay):
         self.fast_pool = FastPool(settings.pool_max_idle, settings.pool_idle_ttl)
         self._clients: set = set()  # StreamWriters and transports, closed on shutdown
         self.tunnels: set = set()
+        self.waiting: set = set()  # stream-path StreamWriters between requests (idle keep-alive)
+        self.draining = False  # set by a worker's drain (workers.py): finish the request, then close
 
     def limits(self, peer: str) -> tuple[bool, int, int]:
         """(peer trusted, head bytes, header fields) for a client connection from `peer`."""
@@ -90,6 +92,7 @@ class Proxy(StreamRelay):
             head = pending
             while True:
                 if head is None:
+                    self.waiting.add(writer)
                     try:
                         async with asyncio.timeout_at(deadline) as cm:
                             lines = await http1.read_head_lines(
@@ -101,6 +104,7 @@ class Proxy(StreamRelay):
                     except HttpError as exc:
                         await self._reply_bad(writer, exc, peer_ip, b"-", b"-")
                         break
+                    self.waiting.discard(writer)
                     if lines is None:
                         break
                     try:
@@ -116,12 +120,15 @@ class Proxy(StreamRelay):
                     if head.chunked or head.content_length:
                         await self._linger(reader, writer)
                     break
+                if self.draining:
+                    break
                 head = None
                 deadline = loop.time() + self.s.idle_timeout
         except (PeerClosed, ClientGone, ConnectionError, OSError):
             pass
         finally:
             self._clients.discard(writer)
+            self.waiting.discard(writer)
             self.metrics.active_connections -= 1
             if not detached:
                 writer.close()
@@ -183,7 +190,7 @@ class Proxy(StreamRelay):
         if head.target == b"/healthz":
             status, body, ctype = 200, b"ok\n", b"text/plain; charset=utf-8"
         elif self.s.metrics:
-            status, body, ctype = 200, self.metrics.render(self._extra_metrics()), b"text/plain; version=0.0.4"
+            status, body, ctype = 200, self.metrics_text(), b"text/plain; version=0.0.4"
         else:
             return await self._error(writer, head, 404, "metrics are disabled", peer, t0, None, has_body)
         keep = head.keep_alive and not has_body
@@ -194,6 +201,10 @@ class Proxy(StreamRelay):
         self.log.log(peer=peer, method=head.method, target=head.target, status=status, bytes_out=len(body),
                      seconds=time.monotonic() - t0, upstream=None)
         return keep
+
+    def metrics_text(self) -> bytes:
+        """The /metrics answer (a worker of `--workers N` replaces it with every worker's series)."""
+        return self.metrics.render(self._extra_metrics())
 
     def _extra_metrics(self) -> dict:
         idle = self.pool.idle_count() + self.fast_pool.idle_count()
@@ -243,19 +254,20 @@ class Proxy(StreamRelay):
 
 
 async def serve(routes, settings: Settings, host: str, port: int, access_log: AccessLog,
-                ready=None, stop: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or `stop` is set); `ready(host, port)` is called once listening."""
+                ready=None, stop: asyncio.Event | None = None, worker=None) -> None:
+    """Run until SIGTERM/SIGINT (or `stop` is set); `ready(host, port)` is called once listening.
+    `worker` (workers.Worker): serve its inherited socket, publish metrics, drain on stop."""
     await routes.start()
     proxy = Proxy(routes, settings, access_log)
+    listen = dict(host=host, port=port, reuse_address=True) if worker is None else dict(sock=worker.sock)
     proxy.metrics.event_loop = "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
     if settings.fast_path:
         from cocalc_ctl.proxy.fastpath import ClientProtocol
 
-        server = await asyncio.get_running_loop().create_server(lambda: ClientProtocol(proxy), host, port,
-                                                                backlog=1024, reuse_address=True)
+        server = await asyncio.get_running_loop().create_server(lambda: ClientProtocol(proxy), backlog=1024,
+                                                                **listen)
     else:
-        server = await asyncio.start_server(proxy.handle, host, port, limit=proxy.read_limit,
-                                            backlog=1024, reuse_address=True)
+        server = await asyncio.start_server(proxy.handle, limit=proxy.read_limit, backlog=1024, **listen)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -277,17 +289,21 @@ async def serve(routes, settings: Settings, host: str, port: int, access_log: Ac
                 tunnel.expire_if_idle(now, settings.websocket_idle_timeout)
 
     sweep_task = asyncio.create_task(sweeper())
+    if worker is not None:
+        worker.attach(proxy)
     try:
         await stop.wait()
     finally:
         sweep_task.cancel()
         server.close()
+        if worker is not None:
+            await worker.drain(proxy)
         proxy.close_clients()
         await routes.close()
 
 
 def run(routes, settings: Settings, host: str, port: int, access_log: AccessLog, ready=None,
-        event_loop: str = "auto") -> str:
+        event_loop: str = "auto", worker=None) -> str:
     """Blocking entry point on uvloop (when installed, or asked for) or asyncio; returns which."""
     uvloop = None
     if event_loop in ("auto", "uvloop"):
@@ -299,7 +315,7 @@ def run(routes, settings: Settings, host: str, port: int, access_log: AccessLog,
 
                 raise PreconditionFailed("proxy.event_loop is uvloop but uvloop is not installed",
                                          hint="pip install uvloop, or set proxy.event_loop: auto") from None
-    coro = serve(routes, settings, host, port, access_log, ready)
+    coro = serve(routes, settings, host, port, access_log, ready, worker=worker)
     if uvloop is not None:
         uvloop.run(coro)
         return "uvloop"

@@ -7,6 +7,7 @@ or retyped. Concurrent migrations are serialised by an advisory lock.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from cocalc_ctl.errors import OperationFailed, PreconditionFailed
@@ -19,6 +20,12 @@ MIGRATION_LOCK_KEY = 0x636F63616C63  # "cocalc"
 ROUTE_CHANNEL = "cocalc_ctl_routes"
 PROJECT_ROUTE_SQL = """SELECT p.host_id, h.internal_url FROM projects p
                        LEFT JOIN project_hosts h ON h.id = p.host_id WHERE p.project_id = %s"""
+
+# moves: the channel `move worker`s LISTEN on. Payload: the project uuid of a move that just became
+# claimable (inserted or re-queued, its state changed while no worker holds it, or its lease released:
+# a release with a retry delay is claimable only at its `lease_until`). Sent by the trigger of the
+# "move: notify claimable moves" migration; workers still poll, rarely, as a fallback.
+MOVE_CHANNEL = "cocalc_ctl_moves"
 
 # -- least privilege for hosts ----------------------------------------------------------------------
 # A host logs in as HOST_ROLE_PREFIX + its id's 32 hex digits, a member of HOST_GROUP (NOLOGIN), which
@@ -214,6 +221,27 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     # security compares `id` / `host_id` with the id in the login's name. The owner (the hub's own
     # role) and superusers bypass RLS; any other non-host role keeps full row access (cocalc_ctl_others).
     ("least privilege: host role", HOST_ROLE_SQL),
+    # moves: NOTIFY MOVE_CHANNEL (payload: the project uuid) when a move becomes claimable with no worker
+    # holding it, so idle workers claim at once instead of polling; a step taken under a lease sends
+    # nothing (only that worker cares). The condition mirrors the worker's claimable states.
+    ("move: notify claimable moves", [
+        """CREATE OR REPLACE FUNCTION cocalc_ctl_move_claimable(state text, cleaned_at timestamptz)
+           RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
+             SELECT state = ANY(ARRAY['queued', 'preparing', 'sending', 'finalizing']::text[])
+                 OR (state IN ('done', 'failing', 'cancelled') AND cleaned_at IS NULL) $$""",
+        """CREATE OR REPLACE FUNCTION cocalc_ctl_notify_move() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             IF NEW.lease_owner IS NULL AND cocalc_ctl_move_claimable(NEW.state, NEW.cleaned_at)
+                AND (TG_OP = 'INSERT' OR OLD.lease_owner IS NOT NULL OR OLD.state IS DISTINCT FROM NEW.state
+                     OR NOT cocalc_ctl_move_claimable(OLD.state, OLD.cleaned_at)) THEN
+               PERFORM pg_notify('cocalc_ctl_moves', NEW.project_id::text);
+             END IF;
+             RETURN NULL;
+           END $$""",
+        """DROP TRIGGER IF EXISTS cocalc_ctl_move_claimable ON project_moves""",
+        """CREATE TRIGGER cocalc_ctl_move_claimable AFTER INSERT OR UPDATE ON project_moves
+           FOR EACH ROW EXECUTE FUNCTION cocalc_ctl_notify_move()""",
+    ]),
 ]
 
 
@@ -223,17 +251,92 @@ class MigrateResult:
     version: int
 
 
-def connect(dsn: str | None, *, autocommit: bool = True):
+# a LISTEN session is idle for hours: TCP keepalives notice a hub that vanished without closing it
+# (the DSN's own keepalive settings win; unix sockets ignore them)
+LISTEN_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
+                     "keepalives_count": "3"}
+
+
+def connect(dsn: str | None, *, autocommit: bool = True, listen: bool = False):
+    """A hub connection; `listen`: for a long-lived LISTEN session (TCP keepalives)."""
     if not dsn:
         raise PreconditionFailed("hub_dsn is not configured", hint="set hub_dsn in the config or COCALC_CTL_HUB_DSN")
     import psycopg
 
+    extra = {}
+    if listen:
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            given = conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError:
+            given = {}
+        extra = {k: v for k, v in LISTEN_KEEPALIVES.items() if k not in given}
     try:
-        return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=10)
+        return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=10, **extra)
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
         raise OperationFailed(f"cannot connect to the hub database: {first}",
                               hint="check hub_dsn and that PostgreSQL is running") from None
+
+
+class HubPool:
+    """A psycopg_pool connection pool for a long-running hub-side command (`move worker`): connections
+    are opened once and reused instead of one per statement, and checked (an empty query) when taken,
+    so a hub restart costs one failed check, not a failed step. psycopg_pool is imported only here:
+    short commands never load it. An unreachable hub is the same one-line error as `connect()`."""
+
+    def __init__(self, dsn: str | None, *, max_size: int, name: str):
+        connect(dsn).close()  # fail at once, with connect()'s message, when the hub is unreachable
+        from psycopg_pool import ConnectionPool
+
+        self._pool = ConnectionPool(dsn, min_size=1, max_size=max(1, max_size), name=name, open=False,
+                                    kwargs={"autocommit": True, "connect_timeout": 10}, timeout=30.0,
+                                    check=ConnectionPool.check_connection)
+        self._pool.open(wait=False)
+
+    @contextlib.contextmanager
+    def connection(self):
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        try:
+            conn = self._pool.getconn()
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
+            raise OperationFailed(f"cannot connect to the hub database: {first}",
+                                  hint="check hub_dsn and that PostgreSQL is running") from None
+        try:
+            yield conn
+        finally:
+            self._pool.putconn(conn)  # a broken or mid-transaction connection is discarded or rolled back
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+PROBE_PREFIX = "probe:"  # a LISTEN session's self-test on any channel; listeners ignore it
+
+
+def probe_listen(conn, dsn: str | None, channel: str, *, timeout: float = 5.0, on_other=None) -> bool:
+    """Does a NOTIFY on `channel` reach `conn`, which has just run LISTEN on it? Sends a probe payload
+    from a second session and waits up to `timeout`. False means the notifications go elsewhere —
+    typically a transaction-pooling proxy between us and PostgreSQL, which runs the LISTEN on a server
+    session it then hands to other clients. Other notifications seen meanwhile go to `on_other`."""
+    import time
+    import uuid
+
+    probe = f"{PROBE_PREFIX}{uuid.uuid4()}"
+    with connect(dsn) as other:
+        other.execute("SELECT pg_notify(%s, %s)", (channel, probe))
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        for n in conn.notifies(timeout=left, stop_after=1):
+            if n.payload == probe:
+                return True
+            if on_other is not None and not n.payload.startswith(PROBE_PREFIX):
+                on_other(n)
+    return False
 
 
 def migrate(dsn: str | None) -> MigrateResult:

@@ -95,3 +95,42 @@ def replace_peers(conn: sqlite3.Connection, peers: list[PeerRow], now: str) -> t
         conn.execute("ROLLBACK")
         raise
     return added, changed, removed
+
+
+def set_peers(conn: sqlite3.Connection, host_ids: list[str], peers: list[PeerRow],
+              now: str) -> tuple[list[str], list[str], list[str]]:
+    """Incremental: make the cached entries of `host_ids` (and only those) what `peers` says — present
+    and trusted when listed, absent otherwise (one transaction); return (added, changed, removed) ids."""
+    added, changed, removed = [], [], []
+    wanted = {p.host_id: p for p in peers}
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        self_ids = {r[0] for r in conn.execute("SELECT host_id FROM project_hosts WHERE is_self=1")}
+        for hid in sorted(set(host_ids) - self_ids):
+            prev = get(conn, hid)
+            prev = prev if prev is not None and not prev.is_self else None
+            p = wanted.get(hid)
+            if p is None:
+                if prev is not None:
+                    conn.execute("DELETE FROM project_hosts WHERE host_id=? AND is_self=0", (hid,))
+                    removed.append(hid)
+                continue
+            if prev is not None and (prev.name, prev.ssh_server, prev.host_to_host_public_key,
+                                     prev.sshpiperd_public_key, prev.trusted) == (
+                    p.name, p.ssh_server, p.host_to_host_public_key, p.sshpiperd_public_key, True):
+                continue
+            conn.execute(
+                """INSERT INTO project_hosts(host_id, name, ssh_server, host_to_host_public_key,
+                                             sshpiperd_public_key, trusted, is_self, updated_at)
+                   VALUES (?,?,?,?,?,1,0,?)
+                   ON CONFLICT(host_id) DO UPDATE SET name=excluded.name, ssh_server=excluded.ssh_server,
+                       host_to_host_public_key=excluded.host_to_host_public_key,
+                       sshpiperd_public_key=excluded.sshpiperd_public_key, trusted=1,
+                       updated_at=excluded.updated_at""",
+                (hid, p.name, p.ssh_server, p.host_to_host_public_key, p.sshpiperd_public_key, now))
+            (changed if prev is not None else added).append(hid)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return added, changed, removed

@@ -219,3 +219,13 @@ def parse_inspect(stdout: str) -> dict | None:
     if isinstance(data, list):
         return data[0] if data and isinstance(data[0], dict) else None
     return data if isinstance(data, dict) else None
+
+
+def exec_(storage: Storage, name: str, argv: list[str], *, detach: bool = False, interactive: bool = False) -> list[str]:
+    """`podman exec` of `argv` in a running container, as the container's default user, with its env."""
+    args = ["exec"]
+    if detach:
+        args.append("--detach")
+    if interactive:
+        args.append("--interactive")
+    return podman(storage, *args, "--", name, *argv)

@@ -125,13 +125,17 @@ def write_config(path: Path, values: dict) -> Path:
     return path
 
 
-def start_proxy(workdir: Path, mode: str, config: dict, *, json_log: bool = False) -> Service:
+def start_proxy(workdir: Path, mode: str, config: dict, *, json_log: bool = False,
+                workers: int | str | None = 1) -> Service:
+    """`proxy serve` on a free port; one process unless `workers` says otherwise (None: the config's)."""
     def start(port: int) -> Service:
         cfg = write_config(workdir / f"proxy-{mode}-{port}.yaml", config)
         argv = [sys.executable, "-m", "cocalc_ctl", "--config", str(cfg)]
         if json_log:
             argv.append("--json")
         argv += ["proxy", "serve", "--mode", mode, "--listen", f"127.0.0.1:{port}"]
+        if workers is not None:
+            argv += ["--workers", str(workers)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("COCALC_CTL_")}
         return Service(argv, workdir / f"proxy-{mode}-{port}.log", port, env=env)
 

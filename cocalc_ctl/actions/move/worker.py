@@ -15,6 +15,13 @@ Every host step that changes state carries a move ticket (tickets.py) signed wit
 key (`hub keys ensure`; during a rotation with both keys, re-read for every ticket): move id,
 attempt, project, source, destination, mode, snapshot, the verbs of this step, lifetime
 `move.ticket_minutes`. The hosts check it; without it nothing moves, is deleted or rolled back.
+
+Waiting: a listener thread holds one dedicated session that LISTENs on `hub_db.MOVE_CHANNEL` (a
+trigger notifies when a move becomes claimable) and wakes the idle worker threads, which claim at
+once. They also wake when a move released with a retry delay (or a live worker's lease) comes due,
+and otherwise poll only every `move.poll_seconds` as a fallback; after the listener (re)connects they
+claim too, so nothing queued while it was away waits for the poll. Statements go through a
+psycopg_pool pool; each claim reads its two hosts' `ssh_server`s once and builds its transport once.
 """
 
 from __future__ import annotations
@@ -35,9 +42,14 @@ from cocalc_ctl.config import Config
 from cocalc_ctl.errors import CocalcError, CommandFailed, PreconditionFailed
 from cocalc_ctl.state import hub_db
 
-CLAIMABLE = f"""(state = ANY(ARRAY{list(ACTIVE)!r}::text[])
-                 OR (state IN ('done', 'failing', 'cancelled') AND cleaned_at IS NULL))
+CLAIMABLE_STATE = f"""(state = ANY(ARRAY{list(ACTIVE)!r}::text[])
+                 OR (state IN ('done', 'failing', 'cancelled') AND cleaned_at IS NULL))"""
+CLAIMABLE = f"""{CLAIMABLE_STATE}
                 AND (lease_until IS NULL OR lease_until < now())"""
+
+# seconds until the next lease (a retry delay, or a live worker's lease that might lapse) comes due
+NEXT_DUE_SQL = f"""SELECT extract(epoch FROM min(lease_until) - now())::float8 FROM project_moves
+                    WHERE {CLAIMABLE_STATE} AND lease_until > now()"""
 
 CLAIM_SQL = f"""
 UPDATE project_moves m
@@ -65,22 +77,36 @@ class WorkerResult:
 
 
 class Worker:
-    def __init__(self, cfg: Config, *, transport: HostTransport | None = None, owner: str | None = None):
+    def __init__(self, cfg: Config, *, transport: HostTransport | None = None, owner: str | None = None,
+                 pool: hub_db.HubPool | None = None):
         self.cfg = cfg
         self.dsn = cfg["hub_dsn"]
         self.lease = cfg["move.lease_seconds"]
         self.max_attempts = cfg["move.max_attempts"]
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.pool = pool
         self._transport = transport
+        self._claim_transport: HostTransport | None = None  # built once per claim (process)
+        self._servers: dict[str, str] = {}  # ssh_server of the claimed move's two hosts
         self._live: dict | None = None  # latest progress event of the running step
 
     # -- database ---------------------------------------------------------------------------------
+    def _conn(self):
+        """An autocommit hub connection: from the pool when there is one, else a new one."""
+        return self.pool.connection() if self.pool is not None else hub_db.connect(self.dsn)
+
     def claim(self) -> Move | None:
-        with hub_db.connect(self.dsn) as conn:
+        with self._conn() as conn:
             row = conn.execute(CLAIM_SQL, {"owner": self.owner, "lease": self.lease}).fetchone()
             if row:
                 conn.execute(MIRROR_SQL, (row[0],))
         return row_to_move(row) if row else None
+
+    def next_due(self) -> float | None:
+        """Seconds until a leased or retry-delayed move can be claimed (None: no such move)."""
+        with self._conn() as conn:
+            row = conn.execute(NEXT_DUE_SQL).fetchone()
+        return None if row is None or row[0] is None else max(0.0, float(row[0]))
 
     def _update(self, move: Move, *, expect: str | None = None, **fields) -> Move:
         """Write fields (and a state) iff we still hold the lease and the state is as expected.
@@ -94,7 +120,7 @@ class Worker:
             from psycopg.types.json import Jsonb
 
             params["progress"] = Jsonb(params["progress"])
-        with hub_db.connect(self.dsn, autocommit=False) as conn:
+        with self._conn() as conn:
             with conn.transaction():
                 row = conn.execute(f"UPDATE project_moves SET {sets}, updated_at = now() WHERE project_id = %(p)s "
                                    f"AND lease_owner = %(owner)s AND state = %(expect)s RETURNING {COLUMNS}",
@@ -108,7 +134,7 @@ class Worker:
         return row_to_move(row)
 
     def _release(self, move: Move, reason: str | None, delay: float = 0.0) -> None:
-        with hub_db.connect(self.dsn) as conn:
+        with self._conn() as conn:
             conn.execute("UPDATE project_moves SET lease_owner = NULL, lease_until = now() + make_interval(secs => %s),"
                          " status_reason = coalesce(%s, status_reason), updated_at = now() "
                          "WHERE project_id = %s AND lease_owner = %s", (delay, reason, move.project_id, self.owner))
@@ -120,7 +146,7 @@ class Worker:
                 from psycopg.types.json import Jsonb
 
                 live = self._live
-                with hub_db.connect(self.dsn) as conn:
+                with self._conn() as conn:
                     row = conn.execute("UPDATE project_moves SET lease_until = now() + make_interval(secs => %s), "
                                        "progress = coalesce(%s, progress) "
                                        "WHERE project_id = %s AND lease_owner = %s RETURNING state",
@@ -134,19 +160,24 @@ class Worker:
                 pass  # the hub is briefly unreachable: the lease may lapse, transitions will then refuse
 
     # -- hosts ------------------------------------------------------------------------------------
+    def _load_hosts(self, move: Move) -> None:
+        """Once per claim: the two hosts' ssh_server (not the whole fleet) and the transport."""
+        hosts = sorted({h for h in (move.source_host_id, move.dest_host_id) if h})
+        with self._conn() as conn:
+            self._servers = {r[0]: r[1] for r in conn.execute(
+                "SELECT id::text, ssh_server FROM project_hosts WHERE id = ANY(%s::uuid[])", (hosts,))}
+        self._claim_transport = self._transport or host_transport(self.cfg, self._servers)
+
     def transport(self) -> HostTransport:
-        if self._transport is None:
-            with hub_db.connect(self.dsn) as conn:
-                servers = {r[0]: r[1] for r in conn.execute("SELECT id::text, ssh_server FROM project_hosts")}
-            return host_transport(self.cfg, servers)
-        return self._transport
+        if self._claim_transport is None:
+            raise RuntimeError("transport() outside of a claimed move")
+        return self._claim_transport
 
     def _ssh_server(self, host: str) -> str:
-        with hub_db.connect(self.dsn) as conn:
-            row = conn.execute("SELECT ssh_server FROM project_hosts WHERE id = %s", (host,)).fetchone()
-        if not row or not row[0]:
+        server = self._servers.get(host)
+        if not server:
             raise PreconditionFailed(f"host {host} has no ssh_server in the hub", hint="run `keys register` on it")
-        return row[0]
+        return server
 
     # -- the state machine ------------------------------------------------------------------------
     def process(self, move: Move) -> Move:
@@ -154,13 +185,19 @@ class Worker:
         hb = threading.Thread(target=self._heartbeat, args=(move.project_id, stop, lost), daemon=True)
         hb.start()
         try:
+            self._load_hosts(move)
             return self._advance(move, lost)
         except LeaseLost:  # lease expired or the move was cancelled meanwhile: let the next claim decide
             self._release(move, None)
             return move
+        except CocalcError as exc:  # the hosts could not be read: retry this move later
+            self._release(move, f"attempt {move.attempt} failed in {move.state}: {errors.describe(exc)}",
+                          delay=min(2.0 * max(move.attempt, 1), 30.0))
+            return move
         finally:
             stop.set()
             hb.join()
+            self._claim_transport, self._servers = None, {}
 
     def _advance(self, move: Move, lost: threading.Event) -> Move:
         if move.state in ACTIVE and move.attempt > self.max_attempts:
@@ -312,50 +349,153 @@ def _now():
     return dt.datetime.now(dt.timezone.utc)
 
 
-def run(cfg: Config, *, once: bool = False, concurrency: int = 1, poll: float = 2.0,
-        transport: HostTransport | None = None, stop: threading.Event | None = None) -> WorkerResult:
-    """Claim and advance moves with `concurrency` threads; with `once`, return when nothing is claimable."""
+class Wakeup:
+    """Where idle worker threads wait: a NOTIFY, a (re)connect of the listener, or stop wakes them.
+
+    A generation counter closes the race between a claim that found nothing and the wait after it:
+    a thread waits only while the generation is still the one it saw before claiming."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self.generation = 0
+
+    def kick(self) -> None:
+        with self._cond:
+            self.generation += 1
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> bool:
+        """Wait until the generation moves past `seen` or `timeout` passes; True when kicked."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.generation != seen, timeout=max(0.0, timeout))
+
+
+def listen(cfg: Config, wake: Wakeup, stop: threading.Event, *, listening: threading.Event | None = None,
+           poll: float = 60.0) -> None:
+    """LISTEN on the moves channel in one dedicated session and kick `wake` on every notification and
+    after every (re)connect; reconnect with backoff. After each LISTEN it checks with a probe NOTIFY
+    that notifications reach it, and warns if not. Idle, it only waits on its socket (no queries)."""
+    from cocalc_ctl import output
+
+    try:
+        _listen(cfg, wake, stop, listening, output, poll)
+    finally:
+        wake.kick()  # stop is set: no idle thread waits out its poll
+
+
+def _listen(cfg: Config, wake: Wakeup, stop: threading.Event, listening: threading.Event | None, output,
+            poll: float) -> None:
+    import random
+
+    import psycopg
+
+    backoff = 1.0
+    while not stop.is_set():
+        try:
+            # its own session, never a pooled one: LISTEN belongs to the session that ran it
+            with hub_db.connect(cfg["hub_dsn"], listen=True) as conn:
+                conn.execute(f"LISTEN {hub_db.MOVE_CHANNEL}")
+                wake.kick()  # claim whatever became claimable while nobody listened
+                if not hub_db.probe_listen(conn, cfg["hub_dsn"], hub_db.MOVE_CHANNEL, on_other=lambda n: wake.kick()):
+                    output.warn(f"move worker: a NOTIFY on {hub_db.MOVE_CHANNEL} does not reach this worker's LISTEN "
+                                "session (a transaction-pooling proxy in front of PostgreSQL?); queued moves wait "
+                                f"for the fallback poll (every {poll:g} s)")
+                if listening is not None:
+                    listening.set()
+                backoff = 1.0
+                while not stop.is_set():
+                    # the timeout only bounds how late `stop` is seen; it sends nothing to the hub
+                    for n in conn.notifies(timeout=1.0, stop_after=1):
+                        if not n.payload.startswith(hub_db.PROBE_PREFIX):
+                            wake.kick()
+        except (psycopg.Error, CocalcError) as exc:
+            if listening is not None:
+                listening.clear()
+            if stop.is_set():
+                return
+            msg = " ".join(str(exc).split())[:200]
+            output.warn(f"move worker: hub listener lost ({msg}); reconnecting in {backoff:.0f}s")
+            stop.wait(backoff + random.uniform(0, 0.2))
+            backoff = min(backoff * 2, 30.0)
+
+
+def run(cfg: Config, *, once: bool = False, concurrency: int = 1, poll: float | None = None,
+        transport: HostTransport | None = None, stop: threading.Event | None = None,
+        on_claim=None, listening: threading.Event | None = None) -> WorkerResult:
+    """Claim and advance moves with `concurrency` threads; with `once`, return when nothing is claimable.
+
+    Without `once` the threads wait for the listener's wake-ups (NOTIFY), for the next lease to come
+    due, or at most `poll` seconds (default `move.poll_seconds`). `on_claim(move)` is called right
+    after each claim (measurements, tests); `listening` is set while the listener holds its LISTEN."""
+    import psycopg
+
+    from cocalc_ctl import output
+
+    poll = float(cfg["move.poll_seconds"]) if poll is None else poll
     base = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     result = WorkerResult(base)
     stop = stop or threading.Event()
     lock = threading.Lock()
-
-    failures: list[BaseException] = []
+    wake = Wakeup()
+    threads_n = max(1, concurrency)
+    # each thread: one connection at a time for its statements, one for its move's heartbeat
+    pool = hub_db.HubPool(cfg["hub_dsn"], max_size=2 * threads_n, name="move-worker")
 
     def loop(n: int) -> None:
-        import psycopg
-
-        w = Worker(cfg, transport=transport, owner=f"{base}:{n}")
-        outage = 0
+        w = Worker(cfg, transport=transport, owner=f"{base}:{n}", pool=pool)
+        backoff = 1.0
         while not stop.is_set():
+            seen = wake.generation
             try:
                 move = w.claim()
-                if move is None:
-                    if once:
-                        return
-                    stop.wait(poll)
-                    continue
+                due = None if move is not None or once else w.next_due()
+            except (CocalcError, psycopg.Error) as exc:
+                if once:
+                    raise
+                output.warn(f"move worker: claim failed ({' '.join(str(exc).split())[:200]}); "
+                            f"retrying in {backoff:.0f}s")
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            backoff = 1.0
+            if move is None:
+                if once:
+                    return
+                wake.wait(seen, poll if due is None else min(poll, due + 0.05))
+                continue
+            if on_claim is not None:
+                on_claim(move)
+            try:
                 final = w.process(move)
             except (CocalcError, psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                # the hub is unreachable (restarting, failing over): a long-running worker waits and tries
-                # again, with back-off; a move it held resumes once its lease lapses. `--once` reports it.
+                # the hub went away while the move ran (not even its failure could be recorded): the move
+                # resumes when its lease lapses; a long-running worker goes on, `--once` reports it
                 if once:
-                    with lock:
-                        failures.append(exc)
-                    return
-                outage += 1
-                delay = min(poll * 2 ** min(outage, 5), 30.0)
-                from cocalc_ctl import output
-
-                output.warn(f"move worker: {errors.describe(exc)}; trying again in {delay:.0f}s")
-                stop.wait(delay)
+                    raise
+                output.warn(f"move worker: {errors.describe(exc)}; the move of {move.project_id} resumes when "
+                            f"its lease lapses")
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
                 continue
-            outage = 0
             with lock:
                 result.processed.append({"project_id": final.project_id, "state": final.state,
                                          "attempt": final.attempt, "reason": final.status_reason})
 
-    threads = [threading.Thread(target=loop, args=(n,), daemon=True) for n in range(max(1, concurrency))]
+    failures: list[BaseException] = []
+
+    def guarded(n: int) -> None:
+        try:
+            loop(n)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            failures.append(exc)
+            stop.set()
+
+    listener = None
+    if not once:
+        listener = threading.Thread(target=listen, args=(cfg, wake, stop), kwargs={"listening": listening, "poll": poll},
+                                    daemon=True, name="move-listener")
+        listener.start()
+    threads = [threading.Thread(target=guarded, args=(n,), daemon=True) for n in range(threads_n)]
     for t in threads:
         t.start()
     try:
@@ -364,7 +504,13 @@ def run(cfg: Config, *, once: bool = False, concurrency: int = 1, poll: float = 
                 t.join(0.5)
     except KeyboardInterrupt:
         stop.set()
+        wake.kick()
         raise
+    finally:
+        if listener is not None:
+            stop.set()
+            listener.join(5.0)
+        pool.close()
     if failures:
         raise failures[0]
     return result

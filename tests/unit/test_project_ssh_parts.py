@@ -1,0 +1,109 @@
+"""The project sshd's pieces that need no container: ldd parsing, dropbear's command line, the
+passwd line and the in-container script that adds it, login-name validation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cocalc_ctl.actions import project_ssh
+from cocalc_ctl.errors import InvalidInput
+from cocalc_ctl.tools import dropbear
+
+LDD = """\tlinux-vdso.so.1 (0x00007ffd4c5f2000)
+\tlibz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x00007f249d55b000)
+\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f249d33d000)
+\t/lib64/ld-linux-x86-64.so.2 (0x00007f249d6b9000)
+"""
+
+
+def test_parse_ldd_gives_libraries_and_the_loader():
+    libs, interp = dropbear.parse_ldd(LDD)
+    assert libs == [("libz.so.1", "/lib/x86_64-linux-gnu/libz.so.1"), ("libc.so.6", "/lib/x86_64-linux-gnu/libc.so.6")]
+    assert interp == "/lib64/ld-linux-x86-64.so.2"
+
+
+def test_parse_ldd_refuses_a_missing_library():
+    with pytest.raises(ValueError, match="libgone"):
+        dropbear.parse_ldd("\tlibgone.so.1 => not found\n")
+
+
+def test_server_refuses_remote_forwarding_unless_allowed():
+    argv = dropbear.server("/b/dropbear", host_key="/s/k", port=22, forced_command="/s/session", pid_file="/tmp/p",
+                           remote_forwarding=False)
+    assert argv[0] == "/b/dropbear" and "-k" in argv and "-s" in argv
+    assert argv[argv.index("-c") + 1] == "/s/session" and argv[argv.index("-r") + 1] == "/s/k"
+    allowed = dropbear.server("/b/dropbear", host_key="/s/k", port=22, forced_command="/s/session",
+                              pid_file="/tmp/p", remote_forwarding=True)
+    assert "-k" not in allowed
+
+
+
+@pytest.mark.parametrize("name", ["root:x", "User", "a b", "", "x" * 40, "-rf", "user\n"])
+def test_login_user_refuses_what_is_not_a_login_name(name):
+    class C(dict):
+        pass
+
+    with pytest.raises(InvalidInput):
+        project_ssh.login_user(C({"sshpiper.upstream_user": name}))
+
+
+def test_passwd_line_is_uid_0_with_the_state_home():
+    line = project_ssh.passwd_line({"sshpiper.upstream_user": "user"})
+    assert line == f"user:*:0:0:{project_ssh.GECOS}:{project_ssh.STATE_MOUNT}/home:/bin/sh"
+
+
+def run_ensure(path, line="user:*:0:0:g:/h:/bin/sh"):
+    return subprocess.run(["/bin/sh", "-c", project_ssh.ENSURE_USER, "sh", line, str(path)],
+                          capture_output=True, text=True)
+
+
+def test_ensure_user_appends_once_and_keeps_a_last_line_without_newline(tmp_path):
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/sh")  # no newline at the end
+    assert run_ensure(passwd).returncode == 0
+    assert run_ensure(passwd).returncode == 0
+    assert passwd.read_text() == "root:x:0:0:root:/root:/bin/sh\nuser:*:0:0:g:/h:/bin/sh\n"
+
+
+def test_ensure_user_creates_a_missing_passwd(tmp_path):
+    passwd = tmp_path / "passwd"
+    assert run_ensure(passwd).returncode == 0
+    assert passwd.read_text() == "user:*:0:0:g:/h:/bin/sh\n"
+
+
+def test_ensure_user_refuses_a_name_the_image_already_has(tmp_path):
+    passwd = tmp_path / "passwd"
+    passwd.write_text("user:x:1000:1000::/home/user:/bin/bash\n")
+    res = run_ensure(passwd)
+    assert res.returncode == 3 and "already has a user user" in res.stderr
+    assert passwd.read_text() == "user:x:1000:1000::/home/user:/bin/bash\n"
+
+
+def test_authorized_keys_carry_the_restrictions():
+    text = project_ssh.authorized_keys_text({"ssh.agent_forwarding": False}, ["ssh-ed25519 AAAA"])
+    assert text == "no-X11-forwarding,no-agent-forwarding ssh-ed25519 AAAA\n"
+
+
+def test_two_builders_of_one_bundle_both_end_with_it(tmp_path, monkeypatch):
+    """A second start that built the same bundle concurrently keeps the first one and succeeds."""
+    class C(dict):
+        data_dir = tmp_path
+
+    cfg = C()
+    monkeypatch.setattr(project_ssh, "_bundle_digest", lambda: "d1")
+    real_rename = os.rename
+
+    def racing_rename(src, dst):
+        Path(dst).mkdir(parents=True)  # the other builder won
+        (Path(dst) / "bin").mkdir()
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(project_ssh.os, "rename", racing_rename)
+    final = project_ssh.ensure_bundle(cfg)
+    assert final == tmp_path / "ssh-bundle" / "d1" and (final / "bin").is_dir()
+    assert not (final / "bin" / "dropbear").exists()  # the winner's bundle, not a mix
+    assert [p.name for p in final.parent.iterdir()] == ["d1"]  # no temporary left
