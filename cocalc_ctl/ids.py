@@ -29,14 +29,14 @@ def project_id(value: str, *, what: str = "project id") -> str:
         raise InvalidInput(f"invalid {what}: empty", hint="give a lowercase UUID like 1b4e28ba-2fa1-11d2-883f-0016d3cca427")
     candidate = value[len(PROJECT_PREFIX):] if value.startswith(PROJECT_PREFIX) else value
     if not is_uuid(candidate):
-        raise InvalidInput(f"invalid {what}: {_show(value)}",
+        raise InvalidInput(f"invalid {what}: {quoted(value)}",
                            hint="give a lowercase UUID like 1b4e28ba-2fa1-11d2-883f-0016d3cca427")
     return candidate
 
 
 def host_id(value: str) -> str:
     if not is_uuid(value):
-        raise InvalidInput(f"invalid host id: {_show(value)}", hint="host ids are lowercase UUIDs")
+        raise InvalidInput(f"invalid host id: {quoted(value)}", hint="host ids are lowercase UUIDs")
     return value
 
 
@@ -51,15 +51,15 @@ def snapshot_name(value: str) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidInput("invalid snapshot name: empty", hint="use letters, digits and . _ - : + @")
     if value in RESERVED_NAMES or value.startswith(".") or "/" in value or "\x00" in value:
-        raise InvalidInput(f"invalid snapshot name: {_show(value)}",
+        raise InvalidInput(f"invalid snapshot name: {quoted(value)}",
                            hint="names must not start with '.', contain '/', or be reserved")
     if _SNAPSHOT_NAME_RE.fullmatch(value) is None or value.endswith(".lock"):
-        raise InvalidInput(f"invalid snapshot name: {_show(value)}",
+        raise InvalidInput(f"invalid snapshot name: {quoted(value)}",
                            hint="use up to 200 letters, digits and . _ - : + @, starting with a letter or digit")
     return value
 
 
-def _show(value: object) -> str:
+def quoted(value: object) -> str:
     """Render untrusted input safely inside a one-line message."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "...'"
@@ -129,17 +129,17 @@ def internal_url(value: object) -> str:
     text = value.strip()
     m = _INTERNAL_URL_RE.fullmatch(text) if len(text) <= 300 else None
     if m is None:
-        raise InvalidInput(f"invalid internal URL {_show(value)}", hint=hint)
+        raise InvalidInput(f"invalid internal URL {quoted(value)}", hint=hint)
     host, port = m.group(1).lower(), int(m.group(2))
     if not 0 < port < 65536:
-        raise InvalidInput(f"invalid internal URL {_show(value)}: port must be 1-65535", hint=hint)
+        raise InvalidInput(f"invalid internal URL {quoted(value)}: port must be 1-65535", hint=hint)
     if host.startswith("["):
         try:
             host = f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
         except ValueError:
-            raise InvalidInput(f"invalid internal URL {_show(value)}: bad IPv6 address", hint=hint) from None
+            raise InvalidInput(f"invalid internal URL {quoted(value)}: bad IPv6 address", hint=hint) from None
     else:
         labels = host.split(".")
         if len(host) > 253 or not all(_HOST_LABEL_RE.fullmatch(lb) for lb in labels):
-            raise InvalidInput(f"invalid internal URL {_show(value)}: bad host name", hint=hint)
+            raise InvalidInput(f"invalid internal URL {quoted(value)}: bad host name", hint=hint)
     return f"http://{host}:{port}"

@@ -93,7 +93,7 @@ def display_pipeline(stages: Sequence[Stage]) -> str:
     return " | ".join(parts)
 
 
-def _plan(text: str) -> None:
+def record_plan(text: str) -> None:
     PLAN.append(text)
     if ECHO_PLAN:
         print(text, flush=True)
@@ -158,7 +158,7 @@ def run(argv: Sequence[str], *, mutates: bool = True, check: bool = True, timeou
     argv = [str(a) for a in argv]
     shown = display(argv) + (f" > {shlex.quote(stdout_path)}" if stdout_path else "")
     if mutates and DRY_RUN:
-        _plan(shown)
+        record_plan(shown)
         return Result(argv, 0, "" if text else b"", "", 0.0, dry_run=True)
     full_env = _environment(env)
     exe = which(argv[0], full_env)
@@ -235,7 +235,7 @@ def pipeline(stages: Sequence[Stage], *, mutates: bool = True, timeout: float | 
         raise ValueError("empty pipeline")
     shown = display_pipeline(stages)
     if mutates and DRY_RUN:
-        _plan(shown)
+        record_plan(shown)
         return PipelineResult([Result(list(s.argv), 0, dry_run=True) for s in stages], dry_run=True)
     for st in stages:
         which(st.argv[0], _environment(st.env))
@@ -354,7 +354,7 @@ def plan_only(text: str) -> bool:
     """For changes made in Python (mkdir, chmod, file writes): under --dry-run print the equivalent
     shell command and return True so the caller skips the change."""
     if DRY_RUN:
-        _plan(text)
+        record_plan(text)
         return True
     return False
 
@@ -399,7 +399,7 @@ def stream(argv: Sequence[str], on_line: Callable[[str], None] | None = None, *,
     """
     argv = [str(a) for a in argv]
     if mutates and DRY_RUN:
-        _plan(display(argv))
+        record_plan(display(argv))
         return Result(argv, 0, "", "", 0.0, dry_run=True)
     full_env = _environment(env)
     exe = which(argv[0], full_env)
@@ -470,7 +470,7 @@ def interactive(argv: Sequence[str]) -> int:
     exit status. With --dry-run it is only printed."""
     argv = [str(a) for a in argv]
     if DRY_RUN:
-        _plan(display(argv))
+        record_plan(display(argv))
         return 0
     full_env = _environment(None)
     exe = which(argv[0], full_env)

@@ -107,7 +107,7 @@ def _check_fields(p: object) -> Ticket:
                                              "exp"}:
         raise TicketRefused("unexpected fields")
     if type(p["v"]) is not int or p["v"] != VERSION:
-        raise TicketRefused(f"unsupported version {ids._show(p['v'])}")
+        raise TicketRefused(f"unsupported version {ids.quoted(p['v'])}")
     try:
         for k in ("mid", "src", "dst"):
             if not isinstance(p[k], str) or not ids.is_uuid(p[k]):

@@ -181,7 +181,7 @@ def list_backups(cfg: Config, project_id: str) -> list[BackupInfo]:
 def resolve_backup_id(cfg: Config, eng: Engine, pid: str, backup_id: str) -> str:
     """`latest` → the newest backup of the project; otherwise a validated id that must exist."""
     if backup_id != "latest" and not _BACKUP_ID_RE.fullmatch(backup_id or ""):
-        raise InvalidInput(f"invalid backup id {ids._show(backup_id)}",
+        raise InvalidInput(f"invalid backup id {ids.quoted(backup_id)}",
                            hint="give `latest` or an id from `cocalc-ctl backup list PROJECT`")
     snaps, foreign = project_backups(eng, pid)
     ignored = f" ({len(foreign)} snapshot(s) not made by cocalc-ctl ignored)" if foreign else ""
@@ -226,7 +226,7 @@ def prune(cfg: Config, project_id: str, keep: dict[str, int]) -> PruneResult:
     dry = proc.DRY_RUN
     if dry:
         for argv in (eng.forget(tags=tags, keep=keep, prune=False), eng.prune()):
-            proc._plan(proc.display(argv))
+            proc.record_plan(proc.display(argv))
     res = run_engine(eng, eng.forget(tags=tags, keep=keep, prune=False, dry_run=dry), mutates=False)
     kept, removed = backup_engine.parse_forget(res.stdout)
     if removed and not dry:

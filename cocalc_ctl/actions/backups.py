@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 
 from cocalc_ctl import errors, ids, layout, locks, output, proc, safepath
 from cocalc_ctl.actions.backup_repo import engine_for, repo_display
-from cocalc_ctl.actions.pool import require_pool
+from cocalc_ctl.actions.host.pool import require_pool
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import Busy, CocalcError, CommandFailed, NotFound, OperationFailed
 from cocalc_ctl.state import backup_jobs, host_db
@@ -212,7 +212,7 @@ def is_subvolume(path: Path) -> bool:
 
 
 def _host_label(cfg: Config) -> str:
-    from cocalc_ctl.actions.host import host_id
+    from cocalc_ctl.actions.host.identity import host_id
 
     return host_id(cfg) or cfg.host_name
 
@@ -518,7 +518,7 @@ def due(cfg: Config) -> DueResult:
         todo = due_projects(cfg)
         if proc.DRY_RUN:
             for pid, why in todo:
-                proc._plan(f"cocalc-ctl backup create {pid}  # {why}")
+                proc.record_plan(f"cocalc-ctl backup create {pid}  # {why}")
             return result
 
         def one(item: tuple[str, str]):

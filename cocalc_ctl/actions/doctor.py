@@ -268,7 +268,7 @@ def _hub_state(cfg: Config) -> tuple[Check, bool]:
 
 
 def check_registration(cfg: Config, hub_ok: bool) -> Check:
-    from cocalc_ctl.actions.host import host_id
+    from cocalc_ctl.actions.host.identity import host_id
 
     if not hub_ok:
         return Check("keys-registered", SKIP, "hub not available (see the hub check)")
@@ -428,7 +428,7 @@ def check_free_space(cfg: Config, pool_ok: bool) -> Check:
 
 
 def check_host_state(cfg: Config) -> Check:
-    from cocalc_ctl.actions.host import host_id
+    from cocalc_ctl.actions.host.identity import host_id
     from cocalc_ctl.state import host_db
 
     path = host_db.db_path(cfg.data_dir)

@@ -234,7 +234,7 @@ def read_token(cfg: Config) -> str:
 
 
 def require_host_id(cfg: Config) -> str:
-    from cocalc_ctl.actions.host import host_id
+    from cocalc_ctl.actions.host.identity import host_id
 
     hid = host_id(cfg)
     if hid is None:

@@ -190,7 +190,7 @@ def collect(cfg: Config, *, now: float | None = None) -> list[Family]:
         "pool_size": by["pool_size_bytes"], "pool_used": by["pool_used_bytes"], "pool_free": by["pool_free_bytes"],
         "move_log": by["move_log_steps"], "hub_up": by["hub_up"], "moves": by["moves"],
     }
-    from cocalc_ctl.actions.host import host_id
+    from cocalc_ctl.actions.host.identity import host_id
 
     by["info"].add(1, version=__version__, host_id=host_id(cfg) or "")
     _host_db_families(cfg, now, fam)

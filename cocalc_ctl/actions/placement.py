@@ -68,8 +68,8 @@ def image_ref(image: str) -> str | None:
     from cocalc_ctl.actions import rootfs  # here: `move start` and the lists need none of it
 
     text = image.strip()
-    if rootfs._LEGACY_LABEL_RE.fullmatch(text):
-        raise InvalidInput(f"image {ids._show(image)} is a legacy label, not an image reference",
+    if rootfs.LEGACY_LABEL_RE.fullmatch(text):
+        raise InvalidInput(f"image {ids.quoted(image)} is a legacy label, not an image reference",
                            hint="give a full reference like ubuntu:25.10, or '' for each host's default image")
     return rootfs.normalize(text, default_image="").ref
 
@@ -77,7 +77,7 @@ def image_ref(image: str) -> str | None:
 def host_ref(ref: str) -> str:
     """A host id (UUID) or a host name as registered by `keys register` (checked before any SQL)."""
     if not isinstance(ref, str) or not ref or len(ref) > 200 or not ref.isprintable():
-        raise InvalidInput(f"invalid host {ids._show(ref)}", hint="give a host uuid or its registered name")
+        raise InvalidInput(f"invalid host {ids.quoted(ref)}", hint="give a host uuid or its registered name")
     return ref
 
 
@@ -93,10 +93,10 @@ def resolve_host(conn, ref: str, columns: str = HOST_COLUMNS) -> tuple:
     key = "id" if ids.is_uuid(ref) else "name"
     rows = conn.execute(f"SELECT {columns} FROM project_hosts WHERE {key} = %s ORDER BY id", (ref,)).fetchall()
     if not rows:
-        raise NotFound(f"host {ids._show(ref)} is not registered in the hub",
+        raise NotFound(f"host {ids.quoted(ref)} is not registered in the hub",
                        hint="run `cocalc-ctl keys register` on that host first")
     if len(rows) > 1:
-        raise InvalidInput(f"host name {ids._show(ref)} is ambiguous ({len(rows)} hosts)",
+        raise InvalidInput(f"host name {ids.quoted(ref)} is ambiguous ({len(rows)} hosts)",
                            hint="give the host id: " + ", ".join(r[0] for r in rows))
     return rows[0]
 

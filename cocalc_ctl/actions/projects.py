@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass, field
 
 from cocalc_ctl import ids, layout, proc
-from cocalc_ctl.actions.pool import require_pool
+from cocalc_ctl.actions.host.pool import require_pool
 from cocalc_ctl.config import Config, parse_size
 from cocalc_ctl.errors import Busy, NotFound, OperationFailed
 from cocalc_ctl.state import host_db

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from cocalc_ctl import ids, layout, locks, output, proc, safepath
 from cocalc_ctl.actions import backup_repo, backups
-from cocalc_ctl.actions.pool import require_pool
+from cocalc_ctl.actions.host.pool import require_pool
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import Busy, CommandFailed, InvalidInput, NotFound, OperationFailed
 from cocalc_ctl.state import host_db
@@ -271,9 +271,9 @@ def _clean_rel_path(path: str) -> str:
         raise InvalidInput("invalid --path: empty or contains NUL")
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if not parts or ".." in parts:
-        raise InvalidInput(f"invalid --path {ids._show(path)}", hint="give a path inside the project, without ..")
+        raise InvalidInput(f"invalid --path {ids.quoted(path)}", hint="give a path inside the project, without ..")
     if parts[0] in (layout.SNAPSHOTS, backups.PERSIST_IN_BACKUP, backups.MANIFEST_IN_BACKUP) or parts[0].startswith(PATH_TMP_PREFIX):
-        raise InvalidInput(f"--path {ids._show(path)} is not project content")
+        raise InvalidInput(f"--path {ids.quoted(path)} is not project content")
     return "/".join(parts)
 
 
@@ -467,7 +467,7 @@ def _safe_parent(live: Path, rel: str, *, create: bool) -> Path:
             os.mkdir(cur, 0o755)
             continue
         if not stat.S_ISDIR(st.st_mode):
-            raise OperationFailed(f"cannot restore {ids._show(rel)}: {ids._show(str(cur.relative_to(live)))} "
+            raise OperationFailed(f"cannot restore {ids.quoted(rel)}: {ids.quoted(str(cur.relative_to(live)))} "
                                   "is a symlink or not a directory in the live project",
                                   hint="move it aside, or restore the whole project")
     return cur
@@ -519,7 +519,7 @@ def _restore_path(cfg: Config, eng, pid: str, snap_id: str, rel: str) -> None:
         _engine_restore(eng, snap_id, held, rel)
         got = held / rel
         if not os.path.lexists(got):
-            raise NotFound(f"path {ids._show(rel)} is not in backup {snap_id[:8]}",
+            raise NotFound(f"path {ids.quoted(rel)} is not in backup {snap_id[:8]}",
                            hint="list the backup's files with the engine's `ls` command")
         parts = tuple(rel.split("/"))
         with safepath.open_dir(live, parts[:-1], create=True) as dfd:  # by fd: no symlink of the project followed
@@ -538,7 +538,7 @@ def _restore_path(cfg: Config, eng, pid: str, snap_id: str, rel: str) -> None:
                     os.rename(".old", name, src_dir_fd=tfd, dst_dir_fd=dfd)
                 raise
     except safepath.UnsafePath as exc:
-        raise OperationFailed(f"cannot restore {ids._show(rel)}: {exc.message}",
+        raise OperationFailed(f"cannot restore {ids.quoted(rel)}: {exc.message}",
                               hint="move it aside in the live project, or restore the whole project") from None
     except OSError as exc:
         raise OperationFailed(f"path restore into project {pid} failed: {exc.strerror or exc}") from None

@@ -30,7 +30,7 @@ PARTIAL_DIR = ".partial"
 LOCAL_TRANSPORTS = ("dir", "oci-archive", "docker-archive")
 
 _ALLOWED_CHARS_RE = re.compile(r"[A-Za-z0-9._:/@+-]*", re.ASCII)
-_LEGACY_LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
+LEGACY_LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
 _DOMAIN_COMPONENT = r"(?:[a-z0-9]|[a-z0-9][a-z0-9-]*[a-z0-9])"
 _DOMAIN_RE = re.compile(rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]{{1,5}})?", re.ASCII)
 _PATH_COMPONENT_RE = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*", re.ASCII)
@@ -52,7 +52,7 @@ class ImageRef:
 
 
 def _bad(raw: str, why: str) -> InvalidInput:
-    return InvalidInput(f"invalid image reference {ids._show(raw)}: {why}",
+    return InvalidInput(f"invalid image reference {ids.quoted(raw)}: {why}",
                         hint="use e.g. ubuntu:25.10, registry.example:5000/team/image:tag, dir:/path "
                              "or oci-archive:/path/file.tar")
 
@@ -72,7 +72,7 @@ def normalize(raw: object, default_image: str = "ubuntu:25.10") -> ImageRef:
     text = raw.strip()
     if len(text) > MAX_REF_LENGTH:
         raise _bad(raw, f"longer than {MAX_REF_LENGTH} characters")
-    if not text or _LEGACY_LABEL_RE.fullmatch(text):  # a bare word: no ':', no '/'
+    if not text or LEGACY_LABEL_RE.fullmatch(text):  # a bare word: no ':', no '/'
         return normalize_default(default_image)
     if _ALLOWED_CHARS_RE.fullmatch(text) is None:
         raise _bad(raw, "contains characters that are not allowed (only letters, digits and . _ - : / @ +)")
@@ -87,7 +87,7 @@ def normalize(raw: object, default_image: str = "ubuntu:25.10") -> ImageRef:
 def normalize_default(default_image: str) -> ImageRef:
     text = (default_image or "").strip()
     if not text or (":" not in text and "/" not in text):
-        raise InvalidInput(f"rootfs.default_image {ids._show(default_image)} is not a full image reference",
+        raise InvalidInput(f"rootfs.default_image {ids.quoted(default_image)} is not a full image reference",
                            hint="set it to e.g. ubuntu:25.10")
     return normalize(text, default_image="")
 
@@ -119,7 +119,7 @@ def _registry_ref(raw: str, text: str) -> ImageRef:
         if domain == "index.docker.io":
             domain = DOCKER_HUB
         if _DOMAIN_RE.fullmatch(domain) is None:
-            raise _bad(raw, f"registry {ids._show(first)} is not a host name[:port]")
+            raise _bad(raw, f"registry {ids.quoted(first)} is not a host name[:port]")
     else:
         domain, path = DOCKER_HUB, parts
     if domain == DOCKER_HUB and len(path) == 1:
@@ -128,7 +128,7 @@ def _registry_ref(raw: str, text: str) -> ImageRef:
         if _PATH_COMPONENT_RE.fullmatch(comp) is None:
             if _PATH_COMPONENT_RE.fullmatch(comp.lower()):
                 raise _bad(raw, "repository names must be lowercase")
-            raise _bad(raw, f"repository component {ids._show(comp)} is not valid "
+            raise _bad(raw, f"repository component {ids.quoted(comp)} is not valid "
                             "(lowercase letters and digits separated by '.', '_', '__' or '-')")
     repo = "/".join(path)
     if len(domain) + 1 + len(repo) > 255:
@@ -502,7 +502,7 @@ def mounted_projects(cfg: Config) -> dict[str, list[str]]:
     roots = str(cfg.data_dir / "project-roots") + "/"
     cache = layout.rootfs_cache(cfg)
     by_lower: dict[str, str] = {}
-    for key in _cached_keys(cfg):
+    for key in cached_keys(cfg):
         try:
             by_lower[overlay.escape_path(str(lower_dir(cfg, key)))] = key
         except ValueError:
@@ -524,7 +524,7 @@ def mounted_projects(cfg: Config) -> dict[str, list[str]]:
     return out
 
 
-def _cached_keys(cfg: Config) -> list[str]:
+def cached_keys(cfg: Config) -> list[str]:
     """Keys of all entries that have a marker (complete or not yet renamed in)."""
     cache = layout.rootfs_cache(cfg)
     keys = []
@@ -578,7 +578,7 @@ def list_cache(cfg: Config) -> list[CacheEntry]:
                     users.setdefault(key, []).append(row["project_id"])
     mounted = mounted_projects(cfg)
     out = []
-    for key in _cached_keys(cfg):
+    for key in cached_keys(cfg):
         data = read_marker(cfg, key)
         if data is None or not os.path.lexists(entry_path(cfg, key)):
             continue

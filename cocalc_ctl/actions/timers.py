@@ -153,7 +153,7 @@ def context(cfg: Config, *, bin: str | None = None) -> Context:
     if bin is not None and not os.path.isabs(bin):
         raise InvalidInput(f"--bin must be an absolute path, got {bin!r}")
     config_file = cfg.file if cfg.file and os.path.abspath(cfg.file) != DEFAULT_CONFIG_PATH else None
-    from cocalc_ctl.actions.host import host_id
+    from cocalc_ctl.actions.host.identity import host_id
 
     return Context(
         bin=bin or default_bin(cfg),

@@ -31,7 +31,7 @@ def values(kind: str, config_path: str | None) -> list[str]:
     from cocalc_ctl.actions import rootfs
 
     out = set()
-    for key in rootfs._cached_keys(cfg):
+    for key in rootfs.cached_keys(cfg):
         data = rootfs.read_marker(cfg, key)
         if data is not None:
             out.add(str(data.get("image") or key))

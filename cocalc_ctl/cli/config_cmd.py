@@ -33,7 +33,7 @@ def effective(cfg) -> list[tuple[str, object, str]]:
     """(key, value, source) grouped by section (top-level keys first, then each section's keys together),
     with the value the program actually uses where the setting is unset: the host id `host init` stored,
     the host name, the secrets directory."""
-    from cocalc_ctl.actions import host
+    from cocalc_ctl.actions.host import identity
 
     values = cfg.redacted()
     sections: dict[str, list[str]] = {}
@@ -44,7 +44,7 @@ def effective(cfg) -> list[tuple[str, object, str]]:
         for k in sections[section]:
             value, source = values[k], cfg.sources[k]
             if value is None and source == "default":
-                if k == "host_id" and (stored := host.host_id(cfg)):
+                if k == "host_id" and (stored := identity.host_id(cfg)):
                     from cocalc_ctl import layout
 
                     value, source = stored, f"stored by host init ({layout.host_id_file(cfg)})"

@@ -19,9 +19,9 @@ def init(
                                         help="Image file for --loopback (default <data_dir>/pool.img)."),
 ) -> None:
     """Create/mount the pool (with --loopback), enable quotas, create data and secrets dirs."""
-    from cocalc_ctl.actions import host
+    from cocalc_ctl.actions.host import setup
 
-    result = host.init(config(), loopback=loopback, image=image)
+    result = setup.init(config(), loopback=loopback, image=image)
 
     def human(r):
         for a in r.actions:
@@ -35,9 +35,9 @@ def init(
 def status() -> None:
     """Pool size/used/free, quota state, project and snapshot counts."""
     from cocalc_ctl import output
-    from cocalc_ctl.actions import host
+    from cocalc_ctl.actions.host import setup
 
-    result = host.status(config())
+    result = setup.status(config())
 
     def human(r):
         output.kv([
@@ -56,7 +56,7 @@ def teardown(
     delete_image: bool = typer.Option(False, "--delete-image", help="Also delete the loopback image file."),
 ) -> None:
     """Unmount and detach a loopback pool that `host init --loopback` made (refuses any other)."""
-    from cocalc_ctl.actions import host
+    from cocalc_ctl.actions.host import setup
 
-    result = host.teardown(config(), delete_image=delete_image)
+    result = setup.teardown(config(), delete_image=delete_image)
     render(result, lambda r: done(f"pool at {r.btrfs_root} torn down" + (" (image deleted)" if r.image_deleted else "")))

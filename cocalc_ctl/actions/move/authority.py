@@ -41,7 +41,7 @@ def close(cfg: Config, text: str | None, *, verb: str, project_id: str) -> ticke
 def _admit(cfg: Config, text: str | None, ledger, *, verb: str, project_id: str, **require) -> tickets.Ticket:
     """Verify the ticket against the pinned hub keys and this host's role, then let the host's ticket
     ledger (`admit` or `close`) refuse a replay."""
-    from cocalc_ctl.actions.host import host_id
+    from cocalc_ctl.actions.host.identity import host_id
 
     if not text:
         raise tickets.TicketRefused(f"{verb} over ssh needs a ticket")

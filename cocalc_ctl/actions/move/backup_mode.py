@@ -30,7 +30,7 @@ from cocalc_ctl import ids, layout, locks, proc
 from cocalc_ctl.actions import backup_repo, backups, projects
 from cocalc_ctl.actions.move import common
 from cocalc_ctl.actions.move.finalize import FinalizeResult, _drop_incoming_keep_marker
-from cocalc_ctl.actions.pool import require_pool
+from cocalc_ctl.actions.host.pool import require_pool
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import CocalcError, InvalidInput, NotFound, OperationFailed, PreconditionFailed
 from cocalc_ctl.state import backup_jobs, host_db
@@ -176,7 +176,7 @@ def _record_finalized(cfg: Config, pid: str, backup_id: str) -> None:
 
 def _check_backup_id(backup_id: str) -> str:
     if backup_id != "latest" and not BACKUP_ID_RE.fullmatch(backup_id or ""):
-        raise InvalidInput(f"invalid backup id {ids._show(backup_id)}",
+        raise InvalidInput(f"invalid backup id {ids.quoted(backup_id)}",
                            hint="give the id `move send --mode backup` printed (or `latest`)")
     return backup_id
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 from cocalc_ctl import ids, layout, locks, proc
 from cocalc_ctl.actions import projects
-from cocalc_ctl.actions.host import host_id as own_host_id
+from cocalc_ctl.actions.host.identity import host_id as own_host_id
 from cocalc_ctl.actions.move import common
 from cocalc_ctl.actions.move.recv import drop_incoming, refuse_live_project
-from cocalc_ctl.actions.pool import require_pool
+from cocalc_ctl.actions.host.pool import require_pool
 from cocalc_ctl.config import Config, parse_size
 from cocalc_ctl.errors import NotFound, OperationFailed, PreconditionFailed
 from cocalc_ctl.state import host_db

@@ -37,7 +37,7 @@ def parse(command: str | None) -> list[str]:
     """Validate the worker's request; return the argv for `cocalc-ctl --json …` (with its ticket)."""
     if not command or len(command) > MAX_COMMAND or not _SAFE.fullmatch(command) or "  " in command \
             or command != command.strip():
-        raise Refused(f"refused host step {ids._show(command)}")
+        raise Refused(f"refused host step {ids.quoted(command)}")
     words = command.split(" ")
     ticket: list[str] = []
     if len(words) >= 2 and words[-2] == "--ticket":
@@ -51,7 +51,7 @@ def parse(command: str | None) -> list[str]:
     quota: list[str] = []
     if words[:2] == ["move", "finalize"] and len(words) >= 5 and words[-2] == "--quota":
         if not _BYTES.fullmatch(words[-1]):
-            raise Refused(f"refused host step: quota {ids._show(words[-1])} (bytes, digits only)")
+            raise Refused(f"refused host step: quota {ids.quoted(words[-1])} (bytes, digits only)")
         quota, words = words[-2:], words[:-2]
     try:
         if words[:2] == ["project", "show"] and len(words) == 3:
@@ -62,7 +62,7 @@ def parse(command: str | None) -> list[str]:
             return [*words[:2], ids.project_id(words[2]), *quota, *ticket]
         if words[:2] == ["move", "finalize"] and len(words) == 5 and words[3] == "--from-backup":
             if not _BACKUP_ID.fullmatch(words[4]):
-                raise Refused(f"refused host step: backup id {ids._show(words[4])}")
+                raise Refused(f"refused host step: backup id {ids.quoted(words[4])}")
             return ["move", "finalize", ids.project_id(words[2]), "--from-backup", words[4], *quota, *ticket]
         if words[:2] == ["move", "cleanup"] and len(words) == 4 and words[3] == "--force":
             return ["move", "cleanup", ids.project_id(words[2]), "--force", *ticket]
@@ -87,7 +87,7 @@ def parse(command: str | None) -> list[str]:
                 elif flag == "--bwlimit" and _RATE.fullmatch(value):
                     pass
                 else:
-                    raise Refused(f"refused host step: option {ids._show(flag)} {ids._show(value)}")
+                    raise Refused(f"refused host step: option {ids.quoted(flag)} {ids.quoted(value)}")
                 argv += [flag, value]
             if dict(zip(opts[::2], opts[1::2])).get("--mode") == "backup":
                 if seen != {"--mode", "--snapshot"}:
@@ -99,4 +99,4 @@ def parse(command: str | None) -> list[str]:
         if isinstance(exc, Refused):
             raise
         raise Refused(f"refused host step: {exc.message}") from None
-    raise Refused(f"refused host step {ids._show(command)}")
+    raise Refused(f"refused host step {ids.quoted(command)}")

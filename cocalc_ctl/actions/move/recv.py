@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cocalc_ctl import ids, layout, proc
-from cocalc_ctl.actions.host import host_id as own_host_id
+from cocalc_ctl.actions.host.identity import host_id as own_host_id
 from cocalc_ctl.actions.move import common
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import CocalcError, InvalidInput, NotFound, OperationFailed
@@ -69,7 +69,7 @@ def parse(command: str | None) -> Request:
         raise Refused("no command given", hint="this key only runs the move receiver")
     if len(command) > MAX_COMMAND or not _SAFE_COMMAND.fullmatch(command) or "  " in command \
             or command != command.strip():
-        raise Refused(f"refused command {ids._show(command)}: characters outside the grammar")
+        raise Refused(f"refused command {ids.quoted(command)}: characters outside the grammar")
     words = command.split(" ")
     ticket = None
     if len(words) >= 3 and words[0] == "ticket":
@@ -80,11 +80,11 @@ def parse(command: str | None) -> Request:
         req.ticket = ticket
         return req
     if verb not in ("list", "receive", "receive-file", "persist", "abort") or not rest:
-        raise Refused(f"refused command {ids._show(command)}: unknown verb")
+        raise Refused(f"refused command {ids.quoted(command)}: unknown verb")
     try:
         pid = ids.project_id(rest[0])
     except InvalidInput:
-        raise Refused(f"refused command: invalid project id {ids._show(rest[0])}") from None
+        raise Refused(f"refused command: invalid project id {ids.quoted(rest[0])}") from None
     args = rest[1:]
     try:
         if verb in ("list", "persist", "abort"):
@@ -98,14 +98,14 @@ def parse(command: str | None) -> Request:
                 raise Refused("refused command: bad receive kind or codec")
             for u in args[3:]:
                 if not ids.is_uuid(u):
-                    raise Refused(f"refused command: invalid uuid {ids._show(u)}")
+                    raise Refused(f"refused command: invalid uuid {ids.quoted(u)}")
         elif verb == "receive-file":
             if len(args) != 2:
                 raise Refused("refused command: receive-file <project> <move-id> <file>")
             ids.snapshot_name(args[0])
             m = _STREAM_FILE.fullmatch(args[1])
             if not m:
-                raise Refused(f"refused command: invalid stream file name {ids._show(args[1])}")
+                raise Refused(f"refused command: invalid stream file name {ids.quoted(args[1])}")
             ids.snapshot_name(m.group(2))
     except InvalidInput as exc:
         if isinstance(exc, Refused):
@@ -123,14 +123,14 @@ def _parse_rsync(words: list[str]) -> Request:
             continue
         if re.fullmatch(rsync_tool.SERVER_SHORT_BUNDLE, w, re.ASCII):
             continue
-        raise Refused(f"refused command: rsync option {ids._show(w)} is not allowed")
+        raise Refused(f"refused command: rsync option {ids.quoted(w)} is not allowed")
     m = re.fullmatch(r"_streams/([0-9a-f-]{36})/([^/]+)/", words[-1], re.ASCII)
     if not m or not ids.is_uuid(m.group(1)):
-        raise Refused(f"refused command: rsync target {ids._show(words[-1])} is not a stream directory")
+        raise Refused(f"refused command: rsync target {ids.quoted(words[-1])} is not a stream directory")
     try:
         ids.snapshot_name(m.group(2))
     except InvalidInput:
-        raise Refused(f"refused command: invalid move id {ids._show(m.group(2))}") from None
+        raise Refused(f"refused command: invalid move id {ids.quoted(m.group(2))}") from None
     return Request("rsync", m.group(1), [*words[1:-2], m.group(2)])
 
 
@@ -141,7 +141,7 @@ def serve(cfg: Config, source_host: str, command: str | None) -> int:
     try:
         src = ids.host_id(source_host)
     except InvalidInput:
-        return _refuse(cfg, None, f"invalid --from {ids._show(source_host)}", command)
+        return _refuse(cfg, None, f"invalid --from {ids.quoted(source_host)}", command)
     try:
         req = parse(command)
         _check_ticket(cfg, src, req)  # first: without the hub's ticket nothing here is told, not even what exists
@@ -162,7 +162,7 @@ def serve(cfg: Config, source_host: str, command: str | None) -> int:
 
 
 def _refuse(cfg: Config, pid: str | None, message: str, command: str | None) -> int:
-    shown = ids._show(command)
+    shown = ids.quoted(command)
     print(f"cocalc-ctl: error: {message}", file=sys.stderr, flush=True)
     common.log(cfg, pid or "-", "recv", "refused", "refused", detail=f"{message}; command={shown}")
     return Refused.exit_code

@@ -24,7 +24,7 @@ from typing import Callable
 
 from cocalc_ctl import ids, layout, locks, proc
 from cocalc_ctl.actions import snapshots as snapshot_actions
-from cocalc_ctl.actions.host import host_id as own_host_id
+from cocalc_ctl.actions.host.identity import host_id as own_host_id
 from cocalc_ctl.actions.move import common, transport
 from cocalc_ctl.actions.projects import _existing, snapshot_names
 from cocalc_ctl.config import Config, parse_size

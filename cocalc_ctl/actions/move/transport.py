@@ -43,14 +43,14 @@ def parse_peer(text: str) -> Peer:
     m = re.fullmatch(r"([a-z_][a-z0-9_-]{0,63})@([^@:\[\]]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?", text or "",
                      re.ASCII)
     if not m:
-        raise InvalidInput(f"invalid destination {ids._show(text)}", hint="use btrfs-<source-host-uuid>@HOST:PORT")
+        raise InvalidInput(f"invalid destination {ids.quoted(text)}", hint="use btrfs-<source-host-uuid>@HOST:PORT")
     user, host, port = m.group(1), m.group(2), int(m.group(3) or 22)
     for prefix in ("btrfs-", "project-host-"):
         # sshpiperd routes these names; anything else is a plain sshd account (single-machine setups)
         if user.startswith(prefix) and not ids.is_uuid(user[len(prefix):]):
-            raise InvalidInput(f"invalid ssh user {ids._show(user)}", hint=f"use {prefix}<host-uuid>")
+            raise InvalidInput(f"invalid ssh user {ids.quoted(user)}", hint=f"use {prefix}<host-uuid>")
     if not _HOSTNAME_RE.fullmatch(host) or not 0 < port < 65536:
-        raise InvalidInput(f"invalid host or port in {ids._show(text)}")
+        raise InvalidInput(f"invalid host or port in {ids.quoted(text)}")
     return Peer(user, host, port)
 
 
@@ -86,7 +86,7 @@ def ssh_options(cfg: Config, *, port: int, control_path: str | None = None, iden
 def _check_words(remote: list[str]) -> None:
     for word in remote:
         if not re.fullmatch(r"[A-Za-z0-9._:+@/=-]+", word, re.ASCII):
-            raise InvalidInput(f"refusing to send unsafe word {ids._show(word)} to a peer")
+            raise InvalidInput(f"refusing to send unsafe word {ids.quoted(word)} to a peer")
 
 
 def ssh_command(cfg: Config, peer: Peer, remote: list[str], *, control_path: str | None = None,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cocalc_ctl import layout, proc
+from cocalc_ctl.actions.host.identity import host_id
 from cocalc_ctl.actions import isolation
 from cocalc_ctl.config import Config, parse_size
 from cocalc_ctl.errors import Busy, OperationFailed, PreconditionFailed
@@ -42,18 +43,6 @@ class HostStatus:
     quotas: bool
     projects: int
     snapshots: int
-
-
-def host_id(cfg: Config) -> str | None:
-    """The configured host id, else the one `host init` stored in data_dir."""
-    if cfg["host_id"]:
-        return cfg["host_id"]
-    path = layout.host_id_file(cfg)
-    try:
-        value = path.read_text().strip()
-    except OSError:
-        return None
-    return value if is_uuid(value) else None
 
 
 def _mkdir(path: Path, mode: int) -> bool:
