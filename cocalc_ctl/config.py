@@ -270,7 +270,7 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
        "capabilities project containers keep (all others are dropped), comma-separated"),
     _k("isolation.port_users", _as_str, "root",
        "users (names or uids, comma-separated) whose sockets may connect to project ports: the proxies and sshpiperd"),
-    # project ssh: the sshd `project start` runs in each project container (actions/project_ssh.py)
+    # project ssh: the sshd `project start` runs in each project container (actions/project/project_ssh.py)
     _k("ssh.enabled", _as_bool, True, "start the project's own sshd (a bundled dropbear) in every project container"),
     _k("ssh.remote_forwarding", _as_bool, False, "allow `ssh -R` (remote port forwarding) in project sessions"),
     _k("ssh.agent_forwarding", _as_bool, True, "allow `ssh -A` (agent forwarding) in project sessions"),

@@ -89,7 +89,7 @@ def check_pool(cfg: Config) -> Check:
 
 def check_pool_hardening(cfg: Config, pool_ok: bool) -> Check:
     """The pool must be no launch pad: nosuid,nodev and a top directory only root can enter."""
-    from cocalc_ctl.actions import isolation
+    from cocalc_ctl.actions.project import isolation
 
     if not pool_ok:
         return Check("pool-hardening", SKIP, "no pool (see the pool check)")

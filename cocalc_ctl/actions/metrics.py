@@ -119,7 +119,7 @@ def _host_db_families(cfg: Config, now: float, fam: dict[str, Family]) -> None:
 
 
 def _pool_families(cfg: Config, fam: dict[str, Family]) -> None:
-    from cocalc_ctl.actions.projects import snapshot_names
+    from cocalc_ctl.actions.project.subvolume import snapshot_names
     from cocalc_ctl.ids import PROJECT_PREFIX, is_uuid
     from cocalc_ctl.tools import mounts
 

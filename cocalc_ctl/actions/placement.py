@@ -14,7 +14,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from cocalc_ctl import ids, paging, proc
-from cocalc_ctl.actions import quota
+from cocalc_ctl.actions.project import quota
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import Busy, InvalidInput, NotFound, PreconditionFailed
 from cocalc_ctl.state import hub_db
@@ -65,7 +65,7 @@ def image_ref(image: str) -> str | None:
         raise InvalidInput("no image given")
     if not image.strip():
         return None
-    from cocalc_ctl.actions import rootfs  # here: `move start` and the lists need none of it
+    from cocalc_ctl.actions.project import rootfs  # here: `move start` and the lists need none of it
 
     text = image.strip()
     if rootfs.LEGACY_LABEL_RE.fullmatch(text):

@@ -301,7 +301,7 @@ def restore(cfg: Config, project_id: str, backup_id: str, *, path: str | None = 
             _restore_path(cfg, eng, dst, snap_id, rel)
             return RestoreResult(dst, src, snap_id, rel, False, False, recovered)
         created = not layout.project_subvolume(cfg, dst).is_dir()
-        from cocalc_ctl.actions.projects import snapshot_names
+        from cocalc_ctl.actions.project.subvolume import snapshot_names
 
         names = [] if created else snapshot_names(cfg, dst)[0]
         newest = _newest_snapshot(cfg, dst, names)

@@ -28,7 +28,7 @@ def values(kind: str, config_path: str | None) -> list[str]:
             return sorted(r[0] for r in conn.execute("SELECT project_id FROM projects"))
         finally:
             conn.close()
-    from cocalc_ctl.actions import rootfs
+    from cocalc_ctl.actions.project import rootfs
 
     out = set()
     for key in rootfs.cached_keys(cfg):

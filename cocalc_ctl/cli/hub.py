@@ -93,7 +93,7 @@ DISK = _opt("--disk", "Run quota: disk (the project subvolume's qgroup limit, e.
 
 
 def _run_quota(memory, swap, pids, cpu_shares, tmp, disk):
-    from cocalc_ctl.actions import quota
+    from cocalc_ctl.actions.project import quota
 
     return quota.parse(memory=memory, swap=swap, pids=pids, cpu_shares=cpu_shares, tmp=tmp, disk=disk)
 

@@ -19,7 +19,7 @@ def create(
     quota: Optional[str] = typer.Option(None, "--quota", metavar="SIZE", help="qgroup limit (e.g. 10G)."),
 ) -> None:
     """Create the subvolume project-<uuid> with its .snapshots/ and qgroup."""
-    from cocalc_ctl.actions import projects
+    from cocalc_ctl.actions.project import projects
 
     result = projects.create(config(), project, quota=quota)
     render(result, lambda r: done(f"created project {r.project_id} at {r.path}"))
@@ -29,7 +29,7 @@ def create(
 def list_() -> None:
     """Every project on this host with state, size and snapshot count."""
     from cocalc_ctl import output
-    from cocalc_ctl.actions import projects
+    from cocalc_ctl.actions.project import projects
 
     result = projects.list_projects(config())
     render(result, lambda rs: output.table(
@@ -42,7 +42,7 @@ def list_() -> None:
 def show(project: str = PROJECT) -> None:
     """Path, size (qgroups), quota, generation, snapshots and state of one project."""
     from cocalc_ctl import output
-    from cocalc_ctl.actions import projects
+    from cocalc_ctl.actions.project import projects
 
     result = projects.show(config(), project)
 
@@ -65,7 +65,7 @@ def delete(
     force: bool = typer.Option(False, "--force", help="Delete even with locked snapshots or while running."),
 ) -> None:
     """Delete a project: its snapshots first, then the subvolume, persist store and state row."""
-    from cocalc_ctl.actions import projects
+    from cocalc_ctl.actions.project import projects
 
     result = projects.delete(config(), project, force=force)
     render(result, lambda r: done(f"deleted project {r.project_id} and {len(r.deleted_snapshots)} snapshot(s)"))
@@ -77,7 +77,7 @@ def start(
     image: Optional[str] = typer.Option(None, "--image", metavar="IMAGE", help="Use this image (default: resolve)."),
 ) -> None:
     """Resolve, pull and mount the root image, then run the project container with podman."""
-    from cocalc_ctl.actions import containers
+    from cocalc_ctl.actions.project import containers
 
     result = containers.start(config(), project, image=image)
     render(result, lambda r: done(
@@ -88,7 +88,7 @@ def start(
 @app.command("stop")
 def stop(project: str = PROJECT) -> None:
     """Remove the project container, unmount its root and clear its ports."""
-    from cocalc_ctl.actions import containers
+    from cocalc_ctl.actions.project import containers
 
     result = containers.stop(config(), project)
     render(result, lambda r: done(f"project {r.project_id} stopped"))
@@ -103,9 +103,9 @@ def ssh(
     """Open an SSH session into the running project as sshpiperd does (upstream key, host key pinned).
 
     Exits with ssh's status (the remote command's, or 255 when ssh itself fails)."""
-    from cocalc_ctl.actions import project_ssh
+    from cocalc_ctl.actions.project import session
 
-    rc = project_ssh.open_session(config(), project, list(args or []))
+    rc = session.open_session(config(), project, list(args or []))
     raise typer.Exit(rc)
 
 
@@ -113,7 +113,7 @@ def ssh(
 def status(project: str = PROJECT) -> None:
     """State, container, image, root mount and ports of one project."""
     from cocalc_ctl import output
-    from cocalc_ctl.actions import containers
+    from cocalc_ctl.actions.project import containers
 
     result = containers.status(config(), project)
     render(result, lambda s: output.kv([

@@ -22,7 +22,7 @@ def resolve(project: str = PROJECT,
             image: Optional[str] = typer.Option(None, "--image", metavar="IMAGE",
                                                 help="Use this image instead of asking the hub.")) -> None:
     """Normalise the project's image (hub COALESCE(rootfs_image, compute_image)) and record it on this host."""
-    from cocalc_ctl.actions import rootfs
+    from cocalc_ctl.actions.project import rootfs
 
     result = rootfs.resolve(config(), project, image=image)
     render(result, lambda r: print(r.image))
@@ -34,7 +34,7 @@ def pull(image: str = IMAGE,
          keep: bool = typer.Option(False, "--keep", help="Keep podman's copy of the image.")) -> None:
     """Pull an image and extract its filesystem into the cache (one pull per image at a time)."""
     from cocalc_ctl import output
-    from cocalc_ctl.actions import rootfs
+    from cocalc_ctl.actions.project import rootfs
 
     result = rootfs.pull(config(), image, force=force, keep=keep or None)
     render(result, lambda r: done(
@@ -46,7 +46,7 @@ def mount(project: str = PROJECT,
           image: Optional[str] = typer.Option(None, "--image", metavar="IMAGE", help="Use this image."),
           remount: bool = typer.Option(False, "--remount", help="Switch a root mounted with another image.")) -> None:
     """Mount the project's overlay root at <data_dir>/project-roots/<uuid> (pulls the image if missing)."""
-    from cocalc_ctl.actions import overlay
+    from cocalc_ctl.actions.project import overlay
 
     result = overlay.mount(config(), project, image=image, remount=remount)
     render(result, lambda r: done(
@@ -56,7 +56,7 @@ def mount(project: str = PROJECT,
 @app.command("umount")
 def umount(project: str = PROJECT) -> None:
     """Unmount the project's overlay root (refused while the project runs)."""
-    from cocalc_ctl.actions import overlay
+    from cocalc_ctl.actions.project import overlay
 
     result = overlay.umount(config(), project)
     render(result, lambda r: done(
@@ -67,7 +67,7 @@ def umount(project: str = PROJECT) -> None:
 def list_() -> None:
     """Cached images with size, pull time and the projects using them."""
     from cocalc_ctl import output
-    from cocalc_ctl.actions import rootfs
+    from cocalc_ctl.actions.project import rootfs
 
     result = rootfs.list_cache(config())
     render(result, lambda rs: output.table(
@@ -80,7 +80,7 @@ def list_() -> None:
 def rm(image: str = IMAGE) -> None:
     """Remove one image from the cache (refused while a project has it mounted)."""
     from cocalc_ctl import output
-    from cocalc_ctl.actions import rootfs
+    from cocalc_ctl.actions.project import rootfs
 
     result = rootfs.rm(config(), image)
     render(result, lambda r: done(f"removed {', '.join(r.removed)} ({output.human_bytes(r.freed_bytes)})"))
@@ -92,7 +92,7 @@ def gc(max_size: Optional[str] = typer.Option(None, "--max-size", metavar="SIZE"
                                                    "else remove every unused image.")) -> None:
     """Remove cached images no project uses (oldest first) until the cache fits the budget."""
     from cocalc_ctl import output
-    from cocalc_ctl.actions import rootfs
+    from cocalc_ctl.actions.project import rootfs
 
     result = rootfs.gc(config(), max_size=max_size)
     render(result, lambda r: done(

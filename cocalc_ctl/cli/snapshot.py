@@ -19,7 +19,7 @@ def create(project: str = PROJECT,
            name: Optional[str] = typer.Argument(None, metavar="[NAME]",
                                                 help="Name (default: UTC time, e.g. 2026-11-27T10:43:45Z).")) -> None:
     """Take a read-only snapshot .snapshots/NAME of the project."""
-    from cocalc_ctl.actions import snapshots
+    from cocalc_ctl.actions.project import snapshots
 
     result = snapshots.create(config(), project, name)
     render(result, lambda r: done(f"created snapshot {r.name}"))
@@ -29,7 +29,7 @@ def create(project: str = PROJECT,
 def list_(project: str = PROJECT) -> None:
     """Snapshots with creation time, generation, sizes (qgroups) and lock state."""
     from cocalc_ctl import output
-    from cocalc_ctl.actions import snapshots
+    from cocalc_ctl.actions.project import snapshots
 
     result = snapshots.list_snapshots(config(), project)
     render(result, lambda rs: output.table(
@@ -41,7 +41,7 @@ def list_(project: str = PROJECT) -> None:
 @app.command("delete")
 def delete(project: str = PROJECT, name: str = NAME) -> None:
     """Delete one snapshot (refused while it is locked)."""
-    from cocalc_ctl.actions import snapshots
+    from cocalc_ctl.actions.project import snapshots
 
     result = snapshots.delete(config(), project, name)
     render({"deleted": result}, lambda r: done(f"deleted snapshot {result}"))
@@ -51,7 +51,7 @@ def delete(project: str = PROJECT, name: str = NAME) -> None:
 def lock(project: str = PROJECT, name: str = NAME,
          reason: str = typer.Option("", "--reason", metavar="REASON", help="Why it is kept (stored in the lock file).")) -> None:
     """Protect a snapshot from delete and prune."""
-    from cocalc_ctl.actions import snapshots
+    from cocalc_ctl.actions.project import snapshots
 
     result = snapshots.lock(config(), project, name, reason=reason)
     render({"locked": result}, lambda r: done(f"locked snapshot {result}"))
@@ -60,7 +60,7 @@ def lock(project: str = PROJECT, name: str = NAME,
 @app.command("unlock")
 def unlock(project: str = PROJECT, name: str = NAME) -> None:
     """Remove a snapshot's lock."""
-    from cocalc_ctl.actions import snapshots
+    from cocalc_ctl.actions.project import snapshots
 
     result = snapshots.unlock(config(), project, name)
     render({"unlocked": result}, lambda r: done(f"unlocked snapshot {result}"))
@@ -80,7 +80,7 @@ def prune(project: str = PROJECT,
 
     Without any --keep-* option the config's snapshot.keep_* counts apply.
     """
-    from cocalc_ctl.actions import retention, snapshots
+    from cocalc_ctl.actions.project import retention, snapshots
 
     cfg = config()
     given = {"frequent": keep_frequent, "hourly": keep_hourly, "daily": keep_daily, "weekly": keep_weekly,
@@ -104,7 +104,7 @@ def prune(project: str = PROJECT,
 def auto(project: Optional[str] = typer.Argument(None, metavar="[PROJECT]",
                                                  help="One project (default: every project on this host).")) -> None:
     """For the timer: snapshot projects whose generation advanced, then prune with the config's counts."""
-    from cocalc_ctl.actions import snapshots
+    from cocalc_ctl.actions.project import snapshots
 
     result = snapshots.auto(config(), project)
     if G.dry_run and not G.json:  # the plan shows what would be created; say what would be skipped

@@ -1,7 +1,7 @@
 """dropbear (the project containers' sshd), ldd and patchelf: command-line builders and parsers.
 
 No policy here: which binaries go into the bundle, where it is mounted and which options the sshd
-gets come from `actions/project_ssh.py`.
+gets come from `actions/project/project_ssh.py`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 import pytest
 
 from cocalc_ctl import config, proc
-from cocalc_ctl.actions import projects, retention, snapshots
+from cocalc_ctl.actions.project import projects, retention, snapshots, subvolume
 
 PID = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 
@@ -14,6 +14,7 @@ def cfg(tmp_path, monkeypatch):
     cfgfile = tmp_path / "c.yaml"
     cfgfile.write_text(f"btrfs_root: {tmp_path}/pool\ndata_dir: {tmp_path}/data\n")
     monkeypatch.setattr(projects, "require_pool", lambda cfg: None)
+    monkeypatch.setattr(subvolume, "require_pool", lambda cfg: None)
     monkeypatch.setattr(proc, "which", lambda prog, env=None: prog)
     return config.load(str(cfgfile), env={})
 

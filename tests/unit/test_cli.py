@@ -56,7 +56,7 @@ def test_config_show_json_after_the_verb(capsys):
 
 
 def test_unexpected_exception_is_one_line_without_traceback(monkeypatch, capsys):
-    from cocalc_ctl.actions import projects
+    from cocalc_ctl.actions.project import projects
 
     def boom(cfg):
         raise RuntimeError("kaput\nsecond line")
@@ -152,7 +152,7 @@ def test_bin_wrapper_execs_the_venv_interpreter_not_python3_on_path(tmp_path):
 
 
 def test_quiet_drops_confirmations_but_keeps_requested_output(monkeypatch, capsys):
-    from cocalc_ctl.actions import projects, snapshots
+    from cocalc_ctl.actions.project import projects, snapshots
 
     pid = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
     monkeypatch.setattr(snapshots, "lock", lambda cfg, project, name, reason="": name)
@@ -217,7 +217,7 @@ def _write_to_a_full_disk(*args, **kwargs):
 
 
 def test_full_disk_is_one_line_exit_1_with_a_hint_not_an_internal_error(monkeypatch, capsys):
-    from cocalc_ctl.actions import projects
+    from cocalc_ctl.actions.project import projects
 
     monkeypatch.setattr(projects, "list_projects", _write_to_a_full_disk)
     assert run(["project", "list"]) == 1
@@ -234,7 +234,7 @@ def test_expected_os_errors_map_to_documented_exit_codes(monkeypatch, capsys, er
     import errno
     import os
 
-    from cocalc_ctl.actions import projects
+    from cocalc_ctl.actions.project import projects
 
     def fail(cfg):
         number = getattr(errno, errno_name)

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from cocalc_ctl.actions import isolation
+from cocalc_ctl.actions.project import isolation
 from cocalc_ctl.config import load as load_config
 from cocalc_ctl.errors import InvalidInput
 from cocalc_ctl.tools import idmap, nft, podman

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cocalc_ctl.actions import project_ssh
+from cocalc_ctl.actions.project import project_ssh
 from cocalc_ctl.errors import InvalidInput
 from cocalc_ctl.tools import dropbear
 

@@ -2,7 +2,7 @@
 
 import datetime as dt
 
-from cocalc_ctl.actions.retention import Policy, parse_timestamp_name, plan, timestamp_name
+from cocalc_ctl.actions.project.retention import Policy, parse_timestamp_name, plan, timestamp_name
 
 T0 = dt.datetime(2026, 11, 27, 12, 0, 0, tzinfo=dt.timezone.utc)
 

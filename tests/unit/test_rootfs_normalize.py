@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cocalc_ctl import proc
-from cocalc_ctl.actions import rootfs
-from cocalc_ctl.actions.rootfs import normalize
+from cocalc_ctl.actions.project import rootfs
+from cocalc_ctl.actions.project.rootfs import normalize
 from cocalc_ctl.errors import InvalidInput
 
 DEFAULT = "docker.io/library/ubuntu:25.10"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cocalc_ctl import config
-from cocalc_ctl.actions import quota
+from cocalc_ctl.actions.project import quota
 from cocalc_ctl.errors import InvalidInput
 
 

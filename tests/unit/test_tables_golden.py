@@ -33,7 +33,8 @@ def env(monkeypatch, tmp_path):
 
 
 def _fake_actions(monkeypatch):
-    from cocalc_ctl.actions import backups, keysync, projects, snapshots, timers
+    from cocalc_ctl.actions import backups, keysync, timers
+    from cocalc_ctl.actions.project import projects, snapshots
     from cocalc_ctl.actions.move import hub
 
     monkeypatch.setattr(projects, "list_projects", lambda cfg: [

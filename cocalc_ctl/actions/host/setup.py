@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cocalc_ctl import layout, proc
 from cocalc_ctl.actions.host.identity import host_id
-from cocalc_ctl.actions import isolation
+from cocalc_ctl.actions.project import isolation
 from cocalc_ctl.config import Config, parse_size
 from cocalc_ctl.errors import Busy, OperationFailed, PreconditionFailed
 from cocalc_ctl.ids import is_uuid
@@ -186,7 +186,7 @@ def _running_projects(cfg: Config) -> list[str]:
             found += [r["project_id"] for r in host_db.list_projects(conn)
                       if r["state"] in ("running", "starting", "stopping")]
     if proc.have("podman"):
-        from cocalc_ctl.actions import containers
+        from cocalc_ctl.actions.project import containers
 
         found += [pid for pid in containers.managed_containers(cfg) if pid not in found]
     return found

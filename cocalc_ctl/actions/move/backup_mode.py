@@ -27,7 +27,9 @@ import time
 from dataclasses import dataclass
 
 from cocalc_ctl import ids, layout, locks, proc
-from cocalc_ctl.actions import backup_repo, backups, projects
+from cocalc_ctl.actions import backup_repo, backups
+from cocalc_ctl.actions.project import projects
+from cocalc_ctl.actions.project.subvolume import existing_project
 from cocalc_ctl.actions.move import common
 from cocalc_ctl.actions.move.finalize import FinalizeResult, _drop_incoming_keep_marker
 from cocalc_ctl.actions.host.pool import require_pool
@@ -77,7 +79,7 @@ def _previous_backup(cfg: Config, eng, pid: str, tag: str) -> str | None:
 def send(cfg: Config, project_id: str, *, snapshot: str | None = None, progress=None) -> BackupSendResult:
     from cocalc_ctl.actions.move.send import _stop_if_running, _take_move_snapshot
 
-    pid = projects._existing(cfg, project_id)
+    pid = existing_project(cfg, project_id)
     name = ids.snapshot_name(snapshot) if snapshot else common.now_name()
     emit = progress or (lambda ev: None)
     eng = backup_repo.engine_for(cfg)

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass, field
 
 from cocalc_ctl import ids, layout, locks, proc
-from cocalc_ctl.actions import projects
+from cocalc_ctl.actions.project import projects
 from cocalc_ctl.actions.host.identity import host_id as own_host_id
 from cocalc_ctl.actions.move import common
 from cocalc_ctl.actions.move.recv import drop_incoming, refuse_live_project

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Callable
 
 from cocalc_ctl import ids, layout, locks, proc
-from cocalc_ctl.actions import snapshots as snapshot_actions
+from cocalc_ctl.actions.project import snapshots as snapshot_actions
 from cocalc_ctl.actions.host.identity import host_id as own_host_id
 from cocalc_ctl.actions.move import common, transport
-from cocalc_ctl.actions.projects import _existing, snapshot_names
+from cocalc_ctl.actions.project.subvolume import existing_project, snapshot_names
 from cocalc_ctl.config import Config, parse_size
 from cocalc_ctl.errors import Busy, CocalcError, InvalidInput, OperationFailed, PreconditionFailed
 from cocalc_ctl.state import host_db
@@ -130,7 +130,7 @@ def _stop_if_running(cfg: Config, pid: str) -> None:
     if state not in ("running", "starting", "stopping") and not mounted:
         return
     try:
-        from cocalc_ctl.actions import containers  # the project runtime (podman), when installed
+        from cocalc_ctl.actions.project import containers  # the project runtime (podman), when installed
     except ImportError:
         raise Busy(f"project {pid} is running", hint="stop it first with `cocalc-ctl project stop`") from None
     containers.stop(cfg, pid)
@@ -159,7 +159,7 @@ def send(cfg: Config, project_id: str, to: str | None, *, mode: str | None = Non
         return backup_mode.send(cfg, project_id, snapshot=snapshot, progress=progress)
     if not to:
         raise InvalidInput(f"--mode {mode} needs --to btrfs-<this-host-uuid>@HOST:PORT")
-    pid = _existing(cfg, project_id)
+    pid = existing_project(cfg, project_id)
     peer = transport.parse_peer(to)
     me = own_host_id(cfg)
     if peer.user.startswith("project-host-"):

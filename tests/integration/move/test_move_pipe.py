@@ -141,7 +141,7 @@ def test_send_dry_run_prints_the_pipelines_and_a_running_project_is_not_sent(pai
     # a running project is stopped first; without a runtime to stop it, the move is refused
     import importlib.util
 
-    if importlib.util.find_spec("cocalc_ctl.actions.containers") is not None:
+    if importlib.util.find_spec("cocalc_ctl.actions.project.containers") is not None:
         return  # the runtime is installed: stopping is its business (covered by its own tests)
     with sqlite3.connect(a.data / "host.sqlite") as conn:
         conn.execute("UPDATE projects SET state='running' WHERE project_id=?", (pid,))

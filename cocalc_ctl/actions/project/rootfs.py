@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cocalc_ctl import ids, layout, locks, output, proc
-from cocalc_ctl.actions import isolation
+from cocalc_ctl.actions.project import isolation
 from cocalc_ctl.config import Config, parse_size
 from cocalc_ctl.errors import Busy, InvalidInput, NotFound, OperationFailed, PreconditionFailed
 from cocalc_ctl.tools import mounts, overlay, podman
@@ -285,16 +285,16 @@ def hub_image(cfg: Config, pid: str) -> str | None:
 
 def resolve(cfg: Config, project_id: str, *, image: str | None = None, store: bool = True) -> ResolveResult:
     """The project's image: --image, else the hub (when hub_dsn is set), else host sqlite, else the default."""
-    from cocalc_ctl.actions.projects import _existing
+    from cocalc_ctl.actions.project.subvolume import existing_project
     from cocalc_ctl.state import host_db
 
     pid = ids.project_id(project_id)
     default = cfg["rootfs.default_image"]
     if image is not None:
         ref, source, raw = allowed(cfg, image), "option", image  # refused before any I/O
-        _existing(cfg, pid)
+        existing_project(cfg, pid)
     else:
-        _existing(cfg, pid)
+        existing_project(cfg, pid)
         row = None
         if host_db.db_path(cfg.data_dir).exists():
             with host_db.connect(cfg.data_dir) as conn:

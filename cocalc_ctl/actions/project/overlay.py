@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cocalc_ctl import layout, proc, safepath
-from cocalc_ctl.actions import isolation, rootfs
-from cocalc_ctl.actions.projects import _existing
+from cocalc_ctl.actions.project import isolation, rootfs
+from cocalc_ctl.actions.project.subvolume import existing_project
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import Busy, PreconditionFailed
 from cocalc_ctl.tools import mounts, overlay
@@ -97,7 +97,7 @@ def recorded_running(cfg: Config, pid: str) -> bool:
 
 
 def mount(cfg: Config, project_id: str, *, image: str | None = None, remount: bool = False) -> MountResult:
-    pid = _existing(cfg, project_id)
+    pid = existing_project(cfg, project_id)
     resolved = rootfs.resolve(cfg, pid, image=image)
     ref = rootfs.normalize(resolved.image, cfg["rootfs.default_image"])
     merged = layout.project_root_mount(cfg, pid)
@@ -156,7 +156,7 @@ class UmountResult:
 
 
 def umount(cfg: Config, project_id: str, *, stopping: bool = False) -> UmountResult:
-    pid = _existing(cfg, project_id)
+    pid = existing_project(cfg, project_id)
     merged = layout.project_root_mount(cfg, pid)
     if not is_mounted(cfg, pid):
         return UmountResult(pid, str(merged), False)

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 from cocalc_ctl import ids, layout, proc
 from cocalc_ctl.actions.host.pool import require_pool
+from cocalc_ctl.actions.project.subvolume import existing_project, snapshot_names
 from cocalc_ctl.config import Config, parse_size
-from cocalc_ctl.errors import Busy, NotFound, OperationFailed
+from cocalc_ctl.errors import Busy, OperationFailed
 from cocalc_ctl.state import host_db
 from cocalc_ctl.tools import btrfs, mounts
 
@@ -41,14 +42,6 @@ class ProjectInfo:
     image: str | None = None
     http_port: int | None = None
     ssh_port: int | None = None
-
-
-def _existing(cfg: Config, project_id: str) -> str:
-    pid = ids.project_id(project_id)
-    require_pool(cfg)
-    if not layout.project_subvolume(cfg, pid).is_dir():
-        raise NotFound(f"project {pid} does not exist on this host", hint="see `cocalc-ctl project list`")
-    return pid
 
 
 def create(cfg: Config, project_id: str, *, quota: str | None = None) -> ProjectInfo:
@@ -78,23 +71,6 @@ def create(cfg: Config, project_id: str, *, quota: str | None = None) -> Project
     if proc.DRY_RUN or not path.is_dir():
         return ProjectInfo(pid, str(path), "stopped", True, quota_bytes=quota_bytes)
     return show(cfg, pid)  # what `project show` and `project list` say about it
-
-
-def snapshot_names(cfg: Config, pid: str) -> tuple[list[str], list[str]]:
-    """(snapshot names, locked names) of a project, from its `.snapshots` directory."""
-    d = layout.snapshots_dir(cfg, pid)
-    names, locked = [], []
-    try:
-        entries = list(os.scandir(d))
-    except FileNotFoundError:
-        return [], []
-    present = {e.name for e in entries}
-    for e in entries:
-        if not e.name.startswith(".") and e.is_dir(follow_symlinks=False):
-            names.append(e.name)
-            if f".{e.name}.lock" in present:
-                locked.append(e.name)
-    return sorted(names), sorted(locked)
 
 
 def list_projects(cfg: Config) -> list[ProjectInfo]:
@@ -132,7 +108,7 @@ def list_projects(cfg: Config) -> list[ProjectInfo]:
 
 
 def show(cfg: Config, project_id: str) -> ProjectInfo:
-    pid = _existing(cfg, project_id)
+    pid = existing_project(cfg, project_id)
     path = layout.project_subvolume(cfg, pid)
     sub = btrfs.show(str(path))
     info = ProjectInfo(pid, str(path), "unregistered", True, generation=sub.generation)
@@ -205,7 +181,7 @@ def delete(cfg: Config, project_id: str, *, force: bool = False) -> DeleteResult
     if not path.is_dir() and os.path.isdir(deleting_dir(cfg, pid)):
         _take_apart(cfg, pid)  # the rest of an interrupted delete
         return DeleteResult(pid, [], True)
-    pid = _existing(cfg, pid)
+    pid = existing_project(cfg, pid)
     names, locked = snapshot_names(cfg, pid)
     if locked and not force:
         raise Busy(f"project {pid} has locked snapshots: {', '.join(locked)}",
@@ -219,7 +195,7 @@ def delete(cfg: Config, project_id: str, *, force: bool = False) -> DeleteResult
             raise Busy(f"project {pid} is running", hint="stop it first with `project stop` or pass --force")
     if running or mounts.mount_at(str(layout.project_root_mount(cfg, pid))) is not None:
         # its container and overlay root hold the subvolume: stop them first (ports cleared too)
-        from cocalc_ctl.actions import containers
+        from cocalc_ctl.actions.project import containers
 
         containers.stop(cfg, pid)
     trash = deleting_dir(cfg, pid)
@@ -243,7 +219,7 @@ def delete(cfg: Config, project_id: str, *, force: bool = False) -> DeleteResult
     if host_db.db_path(cfg.data_dir).exists():
         with host_db.connect(cfg.data_dir) as conn:
             host_db.delete_project(conn, pid)
-            from cocalc_ctl.actions import isolation
+            from cocalc_ctl.actions.project import isolation
 
             isolation.release(conn, pid)  # its uid range is free again only now
     persist = layout.persist_dir(cfg, pid)

@@ -13,8 +13,8 @@ import stat
 from dataclasses import dataclass, field
 
 from cocalc_ctl import ids, layout, locks, proc, safepath
-from cocalc_ctl.actions import retention
-from cocalc_ctl.actions.projects import _existing, snapshot_names
+from cocalc_ctl.actions.project import retention
+from cocalc_ctl.actions.project.subvolume import existing_project, snapshot_names
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import Busy, NotFound, OperationFailed, PreconditionFailed
 from cocalc_ctl.tools import btrfs
@@ -54,7 +54,7 @@ def _require_real_snapshots_dir(cfg: Config, pid: str) -> None:
 def create(cfg: Config, project_id: str, name: str | None = None, *, now: dt.datetime | None = None) -> SnapshotInfo:
     if name is not None:
         name = ids.snapshot_name(name)
-    pid = _existing(cfg, project_id)
+    pid = existing_project(cfg, project_id)
     _require_real_snapshots_dir(cfg, pid)
     name = name or retention.timestamp_name(now or _now())
     dest = layout.snapshot_path(cfg, pid, name)
@@ -71,7 +71,7 @@ def create(cfg: Config, project_id: str, name: str | None = None, *, now: dt.dat
 
 
 def list_snapshots(cfg: Config, project_id: str) -> list[SnapshotInfo]:
-    pid = _existing(cfg, project_id)
+    pid = existing_project(cfg, project_id)
     snaps_dir = layout.snapshots_dir(cfg, pid)
     names, locked = snapshot_names(cfg, pid)
     if not names:
@@ -108,7 +108,7 @@ def _creation_times(path: str) -> dict[str, str]:
 
 def _existing_snapshot(cfg: Config, project_id: str, name: str) -> tuple[str, str]:
     name = ids.snapshot_name(name)
-    pid = _existing(cfg, project_id)
+    pid = existing_project(cfg, project_id)
     _require_real_snapshots_dir(cfg, pid)
     if not layout.snapshot_path(cfg, pid, name).is_dir():
         raise NotFound(f"snapshot {name} of project {pid} does not exist", hint="see `cocalc-ctl snapshot list`")
@@ -166,7 +166,7 @@ class PruneResult:
 
 
 def prune(cfg: Config, project_id: str, policy: retention.Policy) -> PruneResult:
-    pid = _existing(cfg, project_id)
+    pid = existing_project(cfg, project_id)
     _require_real_snapshots_dir(cfg, pid)
     names, locked = snapshot_names(cfg, pid)
     decisions = retention.plan(names, policy, set(locked))
@@ -223,7 +223,7 @@ def auto_one(cfg: Config, pid: str, policy: retention.Policy, *, now: dt.datetim
 
 def auto(cfg: Config, project_id: str | None = None, *, now: dt.datetime | None = None) -> list[AutoResult]:
     """The timer's entry point: snapshot changed projects and prune, one run at a time per host."""
-    from cocalc_ctl.actions.projects import list_projects
+    from cocalc_ctl.actions.project.projects import list_projects
 
     pid = ids.project_id(project_id) if project_id else None
     policy = policy_from_config(cfg)
@@ -231,7 +231,7 @@ def auto(cfg: Config, project_id: str | None = None, *, now: dt.datetime | None 
         targets = [pid] if pid else [p.project_id for p in list_projects(cfg) if p.exists]
         results = []
         for t in targets:
-            _existing(cfg, t)
+            existing_project(cfg, t)
             results.append(auto_one(cfg, t, policy, now=now))
     if pid is None:  # the timer's run: its housekeeping too
         from cocalc_ctl.actions import host_records

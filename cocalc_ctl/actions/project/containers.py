@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cocalc_ctl import ids, layout, locks, output, proc
-from cocalc_ctl.actions import isolation, overlay, project_ssh, quota, rootfs
-from cocalc_ctl.actions.projects import _existing
+from cocalc_ctl.actions.project import isolation, overlay, project_ssh, quota, rootfs
+from cocalc_ctl.actions.project.subvolume import existing_project
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import InvalidInput, OperationFailed, PreconditionFailed
 from cocalc_ctl.state import host_db
@@ -124,7 +124,7 @@ def _is_running(info: dict | None) -> bool:
 
 
 def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartResult:
-    pid = _existing(cfg, project_id)
+    pid = existing_project(cfg, project_id)
     if image is not None:
         rootfs.allowed(cfg, image)  # refuse a bad or disallowed reference before any command runs
     try:
@@ -275,7 +275,7 @@ class StopResult:
 
 
 def stop(cfg: Config, project_id: str) -> StopResult:
-    pid = _existing(cfg, project_id)
+    pid = existing_project(cfg, project_id)
     store = rootfs.podman_storage(cfg)
     with locks.hold(cfg.data_dir, _lock(pid), wait=True, timeout=float(cfg["podman.stop_timeout"]) + 60,
                     what=f"start/stop of project {pid}"):
@@ -350,7 +350,7 @@ def _limits_in_force(cfg: Config, pid: str, info: dict | None) -> dict:
 
 
 def status(cfg: Config, project_id: str) -> ProjectStatus:
-    pid = _existing(cfg, project_id)
+    pid = existing_project(cfg, project_id)
     row = None
     if host_db.db_path(cfg.data_dir).exists():
         with host_db.connect(cfg.data_dir) as conn:

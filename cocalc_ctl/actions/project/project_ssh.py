@@ -371,16 +371,3 @@ def session_argv(cfg: Config, pid: str, port: int, args: list[str]) -> SessionPl
     if args:
         argv += ["--", *args]
     return SessionPlan(argv, str(kh))
-
-
-
-def open_session(cfg: Config, project_id: str, args: list[str]) -> int:
-    """`project ssh`: a session into the running project the way sshpiperd opens one; ssh's status."""
-    from cocalc_ctl.actions import containers
-
-    st = containers.status(cfg, project_id)
-    pid, port = st.project_id, st.ssh_port
-    if st.state != "running" or not port:
-        raise PreconditionFailed(f"project {pid} is not running", hint=f"cocalc-ctl project start {pid}")
-    proc.which("ssh")
-    return proc.interactive(session_argv(cfg, pid, port, args).argv)
