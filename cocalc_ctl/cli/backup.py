@@ -17,9 +17,9 @@ PROJECT = typer.Argument(..., metavar="PROJECT", help="Project id: a lowercase U
 @app.command("init")
 def init() -> None:
     """Create the repository named by backup.repo if it does not exist (idempotent)."""
-    from cocalc_ctl.actions import backup_repo
+    from cocalc_ctl.actions.backup import repository
 
-    result = backup_repo.init(config())
+    result = repository.init(config())
     render(result, lambda r: done(f"{'created' if r.created else 'already exists:'} {r.engine} repository {r.repo}"))
 
 
@@ -99,10 +99,10 @@ def create(project: str = PROJECT,
     With --json, progress events are printed as JSON lines and the result as the last line.
     """
     from cocalc_ctl import output
-    from cocalc_ctl.actions import backups
+    from cocalc_ctl.actions.backup import jobs
 
     with _ProgressView() as view:
-        result = backups.create(config(), project, wait=not no_wait, progress=view)
+        result = jobs.create(config(), project, wait=not no_wait, progress=view)
     if G.json and not G.dry_run:
         output.json_line({"event": "result", **output.to_jsonable(result)})
         return
@@ -128,9 +128,9 @@ def output_human(n: int | None) -> str:
 def list_(project: str = PROJECT) -> None:
     """Backups of a project in the repository (id, time, bytes, host)."""
     from cocalc_ctl import output
-    from cocalc_ctl.actions import backup_repo
+    from cocalc_ctl.actions.backup import repository
 
-    result = backup_repo.list_backups(config(), project)
+    result = repository.list_backups(config(), project)
     render(result, lambda rs: output.table(
         ["id", "time", "bytes", "host"],
         [(b.short_id, b.time[:19].replace("T", " "), output.human_bytes(b.bytes), b.host) for b in rs]))
@@ -144,9 +144,9 @@ def status(limit: int = typer.Option(20, "--limit", metavar="N", min=1, max=1000
                                                     "KEY` (JSON: next_after).")) -> None:
     """Recent backup jobs, and the last successful backup of each project with its age."""
     from cocalc_ctl import output, paging
-    from cocalc_ctl.actions import backups
+    from cocalc_ctl.actions.backup import jobs
 
-    result = backups.status(config(), limit=limit, after=after)
+    result = jobs.status(config(), limit=limit, after=after)
 
     def human(r):
         output.table(["job", "project", "state", "backup", "bytes", "started", "seconds", "error"],
@@ -186,11 +186,11 @@ def prune(project: str = PROJECT, keep_last: int = _keep("last"), keep_hourly: i
 
     With --dry-run, shows which backups would go and changes nothing.
     """
-    from cocalc_ctl.actions import backup_repo
+    from cocalc_ctl.actions.backup import prune as backup_prune
 
     keep = {"last": keep_last, "hourly": keep_hourly, "daily": keep_daily, "weekly": keep_weekly,
             "monthly": keep_monthly, "yearly": keep_yearly}
-    result = backup_repo.prune(config(), project, keep)
+    result = backup_prune.prune(config(), project, keep)
 
     def human(r):
         for k in r.kept:
@@ -207,9 +207,9 @@ def prune(project: str = PROJECT, keep_last: int = _keep("last"), keep_hourly: i
 def due() -> None:
     """For the timer: back up every project changed since its last successful backup, oldest first."""
     from cocalc_ctl import output
-    from cocalc_ctl.actions import backups
+    from cocalc_ctl.actions.backup import jobs
 
-    result = backups.due(config())
+    result = jobs.due(config())
 
     def human(r):
         for b in r.backed_up:
@@ -230,7 +230,7 @@ def due() -> None:
 def cleanup(project: Optional[str] = typer.Argument(None, metavar="[PROJECT]",
                                                     help="One project (default: every project with leftovers).")) -> None:
     """Finish or undo restores a crash interrupted (staging, set-aside trees, partial path restores)."""
-    from cocalc_ctl.actions import restore as restore_actions
+    from cocalc_ctl.actions.backup import restore as restore_actions
 
     result = restore_actions.cleanup(config(), project)
 
@@ -259,8 +259,8 @@ def restore(project: str = PROJECT,
     project this host never had is created.
     """
     from cocalc_ctl import output
-    from cocalc_ctl.actions import progress
-    from cocalc_ctl.actions import restore as restore_actions
+    from cocalc_ctl.actions.backup import progress
+    from cocalc_ctl.actions.backup import restore as restore_actions
 
     with _ProgressView("restore") as view:
         token = progress.SINK.set(view)

@@ -96,7 +96,7 @@ def test_host_role_creates_updates_and_drops_a_login_without_printing_its_passwo
 
 def test_legitimate_host_flows_pass_under_the_host_role(fleet):
     from cocalc_ctl import config as config_mod
-    from cocalc_ctl.actions import backups
+    from cocalc_ctl.actions.backup import jobs as backups
     from cocalc_ctl.actions.project import quota, rootfs
 
     hub, a, b = fleet

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from cocalc_ctl import config, locks
-from cocalc_ctl.actions import backup_repo, backups, restore
+from cocalc_ctl.actions.backup import repository as backup_repo, jobs as backups, restore
 from cocalc_ctl.errors import InvalidInput
 from cocalc_ctl.state import backup_jobs, host_db
 

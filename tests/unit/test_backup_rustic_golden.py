@@ -10,7 +10,8 @@ import stat
 import pytest
 
 from cocalc_ctl import config, proc
-from cocalc_ctl.actions import backup_repo, restore
+from cocalc_ctl.actions.backup import prune as backup_prune
+from cocalc_ctl.actions.backup import repository as backup_repo, restore
 from cocalc_ctl.errors import PreconditionFailed
 
 PID = "0a0a0a0a-1111-4222-8333-444444444444"
@@ -95,7 +96,7 @@ def test_prune_forgets_then_prunes(rustic_cfg, fp):
     fp.register(forget, stdout=json.dumps([{"keep": [{"id": "a" * 64, "time": "2"}],
                                             "remove": [{"id": "b" * 64, "time": "1"}]}]))
     fp.register(["rustic", "-P", profile, "prune"])
-    res = backup_repo.prune(cfg, PID, {"daily": 7, "weekly": 4})
+    res = backup_prune.prune(cfg, PID, {"daily": 7, "weekly": 4})
     assert res.removed == ["b" * 64] and fp.call_count(["rustic", "-P", profile, "prune"]) == 1
 
 

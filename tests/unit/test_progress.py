@@ -6,7 +6,7 @@ import json
 import sys
 import threading
 
-from cocalc_ctl.actions import progress
+from cocalc_ctl.actions.backup import progress
 from cocalc_ctl.cli import backup as backup_cli
 from cocalc_ctl.cli import common
 from cocalc_ctl.tools.backup_engine import Progress

@@ -27,7 +27,8 @@ import time
 from dataclasses import dataclass
 
 from cocalc_ctl import ids, layout, locks, proc
-from cocalc_ctl.actions import backup_repo, backups
+from cocalc_ctl.actions.backup import common as backup_common
+from cocalc_ctl.actions.backup import jobs, repository
 from cocalc_ctl.actions.project import projects
 from cocalc_ctl.actions.project.subvolume import existing_project
 from cocalc_ctl.actions.move import common
@@ -64,7 +65,7 @@ def move_tag(snapshot_uuid: str) -> str:
 def _previous_backup(cfg: Config, eng, pid: str, tag: str) -> str | None:
     """The backup an earlier run made of this very move snapshot, if it is in the repository and
     its job succeeded here (an incomplete backup is never reused)."""
-    res = backup_repo.run_engine(eng, eng.snapshots(tags=[f"project:{pid}", tag]), mutates=False)
+    res = repository.run_engine(eng, eng.snapshots(tags=[f"project:{pid}", tag]), mutates=False)
     found = backup_engine.parse_snapshots(res.stdout)
     if not found or not host_db.db_path(cfg.data_dir).exists():
         return None
@@ -82,7 +83,7 @@ def send(cfg: Config, project_id: str, *, snapshot: str | None = None, progress=
     pid = existing_project(cfg, project_id)
     name = ids.snapshot_name(snapshot) if snapshot else common.now_name()
     emit = progress or (lambda ev: None)
-    eng = backup_repo.engine_for(cfg)
+    eng = repository.engine_for(cfg)
     start = time.monotonic()
     with locks.hold(cfg.data_dir, f"project-{pid}.move", what=f"move of project {pid}"):
         _stop_if_running(cfg, pid)
@@ -109,14 +110,14 @@ def send(cfg: Config, project_id: str, *, snapshot: str | None = None, progress=
                       "rate": round((p.bytes_done or 0) / max(now - start, 1e-6))})
 
         try:
-            res = backups.create(cfg, pid, wait=True, progress=on_progress, snapshot=snap_path, tags=[tag])
+            res = jobs.create(cfg, pid, wait=True, progress=on_progress, snapshot=snap_path, tags=[tag])
         except CocalcError as exc:
             common.log(cfg, pid, "send", "failed", "failed", move_id=name, detail=exc.one_line())
             raise
         # the full id: unambiguous in the hub row and on the destination's command line
         full_id = res.backup_id
         if not proc.DRY_RUN and len(full_id) < 64:  # restic 0.14 reports the short id
-            full_id = backup_repo.resolve_backup_id(cfg, eng, pid, res.backup_id)
+            full_id = repository.resolve_backup_id(cfg, eng, pid, res.backup_id)
         result = BackupSendResult(pid, "backup", name, full_id, False, res.bytes, res.data_added,
                                   round(time.monotonic() - start, 3), res.engine, res.persist_included)
         if proc.DRY_RUN:
@@ -185,18 +186,18 @@ def _check_backup_id(backup_id: str) -> str:
 
 def _resolve(cfg: Config, eng, pid: str, backup_id: str) -> str:
     try:
-        return backup_repo.resolve_backup_id(cfg, eng, pid, backup_id)
+        return repository.resolve_backup_id(cfg, eng, pid, backup_id)
     except NotFound as exc:
         raise NotFound(exc.message, hint=SAME_REPO_HINT) from None
 
 
 def finalize(cfg: Config, project_id: str, backup_id: str, *, quota: int | None = None) -> FinalizeResult:
-    from cocalc_ctl.actions import restore
+    from cocalc_ctl.actions.backup import restore
 
     pid = ids.project_id(project_id)
     backup_id = _check_backup_id(backup_id)
     require_pool(cfg)
-    eng = backup_repo.engine_for(cfg)
+    eng = repository.engine_for(cfg)
     incoming = layout.incoming_dir(cfg, pid)
     proj = layout.project_subvolume(cfg, pid)
     marker_path = incoming / common.FINALIZING_MARKER
@@ -231,7 +232,7 @@ def finalize(cfg: Config, project_id: str, backup_id: str, *, quota: int | None 
             _write_marker(incoming, {"backup_id": snap_id, "phase": "restored"})
         else:
             persist = layout.persist_dir(cfg, pid).is_dir()
-        if not proc.DRY_RUN and not backups.is_subvolume(proj):
+        if not proc.DRY_RUN and not backup_common.is_subvolume(proj):
             raise OperationFailed(f"project {pid} is missing after the restore of {snap_id[:8]}")
         if not proc.plan_only(f"# record project {pid} (stopped) in {host_db.db_path(cfg.data_dir)}"):
             with host_db.connect(cfg.data_dir) as conn:
@@ -244,7 +245,7 @@ def finalize(cfg: Config, project_id: str, backup_id: str, *, quota: int | None 
 
 def recover_restore(cfg: Config, pid: str) -> list[str]:
     """Finish or undo a restore a crash left (for `move abort` of a backup-mode finalize)."""
-    from cocalc_ctl.actions import restore
+    from cocalc_ctl.actions.backup import restore
 
-    with locks.hold(cfg.data_dir, backups.project_lock(pid), what=f"project {pid} (backup or restore running)"):
+    with locks.hold(cfg.data_dir, backup_common.project_lock(pid), what=f"project {pid} (backup or restore running)"):
         return restore.recover(cfg, pid)

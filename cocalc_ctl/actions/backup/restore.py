@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cocalc_ctl import ids, layout, locks, output, proc, safepath
-from cocalc_ctl.actions import backup_repo, backups
+from cocalc_ctl.actions.backup import common, repository
 from cocalc_ctl.actions.host.pool import require_pool
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import Busy, CommandFailed, InvalidInput, NotFound, OperationFailed
@@ -72,7 +72,7 @@ def cleanup(cfg: Config, project_id: str | None = None) -> list[CleanupResult]:
         pids = sorted(found)
     out = []
     for pid in pids:
-        with locks.hold(cfg.data_dir, backups.project_lock(pid), what=f"project {pid} (backup or restore running)",
+        with locks.hold(cfg.data_dir, common.project_lock(pid), what=f"project {pid} (backup or restore running)",
                         doing=f"restore clean-up of project {pid}"):
             out.append(CleanupResult(pid, recover(cfg, pid)))
     return out
@@ -178,12 +178,12 @@ def recover(cfg: Config, pid: str) -> list[str]:
             if staging.is_dir() and (staging / layout.SNAPSHOTS).is_dir() and live.is_dir() \
                     and not (live / layout.SNAPSHOTS).exists():
                 _rename(staging / layout.SNAPSHOTS, live / layout.SNAPSHOTS)
-            backups.remove_tree(staging)
+            common.remove_tree(staging)
             _rmtree(persist_new(cfg, pid))
             done.append("removed an unfinished restore staging")
         if os.path.lexists(old):
             if live.is_dir():
-                backups.remove_tree(old)
+                common.remove_tree(old)
             else:
                 _rename(old, live)
             done.append("removed the set-aside old project")
@@ -208,7 +208,7 @@ def _roll_forward(cfg: Config, pid: str, mark: dict) -> None:
             proc.run(btrfs.subvolume_create(str(staging / snaps)))
         if live.is_dir():
             if os.path.lexists(old):
-                backups.remove_tree(old)
+                common.remove_tree(old)
             _rename(live, old)
             _failpoint("live-set-aside")
         _rename(staging, live)
@@ -219,7 +219,7 @@ def _roll_forward(cfg: Config, pid: str, mark: dict) -> None:
         output.warn(f"project {pid}: restore staging is gone; put the set-aside project back")
     _swap_persist(cfg, pid, bool(mark.get("persist")))
     if os.path.lexists(old):
-        backups.remove_tree(old)
+        common.remove_tree(old)
     if not proc.plan_only(f"rm -f {marker(cfg, pid)}"):
         marker(cfg, pid).unlink(missing_ok=True)
 
@@ -272,7 +272,7 @@ def _clean_rel_path(path: str) -> str:
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if not parts or ".." in parts:
         raise InvalidInput(f"invalid --path {ids.quoted(path)}", hint="give a path inside the project, without ..")
-    if parts[0] in (layout.SNAPSHOTS, backups.PERSIST_IN_BACKUP, backups.MANIFEST_IN_BACKUP) or parts[0].startswith(PATH_TMP_PREFIX):
+    if parts[0] in (layout.SNAPSHOTS, common.PERSIST_IN_BACKUP, common.MANIFEST_IN_BACKUP) or parts[0].startswith(PATH_TMP_PREFIX):
         raise InvalidInput(f"--path {ids.quoted(path)} is not project content")
     return "/".join(parts)
 
@@ -285,8 +285,8 @@ def restore(cfg: Config, project_id: str, backup_id: str, *, path: str | None = 
     dst = ids.project_id(to_project, what="--to-project id") if to_project else src
     rel = _clean_rel_path(path) if path is not None else None
     require_pool(cfg)
-    eng = backup_repo.with_version(backup_repo.engine_for(cfg))
-    with locks.hold(cfg.data_dir, backups.project_lock(dst), what=f"project {dst} (backup or restore running)",
+    eng = repository.with_version(repository.engine_for(cfg))
+    with locks.hold(cfg.data_dir, common.project_lock(dst), what=f"project {dst} (backup or restore running)",
                     doing=f"restore of project {dst} from backup {backup_id}" + (f" (--path {rel})" if rel else "")):
         if not force and host_db.db_path(cfg.data_dir).exists():
             with host_db.connect(cfg.data_dir) as conn:
@@ -296,7 +296,7 @@ def restore(cfg: Config, project_id: str, backup_id: str, *, path: str | None = 
         recovered = recover(cfg, dst)
         for line in recovered:
             output.note(f"project {dst}: {line}")
-        snap_id = backup_repo.resolve_backup_id(cfg, eng, src, backup_id)
+        snap_id = repository.resolve_backup_id(cfg, eng, src, backup_id)
         if rel is not None:
             _restore_path(cfg, eng, dst, snap_id, rel)
             return RestoreResult(dst, src, snap_id, rel, False, False, recovered)
@@ -316,7 +316,7 @@ def restore(cfg: Config, project_id: str, backup_id: str, *, path: str | None = 
 
 
 def _engine_restore(eng, snap_id: str, target: Path, include: str | None) -> None:
-    from cocalc_ctl.actions import progress
+    from cocalc_ctl.actions.backup import progress
 
     sink = progress.SINK.get()
     if sink is None or proc.DRY_RUN:
@@ -343,7 +343,7 @@ def _engine_restore_quiet(eng, snap_id: str, target: Path, include: str | None) 
             proc.run(eng.restore(snap_id, str(target), path=("/" + include) if include else None), env=eng.env(),
                      timeout=eng.timeout)
     except CommandFailed as exc:
-        raise backup_engine.classify(exc, backup_repo.repo_display(eng.repo)) from None
+        raise backup_engine.classify(exc, repository.repo_display(eng.repo)) from None
 
 
 def _check_manifest(manifest: Path, source_pid: str, snap_id: str) -> None:
@@ -381,13 +381,13 @@ def _restore_full(cfg: Config, eng, pid: str, snap_id: str, source_pid: str, *, 
         proc.run(btrfs.subvolume_create(str(staging)))
         _engine_restore(eng, snap_id, staging, None)
         _failpoint("engine-restored")
-        _check_manifest(staging / backups.MANIFEST_IN_BACKUP, source_pid, snap_id)
+        _check_manifest(staging / common.MANIFEST_IN_BACKUP, source_pid, snap_id)
         if share_with and sharing is not None:
             # restic writes every file anew: give back the disk space of the files that are
             # unchanged since the newest snapshot (the kernel compares the bytes itself)
             sharing["bytes"] = extents.share_identical_files(
                 str(layout.snapshot_path(cfg, pid, share_with)), str(staging), skip_top=(layout.SNAPSHOTS,))
-        staged_persist = staging / backups.PERSIST_IN_BACKUP
+        staged_persist = staging / common.PERSIST_IN_BACKUP
         has_persist = not proc.DRY_RUN and staged_persist.is_dir()
         pnew = persist_new(cfg, pid)
         _rmtree(pnew)
@@ -395,7 +395,7 @@ def _restore_full(cfg: Config, eng, pid: str, snap_id: str, source_pid: str, *, 
             pnew.parent.mkdir(parents=True, exist_ok=True)
             proc.run(["cp", "-a", "--reflink=auto", str(staged_persist), str(pnew)])
             proc.run(["rm", "-rf", "--one-file-system", str(staged_persist)])
-        manifest = staging / backups.MANIFEST_IN_BACKUP
+        manifest = staging / common.MANIFEST_IN_BACKUP
         if not proc.DRY_RUN and os.path.lexists(manifest):
             manifest.unlink()
         _carry_quota(cfg, pid, staging, quota)
@@ -403,7 +403,7 @@ def _restore_full(cfg: Config, eng, pid: str, snap_id: str, source_pid: str, *, 
     except BaseException:
         # not verified: undo now (a SIGKILL instead leaves this to the next run's recover)
         if not proc.DRY_RUN:
-            backups.remove_tree(staging)
+            common.remove_tree(staging)
             _rmtree(persist_new(cfg, pid))
             marker(cfg, pid).unlink(missing_ok=True)
         raise
@@ -433,7 +433,7 @@ def _carry_quota(cfg: Config, pid: str, staging: Path, quota: int | None = None)
     limit = None
     if quota:
         limit = quota
-    elif live.is_dir() and backups.is_subvolume(live):
+    elif live.is_dir() and common.is_subvolume(live):
         sub = btrfs.show(str(live))
         q = btrfs.qgroups(str(live)).get(f"0/{sub.subvolume_id}")
         limit = q.max_referenced if q else None

@@ -1,5 +1,5 @@
 """Backing projects up: create, status, due, and the job rows, locks and slots around them.
-(The repository side — engine, init, list, prune — is `backup_repo`.)
+(The repository side — engine, init, list — is `repository`; `backup prune` is `prune`.)
 
 `create` holds the project's backup lock (a second run exits 4) and one of `backup.max_concurrent`
 host slots, records a job row (pending → running → succeeded | failed) that heartbeats while it
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import sqlite3
 import threading
 import time
@@ -24,7 +23,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from cocalc_ctl import errors, ids, layout, locks, output, proc, safepath
-from cocalc_ctl.actions.backup_repo import engine_for, repo_display
+from cocalc_ctl.actions.backup.common import MANIFEST_IN_BACKUP, PERSIST_IN_BACKUP, is_subvolume, project_lock
+from cocalc_ctl.actions.backup.repository import engine_for, repo_display
 from cocalc_ctl.actions.host.pool import require_pool
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import Busy, CocalcError, CommandFailed, NotFound, OperationFailed
@@ -34,16 +34,9 @@ from cocalc_ctl.tools.backup_engine import Engine
 
 TEMP_DIR = ".backup-tmp"  # root-only (0700) directory holding the temporary snapshot
 TEMP_SNAPSHOT = "project"  # fixed path: the engine finds the previous backup as its parent by path
-PERSIST_IN_BACKUP = ".cocalc-ctl-persist"  # reserved top-level names inside a backup
-MANIFEST_IN_BACKUP = ".cocalc-ctl-backup.json"
 
 
 # -- locks, slots, heartbeat --------------------------------------------------------------------
-
-def project_lock(pid: str) -> str:
-    """One lock per project for backup and restore: they must never overlap."""
-    return f"project-{pid}.backup"
-
 
 def temp_snapshot(cfg: Config, pid: str) -> Path:
     return layout.snapshots_dir(cfg, pid) / TEMP_DIR / TEMP_SNAPSHOT
@@ -202,15 +195,6 @@ class BackupResult:
     stale: list[StaleJob] = field(default_factory=list)
 
 
-def is_subvolume(path: Path) -> bool:
-    """A btrfs subvolume's root directory is inode 256 (callers have checked the pool is btrfs)."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    return st.st_ino == 256 and os.path.isdir(path)
-
-
 def _host_label(cfg: Config) -> str:
     from cocalc_ctl.actions.host.identity import host_id
 
@@ -273,7 +257,7 @@ def create(cfg: Config, project_id: str, *, wait: bool = True,
            snapshot: Path | None = None, tags: list[str] | None = None) -> BackupResult:
     """Back up the project (or, with `snapshot`, that read-only snapshot of it, e.g. a move's final
     one); `tags` are added to the project and host tags."""
-    from cocalc_ctl.actions import restore
+    from cocalc_ctl.actions.backup import restore
 
     pid = ids.project_id(project_id)
     require_pool(cfg)
@@ -543,18 +527,3 @@ def due(cfg: Config) -> DueResult:
 
     result.pruned = host_records.prune(cfg)
     return result
-
-
-def remove_tree(path: Path) -> None:
-    """Delete a subvolume (with any nested ones) or a plain directory."""
-    if not os.path.lexists(path):
-        return
-    if is_subvolume(path):
-        for sub in sorted(btrfs.list_below(str(path)), key=lambda s: -len(s.path)):
-            rel = sub.path.split(f"{path.name}/", 1)[-1]
-            nested = path / rel
-            if nested.is_dir():
-                proc.run(btrfs.subvolume_delete(str(nested)))
-        proc.run(btrfs.subvolume_delete(str(path)))
-    elif not proc.plan_only(f"rm -rf {path}"):
-        shutil.rmtree(path)

@@ -201,34 +201,3 @@ def resolve_backup_id(cfg: Config, eng: Engine, pid: str, backup_id: str) -> str
     if len(matches) > 1:
         raise InvalidInput(f"backup id {backup_id} is ambiguous", hint="give more of the id")
     return matches[0].id
-
-
-# -- prune --------------------------------------------------------------------------------------
-
-@dataclass
-class PruneResult:
-    project_id: str
-    kept: list[str]
-    removed: list[str]
-    dry_run: bool
-
-
-def prune(cfg: Config, project_id: str, keep: dict[str, int]) -> PruneResult:
-    """Engine forget (grouped as one set per project) then prune; under --dry-run only show."""
-    pid = ids.project_id(project_id)
-    if not any(keep.values()):
-        raise InvalidInput("no retention given", hint="pass at least one of --keep-last/--keep-hourly/--keep-daily/--keep-weekly/--keep-monthly/--keep-yearly")
-    from cocalc_ctl.actions.backups import sweep_stale  # (backups imports this module)
-
-    eng = engine_for(cfg)
-    sweep_stale(cfg, eng)
-    tags = [f"project:{pid}"]
-    dry = proc.DRY_RUN
-    if dry:
-        for argv in (eng.forget(tags=tags, keep=keep, prune=False), eng.prune()):
-            proc.record_plan(proc.display(argv))
-    res = run_engine(eng, eng.forget(tags=tags, keep=keep, prune=False, dry_run=dry), mutates=False)
-    kept, removed = backup_engine.parse_forget(res.stdout)
-    if removed and not dry:
-        run_engine(eng, eng.prune(), timeout=eng.timeout)
-    return PruneResult(pid, [s.id for s in kept], [s.id for s in removed], dry)
