@@ -32,7 +32,8 @@ from cocalc_ctl.actions.backup import jobs, repository
 from cocalc_ctl.actions.project import projects
 from cocalc_ctl.actions.project.subvolume import existing_project
 from cocalc_ctl.actions.move import common
-from cocalc_ctl.actions.move.finalize import FinalizeResult, _drop_incoming_keep_marker
+from cocalc_ctl.actions.move.common import FinalizeResult
+from cocalc_ctl.actions.move.recv import drop_incoming_keep_marker
 from cocalc_ctl.actions.host.pool import require_pool
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import CocalcError, InvalidInput, NotFound, OperationFailed, PreconditionFailed
@@ -78,7 +79,7 @@ def _previous_backup(cfg: Config, eng, pid: str, tag: str) -> str | None:
 
 
 def send(cfg: Config, project_id: str, *, snapshot: str | None = None, progress=None) -> BackupSendResult:
-    from cocalc_ctl.actions.move.send import _stop_if_running, _take_move_snapshot
+    from cocalc_ctl.actions.move.source import stop_if_running, take_move_snapshot
 
     pid = existing_project(cfg, project_id)
     name = ids.snapshot_name(snapshot) if snapshot else common.now_name()
@@ -86,10 +87,10 @@ def send(cfg: Config, project_id: str, *, snapshot: str | None = None, progress=
     eng = repository.engine_for(cfg)
     start = time.monotonic()
     with locks.hold(cfg.data_dir, f"project-{pid}.move", what=f"move of project {pid}"):
-        _stop_if_running(cfg, pid)
+        stop_if_running(cfg, pid)
         snap_path = layout.snapshot_path(cfg, pid, name)
         before = btrfs.show(str(snap_path)).uuid if snap_path.is_dir() and not proc.DRY_RUN else None
-        _take_move_snapshot(cfg, pid, name)
+        take_move_snapshot(cfg, pid, name)
         uuid = "$MOVE_SNAPSHOT_UUID" if proc.DRY_RUN else btrfs.show(str(snap_path)).uuid
         tag = move_tag(uuid)
         # only a snapshot an earlier run left (and kept: the project did not change) can have a backup
@@ -226,7 +227,7 @@ def finalize(cfg: Config, project_id: str, backup_id: str, *, quota: int | None 
                 res = restore.restore(cfg, pid, snap_id, quota=quota)
             except NotFound as exc:  # the id is not in this host's repository: nothing was started
                 if not mark and not proc.DRY_RUN:
-                    _drop_incoming_keep_marker(cfg, pid)
+                    drop_incoming_keep_marker(cfg, pid)
                 raise NotFound(exc.message, hint=SAME_REPO_HINT) from None
             persist = res.persist_restored
             _write_marker(incoming, {"backup_id": snap_id, "phase": "restored"})
@@ -238,7 +239,7 @@ def finalize(cfg: Config, project_id: str, backup_id: str, *, quota: int | None 
             with host_db.connect(cfg.data_dir) as conn:
                 host_db.upsert_project(conn, pid, state="stopped", http_port=None, ssh_port=None)
         _record_finalized(cfg, pid, snap_id)
-        _drop_incoming_keep_marker(cfg, pid)
+        drop_incoming_keep_marker(cfg, pid)
         proc.plan_only(f"rm -rf {incoming}")
         return FinalizeResult(pid, str(proj), False, None, [], persist, backup_id=snap_id)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cocalc_ctl import locks, proc
@@ -81,3 +81,14 @@ def receive_lock(cfg: Config, project_id: str):
     """The per-project lock every receiving step and finalize hold (waits up to 10 minutes)."""
     return locks.hold(cfg.data_dir, f"move-recv-{project_id}", wait=True, timeout=600,
                       what=f"receive of {project_id}")
+
+
+@dataclass
+class FinalizeResult:
+    project_id: str
+    path: str
+    already_finalized: bool
+    move_snapshot: str | None = None
+    snapshots: list[str] = field(default_factory=list)
+    persist_restored: bool = False
+    backup_id: str | None = None  # backup mode: the backup restored here

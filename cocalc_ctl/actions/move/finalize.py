@@ -17,23 +17,13 @@ from cocalc_ctl import ids, layout, locks, proc
 from cocalc_ctl.actions.project import projects
 from cocalc_ctl.actions.host.identity import host_id as own_host_id
 from cocalc_ctl.actions.move import common
-from cocalc_ctl.actions.move.recv import drop_incoming, refuse_live_project
+from cocalc_ctl.actions.move.common import FinalizeResult
+from cocalc_ctl.actions.move.recv import drop_incoming, drop_incoming_keep_marker, refuse_live_project
 from cocalc_ctl.actions.host.pool import require_pool
 from cocalc_ctl.config import Config, parse_size
 from cocalc_ctl.errors import NotFound, OperationFailed, PreconditionFailed
 from cocalc_ctl.state import host_db
 from cocalc_ctl.tools import btrfs
-
-
-@dataclass
-class FinalizeResult:
-    project_id: str
-    path: str
-    already_finalized: bool
-    move_snapshot: str | None = None
-    snapshots: list[str] = field(default_factory=list)
-    persist_restored: bool = False
-    backup_id: str | None = None  # backup mode: the backup restored here
 
 
 def finalize(cfg: Config, project_id: str, *, quota: int | None = None) -> FinalizeResult:
@@ -89,7 +79,7 @@ def finalize(cfg: Config, project_id: str, *, quota: int | None = None) -> Final
         if not proc.plan_only(f"# record project {pid} (stopped) in {host_db.db_path(cfg.data_dir)}"):
             with host_db.connect(cfg.data_dir) as conn:
                 host_db.upsert_project(conn, pid, state="stopped", http_port=None, ssh_port=None)
-        _drop_incoming_keep_marker(cfg, pid)
+        drop_incoming_keep_marker(cfg, pid)
         common.log(cfg, pid, "finalize", "done", "ok", snapshot=move_name, detail=f"{len(rehomed)} snapshots")
         return FinalizeResult(pid, str(proj), False, move_name, rehomed, restored)
 
@@ -107,27 +97,6 @@ def _restore_persist(cfg: Config, pid: str, incoming) -> bool:
     shutil.move(str(src), str(dest))
     os.chmod(dest, 0o700)
     return True
-
-
-def _drop_incoming_keep_marker(cfg: Config, pid: str) -> None:
-    """Delete `_incoming/<pid>` with the finalizing marker last, so a crash here is resumed, not refused."""
-    incoming = layout.incoming_dir(cfg, pid)
-    if proc.DRY_RUN:
-        drop_incoming(cfg, pid)
-        return
-    for r in common.inventory(incoming):
-        proc.run(btrfs.subvolume_delete(str(incoming / r.name)))
-    shutil.rmtree(layout.streams_dir(cfg, pid), ignore_errors=True)
-    if incoming.exists():
-        for e in os.scandir(incoming):
-            if e.name == common.FINALIZING_MARKER:
-                continue
-            if e.is_dir(follow_symlinks=False):
-                shutil.rmtree(e.path)
-            else:
-                os.unlink(e.path)
-        (incoming / common.FINALIZING_MARKER).unlink(missing_ok=True)
-        incoming.rmdir()
 
 
 @dataclass

@@ -448,6 +448,27 @@ def drop_incoming(cfg: Config, pid: str) -> list[str]:
     return gone
 
 
+def drop_incoming_keep_marker(cfg: Config, pid: str) -> None:
+    """Delete `_incoming/<pid>` with the finalizing marker last, so a crash here is resumed, not refused."""
+    incoming = layout.incoming_dir(cfg, pid)
+    if proc.DRY_RUN:
+        drop_incoming(cfg, pid)
+        return
+    for r in common.inventory(incoming):
+        proc.run(btrfs.subvolume_delete(str(incoming / r.name)))
+    shutil.rmtree(layout.streams_dir(cfg, pid), ignore_errors=True)
+    if incoming.exists():
+        for e in os.scandir(incoming):
+            if e.name == common.FINALIZING_MARKER:
+                continue
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path)
+            else:
+                os.unlink(e.path)
+        (incoming / common.FINALIZING_MARKER).unlink(missing_ok=True)
+        incoming.rmdir()
+
+
 def _rsync(cfg: Config, src: str, req: Request) -> None:
     *flags, move_id = req.args
     # under the receive lock: a server left over from a killed send must not write the same

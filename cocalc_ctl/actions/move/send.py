@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Callable
 
 from cocalc_ctl import ids, layout, locks, proc
-from cocalc_ctl.actions.project import snapshots as snapshot_actions
 from cocalc_ctl.actions.host.identity import host_id as own_host_id
 from cocalc_ctl.actions.move import common, transport
+from cocalc_ctl.actions.move.source import stop_if_running, take_move_snapshot
 from cocalc_ctl.actions.project.subvolume import existing_project, snapshot_names
 from cocalc_ctl.config import Config, parse_size
-from cocalc_ctl.errors import Busy, CocalcError, InvalidInput, OperationFailed, PreconditionFailed
+from cocalc_ctl.errors import CocalcError, InvalidInput, OperationFailed, PreconditionFailed
 from cocalc_ctl.state import host_db
 from cocalc_ctl.tools import btrfs, compress
 from cocalc_ctl.tools import rsync as rsync_tool
@@ -117,25 +117,6 @@ def _throttle(rate: int | None, start: float) -> Callable[[int], None] | None:
     return on_bytes
 
 
-def _stop_if_running(cfg: Config, pid: str) -> None:
-    """A project moves stopped: its container is stopped and its overlay root unmounted first."""
-    from cocalc_ctl.tools import mounts
-
-    state = None
-    if host_db.db_path(cfg.data_dir).exists():
-        with host_db.connect(cfg.data_dir) as conn:
-            row = host_db.get_project(conn, pid)
-        state = row["state"] if row else None
-    mounted = mounts.mount_at(str(layout.project_root_mount(cfg, pid))) is not None
-    if state not in ("running", "starting", "stopping") and not mounted:
-        return
-    try:
-        from cocalc_ctl.actions.project import containers  # the project runtime (podman), when installed
-    except ImportError:
-        raise Busy(f"project {pid} is running", hint="stop it first with `cocalc-ctl project stop`") from None
-    containers.stop(cfg, pid)
-
-
 def send(cfg: Config, project_id: str, to: str | None, *, mode: str | None = None, codec: str | None = None,
          bwlimit: str | None = None, snapshot: str | None = None, progress: Progress | None = None,
          ticket: str | None = None):
@@ -176,7 +157,7 @@ def send(cfg: Config, project_id: str, to: str | None, *, mode: str | None = Non
     start = time.monotonic()
     with locks.hold(cfg.data_dir, f"project-{pid}.move", what=f"move of project {pid}"), \
             transport.PeerSession(cfg, peer, ticket=ticket) as sess:
-        _stop_if_running(cfg, pid)
+        stop_if_running(cfg, pid)
         inv = remote_list(cfg, sess, pid)
         if inv.get("project_exists"):
             raise PreconditionFailed(f"project {pid} already exists on {peer.host}",
@@ -184,7 +165,7 @@ def send(cfg: Config, project_id: str, to: str | None, *, mode: str | None = Non
         # logged before the snapshot exists: a move that fails from here on is known by its name
         common.log(cfg, pid, "send", "start", "ok", move_id=name, detail=f"{mode}/{codec} to {peer.spec}")
         drop_earlier_move_snapshots(cfg, pid, keep=name)
-        _take_move_snapshot(cfg, pid, name)
+        take_move_snapshot(cfg, pid, name)
         if proc.DRY_RUN and mode == "staged":
             proc.plan_only(f"# staged: btrfs send each snapshot into {layout.streams_dir(cfg, pid) / name}/, "
                            f"rsync --partial it to {peer.spec}, then receive-file each")
@@ -241,22 +222,6 @@ def drop_earlier_move_snapshots(cfg: Config, pid: str, *, keep: str) -> list[str
         if os.path.isdir(stale) and not os.path.islink(stale) and not proc.plan_only(f"rm -rf {stale}"):
             shutil.rmtree(stale, ignore_errors=True)
     return dropped
-
-
-def _take_move_snapshot(cfg: Config, pid: str, name: str) -> None:
-    """The final snapshot; one left by an earlier attempt is reused only if the project has not
-    changed since (else it is replaced, so a retried move never ships stale data)."""
-    path = layout.snapshot_path(cfg, pid, name)
-    if path.exists() and not proc.DRY_RUN:
-        # commit pending writes first: a subvolume's generation only moves at transaction commit
-        proc.run(["btrfs", "filesystem", "sync", str(layout.project_subvolume(cfg, pid))], mutates=False)
-        snap = btrfs.show(str(path))
-        current = btrfs.show(str(layout.project_subvolume(cfg, pid))).generation
-        if current <= snap.gen_at_creation:
-            return
-        proc.run(btrfs.subvolume_delete(str(path)))
-    if not path.exists() or proc.DRY_RUN:
-        snapshot_actions.create(cfg, pid, name)
 
 
 def _out_of_space(exc: CocalcError) -> bool:

@@ -54,12 +54,6 @@ def parse_peer(text: str) -> Peer:
     return Peer(user, host, port)
 
 
-def known_hosts_file(cfg: Config) -> Path:
-    from cocalc_ctl.tools import ssh as ssh_tool
-
-    return ssh_tool.paths_for(cfg).known_hosts
-
-
 def host_key_file(cfg: Config) -> Path:
     from cocalc_ctl.tools import ssh as ssh_tool
 
