@@ -53,7 +53,7 @@ def bench_claim(dsn: str, workdir: str, rounds: int) -> None:
     import psycopg
 
     from cocalc_ctl import config as config_mod
-    from cocalc_ctl.actions import hub_keys
+    from cocalc_ctl.actions.keys import hub_keys
     from cocalc_ctl.actions.move import hub, worker
     from cocalc_ctl.actions.move.transport import HostTransport
 
@@ -110,7 +110,7 @@ def bench_claim(dsn: str, workdir: str, rounds: int) -> None:
 def _watch_hosts(dsn: str, hosts: list[tuple[str, str]], events, seconds: float) -> None:
     """One process of the simulated fleet: a `keys watch` thread per host."""
     from cocalc_ctl import config as config_mod
-    from cocalc_ctl.actions import keysync
+    from cocalc_ctl.actions.keys import keysync
 
     def one(hid: str, data_dir: str) -> None:
         cfg = config_mod.load(None, env=_env(dsn, data_dir, host_id=hid))

@@ -118,9 +118,9 @@ def run_baseline_server(config_path: str, port: int) -> None:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from cocalc_ctl import config
-    from cocalc_ctl.actions import keys
-    from cocalc_ctl.actions.sshauth import Resolver
-    from cocalc_ctl.actions.sshauth_server import Handler
+    from cocalc_ctl.actions.keys import keys
+    from cocalc_ctl.actions.keys.sshauth import Resolver
+    from cocalc_ctl.actions.keys.sshauth_server import Handler
 
     cfg = config.load(config_path, env={})
     handler = Handler(Resolver(cfg), keys.read_token(cfg))

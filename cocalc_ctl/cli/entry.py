@@ -105,7 +105,7 @@ def _exit_now(code: int) -> None:
 def main() -> None:
     fast = fast_authorized_keys(sys.argv[1:])
     if fast is not None:
-        from cocalc_ctl.actions.sshauth import authorized_keys_fast
+        from cocalc_ctl.actions.keys.sshauth import authorized_keys_fast
 
         sys.exit(authorized_keys_fast(fast[1], fast[0]))
     if "start" in sys.argv:

@@ -219,7 +219,7 @@ def _hub_key_line(r) -> str:
 @keys_app.command("ensure")
 def keys_ensure() -> None:
     """Create this machine's hub key and id if missing (0600 in a 0700 dir) and publish the public key."""
-    from cocalc_ctl.actions import hub_keys
+    from cocalc_ctl.actions.keys import hub_keys
 
     render(hub_keys.ensure(config()), lambda r: print(_hub_key_line(r)))
 
@@ -227,7 +227,7 @@ def keys_ensure() -> None:
 @keys_app.command("show")
 def keys_show() -> None:
     """Show the hub key's public half and fingerprint (and the previous one during a rotation)."""
-    from cocalc_ctl.actions import hub_keys
+    from cocalc_ctl.actions.keys import hub_keys
 
     render(hub_keys.show(config()), lambda r: print(_hub_key_line(r) + f"\n{r.public_key}"))
 
@@ -236,6 +236,6 @@ def keys_show() -> None:
 def keys_rotate(finish: bool = typer.Option(False, "--finish",
                                             help="Drop the previous key (run once every host has synced).")) -> None:
     """Make a new hub key; tickets carry signatures by both keys until --finish."""
-    from cocalc_ctl.actions import hub_keys
+    from cocalc_ctl.actions.keys import hub_keys
 
     render(hub_keys.rotate(config(), finish=finish), lambda r: print(_hub_key_line(r)))

@@ -25,7 +25,7 @@ def _print_keys(keys) -> None:
 def ensure() -> None:
     """Create missing ed25519 keypairs (host-to-host, sshpiperd host key, sshpiper upstream) and the
     REST token; never rewrites an existing key; refuses secrets with unsafe modes."""
-    from cocalc_ctl.actions import keys
+    from cocalc_ctl.actions.keys import keys
 
     result = keys.ensure(config())
 
@@ -42,7 +42,7 @@ def ensure() -> None:
 @app.command("show")
 def show() -> None:
     """Public keys and fingerprints (never a private key)."""
-    from cocalc_ctl.actions import keys
+    from cocalc_ctl.actions.keys import keys
 
     result = keys.show(config())
 
@@ -62,7 +62,7 @@ def rotate(
     finish: bool = typer.Option(False, "--finish", help="Remove the previous key (peers stop accepting it)."),
 ) -> None:
     """Make a new key; the old one stays accepted as "previous" until `--finish`."""
-    from cocalc_ctl.actions import keys
+    from cocalc_ctl.actions.keys import keys
 
     result = keys.rotate(config(), which, finish=finish)
     render(result, lambda r: done(f"{r.which}: {r.action}; now {r.fingerprint}"
@@ -80,7 +80,7 @@ def register(
                                             help="Remove this host's internal URL from the hub (hub proxies answer 502)."),
 ) -> None:
     """Upsert this host (id, name, ssh_server, internal URL, heartbeat, public keys) into the hub; trust is unchanged."""
-    from cocalc_ctl.actions import keysync
+    from cocalc_ctl.actions.keys import keysync
 
     result = keysync.register(config(), internal_url=internal_url, clear_internal_url=clear_internal_url)
     render(result, lambda r: done(f"registered host {r.host_id} ({r.name}, ssh_server {r.ssh_server or '-'}, "
@@ -91,7 +91,7 @@ def register(
 @app.command("trust")
 def trust(host: str = HOST) -> None:
     """Hub admin: distribute HOST's keys to every host and accept it as a move peer."""
-    from cocalc_ctl.actions import keysync
+    from cocalc_ctl.actions.keys import keysync
 
     result = keysync.set_trust(config(), host, True)
     render(result, lambda r: done(f"host {r.host_id} is trusted" + ("" if r.changed else " (unchanged)")))
@@ -100,7 +100,7 @@ def trust(host: str = HOST) -> None:
 @app.command("untrust")
 def untrust(host: str = HOST) -> None:
     """Hub admin: stop distributing HOST's keys; peers drop it on their next sync."""
-    from cocalc_ctl.actions import keysync
+    from cocalc_ctl.actions.keys import keysync
 
     result = keysync.set_trust(config(), host, False)
     render(result, lambda r: done(f"host {r.host_id} is no longer trusted" + ("" if r.changed else " (unchanged)")))
@@ -109,7 +109,7 @@ def untrust(host: str = HOST) -> None:
 @app.command("broadcast")
 def broadcast() -> None:
     """Ask every `keys watch` to resync now (changes in the hub notify on their own)."""
-    from cocalc_ctl.actions import keysync
+    from cocalc_ctl.actions.keys import keysync
 
     keysync.broadcast(config())
     render({"notified": True}, lambda r: done("notified"))
@@ -127,7 +127,7 @@ def _sync_line(r) -> str:
 def sync() -> None:
     """Copy every trusted peer's public keys from the hub into host sqlite; refresh known_hosts and the
     receiver's static authorized_keys files."""
-    from cocalc_ctl.actions import keysync
+    from cocalc_ctl.actions.keys import keysync
 
     result = keysync.sync(config())
     render(result, lambda r: done(_sync_line(r)))
@@ -140,7 +140,7 @@ def watch(
     """LISTEN for key changes in the hub and sync what each names (full sync on (re)connect and every
     keys.resync_every seconds; needs a real PostgreSQL session, no transaction pooling)."""
     from cocalc_ctl import output
-    from cocalc_ctl.actions import keysync
+    from cocalc_ctl.actions.keys import keysync
     from cocalc_ctl.cli.common import G
 
     cfg = config()
@@ -161,7 +161,7 @@ def watch(
 def peers() -> None:
     """The trusted peers cached in host sqlite (what `keys sync` fetched)."""
     from cocalc_ctl import output
-    from cocalc_ctl.actions import keysync
+    from cocalc_ctl.actions.keys import keysync
 
     result = keysync.list_peers(config())
     render(result, lambda rs: output.table(
@@ -176,7 +176,7 @@ def known_hosts(
                                       help="Where to write (default <data_dir>/ssh/known_hosts; - for stdout)."),
 ) -> None:
     """Pin every trusted peer's sshpiperd key for its ssh_server (`host` on port 22, `[host]:port` else)."""
-    from cocalc_ctl.actions import keysync
+    from cocalc_ctl.actions.keys import keysync
 
     result = keysync.write_known_hosts(config(), out)
     render(result, lambda r: print(r.text, end="") if out == "-"

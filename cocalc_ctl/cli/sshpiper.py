@@ -23,7 +23,7 @@ def serve(
     seconds: Optional[float] = typer.Option(None, "--seconds", metavar="SECONDS", help="Stop after this long (default: until SIGTERM)."),
 ) -> None:
     """HTTP endpoint for sshpiperd's REST plugin: GET /<token>/<user> -> 200 JSON (empty fields = deny)."""
-    from cocalc_ctl.actions import sshauth_server
+    from cocalc_ctl.actions.keys import sshauth_server
 
     stats = sshauth_server.serve(config(), listen=listen, allow_remote=allow_remote, max_seconds=seconds)
     render(stats, lambda s: None)
@@ -33,7 +33,7 @@ def serve(
 def auth(login: str = USER) -> None:
     """The decision for USER (what `serve` would answer), without the private key."""
     from cocalc_ctl import output
-    from cocalc_ctl.actions import sshauth
+    from cocalc_ctl.actions.keys import sshauth
 
     _, decision = sshauth.Resolver(config()).decide(login)
 
@@ -52,7 +52,7 @@ def auth(login: str = USER) -> None:
 def authorized_keys(login: str = USER) -> None:
     """For OpenSSH `AuthorizedKeysCommand … %u`: the allowed key lines (none = deny, exit 0).
     Normally answered by a fast path that skips this CLI layer."""
-    from cocalc_ctl.actions import sshauth
+    from cocalc_ctl.actions.keys import sshauth
     from cocalc_ctl.cli.common import G
 
     raise typer.Exit(sshauth.authorized_keys_fast(login, G.config_path))
@@ -61,7 +61,7 @@ def authorized_keys(login: str = USER) -> None:
 @app.command("keys-refresh")
 def keys_refresh(project: str = typer.Argument(..., metavar="PROJECT", help="Project id: a lowercase UUID or project-<uuid>.")) -> None:
     """Rewrite <project>/.ssh/.cocalc/authorized_keys from host sqlite (an empty key set empties it)."""
-    from cocalc_ctl.actions import sshauth
+    from cocalc_ctl.actions.keys import sshauth
 
     result = sshauth.refresh_managed_keys(config(), project)
     render(result, lambda r: done(f"wrote {r.keys} key(s) to {r.path}"))
@@ -77,7 +77,7 @@ def config_(
 ) -> None:
     """The sshpiperd systemd unit (no secret in it or in any argv) and the move receiver's sshd_config."""
     from cocalc_ctl import output
-    from cocalc_ctl.actions import sshpiper_config
+    from cocalc_ctl.actions.keys import sshpiper_config
 
     result = sshpiper_config.build(config(), write_env=write_env)
     if write_env:
@@ -101,7 +101,7 @@ def config_(
 def receiver_keys() -> None:
     """Write the receiver's static authorized_keys files (one per login, `restrict,command=` lines) from
     host sqlite, as `keys sync` does after every sync."""
-    from cocalc_ctl.actions import sshauth
+    from cocalc_ctl.actions.keys import sshauth
 
     result = sshauth.write_receiver_keys(config())
     render(result, lambda r: print(f"{r.dir}: {len(r.logins)} login(s), {len(r.written)} written, "
@@ -115,7 +115,7 @@ def receiver_users(
                                            "or /var/lib/extrausers/passwd); default: print them."),
 ) -> None:
     """passwd lines for the receiver's login users: btrfs-<uuid> per trusted peer, cocalc-hub for the hub keys."""
-    from cocalc_ctl.actions import receiver_users as ru
+    from cocalc_ctl.actions.keys import receiver_users as ru
 
     result = ru.apply(config(), out)
     render(result, lambda r: print("\n".join(r.lines)) if not r.file else print(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cocalc_ctl import config, safepath
-from cocalc_ctl.actions import sshauth
+from cocalc_ctl.actions.keys import sshauth
 from cocalc_ctl.actions.project import overlay, snapshots
 from cocalc_ctl.errors import CocalcError
 

@@ -250,7 +250,7 @@ def test_rest_closes_idle_connections(kh):
     import threading
 
     from cocalc_ctl import config
-    from cocalc_ctl.actions import sshauth_server
+    from cocalc_ctl.actions.keys import sshauth_server
     from tests.support.keys import free_port, wait_port
 
     port = free_port()
@@ -283,20 +283,6 @@ def test_receiver_users_rewrites_only_its_own_lines(kh, peer, tmp_path):
     assert len(r["removed"]) == 1
     assert passwd.read_text().splitlines() == ["root:x:0:0:root:/root:/bin/bash",
                                                "alice:x:1000:1000::/home/alice:/bin/sh"]
-
-
-def test_peer_target_gives_the_move_login_for_a_trusted_peer(kh, peer):
-    from cocalc_ctl import config
-    from cocalc_ctl.actions import keysync
-    from cocalc_ctl.errors import NotFound
-
-    kh.add_peer(peer.host_id, peer.pub("host-to-host/id_ed25519"), ssh_server="10.0.0.12:2222")
-    cfg = config.load(str(kh.config_path), env={})
-    t = keysync.peer_target(cfg, peer.host_id)
-    assert (t.user, t.host, t.port) == (f"btrfs-{kh.host_id}", "10.0.0.12", 2222)
-    kh.add_peer(peer.host_id, peer.pub("host-to-host/id_ed25519"), trusted=False, ssh_server="10.0.0.12:2222")
-    with pytest.raises(NotFound):
-        keysync.peer_target(cfg, peer.host_id)
 
 
 @pytest.mark.parametrize("argv,expected", [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from cocalc_ctl.actions.sshauth_server import _hex_addr, _unmapped, socket_owner
+from cocalc_ctl.actions.keys.sshauth_server import _hex_addr, _unmapped, socket_owner
 
 HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
 

@@ -33,7 +33,8 @@ def env(monkeypatch, tmp_path):
 
 
 def _fake_actions(monkeypatch):
-    from cocalc_ctl.actions import keysync, timers
+    from cocalc_ctl.actions import timers
+    from cocalc_ctl.actions.keys import keysync
     from cocalc_ctl.actions.backup import jobs as backups
     from cocalc_ctl.actions.project import projects, snapshots
     from cocalc_ctl.actions.move import hub

@@ -217,7 +217,7 @@ class SshTransport(HostTransport):
         server = self.servers.get(ids.host_id(host_id))
         if not server:
             raise PreconditionFailed(f"host {host_id} has no ssh_server in the hub", hint="run `keys register` there")
-        from cocalc_ctl.actions import hub_keys
+        from cocalc_ctl.actions.keys import hub_keys
 
         user = self.cfg["move.host_user"] or ids.HUB_LOGIN
         peer = parse_peer(f"{user}@{server}")

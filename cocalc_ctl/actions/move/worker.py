@@ -292,7 +292,7 @@ class Worker:
     def _ticket(self, m: Move, verb: str) -> tuple[Move, str]:
         """Sign the ticket for one step (a move from before move ids gets one first)."""
         from cocalc_ctl import tickets
-        from cocalc_ctl.actions import hub_keys
+        from cocalc_ctl.actions.keys import hub_keys
 
         if not m.move_id:
             m = self._update(m, move_id=str(uuid.uuid4()))

@@ -240,7 +240,7 @@ def state_dir(cfg: Config, pid: str) -> Path:
 
 
 def _upstream_keys(cfg: Config) -> list[str]:
-    from cocalc_ctl.actions import keys
+    from cocalc_ctl.actions.keys import keys
 
     return keys.public_lines(cfg, "upstream")
 
@@ -353,7 +353,7 @@ class SessionPlan:
 def session_argv(cfg: Config, pid: str, port: int, args: list[str]) -> SessionPlan:
     """`ssh` into the project exactly as sshpiperd does: the upstream key, the login user, the
     project's published port, its host key pinned (StrictHostKeyChecking=yes)."""
-    from cocalc_ctl.actions import keys
+    from cocalc_ctl.actions.keys import keys
 
     key = keys.key_path(cfg, "upstream")
     if not key.is_file():

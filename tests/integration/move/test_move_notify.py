@@ -50,7 +50,7 @@ def moves_hub(hub_dsn, tmp_path):
     for h, name in ((src, "a"), (dst, "b")):
         sql(hub_dsn, "INSERT INTO project_hosts (id, name, ssh_server, status, last_seen, trusted) "
                      "VALUES (%s, %s, '127.0.0.9:22', 'active', now(), true)", (h, name))
-    from cocalc_ctl.actions import hub_keys
+    from cocalc_ctl.actions.keys import hub_keys
 
     hub_keys.ensure(cfg)
     return cfg, src, dst

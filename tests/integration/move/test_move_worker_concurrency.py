@@ -62,7 +62,7 @@ def test_three_workers_move_ten_projects_each_exactly_once(hub_dsn, tmp_path):
         for p in pids:
             conn.execute("INSERT INTO projects (project_id, host_id) VALUES (%s, %s)", (p, src))
     cfg = config_mod.load(None, env=env)
-    from cocalc_ctl.actions import hub_keys
+    from cocalc_ctl.actions.keys import hub_keys
 
     hub_keys.ensure(cfg)  # the workers sign a ticket for every host step
     for p in pids:

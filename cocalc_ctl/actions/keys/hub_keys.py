@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cocalc_ctl import ids, proc
-from cocalc_ctl.actions import keys as keys_mod
+from cocalc_ctl.actions.keys import keys as keys_mod
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import PreconditionFailed
 from cocalc_ctl.tools import ssh

@@ -43,7 +43,7 @@ def passwd_line(name: str) -> str:
 
 
 def wanted_users(cfg: Config) -> list[str]:
-    from cocalc_ctl.actions.sshauth import receiver_logins
+    from cocalc_ctl.actions.keys.sshauth import receiver_logins
 
     return sorted(g.login for g in receiver_logins(cfg))
 

@@ -348,7 +348,7 @@ def rotate(cfg: Config, which: str, *, finish: bool = False) -> RotateResult:
 def _relay_changed(cfg: Config, which: str) -> None:
     """The receiver's static authorized_keys files carry the relay key: rewrite them when it changes."""
     if which == "relay":
-        from cocalc_ctl.actions import sshauth
+        from cocalc_ctl.actions.keys import sshauth
 
         sshauth.write_receiver_keys(cfg)
 
@@ -397,7 +397,7 @@ def _rotate(cfg: Config, which: str, *, finish: bool = False) -> RotateResult:
                         f"`cocalc-ctl keys rotate --which {which} --finish`")
 
 
-# -- shared with the hub principal (actions/hub_keys.py) --------------------------------------
+# -- shared with the hub principal (actions/keys/hub_keys.py) --------------------------------------
 
 keys_lock = _keys_lock
 ensure_dir = _ensure_dir

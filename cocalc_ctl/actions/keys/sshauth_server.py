@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
-from cocalc_ctl.actions.sshauth import DENY, Resolver
+from cocalc_ctl.actions.keys.sshauth import DENY, Resolver
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import ConfigError, InvalidInput
 from cocalc_ctl.tools import ssh
@@ -252,7 +252,7 @@ def _log(msg: str) -> None:
 def serve(cfg: Config, *, listen: str | None = None, allow_remote: bool = False,
           max_seconds: float | None = None, idle_timeout: float = IDLE_TIMEOUT) -> Stats:
     """Run until SIGINT/SIGTERM (or `max_seconds`); returns request counters."""
-    from cocalc_ctl.actions import keys
+    from cocalc_ctl.actions.keys import keys
 
     host, port = parse_listen(listen or cfg["sshpiper.rest_listen"], allow_remote=allow_remote)
     keys.ensure_token(cfg)

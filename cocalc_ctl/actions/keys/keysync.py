@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from cocalc_ctl import ids, output, proc
-from cocalc_ctl.actions import keys as keys_mod
+from cocalc_ctl.actions.keys import keys as keys_mod
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import InvalidInput, NotFound, OperationFailed, PreconditionFailed
 from cocalc_ctl.tools import ssh
@@ -253,7 +253,7 @@ def sync(cfg: Config, *, conn=None) -> SyncResult:
                      hub_keys=_fps("\n".join(k.line for k in hub_rows)), hub_added=_fps("\n".join(hub_added)),
                      hub_removed=_fps("\n".join(hub_removed)))
     res.known_hosts = write_known_hosts(cfg).path
-    from cocalc_ctl.actions import sshauth
+    from cocalc_ctl.actions.keys import sshauth
 
     res.receiver_keys = sshauth.write_receiver_keys(cfg).dir
     return res
@@ -288,7 +288,7 @@ def sync_changes(cfg: Config, conn, payloads: set[str]) -> SyncResult:
                      hub_keys=_fps("\n".join(k.line for k in pinned)), hub_added=_fps("\n".join(hub_added)),
                      hub_removed=_fps("\n".join(hub_removed)), scope="incremental", synced=[*hosts, *hubs])
     res.known_hosts = write_known_hosts(cfg).path
-    from cocalc_ctl.actions import sshauth
+    from cocalc_ctl.actions.keys import sshauth
 
     res.receiver_keys = sshauth.write_receiver_keys(cfg).dir
     return res
@@ -418,33 +418,3 @@ def list_peers(cfg: Config) -> list[PeerInfo]:
         rows = peers_db.list_peers(db)
     return [PeerInfo(p.host_id, p.name, p.ssh_server, _fps(p.host_to_host_public_key), _fps(p.sshpiperd_public_key))
             for p in rows]
-
-
-@dataclass
-class PeerTarget:
-    """Where and as whom this host reaches a trusted peer's move receiver (via its sshpiperd)."""
-
-    host_id: str
-    user: str
-    host: str
-    port: int
-
-
-def peer_target(cfg: Config, peer_id: str) -> PeerTarget:
-    """For outbound moves: the peer's `ssh_server` and the login `btrfs-<this host>`; use it with
-    `tools.ssh.ssh_command(cfg, t.user, t.host, t.port, argv)` (pinned known_hosts, host-to-host key)."""
-    from cocalc_ctl.state import host_db, peers as peers_db
-
-    pid = ids.host_id(peer_id)
-    me = keys_mod.require_host_id(cfg)
-    row = None
-    if host_db.db_path(cfg.data_dir).exists():
-        with closing(host_db.connect(cfg.data_dir)) as db:
-            row = peers_db.trusted_peer(db, pid)
-    if row is None:
-        raise NotFound(f"host {pid} is not a trusted peer of this host",
-                       hint="trust it in the hub (`keys trust`) and run `keys sync`")
-    if not row.ssh_server:
-        raise PreconditionFailed(f"peer {pid} has no ssh_server", hint="set ssh_server there and run `keys register`")
-    host, port = ssh.parse_host_port(row.ssh_server)
-    return PeerTarget(pid, f"btrfs-{me}", host, port)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cocalc_ctl import proc
-from cocalc_ctl.actions import keys
+from cocalc_ctl.actions.keys import keys
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import ConfigError, PreconditionFailed
 from cocalc_ctl.tools import ssh
@@ -127,7 +127,7 @@ def write_env_file(cfg: Config, path: Path) -> None:
 
 
 def build(cfg: Config, *, write_env: bool = False) -> PiperConfig:
-    from cocalc_ctl.actions import sshauth
+    from cocalc_ctl.actions.keys import sshauth
 
     host_key = ssh.sshpiperd_host_key_path(cfg.secrets_dir)
     piper_host, piper_port = _host_port(cfg, "sshpiper.sshpiperd_listen")
