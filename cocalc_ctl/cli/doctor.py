@@ -9,7 +9,7 @@ from cocalc_ctl.cli.common import config, render
 
 def doctor() -> None:
     """Check pool, programs, secrets, keys, hub, backup repo, time and free space; exit 1 on any fail."""
-    from cocalc_ctl.actions import doctor as doctor_action
+    from cocalc_ctl.actions.ops import doctor as doctor_action
 
     report = doctor_action.run_checks(config())
 

@@ -15,9 +15,9 @@ app = typer.Typer(help="Hub PostgreSQL: schema, project placement and the hub ke
 @app.command("migrate")
 def migrate() -> None:
     """Create or extend the hub tables (idempotent, versioned, never drops)."""
-    from cocalc_ctl.actions import hub
+    from cocalc_ctl.actions.hub import database
 
-    result = hub.migrate(config())
+    result = database.migrate(config())
     render(result, lambda r: done(
         "\n".join(f"applied {a}" for a in r.applied) + ("\n" if r.applied else "") + f"hub schema at version {r.version}"))
 
@@ -46,9 +46,9 @@ def host_role(host: str = typer.Argument(..., metavar="HOST", help="Host uuid or
                                                help="No password (peer or certificate authentication)."),
               drop: bool = typer.Option(False, "--drop", help="Drop the host's role instead.")) -> None:
     """Create or update a host's own hub login (least privilege), or --drop it."""
-    from cocalc_ctl.actions import hub
+    from cocalc_ctl.actions.hub import database
 
-    render(hub.host_role(config(), host, password_file=password_file, no_password=no_password, drop=drop),
+    render(database.host_role(config(), host, password_file=password_file, no_password=no_password, drop=drop),
            lambda r: done(_host_role_line(r)))
 
 
@@ -109,7 +109,7 @@ def project_add(project: str = PROJECT,
 
     Creates the hub row, or places an existing row that has no host yet; a project already on
     another host is refused (`set --host` corrects the record, `move start` moves the data)."""
-    from cocalc_ctl.actions import placement
+    from cocalc_ctl.actions.hub import placement
 
     q = _run_quota(memory, swap, pids, cpu_shares, tmp, disk)
     render(placement.add(config(), project, host, image, run_quota=q), lambda r: done(_change_line(r)))
@@ -129,7 +129,7 @@ def project_set(project: str = PROJECT,
 
     Only the record changes (no data is moved: that is `move start`); hub proxies re-route at once.
     A host change is refused while a move of the project is in progress, unless --force."""
-    from cocalc_ctl.actions import placement
+    from cocalc_ctl.actions.hub import placement
 
     q = _run_quota(memory, swap, pids, cpu_shares, tmp, disk)
     result = placement.set_placement(config(), project, host=host, image=image, force=force, run_quota=q)
@@ -140,7 +140,7 @@ def project_set(project: str = PROJECT,
 def project_show(project: str = PROJECT) -> None:
     """A project's host, internal URL, image and move state."""
     from cocalc_ctl import output
-    from cocalc_ctl.actions import placement
+    from cocalc_ctl.actions.hub import placement
 
     result = placement.show(config(), project)
     render(result, lambda p: output.kv([
@@ -173,7 +173,7 @@ def project_list(host: Optional[str] = typer.Option(None, "--host", metavar="HOS
 
     MOVE is the last move's state, with `*` while it (or its clean-up) is in progress."""
     from cocalc_ctl import output, paging
-    from cocalc_ctl.actions import placement
+    from cocalc_ctl.actions.hub import placement
 
     result = placement.list_placements(config(), host, limit=limit, after=after)
     more = getattr(result, "next_after", None)
@@ -193,7 +193,7 @@ def project_rm(project: str = PROJECT,
 
     Its move record goes too; its data on the host stays. Hub proxies answer 404 at once.
     Refused while a move of the project is in progress, unless --force."""
-    from cocalc_ctl.actions import placement
+    from cocalc_ctl.actions.hub import placement
 
     render(placement.remove(config(), project, force=force), lambda r: done(_change_line(r)))
 

@@ -15,7 +15,7 @@ app = typer.Typer(help="Prometheus metrics for node_exporter's textfile collecto
 def write(textfile_dir: Optional[str] = typer.Option(
         None, "--textfile-dir", metavar="DIR", help="Directory to write cocalc_ctl.prom into (default metrics.textfile_dir).")) -> None:
     """Write backup ages, failed jobs, snapshot counts, pool usage and move states atomically."""
-    from cocalc_ctl.actions import metrics
+    from cocalc_ctl.actions.ops import metrics
 
     result = metrics.write(config(), textfile_dir=textfile_dir)
     render(result, lambda r: done(f"wrote {r.samples} samples to {r.path}"))
@@ -24,7 +24,7 @@ def write(textfile_dir: Optional[str] = typer.Option(
 @app.command("show")
 def show() -> None:
     """Print the metrics in the Prometheus text format instead of writing them."""
-    from cocalc_ctl.actions import metrics
+    from cocalc_ctl.actions.ops import metrics
     from cocalc_ctl.cli.common import G
 
     families = metrics.collect(config())

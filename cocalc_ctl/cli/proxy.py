@@ -25,7 +25,7 @@ def serve(
                                                "core; 1 = one process)."),
 ) -> None:
     """Serve `/<project_id>/...` until SIGTERM/SIGINT; also /healthz and /metrics."""
-    from cocalc_ctl.actions import proxy as proxy_actions
+    from cocalc_ctl.actions.proxy import serve as proxy_actions
 
     cfg = config()
     result = proxy_actions.serve(cfg, mode=mode, listen=listen, access_log=access_log, json_log=G.json,

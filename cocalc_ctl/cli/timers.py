@@ -25,7 +25,7 @@ def install(unit_dir: Optional[str] = UNIT_DIR, role: str = ROLE, only: Optional
             bin: Optional[str] = BIN,
             no_enable: bool = typer.Option(False, "--no-enable", help="Write and reload, but do not enable/start.")) -> None:
     """Write service + timer units (hardened, lock-guarded) and enable them."""
-    from cocalc_ctl.actions import timers
+    from cocalc_ctl.actions.ops import timers
 
     result = timers.install(config(), unit_dir=unit_dir, role=role, only=only, bin=bin, enable=not no_enable)
 
@@ -46,7 +46,7 @@ def install(unit_dir: Optional[str] = UNIT_DIR, role: str = ROLE, only: Optional
 def list_(unit_dir: Optional[str] = UNIT_DIR, bin: Optional[str] = BIN) -> None:
     """Every job: kind, schedule, role, whether its units are installed (and enabled/active)."""
     from cocalc_ctl import output
-    from cocalc_ctl.actions import timers
+    from cocalc_ctl.actions.ops import timers
 
     result = timers.list_jobs(config(), unit_dir=unit_dir, bin=bin)
     cols = ["job", "kind", "schedule", "role", "installed"]
@@ -73,7 +73,7 @@ def list_(unit_dir: Optional[str] = UNIT_DIR, bin: Optional[str] = BIN) -> None:
 @app.command("remove")
 def remove(unit_dir: Optional[str] = UNIT_DIR, only: Optional[List[str]] = ONLY) -> None:
     """Stop, disable and delete the units `timers install` wrote (others are never touched)."""
-    from cocalc_ctl.actions import timers
+    from cocalc_ctl.actions.ops import timers
 
     result = timers.remove(config(), unit_dir=unit_dir, only=only)
     render(result, lambda r: done("\n".join(f"removed {r.unit_dir}/{n}" for n in r.removed)
@@ -84,7 +84,7 @@ def remove(unit_dir: Optional[str] = UNIT_DIR, only: Optional[List[str]] = ONLY)
 def cron(role: str = ROLE, only: Optional[List[str]] = ONLY, bin: Optional[str] = BIN,
          user: str = typer.Option("root", "--user", metavar="USER", help="User field of the cron.d lines.")) -> None:
     """Print the same schedule as /etc/cron.d lines, for hosts without systemd."""
-    from cocalc_ctl.actions import timers
+    from cocalc_ctl.actions.ops import timers
 
     text = timers.crontab(config(), role=role, only=only, bin=bin, user=user)
     if G.json:

@@ -23,7 +23,7 @@ def choices_of(metavar: str | None) -> list[str]:
     if "|" in metavar and " " not in metavar:
         return metavar.split("|")
     if metavar == "JOB":
-        from cocalc_ctl.actions.timers import job_names
+        from cocalc_ctl.actions.ops.timers import job_names
 
         return job_names()
     return []

@@ -76,7 +76,7 @@ def config_yaml() -> str:
 
 
 def _context():
-    from cocalc_ctl.actions import timers
+    from cocalc_ctl.actions.ops import timers
 
     ctx = timers.context(default_config(), bin=EXAMPLE_BIN)
     ctx.seed = EXAMPLE_HOST
@@ -84,13 +84,13 @@ def _context():
 
 
 def systemd_units() -> dict[str, str]:
-    from cocalc_ctl.actions import timers
+    from cocalc_ctl.actions.ops import timers
 
     return timers.render_units(_context(), timers.select("all"))
 
 
 def crontab() -> str:
-    from cocalc_ctl.actions import timers
+    from cocalc_ctl.actions.ops import timers
 
     return timers.render_crontab(_context(), timers.select("all"))
 

@@ -1,7 +1,7 @@
 """Version probes for the external programs a host needs, and the backup repository probe.
 
 No policy here: which programs are required, and what a missing one means, is decided by
-actions/doctor.py.
+actions/ops/doctor.py.
 """
 
 from __future__ import annotations

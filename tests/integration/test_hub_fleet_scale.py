@@ -149,7 +149,7 @@ def _max_rows(node: dict) -> int:
 def test_paged_lists_read_one_page_however_deep(admin, hub_dsn):
     """A page deep in `hub project list` (with and without --host) and in `move status` reads about a
     page of rows, not everything before it."""
-    from cocalc_ctl.actions import placement
+    from cocalc_ctl.actions.hub import placement
     from cocalc_ctl.actions.move.hub import STATUS_AFTER_SQL
 
     hosts = _fill(hub_dsn, hosts=4, projects=20000, done_moves=20000, queued=0)

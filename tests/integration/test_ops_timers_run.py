@@ -79,7 +79,7 @@ def _cli_has(command: tuple[str, ...]) -> bool:
     return any(c.path == command for c in model().walk())
 
 
-PERIODIC = [j for j in __import__("cocalc_ctl.actions.timers", fromlist=["JOBS"]).JOBS if j.on_calendar]
+PERIODIC = [j for j in __import__("cocalc_ctl.actions.ops.timers", fromlist=["JOBS"]).JOBS if j.on_calendar]
 
 
 @pytest.mark.parametrize("job", PERIODIC, ids=[j.name for j in PERIODIC])

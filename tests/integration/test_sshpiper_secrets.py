@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from cocalc_ctl import config as config_mod
-from cocalc_ctl.actions import doctor
+from cocalc_ctl.actions.ops import doctor
 from tests.support.keys import KeyHost, PluginClient, free_port, rest_server, write_script
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from cocalc_ctl import config as config_mod
-from cocalc_ctl.actions import metrics
+from cocalc_ctl.actions.ops import metrics
 
 
 def test_label_values_are_escaped():

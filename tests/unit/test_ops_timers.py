@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from cocalc_ctl import config as config_mod
-from cocalc_ctl.actions import timers
+from cocalc_ctl.actions.ops import timers
 from cocalc_ctl.errors import InvalidInput
 from tests.support.hosts import CLI, REPO
 from tests.support.ops import cli_wrapper, exec_argv, parse_unit

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from cocalc_ctl import ids, output, proc
-from cocalc_ctl.actions import placement
+from cocalc_ctl.actions.hub import placement
 from cocalc_ctl.cli import common
 from cocalc_ctl.cli.main import run
 from cocalc_ctl.config import load

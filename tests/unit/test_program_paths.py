@@ -9,7 +9,7 @@ import pytest
 
 from cocalc_ctl import config as config_mod
 from cocalc_ctl import program
-from cocalc_ctl.actions import doctor, timers
+from cocalc_ctl.actions.ops import doctor, timers
 from cocalc_ctl.errors import PreconditionFailed
 
 

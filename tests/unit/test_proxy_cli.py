@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from cocalc_ctl.actions.proxy import parse_listen
+from cocalc_ctl.actions.proxy.serve import parse_listen
 from cocalc_ctl.errors import InvalidInput
 
 

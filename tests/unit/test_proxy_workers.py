@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from cocalc_ctl.actions.proxy import worker_count
+from cocalc_ctl.actions.proxy.serve import worker_count
 from cocalc_ctl.errors import InvalidInput
 from cocalc_ctl.proxy import workers
 

@@ -33,7 +33,7 @@ def env(monkeypatch, tmp_path):
 
 
 def _fake_actions(monkeypatch):
-    from cocalc_ctl.actions import timers
+    from cocalc_ctl.actions.ops import timers
     from cocalc_ctl.actions.keys import keysync
     from cocalc_ctl.actions.backup import jobs as backups
     from cocalc_ctl.actions.project import projects, snapshots

@@ -523,7 +523,7 @@ def due(cfg: Config) -> DueResult:
                     result.skipped.append({"project_id": pid, "reason": exc.one_line()})
                 else:
                     result.failed.append({"project_id": pid, "reason": why, "error": exc.one_line()})
-    from cocalc_ctl.actions import host_records
+    from cocalc_ctl.actions.ops import host_records
 
     result.pruned = host_records.prune(cfg)
     return result

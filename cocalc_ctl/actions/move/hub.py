@@ -14,7 +14,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from cocalc_ctl import ids, paging
-from cocalc_ctl.actions import placement
+from cocalc_ctl.actions.hub import placement
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import Busy, InvalidInput, NotFound, PreconditionFailed
 from cocalc_ctl.state import hub_db

@@ -234,7 +234,7 @@ def auto(cfg: Config, project_id: str | None = None, *, now: dt.datetime | None 
             existing_project(cfg, t)
             results.append(auto_one(cfg, t, policy, now=now))
     if pid is None:  # the timer's run: its housekeeping too
-        from cocalc_ctl.actions import host_records
+        from cocalc_ctl.actions.ops import host_records
 
         host_records.prune(cfg)
     return results

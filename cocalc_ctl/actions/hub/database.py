@@ -79,7 +79,7 @@ def host_role(cfg: Config, host: str, *, password_file: str | None = None, no_pa
 
     from psycopg import sql
 
-    from cocalc_ctl.actions import placement
+    from cocalc_ctl.actions.hub import placement
 
     if drop and (password_file or no_password):
         raise InvalidInput("--drop takes no --password-file or --no-password", hint="give --drop alone")

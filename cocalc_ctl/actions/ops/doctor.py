@@ -469,7 +469,7 @@ def check_units(cfg: Config) -> Check:
     import shlex
 
     from cocalc_ctl import program
-    from cocalc_ctl.actions import timers
+    from cocalc_ctl.actions.ops import timers
 
     unit_dir = cfg["ops.unit_dir"]
     units = timers.managed_units(unit_dir)
