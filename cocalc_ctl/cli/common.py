@@ -19,6 +19,11 @@ class Globals:
 
 G = Globals()
 
+# Runs a whole command line in this process and returns its exit status: cli/main.py's `run`, set
+# when that module loads. `move host-step` runs the step it was given this way; it cannot import
+# cli.main, which imports every noun's module (that would be an import cycle).
+run_command_line: Callable[[list[str]], int] | None = None
+
 
 def apply_globals(*, config: str | None, json: bool, dry_run: bool, verbose: bool, quiet: bool,
                   wide: bool = False) -> None:

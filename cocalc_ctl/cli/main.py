@@ -166,6 +166,9 @@ def run(argv: list[str]) -> int:
         return common.exit_for(exc)
 
 
+common.run_command_line = run
+
+
 def main() -> None:
     code = run(sys.argv[1:])
     # Skip the interpreter's teardown (~0.1 s with typer, pydantic and rich loaded): by now every

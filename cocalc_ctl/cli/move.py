@@ -122,7 +122,7 @@ def host_step() -> None:
     import sys
 
     from cocalc_ctl.actions.move import host_step as step
-    from cocalc_ctl.cli.main import run
+    from cocalc_ctl.cli import common
     from cocalc_ctl.errors import CocalcError
 
     try:
@@ -133,7 +133,7 @@ def host_step() -> None:
     args = ["--json", *argv]
     if G.config_path:
         args = ["--config", G.config_path, *args]
-    raise typer.Exit(run(args))
+    raise typer.Exit(common.run_command_line(args))
 
 
 @app.command("finalize")

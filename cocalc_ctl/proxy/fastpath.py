@@ -62,7 +62,7 @@ class ClientProtocol(asyncio.Protocol):
         self.port_b = str(self.local_port).encode()
         self.trusted, self.max_bytes, self.max_fields = self.p.limits(self.peer)
         self.p.metrics.active_connections += 1
-        self.p._clients.add(transport)
+        self.p.clients.add(transport)
         self._arm(self.p.s.header_timeout)
 
     def connection_lost(self, exc):
@@ -71,7 +71,7 @@ class ClientProtocol(asyncio.Protocol):
         self.detached = True
         self._cancel_timer()
         self.p.metrics.active_connections -= 1
-        self.p._clients.discard(self.t)
+        self.p.clients.discard(self.t)
         if self.upstream is not None:
             self.upstream.client_lost()
 
@@ -260,7 +260,7 @@ class ClientProtocol(asyncio.Protocol):
         """Hand this connection to the stream path (returns reader, writer)."""
         self.detached = True
         self._cancel_timer()
-        self.p._clients.discard(self.t)
+        self.p.clients.discard(self.t)
         buffered = bytes(self.buf)
         self.buf.clear()
         return to_streams(self.t, buffered, limit=self.p.read_limit, eof=self.eof)

@@ -12,14 +12,27 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from cocalc_ctl.proxy import policy
 from cocalc_ctl.proxy.http1 import UpstreamProtocolError
 from cocalc_ctl.proxy.stream import connect_failure
 
-if TYPE_CHECKING:  # the client side imports this module
-    from cocalc_ctl.proxy.fastpath import ClientProtocol
+
+
+class ClientSide(Protocol):
+    """What an upstream exchange uses of the client connection it serves (fastpath.ClientProtocol;
+    described here rather than imported, since the client side imports this module)."""
+
+    t: asyncio.Transport
+    peer: str
+    detached: bool
+    write_paused: bool
+    upstream: "UpstreamProtocol | None"
+
+    def reply_error(self, head, status: int, reason: str, t0: float, upstream: str | None) -> None: ...
+
+    def request_done(self, keep: bool) -> None: ...
 
 
 def to_streams(transport: asyncio.Transport, buffered: bytes, *, limit: int, eof: bool = False):
@@ -69,7 +82,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.key = key
         self.loop = asyncio.get_running_loop()
         self.t: asyncio.Transport | None = None
-        self.conn: ClientProtocol | None = None
+        self.conn: ClientSide | None = None
         self.closed = False
         self.timer = None
         # The last response head on this connection (raw bytes, parse) and the head re-emitted for it
@@ -82,7 +95,7 @@ class UpstreamProtocol(asyncio.Protocol):
     def connection_made(self, transport):
         self.t = transport
 
-    def start(self, conn: ClientProtocol, head, out: bytes, t0: float, reused: bool) -> None:
+    def start(self, conn: ClientSide, head, out: bytes, t0: float, reused: bool) -> None:
         self.conn = conn
         self.head = head
         self.out = out

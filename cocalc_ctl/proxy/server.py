@@ -59,7 +59,7 @@ class Proxy(StreamRelay):
         self.read_limit = max(policy.RESPONSE_ACCEPT_BYTES, settings.max_head_bytes + policy.FORWARD_BUDGET_BYTES)
         self.pool = StreamPool(settings.pool_max_idle, settings.pool_idle_ttl, self.read_limit)
         self.fast_pool = FastPool(settings.pool_max_idle, settings.pool_idle_ttl)
-        self._clients: set = set()  # StreamWriters and transports, closed on shutdown
+        self.clients: set = set()  # StreamWriters and transports, closed on shutdown
         self.tunnels: set = set()
         self.waiting: set = set()  # stream-path StreamWriters between requests (idle keep-alive)
         self.draining = False  # set by a worker's drain (workers.py): finish the request, then close
@@ -79,7 +79,7 @@ class Proxy(StreamRelay):
         """Serve a client connection on streams; `pending` is a request head the fast path already read."""
         if not counted:
             self.metrics.active_connections += 1
-        self._clients.add(writer)
+        self.clients.add(writer)
         peer = writer.get_extra_info("peername")
         peer_ip = peer[0] if peer else "-"
         sock = writer.get_extra_info("sockname")
@@ -127,7 +127,7 @@ class Proxy(StreamRelay):
         except (PeerClosed, ClientGone, ConnectionError, OSError):
             pass
         finally:
-            self._clients.discard(writer)
+            self.clients.discard(writer)
             self.waiting.discard(writer)
             self.metrics.active_connections -= 1
             if not detached:
@@ -247,7 +247,7 @@ class Proxy(StreamRelay):
     def close_clients(self) -> None:
         for tunnel in list(self.tunnels):
             tunnel.close()
-        for w in list(self._clients):
+        for w in list(self.clients):
             w.close()
         self.pool.close()
         self.fast_pool.close()

@@ -210,7 +210,7 @@ class Worker:
         while proxy.metrics.active_connections > 0 and loop.time() < deadline:
             for writer in list(proxy.waiting):
                 writer.close()
-            for client in list(proxy._clients):
+            for client in list(proxy.clients):
                 protocol = client.get_protocol() if isinstance(client, asyncio.BaseTransport) else None
                 if protocol is not None and not getattr(protocol, "busy", True) and not getattr(protocol, "buf", b""):
                     client.close()  # a fast-path connection between requests
