@@ -7,7 +7,8 @@ four fields empty, because the plugin mishandles anything else. `GET /healthz` s
 
 A minimal asyncio protocol rather than http.server: the decision is a primary-key lookup plus two
 small file reads, so the HTTP layer is most of the cost and must stay thin to serve thousands of
-lookups per second on one core. The token is compared in constant time and never logged.
+lookups per second on one core. Request heads are parsed by the proxy's strict parser
+(`cocalc_ctl/proxy/http1.py`); a head it refuses gets the empty answer and the connection closes. The token is compared in constant time and never logged.
 
 Defence in depth beside the token: a connection is answered only when the socket at its other end
 belongs to the local user sshpiperd runs as (`sshpiper.rest_client_user`, default root). Loopback TCP
@@ -34,6 +35,7 @@ from urllib.parse import unquote_plus
 from cocalc_ctl.actions.keys.sshauth import DENY, Resolver
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import ConfigError, InvalidInput
+from cocalc_ctl.proxy import http1
 from cocalc_ctl.tools import ssh
 
 MAX_HEAD = 16 << 10
@@ -187,22 +189,14 @@ class _HttpProtocol(asyncio.Protocol):
                     self._finish(EMPTY_BODY)
                 return
             head, self.buf = self.buf[:end], self.buf[end + 4:]
-            lines = head.split(b"\r\n")
-            request = lines[0].split(b" ")
-            if len(request) != 3 or not request[2].startswith(b"HTTP/1."):
+            try:
+                request = http1.parse_request_head(head.split(b"\r\n"))
+            except http1.HttpError:
                 self._finish(EMPTY_BODY)
                 return
-            keep_alive = request[2] == b"HTTP/1.1"
-            for h in lines[1:]:
-                name, _, value = h.partition(b":")
-                name = name.strip().lower()
-                if name == b"connection":
-                    v = value.strip().lower()
-                    keep_alive = v == b"keep-alive" or (keep_alive and v != b"close")
-                elif name in (b"content-length", b"transfer-encoding"):
-                    if value.strip() not in (b"0", b""):
-                        keep_alive = False  # we never read bodies: answer, then close
-            body = self.handler.body_for(request[0], request[1])
+            # we never read bodies: answer, then close
+            keep_alive = request.keep_alive and not request.chunked and not request.content_length
+            body = self.handler.body_for(request.method, request.target)
             if keep_alive:
                 self.transport.write(_response(body, True))
             else:
