@@ -224,6 +224,86 @@ def _enlarge_pipe(fd: int) -> None:
         pass
 
 
+def _first_stdin(st: Stage, opened: list[int]):
+    """The first stage's stdin: its file (opened here, closed by the caller), a given fd, or nothing."""
+    stdin = os.open(st.stdin_path, os.O_RDONLY) if st.stdin_path else subprocess.DEVNULL
+    if st.stdin_fd is not None and not st.stdin_path:
+        stdin = st.stdin_fd
+    if st.stdin_path:
+        opened.append(stdin)
+    return stdin
+
+
+def _stage_stdout(st: Stage, last: bool, opened: list[int]):
+    """(stdout for a stage, read end for the next one): a new pipe, or the last stage's file/fd/nothing."""
+    if not last:
+        r, w = os.pipe()
+        _enlarge_pipe(w)
+        return w, r
+    if st.stdout_path:
+        stdout = os.open(st.stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        opened.append(stdout)
+        return stdout, None
+    if st.stdout_fd is not None:
+        return st.stdout_fd, None
+    return subprocess.DEVNULL, None
+
+
+def _start_relay(read_fd: int, counters: list[int], idx: int, on_progress, relay_errors: list) -> tuple:
+    """A counting splice relay between two stages: (its thread, the read end the next stage gets)."""
+    r2, w2 = os.pipe()
+    _enlarge_pipe(w2)
+    t = threading.Thread(target=_splice_relay, daemon=True,
+                         args=(read_fd, w2, counters, idx, on_progress if idx == 0 else None, relay_errors))
+    t.start()
+    return t, r2
+
+
+def _wait_all(procs: list[subprocess.Popen], deadline: float, shown: str) -> None:
+    """Wait for every stage until the deadline; past it, kill them all and raise CommandTimeout."""
+    timed_out = False
+    for p in procs:
+        remaining = deadline - time.monotonic()
+        try:
+            p.wait(timeout=max(remaining, 0.001))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            break
+    if timed_out:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for p in procs:
+            p.wait()
+        raise CommandTimeout(f"pipeline timed out: {shown[:200]}", hint="raise command_timeout or check the target")
+
+
+def _stage_results(stages: Sequence[Stage], procs: list[subprocess.Popen], err_files: list) -> list[Result]:
+    results = []
+    for st, p, ef in zip(stages, procs, err_files):
+        ef.seek(0, os.SEEK_END)
+        size = ef.tell()
+        ef.seek(max(0, size - STDERR_TAIL_BYTES))
+        results.append(Result(list(st.argv), p.returncode, "", ef.read().decode("utf-8", "replace")))
+        ef.close()
+    return results
+
+
+def _raise_for_failed_stage(stages: Sequence[Stage], results: list[Result], shown: str) -> None:
+    failed = [(st, r) for st, r in zip(stages, results) if r.returncode not in st.ok_codes]
+    if not failed:
+        return
+    # A downstream failure makes upstream stages die of SIGPIPE, and an upstream failure starves
+    # the stages after it: blame the first stage that failed for a reason of its own.
+    def is_sigpipe(r: Result) -> bool:
+        return r.returncode in (-signal.SIGPIPE, 128 + signal.SIGPIPE) or "Broken pipe" in r.stderr
+
+    real = [f for f in failed if not is_sigpipe(f[1])]
+    st, r = (real[0] if real else failed[0])
+    raise CommandFailed(r.argv, r.returncode, r.stderr,
+                        hint=f"stage {stages.index(st) + 1} of {len(stages)} in: {shown[:160]}")
+
+
 def pipeline(stages: Sequence[Stage], *, mutates: bool = True, timeout: float | None = None,
              count_after: Sequence[int] = (), on_progress: Callable[[int], None] | None = None) -> PipelineResult:
     """Run `a | b | c`, kernel to kernel, checking every stage's exit status.
@@ -251,28 +331,9 @@ def pipeline(stages: Sequence[Stage], *, mutates: bool = True, timeout: float | 
     opened: list[int] = []
     try:
         for i, st in enumerate(stages):
-            if i == 0:
-                stdin = os.open(st.stdin_path, os.O_RDONLY) if st.stdin_path else subprocess.DEVNULL
-                if st.stdin_fd is not None and not st.stdin_path:
-                    stdin = st.stdin_fd
-                if st.stdin_path:
-                    opened.append(stdin)
-            else:
-                stdin = prev_read
+            stdin = _first_stdin(st, opened) if i == 0 else prev_read
             last = i == len(stages) - 1
-            if last:
-                if st.stdout_path:
-                    stdout = os.open(st.stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                    opened.append(stdout)
-                elif st.stdout_fd is not None:
-                    stdout = st.stdout_fd
-                else:
-                    stdout = subprocess.DEVNULL
-                next_read = None
-            else:
-                r, w = os.pipe()
-                _enlarge_pipe(w)
-                stdout, next_read = w, r
+            stdout, next_read = _stage_stdout(st, last, opened)
             ef = tempfile.TemporaryFile()
             err_files.append(ef)
             p = subprocess.Popen(list(st.argv), executable=which(st.argv[0], _environment(st.env)), stdin=stdin,
@@ -285,34 +346,13 @@ def pipeline(stages: Sequence[Stage], *, mutates: bool = True, timeout: float | 
             if not last:
                 os.close(stdout)
             if not last and i in count_after:
-                r2, w2 = os.pipe()
-                _enlarge_pipe(w2)
-                idx = list(count_after).index(i)
-                t = threading.Thread(target=_splice_relay, daemon=True,
-                                     args=(next_read, w2, counters, idx, on_progress if idx == 0 else None,
-                                           relay_errors))
-                t.start()
+                t, next_read = _start_relay(next_read, counters, list(count_after).index(i), on_progress, relay_errors)
                 relays.append(t)
-                next_read = r2
             prev_read = next_read
         for fd in opened:
             os.close(fd)
         opened.clear()
-        timed_out = False
-        for p in procs:
-            remaining = deadline - time.monotonic()
-            try:
-                p.wait(timeout=max(remaining, 0.001))
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                break
-        if timed_out:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-            for p in procs:
-                p.wait()
-            raise CommandTimeout(f"pipeline timed out: {shown[:200]}", hint="raise command_timeout or check the target")
+        _wait_all(procs, deadline, shown)
         for t in relays:
             t.join()
     except BaseException:
@@ -327,24 +367,8 @@ def pipeline(stages: Sequence[Stage], *, mutates: bool = True, timeout: float | 
                 os.close(fd)
             except OSError:
                 pass
-    results = []
-    for st, p, ef in zip(stages, procs, err_files):
-        ef.seek(0, os.SEEK_END)
-        size = ef.tell()
-        ef.seek(max(0, size - STDERR_TAIL_BYTES))
-        results.append(Result(list(st.argv), p.returncode, "", ef.read().decode("utf-8", "replace")))
-        ef.close()
-    failed = [(st, r) for st, r in zip(stages, results) if r.returncode not in st.ok_codes]
-    if failed:
-        # A downstream failure makes upstream stages die of SIGPIPE, and an upstream failure starves
-        # the stages after it: blame the first stage that failed for a reason of its own.
-        def is_sigpipe(r: Result) -> bool:
-            return r.returncode in (-signal.SIGPIPE, 128 + signal.SIGPIPE) or "Broken pipe" in r.stderr
-
-        real = [f for f in failed if not is_sigpipe(f[1])]
-        st, r = (real[0] if real else failed[0])
-        raise CommandFailed(r.argv, r.returncode, r.stderr,
-                            hint=f"stage {stages.index(st) + 1} of {len(stages)} in: {shown[:160]}")
+    results = _stage_results(stages, procs, err_files)
+    _raise_for_failed_stage(stages, results, shown)
     if relay_errors:
         raise relay_errors[0]
     return PipelineResult(results, counters, time.monotonic() - start)
