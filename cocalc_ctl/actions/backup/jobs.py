@@ -288,7 +288,6 @@ def _create_locked(cfg: Config, eng: Engine, pid: str, live: Path, *, wait: bool
     started = time.monotonic()
     beat = Heartbeat(cfg.data_dir, job_id, cfg["backup.heartbeat_interval"]) if job_id else None
     snap = temp_snapshot(cfg, pid)
-    summary: backup_engine.BackupSummary | None = None
     in_slot = False
     try:
         if beat:
@@ -309,25 +308,7 @@ def _create_locked(cfg: Config, eng: Engine, pid: str, live: Path, *, wait: bool
                 if job_id:
                     with host_db.connect(cfg.data_dir) as conn:
                         backup_jobs.set_running(conn, job_id, str(snap) if use_snapshot else None, gen)
-
-                def on_line(line: str) -> None:
-                    nonlocal summary
-                    obj = backup_engine.parse_json_line(line)
-                    if obj is None:
-                        return
-                    if progress and (p := backup_engine.progress_of(obj)):
-                        progress(p)
-                    if s := backup_engine.summary_of(obj):
-                        summary = s
-
-                host = _host_label(cfg)
-                argv = eng.backup(host=host, tags=[f"project:{pid}", f"host:{host}", *(extra_tags or [])])
-                proc.plan_only(f"cd {source}")
-                try:
-                    res = proc.stream(argv, on_line, cwd=str(source), env=eng.env(), ok_codes=eng.ok_codes_backup,
-                                      timeout=eng.timeout)
-                except CommandFailed as exc:
-                    raise backup_engine.classify(exc, repo_display(eng.repo)) from None
+                res, summary = _run_engine_backup(cfg, eng, pid, source, progress, extra_tags)
             finally:
                 if made_snapshot:
                     gone = _drop_temp_snapshot(snap, check=False)
@@ -337,36 +318,77 @@ def _create_locked(cfg: Config, eng: Engine, pid: str, live: Path, *, wait: bool
         duration = time.monotonic() - started
         if dry:
             return BackupResult(pid, None, None, None, None, 0.0, "snapshot", eng.name)
-        if summary is None or not summary.snapshot_id:
-            raise OperationFailed(f"{eng.name} finished without reporting a snapshot id",
-                                  hint="run with -v and check the engine's output")
-        result = BackupResult(pid, job_id, summary.snapshot_id, summary.bytes_processed, summary.data_added,
-                              round(duration, 3), "snapshot" if use_snapshot else "live", eng.name,
-                              summary.files_new, summary.files_changed, summary.files_unmodified, has_persist)
-        if res.returncode == backup_engine.RESTIC_INCOMPLETE:
-            with host_db.connect(cfg.data_dir) as conn:
-                backup_jobs.finish(conn, job_id, ok=False, backup_id=summary.snapshot_id,
-                                   bytes_=summary.bytes_processed, duration=duration,
-                                   error="incomplete: some files could not be read")
-            raise OperationFailed(f"backup {summary.snapshot_id} of project {pid} is incomplete: "
-                                  "some files could not be read", hint="rerun with -v to see which")
-        with host_db.connect(cfg.data_dir) as conn:
-            backup_jobs.finish(conn, job_id, ok=True, backup_id=summary.snapshot_id,
-                               bytes_=summary.bytes_processed, duration=duration)
-        _report_to_hub(cfg, pid)
-        return result
+        return _finish_job(cfg, eng, pid, job_id, res, summary, duration=duration,
+                           source_kind="snapshot" if use_snapshot else "live", has_persist=has_persist)
     except BaseException as exc:
-        if job_id and not in_slot and isinstance(exc, Busy):
-            with host_db.connect(cfg.data_dir) as conn:  # refused before it started: not a failed backup
-                backup_jobs.delete(conn, job_id)
-        elif job_id:
-            reason = errors.describe(exc)
-            with host_db.connect(cfg.data_dir) as conn:
-                backup_jobs.finish(conn, job_id, ok=False, duration=time.monotonic() - started, error=reason[:500])
+        _end_failed_job(cfg, job_id, exc, started=started, in_slot=in_slot)
         raise
     finally:
         if beat:
             beat.__exit__(None, None, None)
+
+
+def _run_engine_backup(cfg: Config, eng: Engine, pid: str, source: Path,
+                       progress: Callable[[backup_engine.Progress], None] | None,
+                       extra_tags: list[str] | None) -> tuple[proc.Result, backup_engine.BackupSummary | None]:
+    """The engine's backup of `source`, run from inside it so stored paths are project-relative:
+    (its result, the summary it reported), with its progress passed on as it arrives."""
+    summary: backup_engine.BackupSummary | None = None
+
+    def on_line(line: str) -> None:
+        nonlocal summary
+        obj = backup_engine.parse_json_line(line)
+        if obj is None:
+            return
+        if progress and (p := backup_engine.progress_of(obj)):
+            progress(p)
+        if s := backup_engine.summary_of(obj):
+            summary = s
+
+    host = _host_label(cfg)
+    argv = eng.backup(host=host, tags=[f"project:{pid}", f"host:{host}", *(extra_tags or [])])
+    proc.plan_only(f"cd {source}")
+    try:
+        res = proc.stream(argv, on_line, cwd=str(source), env=eng.env(), ok_codes=eng.ok_codes_backup,
+                          timeout=eng.timeout)
+    except CommandFailed as exc:
+        raise backup_engine.classify(exc, repo_display(eng.repo)) from None
+    return res, summary
+
+
+def _finish_job(cfg: Config, eng: Engine, pid: str, job_id: int | None, res: proc.Result,
+                summary: backup_engine.BackupSummary | None, *, duration: float, source_kind: str,
+                has_persist: bool) -> BackupResult:
+    """Record the engine's outcome in the job row (an incomplete backup is a failure) and tell the hub."""
+    if summary is None or not summary.snapshot_id:
+        raise OperationFailed(f"{eng.name} finished without reporting a snapshot id",
+                              hint="run with -v and check the engine's output")
+    result = BackupResult(pid, job_id, summary.snapshot_id, summary.bytes_processed, summary.data_added,
+                          round(duration, 3), source_kind, eng.name,
+                          summary.files_new, summary.files_changed, summary.files_unmodified, has_persist)
+    if res.returncode == backup_engine.RESTIC_INCOMPLETE:
+        with host_db.connect(cfg.data_dir) as conn:
+            backup_jobs.finish(conn, job_id, ok=False, backup_id=summary.snapshot_id,
+                               bytes_=summary.bytes_processed, duration=duration,
+                               error="incomplete: some files could not be read")
+        raise OperationFailed(f"backup {summary.snapshot_id} of project {pid} is incomplete: "
+                              "some files could not be read", hint="rerun with -v to see which")
+    with host_db.connect(cfg.data_dir) as conn:
+        backup_jobs.finish(conn, job_id, ok=True, backup_id=summary.snapshot_id,
+                           bytes_=summary.bytes_processed, duration=duration)
+    _report_to_hub(cfg, pid)
+    return result
+
+
+def _end_failed_job(cfg: Config, job_id: int | None, exc: BaseException, *, started: float, in_slot: bool) -> None:
+    """A backup that ended in `exc`: refused before it got a slot (Busy) leaves no job; else it failed."""
+    if job_id and not in_slot and isinstance(exc, Busy):
+        with host_db.connect(cfg.data_dir) as conn:  # refused before it started: not a failed backup
+            backup_jobs.delete(conn, job_id)
+    elif job_id:
+        reason = errors.describe(exc)
+        with host_db.connect(cfg.data_dir) as conn:
+            backup_jobs.finish(conn, job_id, ok=False, duration=time.monotonic() - started, error=reason[:500])
 
 
 def _report_to_hub(cfg: Config, pid: str) -> None:
