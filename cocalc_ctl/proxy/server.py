@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 
 from cocalc_ctl.proxy import http1, policy
+from cocalc_ctl.proxy.access import Answer, Pass
 from cocalc_ctl.proxy.http1 import HttpError, PeerClosed
 from cocalc_ctl.proxy.metrics import AccessLog, Metrics
 from cocalc_ctl.proxy.pool import FastPool, StreamPool
@@ -49,8 +50,9 @@ class Settings:
 
 
 class Proxy(StreamRelay):
-    def __init__(self, routes, settings: Settings, access_log: AccessLog):
+    def __init__(self, routes, settings: Settings, access_log: AccessLog, access=None):
         self.routes = routes
+        self.access = access  # hub mode: access.Access, checked before routing; None: no access control
         self.s = settings
         self.log = access_log
         self.metrics = Metrics()
@@ -165,18 +167,34 @@ class Proxy(StreamRelay):
         has_body = head.chunked or bool(head.content_length)
         if target == b"/healthz" or target == b"/metrics":
             return await self._local(head, writer, peer, has_body, t0)
+        verdict = None
         try:
             project_id = project_from_target(target)
+            access = self.access
+            if access is not None:
+                generation = access.generation
+                try:
+                    verdict = await access.check(head, project_id, peer, trusted)
+                except Exception as exc:  # noqa: BLE001 - never forward on a failed check
+                    verdict = Answer(503, f"access check failed: {type(exc).__name__}")
+                if verdict.__class__ is not Pass:
+                    return await self._answer(writer, head, verdict, peer, t0, has_body)
             route = await self.routes.resolve(project_id)
         except HttpError as exc:
             if exc.status >= 500:
                 self.metrics.upstream_errors["not_running" if exc.status == 502 else "route_lookup"] += 1
             return await self._error(writer, head, exc.status, exc.reason, peer, t0, None, has_body)
         upstream = f"{route.host}:{route.port}"
-        out = policy.upstream_request_head(head, peer.encode(), str(local_port).encode(), self.fwd, trusted)
+        if verdict is None:
+            out = policy.upstream_request_head(head, peer.encode(), str(local_port).encode(), self.fwd, trusted)
+        else:
+            drop, extra = verdict.forward()
+            out = policy.upstream_request_head(head, peer.encode(), str(local_port).encode(), self.fwd, trusted,
+                                               extra, drop)
         key = self.pool_key(route, project_id)
         if head.upgrade is not None:
-            return await self._tunnel(head, out, key, reader, writer, peer, t0, upstream)
+            watch = None if verdict is None else (verdict, project_id, generation)
+            return await self._tunnel(head, out, key, reader, writer, peer, t0, upstream, watch)
         return await self._exchange(head, out, key, reader, writer, peer, t0, upstream, has_body)
 
     async def _local(self, head, writer, peer, has_body, t0) -> bool:
@@ -198,6 +216,8 @@ class Proxy(StreamRelay):
     def _extra_metrics(self) -> dict:
         idle = self.pool.idle_count() + self.fast_pool.idle_count()
         extra = {"cocalc_proxy_upstream_idle_connections": ("gauge", "Idle pooled upstream connections.", idle)}
+        if self.access is not None:
+            extra.update(self.access.metrics())
         if hasattr(self.routes, "lookups"):
             extra["cocalc_proxy_route_lookups_total"] = (
                 "counter", "Route table reads that missed the route cache (host mode).", self.routes.lookups)
@@ -207,6 +227,22 @@ class Proxy(StreamRelay):
             extra["cocalc_proxy_route_db_errors_total"] = (
                 "counter", "Hub database errors while resolving routes.", self.routes.db_errors)
         return extra
+
+    async def _answer(self, writer, head, answer, peer, t0, has_body) -> bool:
+        """A local answer of access control (access.Answer: 401, 403, the login's 303...)."""
+        keep = head.keep_alive and not has_body and answer.status < 500 and answer.status != 400
+        head_only = head.method == b"HEAD"
+        writer.write(answer.response(keep, head_only))
+        try:
+            await Side(writer, ClientGone).drain()
+        except ClientGone:
+            keep = False
+        self.metrics.requests[answer.status] += 1
+        self.metrics.stream_path += 1
+        self.log.log(peer=peer, method=head.method, target=head.target, status=answer.status,
+                     bytes_out=0 if head_only else len(answer.body), seconds=time.monotonic() - t0, upstream=None,
+                     note=answer.note)
+        return keep
 
     async def _error(self, writer, head, status: int, reason: str, peer, t0, upstream, has_body) -> bool:
         # A request body we did not read would be parsed as the next request: close instead.
@@ -243,10 +279,13 @@ class Proxy(StreamRelay):
 
 
 async def serve(routes, settings: Settings, host: str, port: int, access_log: AccessLog,
-                ready=None, stop: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or `stop` is set); `ready(host, port)` is called once listening."""
+                ready=None, stop: asyncio.Event | None = None, access=None) -> None:
+    """Run until SIGTERM/SIGINT (or `stop` is set); `ready(host, port)` is called once listening.
+    `access` (hub mode): the access.Access every request is checked by."""
     await routes.start()
-    proxy = Proxy(routes, settings, access_log)
+    if access is not None:
+        await access.start()
+    proxy = Proxy(routes, settings, access_log, access)
     proxy.metrics.event_loop = "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
     if settings.fast_path:
         from cocalc_ctl.proxy.fastpath import ClientProtocol
@@ -284,10 +323,12 @@ async def serve(routes, settings: Settings, host: str, port: int, access_log: Ac
         server.close()
         proxy.close_clients()
         await routes.close()
+        if access is not None:
+            await access.close()
 
 
 def run(routes, settings: Settings, host: str, port: int, access_log: AccessLog, ready=None,
-        event_loop: str = "auto") -> str:
+        event_loop: str = "auto", access=None) -> str:
     """Blocking entry point on uvloop (when installed, or asked for) or asyncio; returns which."""
     uvloop = None
     if event_loop in ("auto", "uvloop"):
@@ -299,7 +340,7 @@ def run(routes, settings: Settings, host: str, port: int, access_log: AccessLog,
 
                 raise PreconditionFailed("proxy.event_loop is uvloop but uvloop is not installed",
                                          hint="pip install uvloop, or set proxy.event_loop: auto") from None
-    coro = serve(routes, settings, host, port, access_log, ready)
+    coro = serve(routes, settings, host, port, access_log, ready, access=access)
     if uvloop is not None:
         uvloop.run(coro)
         return "uvloop"

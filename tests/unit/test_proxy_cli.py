@@ -66,3 +66,17 @@ def test_parse_listen(text, expected):
 def test_parse_listen_rejects(text):
     with pytest.raises(InvalidInput):
         parse_listen(text)
+
+
+def test_hub_mode_without_access_control_is_refused_on_a_non_loopback_listen(tmp_path):
+    cfg = f"data_dir: {tmp_path / 'data'}\nhub_dsn: host=/nonexistent dbname=x\nproxy:\n  auth: none\n"
+    r = _run(tmp_path, "--mode", "hub", "--listen", "0.0.0.0:0", config=cfg)
+    assert r.returncode == 5, r.stderr
+    assert r.stderr.startswith("cocalc-ctl: error: proxy.auth is none and the proxy would listen on 0.0.0.0")
+    assert "Traceback" not in r.stderr
+
+
+def test_external_access_control_needs_its_url(tmp_path):
+    cfg = f"data_dir: {tmp_path / 'data'}\nhub_dsn: host=/nonexistent dbname=x\nproxy:\n  auth: external\n"
+    r = _run(tmp_path, "--mode", "hub", "--listen", "127.0.0.1:0", config=cfg)
+    assert r.returncode == 5 and "proxy.auth_url" in r.stderr
