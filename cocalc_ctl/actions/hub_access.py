@@ -275,7 +275,7 @@ def create_token(cfg: Config, account: str, *, project: str | None = None, expir
                                          hint="enable it first with `hub account enable`")
             if pid is not None:
                 _need_project(conn, pid)
-            now = conn.execute("SELECT statement_timestamp()").fetchone()[0]
+            now = conn.execute("SELECT date_trunc('second', statement_timestamp())").fetchone()[0]
             token = hub_access.new_token()
             rec = hub_access.insert_token(conn, acc.account_id, hub_access.hash_secret(token), project_id=pid,
                                           name=name, expires_at=now + span if span else None)

@@ -421,8 +421,8 @@ def token_revoke(token_id: str = typer.Argument(..., metavar="TOKEN_ID",
         t = r.token
         who = _account_label(t.account, t.account_id)
         if r.action == "revoked":
-            done(f"revoked token {t.token_id} of account {who}" + (f" ({t.name})" if t.name else "")
-                 + "; its sessions are ended")
+            done(f"revoked token {t.token_id}" + (f" ({t.name})" if t.name else "")
+                 + f" of account {who}; its sessions are ended")
         else:
             done(f"token {t.token_id} of account {who} was already revoked at {output_time(t.revoked_at)}")
 
