@@ -112,6 +112,7 @@ class Decision:
     role: str | None = None       # None with an account: authenticated, no access (403)
     extra: bytes = b""            # header lines for the upstream request (x-cocalc-account, copied fields)
     answer: Answer | None = None  # external mode: its refusal; a failed lookup (never cached)
+    expires: float = float("inf")  # time.monotonic() when the credential itself expires
 
 
 class Presented:
@@ -373,12 +374,12 @@ class Access:
         if row is None:
             return Decision(now + self.ttl, project_id)
         account_id, token_id, role, expires_at = str(row[0]), str(row[1]), row[2], row[3]
-        deadline = now + self.ttl
+        expires = float("inf")
         if expires_at is not None:
-            deadline = min(deadline, now + (expires_at - dt.datetime.now(dt.timezone.utc)).total_seconds())
+            expires = now + (expires_at - dt.datetime.now(dt.timezone.utc)).total_seconds()
         asyncio.ensure_future(self._touch(token_id))
-        return Decision(deadline, project_id, account_id, token_id, role,
-                        extra=b"%s: %s\r\n" % (ACCOUNT_HEADER, account_id.encode()))
+        return Decision(min(now + self.ttl, expires), project_id, account_id, token_id, role,
+                        extra=b"%s: %s\r\n" % (ACCOUNT_HEADER, account_id.encode()), expires=expires)
 
     async def _touch(self, token_id: str) -> None:
         from cocalc_ctl.state.hub_access import TOUCH_TOKEN_SQL
@@ -403,9 +404,7 @@ class Access:
             return FORBIDDEN
         session = new_session()
         now = dt.datetime.now(dt.timezone.utc)
-        lifetime = self.session_ttl
-        if d.deadline != float("inf"):
-            lifetime = min(lifetime, d.deadline - time.monotonic())
+        lifetime = min(self.session_ttl, d.expires - time.monotonic())  # never past the token's expiry
         if lifetime < 1:
             return UNAUTHENTICATED
         expires = now + dt.timedelta(seconds=lifetime)

@@ -203,6 +203,8 @@ def test_login_link_sets_a_session_cookie_and_redirects_without_the_token(rig):
     assert name_value.startswith("cocalc_ctl_session=ccs_")
     assert f"Path=/{D}/" in attrs and "HttpOnly" in attrs and "SameSite=Lax" in attrs
     assert "Secure" not in attrs  # the client's scheme is http here
+    max_age = int(next(a for a in attrs if a.startswith("Max-Age="))[8:])
+    assert 86400 - 60 < max_age <= 86400  # proxy.session_ttl: the token does not expire
     assert token not in json.dumps(headers)
     # the cookie works, only for its project, and never reaches the project; other cookies do
     jar = f"theme=dark; {name_value}; lang=en"
@@ -516,3 +518,31 @@ def test_auth_none_passes_everything_but_still_drops_client_identity_and_says_so
         assert status == 200 and "forged" not in info.decode()
     finally:
         hub.stop()
+
+
+def test_a_session_never_outlives_its_token_and_is_secure_for_https_clients(rig):
+    """In-process Access on the real hub: an https client (per proxy.scheme) gets a Secure cookie whose
+    Max-Age stops at the token's expiry."""
+    from cocalc_ctl.proxy.access import Access, Answer
+    from cocalc_ctl.proxy.http1 import parse_request_head
+    from cocalc_ctl.proxy.hublink import HubLink
+
+    token, _ = add_token(rig["dsn"], rig["acct"]["collab"], expires_in=600)
+    head = parse_request_head([f"GET /{P}/x?token={token} HTTP/1.1".encode(), b"Host: h"])
+
+    async def main():
+        access = Access("builtin", link=HubLink(rig["dsn"], pool_size=1), scheme="https", session_ttl=86400)
+        await access.start()
+        try:
+            return await access.check(head, P)
+        finally:
+            await access.close()
+
+    answer = asyncio.run(main())
+    assert isinstance(answer, Answer) and answer.status == 303
+    cookie = next(line for line in answer.headers.split(b"\r\n") if line.startswith(b"set-cookie:")).decode()
+    attrs = [a.strip() for a in cookie.split(";")]
+    assert "Secure" in attrs and "HttpOnly" in attrs
+    max_age = int(next(a for a in attrs if a.startswith("Max-Age="))[8:])
+    assert 500 < max_age <= 600
+    assert token.encode() not in answer.headers
