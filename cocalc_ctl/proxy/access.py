@@ -204,23 +204,28 @@ def present(head) -> Presented:
     return p
 
 
+def _ours(param: bytes) -> bool:
+    """A `token=cct_...` query parameter: ours. Another `token=` (Jupyter's own login link) is the project's."""
+    name, _, value = param.partition(b"=")
+    return name == _QUERY_NAME and value.startswith(_TOKEN_PREFIX)
+
+
 def _query_token(target: bytes) -> bytes | None:
     q = target.find(b"?")
-    if q < 0 or b"token" not in target:
+    if q < 0 or b"token=cct_" not in target:
         return None
     for param in target[q + 1:].split(b"&"):
-        name, _, value = param.partition(b"=")
-        if name == _QUERY_NAME:
-            return value
+        if _ours(param):
+            return param.partition(b"=")[2]
     return None
 
 
 def without_token(target: bytes) -> bytes:
-    """The target of a login link with every `token` parameter removed (the 303's Location)."""
+    """The target of a login link with our `token=cct_...` parameters removed (the 303's Location)."""
     path, q, query = target.partition(b"?")
     if not q:
         return target
-    kept = [x for x in query.split(b"&") if x.partition(b"=")[0] != _QUERY_NAME]
+    kept = [x for x in query.split(b"&") if not _ours(x)]
     return path + (b"?" + b"&".join(kept) if kept else b"")
 
 
