@@ -22,10 +22,8 @@ import time
 from cocalc_ctl.proxy import http1, policy
 from cocalc_ctl.proxy.fastupstream import fast_connect, to_streams
 from cocalc_ctl.proxy.http1 import HttpError
-from cocalc_ctl.proxy.routing import project_from_target
 
 _BARE_LF_OR_CR = re.compile(rb"(?<!\r)\n|\r(?=[^\n])")
-_LOCAL = (b"/healthz", b"/metrics")
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -174,39 +172,57 @@ class ClientProtocol(asyncio.Protocol):
 
     def _dispatch(self, head) -> None:
         t0 = time.monotonic()
-        if head.chunked or head.content_length or head.upgrade is not None or head.target in _LOCAL:
+        p = self.p
+        if head.chunked or head.content_length or head.upgrade is not None or p.addr.local(head):
             return self._to_stream_path(head)
         try:
-            project_id = project_from_target(head.target)
+            # the hub credential before anything else (host mode), then which project (routing.Addressing)
+            account = p.verifier.verify(head) if p.verifier is not None else b""
+            project_id = p.addr.project(head)
         except HttpError as exc:
             return self.reply_error(head, exc.status, exc.reason, t0, None)
-        route = route_now(self.p.routes, project_id)
+        route = route_now(p.routes, project_id)
+        key = None
+        if route is not None and p.signer is not None and not isinstance(route, HttpError):
+            try:
+                key = p.signer.key_now(route.host_id)
+            except KeyError:
+                route = None
         if route is None:  # needs a database lookup: do it, then carry on here
-            asyncio.ensure_future(self._after_lookup(head, project_id, t0))
+            asyncio.ensure_future(self._after_lookup(head, project_id, t0, account))
             return
-        self._routed(head, route, project_id, t0)
+        self._routed(head, route, project_id, t0, account, key)
 
-    async def _after_lookup(self, head, project_id: str, t0: float) -> None:
+    async def _after_lookup(self, head, project_id: str, t0: float, account: bytes) -> None:
+        key = None
         try:
             route = await self.p.routes.resolve(project_id)
+            if self.p.signer is not None:
+                key = await self.p.signer.key(route.host_id)
         except HttpError as exc:
             route = exc
         except Exception as exc:  # never leave the client waiting on a failed lookup
             route = HttpError(503, f"route lookup failed: {type(exc).__name__}")
         if not self.detached:
-            self._routed(head, route, project_id, t0)
+            self._routed(head, route, project_id, t0, account, key)
 
-    def _routed(self, head, route, project_id: str, t0: float) -> None:
+    def _routed(self, head, route, project_id: str, t0: float, account: bytes = b"", key=None) -> None:
         p = self.p
         if isinstance(route, HttpError):
             if route.status >= 500:
                 p.metrics.upstream_errors["not_running" if route.status == 502 else "route_lookup"] += 1
             return self.reply_error(head, route.status, route.reason, t0, None)
-        out = self.last_out
-        if out is None or head is not self.last_head:
-            out = policy.upstream_request_head(head, self.peer_b, self.port_b, p.fwd, self.trusted)
-            if head is self.last_head:
-                self.last_out = out
+        if p.signer is not None:  # a fresh credential per request: nothing to reuse
+            out = policy.upstream_request_head(head, self.peer_b, self.port_b, p.fwd, self.trusted,
+                                               p.account_line(account) + p.sign_line(head, route, key, account))
+        else:
+            out = self.last_out
+            if out is None or head is not self.last_head:
+                # host mode: the account line is a function of the (verified) head, so reusable with it
+                out = policy.upstream_request_head(head, self.peer_b, self.port_b, p.fwd, self.trusted,
+                                                   p.account_line(account))
+                if head is self.last_head:
+                    self.last_out = out
         key = p.pool_key(route, project_id)
         up = p.fast_pool.take(key)
         if up is not None:
