@@ -213,6 +213,20 @@ def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0, half_close: bo
         return out
 
 
+def send_raw(port: int, request: str | bytes, *, addr: str = "127.0.0.1", source: str | None = None,
+             timeout: float = 10.0) -> bytes:
+    """Send one request (ending in `Connection: close`), return the whole answer; `source` binds the
+    client's address (e.g. 127.0.0.2, or a non-loopback one of this machine)."""
+    data = request.encode() if isinstance(request, str) else request
+    with socket.create_connection((addr, port), timeout=timeout,
+                                  source_address=(source, 0) if source else None) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
 def status_of(response: bytes) -> int | None:
     if not response.startswith(b"HTTP/1."):
         return None
