@@ -54,8 +54,8 @@ def check_listen(cfg, mode: str, host: str) -> None:
     what = ("proxy.host_auth is none" if mode == "host"
             else "hub mode has no access control configured (proxy.auth)")
     raise PreconditionFailed(f"refusing to listen on non-loopback address {host}: {what}",
-                             hint="listen on 127.0.0.1, or configure access control"
-                                  + (" (proxy.host_auth: hub)" if mode == "host" else " (proxy.auth)"))
+                             hint="listen on 127.0.0.1, or set "
+                                  + ("proxy.host_auth: hub" if mode == "host" else "proxy.auth: builtin or external"))
 
 
 def metrics_token(cfg) -> bytes | None:

@@ -212,4 +212,4 @@ def test_a_non_loopback_listen_without_access_control_exits_5_in_one_line(tmp_pa
                         f"0.0.0.0:{free_port()}"], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 5
     assert r.stderr == ("cocalc-ctl: error: refusing to listen on non-loopback address 0.0.0.0: proxy.host_auth "
-                        "is none (listen on 127.0.0.1, or configure access control (proxy.host_auth: hub))\n")
+                        "is none (listen on 127.0.0.1, or set proxy.host_auth: hub)\n")
