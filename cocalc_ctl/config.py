@@ -178,6 +178,35 @@ def _as_trusted_proxies(v: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _as_opt_http_url(v: Any) -> str | None:
+    """proxy.auth_url: http(s)://HOST[:PORT][/PATH] (a decision point the hub proxy asks)."""
+    if v in (None, ""):
+        return None
+    from cocalc_ctl.proxy.access import parse_auth_url
+
+    text = _as_str(v).strip()
+    parse_auth_url(text)  # ValueError names the problem
+    return text
+
+
+def _as_header_names(v: Any) -> tuple[str, ...]:
+    """HTTP field names as a YAML list or one comma-separated string, lowercased."""
+    if v in (None, ""):
+        return ()
+    items = v if isinstance(v, (list, tuple)) else _as_str(v).split(",")
+    out = []
+    for item in items:
+        name = _as_str(item).strip().lower()
+        if name:
+            if not re.fullmatch(r"[a-z0-9!#$%&'*+.^_`|~-]{1,64}", name) or "_" in name:
+                raise ValueError(f"not an HTTP header name: {name!r}")
+            if name in ("host", "content-length", "transfer-encoding", "connection", "upgrade", "cookie",
+                        "authorization") or name.startswith("x-forwarded-"):
+                raise ValueError(f"{name!r} cannot be copied from the decision point")
+            out.append(name)
+    return tuple(out)
+
+
 def _as_choice(*choices: str) -> Callable[[Any], str]:
     def check(v: Any) -> str:
         s = _as_str(v)
@@ -321,6 +350,23 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("proxy.metrics", _as_bool, True, "serve Prometheus text on /metrics"),
     _k("proxy.event_loop", _as_choice("auto", "uvloop", "asyncio"), "auto", "auto: uvloop when installed"),
     _k("proxy.fast_path", _as_bool, True, "serve body-less requests on the Protocol fast path (off: streams only)"),
+    # proxy: hub-mode access control (who may reach which project)
+    _k("proxy.auth", _as_choice("builtin", "external", "none"), "builtin",
+       "hub mode: builtin (hub tokens, grants, sessions), external (ask proxy.auth_url), none (loopback only)"),
+    _k("proxy.auth_cache_size", _as_pos_int, 10000,
+       "hub mode: access decisions cached (LRU; refusals in a separate quarter-size LRU)"),
+    _k("proxy.auth_cache_ttl", _as_pos_int, 30,
+       "hub mode: seconds an access decision is cached (NOTIFY evicts at once; never past the credential's expiry)"),
+    _k("proxy.session_ttl", _as_pos_int, 86400,
+       "hub mode: seconds a browser session from a ?token= login lasts (never past the token's expiry)"),
+    _k("proxy.auth_url", _as_opt_http_url, None,
+       "proxy.auth external: http(s)://HOST[:PORT]/PATH asked per decision (2xx allow, 401/403 deny, else 503)"),
+    _k("proxy.auth_timeout", _as_pos_int, 2, "proxy.auth external: seconds to wait for proxy.auth_url (then 503)"),
+    _k("proxy.auth_copy_headers", _as_header_names, (),
+       "proxy.auth external: response fields of proxy.auth_url added to the upstream request (comma-separated)"),
+    _k("proxy.route_cache_size", _as_pos_int, 10000,
+       "hub mode: project routes cached (LRU; refusals in a separate quarter-size LRU)"),
+    _k("proxy.hub_pool_size", _as_pos_int, 4, "hub mode: PostgreSQL connections for route and access lookups"),
     # backup: keys added with backups and restores
     _k("backup.heartbeat_interval", _as_pos_int, 5, "seconds between heartbeats of a running backup job"),
     _k("backup.wait_timeout", _as_nonneg_int, 0, "backup create: seconds to wait for a free slot (0 = no limit)"),

@@ -39,23 +39,13 @@ def is_loopback_listen(host: str) -> bool:
         return False
 
 
-def access_control(cfg, mode: str) -> str | None:
-    """What keeps strangers out of a proxy of this mode, or None when nothing does."""
-    if mode == "host":
-        return "the hub credential (proxy.host_auth: hub)" if cfg["proxy.host_auth"] == "hub" else None
-    auth = cfg.values.get("proxy.auth")  # hub-mode authentication, when this build has it
-    return f"proxy.auth: {auth}" if auth and auth != "none" else None
-
-
 def check_listen(cfg, mode: str, host: str) -> None:
-    """Refuse a non-loopback listen unless access control is configured (as `sshpiper serve` does)."""
-    if is_loopback_listen(host) or access_control(cfg, mode) is not None:
+    """Host mode: refuse a non-loopback listen unless the hub credential is checked (as `sshpiper serve`
+    refuses one). Hub mode's counterpart, `proxy.auth: none`, is refused in make_access."""
+    if mode != "host" or is_loopback_listen(host) or cfg["proxy.host_auth"] == "hub":
         return
-    what = ("proxy.host_auth is none" if mode == "host"
-            else "hub mode has no access control configured (proxy.auth)")
-    raise PreconditionFailed(f"refusing to listen on non-loopback address {host}: {what}",
-                             hint="listen on 127.0.0.1, or set "
-                                  + ("proxy.host_auth: hub" if mode == "host" else "proxy.auth: builtin or external"))
+    raise PreconditionFailed(f"refusing to listen on non-loopback address {host}: proxy.host_auth is none",
+                             hint="listen on 127.0.0.1, or set proxy.host_auth: hub")
 
 
 def metrics_token(cfg) -> bytes | None:
@@ -105,14 +95,53 @@ def settings_from_config(cfg):
     )
 
 
-def make_routes(cfg, mode: str):
+def make_routes(cfg, mode: str, link=None):
     from cocalc_ctl.proxy.routing import HostRoutes, HubRoutes
 
     if mode == "host":
         return HostRoutes(cfg.data_dir)
+    return HubRoutes(link or hub_link(cfg), ttl=float(cfg["proxy.route_cache_ttl"]),
+                     cache_size=int(cfg["proxy.route_cache_size"]))
+
+
+def hub_link(cfg):
+    """The hub mode's PostgreSQL pool and listener (psycopg_pool is imported in hub mode only)."""
     if not cfg["hub_dsn"]:
         raise PreconditionFailed("hub mode needs hub_dsn", hint="set hub_dsn in the config or COCALC_CTL_HUB_DSN")
-    return HubRoutes(cfg["hub_dsn"], ttl=float(cfg["proxy.route_cache_ttl"]))
+    from cocalc_ctl.proxy.hublink import HubLink
+
+    return HubLink(cfg["hub_dsn"], pool_size=int(cfg["proxy.hub_pool_size"]))
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def make_access(cfg, link, host: str):
+    """Hub mode's access control from proxy.auth; `none` only on a loopback listen."""
+    from cocalc_ctl.proxy.access import Access
+
+    mode = cfg["proxy.auth"]
+    if mode == "none":
+        if not is_loopback(host):
+            raise PreconditionFailed(f"proxy.auth is none and the proxy would listen on {host}",
+                                     hint="none is for loopback listens only: use proxy.auth builtin or external")
+        print("cocalc-ctl proxy: WARNING: proxy.auth is none: NO ACCESS CONTROL, every client that reaches "
+              f"{host} reaches every project", file=sys.stderr, flush=True)
+    if mode == "external" and not cfg["proxy.auth_url"]:
+        raise PreconditionFailed("proxy.auth is external but proxy.auth_url is not set",
+                                 hint="set proxy.auth_url to the decision point (http(s)://HOST:PORT/PATH)")
+    return Access(mode, link=link if mode == "builtin" else None, cache_size=int(cfg["proxy.auth_cache_size"]),
+                  ttl=float(cfg["proxy.auth_cache_ttl"]), session_ttl=float(cfg["proxy.session_ttl"]),
+                  scheme=cfg["proxy.scheme"], auth_url=cfg["proxy.auth_url"],
+                  auth_timeout=float(cfg["proxy.auth_timeout"]), copy_headers=cfg["proxy.auth_copy_headers"])
 
 
 def serve(cfg, *, mode: str, listen: str | None, access_log: bool, json_log: bool) -> ServeResult:
@@ -123,7 +152,11 @@ def serve(cfg, *, mode: str, listen: str | None, access_log: bool, json_log: boo
     from cocalc_ctl.proxy import server
     from cocalc_ctl.proxy.metrics import AccessLog
 
-    routes = make_routes(cfg, mode)
+    link = access = None
+    if mode == "hub":
+        link = hub_link(cfg)
+        access = make_access(cfg, link, host)
+    routes = make_routes(cfg, mode, link)
     settings = settings_from_config(cfg)
     settings.metrics_token = metrics_token(cfg)
     if mode == "host" and cfg["proxy.host_auth"] == "hub":
@@ -146,7 +179,7 @@ def serve(cfg, *, mode: str, listen: str | None, access_log: bool, json_log: boo
 
     try:
         loop_name = server.run(routes, settings, host, port, AccessLog(access_log, json_log), ready,
-                               event_loop=cfg["proxy.event_loop"])
+                               event_loop=cfg["proxy.event_loop"], access=access)
     except OSError as exc:
         raise PreconditionFailed(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
                                  hint="pick a free address with --listen") from None

@@ -66,6 +66,15 @@ def header_line(secret: bytes, key_id: bytes, host_id: bytes, head, account: byt
                                                          head.target, account))
 
 
+def account_in(extra: bytes) -> bytes:
+    """The x-cocalc-account value among the header lines the hub adds (b"" when none): what the host sees."""
+    prefix = ACCOUNT_HEADER + b": "
+    for line in extra.split(b"\r\n"):
+        if line[:len(prefix)].lower() == prefix:
+            return line[len(prefix):]
+    return b""
+
+
 def parse_secrets(text: bytes) -> dict[bytes, bytes]:
     """`key_id base64url` lines -> {key_id: secret}; ValueError on anything else."""
     keys = {}

@@ -121,12 +121,19 @@ def request_limits(max_bytes: int, max_fields: int, trusted: bool) -> tuple[int,
     return max_bytes, max_fields
 
 
+def request_drop(*names: bytes) -> frozenset:
+    """The fields a request never forwards, plus `names` (lowercase): for `upstream_request_head(drop=)`."""
+    return _REQUEST_DROP | frozenset(names)
+
+
 def upstream_request_head(head, peer: bytes, local_port: bytes, fwd: Forwarding, trusted: bool,
-                          extra: bytes = b"") -> bytes:
-    """The request head the proxy sends upstream: end-to-end fields, our forwarded fields, `extra`
-    (complete header lines the proxy sets: x-cocalc-account, the hub credential), our framing."""
+                          extra: bytes = b"", drop: frozenset = _REQUEST_DROP) -> bytes:
+    """The request head the proxy sends upstream: end-to-end fields, our forwarded fields, our framing.
+    `drop` (from request_drop()) removes more fields; `extra` (complete `name: value\r\n` lines, from the
+    proxy itself: the hub's x-cocalc-account) is added after the forwarded fields."""
     tokens = head.connection_tokens
-    drop = _REQUEST_DROP if not tokens else _REQUEST_DROP | (tokens - PROTECTED)
+    if tokens:
+        drop = drop | (tokens - PROTECTED)
     out = bytearray(b"%s %s HTTP/1.1\r\n" % (head.method, head.target))
     xff = proto = fhost = fport = None
     for lname, name, value in head.headers:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from cocalc_ctl.authnames import ACCOUNT_HEADER
 from cocalc_ctl.proxy import http1, hubcred, policy
+from cocalc_ctl.proxy.access import Answer, Pass
 from cocalc_ctl.proxy.http1 import HttpError, PeerClosed
 from cocalc_ctl.proxy.metrics import AccessLog, Metrics
 from cocalc_ctl.proxy.pool import FastPool, StreamPool
@@ -69,8 +70,9 @@ def is_loopback_peer(peer: str) -> bool:
 
 
 class Proxy(StreamRelay):
-    def __init__(self, routes, settings: Settings, access_log: AccessLog):
+    def __init__(self, routes, settings: Settings, access_log: AccessLog, access=None):
         self.routes = routes
+        self.access = access  # hub mode: access.Access, checked before routing; None: no access control
         self.s = settings
         self.log = access_log
         self.metrics = Metrics()
@@ -85,6 +87,7 @@ class Proxy(StreamRelay):
         self.verifier = settings.hub_verifier
         self.signer = settings.hub_signer
         self._scopes: dict[str, bytes] = {}
+        self._drop = policy.request_drop()
 
     def cookie_scope(self, key) -> bytes:
         """Set-Cookie scope of the project an upstream connection (pool key) serves: `/<id>/` or `/`."""
@@ -98,6 +101,19 @@ class Proxy(StreamRelay):
     def account_line(self, account: bytes) -> bytes:
         """Host mode: x-cocalc-account re-emitted from a verified head (never a client's copy)."""
         return b"%s: %s\r\n" % (ACCOUNT_HEADER, account) if account else b""
+
+    def upstream_head(self, head, route, verdict, account: bytes, key, peer: bytes, port: bytes,
+                      trusted: bool) -> bytes:
+        """The upstream head for both paths: i13b's forwarding of a hub-mode decision (fields to drop, the
+        account line), host mode's verified account, and in hub mode the host's credential last, over
+        exactly the x-cocalc-account value the host will see."""
+        if verdict is None:
+            drop, extra = self._drop, self.account_line(account)
+        else:
+            drop, extra = verdict.forward()
+        if self.signer is not None:
+            extra += self.sign_line(head, route, key, hubcred.account_in(extra))
+        return policy.upstream_request_head(head, peer, port, self.fwd, trusted, extra, drop)
 
     def sign_line(self, head, route, key, account: bytes) -> bytes:
         """Hub mode: the credential for `route`'s host (no key for that host: none; the host refuses)."""
@@ -208,24 +224,33 @@ class Proxy(StreamRelay):
         has_body = head.chunked or bool(head.content_length)
         if self.addr.local(head):
             return await self._local(head, writer, peer, has_body, t0)
+        verdict = None
         try:
-            # the hub credential before anything else (host mode), then which project, then where
+            # the hub credential before anything else (host mode), then which project, who, then where
             account = self.verifier.verify(head) if self.verifier is not None else b""
             project_id = self.addr.project(head)
+            access = self.access
+            if access is not None:
+                generation = access.generation
+                try:
+                    verdict = await access.check(head, project_id, peer, trusted)
+                except Exception as exc:  # noqa: BLE001 - never forward on a failed check
+                    verdict = Answer(503, f"access check failed: {type(exc).__name__}")
+                if verdict.__class__ is not Pass:
+                    return await self._answer(writer, head, verdict, peer, t0, has_body)
             route = await self.routes.resolve(project_id)
-            extra = self.account_line(account)
-            if self.signer is not None:
-                extra += self.sign_line(head, route, await self.signer.key(route.host_id), account)
+            key = await self.signer.key(route.host_id) if self.signer is not None else None
         except HttpError as exc:
             if exc.status >= 500:
                 self.metrics.upstream_errors["not_running" if exc.status == 502 else "route_lookup"] += 1
             return await self._error(writer, head, exc.status, exc.reason, peer, t0, None, has_body)
         upstream = f"{route.host}:{route.port}"
-        out = policy.upstream_request_head(head, peer.encode(), str(local_port).encode(), self.fwd, trusted,
-                                           extra)
+        out = self.upstream_head(head, route, verdict, account, key, peer.encode(), str(local_port).encode(),
+                                 trusted)
         key = self.pool_key(route, project_id)
         if head.upgrade is not None:
-            return await self._tunnel(head, out, key, reader, writer, peer, t0, upstream)
+            watch = None if verdict is None else (verdict, project_id, generation)
+            return await self._tunnel(head, out, key, reader, writer, peer, t0, upstream, watch)
         return await self._exchange(head, out, key, reader, writer, peer, t0, upstream, has_body)
 
     def metrics_allowed(self, head, peer: str) -> bool:
@@ -263,6 +288,8 @@ class Proxy(StreamRelay):
     def _extra_metrics(self) -> dict:
         idle = self.pool.idle_count() + self.fast_pool.idle_count()
         extra = {"cocalc_proxy_upstream_idle_connections": ("gauge", "Idle pooled upstream connections.", idle)}
+        if self.access is not None:
+            extra.update(self.access.metrics())
         if hasattr(self.routes, "lookups"):
             extra["cocalc_proxy_route_lookups_total"] = (
                 "counter", "Route table reads that missed the route cache (host mode).", self.routes.lookups)
@@ -273,6 +300,22 @@ class Proxy(StreamRelay):
                 "counter", "Hub database errors while resolving routes.", self.routes.db_errors)
         self._extra_auth_metrics(extra)
         return extra
+
+    async def _answer(self, writer, head, answer, peer, t0, has_body) -> bool:
+        """A local answer of access control (access.Answer: 401, 403, the login's 303...)."""
+        keep = head.keep_alive and not has_body and answer.status < 500 and answer.status != 400
+        head_only = head.method == b"HEAD"
+        writer.write(answer.response(keep, head_only))
+        try:
+            await Side(writer, ClientGone).drain()
+        except ClientGone:
+            keep = False
+        self.metrics.requests[answer.status] += 1
+        self.metrics.stream_path += 1
+        self.log.log(peer=peer, method=head.method, target=head.target, status=answer.status,
+                     bytes_out=0 if head_only else len(answer.body), seconds=time.monotonic() - t0, upstream=None,
+                     note=answer.note)
+        return keep
 
     async def _error(self, writer, head, status: int, reason: str, peer, t0, upstream, has_body) -> bool:
         # A request body we did not read would be parsed as the next request: close instead.
@@ -318,12 +361,15 @@ class Proxy(StreamRelay):
 
 
 async def serve(routes, settings: Settings, host: str, port: int, access_log: AccessLog,
-                ready=None, stop: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or `stop` is set); `ready(host, port)` is called once listening."""
+                ready=None, stop: asyncio.Event | None = None, access=None) -> None:
+    """Run until SIGTERM/SIGINT (or `stop` is set); `ready(host, port)` is called once listening.
+    `access` (hub mode): the access.Access every request is checked by."""
     await routes.start()
+    if access is not None:
+        await access.start()
     if settings.hub_signer is not None:
         await settings.hub_signer.start()
-    proxy = Proxy(routes, settings, access_log)
+    proxy = Proxy(routes, settings, access_log, access)
     proxy.metrics.event_loop = "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
     if settings.fast_path:
         from cocalc_ctl.proxy.fastpath import ClientProtocol
@@ -361,12 +407,14 @@ async def serve(routes, settings: Settings, host: str, port: int, access_log: Ac
         server.close()
         proxy.close_clients()
         await routes.close()
+        if access is not None:
+            await access.close()
         if settings.hub_signer is not None:
             await settings.hub_signer.close()
 
 
 def run(routes, settings: Settings, host: str, port: int, access_log: AccessLog, ready=None,
-        event_loop: str = "auto") -> str:
+        event_loop: str = "auto", access=None) -> str:
     """Blocking entry point on uvloop (when installed, or asked for) or asyncio; returns which."""
     uvloop = None
     if event_loop in ("auto", "uvloop"):
@@ -378,7 +426,7 @@ def run(routes, settings: Settings, host: str, port: int, access_log: AccessLog,
 
                 raise PreconditionFailed("proxy.event_loop is uvloop but uvloop is not installed",
                                          hint="pip install uvloop, or set proxy.event_loop: auto") from None
-    coro = serve(routes, settings, host, port, access_log, ready)
+    coro = serve(routes, settings, host, port, access_log, ready, access=access)
     if uvloop is not None:
         uvloop.run(coro)
         return "uvloop"

@@ -250,7 +250,8 @@ class StreamRelay:
 
     # -- upgrades -------------------------------------------------------------------------------
 
-    async def _tunnel(self, head, out, key, reader, writer, peer, t0, upstream) -> bool | None:
+    async def _tunnel(self, head, out, key, reader, writer, peer, t0, upstream, watch=None) -> bool | None:
+        """`watch`: (access.Pass, project_id, access generation at the check) when access control is on."""
         if head.chunked or head.content_length:
             return await self._error(writer, head, 400, "upgrade request with a body", peer, t0, upstream, True)
         try:
@@ -302,5 +303,8 @@ class StreamRelay:
             return False
         from cocalc_ctl.proxy.tunnel import Tunnel
 
-        Tunnel(self, peer=peer, head=head, t0=t0, upstream=upstream).start(reader, writer, ur, uw)
+        tunnel = Tunnel(self, peer=peer, head=head, t0=t0, upstream=upstream)
+        tunnel.start(reader, writer, ur, uw)
+        if watch is not None and not tunnel.closed:
+            self.access.watch(tunnel, head, *watch)
         return None  # the connection now belongs to the tunnel

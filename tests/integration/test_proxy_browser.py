@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from tests.support.access import add_account, add_token, grant
 from tests.support.cdp import Browser, chromium_path
 from tests.support.proxy import host_identity, host_state, hub_secret, start_backend, start_proxy
 
@@ -39,11 +40,15 @@ def test_browser_loads_page_and_round_trips_a_websocket_through_hub_and_host(tmp
             conn.execute("INSERT INTO projects(project_id, host_id) VALUES (%s, %s)", (pid, host_id))
         hub = start_proxy(tmp_path, "hub", {"data_dir": str(tmp_path / "hub"), "hub_dsn": dsn})
         started.append(hub)
+        account = add_account(dsn, "browser")
+        grant(dsn, pid, account, "collaborator")
+        token, _ = add_token(dsn, account)
 
         browser = Browser()
         browser.open_page()
         browser.call("Page.enable")
-        browser.call("Page.navigate", url=f"http://127.0.0.1:{hub.port}/{pid}/port/8000/page")
+        # the login link: the hub sets its session cookie and sends the browser on without the token
+        browser.call("Page.navigate", url=f"http://127.0.0.1:{hub.port}/{pid}/port/8000/page?token={token}")
         deadline = time.monotonic() + 30
         result = None
         while time.monotonic() < deadline:
@@ -53,6 +58,8 @@ def test_browser_loads_page_and_round_trips_a_websocket_through_hub_and_host(tmp
             time.sleep(0.1)
         assert result == "echo:ping-from-browser"
         assert browser.evaluate("document.title") == "proxy test"
+        assert browser.evaluate("location.href") == f"http://127.0.0.1:{hub.port}/{pid}/port/8000/page"
+        assert token not in hub.log()
         assert f'"GET /{pid}/port/8000/page" 200' in hub.log()
         deadline = time.monotonic() + 10  # a tunnel's log line is written when it closes
         while f'"GET /{pid}/port/8000/ws" 101' not in hub.log():

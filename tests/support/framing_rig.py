@@ -96,6 +96,13 @@ def trust_value(addresses: list[str]):
     return True if "_as_bool" in line else addresses
 
 
+def auth_none() -> dict:
+    """`proxy.auth: none` where this version of the config has access control."""
+    from cocalc_ctl import config
+
+    return {"auth": "none"} if "proxy.auth" in config.SCHEMA else {}
+
+
 class Rig:
     def __init__(self, work: Path, dsn: str):
         import psycopg
@@ -122,8 +129,11 @@ class Rig:
                              (HOST_ID, "framing-host", f"http://127.0.0.1:{self.hub_host.port}"))
                 for pid in (P1, P2):
                     conn.execute("INSERT INTO projects(project_id, host_id) VALUES (%s, %s)", (pid, HOST_ID))
+            # framing, not access control, is under test here: byte-exact requests without credentials,
+            # so the hub runs without access control (allowed on its loopback listen)
             self.hub = self._keep(start_proxy(work, "hub", {"data_dir": str(work / "hub"), "hub_dsn": dsn,
-                                                            "proxy": {**TIMEOUTS, "route_cache_ttl": 3600}}))
+                                                            "proxy": {**TIMEOUTS, "route_cache_ttl": 3600,
+                                                                      **auth_none()}}))
             self.nginx = self._keep(Nginx(work, self.rec_nginx.port))
         except BaseException:
             self.close()
