@@ -156,6 +156,7 @@ def serve(cfg, *, mode: str, listen: str | None, access_log: bool, json_log: boo
     if mode == "hub":
         link = hub_link(cfg)
         access = make_access(cfg, link, host)
+        access.subdomains = bool(cfg["proxy.project_domain"])
     routes = make_routes(cfg, mode, link)
     settings = settings_from_config(cfg)
     settings.metrics_token = metrics_token(cfg)

@@ -15,6 +15,7 @@ import uuid
 import pytest
 
 from cocalc_ctl.proxy import hubcred
+from tests.support.access import add_account, add_token, grant
 from tests.support.proxy import (DIRECT, get_json, host_identity, host_state, hub_secret, start_backend,
                                  start_proxy, status_of)
 
@@ -95,10 +96,15 @@ def fleet(tmp_path_factory, postgres):
             conn.execute("INSERT INTO project_hosts(id, name, internal_url) VALUES (%s, 'h', %s)",
                          (HOST, f"http://127.0.0.1:{tap.port}"))
             conn.execute("INSERT INTO projects(project_id, host_id) VALUES (%s, %s)", (PID, HOST))
+        # the hub lets a granted account through and names it to the host in x-cocalc-account
+        account = add_account(dsn, "credential")
+        grant(dsn, PID, account, "collaborator")
+        token = add_token(dsn, account)[0]
         hub = start_proxy(work, "hub", {"data_dir": str(work / "hub"), "hub_dsn": dsn})
         started.append(hub)
         yield {"work": work, "hub": hub, "host": host, "open_host": open_host, "tap": tap, "key_id": key_id,
-               "secret": secret, "backend": backend, "dsn": dsn}
+               "secret": secret, "backend": backend, "dsn": dsn, "account": account,
+               "auth": {"Authorization": f"Bearer {token}"}}
     finally:
         if tap is not None:
             tap.close()
@@ -135,12 +141,14 @@ def signed(fleet, method="GET", target=f"/{PID}/info", *, host="h", account="", 
 
 
 def test_through_the_hub_the_project_answers_and_never_sees_the_credential(fleet):
-    status, info = get_json(fleet["hub"].port, f"/{PID}/info?q=1")
+    status, info = get_json(fleet["hub"].port, f"/{PID}/info?q=1", fleet["auth"])
     assert status == 200 and info["name"] == "project"
     h = {k.lower(): v for k, v in info["headers"]}
-    assert "x-cocalc-hub-auth" not in h and "x-cocalc-account" not in h
+    assert "x-cocalc-hub-auth" not in h
+    assert h["x-cocalc-account"] == fleet["account"]  # set by the hub, signed, verified by the host
     on_wire = [x for x in fleet["tap"].heads() if f"/{PID}/info?q=1".encode() in x]
     assert on_wire and b"x-cocalc-hub-auth: v1." + fleet["key_id"].encode() + b"." in on_wire[-1]
+    assert b"x-cocalc-account: " + fleet["account"].encode() in on_wire[-1]
 
 
 @pytest.mark.parametrize("raw", [
@@ -213,7 +221,7 @@ def test_clock_skew_inside_the_window_is_accepted_and_outside_refused(fleet):
 def test_a_credential_taken_off_the_wire_replays_only_itself_and_only_inside_its_window(fleet):
     hub, host, tap = fleet["hub"].port, fleet["host"].port, fleet["tap"]
     target = f"/{PID}/info?tapped={uuid.uuid4()}"
-    assert get_json(hub, target)[0] == 200
+    assert get_json(hub, target, fleet["auth"])[0] == 200
     head = next(h for h in tap.heads() if target.encode() in h)
     cred = next(line.split(b": ", 1)[1] for line in head.split(b"\r\n") if line.startswith(b"x-cocalc-hub-auth:"))
     replay = head + b"\r\n\r\n"
@@ -221,8 +229,8 @@ def test_a_credential_taken_off_the_wire_replays_only_itself_and_only_inside_its
     assert status_of(send(host, replay)) == 200  # inside the window the same request may repeat (documented)
     assert status_of(send(host, replay.replace(target.encode(), f"/{PID}/admin".encode()))) == 401
     assert status_of(send(host, replay.replace(b"GET ", b"POST ", 1))) == 401
-    other = request("GET", target, headers={"X-Cocalc-Hub-Auth": cred.decode(), "X-Cocalc-Account": "root"})
-    assert status_of(send(host, other)) == 401  # an account added to a request signed without one
+    other = replay.replace(fleet["account"].encode(), str(uuid.uuid4()).encode())
+    assert other != replay and status_of(send(host, other)) == 401  # another account
     age = time.time() - int(cred.split(b".")[2])
     time.sleep(max(0.0, WINDOW + 1.5 - age))
     assert status_of(send(host, replay)) == 401  # after the window

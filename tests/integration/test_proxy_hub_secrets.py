@@ -14,6 +14,7 @@ import pytest
 
 from cocalc_ctl.proxy import hubcred
 from cocalc_ctl.state import hub_db
+from tests.support.access import add_account, add_token, grant
 from tests.support.keys import KeyHost
 from tests.support.proxy import host_state, send_raw, start_backend, start_proxy, status_of
 
@@ -94,9 +95,13 @@ def test_rotation_overlaps_through_real_hub_and_host_proxies(fleet, hub_dsn, tmp
             conn.execute("INSERT INTO projects(project_id, host_id) VALUES (%s, %s)", (pid, a.host_id))
         hubp = start_proxy(tmp_path, "hub", {"data_dir": str(tmp_path / "hubproxy"), "hub_dsn": hub_dsn})
         started.append(hubp)
+        account = add_account(hub_dsn, "rotation")
+        grant(hub_dsn, pid, account, "owner")
+        token = add_token(hub_dsn, account)[0]
 
         def via_hub() -> int:
-            return status_of(send_raw(hubp.port, f"GET /{pid}/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"))
+            return status_of(send_raw(hubp.port, f"GET /{pid}/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
+                                                 f"Authorization: Bearer {token}\r\n\r\n"))
 
         def direct(key: tuple[str, bytes]) -> int:
             cred = hubcred.credential(key[1], key[0].encode(), a.host_id.encode(), b"GET", b"h",

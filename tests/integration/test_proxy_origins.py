@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.access import add_account, add_token, grant
 from tests.support.ports import free_port
 from tests.support.proxy import (DIRECT, Service, host_identity, host_state, hub_secret, send_raw, start_backend,
                                  start_proxy, status_of, write_config)
@@ -27,6 +28,7 @@ HOST_P, HOST_S = str(uuid.uuid4()), str(uuid.uuid4())
 DOMAIN = "example.org"
 COOKIES = ["a=1; Domain=example.org; Path=/", "b=2", f"c=3; Path=/{P_PATH}/lab; HttpOnly",
            "cocalc_ctl_session=ccs_forged; Path=/", "cocalc_ctl_session=; Max-Age=0", "=cocalc_ctl_session=x"]
+AUTH: list = []  # the hub's Authorization header for a granted account (set by the fixture)
 EXPECTED_PATH_MODE = [f"a=1; Path=/{P_PATH}/", f"b=2; Path=/{P_PATH}/", f"c=3; HttpOnly; Path=/{P_PATH}/lab"]
 
 
@@ -61,6 +63,10 @@ def fleet(tmp_path_factory, postgres):
                              (hid, f"http://127.0.0.1:{proxy.port}"))
             conn.execute("INSERT INTO projects(project_id, host_id) VALUES (%s, %s), (%s, %s)",
                          (P_PATH, HOST_P, P_SUB, HOST_S))
+        account = add_account(dsn, "origins")
+        for pid in (P_PATH, P_SUB):
+            grant(dsn, pid, account, "collaborator")
+        AUTH.append(("Authorization", "Bearer " + add_token(dsn, account)[0]))
         hub_p = start_proxy(work, "hub", {"data_dir": str(work / "hub-p"), "hub_dsn": dsn})
         hub_s = start_proxy(work, "hub", {"data_dir": str(work / "hub-s"), "hub_dsn": dsn,
                                           "proxy": {"project_domain": DOMAIN}})
@@ -71,9 +77,10 @@ def fleet(tmp_path_factory, postgres):
             s.stop()
 
 
-def request(method: str, target: str, host: str = "h", headers: list | None = None, body: bytes = b"") -> bytes:
+def request(method: str, target: str, host: str = "h", headers: list | None = None, body: bytes = b"",
+            auth: bool = True) -> bytes:
     lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", "Connection: close"]
-    lines += [f"{k}: {v}" for k, v in headers or []]
+    lines += [f"{k}: {v}" for k, v in [*(AUTH if auth else []), *(headers or [])]]
     if body:
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
@@ -122,11 +129,27 @@ def test_subdomain_mode_routes_by_host_with_the_path_unchanged(fleet):
 
 @pytest.mark.parametrize("host,status", [
     (f"x.{P_SUB}.{DOMAIN}", 400), (f"project.{DOMAIN}", 400), (f"{P_SUB}.{DOMAIN}.", 400),
-    (f"{P_SUB.replace('-', '')}.{DOMAIN}", 400), (f"{uuid.uuid4()}.{DOMAIN}", 404), (DOMAIN, 404),
+    (f"{P_SUB.replace('-', '')}.{DOMAIN}", 400), (f"{uuid.uuid4()}.{DOMAIN}", 403), (DOMAIN, 404),
     (f"{P_SUB}.{DOMAIN}.evil.net", 404),
 ])
 def test_subdomain_mode_refuses_other_host_forms(fleet, host, status):
+    """Malformed names under the domain: 400; outside it: 404; a well-formed project this account has no
+    grant on: the hub's 403."""
     assert status_of(send_raw(fleet["hub_s"].port, request("GET", f"/{P_SUB}/x", host=host))) == status
+
+
+def test_subdomain_mode_login_cookie_is_scoped_to_the_projects_origin(fleet):
+    token = AUTH[0][1].split()[1]
+    raw = (f"GET /lab?token={token} HTTP/1.1\r\nHost: {P_SUB}.{DOMAIN}\r\nConnection: close\r\n\r\n").encode()
+    resp = send_raw(fleet["hub_s"].port, raw)
+    assert status_of(resp) == 303, resp[:300]
+    (cookie,) = set_cookies(resp)
+    assert cookie.startswith("cocalc_ctl_session=ccs_") and "; Path=/;" in cookie and "Domain" not in cookie
+    # and the session works on that origin (the cookie stripped before the project sees it)
+    session = cookie.split(";", 1)[0]
+    raw = (f"GET /lab HTTP/1.1\r\nHost: {P_SUB}.{DOMAIN}\r\nCookie: {session}\r\nConnection: close\r\n\r\n")
+    resp = send_raw(fleet["hub_s"].port, raw.encode())
+    assert status_of(resp) == 200 and "cocalc_ctl_session" not in json.dumps(body_json(resp)["headers"])
 
 
 def test_subdomain_mode_refuses_hostile_paths_on_a_project_origin(fleet):
@@ -174,7 +197,7 @@ def test_metrics_answer_loopback_peers_or_the_bearer_token_only(tmp_path):
     proxy = serve_on_all(tmp_path, config)  # allowed: proxy.host_auth is hub (the default)
     try:
         def get(path, source, dest, headers=()):
-            return status_of(send_raw(proxy.port, request("GET", path, headers=list(headers)), addr=dest,
+            return status_of(send_raw(proxy.port, request("GET", path, headers=list(headers), auth=False), addr=dest,
                                       source=source))
 
         assert get("/metrics", addr, addr) == 403
