@@ -121,6 +121,17 @@ def _as_opt_internal_url(v: Any) -> str | None:
         raise ValueError(exc.one_line()) from None
 
 
+def _as_opt_domain(v: Any) -> str | None:
+    """proxy.project_domain: a DNS name of two or more labels, lowercase, no port, no trailing dot."""
+    if v in (None, ""):
+        return None
+    s = _as_str(v).strip().lower()
+    label = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+    if len(s) > 200 or not re.fullmatch(rf"{label}(?:\.{label})+", s, re.ASCII):
+        raise ValueError(f"expected a domain name like example.org, got {s!r}")
+    return s
+
+
 def _as_path_list(v: Any) -> tuple[str, ...]:
     """Absolute paths as a YAML list or one comma-separated string; empty = none."""
     if v in (None, ""):
@@ -366,6 +377,17 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     # placement: what `keys register` publishes for the hub's proxy
     _k("proxy.internal_url", _as_opt_internal_url, None,
        "http://HOST:PORT the hub's proxy forwards this host's projects to (keys register)"),
+    # proxy access control, host side and origin isolation (README "proxy": hub credential, origins)
+    _k("proxy.host_auth", _as_choice("hub", "none"), "hub",
+       "host mode: hub = answer only requests carrying the hub's credential (401 otherwise, /healthz open); "
+       "none = no check, allowed only on a loopback listen"),
+    _k("proxy.hub_auth_window", _as_pos_int, 30,
+       "host mode: seconds a hub credential's timestamp may differ from this host's clock (keep clocks in NTP)"),
+    _k("proxy.metrics_token_file", _as_opt_path, None,
+       "file (0600) holding a bearer token that opens /metrics to non-loopback clients; unset: loopback only"),
+    _k("proxy.project_domain", _as_opt_domain, None,
+       "subdomain routing: Host <project_id>.<this domain> addresses that project, path unchanged "
+       "(each project its own origin; set it on the hub and every host); unset: path mode /<project_id>/..."),
 ]}
 
 

@@ -531,16 +531,17 @@ class Demo:
             p = self.spawn("proxy-host-B", [*CLI, "--config", str(b.config_path), *args], b.base / "proxy.log",
                            env=env)
             wait_port("127.0.0.1", b.proxy_port, p)
+            # a host proxy answers only its hub (the hub credential, keyed by the secret `keys trust` made
+            # and `keys sync` brought to B): a request straight to it is refused, /healthz is open
             url = f"http://127.0.0.1:{b.proxy_port}/{pid}/files/notes/hello.txt"
             self.sh(f"curl {url}")
-            code, body = self._get_retry(url)
+            code, body = self._get_retry(url, want=401)
+            print(f"{code} {body.rstrip()}")
+            self.check(code == 401, "host-mode proxy: a request without the hub's credential gets 401")
+            self.sh(f"curl http://127.0.0.1:{b.proxy_port}/healthz")
+            code, body = http_get(f"http://127.0.0.1:{b.proxy_port}/healthz")
             print(body.rstrip())
-            self.check(code == 200 and pid in body, "host-mode proxy -> project container on B")
-            url = f"http://127.0.0.1:{b.proxy_port}/{pid}/"
-            self.sh(f"curl {url}")
-            code, body = self._get_retry(url)
-            print(body.rstrip())
-            self.check(code == 200 and "on host-b" in body, "the answer comes from host B")
+            self.check(code == 200, "host-mode proxy: /healthz stays open")
 
             internal = f"http://127.0.0.1:{b.proxy_port}"
             # B tells the hub where its proxy is: the hub's proxy forwards there
@@ -557,6 +558,16 @@ class Demo:
             code, body = self._get_retry(url)
             print(body.rstrip())
             self.check(code == 200 and "move it to host B" in body, "hub-mode proxy -> host B's proxy -> project")
+            url = f"http://127.0.0.1:{hub_port}/{pid}/files/notes/hello.txt"
+            self.sh(f"curl {url}")
+            code, body = self._get_retry(url)
+            print(body.rstrip())
+            self.check(code == 200 and pid in body, "the hub signs what it forwards: host B's proxy accepts it")
+            url = f"http://127.0.0.1:{hub_port}/{pid}/"
+            self.sh(f"curl {url}")
+            code, body = self._get_retry(url)
+            print(body.rstrip())
+            self.check(code == 200 and "on host-b" in body, "the answer comes from host B")
             if not self.keep:
                 self.ctl(b, "project", "stop", pid)
                 self.sh(f"curl {url}")

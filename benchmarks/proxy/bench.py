@@ -253,7 +253,9 @@ def main() -> int:
             name = loop if fast else "streams-only"
             port = free_port()
             cfg = work / f"ours-{name}.yaml"
-            cfg.write_text(f"data_dir: {work / 'data'}\nproxy:\n  event_loop: {loop}\n  fast_path: {str(fast).lower()}\n")
+            # direct to the host proxy, no hub in front: no hub credential (loopback listen)
+            cfg.write_text(f"data_dir: {work / 'data'}\nproxy:\n  event_loop: {loop}\n  fast_path: {str(fast).lower()}\n"
+                           "  host_auth: none\n")
             procs.start([sys.executable, "-m", "cocalc_ctl", "--config", str(cfg), "proxy", "serve", "--mode", "host",
                          "--no-access-log", "--listen", f"127.0.0.1:{port}"], work / f"ours-{name}.log", env=env,
                         cwd=REPO)

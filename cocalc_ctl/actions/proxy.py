@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import sys
 from dataclasses import dataclass
 
+from cocalc_ctl import output
 from cocalc_ctl.errors import InvalidInput, PreconditionFailed
 
 MODES = ("host", "hub")
@@ -27,6 +29,54 @@ def parse_listen(text: str) -> tuple[str, int]:
     return (host[1:-1] if host.startswith("[") else host), int(m.group(2))
 
 
+def is_loopback_listen(host: str) -> bool:
+    """A listen address only this machine can reach: 127.0.0.0/8, ::1 or `localhost`."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_listen(cfg, mode: str, host: str) -> None:
+    """Host mode: refuse a non-loopback listen unless the hub credential is checked (as `sshpiper serve`
+    refuses one). Hub mode's counterpart, `proxy.auth: none`, is refused in make_access."""
+    if mode != "host" or is_loopback_listen(host) or cfg["proxy.host_auth"] == "hub":
+        return
+    raise PreconditionFailed(f"refusing to listen on non-loopback address {host}: proxy.host_auth is none",
+                             hint="listen on 127.0.0.1, or set proxy.host_auth: hub")
+
+
+def metrics_token(cfg) -> bytes | None:
+    """The /metrics bearer token from proxy.metrics_token_file (0600, ours), or None."""
+    path = cfg["proxy.metrics_token_file"]
+    if not path:
+        return None
+    from pathlib import Path
+
+    from cocalc_ctl.actions.keys import read_secret
+
+    token = read_secret(Path(path)).strip()
+    if len(token) < 16 or any(c < 0x21 or c > 0x7e for c in token):
+        raise PreconditionFailed(f"proxy.metrics_token_file {path}: the token must be 16+ visible ASCII characters",
+                                 hint="write e.g. `openssl rand -hex 32` into it (mode 0600)")
+    return token
+
+
+def hub_verifier(cfg):
+    """Host mode with proxy.host_auth: hub: the credential check, with this host's synced secrets."""
+    from cocalc_ctl.actions.keys import require_host_id
+    from cocalc_ctl.proxy import hubcred
+
+    verifier = hubcred.HubVerifier(require_host_id(cfg), hubcred.secrets_path(cfg.secrets_dir),
+                                   int(cfg["proxy.hub_auth_window"]))
+    if verifier.problem:
+        output.warn(f"proxy: {verifier.problem}; every project request gets 401 until it is there "
+                    "(the hub admin runs `keys trust` or `keys proxy-secret`, this host `keys sync`)")
+    return verifier
+
+
 def settings_from_config(cfg):
     from cocalc_ctl.proxy.server import Settings
 
@@ -41,6 +91,7 @@ def settings_from_config(cfg):
         scheme=cfg["proxy.scheme"],
         metrics=bool(cfg["proxy.metrics"]),
         fast_path=bool(cfg["proxy.fast_path"]),
+        project_domain=cfg["proxy.project_domain"],
     )
 
 
@@ -97,6 +148,7 @@ def serve(cfg, *, mode: str, listen: str | None, access_log: bool, json_log: boo
     if mode not in MODES:
         raise InvalidInput(f"invalid mode {mode!r}", hint="use --mode host or --mode hub")
     host, port = parse_listen(listen or cfg["proxy.listen"])
+    check_listen(cfg, mode, host)
     from cocalc_ctl.proxy import server
     from cocalc_ctl.proxy.metrics import AccessLog
 
@@ -104,8 +156,19 @@ def serve(cfg, *, mode: str, listen: str | None, access_log: bool, json_log: boo
     if mode == "hub":
         link = hub_link(cfg)
         access = make_access(cfg, link, host)
+        access.subdomains = bool(cfg["proxy.project_domain"])
     routes = make_routes(cfg, mode, link)
     settings = settings_from_config(cfg)
+    settings.metrics_token = metrics_token(cfg)
+    if mode == "host" and cfg["proxy.host_auth"] == "hub":
+        settings.hub_verifier = hub_verifier(cfg)
+    elif mode == "host":
+        output.warn("proxy: proxy.host_auth is none: this host proxy answers anyone who reaches "
+                    f"{host}:{port} (loopback only), and passes no x-cocalc-account")
+    if mode == "hub":
+        from cocalc_ctl.proxy.hubcred import HubSigner
+
+        settings.hub_signer = HubSigner(cfg["hub_dsn"])
     bound: list[str] = []
 
     def ready(h: str, p: int) -> None:

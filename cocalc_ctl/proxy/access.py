@@ -261,6 +261,9 @@ class Access:
         self.websockets_closed = 0
         self.open_pass = Pass(Decision(float("inf"), ""), Presented())
         self.external = None
+        # proxy.project_domain: each project is its own origin, so the session cookie is scoped to all of
+        # it (Path=/, host-only); in path mode to /<project_id>/ (set by actions/proxy.py)
+        self.subdomains = False
         if mode == "external":
             self.external = ExternalAuth(auth_url, auth_timeout, copy_headers)
             self.external_drop = HUB_DROP | self.external.copy
@@ -430,8 +433,9 @@ class Access:
         except Exception:  # noqa: BLE001
             return HUB_DOWN
         secure = b"; Secure" if client_scheme(head, trusted, self.scheme) == b"https" else b""
-        cookie = b"%s=%s; Path=/%s/; Max-Age=%d; HttpOnly; SameSite=Lax%s" % (
-            _COOKIE_NAME, session.encode(), project_id.encode(), int(lifetime), secure)
+        path = b"/" if self.subdomains else b"/%s/" % project_id.encode()
+        cookie = b"%s=%s; Path=%s; Max-Age=%d; HttpOnly; SameSite=Lax%s" % (
+            _COOKIE_NAME, session.encode(), path, int(lifetime), secure)
         headers = (b"location: %s\r\nset-cookie: %s\r\ncache-control: no-store\r\nreferrer-policy: no-referrer\r\n"
                    % (without_token(head.target), cookie))
         return Answer(303, "login: session created", b"", headers=headers)

@@ -23,10 +23,8 @@ from cocalc_ctl.proxy import http1, policy
 from cocalc_ctl.proxy.access import Answer, Pass
 from cocalc_ctl.proxy.fastupstream import fast_connect, to_streams
 from cocalc_ctl.proxy.http1 import HttpError
-from cocalc_ctl.proxy.routing import project_from_target
 
 _BARE_LF_OR_CR = re.compile(rb"(?<!\r)\n|\r(?=[^\n])")
-_LOCAL = (b"/healthz", b"/metrics")
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -177,14 +175,17 @@ class ClientProtocol(asyncio.Protocol):
 
     def _dispatch(self, head) -> None:
         t0 = time.monotonic()
-        if head.chunked or head.content_length or head.upgrade is not None or head.target in _LOCAL:
+        p = self.p
+        if head.chunked or head.content_length or head.upgrade is not None or p.addr.local(head):
             return self._to_stream_path(head)
         try:
-            project_id = project_from_target(head.target)
+            # the hub credential before anything else (host mode), then which project (routing.Addressing)
+            account = p.verifier.verify(head) if p.verifier is not None else b""
+            project_id = p.addr.project(head)
         except HttpError as exc:
             return self.reply_error(head, exc.status, exc.reason, t0, None)
         verdict = None
-        access = self.p.access
+        access = p.access
         if access is not None:  # before routing: a refused client learns nothing about the project
             lp = self.last_presented
             if lp is not None and lp[0] is head:
@@ -195,17 +196,24 @@ class ClientProtocol(asyncio.Protocol):
                     self.last_presented = (head, presented)
             verdict = access.check_now(head, project_id, self.trusted, presented)
             if verdict is None:  # needs a database lookup (or a login): do it, then carry on here
-                asyncio.ensure_future(self._after_lookup(head, project_id, t0, None, True))
+                asyncio.ensure_future(self._after_lookup(head, project_id, t0, None, account, True))
                 return
             if verdict.__class__ is not Pass:
                 return self.reply_answer(head, verdict, t0)
-        route = route_now(self.p.routes, project_id)
+        route = route_now(p.routes, project_id)
+        key = None
+        if route is not None and p.signer is not None and not isinstance(route, HttpError):
+            try:
+                key = p.signer.key_now(route.host_id)
+            except KeyError:
+                route = None  # the host's signing key needs a database lookup
         if route is None:  # needs a database lookup: do it, then carry on here
-            asyncio.ensure_future(self._after_lookup(head, project_id, t0, verdict))
+            asyncio.ensure_future(self._after_lookup(head, project_id, t0, verdict, account))
             return
-        self._routed(head, route, project_id, t0, verdict)
+        self._routed(head, route, project_id, t0, verdict, account, key)
 
-    async def _after_lookup(self, head, project_id: str, t0: float, verdict, check: bool = False) -> None:
+    async def _after_lookup(self, head, project_id: str, t0: float, verdict, account: bytes = b"",
+                            check: bool = False) -> None:
         if check:
             try:
                 verdict = await self.p.access.check(head, project_id, self.peer, self.trusted)
@@ -215,16 +223,20 @@ class ClientProtocol(asyncio.Protocol):
                 if not self.detached:
                     self.reply_answer(head, verdict, t0)
                 return
+        key = None
         try:
             route = await self.p.routes.resolve(project_id)
+            if self.p.signer is not None:
+                key = await self.p.signer.key(route.host_id)
         except HttpError as exc:
             route = exc
         except Exception as exc:  # never leave the client waiting on a failed lookup
             route = HttpError(503, f"route lookup failed: {type(exc).__name__}")
         if not self.detached:
-            self._routed(head, route, project_id, t0, verdict)
+            self._routed(head, route, project_id, t0, verdict, account, key)
 
-    def _routed(self, head, route, project_id: str, t0: float, verdict=None) -> None:
+    def _routed(self, head, route, project_id: str, t0: float, verdict=None, account: bytes = b"",
+                key=None) -> None:
         p = self.p
         if isinstance(route, HttpError):
             if route.status >= 500:
@@ -232,13 +244,11 @@ class ClientProtocol(asyncio.Protocol):
             return self.reply_error(head, route.status, route.reason, t0, None)
         out = self.last_out
         decision = None if verdict is None else verdict.decision
-        if out is None or head is not self.last_head or decision is not self.last_decision:
-            if verdict is None:
-                out = policy.upstream_request_head(head, self.peer_b, self.port_b, p.fwd, self.trusted)
-            else:
-                drop, extra = verdict.forward()
-                out = policy.upstream_request_head(head, self.peer_b, self.port_b, p.fwd, self.trusted, extra, drop)
-            if head is self.last_head:
+        if (p.signer is not None  # hub credentials: a fresh one per request, nothing to reuse
+                or out is None or head is not self.last_head or decision is not self.last_decision):
+            # host mode: the verified account line is a function of the head, so reusable with it
+            out = p.upstream_head(head, route, verdict, account, key, self.peer_b, self.port_b, self.trusted)
+            if head is self.last_head and p.signer is None:
                 self.last_out = out
                 self.last_decision = decision
         key = p.pool_key(route, project_id)

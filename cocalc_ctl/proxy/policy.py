@@ -38,6 +38,7 @@ from __future__ import annotations
 import ipaddress
 
 from cocalc_ctl.authnames import ACCOUNT_HEADER, HUB_AUTH_HEADER
+from cocalc_ctl.proxy import cookies
 from cocalc_ctl.proxy.http1 import (HOP_BY_HOP, HttpError, UpstreamProtocolError, parse_request_head,
                                     parse_response_head)
 
@@ -204,8 +205,10 @@ def plan_response(head, resp) -> tuple[int, bool, bool, bool]:
     return mode, chunked_out, keep, reusable
 
 
-def client_response_head(resp, mode: int, chunked_out: bool, keep: bool, extra: bytes = b"") -> bytes:
+def client_response_head(resp, mode: int, chunked_out: bool, keep: bool, extra: bytes = b"",
+                         cookie_scope: bytes = b"") -> bytes:
     """The response head toward the client: end-to-end fields, then our framing and connection fields.
+    A `cookie_scope` (`/<project_id>/`, or `/` in subdomain mode) rewrites Set-Cookie (cookies.py).
     UpstreamProtocolError if it would exceed the response limits."""
     tokens = resp.connection_tokens
     drop = _RESPONSE_DROP if not tokens else _RESPONSE_DROP | tokens
@@ -214,6 +217,10 @@ def client_response_head(resp, mode: int, chunked_out: bool, keep: bool, extra: 
     for lname, name, value in resp.headers:
         if lname in drop:
             continue
+        if lname == b"set-cookie" and cookie_scope:
+            value = cookies.rewrite(value, cookie_scope)
+            if value is None:
+                continue
         out += b"%s: %s\r\n" % (name, value)
         n += 1
     if mode == FIXED:
@@ -234,7 +241,9 @@ def client_response_head(resp, mode: int, chunked_out: bool, keep: bool, extra: 
 
 
 def interim_head(resp) -> bytes:
-    """A 100 Continue passed on to an HTTP/1.1 client."""
+    """A 100 Continue passed on to an HTTP/1.1 client (no Set-Cookie: browsers ignore them on a 1xx,
+    and nothing a project sends may set a cookie unscoped)."""
+    resp.headers = [h for h in resp.headers if h[0] != b"set-cookie"]
     return client_response_head(resp, NONE, False, True)
 
 

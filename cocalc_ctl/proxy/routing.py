@@ -54,6 +54,80 @@ def project_from_target(target: bytes) -> str:
     return first
 
 
+_HOST_PORT = re.compile(rb"(.*?)(?::[0-9]{1,5})?")
+
+
+def project_from_host(host: bytes, domain: bytes) -> str | None:
+    """Subdomain mode: the project a Host field `<project_id>.<domain>[:port]` names; None for a Host
+    outside the domain (the proxy's own name: /healthz, /metrics); HttpError(400) for anything else
+    under the domain (another label, a trailing dot, not a canonical uuid) or a malformed Host."""
+    name = _HOST_PORT.fullmatch(host.lower()).group(1)
+    if name == domain or not name.endswith(b"." + domain):
+        if name.endswith(b"." + domain + b".") or name == domain + b".":
+            raise HttpError(400, "Host with a trailing dot")
+        return None
+    label = name[:-len(domain) - 1]
+    if len(label) != 36 or not is_uuid(label.decode("ascii", "replace")):
+        raise HttpError(400, "Host is not <project_id>.<project_domain>")
+    return label.decode("ascii")
+
+
+def check_target(target: bytes) -> None:
+    """The target rules without the project segment (subdomain mode): origin form, visible ASCII, no dot
+    segment, no encoded slash, dot or backslash; HttpError(400) otherwise."""
+    if _VISIBLE_ASCII.fullmatch(target) is None or b"#" in target:
+        raise HttpError(400, "invalid character in the request target")
+    if not target.startswith(b"/"):
+        raise HttpError(400, "only origin-form request targets are accepted")
+    if target.startswith(b"//"):
+        raise HttpError(400, "request target starts with //")
+    path = target.split(b"?", 1)[0]
+    lower = path.lower()
+    for bad in _ENCODED_DANGER:
+        if bad in lower:
+            raise HttpError(400, "encoded slash, dot or backslash in the path")
+    if _DOT_SEGMENT.search(path) is not None:
+        raise HttpError(400, "dot segment in the path")
+
+
+class Addressing:
+    """Which project a request addresses: the ONE answer both the fast and the stream path use.
+
+    Path mode (no `proxy.project_domain`): `/<project_id>/...` (project_from_target). Subdomain mode:
+    Host `<project_id>.<domain>` with the target passed unchanged; a Host outside the domain reaches
+    only /healthz and /metrics (anything else 404). `cookie_path` is what a project's Set-Cookie Path
+    is narrowed to (path mode) or None (subdomain mode: the origin is the project's own).
+    """
+
+    __slots__ = ("domain",)
+
+    def __init__(self, domain: str | None = None):
+        self.domain = domain.lower().encode() if domain else None
+
+    def local(self, head) -> bool:
+        """A request for the proxy itself (/healthz, /metrics), not for a project."""
+        if head.target != b"/healthz" and head.target != b"/metrics":
+            return False
+        if self.domain is None:
+            return True
+        try:
+            return project_from_host(head.host, self.domain) is None
+        except HttpError:
+            return False  # a bad project Host: project() refuses it
+
+    def project(self, head) -> str:
+        if self.domain is None:
+            return project_from_target(head.target)
+        pid = project_from_host(head.host, self.domain)
+        if pid is None:
+            raise HttpError(404, "no such project")
+        check_target(head.target)
+        return pid
+
+    def cookie_path(self, project_id: str) -> bytes | None:
+        return None if self.domain is not None else b"/%s/" % project_id.encode()
+
+
 @dataclass(frozen=True)
 class Route:
     host: str

@@ -164,7 +164,8 @@ class StreamRelay:
         if body_task is not None and body_task.done() and body_task.exception() is not None:
             keep = reusable = False  # the request body was not fully relayed
         try:
-            head_bytes = policy.client_response_head(resp, mode, chunked_out, keep)
+            head_bytes = policy.client_response_head(resp, mode, chunked_out, keep,
+                                                     cookie_scope=self.cookie_scope(key))
         except UpstreamProtocolError as exc:
             uw.close()
             _cancel(body_task)
@@ -284,7 +285,8 @@ class StreamRelay:
         upgrade = next((v for n, _, v in resp.headers if n == b"upgrade"), head.upgrade)
         try:
             head_bytes = policy.client_response_head(resp, policy.NONE, False, True,
-                                                     extra=b"connection: upgrade\r\nupgrade: %s\r\n" % upgrade)
+                                                     extra=b"connection: upgrade\r\nupgrade: %s\r\n" % upgrade,
+                                                     cookie_scope=self.cookie_scope(key))
         except UpstreamProtocolError as exc:
             uw.close()
             self.metrics.upstream_errors["protocol"] += 1

@@ -29,6 +29,17 @@ ROUTE_CHANNEL = "cocalc_ctl_routes"
 PROJECT_ROUTE_SQL = """SELECT p.host_id, h.internal_url FROM projects p
                        LEFT JOIN project_hosts h ON h.id = p.host_id WHERE p.project_id = %s"""
 
+# keys: the channel `keys watch` LISTENs on. Payload: a host uuid (its keys, address, trust or hub
+# secrets changed), `hub:<uuid>` (a hub principal's keys), anything else (resync everything).
+KEYS_CHANNEL = "cocalc_ctl_keys"
+# proxy: the hub credential's per-host secrets (table host_proxy_secrets, migration "proxy: per-host hub
+# credential secrets"). The hub signs with a host's oldest key (during a rotation: the old one, which
+# every host still accepts); a host reads only its own rows (row-level security).
+HUB_SIGNING_KEY_SQL = """SELECT key_id, secret FROM host_proxy_secrets WHERE host_id = %s
+                         ORDER BY created_at, key_id LIMIT 1"""
+HOST_SECRETS_SQL = """SELECT key_id, secret FROM host_proxy_secrets WHERE host_id = %s
+                      ORDER BY created_at, key_id"""
+
 # -- least privilege for hosts ----------------------------------------------------------------------
 # A host logs in as HOST_ROLE_PREFIX + its id's 32 hex digits, a member of HOST_GROUP (NOLOGIN), which
 # holds every right a host has. cocalc_ctl_host_id() is that id for such a login, else NULL.
@@ -327,6 +338,34 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     # (payloads at its definition above). Hosts get no right on these tables (no grant, and row-level
     # security that hides every row from them should one be granted by mistake).
     ("access control: accounts, grants, tokens, sessions", ACCESS_SQL),
+    # proxy: one secret per host (256 bits, made by the hub at `keys trust` or `keys proxy-secret`) that
+    # keys the hub proxy's credential on every request it forwards there; two rows during a rotation.
+    # A host login reads only its own rows; every change NOTIFYs the keys channel with the host id, so
+    # `keys watch` on that host and the hub proxies' signing caches pick it up at once.
+    ("proxy: per-host hub credential secrets", [
+        """CREATE TABLE IF NOT EXISTS host_proxy_secrets (
+               host_id    uuid NOT NULL,
+               key_id     text NOT NULL CHECK (key_id ~ '^[0-9a-f]{16}$'),
+               secret     bytea NOT NULL CHECK (length(secret) = 32),
+               created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+               PRIMARY KEY (host_id, key_id))""",
+        """CREATE OR REPLACE FUNCTION cocalc_ctl_notify_proxy_secrets() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             PERFORM pg_notify('cocalc_ctl_keys', coalesce(NEW.host_id, OLD.host_id)::text);
+             RETURN NULL;
+           END $$""",
+        """DROP TRIGGER IF EXISTS cocalc_ctl_proxy_secrets_changed ON host_proxy_secrets""",
+        """CREATE TRIGGER cocalc_ctl_proxy_secrets_changed AFTER INSERT OR UPDATE OR DELETE ON host_proxy_secrets
+           FOR EACH ROW EXECUTE FUNCTION cocalc_ctl_notify_proxy_secrets()""",
+        f"GRANT SELECT ON host_proxy_secrets TO {HOST_GROUP}",
+        """DROP POLICY IF EXISTS cocalc_ctl_others ON host_proxy_secrets""",
+        """DROP POLICY IF EXISTS cocalc_ctl_host_read ON host_proxy_secrets""",
+        """CREATE POLICY cocalc_ctl_others ON host_proxy_secrets FOR ALL TO PUBLIC
+           USING (NOT cocalc_ctl_is_host()) WITH CHECK (NOT cocalc_ctl_is_host())""",
+        f"""CREATE POLICY cocalc_ctl_host_read ON host_proxy_secrets FOR SELECT TO {HOST_GROUP}
+            USING (host_id = cocalc_ctl_host_id())""",
+        """ALTER TABLE host_proxy_secrets ENABLE ROW LEVEL SECURITY""",
+    ]),
 ]
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.access import add_account, add_token, grant, revoke_grant
 from tests.support.cdp import Browser, chromium_path
-from tests.support.proxy import host_state, start_backend, start_proxy
+from tests.support.proxy import host_identity, host_state, hub_secret, start_backend, start_proxy
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(chromium_path() is None, reason="apt-get install chromium")]
@@ -30,7 +30,9 @@ def test_browser_loads_page_and_round_trips_a_websocket_through_hub_and_host(tmp
         backend = start_backend(tmp_path)
         started.append(backend)
         host_state(tmp_path / "host", {pid: backend.port})
-        host = start_proxy(tmp_path, "host", {"data_dir": str(tmp_path / "host"), "proxy": {"trust_forwarded": ["127.0.0.1"]}})
+        hub_secret(dsn, host_id, tmp_path / "host")
+        host = start_proxy(tmp_path, "host", {"data_dir": str(tmp_path / "host"), **host_identity(host_id, tmp_path / "host"),
+                                              "proxy": {"trust_forwarded": ["127.0.0.1"]}})
         started.append(host)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("INSERT INTO project_hosts(id, internal_url) VALUES (%s, %s)",

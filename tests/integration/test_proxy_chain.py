@@ -17,7 +17,8 @@ import zlib
 import pytest
 
 from tests.support.access import add_account, add_token, grant
-from tests.support.proxy import RssSampler, get_json, host_state, start_backend, start_proxy
+from tests.support.proxy import (RssSampler, get_json, host_identity, host_state, hub_secret, start_backend,
+                                 start_proxy)
 
 pytestmark = pytest.mark.integration
 
@@ -51,10 +52,15 @@ def chain(tmp_path_factory, postgres):
         started.append(backend_b)
         host_state(work / "a", {PID: backend_a.port})
         host_state(work / "b", {PID: backend_b.port})
+        # each host proxy accepts only requests its hub signed with that host's secret
+        hub_secret(dsn, HOST_A, work / "a")
+        hub_secret(dsn, HOST_B, work / "b")
         host_cfg = {"proxy": {"trust_forwarded": ["127.0.0.1"], "upstream_timeout": 5}}
-        proxy_a = start_proxy(work, "host", {"data_dir": str(work / "a"), **host_cfg})
+        proxy_a = start_proxy(work, "host", {"data_dir": str(work / "a"), **host_identity(HOST_A, work / "a"),
+                                             **host_cfg})
         started.append(proxy_a)
-        proxy_b = start_proxy(work, "host", {"data_dir": str(work / "b"), **host_cfg})
+        proxy_b = start_proxy(work, "host", {"data_dir": str(work / "b"), **host_identity(HOST_B, work / "b"),
+                                             **host_cfg})
         started.append(proxy_b)
         with psycopg.connect(dsn, autocommit=True) as conn:
             for hid, port in ((HOST_A, proxy_a.port), (HOST_B, proxy_b.port)):
@@ -206,13 +212,15 @@ def test_notify_reroutes_a_moved_project_on_the_next_request(chain):
         while get(hub, f"/{PID}/info")[1].get("name") != "b":
             assert time.monotonic() < deadline, "the move did not take effect"
             time.sleep(0.02)
-        # a changed internal_url of a host re-routes every project on it
+        # a changed internal_url of a host re-routes every project on it: here to host A's proxy, which
+        # refuses what the hub signs for host B (another host's key)
         _sql(chain, "UPDATE project_hosts SET internal_url=%s WHERE id=%s",
              (f"http://127.0.0.1:{chain['a'].port}", HOST_B))
         deadline = time.monotonic() + 10
-        while get(hub, f"/{PID}/info")[1].get("name") != "a":
+        while get(hub, f"/{PID}/info")[0] != 401:
             assert time.monotonic() < deadline, "the host change did not take effect"
             time.sleep(0.02)
+        assert "unknown hub credential key" in chain["a"].log()
     finally:
         _sql(chain, "UPDATE project_hosts SET internal_url=%s WHERE id=%s",
              (f"http://127.0.0.1:{chain['b'].port}", HOST_B))
