@@ -2,10 +2,11 @@
 """Access control's cost in the hub proxy: hub -> host -> backend with `proxy.auth: builtin` (a Bearer
 token on every request, decisions cached) against the same chain with `proxy.auth: none`, in
 interleaved wrk rounds of one run; then the first request of fresh tokens (a cache miss: one decision
-query) against a second request of each (a hit), with the hub holding --tokens tokens and grants.
+query) against a second request of each (a hit), with the hub holding --tokens tokens and grants; then
+how long a removed grant takes to refuse the next request and to close an open WebSocket.
 
     python3 benchmarks/proxy/auth_bench.py [--duration 10] [--rounds 3] [--connections 64] \
-        [--tokens 100000] [--cold 300]
+        [--tokens 100000] [--cold 300] [--revocations 20]
 
 Needs: wrk, PostgreSQL server binaries (as the tests). Prints the environment, then Markdown tables.
 Target (issue 13): authenticated >= 0.9x the request rate of `none`; a cold miss p99 < 5 ms.
@@ -72,6 +73,20 @@ def serve(work: Path, mode: str, config: dict):
                     "--listen", f"127.0.0.1:{port}", "--no-access-log"], work / f"{mode}-{port}.log", port, env=env)
 
 
+def open_websocket(port: int, path: str, headers: dict):
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    s.sendall((f"GET {path} HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101"), head[:100]
+    return s
+
+
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
@@ -91,6 +106,7 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--tokens", type=int, default=100_000, help="tokens and grants in the hub besides ours")
     ap.add_argument("--cold", type=int, default=300, help="fresh tokens for the cache-miss figure")
+    ap.add_argument("--revocations", type=int, default=20, help="grants removed under an open WebSocket")
     args = ap.parse_args()
     print_environment()
 
@@ -104,7 +120,15 @@ def main() -> int:
         backend = start_backend(work)
         started.append(backend)
         host_state(work / "host", {PID: backend.port})
-        host = serve(work, "host", {"data_dir": str(work / "host"), "proxy": {"trust_forwarded": ["127.0.0.1"]}})
+        host_cfg = {"data_dir": str(work / "host"), "proxy": {"trust_forwarded": ["127.0.0.1"]}}
+        try:  # a host proxy that accepts only what its hub signed, where this version has the hub credential
+            from tests.support.proxy import host_identity, hub_secret
+
+            hub_secret(dsn, HOST, work / "host")
+            host_cfg.update(host_identity(HOST, work / "host"))
+        except ImportError:
+            pass
+        host = serve(work, "host", host_cfg)
         started.append(host)
         sql(dsn, "INSERT INTO project_hosts(id, name, internal_url) VALUES (%s, %s, %s)",
             (HOST, "bench", f"http://127.0.0.1:{host.port}"))
@@ -147,6 +171,9 @@ def main() -> int:
             print(f"| proxy.auth: {name} | {rps:.0f} | {rps / base:.2f} | "
                   f"{statistics.median(x['p50'] for x in results[name]):.2f} | "
                   f"{statistics.median(x['p99'] for x in results[name]):.2f} |")
+        paired = [b["rps"] / n["rps"] for b, n in zip(results["builtin"], results["none"])]
+        print(f"\nper round (the two measured back to back), builtin / none: "
+              f"{', '.join(f'{x:.2f}' for x in paired)}; median {statistics.median(paired):.2f}")
 
         # cold misses: the first request of each fresh token is a decision query, the second a cache hit
         fresh = [add_token(dsn, account)[0] for _ in range(args.cold)]
@@ -169,6 +196,33 @@ def main() -> int:
             print(f"| {name} | {pct(xs, 50):.2f} | {pct(xs, 99):.2f} | {max(xs):.2f} |")
         print(f"\nmiss overhead (p50 cold - p50 warm): {pct(cold, 50) - pct(warm, 50):.2f} ms; "
               f"(p99 cold - p99 warm): {pct(cold, 99) - pct(warm, 99):.2f} ms")
+
+        # revocation: a grant removed (committed) -> next HTTP request refused, open WebSocket closed
+        http_ms, ws_ms = [], []
+        port = hubs["builtin"].port
+        for i in range(args.revocations):
+            aid = add_account(dsn, f"revoked{i}")
+            grant(dsn, PID, aid, "collaborator")
+            tok, _ = add_token(dsn, aid)
+            h = {"Authorization": f"Bearer {tok}"}
+            ws = open_websocket(port, f"/{PID}/ws", h)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            assert timed_get(conn, f"/{PID}/info", h)[0] == 200
+            t0 = time.perf_counter()
+            sql(dsn, "DELETE FROM project_grants WHERE project_id = %s AND account_id = %s", (PID, aid))
+            while timed_get(conn, f"/{PID}/info", h)[0] != 403:
+                pass
+            http_ms.append((time.perf_counter() - t0) * 1000)
+            ws.settimeout(10)
+            assert ws.recv(4096) == b""
+            ws_ms.append((time.perf_counter() - t0) * 1000)
+            ws.close()
+            conn.close()
+        print(f"\n{args.revocations} grants removed (from the commit returning to the client), under load:\n")
+        print("| refused | median ms | max ms |")
+        print("|---|---:|---:|")
+        print(f"| next HTTP request (403) | {statistics.median(http_ms):.1f} | {max(http_ms):.1f} |")
+        print(f"| open WebSocket closed | {statistics.median(ws_ms):.1f} | {max(ws_ms):.1f} |")
     finally:
         for s in reversed(started):
             s.stop()
