@@ -176,19 +176,19 @@ def add_account(cfg: Config, name: str, account_id: str | None = None) -> Accoun
         return None
     with _connect(cfg, autocommit=False) as conn:
         with conn.transaction():
-            conn.execute("LOCK TABLE accounts IN SHARE ROW EXCLUSIVE MODE")  # name and id checked, then added
+            # no table lock (a CoCalc hub writes its accounts rows all the time): the unique keys decide
+            created = hub_access.insert_account(conn, name, account_id)
+            if created is not None:
+                return AccountChange("created", created)
             by_name = hub_access.find_account(conn, name=name)
+            if by_name is not None and account_id in (None, by_name.account_id):
+                return AccountChange("unchanged", by_name)
             if by_name is not None:
-                if account_id is None or by_name.account_id == account_id:
-                    return AccountChange("unchanged", by_name)
                 raise InvalidInput(f"account {name} exists with another id ({by_name.account_id})",
                                    hint="choose another name, or leave out --id")
-            if account_id is not None:
-                by_id = hub_access.find_account(conn, account_id=account_id)
-                if by_id is not None:
-                    raise InvalidInput(f"account {account_id} exists as {by_id.name or 'an unnamed account'}",
-                                       hint="an account has one name; choose another id")
-            return AccountChange("created", hub_access.insert_account(conn, name, account_id))
+            by_id = hub_access.find_account(conn, account_id=account_id) if account_id else None
+            raise InvalidInput(f"account {account_id} exists as {(by_id and by_id.name) or 'an unnamed account'}",
+                               hint="an account has one name; choose another id")
 
 
 def set_account_disabled(cfg: Config, ref: str, disabled: bool) -> AccountChange | None:

@@ -140,10 +140,11 @@ def find_account(conn, account_id: str | None = None, name: str | None = None) -
     return Account(*row) if row else None
 
 
-def insert_account(conn, name: str, account_id: str | None = None) -> Account:
-    row = conn.execute(f"""INSERT INTO accounts AS a (account_id, name) VALUES (%s, %s)
+def insert_account(conn, name: str, account_id: str | None = None) -> Account | None:
+    """The new account, or None when its name or id is taken (nothing written then)."""
+    row = conn.execute(f"""INSERT INTO accounts AS a (account_id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING
                            RETURNING {_ACCOUNT_COLS}""", (account_id or str(uuid.uuid4()), name)).fetchone()
-    return Account(*row)
+    return Account(*row) if row else None
 
 
 def set_disabled(conn, account_id: str, disabled: bool) -> Account:

@@ -53,6 +53,11 @@ def test_account_grant_token_round_trip_and_the_token_is_shown_once(admin, hub_d
     alice = admin.json("hub", "account", "add", "alice")  # again: unchanged, same id
     assert alice["action"] == "unchanged" and alice["account"]["name"] == "alice"
     aid = alice["account"]["account_id"]
+    assert admin.json("hub", "account", "add", "alice", "--id", aid)["action"] == "unchanged"
+    _err(admin.cli("hub", "account", "add", "alice", "--id", str(uuid.uuid4()), check=False), 2, "another id")
+    _err(admin.cli("hub", "account", "add", "other", "--id", aid, check=False), 2, "exists as alice")
+    own = str(uuid.uuid4())  # an id another system already knows the account by
+    assert admin.json("hub", "account", "add", "carol", "--id", own)["account"]["account_id"] == own
     assert admin.cli("hub", "project", "grant", p, "alice", "--role", "viewer").stdout.strip() == \
         f"granted viewer on project {p} to account alice ({aid})"
     g = admin.json("hub", "project", "grant", p, aid, "--role", "collaborator")  # by uuid too
@@ -110,8 +115,8 @@ def test_account_grant_token_round_trip_and_the_token_is_shown_once(admin, hub_d
     assert _decide(hub_dsn, token2, p) is None
     res = admin.cli("hub", "token", "create", "--account", "alice", check=False)
     _err(res, 5, "alice is disabled", "hub account enable")
-    listed = admin.json("hub", "account", "list")
-    assert listed[0]["disabled_at"] and listed[0]["name"] == "alice"
+    listed = {a["name"]: a for a in admin.json("hub", "account", "list")}
+    assert listed["alice"]["disabled_at"] and listed["carol"]["disabled_at"] is None
     admin.cli("hub", "account", "enable", "alice")
     assert _decide(hub_dsn, token2, p)[2] == "collaborator"
 
