@@ -18,7 +18,7 @@ from cocalc_ctl.authnames import SESSION_PREFIX, TOKEN_PREFIX
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import InvalidInput, NotFound, PreconditionFailed
 from cocalc_ctl.state import hub_access, hub_db
-from cocalc_ctl.state.hub_access import ROLES, Account, Grant, Token
+from cocalc_ctl.state.hub_access import ROLES, Account, Token
 
 ACCOUNT_NAME_MAX = 64
 _ACCOUNT_NAME_RE = re.compile(r"[a-z][a-z0-9._-]{0,63}", re.ASCII)
