@@ -66,21 +66,23 @@ _VALID = """t.revoked_at IS NULL
          AND a.disabled_at IS NULL
          AND (t.project_id IS NULL OR t.project_id = q.project_id)"""
 
+# the grant, by its whole primary key (a join could scan every grant of a project with many members)
+_ROLE = """(SELECT g.role FROM project_grants g
+              WHERE g.project_id = q.project_id AND g.account_id = t.account_id) AS role"""
+
 # params (token_hash, project_id)
-TOKEN_DECISION_SQL = f"""SELECT t.account_id, t.token_id, g.role, t.expires_at
+TOKEN_DECISION_SQL = f"""SELECT t.account_id, t.token_id, {_ROLE}, t.expires_at
     FROM (SELECT %s::bytea AS token_hash, %s::uuid AS project_id) q
     JOIN access_tokens t ON t.token_hash = q.token_hash
     JOIN accounts a ON a.account_id = t.account_id
-    LEFT JOIN project_grants g ON g.project_id = q.project_id AND g.account_id = t.account_id
     WHERE {_VALID}"""
 
 # params (session_hash, project_id); a session holds for the one project it was made for
-SESSION_DECISION_SQL = f"""SELECT t.account_id, t.token_id, g.role, least(s.expires_at, t.expires_at)
+SESSION_DECISION_SQL = f"""SELECT t.account_id, t.token_id, {_ROLE}, least(s.expires_at, t.expires_at)
     FROM (SELECT %s::bytea AS session_hash, %s::uuid AS project_id) q
     JOIN access_sessions s ON s.session_hash = q.session_hash AND s.project_id = q.project_id
     JOIN access_tokens t ON t.token_id = s.token_id AND t.account_id = s.account_id
     JOIN accounts a ON a.account_id = t.account_id
-    LEFT JOIN project_grants g ON g.project_id = q.project_id AND g.account_id = t.account_id
     WHERE s.expires_at > statement_timestamp() AND {_VALID}"""
 
 # params (token_id,): at most one write a minute per token (and no NOTIFY: the trigger ignores it)
