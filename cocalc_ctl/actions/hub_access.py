@@ -142,6 +142,13 @@ class CreatedToken:
 
 
 @dataclass
+class PruneResult:
+    sessions: int  # expired sessions deleted
+    tokens: int  # tokens deleted (revoked or expired longer ago than the cut-off)
+    older_than: str
+
+
+@dataclass
 class TokenChange:
     action: str  # revoked | already revoked
     token: Token
@@ -331,3 +338,16 @@ def revoke_token(cfg: Config, ref: str) -> TokenChange | None:
             changed = hub_access.revoke_token(conn, tid)
             rec = hub_access.get_token(conn, tid)
     return TokenChange("revoked" if changed else "already revoked", rec)
+
+
+def prune(cfg: Config, older_than: str = "30d") -> PruneResult | None:
+    """Delete expired sessions, and tokens revoked or expired more than `older_than` ago (a timer's job)."""
+    span = duration(older_than)
+    if span is None:
+        raise InvalidInput("--older-than never would delete nothing", hint="give a duration such as 30d")
+    if proc.plan_only(f"# delete expired hub sessions, and tokens revoked or expired more than {older_than} ago"):
+        return None
+    with _connect(cfg, autocommit=False) as conn:
+        with conn.transaction():
+            sessions, tokens = hub_access.prune(conn, span)
+    return PruneResult(sessions, tokens, older_than)

@@ -239,6 +239,16 @@ def revoke_token(conn, token_id: str) -> bool:
     return cur.rowcount == 1
 
 
+def prune(conn, older_than: dt.timedelta) -> tuple[int, int]:
+    """Delete expired sessions, and tokens revoked or expired more than `older_than` ago (their sessions
+    go with them). (sessions, tokens) deleted."""
+    sessions = conn.execute(PRUNE_SESSIONS_SQL).rowcount
+    tokens = conn.execute("""DELETE FROM access_tokens
+                             WHERE revoked_at < statement_timestamp() - %(d)s OR expires_at < statement_timestamp() - %(d)s""",
+                          {"d": older_than}).rowcount
+    return sessions, tokens
+
+
 def decide_token(conn, token: str, project_id: str) -> tuple | None:
     """The token decision for a sync caller (tests, CLI checks): the row or None."""
     return conn.execute(TOKEN_DECISION_SQL, (hash_secret(token), project_id)).fetchone()

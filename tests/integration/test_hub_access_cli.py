@@ -232,3 +232,31 @@ def test_pages_of_accounts_users_and_tokens_cover_everything_once(admin, hub_dsn
         # --json: an array per page; the key on stderr
         res = admin.cli("--json", *args, "--limit", "20")
         assert len(json.loads(res.stdout)) == 20 and res.stderr.strip() == f"… more: --after {want[19]}"
+
+
+def test_prune_deletes_expired_sessions_and_long_dead_tokens_only(admin, hub_dsn):
+    p = _project(hub_dsn)
+    admin.cli("hub", "account", "add", "erin")
+    aid = admin.json("hub", "account", "list")[0]["account_id"]
+    live = admin.json("hub", "token", "create", "--account", "erin", "--name", "live")["token_id"]
+    dead = {}
+    for name, cols in (("revoked-long-ago", "revoked_at = now() - interval '31 days'"),
+                       ("revoked-recently", "revoked_at = now() - interval '1 day'"),
+                       ("expired-long-ago", "expires_at = now() - interval '40 days'"),
+                       ("expired-recently", "expires_at = now() - interval '2 days'")):
+        dead[name] = admin.json("hub", "token", "create", "--account", "erin", "--name", name)["token_id"]
+        sql(hub_dsn, f"UPDATE access_tokens SET {cols} WHERE token_id = %s", (dead[name],))
+    with psycopg.connect(hub_dsn, autocommit=True) as conn:
+        now = dt.datetime.now(dt.timezone.utc)
+        for tid, expires in ((live, now + dt.timedelta(hours=1)), (live, now - dt.timedelta(minutes=1)),
+                             (dead["revoked-recently"], now + dt.timedelta(hours=1))):
+            conn.execute(ha.CREATE_SESSION_SQL, (ha.hash_secret(ha.new_session()), tid, aid, p, expires))
+    res = admin.json("hub", "token", "prune")
+    assert (res["sessions"], res["tokens"]) == (1, 2)
+    left = {t["name"] for t in admin.json("hub", "token", "list")}
+    assert left == {"live", "revoked-recently", "expired-recently"}
+    assert sql(hub_dsn, "SELECT count(*) FROM access_sessions") == [(2,)]
+    assert admin.json("hub", "token", "prune", "--older-than", "1h")["tokens"] == 2
+    assert {t["name"] for t in admin.json("hub", "token", "list")} == {"live"}
+    _err(admin.cli("hub", "token", "prune", "--older-than", "never", check=False), 2, "never")
+    _err(admin.cli("hub", "token", "prune", "--older-than", "0m", check=False), 2, "out of range")
