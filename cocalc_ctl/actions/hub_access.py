@@ -32,9 +32,13 @@ DEFAULT_TOKEN_EXPIRY = "30d"
 
 # -- validation (pure) ----------------------------------------------------------------------------------
 
+_SECRET_RE = re.compile(f"(?:{TOKEN_PREFIX}|{SESSION_PREFIX})[A-Za-z0-9_-]{{8,}}", re.ASCII)
+
+
 def _show(value: object) -> str:
-    """Untrusted input inside a one-line message: repr (no control characters), at most 80 characters."""
-    text = repr(value)
+    """Untrusted input inside a one-line message: repr (no control characters), at most 80 characters,
+    and never a token or session value (a user may paste one in the wrong place)."""
+    text = _SECRET_RE.sub(lambda m: m.group(0)[:len(TOKEN_PREFIX)] + "…(redacted)", repr(value))
     return text if len(text) <= 80 else text[:77] + "...'"
 
 
@@ -103,7 +107,7 @@ def token_ref(value: str) -> str:
 def _uuid_key(what: str):
     def key(after: str) -> str:
         if not ids.is_uuid(after):
-            raise InvalidInput(f"--after {after[:80]!r} is not {what}",
+            raise InvalidInput(f"--after {_show(after)} is not {what}",
                                hint="give the KEY from the previous page's `more: --after KEY`")
         return after
     return key

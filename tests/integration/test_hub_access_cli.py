@@ -203,6 +203,8 @@ def test_a_typed_token_never_appears_in_an_error(admin):
         res = admin.cli(*args, check=False)
         assert res.returncode == code, (args, res.stderr)
         assert secret[:8] not in res.stderr + res.stdout, (args, res.stderr)
+        verbose = admin.cli("-v", *args, check=False)  # -v prints a traceback: not the token either
+        assert secret[:8] not in verbose.stderr + verbose.stdout, (args, verbose.stderr)
         assert "cct_…(redacted)" in res.stderr or "contains a token" in res.stderr, (args, res.stderr)
 
 
