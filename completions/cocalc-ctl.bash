@@ -11,7 +11,7 @@ _cocalc_ctl() {
         ['cocalc-ctl hub account']='add disable enable list'
         ['cocalc-ctl hub keys']='ensure rotate show'
         ['cocalc-ctl hub project']='add grant list revoke rm set show users'
-        ['cocalc-ctl hub token']='create list revoke'
+        ['cocalc-ctl hub token']='create list prune revoke'
         ['cocalc-ctl keys']='broadcast ensure known-hosts peers proxy-secret register rotate show sync trust untrust watch'
         ['cocalc-ctl metrics']='show write'
         ['cocalc-ctl move']='abort cancel cleanup finalize host-step recv send start status worker'
@@ -62,6 +62,7 @@ _cocalc_ctl() {
         ['cocalc-ctl hub token']='-h --help'
         ['cocalc-ctl hub token create']='--account --project --expires --name -h --help'
         ['cocalc-ctl hub token list']='--account --project --limit --after -h --help'
+        ['cocalc-ctl hub token prune']='--older-than -h --help'
         ['cocalc-ctl hub token revoke']='-h --help'
         ['cocalc-ctl keys']='-h --help'
         ['cocalc-ctl keys broadcast']='-h --help'
@@ -132,7 +133,7 @@ _cocalc_ctl() {
         ['cocalc-ctl timers remove']='--user-unit-dir --unit-dir --only -h --help'
     )
     local globals='--config --json --dry-run -v --verbose -q --quiet --wide --version -h --help'
-    local valopts=' --account --after --bin --bwlimit --compress --concurrency --config --cpu-shares --disk --expires --from --from-backup --host --id --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --memory --mode --name --only --out --password-file --path --pids --poll --project --quota --reason --role --seconds --snapshot --swap --textfile-dir --ticket --tmp --to --to-project --unit-dir --user --user-unit-dir --which '
+    local valopts=' --account --after --bin --bwlimit --compress --concurrency --config --cpu-shares --disk --expires --from --from-backup --host --id --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --memory --mode --name --older-than --only --out --password-file --path --pids --poll --project --quota --reason --role --seconds --snapshot --swap --textfile-dir --ticket --tmp --to --to-project --unit-dir --user --user-unit-dir --which '
     local projcmds='|cocalc-ctl backup cleanup|cocalc-ctl backup create|cocalc-ctl backup list|cocalc-ctl backup prune|cocalc-ctl hub project add|cocalc-ctl hub project grant|cocalc-ctl hub project revoke|cocalc-ctl hub project rm|cocalc-ctl hub project set|cocalc-ctl hub project show|cocalc-ctl hub project users|cocalc-ctl move abort|cocalc-ctl move cancel|cocalc-ctl move cleanup|cocalc-ctl move finalize|cocalc-ctl move send|cocalc-ctl move start|cocalc-ctl move status|cocalc-ctl project create|cocalc-ctl project delete|cocalc-ctl project show|cocalc-ctl project start|cocalc-ctl project status|cocalc-ctl project stop|cocalc-ctl restore|cocalc-ctl rootfs mount|cocalc-ctl rootfs resolve|cocalc-ctl rootfs umount|cocalc-ctl snapshot auto|cocalc-ctl snapshot create|cocalc-ctl snapshot delete|cocalc-ctl snapshot list|cocalc-ctl snapshot lock|cocalc-ctl snapshot prune|cocalc-ctl snapshot unlock|cocalc-ctl sshpiper keys-refresh|'
     local cmdpath=cocalc-ctl i w cfg=
     for ((i = 1; i < COMP_CWORD; i++)); do
@@ -199,6 +200,7 @@ _cocalc_ctl() {
         --max-size) COMPREPLY=(); return ;;
         --memory) COMPREPLY=(); return ;;
         --name) COMPREPLY=(); return ;;
+        --older-than) COMPREPLY=(); return ;;
         --path) COMPREPLY=(); return ;;
         --pids) COMPREPLY=(); return ;;
         --poll) COMPREPLY=(); return ;;

@@ -18,7 +18,7 @@ from cocalc_ctl.authnames import SESSION_PREFIX, TOKEN_PREFIX
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import InvalidInput, NotFound, PreconditionFailed
 from cocalc_ctl.state import hub_access, hub_db
-from cocalc_ctl.state.hub_access import ROLES, Account, Grant, Token
+from cocalc_ctl.state.hub_access import ROLES, Account, Token
 
 ACCOUNT_NAME_MAX = 64
 _ACCOUNT_NAME_RE = re.compile(r"[a-z][a-z0-9._-]{0,63}", re.ASCII)
@@ -32,9 +32,13 @@ DEFAULT_TOKEN_EXPIRY = "30d"
 
 # -- validation (pure) ----------------------------------------------------------------------------------
 
+_SECRET_RE = re.compile(f"(?:{TOKEN_PREFIX}|{SESSION_PREFIX})[A-Za-z0-9_-]{{8,}}", re.ASCII)
+
+
 def _show(value: object) -> str:
-    """Untrusted input inside a one-line message: repr (no control characters), at most 80 characters."""
-    text = repr(value)
+    """Untrusted input inside a one-line message: repr (no control characters), at most 80 characters,
+    and never a token or session value (a user may paste one in the wrong place)."""
+    text = _SECRET_RE.sub(lambda m: m.group(0)[:len(TOKEN_PREFIX)] + "…(redacted)", repr(value))
     return text if len(text) <= 80 else text[:77] + "...'"
 
 
@@ -103,7 +107,7 @@ def token_ref(value: str) -> str:
 def _uuid_key(what: str):
     def key(after: str) -> str:
         if not ids.is_uuid(after):
-            raise InvalidInput(f"--after {after[:80]!r} is not {what}",
+            raise InvalidInput(f"--after {_show(after)} is not {what}",
                                hint="give the KEY from the previous page's `more: --after KEY`")
         return after
     return key
@@ -142,6 +146,13 @@ class CreatedToken:
 
 
 @dataclass
+class PruneResult:
+    sessions: int  # expired sessions deleted
+    tokens: int  # tokens deleted (revoked or expired longer ago than the cut-off)
+    older_than: str
+
+
+@dataclass
 class TokenChange:
     action: str  # revoked | already revoked
     token: Token
@@ -176,19 +187,19 @@ def add_account(cfg: Config, name: str, account_id: str | None = None) -> Accoun
         return None
     with _connect(cfg, autocommit=False) as conn:
         with conn.transaction():
-            conn.execute("LOCK TABLE accounts IN SHARE ROW EXCLUSIVE MODE")  # name and id checked, then added
+            # no table lock (a CoCalc hub writes its accounts rows all the time): the unique keys decide
+            created = hub_access.insert_account(conn, name, account_id)
+            if created is not None:
+                return AccountChange("created", created)
             by_name = hub_access.find_account(conn, name=name)
+            if by_name is not None and account_id in (None, by_name.account_id):
+                return AccountChange("unchanged", by_name)
             if by_name is not None:
-                if account_id is None or by_name.account_id == account_id:
-                    return AccountChange("unchanged", by_name)
                 raise InvalidInput(f"account {name} exists with another id ({by_name.account_id})",
                                    hint="choose another name, or leave out --id")
-            if account_id is not None:
-                by_id = hub_access.find_account(conn, account_id=account_id)
-                if by_id is not None:
-                    raise InvalidInput(f"account {account_id} exists as {by_id.name or 'an unnamed account'}",
-                                       hint="an account has one name; choose another id")
-            return AccountChange("created", hub_access.insert_account(conn, name, account_id))
+            by_id = hub_access.find_account(conn, account_id=account_id) if account_id else None
+            raise InvalidInput(f"account {account_id} exists as {(by_id and by_id.name) or 'an unnamed account'}",
+                               hint="an account has one name; choose another id")
 
 
 def set_account_disabled(cfg: Config, ref: str, disabled: bool) -> AccountChange | None:
@@ -331,3 +342,16 @@ def revoke_token(cfg: Config, ref: str) -> TokenChange | None:
             changed = hub_access.revoke_token(conn, tid)
             rec = hub_access.get_token(conn, tid)
     return TokenChange("revoked" if changed else "already revoked", rec)
+
+
+def prune(cfg: Config, older_than: str = "30d") -> PruneResult | None:
+    """Delete expired sessions, and tokens revoked or expired more than `older_than` ago (a timer's job)."""
+    span = duration(older_than)
+    if span is None:
+        raise InvalidInput("--older-than never would delete nothing", hint="give a duration such as 30d")
+    if proc.plan_only(f"# delete expired hub sessions, and tokens revoked or expired more than {older_than} ago"):
+        return None
+    with _connect(cfg, autocommit=False) as conn:
+        with conn.transaction():
+            sessions, tokens = hub_access.prune(conn, span)
+    return PruneResult(sessions, tokens, older_than)

@@ -427,3 +427,15 @@ def token_revoke(token_id: str = typer.Argument(..., metavar="TOKEN_ID",
             done(f"token {t.token_id} of account {who} was already revoked at {output_time(t.revoked_at)}")
 
     render(hub_access.revoke_token(config(), token_id), line)
+
+
+@token_app.command("prune")
+def token_prune(older_than: str = typer.Option("30d", "--older-than", metavar="DURATION",
+                                               help="Delete tokens revoked or expired longer ago than this "
+                                                    "(30d, 12h, 90m).")) -> None:
+    """Delete expired login sessions, and tokens revoked or expired long ago (run it from a timer)."""
+    from cocalc_ctl.actions import hub_access
+
+    render(hub_access.prune(config(), older_than),
+           lambda r: done(f"deleted {r.sessions} expired session(s) and {r.tokens} token(s) revoked or expired "
+                          f"more than {r.older_than} ago"))

@@ -66,21 +66,23 @@ _VALID = """t.revoked_at IS NULL
          AND a.disabled_at IS NULL
          AND (t.project_id IS NULL OR t.project_id = q.project_id)"""
 
+# the grant, by its whole primary key (a join could scan every grant of a project with many members)
+_ROLE = """(SELECT g.role FROM project_grants g
+              WHERE g.project_id = q.project_id AND g.account_id = t.account_id) AS role"""
+
 # params (token_hash, project_id)
-TOKEN_DECISION_SQL = f"""SELECT t.account_id, t.token_id, g.role, t.expires_at
+TOKEN_DECISION_SQL = f"""SELECT t.account_id, t.token_id, {_ROLE}, t.expires_at
     FROM (SELECT %s::bytea AS token_hash, %s::uuid AS project_id) q
     JOIN access_tokens t ON t.token_hash = q.token_hash
     JOIN accounts a ON a.account_id = t.account_id
-    LEFT JOIN project_grants g ON g.project_id = q.project_id AND g.account_id = t.account_id
     WHERE {_VALID}"""
 
 # params (session_hash, project_id); a session holds for the one project it was made for
-SESSION_DECISION_SQL = f"""SELECT t.account_id, t.token_id, g.role, least(s.expires_at, t.expires_at)
+SESSION_DECISION_SQL = f"""SELECT t.account_id, t.token_id, {_ROLE}, least(s.expires_at, t.expires_at)
     FROM (SELECT %s::bytea AS session_hash, %s::uuid AS project_id) q
     JOIN access_sessions s ON s.session_hash = q.session_hash AND s.project_id = q.project_id
     JOIN access_tokens t ON t.token_id = s.token_id AND t.account_id = s.account_id
     JOIN accounts a ON a.account_id = t.account_id
-    LEFT JOIN project_grants g ON g.project_id = q.project_id AND g.account_id = t.account_id
     WHERE s.expires_at > statement_timestamp() AND {_VALID}"""
 
 # params (token_id,): at most one write a minute per token (and no NOTIFY: the trigger ignores it)
@@ -140,10 +142,11 @@ def find_account(conn, account_id: str | None = None, name: str | None = None) -
     return Account(*row) if row else None
 
 
-def insert_account(conn, name: str, account_id: str | None = None) -> Account:
-    row = conn.execute(f"""INSERT INTO accounts AS a (account_id, name) VALUES (%s, %s)
+def insert_account(conn, name: str, account_id: str | None = None) -> Account | None:
+    """The new account, or None when its name or id is taken (nothing written then)."""
+    row = conn.execute(f"""INSERT INTO accounts AS a (account_id, name) VALUES (%s, %s) ON CONFLICT DO NOTHING
                            RETURNING {_ACCOUNT_COLS}""", (account_id or str(uuid.uuid4()), name)).fetchone()
-    return Account(*row)
+    return Account(*row) if row else None
 
 
 def set_disabled(conn, account_id: str, disabled: bool) -> Account:
@@ -234,6 +237,16 @@ def revoke_token(conn, token_id: str) -> bool:
                        "WHERE token_id = %s AND revoked_at IS NULL", (token_id,))
     conn.execute("DELETE FROM access_sessions WHERE token_id = %s", (token_id,))
     return cur.rowcount == 1
+
+
+def prune(conn, older_than: dt.timedelta) -> tuple[int, int]:
+    """Delete expired sessions, and tokens revoked or expired more than `older_than` ago (their sessions
+    go with them). (sessions, tokens) deleted."""
+    sessions = conn.execute(PRUNE_SESSIONS_SQL).rowcount
+    tokens = conn.execute("""DELETE FROM access_tokens
+                             WHERE revoked_at < statement_timestamp() - %(d)s OR expires_at < statement_timestamp() - %(d)s""",
+                          {"d": older_than}).rowcount
+    return sessions, tokens
 
 
 def decide_token(conn, token: str, project_id: str) -> tuple | None:

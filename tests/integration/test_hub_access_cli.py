@@ -53,6 +53,11 @@ def test_account_grant_token_round_trip_and_the_token_is_shown_once(admin, hub_d
     alice = admin.json("hub", "account", "add", "alice")  # again: unchanged, same id
     assert alice["action"] == "unchanged" and alice["account"]["name"] == "alice"
     aid = alice["account"]["account_id"]
+    assert admin.json("hub", "account", "add", "alice", "--id", aid)["action"] == "unchanged"
+    _err(admin.cli("hub", "account", "add", "alice", "--id", str(uuid.uuid4()), check=False), 2, "another id")
+    _err(admin.cli("hub", "account", "add", "other", "--id", aid, check=False), 2, "exists as alice")
+    own = str(uuid.uuid4())  # an id another system already knows the account by
+    assert admin.json("hub", "account", "add", "carol", "--id", own)["account"]["account_id"] == own
     assert admin.cli("hub", "project", "grant", p, "alice", "--role", "viewer").stdout.strip() == \
         f"granted viewer on project {p} to account alice ({aid})"
     g = admin.json("hub", "project", "grant", p, aid, "--role", "collaborator")  # by uuid too
@@ -110,8 +115,8 @@ def test_account_grant_token_round_trip_and_the_token_is_shown_once(admin, hub_d
     assert _decide(hub_dsn, token2, p) is None
     res = admin.cli("hub", "token", "create", "--account", "alice", check=False)
     _err(res, 5, "alice is disabled", "hub account enable")
-    listed = admin.json("hub", "account", "list")
-    assert listed[0]["disabled_at"] and listed[0]["name"] == "alice"
+    listed = {a["name"]: a for a in admin.json("hub", "account", "list")}
+    assert listed["alice"]["disabled_at"] and listed["carol"]["disabled_at"] is None
     admin.cli("hub", "account", "enable", "alice")
     assert _decide(hub_dsn, token2, p)[2] == "collaborator"
 
@@ -198,6 +203,8 @@ def test_a_typed_token_never_appears_in_an_error(admin):
         res = admin.cli(*args, check=False)
         assert res.returncode == code, (args, res.stderr)
         assert secret[:8] not in res.stderr + res.stdout, (args, res.stderr)
+        verbose = admin.cli("-v", *args, check=False)  # -v prints a traceback: not the token either
+        assert secret[:8] not in verbose.stderr + verbose.stdout, (args, verbose.stderr)
         assert "cct_…(redacted)" in res.stderr or "contains a token" in res.stderr, (args, res.stderr)
 
 
@@ -227,3 +234,31 @@ def test_pages_of_accounts_users_and_tokens_cover_everything_once(admin, hub_dsn
         # --json: an array per page; the key on stderr
         res = admin.cli("--json", *args, "--limit", "20")
         assert len(json.loads(res.stdout)) == 20 and res.stderr.strip() == f"… more: --after {want[19]}"
+
+
+def test_prune_deletes_expired_sessions_and_long_dead_tokens_only(admin, hub_dsn):
+    p = _project(hub_dsn)
+    admin.cli("hub", "account", "add", "erin")
+    aid = admin.json("hub", "account", "list")[0]["account_id"]
+    live = admin.json("hub", "token", "create", "--account", "erin", "--name", "live")["token_id"]
+    dead = {}
+    for name, cols in (("revoked-long-ago", "revoked_at = now() - interval '31 days'"),
+                       ("revoked-recently", "revoked_at = now() - interval '1 day'"),
+                       ("expired-long-ago", "expires_at = now() - interval '40 days'"),
+                       ("expired-recently", "expires_at = now() - interval '2 days'")):
+        dead[name] = admin.json("hub", "token", "create", "--account", "erin", "--name", name)["token_id"]
+        sql(hub_dsn, f"UPDATE access_tokens SET {cols} WHERE token_id = %s", (dead[name],))
+    with psycopg.connect(hub_dsn, autocommit=True) as conn:
+        now = dt.datetime.now(dt.timezone.utc)
+        for tid, expires in ((live, now + dt.timedelta(hours=1)), (live, now - dt.timedelta(minutes=1)),
+                             (dead["revoked-recently"], now + dt.timedelta(hours=1))):
+            conn.execute(ha.CREATE_SESSION_SQL, (ha.hash_secret(ha.new_session()), tid, aid, p, expires))
+    res = admin.json("hub", "token", "prune")
+    assert (res["sessions"], res["tokens"]) == (1, 2)
+    left = {t["name"] for t in admin.json("hub", "token", "list")}
+    assert left == {"live", "revoked-recently", "expired-recently"}
+    assert sql(hub_dsn, "SELECT count(*) FROM access_sessions") == [(2,)]
+    assert admin.json("hub", "token", "prune", "--older-than", "1h")["tokens"] == 2
+    assert {t["name"] for t in admin.json("hub", "token", "list")} == {"live"}
+    _err(admin.cli("hub", "token", "prune", "--older-than", "never", check=False), 2, "never")
+    _err(admin.cli("hub", "token", "prune", "--older-than", "0m", check=False), 2, "out of range")

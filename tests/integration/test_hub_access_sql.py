@@ -4,6 +4,7 @@ NOTIFY payloads of every change, the migration on a hub that already has data, a
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import select
 import uuid
 
@@ -53,7 +54,7 @@ def test_secrets_are_256_bit_prefixed_base64url_and_only_their_hash_is_kept():
     s = ha.new_session()
     assert s.startswith(SESSION_PREFIX) and ha.is_session(s) and not ha.is_token(s)
     t = next(iter(tokens))
-    assert ha.hash_secret(t) == __import__("hashlib").sha256(t.encode()).digest() and len(ha.hash_secret(t)) == 32
+    assert ha.hash_secret(t) == hashlib.sha256(t.encode()).digest() and len(ha.hash_secret(t)) == 32
     for bad in ("", TOKEN_PREFIX, t[:-1], t + "A", t[:-1] + "=", t[:-1] + "é", t.replace(TOKEN_PREFIX, "CCT_"), None, 5):
         assert not ha.is_token(bad)
 
@@ -136,7 +137,7 @@ def test_session_decision_is_bound_to_its_project_token_and_expiry(hub):
     assert ha.decide_session(conn, s, p) is None
     assert conn.execute("SELECT count(*) FROM access_sessions WHERE token_id = %s", (tid,)).fetchone()[0] == 0
     # a session scoped through a project-scoped token: only that project
-    ptok, ptid = _token(conn, bob.account_id, project_id=p)
+    _ptok, ptid = _token(conn, bob.account_id, project_id=p)
     ps = _session(conn, ptid, bob.account_id, other, later)  # made for the wrong project (a forged row)
     assert ha.decide_session(conn, ps, other) is None
 
