@@ -379,7 +379,9 @@ class Access:
             return d
         d = await self._lookup(p.kind, key[0], project_id, now)
         if d.answer is None and self.link.listening and generation == self.generation:
-            self.cache.put(key, d, positive=d.account_id is not None)
+            # only access is "positive": an account probing random project ids (403s) churns the
+            # refusals' side, never the decisions in use
+            self.cache.put(key, d, positive=d.role is not None)
         return d
 
     async def _lookup(self, kind: str, digest: bytes, project_id: str, now: float) -> Decision:

@@ -566,3 +566,38 @@ def test_a_change_while_the_listener_is_down_is_not_missed(rig):
                                    AND query LIKE 'LISTEN %%'""")) >= 1)
     grant(dsn, P, aid, "collaborator")  # and after the reconnect, NOTIFY works again
     _until(lambda: request(hub, "GET", f"/{P}/info", bearer(token))[0] == 200)
+
+
+def test_a_flood_of_random_tokens_leaves_the_cached_decisions_of_a_real_proxy_alone(rig, tmp_path):
+    """`proxy.auth_cache_size` through `proxy serve`: 400 random tokens and 400 random projects keep the
+    decision cache within its bounds, and the decision in use is still answered without a query."""
+    import re
+
+    from cocalc_ctl.state.hub_access import new_token
+
+    hub = start_proxy(tmp_path, "hub", {"data_dir": str(tmp_path / "hub"), "hub_dsn": rig["dsn"],
+                                        "proxy": {"auth_cache_size": 32, "route_cache_size": 32,
+                                                  "auth_cache_ttl": LONG, "route_cache_ttl": LONG}})
+
+    def metric(name):
+        text = request(hub.port, "GET", "/metrics")[2].decode()
+        return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+    try:
+        owner = bearer(rig["tok"]["owner"])
+        assert request(hub.port, "GET", f"/{P}/info", owner)[0] == 200
+        lookups = metric("cocalc_proxy_auth_lookups_total")
+        conn = http.client.HTTPConnection("127.0.0.1", hub.port, timeout=15)
+        for i in range(400):
+            for path, headers in ((f"/{P}/x", bearer(new_token())), (f"/{uuid.uuid4()}/x", owner)):
+                conn.request("GET", path, headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                assert resp.status in (401, 403)
+        conn.close()
+        assert metric("cocalc_proxy_auth_cache_entries") <= 32 + 16
+        assert metric("cocalc_proxy_auth_lookups_total") == lookups + 800  # every random key a miss
+        assert request(hub.port, "GET", f"/{P}/info", owner)[0] == 200
+        assert metric("cocalc_proxy_auth_lookups_total") == lookups + 800  # ours still cached
+    finally:
+        hub.stop()
