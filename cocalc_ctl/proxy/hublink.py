@@ -68,12 +68,17 @@ class HubLink:
     async def fetchone(self, sql: str, params: tuple):
         """One row (or None) of a query on a pooled connection; retried once on a broken connection.
         Raises the last error when the hub cannot answer."""
+        from psycopg_pool import PoolTimeout
+
         last = None
         for _ in (1, 2):
             try:
                 async with self.pool.connection() as conn:
                     cur = await conn.execute(sql, params)
                     return await cur.fetchone() if cur.description else None
+            except PoolTimeout:
+                self.db_errors += 1
+                raise  # no connection within the timeout: waiting as long again would not help
             except Exception as exc:  # noqa: BLE001 - every database failure is "hub unavailable" to a caller
                 self.db_errors += 1
                 last = exc

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from cocalc_ctl.proxy import access, policy
+from cocalc_ctl.proxy import access as access_mod
 from cocalc_ctl.proxy.http1 import parse_request_head
 from cocalc_ctl.proxy.lru import LRU, SingleFlight, SplitCache
 
@@ -200,5 +201,35 @@ def test_single_flight_shares_one_call_and_forget_starts_a_fresh_one():
         a.cancel()
         gate.set()
         assert await b == 3
+
+    asyncio.run(main())
+
+
+def test_an_unreachable_hub_fails_closed():
+    """No database: every credential gets 503 (nothing is forwarded), routes 503, within the timeout."""
+    import time
+
+    from cocalc_ctl.proxy.http1 import HttpError
+    from cocalc_ctl.proxy.hublink import HubLink
+    from cocalc_ctl.proxy.routing import HubRoutes
+
+    async def main():
+        link = HubLink("host=/nonexistent-socket-dir dbname=x", pool_size=1, connect_timeout=1)
+        access = access_mod.Access("builtin", link=link)
+        routes = HubRoutes(link)
+        await access.start()
+        try:
+            t = time.monotonic()
+            v = await access.check(head(f"Authorization: Bearer {TOKEN}"), PID)
+            assert v.status == 503 and not isinstance(v, access_mod.Pass)
+            login = await access.check(head(target=f"/{PID}/x?token={TOKEN}"), PID)
+            assert login.status == 503
+            with pytest.raises(HttpError) as exc:
+                await routes.resolve(PID)
+            assert exc.value.status == 503
+            assert time.monotonic() - t < 15
+            assert not link.listening and len(access.cache) == 0
+        finally:
+            await access.close()
 
     asyncio.run(main())
