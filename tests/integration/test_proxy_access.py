@@ -601,3 +601,38 @@ def test_a_flood_of_random_tokens_leaves_the_cached_decisions_of_a_real_proxy_al
         assert metric("cocalc_proxy_auth_lookups_total") == lookups + 800  # ours still cached
     finally:
         hub.stop()
+
+
+def test_concurrent_first_requests_of_one_token_through_the_proxy_cost_one_lookup(rig):
+    """30 clients send the same new token at once while the hub is held up (a lock on `accounts`):
+    one decision lookup serves them all, then all 30 are answered."""
+    import re
+    import threading
+
+    import psycopg
+
+    dsn, hub = rig["dsn"], rig["hub"].port
+    aid = add_account(dsn, "crowd")
+    grant(dsn, P, aid, "collaborator")
+    token, _ = add_token(dsn, aid)
+    request(hub, "GET", f"/{P}/info", bearer(rig["tok"]["owner"]))  # the route is cached
+
+    def lookups():
+        text = request(hub, "GET", "/metrics")[2].decode()
+        return float(re.search(r"^cocalc_proxy_auth_lookups_total (\S+)$", text, re.M).group(1))
+
+    before = lookups()
+    statuses = []
+    with psycopg.connect(dsn) as locker:
+        locker.execute("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE")  # decision queries wait on it
+        threads = [threading.Thread(target=lambda: statuses.append(
+            request(hub, "GET", f"/{P}/info", bearer(token))[0])) for _ in range(30)]
+        for t in threads:
+            t.start()
+        time.sleep(1.5)  # all 30 requests are in the proxy, waiting for the one lookup
+        assert statuses == []
+        locker.rollback()
+    for t in threads:
+        t.join(30)
+    assert statuses == [200] * 30
+    assert lookups() == before + 1
