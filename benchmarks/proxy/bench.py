@@ -99,8 +99,9 @@ def start_nginx(procs: Procs, work: Path, name: str, port: int, body: str):
     wait_port(port)
 
 
-def wrk(url: str, duration: int, connections: int) -> dict:
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", url],
+def wrk(url: str, duration: int, connections: int, headers: dict | None = None) -> dict:
+    hdrs = [a for k, v in (headers or {}).items() for a in ("-H", f"{k}: {v}")]
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", *hdrs, url],
                          capture_output=True, text=True, check=True).stdout
 
     def lat(label):

@@ -118,7 +118,7 @@ class Decision:
 class Presented:
     """The credentials of one request, and how its head must change before it is forwarded."""
 
-    __slots__ = ("kind", "secret", "login", "answer", "drop", "cookie_line", "raw")
+    __slots__ = ("kind", "secret", "login", "answer", "drop", "cookie_line", "raw", "digest")
 
     def __init__(self):
         self.kind: str | None = None      # "token" | "session"
@@ -128,6 +128,7 @@ class Presented:
         self.drop = HUB_DROP
         self.cookie_line = b""            # the Cookie header without the session cookie
         self.raw = b""                    # external mode: Cookie and Authorization as sent
+        self.digest: bytes | None = None  # sha256 of the secret (or of raw): the cache key's part
 
 
 class Pass:
@@ -204,23 +205,28 @@ def present(head) -> Presented:
     return p
 
 
+def _ours(param: bytes) -> bool:
+    """A `token=cct_...` query parameter: ours. Another `token=` (Jupyter's own login link) is the project's."""
+    name, _, value = param.partition(b"=")
+    return name == _QUERY_NAME and value.startswith(_TOKEN_PREFIX)
+
+
 def _query_token(target: bytes) -> bytes | None:
     q = target.find(b"?")
-    if q < 0 or b"token" not in target:
+    if q < 0 or b"token=cct_" not in target:
         return None
     for param in target[q + 1:].split(b"&"):
-        name, _, value = param.partition(b"=")
-        if name == _QUERY_NAME:
-            return value
+        if _ours(param):
+            return param.partition(b"=")[2]
     return None
 
 
 def without_token(target: bytes) -> bytes:
-    """The target of a login link with every `token` parameter removed (the 303's Location)."""
+    """The target of a login link with our `token=cct_...` parameters removed (the 303's Location)."""
     path, q, query = target.partition(b"?")
     if not q:
         return target
-    kept = [x for x in query.split(b"&") if x.partition(b"=")[0] != _QUERY_NAME]
+    kept = [x for x in query.split(b"&") if not _ours(x)]
     return path + (b"?" + b"&".join(kept) if kept else b"")
 
 
@@ -283,11 +289,14 @@ class Access:
     def _cacheable(self) -> bool:
         return self.mode == "external" or self.link.listening
 
-    def check_now(self, head, project_id: str, trusted: bool = False):
-        """Answer or Pass when known without I/O; None when a lookup is needed (then call check)."""
+    def check_now(self, head, project_id: str, trusted: bool = False, p: Presented | None = None):
+        """Answer or Pass when known without I/O; None when a lookup is needed (then call check).
+        `p`: what present_for(head) returned for this very head before (the fast path keeps it for a
+        keep-alive client repeating its request), to save reading the head again."""
         if self.mode == "none":
             return self.open_pass
-        p = self._present(head)
+        if p is None:
+            p = self._present(head)
         if p.answer is not None:
             return self._count(p.answer)
         if p.login:
@@ -313,6 +322,10 @@ class Access:
         d = await self.flights.run(key, lambda: self._decide(key, head, p, project_id, peer, trusted))
         return self._verdict(d, head, p)
 
+    def present_for(self, head) -> Presented | None:
+        """The credentials of `head` as this decision point reads them (None with proxy.auth none)."""
+        return None if self.mode == "none" else self._present(head)
+
     def _present(self, head) -> Presented:
         p = present(head)
         if self.mode == "external":
@@ -325,11 +338,14 @@ class Access:
 
     def _key(self, head, p: Presented, project_id: str):
         if self.mode == "external":
-            safe = head.method in SAFE_METHODS and head.upgrade is None
-            return (hashlib.sha256(p.raw).digest(), project_id, safe)
+            if p.digest is None:
+                p.digest = hashlib.sha256(p.raw).digest()
+            return (p.digest, project_id, head.method in SAFE_METHODS and head.upgrade is None)
         if p.secret is None:
             return None
-        return (hashlib.sha256(p.secret).digest(), project_id)
+        if p.digest is None:
+            p.digest = hashlib.sha256(p.secret).digest()
+        return (p.digest, project_id)
 
     def _count(self, v):
         if isinstance(v, Pass):

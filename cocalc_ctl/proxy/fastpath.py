@@ -49,6 +49,7 @@ class ClientProtocol(asyncio.Protocol):
         self.last_head = None
         self.last_out: bytes | None = None
         self.last_decision = None  # the access decision last_out was built for
+        self.last_presented = None  # (head, access.Presented): the credentials of last_head, read once
 
     # -- transport callbacks -------------------------------------------------------------------
 
@@ -186,7 +187,14 @@ class ClientProtocol(asyncio.Protocol):
         verdict = None
         access = p.access
         if access is not None:  # before routing: a refused client learns nothing about the project
-            verdict = access.check_now(head, project_id, self.trusted)
+            lp = self.last_presented
+            if lp is not None and lp[0] is head:
+                presented = lp[1]
+            else:
+                presented = access.present_for(head)
+                if head is self.last_head:
+                    self.last_presented = (head, presented)
+            verdict = access.check_now(head, project_id, self.trusted, presented)
             if verdict is None:  # needs a database lookup (or a login): do it, then carry on here
                 asyncio.ensure_future(self._after_lookup(head, project_id, t0, None, account, True))
                 return

@@ -546,3 +546,22 @@ def test_a_session_never_outlives_its_token_and_is_secure_for_https_clients(rig)
     max_age = int(next(a for a in attrs if a.startswith("Max-Age="))[8:])
     assert 500 < max_age <= 600
     assert token.encode() not in answer.headers
+
+
+def test_a_change_while_the_listener_is_down_is_not_missed(rig):
+    """The hub proxy's LISTEN connection is killed and a grant removed while it is gone: no NOTIFY
+    reaches the proxy, yet the next request is refused (no cache while deaf, all dropped on reconnect)."""
+    dsn, hub = rig["dsn"], rig["hub"].port
+    aid = add_account(dsn, "deaf")
+    grant(dsn, P, aid, "collaborator")
+    token, _ = add_token(dsn, aid)
+    assert request(hub, "GET", f"/{P}/info", bearer(token))[0] == 200  # cached for an hour now
+    killed = sql(dsn, """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                         WHERE datname = current_database() AND query LIKE 'LISTEN %%'""")
+    assert killed, "the hub proxy's LISTEN connection was not found"
+    revoke_grant(dsn, P, aid)
+    assert request(hub, "GET", f"/{P}/info", bearer(token))[0] == 403
+    _until(lambda: len(sql(dsn, """SELECT 1 FROM pg_stat_activity WHERE datname = current_database()
+                                   AND query LIKE 'LISTEN %%'""")) >= 1)
+    grant(dsn, P, aid, "collaborator")  # and after the reconnect, NOTIFY works again
+    _until(lambda: request(hub, "GET", f"/{P}/info", bearer(token))[0] == 200)

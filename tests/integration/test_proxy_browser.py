@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.support.access import add_account, add_token, grant
+from tests.support.access import add_account, add_token, grant, revoke_grant
 from tests.support.cdp import Browser, chromium_path
 from tests.support.proxy import host_identity, host_state, hub_secret, start_backend, start_proxy
 
@@ -65,6 +65,19 @@ def test_browser_loads_page_and_round_trips_a_websocket_through_hub_and_host(tmp
         while f'"GET /{pid}/port/8000/ws" 101' not in hub.log():
             assert time.monotonic() < deadline, hub.log()
             time.sleep(0.1)
+        # the browser holds only the session cookie (HttpOnly: the page's script cannot read it)
+        assert "cocalc_ctl_session" not in (browser.evaluate("document.cookie") or "")
+        # revoke: the browser's next request with its cookie is refused
+        revoke_grant(dsn, pid, account)
+        deadline = time.monotonic() + 10
+        while True:
+            browser.call("Page.navigate", url=f"http://127.0.0.1:{hub.port}/{pid}/port/8000/page")
+            time.sleep(0.3)
+            text = browser.evaluate("document.body && document.body.innerText") or ""
+            if "forbidden" in text:
+                break
+            assert time.monotonic() < deadline, text
+        assert f'"GET /{pid}/port/8000/page" 403' in hub.log()
     finally:
         if browser is not None:
             browser.close()

@@ -87,14 +87,23 @@ def test_login_token_in_the_query_only_on_get_and_head():
         assert access.present(head(method=method, target=f"/{PID}/x?token={TOKEN}")).answer is access.LOGIN_METHOD
     up = head("Upgrade: websocket", "Connection: upgrade", target=f"/{PID}/ws?token={TOKEN}")
     assert access.present(up).answer is access.LOGIN_METHOD
-    assert not access.present(head(target=f"/{PID}/x?mytoken=1&tokens=2")).login
+    assert not access.present(head(target=f"/{PID}/x?mytoken=cct_1&tokens=cct_2")).login
+
+
+def test_a_token_parameter_that_is_not_ours_belongs_to_the_project():
+    """Jupyter's own login link is `/lab?token=<its token>`: not a credential of ours, and passed on."""
+    h = head(f"Authorization: Bearer {TOKEN}", method="POST", target=f"/{PID}/lab?token=abc123")
+    p = access.present(h)
+    assert (p.kind, p.secret, p.login, p.answer) == ("token", TOKEN.encode(), False, None)
+    assert access.present(head(target=f"/{PID}/lab?token=cct_short")).answer is access.UNAUTHENTICATED
 
 
 @pytest.mark.parametrize("target,expected", [
-    (f"/{PID}/x?token=T", f"/{PID}/x"),
-    (f"/{PID}/x?a=1&token=T&b=2", f"/{PID}/x?a=1&b=2"),
-    (f"/{PID}/x?token=T&token=U", f"/{PID}/x"),
-    (f"/{PID}/x?a=token&token=T", f"/{PID}/x?a=token"),
+    (f"/{PID}/x?token={TOKEN}", f"/{PID}/x"),
+    (f"/{PID}/x?a=1&token={TOKEN}&b=2", f"/{PID}/x?a=1&b=2"),
+    (f"/{PID}/x?token={TOKEN}&token=cct_other", f"/{PID}/x"),
+    (f"/{PID}/x?a=token&token={TOKEN}", f"/{PID}/x?a=token"),
+    (f"/{PID}/lab?token=jupyter&token={TOKEN}", f"/{PID}/lab?token=jupyter"),
     (f"/{PID}/", f"/{PID}/"),
 ])
 def test_login_redirect_target_has_no_token(target, expected):
