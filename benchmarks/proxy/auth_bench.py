@@ -98,7 +98,7 @@ def main() -> int:
     from cocalc_ctl.state import hub_db
     from tests.support.access import add_account, add_token, grant
     from tests.support.postgres import Postgres, sql
-    from tests.support.proxy import host_state, start_backend
+    from tests.support.proxy import host_identity, host_state, hub_secret, start_backend
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
@@ -120,15 +120,10 @@ def main() -> int:
         backend = start_backend(work)
         started.append(backend)
         host_state(work / "host", {PID: backend.port})
-        host_cfg = {"data_dir": str(work / "host"), "proxy": {"trust_forwarded": ["127.0.0.1"]}}
-        try:  # a host proxy that accepts only what its hub signed, where this version has the hub credential
-            from tests.support.proxy import host_identity, hub_secret
-
-            hub_secret(dsn, HOST, work / "host")
-            host_cfg.update(host_identity(HOST, work / "host"))
-        except ImportError:
-            pass
-        host = serve(work, "host", host_cfg)
+        # the host checks the hub credential (both hubs sign with its secret), as in production
+        hub_secret(dsn, HOST, work / "host")
+        host = serve(work, "host", {"data_dir": str(work / "host"), **host_identity(HOST, work / "host"),
+                                    "proxy": {"trust_forwarded": ["127.0.0.1"]}})
         started.append(host)
         sql(dsn, "INSERT INTO project_hosts(id, name, internal_url) VALUES (%s, %s, %s)",
             (HOST, "bench", f"http://127.0.0.1:{host.port}"))

@@ -45,7 +45,7 @@ def rig(tmp_path_factory, postgres):
         backend = start_backend(work, name="p")
         started.append(backend)
         host_state(work / "host", {P: backend.port, Q: backend.port})
-        hub_secret(dsn, HOST, work / "host")  # the host proxy accepts only what its hub signed
+        hub_secret(dsn, HOST, work / "host")  # the host accepts only what its hub signed
         host = start_proxy(work, "host", {"data_dir": str(work / "host"), **host_identity(HOST, work / "host"),
                                           "proxy": {"trust_forwarded": ["127.0.0.1"], "upstream_timeout": 10}})
         started.append(host)
