@@ -256,7 +256,7 @@ class HubRoutes:
     mode = "hub"
 
     def __init__(self, link, ttl: float = 5.0, cache_size: int = 10000):
-        from cocalc_ctl.proxy.hublink import HubLink  # noqa: F401 - hub mode only (psycopg_pool)
+        from cocalc_ctl.proxy.hublink import HubLink  # hub mode only (it brings psycopg_pool)
         from cocalc_ctl.proxy.lru import SingleFlight, SplitCache
         from cocalc_ctl.state.hub_db import ROUTE_CHANNEL
 
