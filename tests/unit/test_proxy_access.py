@@ -233,3 +233,23 @@ def test_an_unreachable_hub_fails_closed():
             await access.close()
 
     asyncio.run(main())
+
+
+def test_psycopg_pool_is_imported_by_hub_mode_only():
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import cocalc_ctl.proxy.server, cocalc_ctl.proxy.fastpath, cocalc_ctl.proxy.access\n"
+            "import cocalc_ctl.actions.proxy, cocalc_ctl.config\n"
+            "from cocalc_ctl.proxy.routing import HostRoutes\n"
+            "assert 'psycopg_pool' not in sys.modules\n"
+            "from cocalc_ctl.proxy.hublink import HubLink\n"
+            "import asyncio\n"
+            "async def go():\n"
+            "    link = HubLink('host=/nonexistent dbname=x', connect_timeout=1)\n"
+            "    await link.start(); await link.close()\n"
+            "asyncio.run(go())\n"
+            "assert 'psycopg_pool' in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
