@@ -46,6 +46,16 @@ class HubLink:
                                         kwargs={"autocommit": True, "connect_timeout": int(self.connect_timeout)},
                                         timeout=self.connect_timeout, name="cocalc-proxy-hub")
         await self.pool.open(wait=False)
+        try:  # a hub that cannot be reached at start is a configuration error: say so and exit
+            async with self.pool.connection() as conn:
+                await conn.execute("SELECT 1")
+        except Exception as exc:  # noqa: BLE001
+            await self.pool.close()
+            from cocalc_ctl.errors import OperationFailed
+
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OperationFailed(f"cannot reach the hub database: {reason}"[:300],
+                                  hint="check hub_dsn and that PostgreSQL is running") from None
         self._task = asyncio.create_task(self._listen_forever())
         try:
             await asyncio.wait_for(self._ready.wait(), self.connect_timeout)

@@ -214,10 +214,19 @@ def test_an_unreachable_hub_fails_closed():
     from cocalc_ctl.proxy.routing import HubRoutes
 
     async def main():
-        link = HubLink("host=/nonexistent-socket-dir dbname=x", pool_size=1, connect_timeout=1)
+        from psycopg_pool import AsyncConnectionPool
+
+        from cocalc_ctl.errors import OperationFailed
+
+        dsn = "host=/nonexistent-socket-dir dbname=x"
+        with pytest.raises(OperationFailed, match="cannot reach the hub database"):
+            await HubLink(dsn, pool_size=1, connect_timeout=1).start()  # at start: a one-line error
+        # the hub going away after start: a pool that cannot connect
+        link = HubLink(dsn, pool_size=1, connect_timeout=1)
+        link.pool = AsyncConnectionPool(dsn, min_size=1, max_size=1, open=False, timeout=1)
+        await link.pool.open(wait=False)
         access = access_mod.Access("builtin", link=link)
         routes = HubRoutes(link)
-        await access.start()
         try:
             t = time.monotonic()
             v = await access.check(head(f"Authorization: Bearer {TOKEN}"), PID)
@@ -230,7 +239,7 @@ def test_an_unreachable_hub_fails_closed():
             assert time.monotonic() - t < 15
             assert not link.listening and len(access.cache) == 0
         finally:
-            await access.close()
+            await link.pool.close()
 
     asyncio.run(main())
 
@@ -247,8 +256,10 @@ def test_psycopg_pool_is_imported_by_hub_mode_only():
             "from cocalc_ctl.proxy.hublink import HubLink\n"
             "import asyncio\n"
             "async def go():\n"
-            "    link = HubLink('host=/nonexistent dbname=x', connect_timeout=1)\n"
-            "    await link.start(); await link.close()\n"
+            "    try:\n"
+            "        await HubLink('host=/nonexistent dbname=x', connect_timeout=1).start()\n"
+            "    except Exception:\n"
+            "        pass\n"
             "asyncio.run(go())\n"
             "assert 'psycopg_pool' in sys.modules\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
