@@ -94,7 +94,8 @@ def manage(cfg: Config, host: str, *, rotate: bool = False, finish: bool = False
                 else:
                     conn.execute("DELETE FROM host_proxy_secrets WHERE host_id=%s AND key_id <> %s",
                                  (hid, kids[-1]))
-                    action, hint = "finished", "the hub signs with the new key now; the host drops the old one at its next sync"
+                    action = "finished"
+                    hint = "the hub signs with the new key now; the host drops the old one at its next sync"
             kids = _key_ids(conn, hid)
     return ProxySecretResult(hid, action, kids, kids[0] if kids else None, hint)
 

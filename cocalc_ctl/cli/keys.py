@@ -109,7 +109,8 @@ def untrust(host: str = HOST) -> None:
 @app.command("proxy-secret")
 def proxy_secret(
     host: str = HOST,
-    rotate: bool = typer.Option(False, "--rotate", help="Add a new key; the hub signs with the old one until --finish."),
+    rotate: bool = typer.Option(False, "--rotate",
+                                help="Add a new key; the hub signs with the old one until --finish."),
     finish: bool = typer.Option(False, "--finish", help="Drop every key but the newest (the hub signs with it now)."),
 ) -> None:
     """Hub admin: the secret keying the hub proxy's credential to HOST (made if missing; ids only, never the secret)."""

@@ -103,8 +103,10 @@ class HubVerifier:
     """Host mode: the check of the hub credential. `verify(head)` returns the verified x-cocalc-account
     value (b"" when none) or raises HttpError(401).
 
-    The secrets file is re-read when it changes (a `keys sync` after a rotation), looked at no more
-    than once a second; it must stay a 0600 regular file of ours in a 0700 directory.
+    The secrets file is re-read when it changes (a `keys sync` after a rotation): every check lstats it
+    (one system call) and reads it again only when its inode, size, mtime, mode or owner changed, so a
+    key a sync added or dropped counts from the next request on. It must stay a 0600 regular file of
+    ours in a 0700 directory.
     """
 
     def __init__(self, host_id: str, path: Path, window: int = DEFAULT_WINDOW, clock=time.time):
@@ -114,16 +116,11 @@ class HubVerifier:
         self.clock = clock
         self.keys: dict[bytes, bytes] = {}
         self._sig = None
-        self._next_check = 0.0
         self.problem: str | None = None  # why there are no keys (for the start-up warning)
         self.failures = 0
-        self._reload(force=True)
+        self._reload()
 
-    def _reload(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now < self._next_check:
-            return
-        self._next_check = now + 1.0
+    def _reload(self) -> None:
         try:
             st = os.lstat(self.path)
         except FileNotFoundError:
@@ -156,7 +153,7 @@ class HubVerifier:
         if (len(parts) != 4 or parts[0] != VERSION or KEY_ID_RE.fullmatch(parts[1]) is None
                 or _TS_RE.fullmatch(parts[2]) is None or _MAC_RE.fullmatch(parts[3]) is None):
             raise self._fail("malformed hub credential")
-        self._reload()
+        self._reload()  # one lstat: a key `keys sync` dropped is refused from the next request on
         secret = self.keys.get(parts[1])
         if secret is None:
             raise self._fail("unknown hub credential key")

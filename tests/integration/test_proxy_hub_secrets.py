@@ -131,3 +131,32 @@ def test_rotation_overlaps_through_real_hub_and_host_proxies(fleet, hub_dsn, tmp
     finally:
         for s in reversed(started):
             s.stop()
+
+
+def test_keys_watch_brings_a_rotated_secret_at_once(fleet, hub_dsn):
+    import subprocess
+    import time
+
+    from tests.support.keys import CLI, REPO
+
+    hub, a, _ = fleet
+    path = hubcred.secrets_path(a.secrets)
+    watch = subprocess.Popen([*CLI, "--json", "keys", "watch", "--seconds", "60"], env=a.env, cwd=str(REPO),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(watch.stdout.readline())  # the full sync right after LISTEN
+        assert len(first["proxy_key_ids"]) == 1 and len(hubcred.load_secrets(path)) == 1
+        t0 = time.monotonic()
+        hub.cli("keys", "proxy-secret", a.host_id, "--rotate")  # NOTIFY cocalc_ctl_keys <host id>
+        line = json.loads(watch.stdout.readline())
+        assert len(line["proxy_key_ids"]) == 2 and line["proxy_keys_changed"] is True
+        assert set(hubcred.load_secrets(path)) == {k.encode() for k, _ in secrets_in_hub(hub_dsn, a.host_id)}
+        print(f"rotation reached the host's file {time.monotonic() - t0:.2f} s after the command started")
+    finally:
+        watch.terminate()
+        try:
+            watch.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            watch.kill()
+            watch.wait()
+    assert "Traceback" not in watch.stderr.read()
