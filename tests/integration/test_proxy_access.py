@@ -21,7 +21,7 @@ import pytest
 
 from tests.support.access import add_account, add_token, grant, revoke_grant, revoke_token
 from tests.support.postgres import sql
-from tests.support.proxy import host_state, start_backend, start_proxy
+from tests.support.proxy import host_identity, host_state, hub_secret, start_backend, start_proxy
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,8 @@ def rig(tmp_path_factory, postgres):
         backend = start_backend(work, name="p")
         started.append(backend)
         host_state(work / "host", {P: backend.port, Q: backend.port})
-        host = start_proxy(work, "host", {"data_dir": str(work / "host"),
+        hub_secret(dsn, HOST, work / "host")
+        host = start_proxy(work, "host", {"data_dir": str(work / "host"), **host_identity(HOST, work / "host"),
                                           "proxy": {"trust_forwarded": ["127.0.0.1"], "upstream_timeout": 10}})
         started.append(host)
         sql(dsn, "INSERT INTO project_hosts(id, name, internal_url) VALUES (%s, %s, %s)",

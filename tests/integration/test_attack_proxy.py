@@ -1,0 +1,104 @@
+"""Attacks on the hub -> host proxy chain with real processes (PostgreSQL, hub and host proxies, backends):
+a request the hub authorized for one project must never reach another one on the same host, whatever the
+two proxies' addressing modes.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from tests.support.access import add_account, add_token, grant
+from tests.support.proxy import host_identity, host_state, hub_secret, send_raw, start_backend, start_proxy, status_of
+
+pytestmark = pytest.mark.integration
+
+P = str(uuid.uuid4())  # granted to the attacker
+Q = str(uuid.uuid4())  # same host, not granted
+HOST_PATH, HOST_SUB = str(uuid.uuid4()), str(uuid.uuid4())
+P2, Q2 = str(uuid.uuid4()), str(uuid.uuid4())  # the same pair on the subdomain-mode host
+DOMAIN = "example.org"
+LONG = 3600
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, postgres):
+    import psycopg
+
+    from cocalc_ctl.state import hub_db
+
+    work = tmp_path_factory.mktemp("attack")
+    dsn = postgres.new_database()
+    hub_db.migrate(dsn)
+    started = []
+    try:
+        bp, bq = start_backend(work, name="P"), start_backend(work, name="Q")
+        started += [bp, bq]
+        host_state(work / "hp", {P: bp.port, Q: bq.port})
+        host_state(work / "hs", {P2: bp.port, Q2: bq.port})
+        hub_secret(dsn, HOST_PATH, work / "hp")
+        hub_secret(dsn, HOST_SUB, work / "hs")
+        trust = {"trust_forwarded": ["127.0.0.1"]}
+        # host proxies: one in path mode, one in subdomain mode (the two halves of a fleet switching modes)
+        host_p = start_proxy(work, "host", {"data_dir": str(work / "hp"), **host_identity(HOST_PATH, work / "hp"),
+                                            "proxy": trust})
+        host_s = start_proxy(work, "host", {"data_dir": str(work / "hs"), **host_identity(HOST_SUB, work / "hs"),
+                                            "proxy": {**trust, "project_domain": DOMAIN}})
+        started += [host_p, host_s]
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for hid, proxy in ((HOST_PATH, host_p), (HOST_SUB, host_s)):
+                conn.execute("INSERT INTO project_hosts(id, name, internal_url) VALUES (%s, 'h', %s)",
+                             (hid, f"http://127.0.0.1:{proxy.port}"))
+            conn.execute("INSERT INTO projects(project_id, host_id) VALUES (%s, %s), (%s, %s), (%s, %s), (%s, %s)",
+                         (P, HOST_PATH, Q, HOST_PATH, P2, HOST_SUB, Q2, HOST_SUB))
+        account = add_account(dsn, "attacker")
+        for pid in (P, P2):
+            grant(dsn, pid, account, "collaborator")
+        token = add_token(dsn, account)[0]
+        hub_sub = start_proxy(work, "hub", {"data_dir": str(work / "hub-s"), "hub_dsn": dsn,
+                                            "proxy": {"project_domain": DOMAIN, "auth_cache_ttl": LONG}})
+        hub_path = start_proxy(work, "hub", {"data_dir": str(work / "hub-p"), "hub_dsn": dsn,
+                                             "proxy": {"auth_cache_ttl": LONG}})
+        started += [hub_sub, hub_path]
+        yield {"dsn": dsn, "token": token, "account": account, "hub_sub": hub_sub, "hub_path": hub_path}
+    finally:
+        for s in reversed(started):
+            s.stop()
+
+
+def _get(port: int, host: str, target: str, token: str) -> tuple[int | None, dict | None]:
+    raw = send_raw(port, f"GET {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+                         "Connection: close\r\n\r\n")
+    status = status_of(raw)
+    body = raw.partition(b"\r\n\r\n")[2]
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, None
+
+
+def test_the_fleet_works_for_the_granted_project(fleet):
+    status, info = _get(fleet["hub_sub"].port, f"{P2}.{DOMAIN}", "/info", fleet["token"])
+    assert (status, info and info["name"]) == (200, "P")
+    status, info = _get(fleet["hub_path"].port, "h", f"/{P}/info", fleet["token"])
+    assert (status, info and info["name"]) == (200, "P")
+    status, _ = _get(fleet["hub_sub"].port, f"{Q2}.{DOMAIN}", "/info", fleet["token"])
+    assert status == 403
+    status, _ = _get(fleet["hub_path"].port, "h", f"/{Q}/info", fleet["token"])
+    assert status == 403
+
+
+def test_subdomain_hub_in_front_of_a_path_mode_host_cannot_reach_another_project(fleet):
+    """The hub authorizes P (from Host); a path-mode host routes by the target, which names Q."""
+    status, info = _get(fleet["hub_sub"].port, f"{P}.{DOMAIN}", f"/{Q}/info", fleet["token"])
+    assert not (status == 200 and info and info.get("name") == "Q"), "reached project Q with a grant on P only"
+    assert status == 401  # the host refuses: the hub vouched for P, not for the project the host addresses
+
+
+def test_path_hub_in_front_of_a_subdomain_host_cannot_reach_another_project(fleet):
+    """The hub authorizes P2 (from the target); a subdomain-mode host routes by Host, which names Q2."""
+    status, info = _get(fleet["hub_path"].port, f"{Q2}.{DOMAIN}", f"/{P2}/info", fleet["token"])
+    assert not (status == 200 and info and info.get("name") == "Q"), "reached project Q2 with a grant on P2 only"
+    assert status == 401
