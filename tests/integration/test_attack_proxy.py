@@ -1,11 +1,13 @@
 """Attacks on the hub -> host proxy chain with real processes (PostgreSQL, hub and host proxies, backends):
 a request the hub authorized for one project must never reach another one on the same host, whatever the
-two proxies' addressing modes.
+two proxies' addressing modes; an open WebSocket must not outlive its credential's expiry.
 """
 
 from __future__ import annotations
 
 import json
+import socket
+import time
 import uuid
 
 import pytest
@@ -101,4 +103,41 @@ def test_path_hub_in_front_of_a_subdomain_host_cannot_reach_another_project(flee
     """The hub authorizes P2 (from the target); a subdomain-mode host routes by Host, which names Q2."""
     status, info = _get(fleet["hub_path"].port, f"{Q2}.{DOMAIN}", f"/{P2}/info", fleet["token"])
     assert not (status == 200 and info and info.get("name") == "Q"), "reached project Q2 with a grant on P2 only"
+    assert status == 401
+
+
+def _upgrade(port: int, host: str, target: str, token: str) -> tuple[int, socket.socket]:
+    s = socket.create_connection(("127.0.0.1", port), timeout=15)
+    s.sendall((f"GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+               f"Authorization: Bearer {token}\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return int(head.split(b" ", 2)[1]), s
+
+
+def _echo(s: socket.socket, text: bytes = b"hi") -> bytes:
+    try:
+        s.sendall(bytes([0x81, 0x80 | len(text)]) + b"\0\0\0\0" + text)
+        return s.recv(4096)
+    except OSError:
+        return b""
+
+
+def test_open_websocket_is_closed_when_its_token_expires(fleet):
+    """A token's expiry sends no NOTIFY: the proxy itself must close what the token opened."""
+    token = add_token(fleet["dsn"], fleet["account"], expires_in=4)[0]
+    status, s = _upgrade(fleet["hub_path"].port, "h", f"/{P}/ws", token)
+    with s:
+        assert status == 101
+        assert _echo(s).endswith(b"hi")
+        time.sleep(7)  # past the expiry (+ a margin for a busy machine)
+        s.settimeout(5)
+        assert not _echo(s).endswith(b"hi"), "the WebSocket still works after its token expired"
+    # and a fresh request with it is refused
+    status, _ = _get(fleet["hub_path"].port, "h", f"/{P}/info", token)
     assert status == 401
