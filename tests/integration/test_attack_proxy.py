@@ -141,3 +141,15 @@ def test_open_websocket_is_closed_when_its_token_expires(fleet):
     # and a fresh request with it is refused
     status, _ = _get(fleet["hub_path"].port, "h", f"/{P}/info", token)
     assert status == 401
+
+
+@pytest.mark.parametrize("where", ["/{p}/info;token={t}", "/{p}/info/{t}", "/{p}/{t}/info", "/{p}/x;s={s}"])
+def test_a_token_or_session_value_in_the_path_is_never_logged(fleet, where):
+    """Only `?token=` is a login link; a token put anywhere else in the path must still stay out of the log."""
+    session = "ccs_" + "S" * 43
+    target = where.format(p=P, t=fleet["token"], s=session)
+    send_raw(fleet["hub_path"].port, f"GET {target} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    time.sleep(0.3)
+    log = fleet["hub_path"].log()
+    assert f"/{P}/" in log
+    assert fleet["token"] not in log and fleet["token"][4:] not in log and session[4:] not in log
