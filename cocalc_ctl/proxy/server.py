@@ -268,8 +268,10 @@ class Proxy(StreamRelay):
         return await self._exchange(head, out, key, reader, writer, peer, t0, upstream, has_body)
 
     def metrics_allowed(self, head, peer: str) -> bool:
-        """/metrics: loopback peers (127.0.0.0/8, ::1, IPv4-mapped 127.x), or the configured bearer token."""
-        if is_loopback_peer(peer):
+        """/metrics: loopback peers (127.0.0.0/8, ::1, IPv4-mapped 127.x) speaking for themselves, or the
+        configured bearer token. A loopback peer that forwards for someone else (X-Forwarded-For or
+        Forwarded: a TLS front end on this machine) is no local client: it needs the token too."""
+        if is_loopback_peer(peer) and not any(n in (b"x-forwarded-for", b"forwarded") for n, _, _ in head.headers):
             return True
         token = self.s.metrics_token
         if not token:

@@ -153,3 +153,12 @@ def test_a_token_or_session_value_in_the_path_is_never_logged(fleet, where):
     log = fleet["hub_path"].log()
     assert f"/{P}/" in log
     assert fleet["token"] not in log and fleet["token"][4:] not in log and session[4:] not in log
+
+
+@pytest.mark.parametrize("header", [None, "X-Forwarded-For: 203.0.113.9", "Forwarded: for=203.0.113.9"])
+def test_metrics_through_a_front_end_on_this_machine_is_not_a_loopback_client(fleet, header):
+    """A TLS front end on the same machine connects from 127.0.0.1 for every remote client: what it forwards
+    (X-Forwarded-For / Forwarded) must not get the loopback exemption of /metrics."""
+    extra = f"{header}\r\n" if header else ""
+    raw = send_raw(fleet["hub_path"].port, f"GET /metrics HTTP/1.1\r\nHost: h\r\n{extra}Connection: close\r\n\r\n")
+    assert status_of(raw) == (200 if header is None else 403)
