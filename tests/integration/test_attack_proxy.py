@@ -162,3 +162,24 @@ def test_metrics_through_a_front_end_on_this_machine_is_not_a_loopback_client(fl
     extra = f"{header}\r\n" if header else ""
     raw = send_raw(fleet["hub_path"].port, f"GET /metrics HTTP/1.1\r\nHost: h\r\n{extra}Connection: close\r\n\r\n")
     assert status_of(raw) == (200 if header is None else 403)
+
+
+@pytest.mark.xfail(strict=True, reason="only the first cocalc_ctl_session cookie is tried: a sibling subdomain's "
+                                       "script can toss one (Domain=<project_domain>, a longer Path) ahead of the "
+                                       "victim's own and lock it out (fix: __Host- cookie over https, or try each)")
+def test_a_tossed_session_cookie_cannot_shadow_the_clients_own(fleet):
+    host = f"{P2}.{DOMAIN}"
+    raw = send_raw(fleet["hub_sub"].port, f"GET /info?token={fleet['token']} HTTP/1.1\r\nHost: {host}\r\n"
+                                          "Connection: close\r\n\r\n")
+    assert status_of(raw) == 303
+    cookie = next(line.split(b":", 1)[1].strip().split(b";")[0].decode() for line in raw.split(b"\r\n")
+                  if line.lower().startswith(b"set-cookie:"))
+    own = send_raw(fleet["hub_sub"].port, f"GET /lab/info HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
+                                          "Connection: close\r\n\r\n")
+    assert status_of(own) == 200
+    # what the browser sends once a sibling project's script set cocalc_ctl_session=...; Domain=example.org;
+    # Path=/lab: the longer path first
+    tossed = "cocalc_ctl_session=ccs_" + "T" * 43
+    both = send_raw(fleet["hub_sub"].port, f"GET /lab/info HTTP/1.1\r\nHost: {host}\r\nCookie: {tossed}; {cookie}\r\n"
+                                           "Connection: close\r\n\r\n")
+    assert status_of(both) == 200
