@@ -22,7 +22,8 @@ Decisions are cached in a bounded LRU (valid ones and refusals in separately bou
 the decision's own expiry or `proxy.auth_cache_ttl`, whichever is first; a LISTEN on the hub's
 ACCESS_CHANNEL evicts what a payload touches (`account:<id>`, `grant:<project>:<account>`,
 `token:<id>`; anything else drops everything), and open WebSockets whose account, token or grant a
-payload touches are checked again and closed when the fresh decision refuses them. While the
+payload touches are checked again and closed when the fresh decision refuses them, and so is one
+whose credential reaches its expiry (which sends no NOTIFY). While the
 listener is down nothing is cached. Concurrent misses for one credential and project share one
 query.
 
@@ -255,6 +256,7 @@ class Access:
         self.flights = SingleFlight()
         self.generation = 0
         self.tunnels: dict = {}  # Tunnel -> (head, Presented, project_id, Decision)
+        self.expiry: dict = {}  # Tunnel -> the timer that checks it again when its credential expires
         self.allowed = 0
         self.refused = 0
         self.notifications = 0
@@ -479,11 +481,30 @@ class Access:
         invalidation that came while its upstream was answering the upgrade checks it again at once)."""
         if self.mode == "builtin":
             self.tunnels[tunnel] = (head, verdict.presented, project_id, verdict.decision)
+            self._expire_at(tunnel, verdict.decision)
             if generation != self.generation:
                 self._recheck([tunnel])
 
     def unwatch(self, tunnel) -> None:
         self.tunnels.pop(tunnel, None)
+        timer = self.expiry.pop(tunnel, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _expire_at(self, tunnel, d: Decision) -> None:
+        """A credential's expiry sends no NOTIFY: check the tunnel again when its decision's credential
+        expires (the check closes it unless the hub still accepts the credential then)."""
+        timer = self.expiry.pop(tunnel, None)
+        if timer is not None:
+            timer.cancel()
+        if d.expires != float("inf"):
+            delay = max(0.0, d.expires - time.monotonic()) + 0.05
+            self.expiry[tunnel] = asyncio.get_running_loop().call_later(delay, self._expired, tunnel)
+
+    def _expired(self, tunnel) -> None:
+        self.expiry.pop(tunnel, None)
+        if tunnel in self.tunnels:
+            self._recheck([tunnel])
 
     def _recheck(self, tunnels: list) -> None:
         if tunnels:
@@ -502,7 +523,9 @@ class Access:
             except Exception:  # noqa: BLE001
                 continue
             if isinstance(v, Pass):
-                self.tunnels[tunnel] = (head, p, project_id, v.decision)
+                if tunnel in self.tunnels:
+                    self.tunnels[tunnel] = (head, p, project_id, v.decision)
+                    self._expire_at(tunnel, v.decision)
             elif v.status < 500 and not tunnel.closed:
                 self.websockets_closed += 1
                 tunnel.close(note=f"access revoked: {v.note}")

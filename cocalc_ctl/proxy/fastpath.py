@@ -180,8 +180,7 @@ class ClientProtocol(asyncio.Protocol):
             return self._to_stream_path(head)
         try:
             # the hub credential before anything else (host mode), then which project (routing.Addressing)
-            account = p.verifier.verify(head) if p.verifier is not None else b""
-            project_id = p.addr.project(head)
+            account, project_id = p.addressed(head)
         except HttpError as exc:
             return self.reply_error(head, exc.status, exc.reason, t0, None)
         verdict = None
@@ -247,7 +246,8 @@ class ClientProtocol(asyncio.Protocol):
         if (p.signer is not None  # hub credentials: a fresh one per request, nothing to reuse
                 or out is None or head is not self.last_head or decision is not self.last_decision):
             # host mode: the verified account line is a function of the head, so reusable with it
-            out = p.upstream_head(head, route, verdict, account, key, self.peer_b, self.port_b, self.trusted)
+            out = p.upstream_head(head, route, verdict, account, key, self.peer_b, self.port_b, self.trusted,
+                                  project_id)
             if head is self.last_head and p.signer is None:
                 self.last_out = out
                 self.last_decision = decision

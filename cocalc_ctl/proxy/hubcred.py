@@ -2,14 +2,16 @@
 
 Every request the hub proxy forwards to a host carries one header
 
-    x-cocalc-hub-auth: v1.<key_id>.<unix_ts>.<mac>
+    x-cocalc-hub-auth: v2.<key_id>.<unix_ts>.<mac>
 
 where `mac` is base64url (no padding) of HMAC-SHA256 keyed by the host's secret (256 bits, made by
 the hub, one per host, distributed by `keys sync`) over, one per line: the version, the key id, the
-timestamp, the host id, the method, the Host field, the request target and the x-cocalc-account
-value (empty when none). Host + target name the project in path and in subdomain mode alike, so a
-credential seen on the wire cannot be replayed for another project, target, method, account or
-host, nor after its window (`proxy.hub_auth_window`, +-30 s by default: hub and hosts must keep
+timestamp, the host id, the project id, the method, the Host field, the request target and the
+x-cocalc-account value (empty when none). The project id is the one the hub authorized and the one
+the host addresses, each by its own `proxy.project_domain`: a hub and a host that read the same
+Host and target as different projects (one in path mode, one in subdomain mode) disagree on the mac,
+so the host refuses instead of serving a project the hub never authorized. A credential seen on the
+wire cannot be replayed for another project, target, method, account or host, nor after its window (`proxy.hub_auth_window`, +-30 s by default: hub and hosts must keep
 their clocks within that of each other, NTP). Inside the window the same request may be repeated:
 nothing here remembers credentials, so nothing a replay sends can fill or poison a cache.
 
@@ -33,7 +35,7 @@ from pathlib import Path
 from cocalc_ctl.authnames import ACCOUNT_HEADER, HUB_AUTH_HEADER
 from cocalc_ctl.proxy.http1 import HttpError
 
-VERSION = b"v1"
+VERSION = b"v2"
 KEY_ID_RE = re.compile(rb"[0-9a-f]{16}")
 _TS_RE = re.compile(rb"[0-9]{1,12}")
 _MAC_RE = re.compile(rb"[A-Za-z0-9_-]{43}")
@@ -47,23 +49,24 @@ def secrets_path(secrets_dir: Path) -> Path:
     return Path(secrets_dir) / SECRETS_DIR / SECRETS_FILE
 
 
-def mac(secret: bytes, key_id: bytes, ts: bytes, host_id: bytes, method: bytes, host: bytes, target: bytes,
-        account: bytes) -> bytes:
-    msg = b"\n".join((VERSION, key_id, ts, host_id, method, host, target, account))
+def mac(secret: bytes, key_id: bytes, ts: bytes, host_id: bytes, project: bytes, method: bytes, host: bytes,
+        target: bytes, account: bytes) -> bytes:
+    msg = b"\n".join((VERSION, key_id, ts, host_id, project, method, host, target, account))
     return base64.urlsafe_b64encode(hmac.new(secret, msg, hashlib.sha256).digest()).rstrip(b"=")
 
 
 def credential(secret: bytes, key_id: bytes, host_id: bytes, method: bytes, host: bytes, target: bytes,
-               account: bytes = b"", now: float | None = None) -> bytes:
-    """The header value for one forwarded request."""
+               account: bytes = b"", now: float | None = None, *, project: bytes) -> bytes:
+    """The header value for one forwarded request to `project` (the project id the hub authorized)."""
     ts = b"%d" % int(time.time() if now is None else now)
-    return b".".join((VERSION, key_id, ts, mac(secret, key_id, ts, host_id, method, host, target, account)))
+    return b".".join((VERSION, key_id, ts,
+                      mac(secret, key_id, ts, host_id, project, method, host, target, account)))
 
 
-def header_line(secret: bytes, key_id: bytes, host_id: bytes, head, account: bytes = b"") -> bytes:
-    """`x-cocalc-hub-auth: ...\\r\\n` for the hub's upstream head of `head`."""
+def header_line(secret: bytes, key_id: bytes, host_id: bytes, head, account: bytes, project: bytes) -> bytes:
+    """`x-cocalc-hub-auth: ...\\r\\n` for the hub's upstream head of `head`, authorized for `project`."""
     return b"%s: %s\r\n" % (HUB_AUTH_HEADER, credential(secret, key_id, host_id, head.method, head.host,
-                                                         head.target, account))
+                                                         head.target, account, project=project))
 
 
 def account_in(extra: bytes) -> bytes:
@@ -100,8 +103,9 @@ def format_secrets(keys: list[tuple[str, bytes]]) -> bytes:
 
 
 class HubVerifier:
-    """Host mode: the check of the hub credential. `verify(head)` returns the verified x-cocalc-account
-    value (b"" when none) or raises HttpError(401).
+    """Host mode: the check of the hub credential. `verify(head, project)` (`project`: the project id this
+    host addresses for `head`, b"" when none) returns the verified x-cocalc-account value (b"" when none)
+    or raises HttpError(401).
 
     The secrets file is re-read when it changes (a `keys sync` after a rotation): every check lstats it
     (one system call) and reads it again only when its inode, size, mtime, mode or owner changed, so a
@@ -136,7 +140,7 @@ class HubVerifier:
         except (OSError, ValueError) as exc:
             self.keys, self.problem = {}, f"{self.path}: {exc}"
 
-    def verify(self, head) -> bytes:
+    def verify(self, head, project: bytes | None) -> bytes:
         cred = account = None
         for lname, _, value in head.headers:
             if lname == HUB_AUTH_HEADER:
@@ -159,7 +163,9 @@ class HubVerifier:
             raise self._fail("unknown hub credential key")
         if abs(self.clock() - int(parts[2])) > self.window:
             raise self._fail("hub credential outside its time window")
-        expected = mac(secret, parts[1], parts[2], self.host_id, head.method, head.host, head.target,
+        if project is None:  # a target this host cannot address: no project was authorized for it
+            raise self._fail("invalid hub credential")
+        expected = mac(secret, parts[1], parts[2], self.host_id, project, head.method, head.host, head.target,
                        account or b"")
         if not hmac.compare_digest(expected, parts[3]):
             raise self._fail("invalid hub credential")

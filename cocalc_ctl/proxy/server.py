@@ -105,7 +105,7 @@ class Proxy(StreamRelay):
         return b"%s: %s\r\n" % (ACCOUNT_HEADER, account) if account else b""
 
     def upstream_head(self, head, route, verdict, account: bytes, key, peer: bytes, port: bytes,
-                      trusted: bool) -> bytes:
+                      trusted: bool, project_id: str = "") -> bytes:
         """The upstream head for both paths: i13b's forwarding of a hub-mode decision (fields to drop, the
         account line), host mode's verified account, and in hub mode the host's credential last, over
         exactly the x-cocalc-account value the host will see."""
@@ -114,14 +114,29 @@ class Proxy(StreamRelay):
         else:
             drop, extra = verdict.forward()
         if self.signer is not None:
-            extra += self.sign_line(head, route, key, hubcred.account_in(extra))
+            extra += self.sign_line(head, route, key, hubcred.account_in(extra), project_id)
         return policy.upstream_request_head(head, peer, port, self.fwd, trusted, extra, drop)
 
-    def sign_line(self, head, route, key, account: bytes) -> bytes:
-        """Hub mode: the credential for `route`'s host (no key for that host: none; the host refuses)."""
+    def sign_line(self, head, route, key, account: bytes, project_id: str) -> bytes:
+        """Hub mode: the credential for `route`'s host, bound to the project the hub authorized (no key
+        for that host: none; the host refuses)."""
         if key is None or route.host_id is None:
             return b""
-        return hubcred.header_line(key[1], key[0], route.host_id.encode(), head, account)
+        return hubcred.header_line(key[1], key[0], route.host_id.encode(), head, account, project_id.encode())
+
+    def addressed(self, head) -> tuple[bytes, str]:
+        """(verified account, project id) of a project request, for both paths. Host mode checks the hub
+        credential first (without one a client learns nothing, not even whether its target is valid), over
+        the project THIS host addresses, so a hub that authorized another one (its addressing mode differs)
+        is refused. HttpError for a refused credential or target."""
+        if self.verifier is None:
+            return b"", self.addr.project(head)
+        try:
+            project_id = self.addr.project(head)
+        except HttpError:
+            self.verifier.verify(head, None)  # always 401: a hub signs only targets that address a project
+            raise
+        return self.verifier.verify(head, project_id.encode()), project_id
 
     def limits(self, peer: str) -> tuple[bool, int, int]:
         """(peer trusted, head bytes, header fields) for a client connection from `peer`."""
@@ -234,8 +249,7 @@ class Proxy(StreamRelay):
         verdict = None
         try:
             # the hub credential before anything else (host mode), then which project, who, then where
-            account = self.verifier.verify(head) if self.verifier is not None else b""
-            project_id = self.addr.project(head)
+            account, project_id = self.addressed(head)
             access = self.access
             if access is not None:
                 generation = access.generation
@@ -253,7 +267,7 @@ class Proxy(StreamRelay):
             return await self._error(writer, head, exc.status, exc.reason, peer, t0, None, has_body)
         upstream = f"{route.host}:{route.port}"
         out = self.upstream_head(head, route, verdict, account, key, peer.encode(), str(local_port).encode(),
-                                 trusted)
+                                 trusted, project_id)
         key = self.pool_key(route, project_id)
         if head.upgrade is not None:
             watch = None if verdict is None else (verdict, project_id, generation)
@@ -261,8 +275,10 @@ class Proxy(StreamRelay):
         return await self._exchange(head, out, key, reader, writer, peer, t0, upstream, has_body)
 
     def metrics_allowed(self, head, peer: str) -> bool:
-        """/metrics: loopback peers (127.0.0.0/8, ::1, IPv4-mapped 127.x), or the configured bearer token."""
-        if is_loopback_peer(peer):
+        """/metrics: loopback peers (127.0.0.0/8, ::1, IPv4-mapped 127.x) speaking for themselves, or the
+        configured bearer token. A loopback peer that forwards for someone else (X-Forwarded-For or
+        Forwarded: a TLS front end on this machine) is no local client: it needs the token too."""
+        if is_loopback_peer(peer) and not any(n in (b"x-forwarded-for", b"forwarded") for n, _, _ in head.headers):
             return True
         token = self.s.metrics_token
         if not token:

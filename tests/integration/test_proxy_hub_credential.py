@@ -137,7 +137,8 @@ def seen_headers(response: bytes) -> dict:
 def signed(fleet, method="GET", target=f"/{PID}/info", *, host="h", account="", host_id=HOST, now=None,
            key_id=None, secret=None) -> str:
     return hubcred.credential(secret or fleet["secret"], (key_id or fleet["key_id"]).encode(), host_id.encode(),
-                              method.encode(), host.encode(), target.encode(), account.encode(), now).decode()
+                              method.encode(), host.encode(), target.encode(), account.encode(), now,
+                              project=target.split("/")[1].split("?")[0].encode()).decode()
 
 
 def test_through_the_hub_the_project_answers_and_never_sees_the_credential(fleet):
@@ -147,7 +148,7 @@ def test_through_the_hub_the_project_answers_and_never_sees_the_credential(fleet
     assert "x-cocalc-hub-auth" not in h
     assert h["x-cocalc-account"] == fleet["account"]  # set by the hub, signed, verified by the host
     on_wire = [x for x in fleet["tap"].heads() if f"/{PID}/info?q=1".encode() in x]
-    assert on_wire and b"x-cocalc-hub-auth: v1." + fleet["key_id"].encode() + b"." in on_wire[-1]
+    assert on_wire and b"x-cocalc-hub-auth: v2." + fleet["key_id"].encode() + b"." in on_wire[-1]
     assert b"x-cocalc-account: " + fleet["account"].encode() in on_wire[-1]
 
 

@@ -105,7 +105,7 @@ def test_rotation_overlaps_through_real_hub_and_host_proxies(fleet, hub_dsn, tmp
 
         def direct(key: tuple[str, bytes]) -> int:
             cred = hubcred.credential(key[1], key[0].encode(), a.host_id.encode(), b"GET", b"h",
-                                      f"/{pid}/x".encode()).decode()
+                                      f"/{pid}/x".encode(), project=pid.encode()).decode()
             return status_of(send_raw(host.port, f"GET /{pid}/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
                                                  f"x-cocalc-hub-auth: {cred}\r\n\r\n"))
 
