@@ -121,6 +121,17 @@ def _as_opt_internal_url(v: Any) -> str | None:
         raise ValueError(exc.one_line()) from None
 
 
+def _as_opt_domain(v: Any) -> str | None:
+    """proxy.project_domain: a DNS name of two or more labels, lowercase, no port, no trailing dot."""
+    if v in (None, ""):
+        return None
+    s = _as_str(v).strip().lower()
+    label = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+    if len(s) > 200 or not re.fullmatch(rf"{label}(?:\.{label})+", s, re.ASCII):
+        raise ValueError(f"expected a domain name like example.org, got {s!r}")
+    return s
+
+
 def _as_path_list(v: Any) -> tuple[str, ...]:
     """Absolute paths as a YAML list or one comma-separated string; empty = none."""
     if v in (None, ""):
@@ -178,6 +189,33 @@ def _as_proxy_workers(v: Any) -> str | int:
     if not re.fullmatch(r"[0-9]{1,4}", s) or not 1 <= int(s) <= MAX_PROXY_WORKERS:
         raise ValueError(f"expected auto or a whole number from 1 to {MAX_PROXY_WORKERS}, got {v!r}")
     return int(s)
+def _as_opt_http_url(v: Any) -> str | None:
+    """proxy.auth_url: http(s)://HOST[:PORT][/PATH] (a decision point the hub proxy asks)."""
+    if v in (None, ""):
+        return None
+    from cocalc_ctl.proxy.access import parse_auth_url
+
+    text = _as_str(v).strip()
+    parse_auth_url(text)  # ValueError names the problem
+    return text
+
+
+def _as_header_names(v: Any) -> tuple[str, ...]:
+    """HTTP field names as a YAML list or one comma-separated string, lowercased."""
+    if v in (None, ""):
+        return ()
+    items = v if isinstance(v, (list, tuple)) else _as_str(v).split(",")
+    out = []
+    for item in items:
+        name = _as_str(item).strip().lower()
+        if name:
+            if not re.fullmatch(r"[a-z0-9!#$%&'*+.^_`|~-]{1,64}", name) or "_" in name:
+                raise ValueError(f"not an HTTP header name: {name!r}")
+            if name in ("host", "content-length", "transfer-encoding", "connection", "upgrade", "cookie",
+                        "authorization") or name.startswith("x-forwarded-"):
+                raise ValueError(f"{name!r} cannot be copied from the decision point")
+            out.append(name)
+    return tuple(out)
 
 
 def _as_choice(*choices: str) -> Callable[[Any], str]:
@@ -336,6 +374,23 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
        "1 = a single process"),
     _k("proxy.drain_timeout", _as_pos_int, 30,
        "proxy serve with 2+ workers: seconds SIGTERM/SIGINT lets in-flight requests finish before closing them"),
+    # proxy: hub-mode access control (who may reach which project)
+    _k("proxy.auth", _as_choice("builtin", "external", "none"), "builtin",
+       "hub mode: builtin (hub tokens, grants, sessions), external (ask proxy.auth_url), none (loopback only)"),
+    _k("proxy.auth_cache_size", _as_pos_int, 10000,
+       "hub mode: access decisions cached (LRU; refusals in a separate quarter-size LRU)"),
+    _k("proxy.auth_cache_ttl", _as_pos_int, 30,
+       "hub mode: seconds an access decision is cached (NOTIFY evicts at once; never past the credential's expiry)"),
+    _k("proxy.session_ttl", _as_pos_int, 86400,
+       "hub mode: seconds a browser session from a ?token= login lasts (never past the token's expiry)"),
+    _k("proxy.auth_url", _as_opt_http_url, None,
+       "proxy.auth external: http(s)://HOST[:PORT]/PATH asked per decision (2xx allow, 401/403 deny, else 503)"),
+    _k("proxy.auth_timeout", _as_pos_int, 2, "proxy.auth external: seconds to wait for proxy.auth_url (then 503)"),
+    _k("proxy.auth_copy_headers", _as_header_names, (),
+       "proxy.auth external: response fields of proxy.auth_url added to the upstream request (comma-separated)"),
+    _k("proxy.route_cache_size", _as_pos_int, 10000,
+       "hub mode: project routes cached (LRU; refusals in a separate quarter-size LRU)"),
+    _k("proxy.hub_pool_size", _as_pos_int, 4, "hub mode: PostgreSQL connections for route and access lookups"),
     # backup: keys added with backups and restores
     _k("backup.heartbeat_interval", _as_pos_int, 5, "seconds between heartbeats of a running backup job"),
     _k("backup.wait_timeout", _as_nonneg_int, 0, "backup create: seconds to wait for a free slot (0 = no limit)"),
@@ -346,6 +401,17 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     # placement: what `keys register` publishes for the hub's proxy
     _k("proxy.internal_url", _as_opt_internal_url, None,
        "http://HOST:PORT the hub's proxy forwards this host's projects to (keys register)"),
+    # proxy access control, host side and origin isolation (README "proxy": hub credential, origins)
+    _k("proxy.host_auth", _as_choice("hub", "none"), "hub",
+       "host mode: hub = answer only requests carrying the hub's credential (401 otherwise, /healthz open); "
+       "none = no check, allowed only on a loopback listen"),
+    _k("proxy.hub_auth_window", _as_pos_int, 30,
+       "host mode: seconds a hub credential's timestamp may differ from this host's clock (keep clocks in NTP)"),
+    _k("proxy.metrics_token_file", _as_opt_path, None,
+       "file (0600) holding a bearer token that opens /metrics to non-loopback clients; unset: loopback only"),
+    _k("proxy.project_domain", _as_opt_domain, None,
+       "subdomain routing: Host <project_id>.<this domain> addresses that project, path unchanged "
+       "(each project its own origin; set it on the hub and every host); unset: path mode /<project_id>/..."),
 ]}
 
 

@@ -59,9 +59,13 @@ def snapshot_name(value: str) -> str:
     return value
 
 
+_SECRET_RE = re.compile(r"cc[ts]_[A-Za-z0-9_-]{8,}", re.ASCII)  # authnames.TOKEN_PREFIX / SESSION_PREFIX
+
+
 def quoted(value: object) -> str:
-    """Render untrusted input safely inside a one-line message."""
-    text = repr(value)
+    """Render untrusted input safely inside a one-line message (an access token or session value pasted in
+    the wrong place is not repeated)."""
+    text = _SECRET_RE.sub(lambda m: m.group(0)[:4] + "…(redacted)", repr(value))
     return text if len(text) <= 80 else text[:77] + "...'"
 
 

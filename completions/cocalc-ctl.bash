@@ -7,10 +7,12 @@ _cocalc_ctl() {
         ['cocalc-ctl backup']='cleanup create due init list prune status'
         ['cocalc-ctl config']='show'
         ['cocalc-ctl host']='init status teardown'
-        ['cocalc-ctl hub']='host-role keys migrate project'
+        ['cocalc-ctl hub']='account host-role keys migrate project token'
+        ['cocalc-ctl hub account']='add disable enable list'
         ['cocalc-ctl hub keys']='ensure rotate show'
-        ['cocalc-ctl hub project']='add list rm set show'
-        ['cocalc-ctl keys']='broadcast ensure known-hosts peers register rotate show sync trust untrust watch'
+        ['cocalc-ctl hub project']='add grant list revoke rm set show users'
+        ['cocalc-ctl hub token']='create list prune revoke'
+        ['cocalc-ctl keys']='broadcast ensure known-hosts peers proxy-secret register rotate show sync trust untrust watch'
         ['cocalc-ctl metrics']='show write'
         ['cocalc-ctl move']='abort cancel cleanup finalize host-step recv send start status worker'
         ['cocalc-ctl project']='create delete list show ssh start status stop'
@@ -37,6 +39,11 @@ _cocalc_ctl() {
         ['cocalc-ctl host status']='-h --help'
         ['cocalc-ctl host teardown']='--delete-image -h --help'
         ['cocalc-ctl hub']='-h --help'
+        ['cocalc-ctl hub account']='-h --help'
+        ['cocalc-ctl hub account add']='--id -h --help'
+        ['cocalc-ctl hub account disable']='-h --help'
+        ['cocalc-ctl hub account enable']='-h --help'
+        ['cocalc-ctl hub account list']='--limit --after -h --help'
         ['cocalc-ctl hub host-role']='--password-file --no-password --drop -h --help'
         ['cocalc-ctl hub keys']='-h --help'
         ['cocalc-ctl hub keys ensure']='-h --help'
@@ -45,15 +52,24 @@ _cocalc_ctl() {
         ['cocalc-ctl hub migrate']='-h --help'
         ['cocalc-ctl hub project']='-h --help'
         ['cocalc-ctl hub project add']='--host --image --memory --swap --pids --cpu-shares --tmp --disk -h --help'
+        ['cocalc-ctl hub project grant']='--role -h --help'
         ['cocalc-ctl hub project list']='--host --limit --after -h --help'
+        ['cocalc-ctl hub project revoke']='-h --help'
         ['cocalc-ctl hub project rm']='--force -h --help'
         ['cocalc-ctl hub project set']='--host --image --force --memory --swap --pids --cpu-shares --tmp --disk -h --help'
         ['cocalc-ctl hub project show']='-h --help'
+        ['cocalc-ctl hub project users']='--limit --after -h --help'
+        ['cocalc-ctl hub token']='-h --help'
+        ['cocalc-ctl hub token create']='--account --project --expires --name -h --help'
+        ['cocalc-ctl hub token list']='--account --project --limit --after -h --help'
+        ['cocalc-ctl hub token prune']='--older-than -h --help'
+        ['cocalc-ctl hub token revoke']='-h --help'
         ['cocalc-ctl keys']='-h --help'
         ['cocalc-ctl keys broadcast']='-h --help'
         ['cocalc-ctl keys ensure']='-h --help'
         ['cocalc-ctl keys known-hosts']='--out -h --help'
         ['cocalc-ctl keys peers']='-h --help'
+        ['cocalc-ctl keys proxy-secret']='--rotate --finish -h --help'
         ['cocalc-ctl keys register']='--internal-url --clear-internal-url -h --help'
         ['cocalc-ctl keys rotate']='--which --finish -h --help'
         ['cocalc-ctl keys show']='-h --help'
@@ -118,8 +134,8 @@ _cocalc_ctl() {
         ['cocalc-ctl timers remove']='--user-unit-dir --unit-dir --only -h --help'
     )
     local globals='--config --json --dry-run -v --verbose -q --quiet --wide --version -h --help'
-    local valopts=' --after --bin --bwlimit --compress --concurrency --config --cpu-shares --disk --from --from-backup --host --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --memory --mode --only --out --password-file --path --pids --poll --quota --reason --role --seconds --snapshot --swap --textfile-dir --ticket --tmp --to --to-project --unit-dir --user --user-unit-dir --which --workers '
-    local projcmds='|cocalc-ctl backup cleanup|cocalc-ctl backup create|cocalc-ctl backup list|cocalc-ctl backup prune|cocalc-ctl hub project add|cocalc-ctl hub project rm|cocalc-ctl hub project set|cocalc-ctl hub project show|cocalc-ctl move abort|cocalc-ctl move cancel|cocalc-ctl move cleanup|cocalc-ctl move finalize|cocalc-ctl move send|cocalc-ctl move start|cocalc-ctl move status|cocalc-ctl project create|cocalc-ctl project delete|cocalc-ctl project show|cocalc-ctl project ssh|cocalc-ctl project start|cocalc-ctl project status|cocalc-ctl project stop|cocalc-ctl restore|cocalc-ctl rootfs mount|cocalc-ctl rootfs resolve|cocalc-ctl rootfs umount|cocalc-ctl snapshot auto|cocalc-ctl snapshot create|cocalc-ctl snapshot delete|cocalc-ctl snapshot list|cocalc-ctl snapshot lock|cocalc-ctl snapshot prune|cocalc-ctl snapshot unlock|cocalc-ctl sshpiper keys-refresh|'
+    local valopts=' --account --after --bin --bwlimit --compress --concurrency --config --cpu-shares --disk --expires --from --from-backup --host --id --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --memory --mode --name --older-than --only --out --password-file --path --pids --poll --project --quota --reason --role --seconds --snapshot --swap --textfile-dir --ticket --tmp --to --to-project --unit-dir --user --user-unit-dir --which --workers '
+    local projcmds='|cocalc-ctl backup cleanup|cocalc-ctl backup create|cocalc-ctl backup list|cocalc-ctl backup prune|cocalc-ctl hub project add|cocalc-ctl hub project grant|cocalc-ctl hub project revoke|cocalc-ctl hub project rm|cocalc-ctl hub project set|cocalc-ctl hub project show|cocalc-ctl hub project users|cocalc-ctl move abort|cocalc-ctl move cancel|cocalc-ctl move cleanup|cocalc-ctl move finalize|cocalc-ctl move send|cocalc-ctl move start|cocalc-ctl move status|cocalc-ctl project create|cocalc-ctl project delete|cocalc-ctl project show|cocalc-ctl project ssh|cocalc-ctl project start|cocalc-ctl project status|cocalc-ctl project stop|cocalc-ctl restore|cocalc-ctl rootfs mount|cocalc-ctl rootfs resolve|cocalc-ctl rootfs umount|cocalc-ctl snapshot auto|cocalc-ctl snapshot create|cocalc-ctl snapshot delete|cocalc-ctl snapshot list|cocalc-ctl snapshot lock|cocalc-ctl snapshot prune|cocalc-ctl snapshot unlock|cocalc-ctl sshpiper keys-refresh|'
     local cmdpath=cocalc-ctl i w cfg=
     for ((i = 1; i < COMP_CWORD; i++)); do
         w="${COMP_WORDS[i]}"
@@ -133,6 +149,8 @@ _cocalc_ctl() {
     case "$cmdpath $prev" in
         'cocalc-ctl hub project add --image') _cocalc_ctl_dyn images; return ;;
         'cocalc-ctl hub project set --image') _cocalc_ctl_dyn images; return ;;
+        'cocalc-ctl hub token create --project') _cocalc_ctl_dyn projects; return ;;
+        'cocalc-ctl hub token list --project') _cocalc_ctl_dyn projects; return ;;
         'cocalc-ctl keys rotate --which') COMPREPLY=($(compgen -W 'host sshpiperd upstream relay' -- "$cur")); return ;;
         'cocalc-ctl move send --mode') COMPREPLY=($(compgen -W 'pipe staged backup' -- "$cur")); return ;;
         'cocalc-ctl move send --compress') COMPREPLY=($(compgen -W 'none lz4 zstd' -- "$cur")); return ;;
@@ -158,14 +176,17 @@ _cocalc_ctl() {
         --textfile-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
         --unit-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
         --user-unit-dir) COMPREPLY=($(compgen -d -- "$cur")); return ;;
+        --account) COMPREPLY=(); return ;;
         --after) COMPREPLY=(); return ;;
         --bwlimit) COMPREPLY=(); return ;;
         --concurrency) COMPREPLY=(); return ;;
         --cpu-shares) COMPREPLY=(); return ;;
         --disk) COMPREPLY=(); return ;;
+        --expires) COMPREPLY=(); return ;;
         --from) COMPREPLY=(); return ;;
         --from-backup) COMPREPLY=(); return ;;
         --host) COMPREPLY=(); return ;;
+        --id) COMPREPLY=(); return ;;
         --internal-url) COMPREPLY=(); return ;;
         --keep-daily) COMPREPLY=(); return ;;
         --keep-frequent) COMPREPLY=(); return ;;
@@ -179,11 +200,14 @@ _cocalc_ctl() {
         --loopback) COMPREPLY=(); return ;;
         --max-size) COMPREPLY=(); return ;;
         --memory) COMPREPLY=(); return ;;
+        --name) COMPREPLY=(); return ;;
+        --older-than) COMPREPLY=(); return ;;
         --path) COMPREPLY=(); return ;;
         --pids) COMPREPLY=(); return ;;
         --poll) COMPREPLY=(); return ;;
         --quota) COMPREPLY=(); return ;;
         --reason) COMPREPLY=(); return ;;
+        --role) COMPREPLY=(); return ;;
         --seconds) COMPREPLY=(); return ;;
         --snapshot) COMPREPLY=(); return ;;
         --swap) COMPREPLY=(); return ;;

@@ -102,9 +102,9 @@ def wait_port(addr: str, port: int, proc: subprocess.Popen | None = None, timeou
     raise DemoFailed(f"nothing listening on {addr}:{port}")
 
 
-def http_get(url: str, timeout: float = 10) -> tuple[int, str]:
+def http_get(url: str, timeout: float = 10, headers: dict | None = None) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as r:
             return r.status, r.read().decode(errors="replace")
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(errors="replace")
@@ -513,17 +513,35 @@ class Demo:
             self.ctl(n, "project", "ssh", pid, "--", "hostname; echo $HOME; busybox rm -rf .ssh")
             self.check(tree_sums(root) == self.sums, "the project's files are as they were (the user's key removed)")
 
-    def _get_retry(self, url: str, want: int = 200, tries: int = 50) -> tuple[int, str]:
+    def _get_retry(self, url: str, want: int = 200, tries: int = 50, headers: dict | None = None) -> tuple[int, str]:
         code, body = 0, ""
         for _ in range(tries):
             try:
-                code, body = http_get(url)
+                code, body = http_get(url, headers=headers)
                 if code == want:
                     break
             except OSError as e:
                 code, body = 0, str(e)
             time.sleep(0.1)
         return code, body
+
+    def _login_link(self, url: str) -> tuple[int, dict]:
+        """Open a login link without following its redirect: (status, lowercase headers)."""
+        import http.client
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.sh(f"curl -si '{url}'")
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        try:
+            conn.request("GET", f"{parts.path}?{parts.query}")
+            resp = conn.getresponse()
+            resp.read()
+            headers = {k.lower(): v for k, v in resp.getheaders()}
+        finally:
+            conn.close()
+        print(f"{resp.status} location: {headers.get('location')}\nset-cookie: {headers.get('set-cookie')}")
+        return resp.status, headers
 
     def backup_restore(self) -> None:
         a = self.hosts["A"]
@@ -594,16 +612,17 @@ class Demo:
             p = self.spawn("proxy-host-B", [*CLI, "--config", str(b.config_path), *args], b.base / "proxy.log",
                            env=env)
             wait_port("127.0.0.1", b.proxy_port, p)
+            # a host proxy answers only its hub (the hub credential, keyed by the secret `keys trust` made
+            # and `keys sync` brought to B): a request straight to it is refused, /healthz is open
             url = f"http://127.0.0.1:{b.proxy_port}/{pid}/files/notes/hello.txt"
             self.sh(f"curl {url}")
-            code, body = self._get_retry(url)
+            code, body = self._get_retry(url, want=401)
+            print(f"{code} {body.rstrip()}")
+            self.check(code == 401, "host-mode proxy: a request without the hub's credential gets 401")
+            self.sh(f"curl http://127.0.0.1:{b.proxy_port}/healthz")
+            code, body = http_get(f"http://127.0.0.1:{b.proxy_port}/healthz")
             print(body.rstrip())
-            self.check(code == 200 and pid in body, "host-mode proxy -> project container on B")
-            url = f"http://127.0.0.1:{b.proxy_port}/{pid}/"
-            self.sh(f"curl {url}")
-            code, body = self._get_retry(url)
-            print(body.rstrip())
-            self.check(code == 200 and "on host-b" in body, "the answer comes from host B")
+            self.check(code == 200, "host-mode proxy: /healthz stays open")
 
             internal = f"http://127.0.0.1:{b.proxy_port}"
             # B tells the hub where its proxy is: the hub's proxy forwards there
@@ -617,13 +636,41 @@ class Demo:
             self.hub.proxy_port = hub_port
             url = f"http://127.0.0.1:{hub_port}/{pid}/files/notes/todo.txt"
             self.sh(f"curl {url}")
-            code, body = self._get_retry(url)
+            code, _ = self._get_retry(url, want=401)
+            print(f"{code} (login required)")
+            self.check(code == 401, "the hub proxy refuses a request without a credential (401)")
+            # access control: an account, its grant on the project, a token for it
+            self.ctl(self.hub, "hub", "account", "add", "demo-user")
+            self.ctl(self.hub, "hub", "project", "grant", pid, "demo-user", "--role", "collaborator")
+            made = self.ctl_json(self.hub, "hub", "token", "create", "--account", "demo-user", "--project", pid,
+                                 "--expires", "1d", "--name", "demo")
+            self.hub_token = token = made["token"]
+            print(f"token {made['token_id']} (shown once): {token}")
+            auth = {"Authorization": f"Bearer {token}"}
+            self.sh(f"curl -H 'Authorization: Bearer {token}' {url}")
+            code, body = self._get_retry(url, headers=auth)
             print(body.rstrip())
             self.check(code == 200 and "move it to host B" in body, "hub-mode proxy -> host B's proxy -> project")
+            url = f"http://127.0.0.1:{hub_port}/{pid}/files/notes/hello.txt"
+            code, login = self._login_link(f"{url}?token={token}")
+            self.check(code == 303 and token not in login.get("location", token)
+                       and "HttpOnly" in login.get("set-cookie", ""),
+                       "the login link sets a session cookie and redirects to the URL without the token")
+            cookie = {"Cookie": login["set-cookie"].split(";")[0]}
+            self.sh(f"curl -H 'Cookie: {cookie['Cookie']}' {url}")
+            code, body = self._get_retry(url, headers=cookie)
+            print(body.rstrip())
+            self.check(code == 200 and pid in body, "the session cookie works; the hub signs what it forwards: "
+                       "host B's proxy accepts it")
+            url = f"http://127.0.0.1:{hub_port}/{pid}/"
+            self.sh(f"curl -H 'Authorization: Bearer {token}' {url}")
+            code, body = self._get_retry(url, headers=auth)
+            print(body.rstrip())
+            self.check(code == 200 and "on host-b" in body, "the answer comes from host B")
             if not self.keep:
                 self.ctl(b, "project", "stop", pid)
-                self.sh(f"curl {url}")
-                code, body = http_get(url)
+                self.sh(f"curl -H 'Authorization: Bearer {token}' {url}")
+                code, body = http_get(url, headers=auth)
                 print(f"{code} {body.rstrip()}")
                 self.check(code == 502, "a stopped project answers 502 at once")
             for name, log in (("host B's proxy", b.base / "proxy.log"),
@@ -667,8 +714,9 @@ class Demo:
             if b.proxy_port:
                 print(f"  curl http://127.0.0.1:{b.proxy_port}/{self.project}/files/notes/hello.txt"
                       "   # host proxy on B")
-            if self.hub.proxy_port:
-                print(f"  curl http://127.0.0.1:{self.hub.proxy_port}/{self.project}/   # hub proxy")
+            if self.hub.proxy_port and getattr(self, "hub_token", None):
+                print(f"  curl -L -c /tmp/demo-cookies 'http://127.0.0.1:{self.hub.proxy_port}/{self.project}/"
+                      f"?token={self.hub_token}'   # hub proxy (login link)")
             print(f"  receiver sshds: A {a.addr}:{a.receiver_port}, B {b.addr}:{b.receiver_port}")
         if self.pg:
             print(f"  psql 'host={self.pg.dir} user=postgres dbname=postgres'")

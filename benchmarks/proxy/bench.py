@@ -117,8 +117,9 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(url: str, duration: int, connections: int) -> dict:
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", url],
+def wrk(url: str, duration: int, connections: int, headers: dict | None = None) -> dict:
+    hdrs = [a for k, v in (headers or {}).items() for a in ("-H", f"{k}: {v}")]
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", *hdrs, url],
                          capture_output=True, text=True, check=True).stdout
 
     def lat(label):
@@ -320,7 +321,9 @@ def main() -> int:
                 name = "1 worker"
             port = free_port()
             cfg = work / f"ours-{name.replace(' ', '-')}.yaml"
-            cfg.write_text(f"data_dir: {work / 'data'}\nproxy:\n  event_loop: {loop}\n  fast_path: {str(fast).lower()}\n")
+            # direct to the host proxy, no hub in front: no hub credential (loopback listen)
+            cfg.write_text(f"data_dir: {work / 'data'}\nproxy:\n  event_loop: {loop}\n  fast_path: {str(fast).lower()}\n"
+                           "  host_auth: none\n")
             pids[f"cocalc-ctl ({name})"] = procs.start([
                 sys.executable, "-m", "cocalc_ctl", "--config", str(cfg), "proxy", "serve", "--mode", "host",
                          "--no-access-log", "--listen", f"127.0.0.1:{port}", "--workers", str(n)],

@@ -8,7 +8,7 @@ import typer
 
 from cocalc_ctl.cli.common import G, config, done, render
 
-app = typer.Typer(help="Hub PostgreSQL: schema, project placement and the hub key.",
+app = typer.Typer(help="Hub PostgreSQL: schema, project placement, access control and the hub key.",
                   no_args_is_help=True)
 
 
@@ -239,3 +239,203 @@ def keys_rotate(finish: bool = typer.Option(False, "--finish",
     from cocalc_ctl.actions.keys import hub_keys
 
     render(hub_keys.rotate(config(), finish=finish), lambda r: print(_hub_key_line(r)))
+
+
+# -- access control: accounts, grants, tokens (who may reach a project through the hub proxy) ----------
+
+ACCOUNT = typer.Argument(..., metavar="ACCOUNT", help="Account name or uuid.")
+LIMIT = typer.Option(100, "--limit", metavar="N", min=1, max=10000, help="At most N rows (a page).")
+AFTER = typer.Option(None, "--after", metavar="KEY",
+                     help="The next page: the KEY of the previous page's last line `… more: --after KEY`.")
+
+
+def _account_label(name, account_id) -> str:
+    return f"{name} ({account_id})" if name else str(account_id)
+
+
+def _page(result, columns, row) -> None:
+    from cocalc_ctl import output, paging
+
+    more = getattr(result, "next_after", None)
+    render(result, lambda rs: (output.table(columns, [row(r) for r in rs]), paging.more_line(more)))
+    if G.json:
+        paging.more_line(more, json_array=True)
+
+
+account_app = typer.Typer(help="Accounts: who a token or session authenticates (hub proxy access control).",
+                          no_args_is_help=True)
+app.add_typer(account_app, name="account")
+
+
+def _account_line(r) -> str:
+    a = r.account
+    label = _account_label(a.name, a.account_id)
+    if r.action == "created":
+        return f"created account {label}"
+    if r.action == "disabled":
+        return f"disabled account {label}: its tokens and sessions are refused from now on"
+    if r.action == "enabled":
+        return f"enabled account {label}"
+    state = "disabled" if a.disabled_at else "enabled"
+    return f"account {label} unchanged ({state})"
+
+
+@account_app.command("add")
+def account_add(name: str = typer.Argument(..., metavar="NAME",
+                                           help="1-64 of a-z 0-9 . _ -, starting with a letter."),
+                account_id: Optional[str] = typer.Option(None, "--id", metavar="UUID",
+                                                         help="Use this id (one another system knows the account by).")
+                ) -> None:
+    """Add an account (unchanged if it exists with that name)."""
+    from cocalc_ctl.actions.hub import access
+
+    render(access.add_account(config(), name, account_id), lambda r: done(_account_line(r)))
+
+
+@account_app.command("list")
+def account_list(limit: int = LIMIT, after: Optional[str] = AFTER) -> None:
+    """Accounts (a page of --limit, by account id)."""
+    from cocalc_ctl.actions.hub import access
+
+    _page(access.list_accounts(config(), limit=limit, after=after), ["account", "name", "created", "disabled"],
+          lambda a: (a.account_id, a.name or "-", a.created, a.disabled_at))
+
+
+@account_app.command("disable")
+def account_disable(account: str = ACCOUNT) -> None:
+    """Disable an account: every token and session of it is refused at once (grants are kept)."""
+    from cocalc_ctl.actions.hub import access
+
+    render(access.set_account_disabled(config(), account, True), lambda r: done(_account_line(r)))
+
+
+@account_app.command("enable")
+def account_enable(account: str = ACCOUNT) -> None:
+    """Enable a disabled account again (its unexpired, unrevoked tokens work again)."""
+    from cocalc_ctl.actions.hub import access
+
+    render(access.set_account_disabled(config(), account, False), lambda r: done(_account_line(r)))
+
+
+def _grant_line(r) -> str:
+    who = _account_label(r.account, r.account_id)
+    if r.action == "created":
+        return f"granted {r.role} on project {r.project_id} to account {who}"
+    if r.action == "updated":
+        return f"account {who} on project {r.project_id}: {r.previous_role} -> {r.role}"
+    if r.action == "unchanged":
+        return f"account {who} on project {r.project_id}: already {r.role} (unchanged)"
+    if r.action == "revoked":
+        return f"revoked the {r.previous_role} grant of account {who} on project {r.project_id}"
+    return f"account {who} had no grant on project {r.project_id} (unchanged)"
+
+
+@project_app.command("grant")
+def project_grant(project: str = PROJECT, account: str = ACCOUNT,
+                  role: str = typer.Option(..., "--role", metavar="ROLE",
+                                           help="owner | collaborator | viewer (viewer: GET/HEAD/OPTIONS only, "
+                                                "no WebSocket).")) -> None:
+    """Let an account reach a project through the hub proxy (or change its role)."""
+    from cocalc_ctl.actions.hub import access
+
+    render(access.grant(config(), project, account, role), lambda r: done(_grant_line(r)))
+
+
+@project_app.command("revoke")
+def project_revoke(project: str = PROJECT, account: str = ACCOUNT) -> None:
+    """Remove an account's grant on a project: its next request (and open WebSocket) is refused."""
+    from cocalc_ctl.actions.hub import access
+
+    render(access.revoke(config(), project, account), lambda r: done(_grant_line(r)))
+
+
+@project_app.command("users")
+def project_users(project: str = PROJECT, limit: int = LIMIT, after: Optional[str] = AFTER) -> None:
+    """The accounts granted on a project and their roles (a page of --limit, by account id)."""
+    from cocalc_ctl.actions.hub import access
+
+    _page(access.users(config(), project, limit=limit, after=after), ["account", "name", "role", "granted"],
+          lambda g: (g.account_id, g.name or "-", g.role, g.created))
+
+
+token_app = typer.Typer(help="Access tokens: what a client shows the hub proxy (Bearer header, or a login "
+                             "link `/<project>/?token=…` once).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+def _created_token(r) -> None:
+    if not G.quiet:
+        scope = f"project {r.project_id}" if r.project_id else "every project it is granted"
+        expiry = f"expires {output_time(r.expires_at)}" if r.expires_at else "never expires"
+        print(f"created token {r.token_id} for account {_account_label(r.account, r.account_id)} on {scope}, {expiry}")
+        print("the token (shown only now: the hub keeps only its hash):")
+    print(r.token, flush=True)  # with -q: the token alone, for TOKEN=$(cocalc-ctl -q hub token create ...)
+
+
+def output_time(value) -> str:
+    from cocalc_ctl.output import rfc3339
+
+    return str(rfc3339(value))
+
+
+@token_app.command("create")
+def token_create(account: str = typer.Option(..., "--account", metavar="ACCOUNT", help="Account name or uuid."),
+                 project: Optional[str] = typer.Option(None, "--project", metavar="PROJECT",
+                                                       help="Only this project (default: every project the "
+                                                            "account is granted)."),
+                 expires: str = typer.Option("30d", "--expires", metavar="DURATION",
+                                             help="Lifetime: 30d, 12h, 90m (at most 3650d), or never."),
+                 name: Optional[str] = typer.Option(None, "--name", metavar="NAME",
+                                                    help="A label for `hub token list` (e.g. ci, laptop).")) -> None:
+    """Create an access token and print it once (never again: the hub stores only its SHA-256)."""
+    from cocalc_ctl.actions.hub import access
+
+    render(access.create_token(config(), account, project=project, expires=expires, name=name), _created_token)
+
+
+@token_app.command("list")
+def token_list(account: Optional[str] = typer.Option(None, "--account", metavar="ACCOUNT",
+                                                     help="Only this account's tokens."),
+               project: Optional[str] = typer.Option(None, "--project", metavar="PROJECT",
+                                                     help="Only tokens scoped to this project."),
+               limit: int = LIMIT, after: Optional[str] = AFTER) -> None:
+    """Tokens (never their value or hash): scope, expiry, revocation, last use (by token id).
+
+    PROJECT `*` = every project the account is granted. LAST_USED is updated at most once a minute."""
+    from cocalc_ctl.actions.hub import access
+
+    _page(access.list_tokens(config(), account=account, project=project, limit=limit, after=after),
+          ["token", "account", "project", "name", "created", "expires", "revoked", "last_used"],
+          lambda t: (t.token_id, t.account or t.account_id, t.project_id or "*", t.name or "-", t.created,
+                     t.expires_at or "never", t.revoked_at, t.last_used_at))
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: str = typer.Argument(..., metavar="TOKEN_ID",
+                                                help="The token's id (or its first 8+ characters), "
+                                                     "from `hub token list`.")) -> None:
+    """Revoke a token and end its sessions: the next request carrying it is refused."""
+    from cocalc_ctl.actions.hub import access
+
+    def line(r) -> None:
+        t = r.token
+        who = _account_label(t.account, t.account_id)
+        if r.action == "revoked":
+            done(f"revoked token {t.token_id}" + (f" ({t.name})" if t.name else "")
+                 + f" of account {who}; its sessions are ended")
+        else:
+            done(f"token {t.token_id} of account {who} was already revoked at {output_time(t.revoked_at)}")
+
+    render(access.revoke_token(config(), token_id), line)
+
+
+@token_app.command("prune")
+def token_prune(older_than: str = typer.Option("30d", "--older-than", metavar="DURATION",
+                                               help="Delete tokens revoked or expired longer ago than this "
+                                                    "(30d, 12h, 90m).")) -> None:
+    """Delete expired login sessions, and tokens revoked or expired long ago (run it from a timer)."""
+    from cocalc_ctl.actions.hub import access
+
+    render(access.prune(config(), older_than),
+           lambda r: done(f"deleted {r.sessions} expired session(s) and {r.tokens} token(s) revoked or expired "
+                          f"more than {r.older_than} ago"))

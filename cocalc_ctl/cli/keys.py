@@ -106,6 +106,22 @@ def untrust(host: str = HOST) -> None:
     render(result, lambda r: done(f"host {r.host_id} is no longer trusted" + ("" if r.changed else " (unchanged)")))
 
 
+@app.command("proxy-secret")
+def proxy_secret(
+    host: str = HOST,
+    rotate: bool = typer.Option(False, "--rotate",
+                                help="Add a new key; the hub signs with the old one until --finish."),
+    finish: bool = typer.Option(False, "--finish", help="Drop every key but the newest (the hub signs with it now)."),
+) -> None:
+    """Hub admin: the secret keying the hub proxy's credential to HOST (made if missing; ids only, never the secret)."""
+    from cocalc_ctl.actions.keys import proxy_secrets
+
+    result = proxy_secrets.manage(config(), host, rotate=rotate, finish=finish)
+    render(result, lambda r: done(f"host {r.host_id}: proxy secret {r.action}; keys {', '.join(r.key_ids) or '-'} "
+                                   f"(the hub signs with {r.signing_key_id or '-'})"
+                                   + (f"\n{r.hint}" if r.hint else "")))
+
+
 @app.command("broadcast")
 def broadcast() -> None:
     """Ask every `keys watch` to resync now (changes in the hub notify on their own)."""

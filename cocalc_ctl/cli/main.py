@@ -131,6 +131,13 @@ def hoist_global_flags(argv: list[str]) -> list[str]:
 
 
 def _error(msg: str, code: int) -> int:
+    import re
+
+    from cocalc_ctl.authnames import SESSION_PREFIX, TOKEN_PREFIX
+
+    # a token or session value typed where something else belongs is never echoed back (nor logged)
+    secret = re.compile(f"(?:{re.escape(TOKEN_PREFIX)}|{re.escape(SESSION_PREFIX)})[A-Za-z0-9_-]{{8,}}")
+    msg = secret.sub(lambda m: m.group(0)[:len(TOKEN_PREFIX)] + "…(redacted)", msg)
     print(f"cocalc-ctl: error: {msg}", file=sys.stderr, flush=True)
     return code
 

@@ -20,12 +20,11 @@ import re
 import time
 
 from cocalc_ctl.proxy import http1, policy
+from cocalc_ctl.proxy.access import Answer, Pass
 from cocalc_ctl.proxy.fastupstream import fast_connect, to_streams
 from cocalc_ctl.proxy.http1 import HttpError
-from cocalc_ctl.proxy.routing import project_from_target
 
 _BARE_LF_OR_CR = re.compile(rb"(?<!\r)\n|\r(?=[^\n])")
-_LOCAL = (b"/healthz", b"/metrics")
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -49,6 +48,8 @@ class ClientProtocol(asyncio.Protocol):
         self.last_raw: bytes | None = None
         self.last_head = None
         self.last_out: bytes | None = None
+        self.last_decision = None  # the access decision last_out was built for
+        self.last_presented = None  # (head, access.Presented): the credentials of last_head, read once
 
     # -- transport callbacks -------------------------------------------------------------------
 
@@ -174,39 +175,82 @@ class ClientProtocol(asyncio.Protocol):
 
     def _dispatch(self, head) -> None:
         t0 = time.monotonic()
-        if head.chunked or head.content_length or head.upgrade is not None or head.target in _LOCAL:
+        p = self.p
+        if head.chunked or head.content_length or head.upgrade is not None or p.addr.local(head):
             return self._to_stream_path(head)
         try:
-            project_id = project_from_target(head.target)
+            # the hub credential before anything else (host mode), then which project (routing.Addressing)
+            account, project_id = p.addressed(head)
         except HttpError as exc:
             return self.reply_error(head, exc.status, exc.reason, t0, None)
-        route = route_now(self.p.routes, project_id)
+        verdict = None
+        access = p.access
+        if access is not None:  # before routing: a refused client learns nothing about the project
+            lp = self.last_presented
+            if lp is not None and lp[0] is head:
+                presented = lp[1]
+            else:
+                presented = access.present_for(head)
+                if head is self.last_head:
+                    self.last_presented = (head, presented)
+            verdict = access.check_now(head, project_id, self.trusted, presented)
+            if verdict is None:  # needs a database lookup (or a login): do it, then carry on here
+                asyncio.ensure_future(self._after_lookup(head, project_id, t0, None, account, True))
+                return
+            if verdict.__class__ is not Pass:
+                return self.reply_answer(head, verdict, t0)
+        route = route_now(p.routes, project_id)
+        key = None
+        if route is not None and p.signer is not None and not isinstance(route, HttpError):
+            try:
+                key = p.signer.key_now(route.host_id)
+            except KeyError:
+                route = None  # the host's signing key needs a database lookup
         if route is None:  # needs a database lookup: do it, then carry on here
-            asyncio.ensure_future(self._after_lookup(head, project_id, t0))
+            asyncio.ensure_future(self._after_lookup(head, project_id, t0, verdict, account))
             return
-        self._routed(head, route, project_id, t0)
+        self._routed(head, route, project_id, t0, verdict, account, key)
 
-    async def _after_lookup(self, head, project_id: str, t0: float) -> None:
+    async def _after_lookup(self, head, project_id: str, t0: float, verdict, account: bytes = b"",
+                            check: bool = False) -> None:
+        if check:
+            try:
+                verdict = await self.p.access.check(head, project_id, self.peer, self.trusted)
+            except Exception as exc:  # noqa: BLE001 - never forward on a failed check
+                verdict = Answer(503, f"access check failed: {type(exc).__name__}")
+            if verdict.__class__ is not Pass:
+                if not self.detached:
+                    self.reply_answer(head, verdict, t0)
+                return
+        key = None
         try:
             route = await self.p.routes.resolve(project_id)
+            if self.p.signer is not None:
+                key = await self.p.signer.key(route.host_id)
         except HttpError as exc:
             route = exc
         except Exception as exc:  # never leave the client waiting on a failed lookup
             route = HttpError(503, f"route lookup failed: {type(exc).__name__}")
         if not self.detached:
-            self._routed(head, route, project_id, t0)
+            self._routed(head, route, project_id, t0, verdict, account, key)
 
-    def _routed(self, head, route, project_id: str, t0: float) -> None:
+    def _routed(self, head, route, project_id: str, t0: float, verdict=None, account: bytes = b"",
+                key=None) -> None:
         p = self.p
         if isinstance(route, HttpError):
             if route.status >= 500:
                 p.metrics.upstream_errors["not_running" if route.status == 502 else "route_lookup"] += 1
             return self.reply_error(head, route.status, route.reason, t0, None)
         out = self.last_out
-        if out is None or head is not self.last_head:
-            out = policy.upstream_request_head(head, self.peer_b, self.port_b, p.fwd, self.trusted)
-            if head is self.last_head:
+        decision = None if verdict is None else verdict.decision
+        if (p.signer is not None  # hub credentials: a fresh one per request, nothing to reuse
+                or out is None or head is not self.last_head or decision is not self.last_decision):
+            # host mode: the verified account line is a function of the head, so reusable with it
+            out = p.upstream_head(head, route, verdict, account, key, self.peer_b, self.port_b, self.trusted,
+                                  project_id)
+            if head is self.last_head and p.signer is None:
                 self.last_out = out
+                self.last_decision = decision
         key = p.pool_key(route, project_id)
         up = p.fast_pool.take(key)
         if up is not None:
@@ -240,6 +284,19 @@ class ClientProtocol(asyncio.Protocol):
                        seconds=time.monotonic() - t0, upstream=upstream, note=reason)
         if not self.detached:
             self.t.write(http1.simple_response(status, body, keep_alive=keep, head_only=head_only))
+        self.request_done(keep)
+
+    def reply_answer(self, head, answer, t0: float) -> None:
+        """A local answer of access control (401, 403, the login's 303...)."""
+        keep = head.keep_alive and answer.status < 500 and answer.status != 400
+        self.p.metrics.requests[answer.status] += 1
+        self.p.metrics.fast_path += 1
+        head_only = head.method == b"HEAD"
+        self.p.log.log(peer=self.peer, method=head.method, target=head.target, status=answer.status,
+                       bytes_out=0 if head_only or self.detached else len(answer.body),
+                       seconds=time.monotonic() - t0, upstream=None, note=answer.note)
+        if not self.detached:
+            self.t.write(answer.response(keep, head_only))
         self.request_done(keep)
 
     def request_done(self, keep: bool) -> None:

@@ -163,7 +163,7 @@ class UpstreamProtocol(asyncio.Protocol):
             if cached and plan == self.last_plan:
                 out = self.last_out
             else:
-                out = policy.client_response_head(resp, mode, False, keep)
+                out = policy.client_response_head(resp, mode, False, keep, cookie_scope=self.p.cookie_scope(self.key))
                 self.last_raw, self.last_resp, self.last_plan, self.last_out = raw, resp, plan, out
         except UpstreamProtocolError as exc:
             return self._fail(502, f"bad upstream response: {exc}", "protocol")

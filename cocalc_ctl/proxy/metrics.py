@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections import Counter
@@ -64,8 +65,13 @@ class Metrics:
         return ("\n".join(out) + "\n").encode()
 
 
+# A token or session value anywhere in a logged path (`/<p>/x;token=cct_...`, `/<p>/cct_...`): never logged.
+_SECRET_IN_PATH = re.compile(r"(cc[ts]_)[A-Za-z0-9_-]+", re.ASCII)
+
+
 class AccessLog:
-    """One line per request on stderr; the query string is never logged (it carries tokens)."""
+    """One line per request on stderr; the query string is never logged (it carries tokens), nor anything
+    shaped like a token or session value elsewhere in the path."""
 
     def __init__(self, enabled: bool, as_json: bool, stream=None, worker: int | None = None):
         self.enabled = enabled
@@ -77,7 +83,10 @@ class AccessLog:
             upstream: str | None, note: str | None = None) -> None:
         if not self.enabled:
             return
-        path = target.split(b"?", 1)[0].decode("ascii", "replace")[:512]
+        path = target.split(b"?", 1)[0].decode("ascii", "replace")
+        if "cct_" in path or "ccs_" in path:
+            path = _SECRET_IN_PATH.sub(r"\1...", path)
+        path = path[:512]
         if self.as_json:
             line = json.dumps({"ts": round(time.time(), 3), "peer": peer, "method": method.decode("ascii", "replace"),
                                "path": path, "status": status, "bytes": bytes_out, "ms": round(seconds * 1000, 2),

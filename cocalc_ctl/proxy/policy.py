@@ -10,14 +10,16 @@ Requests (`parse_request`):
   a `Connection` header naming `Content-Length` or `Transfer-Encoding` with 400.
 - `Connection` may drop end-to-end fields, but never `Host`, the framing fields, `Upgrade` of an
   upgrade request or the `X-Forwarded-*` fields the proxy sets.
-- `Forwarded`, `X-Real-IP` and every field whose name contains `_` are dropped (a WSGI server reads
+- `Forwarded`, `X-Real-IP`, `X-Cocalc-Account`, `X-Cocalc-Hub-Auth` (the proxy sets those two itself)
+  and every field whose name contains `_` are dropped (a WSGI server reads
   `X_Forwarded_Host` as `X-Forwarded-Host`).
 - `X-Forwarded-For/-Proto/-Host/-Port` are set from the connection, replacing the client's, unless
   the peer's address is in `proxy.trust_forwarded`: then the peer's values are kept and the peer's
   address is appended to `X-Forwarded-For`.
 - Limits: a trusted peer (the hub, for a host) may send `FORWARD_BUDGET_FIELDS` more fields and
-  `FORWARD_BUDGET_BYTES` more head bytes than a client, the room the four fields it adds take, so
-  what the front proxy accepts the next one accepts too. `Host` is capped at `MAX_HOST_BYTES`.
+  `FORWARD_BUDGET_BYTES` more head bytes than a client, the room the fields it adds take (four
+  forwarded ones, the account and the hub credential), so what the front proxy accepts the next one
+  accepts too. `Host` is capped at `MAX_HOST_BYTES`.
 
 Responses (`check_response`, `plan_response`, `client_response_head`):
 - a `Connection` header naming `Content-Length` or `Transfer-Encoding` is a 502;
@@ -35,6 +37,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from cocalc_ctl.authnames import ACCOUNT_HEADER, HUB_AUTH_HEADER
+from cocalc_ctl.proxy import cookies
 from cocalc_ctl.proxy.http1 import (HOP_BY_HOP, HttpError, UpstreamProtocolError, parse_request_head,
                                     parse_response_head)
 
@@ -43,14 +47,17 @@ FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-h
 # Fields a Connection header may name without effect: the proxy keeps or re-sets them.
 PROTECTED = FRAMING | FORWARDED | {b"host", b"upgrade"}
 # Request fields never copied: hop-by-hop ones, framing (re-emitted), client-sent proxy fields.
-_REQUEST_DROP = HOP_BY_HOP | FRAMING | {b"forwarded", b"x-real-ip"}
+# x-cocalc-account and x-cocalc-hub-auth are only ever set by the proxy itself (the `extra` lines).
+_REQUEST_DROP = HOP_BY_HOP | FRAMING | {b"forwarded", b"x-real-ip", ACCOUNT_HEADER, HUB_AUTH_HEADER}
 # Response fields never copied: hop-by-hop ones and framing (re-emitted from our parse).
 _RESPONSE_DROP = HOP_BY_HOP | FRAMING
 
 REFUSED_METHODS = frozenset({b"CONNECT", b"TRACE"})
 MAX_HOST_BYTES = 1024
-FORWARD_BUDGET_FIELDS = 4
-FORWARD_BUDGET_BYTES = 2048  # 4 field names + an address, a scheme, a port and a Host of MAX_HOST_BYTES
+FORWARD_BUDGET_FIELDS = 6
+# 4 forwarded field names + an address, a scheme, a port and a Host of MAX_HOST_BYTES (2048), then the
+# hub's x-cocalc-account and x-cocalc-hub-auth lines (about 160 bytes; 256)
+FORWARD_BUDGET_BYTES = 2048 + 256
 RESPONSE_MAX_BYTES = 65536
 RESPONSE_MAX_FIELDS = 200
 # What a response head may have when received: the limits above plus the lines a proxy in front of
@@ -114,10 +121,19 @@ def request_limits(max_bytes: int, max_fields: int, trusted: bool) -> tuple[int,
     return max_bytes, max_fields
 
 
-def upstream_request_head(head, peer: bytes, local_port: bytes, fwd: Forwarding, trusted: bool) -> bytes:
-    """The request head the proxy sends upstream: end-to-end fields, our forwarded fields, our framing."""
+def request_drop(*names: bytes) -> frozenset:
+    """The fields a request never forwards, plus `names` (lowercase): for `upstream_request_head(drop=)`."""
+    return _REQUEST_DROP | frozenset(names)
+
+
+def upstream_request_head(head, peer: bytes, local_port: bytes, fwd: Forwarding, trusted: bool,
+                          extra: bytes = b"", drop: frozenset = _REQUEST_DROP) -> bytes:
+    """The request head the proxy sends upstream: end-to-end fields, our forwarded fields, our framing.
+    `drop` (from request_drop()) removes more fields; `extra` (complete `name: value\r\n` lines, from the
+    proxy itself: the hub's x-cocalc-account) is added after the forwarded fields."""
     tokens = head.connection_tokens
-    drop = _REQUEST_DROP if not tokens else _REQUEST_DROP | (tokens - PROTECTED)
+    if tokens:
+        drop = drop | (tokens - PROTECTED)
     out = bytearray(b"%s %s HTTP/1.1\r\n" % (head.method, head.target))
     xff = proto = fhost = fport = None
     for lname, name, value in head.headers:
@@ -139,6 +155,7 @@ def upstream_request_head(head, peer: bytes, local_port: bytes, fwd: Forwarding,
     out += b"x-forwarded-proto: %s\r\n" % (proto or fwd.scheme)
     out += b"x-forwarded-host: %s\r\n" % (fhost or head.host)
     out += b"x-forwarded-port: %s\r\n" % (fport or local_port)
+    out += extra
     if head.chunked:
         out += b"transfer-encoding: chunked\r\n"
     elif head.content_length is not None:
@@ -188,8 +205,10 @@ def plan_response(head, resp) -> tuple[int, bool, bool, bool]:
     return mode, chunked_out, keep, reusable
 
 
-def client_response_head(resp, mode: int, chunked_out: bool, keep: bool, extra: bytes = b"") -> bytes:
+def client_response_head(resp, mode: int, chunked_out: bool, keep: bool, extra: bytes = b"",
+                         cookie_scope: bytes = b"") -> bytes:
     """The response head toward the client: end-to-end fields, then our framing and connection fields.
+    A `cookie_scope` (`/<project_id>/`, or `/` in subdomain mode) rewrites Set-Cookie (cookies.py).
     UpstreamProtocolError if it would exceed the response limits."""
     tokens = resp.connection_tokens
     drop = _RESPONSE_DROP if not tokens else _RESPONSE_DROP | tokens
@@ -198,6 +217,10 @@ def client_response_head(resp, mode: int, chunked_out: bool, keep: bool, extra: 
     for lname, name, value in resp.headers:
         if lname in drop:
             continue
+        if lname == b"set-cookie" and cookie_scope:
+            value = cookies.rewrite(value, cookie_scope)
+            if value is None:
+                continue
         out += b"%s: %s\r\n" % (name, value)
         n += 1
     if mode == FIXED:
@@ -218,7 +241,9 @@ def client_response_head(resp, mode: int, chunked_out: bool, keep: bool, extra: 
 
 
 def interim_head(resp) -> bytes:
-    """A 100 Continue passed on to an HTTP/1.1 client."""
+    """A 100 Continue passed on to an HTTP/1.1 client (no Set-Cookie: browsers ignore them on a 1xx,
+    and nothing a project sends may set a cookie unscoped)."""
+    resp.headers = [h for h in resp.headers if h[0] != b"set-cookie"]
     return client_response_head(resp, NONE, False, True)
 
 

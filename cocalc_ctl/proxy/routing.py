@@ -10,7 +10,6 @@ a host or a port.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import re
 import time
@@ -53,6 +52,80 @@ def project_from_target(target: bytes) -> str:
     if not is_uuid(first):
         raise HttpError(404, "no such project")
     return first
+
+
+_HOST_PORT = re.compile(rb"(.*?)(?::[0-9]{1,5})?")
+
+
+def project_from_host(host: bytes, domain: bytes) -> str | None:
+    """Subdomain mode: the project a Host field `<project_id>.<domain>[:port]` names; None for a Host
+    outside the domain (the proxy's own name: /healthz, /metrics); HttpError(400) for anything else
+    under the domain (another label, a trailing dot, not a canonical uuid) or a malformed Host."""
+    name = _HOST_PORT.fullmatch(host.lower()).group(1)
+    if name == domain or not name.endswith(b"." + domain):
+        if name.endswith(b"." + domain + b".") or name == domain + b".":
+            raise HttpError(400, "Host with a trailing dot")
+        return None
+    label = name[:-len(domain) - 1]
+    if len(label) != 36 or not is_uuid(label.decode("ascii", "replace")):
+        raise HttpError(400, "Host is not <project_id>.<project_domain>")
+    return label.decode("ascii")
+
+
+def check_target(target: bytes) -> None:
+    """The target rules without the project segment (subdomain mode): origin form, visible ASCII, no dot
+    segment, no encoded slash, dot or backslash; HttpError(400) otherwise."""
+    if _VISIBLE_ASCII.fullmatch(target) is None or b"#" in target:
+        raise HttpError(400, "invalid character in the request target")
+    if not target.startswith(b"/"):
+        raise HttpError(400, "only origin-form request targets are accepted")
+    if target.startswith(b"//"):
+        raise HttpError(400, "request target starts with //")
+    path = target.split(b"?", 1)[0]
+    lower = path.lower()
+    for bad in _ENCODED_DANGER:
+        if bad in lower:
+            raise HttpError(400, "encoded slash, dot or backslash in the path")
+    if _DOT_SEGMENT.search(path) is not None:
+        raise HttpError(400, "dot segment in the path")
+
+
+class Addressing:
+    """Which project a request addresses: the ONE answer both the fast and the stream path use.
+
+    Path mode (no `proxy.project_domain`): `/<project_id>/...` (project_from_target). Subdomain mode:
+    Host `<project_id>.<domain>` with the target passed unchanged; a Host outside the domain reaches
+    only /healthz and /metrics (anything else 404). `cookie_path` is what a project's Set-Cookie Path
+    is narrowed to (path mode) or None (subdomain mode: the origin is the project's own).
+    """
+
+    __slots__ = ("domain",)
+
+    def __init__(self, domain: str | None = None):
+        self.domain = domain.lower().encode() if domain else None
+
+    def local(self, head) -> bool:
+        """A request for the proxy itself (/healthz, /metrics), not for a project."""
+        if head.target != b"/healthz" and head.target != b"/metrics":
+            return False
+        if self.domain is None:
+            return True
+        try:
+            return project_from_host(head.host, self.domain) is None
+        except HttpError:
+            return False  # a bad project Host: project() refuses it
+
+    def project(self, head) -> str:
+        if self.domain is None:
+            return project_from_target(head.target)
+        pid = project_from_host(head.host, self.domain)
+        if pid is None:
+            raise HttpError(404, "no such project")
+        check_target(head.target)
+        return pid
+
+    def cookie_path(self, project_id: str) -> bytes | None:
+        return None if self.domain is not None else b"/%s/" % project_id.encode()
 
 
 @dataclass(frozen=True)
@@ -170,93 +243,73 @@ def parse_internal_url(url: str | None) -> tuple[str, int] | None:
 
 
 class HubRoutes:
-    """Hub mode: project -> its host's internal_url, cached for `ttl` seconds.
+    """Hub mode: project -> its host's internal_url, cached for `ttl` seconds in a bounded LRU.
 
     A listener on the hub's `ROUTE_CHANNEL` (fed by triggers on `projects` and `project_hosts`)
     evicts entries the moment a move or a host change commits. While that listener is down the
-    cache is bypassed entirely, so a missed NOTIFY can never route to a stale host.
+    cache is bypassed entirely, so a missed NOTIFY can never route to a stale host. Answers (routes)
+    and refusals (404, 502: any request can name a random uuid) live in separately bounded LRUs, so
+    refusals cannot push out routes in use; concurrent misses for one project share one lookup, run
+    on the link's connection pool (hublink.py).
     """
 
     mode = "hub"
 
-    def __init__(self, dsn: str, ttl: float = 5.0):
-        self.dsn = dsn
+    def __init__(self, link, ttl: float = 5.0, cache_size: int = 10000):
+        from cocalc_ctl.proxy.hublink import HubLink  # hub mode only (it brings psycopg_pool)
+        from cocalc_ctl.proxy.lru import SingleFlight, SplitCache
+        from cocalc_ctl.state.hub_db import ROUTE_CHANNEL
+
+        if isinstance(link, str):
+            link = HubLink(link)
+        self.link = link
         self.ttl = ttl
-        self._cache: dict[str, tuple[float, Route | HttpError]] = {}
-        self._listening = False
-        self._query_conn = None
-        self._query_lock = asyncio.Lock()
-        self._listener: asyncio.Task | None = None
-        self._listen_ready = asyncio.Event()
+        self._cache = SplitCache(cache_size, max(16, cache_size // 4))
+        self._flights = SingleFlight()
         self.notifications = 0
-        self.db_errors = 0
         self._generation = 0  # bumped by every eviction: a lookup that raced one is not cached
+        link.subscribe(ROUTE_CHANNEL, self._note, self._reset)
+
+    @property
+    def lookups(self) -> int:
+        return self._flights.started
+
+    @property
+    def db_errors(self) -> int:
+        return self.link.db_errors
 
     async def start(self) -> None:
-        await self._connect_query()
-        self._listener = asyncio.create_task(self._listen_forever())
-        try:
-            await asyncio.wait_for(self._listen_ready.wait(), 10)
-        except asyncio.TimeoutError:
-            pass  # keep serving uncached; the listener keeps retrying
+        await self.link.start()
 
     async def close(self) -> None:
-        if self._listener:
-            self._listener.cancel()
-            try:
-                await self._listener
-            except (asyncio.CancelledError, Exception):
-                pass
-        if self._query_conn is not None:
-            await self._query_conn.close()
+        await self.link.close()
 
-    async def _connect_query(self):
-        import psycopg
+    def _reset(self) -> None:
+        self._generation += 1
+        self._cache.clear()
+        self._flights.forget()
 
-        self._query_conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=10)
+    def _note(self, payload: str) -> None:
+        self.notifications += 1
+        self.evict(payload)
 
     def evict(self, payload: str) -> None:
         self._generation += 1
         if payload.startswith("host:"):
             host_id = payload[5:]
-            for pid in [p for p, (_, r) in self._cache.items() if isinstance(r, Route) and r.host_id == host_id]:
-                del self._cache[pid]
+            self._cache.pos.drop_where(lambda _, hit: isinstance(hit[1], Route) and hit[1].host_id == host_id)
+            self._cache.neg.clear()  # a refusal (no reachable host) may name no host: forget them all
+            self._flights.forget()
         elif is_uuid(payload):
-            self._cache.pop(payload, None)
+            self._cache.pop(payload)
+            self._flights.forget(payload)
         else:
             self._cache.clear()
-
-    async def _listen_forever(self) -> None:
-        import psycopg
-
-        from cocalc_ctl.state.hub_db import ROUTE_CHANNEL
-
-        delay = 0.5
-        while True:
-            try:
-                conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=10)
-                async with conn:
-                    await conn.execute(f"LISTEN {ROUTE_CHANNEL}")
-                    self._cache.clear()  # anything cached while we were deaf may be stale
-                    self._generation += 1
-                    self._listening = True
-                    self._listen_ready.set()
-                    delay = 0.5
-                    async for note in conn.notifies():
-                        self.notifications += 1
-                        self.evict(note.payload)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.db_errors += 1
-            self._listening = False
-            self._cache.clear()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10)
+            self._flights.forget()
 
     def resolve_now(self, project_id: str) -> Route | None:
         """The cached route (or raises the cached error); None when a database lookup is needed."""
-        if not self._listening:
+        if not self.link.listening:
             return None
         hit = self._cache.get(project_id)
         if hit is None or hit[0] <= time.monotonic():
@@ -266,38 +319,30 @@ class HubRoutes:
         return hit[1]
 
     async def resolve(self, project_id: str) -> Route:
-        now = time.monotonic()
-        if self._listening:
-            hit = self._cache.get(project_id)
-            if hit is not None and hit[0] > now:
-                if isinstance(hit[1], HttpError):
-                    raise hit[1]
-                return hit[1]
-        generation = self._generation
-        result = await self._lookup(project_id)
-        cacheable = not (isinstance(result, HttpError) and result.status >= 503)
-        if self._listening and cacheable and generation == self._generation:
-            self._cache[project_id] = (now + self.ttl, result)
+        hit = self.resolve_now(project_id)
+        if hit is not None:
+            return hit
+        result = await self._flights.run(project_id, lambda: self._lookup_and_cache(project_id))
         if isinstance(result, HttpError):
             raise result
+        return result
+
+    async def _lookup_and_cache(self, project_id: str) -> Route | HttpError:
+        generation = self._generation
+        now = time.monotonic()
+        result = await self._lookup(project_id)
+        cacheable = not (isinstance(result, HttpError) and result.status >= 503)
+        if self.link.listening and cacheable and generation == self._generation:
+            self._cache.put(project_id, (now + self.ttl, result), positive=isinstance(result, Route))
         return result
 
     async def _lookup(self, project_id: str) -> Route | HttpError:
         from cocalc_ctl.state.hub_db import PROJECT_ROUTE_SQL
 
-        async with self._query_lock:
-            for attempt in (1, 2):
-                try:
-                    if self._query_conn is None or self._query_conn.closed:
-                        await self._connect_query()
-                    cur = await self._query_conn.execute(PROJECT_ROUTE_SQL, (project_id,))
-                    row = await cur.fetchone()
-                    break
-                except Exception:
-                    self.db_errors += 1
-                    self._query_conn = None
-                    if attempt == 2:
-                        return HttpError(503, "hub database unavailable")
+        try:
+            row = await self.link.fetchone(PROJECT_ROUTE_SQL, (project_id,))
+        except Exception:  # noqa: BLE001
+            return HttpError(503, "hub database unavailable")
         if row is None:
             return HttpError(404, "no such project")
         host_id, internal_url = row

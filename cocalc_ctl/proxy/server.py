@@ -19,15 +19,19 @@ upstream silent past its timeout 504, a client too slow with its head is dropped
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import signal
 import time
 from dataclasses import dataclass
 
-from cocalc_ctl.proxy import http1, policy
+from cocalc_ctl.authnames import ACCOUNT_HEADER
+from cocalc_ctl.proxy import http1, hubcred, policy
+from cocalc_ctl.proxy.access import Answer, Pass
 from cocalc_ctl.proxy.http1 import HttpError, PeerClosed
 from cocalc_ctl.proxy.metrics import AccessLog, Metrics
 from cocalc_ctl.proxy.pool import FastPool, StreamPool
-from cocalc_ctl.proxy.routing import project_from_target
+from cocalc_ctl.proxy.routing import Addressing
 from cocalc_ctl.proxy.stream import ClientGone, Side, StreamRelay
 
 
@@ -46,11 +50,29 @@ class Settings:
     pool_max_idle: int = 64           # idle upstream connections kept per project
     pool_idle_ttl: float = 30.0
     fast_path: bool = True            # Protocol fast path for body-less requests (fastpath.py)
+    project_domain: str | None = None  # subdomain routing (routing.Addressing); None: path mode
+    metrics_token: bytes | None = None  # bearer token opening /metrics to non-loopback clients
+    hub_verifier: object = None       # host mode: hubcred.HubVerifier (None: proxy.host_auth none)
+    hub_signer: object = None         # hub mode: hubcred.HubSigner (signs what it forwards to hosts)
+
+
+def is_loopback_peer(peer: str) -> bool:
+    """What `loopback` means for /metrics: 127.0.0.0/8 (so 127.0.0.2 too: any local process can use
+    any of them), ::1 and ::ffff:127.0.0.0/104. Not a unix socket, not the host's other addresses."""
+    if peer.startswith("127."):
+        return True
+    try:
+        addr = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback
 
 
 class Proxy(StreamRelay):
-    def __init__(self, routes, settings: Settings, access_log: AccessLog):
+    def __init__(self, routes, settings: Settings, access_log: AccessLog, access=None):
         self.routes = routes
+        self.access = access  # hub mode: access.Access, checked before routing; None: no access control
         self.s = settings
         self.log = access_log
         self.metrics = Metrics()
@@ -63,6 +85,58 @@ class Proxy(StreamRelay):
         self.tunnels: set = set()
         self.waiting: set = set()  # stream-path StreamWriters between requests (idle keep-alive)
         self.draining = False  # set by a worker's drain (workers.py): finish the request, then close
+        self.addr = Addressing(settings.project_domain)
+        self.verifier = settings.hub_verifier
+        self.signer = settings.hub_signer
+        self._scopes: dict[str, bytes] = {}
+        self._drop = policy.request_drop()
+
+    def cookie_scope(self, key) -> bytes:
+        """Set-Cookie scope of the project an upstream connection (pool key) serves: `/<id>/` or `/`."""
+        scope = self._scopes.get(key[2])
+        if scope is None:
+            scope = self.addr.cookie_path(key[2]) or b"/"
+            if len(self._scopes) < 10000:
+                self._scopes[key[2]] = scope
+        return scope
+
+    def account_line(self, account: bytes) -> bytes:
+        """Host mode: x-cocalc-account re-emitted from a verified head (never a client's copy)."""
+        return b"%s: %s\r\n" % (ACCOUNT_HEADER, account) if account else b""
+
+    def upstream_head(self, head, route, verdict, account: bytes, key, peer: bytes, port: bytes,
+                      trusted: bool, project_id: str = "") -> bytes:
+        """The upstream head for both paths: i13b's forwarding of a hub-mode decision (fields to drop, the
+        account line), host mode's verified account, and in hub mode the host's credential last, over
+        exactly the x-cocalc-account value the host will see."""
+        if verdict is None:
+            drop, extra = self._drop, self.account_line(account)
+        else:
+            drop, extra = verdict.forward()
+        if self.signer is not None:
+            extra += self.sign_line(head, route, key, hubcred.account_in(extra), project_id)
+        return policy.upstream_request_head(head, peer, port, self.fwd, trusted, extra, drop)
+
+    def sign_line(self, head, route, key, account: bytes, project_id: str) -> bytes:
+        """Hub mode: the credential for `route`'s host, bound to the project the hub authorized (no key
+        for that host: none; the host refuses)."""
+        if key is None or route.host_id is None:
+            return b""
+        return hubcred.header_line(key[1], key[0], route.host_id.encode(), head, account, project_id.encode())
+
+    def addressed(self, head) -> tuple[bytes, str]:
+        """(verified account, project id) of a project request, for both paths. Host mode checks the hub
+        credential first (without one a client learns nothing, not even whether its target is valid), over
+        the project THIS host addresses, so a hub that authorized another one (its addressing mode differs)
+        is refused. HttpError for a refused credential or target."""
+        if self.verifier is None:
+            return b"", self.addr.project(head)
+        try:
+            project_id = self.addr.project(head)
+        except HttpError:
+            self.verifier.verify(head, None)  # always 401: a hub signs only targets that address a project
+            raise
+        return self.verifier.verify(head, project_id.encode()), project_id
 
     def limits(self, peer: str) -> tuple[bool, int, int]:
         """(peer trusted, head bytes, header fields) for a client connection from `peer`."""
@@ -170,25 +244,57 @@ class Proxy(StreamRelay):
         t0 = time.monotonic()
         target = head.target
         has_body = head.chunked or bool(head.content_length)
-        if target == b"/healthz" or target == b"/metrics":
+        if self.addr.local(head):
             return await self._local(head, writer, peer, has_body, t0)
+        verdict = None
         try:
-            project_id = project_from_target(target)
+            # the hub credential before anything else (host mode), then which project, who, then where
+            account, project_id = self.addressed(head)
+            access = self.access
+            if access is not None:
+                generation = access.generation
+                try:
+                    verdict = await access.check(head, project_id, peer, trusted)
+                except Exception as exc:  # noqa: BLE001 - never forward on a failed check
+                    verdict = Answer(503, f"access check failed: {type(exc).__name__}")
+                if verdict.__class__ is not Pass:
+                    return await self._answer(writer, head, verdict, peer, t0, has_body)
             route = await self.routes.resolve(project_id)
+            key = await self.signer.key(route.host_id) if self.signer is not None else None
         except HttpError as exc:
             if exc.status >= 500:
                 self.metrics.upstream_errors["not_running" if exc.status == 502 else "route_lookup"] += 1
             return await self._error(writer, head, exc.status, exc.reason, peer, t0, None, has_body)
         upstream = f"{route.host}:{route.port}"
-        out = policy.upstream_request_head(head, peer.encode(), str(local_port).encode(), self.fwd, trusted)
+        out = self.upstream_head(head, route, verdict, account, key, peer.encode(), str(local_port).encode(),
+                                 trusted, project_id)
         key = self.pool_key(route, project_id)
         if head.upgrade is not None:
-            return await self._tunnel(head, out, key, reader, writer, peer, t0, upstream)
+            watch = None if verdict is None else (verdict, project_id, generation)
+            return await self._tunnel(head, out, key, reader, writer, peer, t0, upstream, watch)
         return await self._exchange(head, out, key, reader, writer, peer, t0, upstream, has_body)
+
+    def metrics_allowed(self, head, peer: str) -> bool:
+        """/metrics: loopback peers (127.0.0.0/8, ::1, IPv4-mapped 127.x) speaking for themselves, or the
+        configured bearer token. A loopback peer that forwards for someone else (X-Forwarded-For or
+        Forwarded: a TLS front end on this machine) is no local client: it needs the token too."""
+        if is_loopback_peer(peer) and not any(n in (b"x-forwarded-for", b"forwarded") for n, _, _ in head.headers):
+            return True
+        token = self.s.metrics_token
+        if not token:
+            return False
+        for lname, _, value in head.headers:
+            if lname == b"authorization":
+                scheme, _, given = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token)
+        return False
 
     async def _local(self, head, writer, peer, has_body, t0) -> bool:
         if head.target == b"/healthz":
             status, body, ctype = 200, b"ok\n", b"text/plain; charset=utf-8"
+        elif self.s.metrics and not self.metrics_allowed(head, peer):
+            return await self._error(writer, head, 403, "metrics are served to loopback clients or with the "
+                                     "metrics bearer token", peer, t0, None, has_body)
         elif self.s.metrics:
             status, body, ctype = 200, self.metrics_text(), b"text/plain; version=0.0.4"
         else:
@@ -209,6 +315,8 @@ class Proxy(StreamRelay):
     def _extra_metrics(self) -> dict:
         idle = self.pool.idle_count() + self.fast_pool.idle_count()
         extra = {"cocalc_proxy_upstream_idle_connections": ("gauge", "Idle pooled upstream connections.", idle)}
+        if self.access is not None:
+            extra.update(self.access.metrics())
         if hasattr(self.routes, "lookups"):
             extra["cocalc_proxy_route_lookups_total"] = (
                 "counter", "Route table reads that missed the route cache (host mode).", self.routes.lookups)
@@ -217,7 +325,24 @@ class Proxy(StreamRelay):
                 "counter", "Route NOTIFY messages received from the hub.", self.routes.notifications)
             extra["cocalc_proxy_route_db_errors_total"] = (
                 "counter", "Hub database errors while resolving routes.", self.routes.db_errors)
+        self._extra_auth_metrics(extra)
         return extra
+
+    async def _answer(self, writer, head, answer, peer, t0, has_body) -> bool:
+        """A local answer of access control (access.Answer: 401, 403, the login's 303...)."""
+        keep = head.keep_alive and not has_body and answer.status < 500 and answer.status != 400
+        head_only = head.method == b"HEAD"
+        writer.write(answer.response(keep, head_only))
+        try:
+            await Side(writer, ClientGone).drain()
+        except ClientGone:
+            keep = False
+        self.metrics.requests[answer.status] += 1
+        self.metrics.stream_path += 1
+        self.log.log(peer=peer, method=head.method, target=head.target, status=answer.status,
+                     bytes_out=0 if head_only else len(answer.body), seconds=time.monotonic() - t0, upstream=None,
+                     note=answer.note)
+        return keep
 
     async def _error(self, writer, head, status: int, reason: str, peer, t0, upstream, has_body) -> bool:
         # A request body we did not read would be parsed as the next request: close instead.
@@ -244,6 +369,15 @@ class Proxy(StreamRelay):
 
     # -- lifecycle ----------------------------------------------------------------------------
 
+    def _extra_auth_metrics(self, extra: dict) -> None:
+        if self.verifier is not None:
+            extra["cocalc_proxy_hub_auth_failures_total"] = (
+                "counter", "Requests refused for a missing or invalid hub credential (host mode).",
+                self.verifier.failures)
+        if self.signer is not None:
+            extra["cocalc_proxy_hub_key_lookups_total"] = (
+                "counter", "Signing-key reads that missed the cache (hub mode).", self.signer.lookups)
+
     def close_clients(self) -> None:
         for tunnel in list(self.tunnels):
             tunnel.close()
@@ -254,11 +388,16 @@ class Proxy(StreamRelay):
 
 
 async def serve(routes, settings: Settings, host: str, port: int, access_log: AccessLog,
-                ready=None, stop: asyncio.Event | None = None, worker=None) -> None:
+                ready=None, stop: asyncio.Event | None = None, worker=None, access=None) -> None:
     """Run until SIGTERM/SIGINT (or `stop` is set); `ready(host, port)` is called once listening.
-    `worker` (workers.Worker): serve its inherited socket, publish metrics, drain on stop."""
+    `worker` (workers.Worker): serve its inherited socket, publish metrics, drain on stop.
+    `access` (hub mode): the access.Access every request is checked by."""
     await routes.start()
-    proxy = Proxy(routes, settings, access_log)
+    if access is not None:
+        await access.start()
+    if settings.hub_signer is not None:
+        await settings.hub_signer.start()
+    proxy = Proxy(routes, settings, access_log, access)
     listen = dict(host=host, port=port, reuse_address=True) if worker is None else dict(sock=worker.sock)
     proxy.metrics.event_loop = "uvloop" if "uvloop" in type(asyncio.get_running_loop()).__module__ else "asyncio"
     if settings.fast_path:
@@ -300,10 +439,14 @@ async def serve(routes, settings: Settings, host: str, port: int, access_log: Ac
             await worker.drain(proxy)
         proxy.close_clients()
         await routes.close()
+        if access is not None:
+            await access.close()
+        if settings.hub_signer is not None:
+            await settings.hub_signer.close()
 
 
 def run(routes, settings: Settings, host: str, port: int, access_log: AccessLog, ready=None,
-        event_loop: str = "auto", worker=None) -> str:
+        event_loop: str = "auto", worker=None, access=None) -> str:
     """Blocking entry point on uvloop (when installed, or asked for) or asyncio; returns which."""
     uvloop = None
     if event_loop in ("auto", "uvloop"):
@@ -315,7 +458,7 @@ def run(routes, settings: Settings, host: str, port: int, access_log: AccessLog,
 
                 raise PreconditionFailed("proxy.event_loop is uvloop but uvloop is not installed",
                                          hint="pip install uvloop, or set proxy.event_loop: auto") from None
-    coro = serve(routes, settings, host, port, access_log, ready, worker=worker)
+    coro = serve(routes, settings, host, port, access_log, ready, worker=worker, access=access)
     if uvloop is not None:
         uvloop.run(coro)
         return "uvloop"

@@ -164,7 +164,8 @@ class StreamRelay:
         if body_task is not None and body_task.done() and body_task.exception() is not None:
             keep = reusable = False  # the request body was not fully relayed
         try:
-            head_bytes = policy.client_response_head(resp, mode, chunked_out, keep)
+            head_bytes = policy.client_response_head(resp, mode, chunked_out, keep,
+                                                     cookie_scope=self.cookie_scope(key))
         except UpstreamProtocolError as exc:
             uw.close()
             _cancel(body_task)
@@ -249,7 +250,8 @@ class StreamRelay:
 
     # -- upgrades -------------------------------------------------------------------------------
 
-    async def _tunnel(self, head, out, key, reader, writer, peer, t0, upstream) -> bool | None:
+    async def _tunnel(self, head, out, key, reader, writer, peer, t0, upstream, watch=None) -> bool | None:
+        """`watch`: (access.Pass, project_id, access generation at the check) when access control is on."""
         if head.chunked or head.content_length:
             return await self._error(writer, head, 400, "upgrade request with a body", peer, t0, upstream, True)
         try:
@@ -283,7 +285,8 @@ class StreamRelay:
         upgrade = next((v for n, _, v in resp.headers if n == b"upgrade"), head.upgrade)
         try:
             head_bytes = policy.client_response_head(resp, policy.NONE, False, True,
-                                                     extra=b"connection: upgrade\r\nupgrade: %s\r\n" % upgrade)
+                                                     extra=b"connection: upgrade\r\nupgrade: %s\r\n" % upgrade,
+                                                     cookie_scope=self.cookie_scope(key))
         except UpstreamProtocolError as exc:
             uw.close()
             self.metrics.upstream_errors["protocol"] += 1
@@ -300,5 +303,8 @@ class StreamRelay:
             return False
         from cocalc_ctl.proxy.tunnel import Tunnel
 
-        Tunnel(self, peer=peer, head=head, t0=t0, upstream=upstream).start(reader, writer, ur, uw)
+        tunnel = Tunnel(self, peer=peer, head=head, t0=t0, upstream=upstream)
+        tunnel.start(reader, writer, ur, uw)
+        if watch is not None and not tunnel.closed:
+            self.access.watch(tunnel, head, *watch)
         return None  # the connection now belongs to the tunnel

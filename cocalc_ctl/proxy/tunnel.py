@@ -80,10 +80,12 @@ class Tunnel:
             if not self.closed:
                 end.t.resume_reading()
 
-    def close(self) -> None:
+    def close(self, note: str | None = None) -> None:
         if self.closed:
             return
         self.closed = True
+        if self.proxy.access is not None:
+            self.proxy.access.unwatch(self)
         self.client.t.close()
         self.server.t.close()
         p = self.proxy
@@ -92,7 +94,7 @@ class Tunnel:
         p.metrics.bytes_upstream += self.client.count
         p.metrics.bytes_downstream += self.server.count
         p.log.log(peer=self.peer, method=self.head.method, target=self.head.target, status=101,
-                  bytes_out=self.server.count, seconds=time.monotonic() - self.t0, upstream=self.upstream)
+                  bytes_out=self.server.count, seconds=time.monotonic() - self.t0, upstream=self.upstream, note=note)
 
     def expire_if_idle(self, now: float, idle: float) -> None:
         if now - self.last > idle:

@@ -220,8 +220,7 @@ class Worker:
 @dataclass
 class Spec:
     """How a worker builds and runs its proxy (everything already validated by the parent)."""
-    make_routes: Callable[[], object]
-    settings: object
+    build: Callable[[], tuple]  # -> (routes, settings, access), called in the worker after the fork
     host: str
     port: int
     access_log: bool
@@ -248,9 +247,9 @@ def _worker_main(slot: int, sock: socket.socket, board: Board, status_fd: int, s
 
     worker = Worker(slot, sock, board, status_fd, spec.drain_timeout)
     try:
-        routes = spec.make_routes()
-        server.run(routes, spec.settings, spec.host, spec.port, AccessLog(spec.access_log, spec.json_log, worker=slot),
-                   worker.ready, event_loop=spec.event_loop, worker=worker)
+        routes, settings, access = spec.build()
+        server.run(routes, settings, spec.host, spec.port, AccessLog(spec.access_log, spec.json_log, worker=slot),
+                   worker.ready, event_loop=spec.event_loop, worker=worker, access=access)
         return 0
     except Exception as exc:
         err = exc if isinstance(exc, CocalcError) else from_exception(exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+from cocalc_ctl.authnames import ACCESS_CHANNEL
 from cocalc_ctl.errors import OperationFailed, PreconditionFailed
 
 MIGRATION_LOCK_KEY = 0x636F63616C63  # "cocalc"
@@ -18,6 +19,14 @@ MIGRATION_LOCK_KEY = 0x636F63616C63  # "cocalc"
 # `host:<uuid>` (every project on that host), anything else (forget everything). The triggers of
 # the "proxy route notifications" migration send it; a writer may also `NOTIFY` it by hand.
 ROUTE_CHANNEL = "cocalc_ctl_routes"
+# access: the channel of access-control changes (authnames.ACCESS_CHANNEL), sent at commit by the
+# triggers of the "access control" migration. Payloads:
+#   account:<account_id>             an account was added, removed, renamed, disabled or re-enabled
+#   grant:<project_id>:<account_id>  a grant was added, changed or removed (also by its project's removal)
+#   token:<token_id>                 a token was revoked, re-scoped, re-dated or deleted, or one of its
+#                                    sessions was deleted (an update of last_used_at alone sends nothing)
+#   anything else (`all` after a TRUNCATE)  forget every cached decision
+# The hub proxy's cache evicts what a payload names; while it is not listening it must not cache.
 PROJECT_ROUTE_SQL = """SELECT p.host_id, h.internal_url FROM projects p
                        LEFT JOIN project_hosts h ON h.id = p.host_id WHERE p.project_id = %s"""
 
@@ -26,6 +35,16 @@ PROJECT_ROUTE_SQL = """SELECT p.host_id, h.internal_url FROM projects p
 # a release with a retry delay is claimable only at its `lease_until`). Sent by the trigger of the
 # "move: notify claimable moves" migration; workers still poll, rarely, as a fallback.
 MOVE_CHANNEL = "cocalc_ctl_moves"
+# keys: the channel `keys watch` LISTENs on. Payload: a host uuid (its keys, address, trust or hub
+# secrets changed), `hub:<uuid>` (a hub principal's keys), anything else (resync everything).
+KEYS_CHANNEL = "cocalc_ctl_keys"
+# proxy: the hub credential's per-host secrets (table host_proxy_secrets, migration "proxy: per-host hub
+# credential secrets"). The hub signs with a host's oldest key (during a rotation: the old one, which
+# every host still accepts); a host reads only its own rows (row-level security).
+HUB_SIGNING_KEY_SQL = """SELECT key_id, secret FROM host_proxy_secrets WHERE host_id = %s
+                         ORDER BY created_at, key_id LIMIT 1"""
+HOST_SECRETS_SQL = """SELECT key_id, secret FROM host_proxy_secrets WHERE host_id = %s
+                      ORDER BY created_at, key_id"""
 
 # -- least privilege for hosts ----------------------------------------------------------------------
 # A host logs in as HOST_ROLE_PREFIX + its id's 32 hex digits, a member of HOST_GROUP (NOLOGIN), which
@@ -87,6 +106,105 @@ HOST_ROLE_SQL: list[str] = [
     ]),
 ]
 
+
+# -- access control (issue: proxy access control) ----------------------------------------------------
+ACCESS_TABLES = ("accounts", "project_grants", "access_tokens", "access_sessions")
+
+
+def _no_hosts(table: str) -> list[str]:
+    """Hosts have no business with identities or credentials: no privilege, and (should someone grant
+    one later) row-level security that shows them no row. The tables' owner bypasses RLS."""
+    return [f"REVOKE ALL ON {table} FROM {HOST_GROUP}",
+            f"DROP POLICY IF EXISTS cocalc_ctl_no_hosts ON {table}",
+            f"""CREATE POLICY cocalc_ctl_no_hosts ON {table} FOR ALL TO PUBLIC
+                USING (NOT cocalc_ctl_is_host()) WITH CHECK (NOT cocalc_ctl_is_host())""",
+            f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY"]
+
+
+def _notify_trigger(table: str, function: str, events: str) -> list[str]:
+    name = f"cocalc_ctl_access_{table}"
+    return [f"DROP TRIGGER IF EXISTS {name} ON {table}",
+            f"""CREATE TRIGGER {name} AFTER {events} ON {table}
+                FOR EACH ROW EXECUTE FUNCTION {function}()""",
+            f"DROP TRIGGER IF EXISTS {name}_truncate ON {table}",
+            f"""CREATE TRIGGER {name}_truncate AFTER TRUNCATE ON {table}
+                FOR EACH STATEMENT EXECUTE FUNCTION cocalc_ctl_notify_access_all()"""]
+
+
+ACCESS_SQL: list[str] = [
+    # a CoCalc hub has its own accounts table: add only what is missing, never retype
+    """CREATE TABLE IF NOT EXISTS accounts (account_id uuid PRIMARY KEY)""",
+    """ALTER TABLE accounts ADD COLUMN IF NOT EXISTS name text""",
+    """ALTER TABLE accounts ADD COLUMN IF NOT EXISTS created timestamptz NOT NULL DEFAULT now()""",
+    """ALTER TABLE accounts ADD COLUMN IF NOT EXISTS disabled_at timestamptz""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS accounts_name_key ON accounts (name)""",
+    """CREATE TABLE IF NOT EXISTS project_grants (
+           project_id uuid NOT NULL REFERENCES projects (project_id) ON DELETE CASCADE,
+           account_id uuid NOT NULL REFERENCES accounts (account_id) ON DELETE CASCADE,
+           role       text NOT NULL CHECK (role IN ('owner', 'collaborator', 'viewer')),
+           created    timestamptz NOT NULL DEFAULT now(),
+           PRIMARY KEY (project_id, account_id))""",
+    """CREATE INDEX IF NOT EXISTS project_grants_account ON project_grants (account_id, project_id)""",
+    # project_id NULL = every project the account is granted; a scoped token dies with its project
+    """CREATE TABLE IF NOT EXISTS access_tokens (
+           token_id     uuid PRIMARY KEY,
+           account_id   uuid NOT NULL REFERENCES accounts (account_id) ON DELETE CASCADE,
+           project_id   uuid REFERENCES projects (project_id) ON DELETE CASCADE,
+           name         text,
+           token_hash   bytea NOT NULL UNIQUE CHECK (octet_length(token_hash) = 32),
+           created      timestamptz NOT NULL DEFAULT now(),
+           expires_at   timestamptz,
+           revoked_at   timestamptz,
+           last_used_at timestamptz)""",
+    """CREATE INDEX IF NOT EXISTS access_tokens_account ON access_tokens (account_id, token_id)""",
+    """CREATE TABLE IF NOT EXISTS access_sessions (
+           session_hash bytea PRIMARY KEY CHECK (octet_length(session_hash) = 32),
+           token_id     uuid NOT NULL REFERENCES access_tokens (token_id) ON DELETE CASCADE,
+           account_id   uuid NOT NULL,
+           project_id   uuid NOT NULL,
+           created      timestamptz NOT NULL DEFAULT now(),
+           expires_at   timestamptz NOT NULL)""",
+    """CREATE INDEX IF NOT EXISTS access_sessions_token ON access_sessions (token_id)""",
+    """CREATE INDEX IF NOT EXISTS access_sessions_expires ON access_sessions (expires_at)""",
+    f"""CREATE OR REPLACE FUNCTION cocalc_ctl_notify_access_all() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          PERFORM pg_notify('{ACCESS_CHANNEL}', 'all');
+          RETURN NULL;
+        END $$""",
+    f"""CREATE OR REPLACE FUNCTION cocalc_ctl_notify_account() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF TG_OP <> 'INSERT' THEN PERFORM pg_notify('{ACCESS_CHANNEL}', 'account:' || OLD.account_id); END IF;
+          IF TG_OP <> 'DELETE' THEN PERFORM pg_notify('{ACCESS_CHANNEL}', 'account:' || NEW.account_id); END IF;
+          RETURN NULL;
+        END $$""",
+    f"""CREATE OR REPLACE FUNCTION cocalc_ctl_notify_grant() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF TG_OP <> 'INSERT' THEN
+            PERFORM pg_notify('{ACCESS_CHANNEL}', 'grant:' || OLD.project_id || ':' || OLD.account_id);
+          END IF;
+          IF TG_OP <> 'DELETE' THEN
+            PERFORM pg_notify('{ACCESS_CHANNEL}', 'grant:' || NEW.project_id || ':' || NEW.account_id);
+          END IF;
+          RETURN NULL;
+        END $$""",
+    f"""CREATE OR REPLACE FUNCTION cocalc_ctl_notify_token() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          PERFORM pg_notify('{ACCESS_CHANNEL}', 'token:' || OLD.token_id);
+          IF TG_OP = 'UPDATE' AND NEW.token_id IS DISTINCT FROM OLD.token_id THEN
+            PERFORM pg_notify('{ACCESS_CHANNEL}', 'token:' || NEW.token_id);
+          END IF;
+          RETURN NULL;
+        END $$""",
+    # a CoCalc hub writes its accounts rows often (last_active): only what a decision reads notifies
+    *_notify_trigger("accounts", "cocalc_ctl_notify_account",
+                     "INSERT OR DELETE OR UPDATE OF account_id, name, disabled_at"),
+    *_notify_trigger("project_grants", "cocalc_ctl_notify_grant", "INSERT OR UPDATE OR DELETE"),
+    # a new token changes no cached decision; last_used_at (touched once a minute) must not flush caches
+    *_notify_trigger("access_tokens", "cocalc_ctl_notify_token", "UPDATE OF token_id, account_id, project_id, "
+                     "token_hash, expires_at, revoked_at OR DELETE"),
+    *_notify_trigger("access_sessions", "cocalc_ctl_notify_token", "DELETE"),
+    *[sql for t in ACCESS_TABLES for sql in _no_hosts(t)],
+]
 
 # Each migration is (name, statements). Append only.
 MIGRATIONS: list[tuple[str, list[str]]] = [
@@ -241,6 +359,39 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         """DROP TRIGGER IF EXISTS cocalc_ctl_move_claimable ON project_moves""",
         """CREATE TRIGGER cocalc_ctl_move_claimable AFTER INSERT OR UPDATE ON project_moves
            FOR EACH ROW EXECUTE FUNCTION cocalc_ctl_notify_move()""",
+    ]),
+    # access control: who may reach which project through the hub proxy (accounts, grants, tokens and
+    # the proxy's login sessions; state/hub_access.py has the decision queries). NOTIFY ACCESS_CHANNEL
+    # (payloads at its definition above). Hosts get no right on these tables (no grant, and row-level
+    # security that hides every row from them should one be granted by mistake).
+    ("access control: accounts, grants, tokens, sessions", ACCESS_SQL),
+    # proxy: one secret per host (256 bits, made by the hub at `keys trust` or `keys proxy-secret`) that
+    # keys the hub proxy's credential on every request it forwards there; two rows during a rotation.
+    # A host login reads only its own rows; every change NOTIFYs the keys channel with the host id, so
+    # `keys watch` on that host and the hub proxies' signing caches pick it up at once.
+    ("proxy: per-host hub credential secrets", [
+        """CREATE TABLE IF NOT EXISTS host_proxy_secrets (
+               host_id    uuid NOT NULL,
+               key_id     text NOT NULL CHECK (key_id ~ '^[0-9a-f]{16}$'),
+               secret     bytea NOT NULL CHECK (length(secret) = 32),
+               created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+               PRIMARY KEY (host_id, key_id))""",
+        """CREATE OR REPLACE FUNCTION cocalc_ctl_notify_proxy_secrets() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             PERFORM pg_notify('cocalc_ctl_keys', coalesce(NEW.host_id, OLD.host_id)::text);
+             RETURN NULL;
+           END $$""",
+        """DROP TRIGGER IF EXISTS cocalc_ctl_proxy_secrets_changed ON host_proxy_secrets""",
+        """CREATE TRIGGER cocalc_ctl_proxy_secrets_changed AFTER INSERT OR UPDATE OR DELETE ON host_proxy_secrets
+           FOR EACH ROW EXECUTE FUNCTION cocalc_ctl_notify_proxy_secrets()""",
+        f"GRANT SELECT ON host_proxy_secrets TO {HOST_GROUP}",
+        """DROP POLICY IF EXISTS cocalc_ctl_others ON host_proxy_secrets""",
+        """DROP POLICY IF EXISTS cocalc_ctl_host_read ON host_proxy_secrets""",
+        """CREATE POLICY cocalc_ctl_others ON host_proxy_secrets FOR ALL TO PUBLIC
+           USING (NOT cocalc_ctl_is_host()) WITH CHECK (NOT cocalc_ctl_is_host())""",
+        f"""CREATE POLICY cocalc_ctl_host_read ON host_proxy_secrets FOR SELECT TO {HOST_GROUP}
+            USING (host_id = cocalc_ctl_host_id())""",
+        """ALTER TABLE host_proxy_secrets ENABLE ROW LEVEL SECURITY""",
     ]),
 ]
 

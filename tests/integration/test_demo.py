@@ -98,12 +98,17 @@ def test_demo_keep_leaves_it_running_then_teardown_removes_everything():
         assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
         assert "== left running (--keep)" in r.stdout
         # the project still serves through the hub proxy, and the receiver users are there
-        m = re.search(r"curl (http://127\.0\.0\.1:\d+/[0-9a-f-]{36}/)\s+# hub proxy", r.stdout)
+        m = re.search(r"curl -L -c \S+ '(http://127\.0\.0\.1:\d+/[0-9a-f-]{36}/\?token=cct_[A-Za-z0-9_-]{43})'"
+                      r"\s+# hub proxy \(login link\)", r.stdout)
+        assert m or not _has("proxy", "serve"), r.stdout[-3000:]
         if m:
             import urllib.request
 
-            with urllib.request.urlopen(m.group(1), timeout=10) as resp:
+            # the login link: 303 to the URL without the token, with the session cookie the jar keeps
+            opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+            with opener.open(m.group(1), timeout=10) as resp:
                 assert resp.status == 200 and b"on host-b" in resp.read()
+                assert "token=" not in resp.url
         assert len(_receiver_lines(r.stdout)) == 2  # btrfs-<peer> on each host
         assert "--teardown " + str(base) in r.stdout
     finally:

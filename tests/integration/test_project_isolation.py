@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from tests.support.backup import backup_host
-from tests.support.proxy import start_proxy
+from tests.support.proxy import DIRECT, start_proxy
 from tests.support.rootfs import busybox_tree, podman_store  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
@@ -175,7 +175,7 @@ def test_project_ports_answer_the_proxies_only(make_host, workdir, podman_store)
     wait_for(h.project_path(b) / "started")
 
     assert get(f"http://127.0.0.1:{port}/started") == b"started\n", "root (the proxies) still connects"
-    proxy = start_proxy(workdir, "host", {"data_dir": str(h.data)})  # runs as root, like the unit
+    proxy = start_proxy(workdir, "host", {"data_dir": str(h.data), "proxy": DIRECT})  # runs as root, like the unit
     try:
         assert get(f"http://127.0.0.1:{proxy.port}/{a}/via-proxy") == b"through the host proxy\n"
     finally:

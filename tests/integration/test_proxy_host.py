@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from tests.support.proxy import (free_port, get_json, host_state, raw_exchange, start_backend, start_proxy,
+from tests.support.proxy import (DIRECT, free_port, get_json, host_state, raw_exchange, start_backend, start_proxy,
                                  status_of)
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,8 @@ def env(request, tmp_path_factory):
     dead_port = free_port()  # registered, but nothing listens there
     host_state(work / "data", {RUNNING: backend.port, STOPPED: None, REFUSED: dead_port})
     proxy = start_proxy(work, "host", {"data_dir": str(work / "data"), "proxy": {
-        "upstream_timeout": 1, "header_timeout": 2, "idle_timeout": 3, "fast_path": request.param}}, json_log=True)
+        "upstream_timeout": 1, "header_timeout": 2, "idle_timeout": 3, "fast_path": request.param, **DIRECT}},
+        json_log=True)
     try:
         yield {"work": work, "backend": backend, "proxy": proxy}
     finally:

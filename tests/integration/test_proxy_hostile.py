@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from tests.support.proxy import get_json, host_state, raw_exchange, start_backend, start_proxy, status_of
+from tests.support.proxy import DIRECT, get_json, host_state, raw_exchange, start_backend, start_proxy, status_of
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ def env(request, tmp_path_factory):
     host_state(work / "data", {PID: backend.port})
     proxy = start_proxy(work, "host", {"data_dir": str(work / "data"), "proxy": {
         "upstream_timeout": 2, "header_timeout": 2, "idle_timeout": 2, "max_header_bytes": 8192,
-        "fast_path": request.param}})
+        "fast_path": request.param, **DIRECT}})
     try:
         yield {"work": work, "canary": canary, "canary_log": canary_log, "backend": backend, "proxy": proxy}
     finally:

@@ -21,9 +21,9 @@ def chromium_path() -> str | None:
 
 
 class Browser:
-    def __init__(self):
+    def __init__(self, extra_args: tuple[str, ...] = ()):
         self.profile = Path(tempfile.mkdtemp(prefix="cocalc-chromium-"))
-        self.proc = subprocess.Popen([chromium_path(), *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
+        self.proc = subprocess.Popen([chromium_path(), *CHROMIUM_FLAGS, *extra_args, f"--user-data-dir={self.profile}",
                                       "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
         port_file = self.profile / "DevToolsActivePort"
@@ -65,8 +65,8 @@ class Browser:
                     raise RuntimeError(f"{method}: {msg['error']}")
                 return msg["result"]
 
-    def evaluate(self, expression: str):
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+    def evaluate(self, expression: str, await_promise: bool = False):
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=await_promise)
         return result["result"].get("value")
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 from tests.support.ports import free_port, wait_listening
-from tests.support.proxy import Service, host_state, start_proxy
+from tests.support.proxy import DIRECT, Service, host_identity, host_state, hub_secret, start_proxy
 from tests.support.recording_backend import RecordingBackend
 
 P1 = str(uuid.UUID(int=0x11111111_1111_4111_8111_111111111111))
@@ -96,6 +96,13 @@ def trust_value(addresses: list[str]):
     return True if "_as_bool" in line else addresses
 
 
+def auth_none() -> dict:
+    """`proxy.auth: none` where this version of the config has access control."""
+    from cocalc_ctl import config
+
+    return {"auth": "none"} if "proxy.auth" in config.SCHEMA else {}
+
+
 class Rig:
     def __init__(self, work: Path, dsn: str):
         import psycopg
@@ -110,18 +117,23 @@ class Rig:
             self.rec_nginx = self._keep(RecordingBackend("nginx"))
             host_state(work / "host", {P1: self.rec_host.port})
             host_state(work / "hub-host", {P1: self.rec_hub.port, P2: self.rec_hub.port})
-            self.host = self._keep(start_proxy(work, "host", {"data_dir": str(work / "host"), "proxy": TIMEOUTS}))
-            self.hub_host = self._keep(start_proxy(work, "host", {
-                "data_dir": str(work / "hub-host"),
-                "proxy": {**TIMEOUTS, "trust_forwarded": trust_value(["127.0.0.1"])}}))
+            self.host = self._keep(start_proxy(work, "host", {"data_dir": str(work / "host"),
+                                                              "proxy": {**TIMEOUTS, **DIRECT}}))
             hub_db.migrate(dsn)
+            hub_secret(dsn, HOST_ID, work / "hub-host")  # the hub signs what it forwards, the host checks
+            self.hub_host = self._keep(start_proxy(work, "host", {
+                "data_dir": str(work / "hub-host"), **host_identity(HOST_ID, work / "hub-host"),
+                "proxy": {**TIMEOUTS, "trust_forwarded": trust_value(["127.0.0.1"])}}))
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("INSERT INTO project_hosts(id, name, internal_url) VALUES (%s, %s, %s)",
                              (HOST_ID, "framing-host", f"http://127.0.0.1:{self.hub_host.port}"))
                 for pid in (P1, P2):
                     conn.execute("INSERT INTO projects(project_id, host_id) VALUES (%s, %s)", (pid, HOST_ID))
+            # framing, not access control, is under test here: byte-exact requests without credentials,
+            # so the hub runs without access control (allowed on its loopback listen)
             self.hub = self._keep(start_proxy(work, "hub", {"data_dir": str(work / "hub"), "hub_dsn": dsn,
-                                                            "proxy": {**TIMEOUTS, "route_cache_ttl": 3600}}))
+                                                            "proxy": {**TIMEOUTS, "route_cache_ttl": 3600,
+                                                                      **auth_none()}}))
             self.nginx = self._keep(Nginx(work, self.rec_nginx.port))
         except BaseException:
             self.close()

@@ -142,6 +142,50 @@ def start_proxy(workdir: Path, mode: str, config: dict, *, json_log: bool = Fals
     return _on_a_free_port(start)
 
 
+# The config of a host proxy that tests talk to directly (no hub in front): no hub credential, which
+# `proxy serve` allows on a loopback listen only (these all listen on 127.0.0.1).
+DIRECT = {"host_auth": "none"}
+
+
+def hub_secret(dsn: str, host_id: str, host_dir: Path, *, key_id: str | None = None,
+               secret: bytes | None = None, write: bool = True) -> tuple[str, bytes]:
+    """What `keys trust` (the hub makes a host's secret) and `keys sync` (the host writes it, 0600 in a
+    0700 dir) do for the hub credential, for a fleet of bare proxies: returns (key_id, secret). The
+    host proxy's config then needs {"host_id": host_id, "secrets_dir": host_dir / "secrets"}."""
+    import secrets as pysecrets
+
+    import psycopg
+
+    key_id = key_id or pysecrets.token_hex(8)
+    secret = secret or pysecrets.token_bytes(32)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO host_proxy_secrets(host_id, key_id, secret) VALUES (%s, %s, %s)",
+                     (host_id, key_id, secret))
+    if write:
+        write_host_secrets(host_dir, [(key_id, secret)])
+    return key_id, secret
+
+
+def write_host_secrets(host_dir: Path, keys: list[tuple[str, bytes]]) -> Path:
+    from cocalc_ctl.proxy import hubcred
+
+    path = hubcred.secrets_path(host_dir / "secrets")
+    for d in (path.parent.parent, path.parent):
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+    tmp = path.with_name(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(hubcred.format_secrets(keys))
+    os.replace(tmp, path)
+    return path
+
+
+def host_identity(host_id: str, host_dir: Path) -> dict:
+    """Config keys of a host proxy that checks the hub credential (written by hub_secret)."""
+    return {"host_id": host_id, "secrets_dir": str(host_dir / "secrets")}
+
+
 def host_state(data_dir: Path, projects: dict[str, int | None]) -> None:
     """Register projects in a host sqlite: {project_id: http_port or None (stopped)}."""
     from cocalc_ctl.state import host_db
@@ -169,6 +213,20 @@ def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0, half_close: bo
                 break
             if not chunk:
                 break
+            out += chunk
+        return out
+
+
+def send_raw(port: int, request: str | bytes, *, addr: str = "127.0.0.1", source: str | None = None,
+             timeout: float = 10.0) -> bytes:
+    """Send one request (ending in `Connection: close`), return the whole answer; `source` binds the
+    client's address (e.g. 127.0.0.2, or a non-loopback one of this machine)."""
+    data = request.encode() if isinstance(request, str) else request
+    with socket.create_connection((addr, port), timeout=timeout,
+                                  source_address=(source, 0) if source else None) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
             out += chunk
         return out
 

@@ -188,6 +188,13 @@ async def handle(reader, writer, canary, name_tag=None):
                     pass
                 writer.close()
                 return
+            elif name == "cookies":  # one Set-Cookie per X-Test-Set-Cookie request field; ?chunked=1: chunked
+                cookies = "".join(f"set-cookie: {v}\r\n" for k, v in raw_headers if k.lower() == "x-test-set-cookie")
+                if q.get("chunked"):
+                    writer.write(f"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n{cookies}"
+                                 "transfer-encoding: chunked\r\n\r\n3\r\nok\n\r\n0\r\n\r\n".encode())
+                else:
+                    respond(writer, 200, b"ok\n", ctype="text/plain", extra=cookies)
             elif name == "page":
                 respond(writer, 200, PAGE, ctype="text/html; charset=utf-8")
             else:

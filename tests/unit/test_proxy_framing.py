@@ -247,7 +247,10 @@ def test_plain_get_is_served_by_the_fast_path_when_it_is_on(fast):
 @paths
 @pytest.mark.parametrize("trusted", [True, False], ids=["trusted-peer", "untrusted-peer"])
 def test_a_trusted_front_proxy_gets_room_for_the_fields_it_adds(fast, trusted):
-    extra = b"".join(b"X-F%d: v\r\n" % i for i in range(10 + 4 - 2))  # + Host + X-Forwarded-For = max_headers + 4
+    from cocalc_ctl.proxy.policy import FORWARD_BUDGET_FIELDS
+
+    # + Host + X-Forwarded-For = max_headers + the budget (forwarded fields, account, hub credential)
+    extra = b"".join(b"X-F%d: v\r\n" % i for i in range(10 + FORWARD_BUDGET_FIELDS - 2))
     req = f"GET /{PID}/x HTTP/1.1\r\nHost: a\r\n".encode() + extra + b"X-Forwarded-For: 198.51.100.7\r\n\r\n"
     s = Settings(upstream_timeout=3, idle_timeout=3, header_timeout=3, max_headers=10,
                  trust_forwarded=("127.0.0.0/8",) if trusted else ())
@@ -255,7 +258,7 @@ def test_a_trusted_front_proxy_gets_room_for_the_fields_it_adds(fast, trusted):
     if trusted:
         assert _statuses(got) == [200]
         assert b"x-forwarded-for: 198.51.100.7, 127.0.0.1\r\n" in up.requests[0][1]
-        one_more = req[:-2] + b"X-Over: 1\r\n\r\n"  # the budget is 4 fields, not unlimited
+        one_more = req[:-2] + b"X-Over: 1\r\n\r\n"  # the budget is a few fields, not unlimited
         got, up, _ = asyncio.run(_run(lambda c, n, h: ok(), one_more, fast=fast, expect_responses=1, settings=s))
         assert _statuses(got) == [431] and up.requests == []
     else:

@@ -97,12 +97,19 @@ def test_internal_url_parsing(url, expected):
 
 def test_hub_cache_eviction_by_project_and_host():
     async def go():
+        from cocalc_ctl.proxy.http1 import HttpError
+
         routes = HubRoutes("dbname=none", ttl=60)
-        routes._cache = {PID: (1e18, Route("a", 1, "h1")), "other": (1e18, Route("b", 2, "h2"))}
+        routes._cache.put(PID, (1e18, Route("a", 1, "h1")), positive=True)
+        routes._cache.put("other", (1e18, Route("b", 2, "h2")), positive=True)
+        routes._cache.put("gone", (1e18, HttpError(404, "no such project")), positive=False)
         routes.evict("host:h1")
-        assert list(routes._cache) == ["other"]
+        assert list(routes._cache.pos.d) == ["other"] and len(routes._cache.neg) == 0
+        routes.evict("other")
+        assert len(routes._cache) == 0
+        routes._cache.put(PID, (1e18, Route("a", 1, "h1")), positive=True)
         routes.evict("anything else")
-        assert routes._cache == {}
+        assert len(routes._cache) == 0
 
     asyncio.run(go())
 

@@ -7,4 +7,5 @@
 - `sshauth_server`: `sshpiper serve`, the REST endpoint sshpiperd asks.
 - `sshpiper_config`: `sshpiper config` (sshpiperd command line, receiver sshd_config).
 - `receiver_users`: the local accounts the move receiver's logins map to.
+- `proxy_secrets`: `keys proxy-secret` (per-host secrets of the hub proxy's credential; pulled by `keys sync`).
 """

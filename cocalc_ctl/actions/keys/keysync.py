@@ -68,6 +68,8 @@ class SyncResult:
     receiver_keys: str | None = None  # the dir of the receiver's static authorized_keys files
     scope: str = "full"  # full: every peer re-read; incremental: only `synced` (keys watch)
     synced: list[str] = field(default_factory=list)  # incremental: the host ids / hub:<id> re-read
+    proxy_key_ids: list[str] = field(default_factory=list)  # this host's hub credential keys (ids only)
+    proxy_keys_changed: bool = False
 
 
 @dataclass
@@ -162,6 +164,10 @@ def set_trust(cfg: Config, host: str, trusted: bool) -> TrustResult:
                                hint="run `cocalc-ctl keys register` on that host first")
             if bool(row[0]) != trusted:
                 conn.execute("UPDATE project_hosts SET trusted=%s WHERE id=%s", (trusted, hid))
+            if trusted:  # a trusted host gets its hub credential secret (hub proxies sign for it)
+                from cocalc_ctl.actions.keys import proxy_secrets
+
+                proxy_secrets.ensure_in(conn, hid, required=False)
     return TrustResult(hid, trusted, bool(row[0]) != trusted)
 
 
@@ -238,13 +244,17 @@ def sync(cfg: Config, *, conn=None) -> SyncResult:
     hid = keys_mod.require_host_id(cfg)
     if proc.plan_only(f"# copy trusted peers' public keys from the hub into {host_db.db_path(cfg.data_dir)}"):
         return SyncResult(hid, False)
+    from cocalc_ctl.actions.keys import proxy_secrets
+
     if conn is None:
         with _hub(cfg) as hub:
             self_trusted, rows, skipped = _fetch_peers(hub, hid)
             hub_rows = _fetch_hub_keys(hub, self_trusted)
+            proxy_rows = proxy_secrets.fetch_own(hub, hid)
     else:
         self_trusted, rows, skipped = _fetch_peers(conn, hid)
         hub_rows = _fetch_hub_keys(conn, self_trusted)
+        proxy_rows = proxy_secrets.fetch_own(conn, hid)
     with closing(host_db.connect(cfg.data_dir)) as db:
         added, changed, removed = peers_db.replace_peers(db, rows, host_db.now_iso())
         peers_db.set_self_trusted(db, hid, self_trusted)
@@ -252,6 +262,8 @@ def sync(cfg: Config, *, conn=None) -> SyncResult:
     res = SyncResult(hid, self_trusted, [p.host_id for p in rows], added, changed, removed, skipped,
                      hub_keys=_fps("\n".join(k.line for k in hub_rows)), hub_added=_fps("\n".join(hub_added)),
                      hub_removed=_fps("\n".join(hub_removed)))
+    res.proxy_key_ids = [k for k, _ in proxy_rows]
+    _, res.proxy_keys_changed = proxy_secrets.write_own(cfg, proxy_rows)
     res.known_hosts = write_known_hosts(cfg).path
     from cocalc_ctl.actions.keys import sshauth
 
