@@ -141,13 +141,7 @@ def send(cfg: Config, project_id: str, to: str | None, *, mode: str | None = Non
     if not to:
         raise InvalidInput(f"--mode {mode} needs --to btrfs-<this-host-uuid>@HOST:PORT")
     pid = existing_project(cfg, project_id)
-    peer = transport.parse_peer(to)
-    me = own_host_id(cfg)
-    if peer.user.startswith("project-host-"):
-        raise InvalidInput("a move goes to the receiver user btrfs-<this-host-uuid>, not project-host-…")
-    if me and peer.user.startswith("btrfs-") and peer.user != f"btrfs-{me}":
-        raise InvalidInput(f"destination user {peer.user} does not name this host ({me})",
-                           hint=f"use btrfs-{me}@HOST:PORT")
+    peer = _receiver_peer(cfg, to)
     codec = codec or cfg["move.compress"]
     if mode not in ("pipe", "staged") or codec not in compress.CODECS:
         raise InvalidInput(f"invalid mode/compression {mode}/{codec}", hint="mode pipe|staged|backup, compress none|lz4|zstd")
@@ -188,14 +182,31 @@ def send(cfg: Config, project_id: str, to: str | None, *, mode: str | None = Non
             raise
         if proc.DRY_RUN:
             return result
-        final = remote_list(cfg, sess, pid)
-        missing = [s.name for s in snaps if s.uuid not in {r["received_uuid"] for r in final.get("received", [])}]
-        if missing or final.get("move_snapshot") != name:
-            raise OperationFailed(f"the receiver does not hold {', '.join(missing) or name} after the send")
+        _check_received(cfg, sess, pid, snaps, name)
         result.seconds = time.monotonic() - start
         common.log(cfg, pid, "send", "done", "ok", move_id=name, nbytes=result.bytes_total)
         emit({"event": "done", "project_id": pid, "bytes": result.bytes_total, "seconds": round(result.seconds, 3)})
         return result
+
+
+def _receiver_peer(cfg: Config, to: str) -> transport.Peer:
+    """The destination of a push: the receiver login `btrfs-<this host>` at HOST:PORT."""
+    peer = transport.parse_peer(to)
+    me = own_host_id(cfg)
+    if peer.user.startswith("project-host-"):
+        raise InvalidInput("a move goes to the receiver user btrfs-<this-host-uuid>, not project-host-…")
+    if me and peer.user.startswith("btrfs-") and peer.user != f"btrfs-{me}":
+        raise InvalidInput(f"destination user {peer.user} does not name this host ({me})",
+                           hint=f"use btrfs-{me}@HOST:PORT")
+    return peer
+
+
+def _check_received(cfg: Config, sess: transport.PeerSession, pid: str, snaps: list, name: str) -> None:
+    """After the send, the receiver must hold every snapshot sent and the move snapshot."""
+    final = remote_list(cfg, sess, pid)
+    missing = [s.name for s in snaps if s.uuid not in {r["received_uuid"] for r in final.get("received", [])}]
+    if missing or final.get("move_snapshot") != name:
+        raise OperationFailed(f"the receiver does not hold {', '.join(missing) or name} after the send")
 
 
 def drop_earlier_move_snapshots(cfg: Config, pid: str, *, keep: str) -> list[str]:
@@ -318,10 +329,34 @@ def _write_manifest(path: Path, doc: dict) -> None:
 
 
 def _send_staged(cfg, sess, pid, move_id, snaps, held, codec, bwlimit, result, emit, inv) -> None:
+    """Staged mode: stream files + manifest under `_streams/`, rsync them over, receive each there."""
     sdir = layout.streams_dir(cfg, pid) / move_id
     sdir.mkdir(parents=True, exist_ok=True)
     os.chmod(layout.streams_dir(cfg, pid).parent, 0o700)
     mpath = sdir / "manifest.json"
+    manifest = _plan_stream_files(cfg, pid, move_id, mpath, snaps, held, codec, result)
+    _write_stream_files(cfg, pid, sdir, mpath, manifest, snaps, codec, emit)
+    files = manifest["files"]
+    remote_dir = f"_streams/{pid}/{move_id}/"
+    t0 = time.monotonic()
+    proc.run(rsync_tool.push_dir(str(sdir), f"{sess.peer.user}@{sess.peer.host}:{remote_dir}",
+                                 sess.options(), bwlimit=_rsync_bwlimit(bwlimit),
+                                 rsync_path=f"ticket {sess.ticket} rsync" if sess.ticket else None))
+    emit({"event": "copied", "files": len(files), "seconds": round(time.monotonic() - t0, 3)})
+    _send_persist(cfg, sess, pid, result, inv)
+    _receive_stream_files(cfg, sess, pid, move_id, files, held, result, emit)
+    shutil.rmtree(sdir, ignore_errors=True)
+    try:
+        layout.streams_dir(cfg, pid).rmdir()
+    except OSError:
+        pass
+
+
+def _plan_stream_files(cfg, pid, move_id, mpath, snaps, held, codec, result) -> dict:
+    """The manifest of the stream files to make (each with its parent), written incomplete first as a
+    raw target would; files an earlier, interrupted run completed are kept. Snapshots the receiver
+    already holds are skipped (and reported so)."""
+    sdir = mpath.parent
     try:
         old = json.loads(mpath.read_text())
     except (OSError, ValueError):
@@ -348,7 +383,13 @@ def _send_staged(cfg, sess, pid, move_id, snaps, held, codec, bwlimit, result, e
     manifest = {"version": 1, "project_id": pid, "move_id": move_id, "source_host": own_host_id(cfg),
                 "complete": False, "files": files}
     _write_manifest(mpath, manifest)  # incomplete first, as a raw target would
-    for entry in files:
+    return manifest
+
+
+def _write_stream_files(cfg, pid, sdir, mpath, manifest, snaps, codec, emit) -> None:
+    """`btrfs send -f` (through the compressor) each file the manifest still lacks; the manifest is
+    rewritten after each one and marked complete at the end."""
+    for entry in manifest["files"]:
         if entry["complete"]:
             continue
         snap = next(s for s in snaps if s.name == entry["name"])
@@ -369,13 +410,10 @@ def _send_staged(cfg, sess, pid, move_id, snaps, held, codec, bwlimit, result, e
               "seconds": round(time.monotonic() - t0, 3)})
     manifest["complete"] = True
     _write_manifest(mpath, manifest)
-    remote_dir = f"_streams/{pid}/{move_id}/"
-    t0 = time.monotonic()
-    proc.run(rsync_tool.push_dir(str(sdir), f"{sess.peer.user}@{sess.peer.host}:{remote_dir}",
-                                 sess.options(), bwlimit=_rsync_bwlimit(bwlimit),
-                                 rsync_path=f"ticket {sess.ticket} rsync" if sess.ticket else None))
-    emit({"event": "copied", "files": len(files), "seconds": round(time.monotonic() - t0, 3)})
-    _send_persist(cfg, sess, pid, result, inv)
+
+
+def _receive_stream_files(cfg, sess, pid, move_id, files, held, result, emit) -> None:
+    """Have the receiver receive each copied stream file, oldest first."""
     for entry in files:
         t1 = time.monotonic()
         proc.run(_remote(cfg, sess, ["receive-file", pid, move_id, entry["file"]]))
@@ -386,11 +424,6 @@ def _send_staged(cfg, sess, pid, move_id, snaps, held, codec, bwlimit, result, e
         common.log(cfg, pid, "send", "snapshot", "ok", move_id=move_id, snapshot=entry["name"],
                    parent=entry["parent"], nbytes=entry["size"])
         emit({"event": "sent", "snapshot": entry["name"], "parent": entry["parent"], "bytes": entry["size"]})
-    shutil.rmtree(sdir, ignore_errors=True)
-    try:
-        layout.streams_dir(cfg, pid).rmdir()
-    except OSError:
-        pass
 
 
 def _rsync_bwlimit(bwlimit: str | None) -> str | None:
