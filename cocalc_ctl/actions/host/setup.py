@@ -82,32 +82,9 @@ def init(cfg: Config, *, loopback: str | None = None, image: str | None = None) 
                                  hint="mount one there, or create a loopback pool with `host init --loopback 10G`")
     else:
         image_path = image or str(cfg.data_dir / "pool.img")
-        _mkdir(cfg.data_dir, 0o755)
-        _mkdir(Path(image_path).parent, 0o755)
-        if os.path.exists(image_path):
-            raise PreconditionFailed(f"pool image {image_path} already exists",
-                                     hint="remove it, or mount it at btrfs_root yourself and rerun `host init`")
-        _mkdir(root, 0o755)
-        try:
-            proc.run(mounts.truncate(image_path, size))
-            proc.run(btrfs.mkfs(image_path, label="cocalc"))
-            proc.run(mounts.mount_loop(image_path, str(root), options=",".join(isolation.POOL_MOUNT_OPTIONS)))
-        except BaseException:
-            if not proc.DRY_RUN:
-                if mounts.mount_at(str(root)):
-                    proc.run(mounts.umount(str(root)), check=False)
-                if os.path.exists(image_path):
-                    os.unlink(image_path)
-            raise
+        _create_loopback_pool(cfg, image_path, size)
         created_pool = True
         actions.append(f"created loopback pool {image_path} ({size} bytes) mounted at {root}")
-        if not proc.DRY_RUN:
-            m = mounts.mount_at(str(root))
-            record = {"image": image_path, "mountpoint": str(root), "loop_device": m.source if m else None,
-                      "size": size, "created_by": "cocalc-ctl host init"}
-            layout.pool_record(cfg).write_text(json.dumps(record, indent=2) + "\n")
-        else:
-            proc.plan_only(f"# record the pool in {layout.pool_record(cfg)}")
 
     proc.run(btrfs.quota_enable(str(root)))
     actions += isolation.harden_pool(cfg)  # nosuid,nodev and 0700: the pool is no launch pad
@@ -115,16 +92,51 @@ def init(cfg: Config, *, loopback: str | None = None, image: str | None = None) 
                     (cfg.data_dir / "sync" / "projects", 0o700)):
         if _mkdir(d, mode):
             actions.append(f"created {d}")
+    hid = _ensure_host_id(cfg, actions)
+    if not proc.DRY_RUN:
+        host_db.connect(cfg.data_dir).close()
+    return InitResult(str(root), created_pool, image_path, True, str(cfg.data_dir), str(cfg.secrets_dir),
+                      hid, actions)
+
+
+def _create_loopback_pool(cfg: Config, image_path: str, size: int) -> None:
+    """A btrfs image file mounted at btrfs_root (removed again if any step fails), and its record."""
+    root = cfg.btrfs_root
+    _mkdir(cfg.data_dir, 0o755)
+    _mkdir(Path(image_path).parent, 0o755)
+    if os.path.exists(image_path):
+        raise PreconditionFailed(f"pool image {image_path} already exists",
+                                 hint="remove it, or mount it at btrfs_root yourself and rerun `host init`")
+    _mkdir(root, 0o755)
+    try:
+        proc.run(mounts.truncate(image_path, size))
+        proc.run(btrfs.mkfs(image_path, label="cocalc"))
+        proc.run(mounts.mount_loop(image_path, str(root), options=",".join(isolation.POOL_MOUNT_OPTIONS)))
+    except BaseException:
+        if not proc.DRY_RUN:
+            if mounts.mount_at(str(root)):
+                proc.run(mounts.umount(str(root)), check=False)
+            if os.path.exists(image_path):
+                os.unlink(image_path)
+        raise
+    if not proc.DRY_RUN:
+        m = mounts.mount_at(str(root))
+        record = {"image": image_path, "mountpoint": str(root), "loop_device": m.source if m else None,
+                  "size": size, "created_by": "cocalc-ctl host init"}
+        layout.pool_record(cfg).write_text(json.dumps(record, indent=2) + "\n")
+    else:
+        proc.plan_only(f"# record the pool in {layout.pool_record(cfg)}")
+
+
+def _ensure_host_id(cfg: Config, actions: list[str]) -> str:
+    """The host id, generated and stored in data_dir the first time."""
     hid = host_id(cfg)
     if hid is None:
         hid = str(uuid.uuid4())
         if not proc.plan_only(f"echo {hid} > {layout.host_id_file(cfg)}"):
             layout.host_id_file(cfg).write_text(hid + "\n")
             actions.append(f"generated host id {hid}")
-    if not proc.DRY_RUN:
-        host_db.connect(cfg.data_dir).close()
-    return InitResult(str(root), created_pool, image_path, True, str(cfg.data_dir), str(cfg.secrets_dir),
-                      hid, actions)
+    return hid
 
 
 def _pool_record(cfg: Config) -> dict | None:
