@@ -160,21 +160,7 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
         key = rootfs.normalize(mounted.image, cfg["rootfs.default_image"]).key
         marker = rootfs.read_marker(cfg, key) or {}
         http_port, ssh_port = _free_ports(taken, 2)
-        home = cfg["podman.home"]
-        env = _base_env(marker)
-        env.update({"HOME": home, "COCALC_PROJECT_ID": pid, "COCALC_HTTP_PORT": str(cfg["podman.http_port"]),
-                    "COCALC_SSH_PORT": str(cfg["podman.ssh_port"])})
-        spec = podman.RunSpec(
-            name=container_name(pid), rootfs=mounted.merged, command=_command(cfg, marker),
-            runtime=cfg["podman.runtime"] or None, ulimits=ulimits,
-            quota_args=podman.quota_args(memory=limits.memory, swap=limits.swap, pids=limits.pids,
-                                         cpu_shares=limits.cpu_shares, tmp=limits.tmp),
-            labels={f"{LABEL_PREFIX}.project_id": pid, f"{LABEL_PREFIX}.image": mounted.image,
-                    f"{LABEL_PREFIX}.managed-by": "cocalc-ctl"},
-            env=env, volumes=[(str(layout.project_subvolume(cfg, pid)), home)],
-            readonly_volumes=[snapshots_mount],
-            publish=[(LOOPBACK, http_port, cfg["podman.http_port"]), (LOOPBACK, ssh_port, cfg["podman.ssh_port"])],
-            network=cfg["podman.network"], workdir=home, hostname=container_name(pid)[:63], init=cfg["podman.init"])
+        spec = _run_spec(cfg, pid, mounted, marker, ulimits, limits, snapshots_mount, http_port, ssh_port)
         rng = isolation.get_range(cfg, pid) if isolation.enabled(cfg) and not proc.DRY_RUN else None
         if rng is not None:
             spec.isolation_args = isolation.container_args(cfg, pid, rng)
@@ -207,19 +193,7 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
                 project_ssh.cleanup(cfg, pid)
                 _record_stopped(cfg, pid)
             raise
-        sshd = None
-        if project_ssh.enabled(cfg) and ssh_volumes is None and not proc.DRY_RUN:
-            output.warn(f"project {pid} runs without its sshd: this host has no upstream key "
-                        "(run `cocalc-ctl keys ensure`)")
-            sshd = "not started"
-        if ssh_volumes is not None:
-            # the project runs without its sshd rather than not at all (an image without /bin/sh)
-            try:
-                project_ssh.start_sshd(cfg, store, container_name(pid))
-                sshd = None if proc.DRY_RUN else project_ssh.wait_running(ssh_port)
-            except OperationFailed as exc:
-                output.warn(f"project {pid}: its sshd did not start: {exc.message}")
-                sshd = "not started"
+        sshd = _start_project_sshd(cfg, store, pid, ssh_port, ssh_volumes)
         if proc.plan_only(f"# record project {pid} running on ports http {http_port}, ssh {ssh_port}"):
             return StartResult(pid, container_name(pid), mounted.image, mounted.merged, None, None, False)
         with host_db.connect(cfg.data_dir) as conn:
@@ -227,6 +201,45 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
                                    ssh_port=ssh_port)
         return StartResult(pid, container_name(pid), mounted.image, mounted.merged, http_port, ssh_port, False,
                            res.stdout.strip() or None, sshd)
+
+
+def _run_spec(cfg: Config, pid: str, mounted, marker: dict, ulimits, limits, snapshots_mount,
+              http_port: int, ssh_port: int) -> podman.RunSpec:
+    """The container of a project: its merged root, the project subvolume as HOME, its snapshots
+    read-only, its two ports on loopback, the image's env and command, the run quota as limits."""
+    home = cfg["podman.home"]
+    env = _base_env(marker)
+    env.update({"HOME": home, "COCALC_PROJECT_ID": pid, "COCALC_HTTP_PORT": str(cfg["podman.http_port"]),
+                "COCALC_SSH_PORT": str(cfg["podman.ssh_port"])})
+    return podman.RunSpec(
+        name=container_name(pid), rootfs=mounted.merged, command=_command(cfg, marker),
+        runtime=cfg["podman.runtime"] or None, ulimits=ulimits,
+        quota_args=podman.quota_args(memory=limits.memory, swap=limits.swap, pids=limits.pids,
+                                     cpu_shares=limits.cpu_shares, tmp=limits.tmp),
+        labels={f"{LABEL_PREFIX}.project_id": pid, f"{LABEL_PREFIX}.image": mounted.image,
+                f"{LABEL_PREFIX}.managed-by": "cocalc-ctl"},
+        env=env, volumes=[(str(layout.project_subvolume(cfg, pid)), home)],
+        readonly_volumes=[snapshots_mount],
+        publish=[(LOOPBACK, http_port, cfg["podman.http_port"]), (LOOPBACK, ssh_port, cfg["podman.ssh_port"])],
+        network=cfg["podman.network"], workdir=home, hostname=container_name(pid)[:63], init=cfg["podman.init"])
+
+
+def _start_project_sshd(cfg: Config, store: podman.Storage, pid: str, ssh_port: int, ssh_volumes) -> str | None:
+    """Start the project's sshd in its running container: None when it runs, else why not. The project
+    runs without its sshd rather than not at all (an image without /bin/sh, no upstream key here)."""
+    sshd = None
+    if project_ssh.enabled(cfg) and ssh_volumes is None and not proc.DRY_RUN:
+        output.warn(f"project {pid} runs without its sshd: this host has no upstream key "
+                    "(run `cocalc-ctl keys ensure`)")
+        sshd = "not started"
+    if ssh_volumes is not None:
+        try:
+            project_ssh.start_sshd(cfg, store, container_name(pid))
+            sshd = None if proc.DRY_RUN else project_ssh.wait_running(ssh_port)
+        except OperationFailed as exc:
+            output.warn(f"project {pid}: its sshd did not start: {exc.message}")
+            sshd = "not started"
+    return sshd
 
 
 def _revive_sshd(cfg: Config, store: podman.Storage, pid: str, port: int | None) -> str | None:
