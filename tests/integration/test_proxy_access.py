@@ -544,6 +544,8 @@ def test_a_session_never_outlives_its_token_and_is_secure_for_https_clients(rig)
     cookie = next(line for line in answer.headers.split(b"\r\n") if line.startswith(b"set-cookie:")).decode()
     attrs = [a.strip() for a in cookie.split(";")]
     assert "Secure" in attrs and "HttpOnly" in attrs
+    # path mode over https: __Secure- (a __Host- cookie must have Path=/, this one is the project's path)
+    assert attrs[0].startswith("set-cookie: __Secure-cocalc_ctl_session=ccs_") and f"Path=/{P}/" in attrs
     max_age = int(next(a for a in attrs if a.startswith("Max-Age="))[8:])
     assert 500 < max_age <= 600
     assert token.encode() not in answer.headers
