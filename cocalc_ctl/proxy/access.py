@@ -31,10 +31,11 @@ query.
 
 `proxy.auth: external` asks `proxy.auth_url` instead, as nginx's auth_request and Traefik's
 ForwardAuth do: a GET carrying the original method and target (X-Original-Method/-URI and
-X-Forwarded-Method/-Uri/-Host/-Proto/-For), Cookie and Authorization; 2xx allows (the response
+X-Forwarded-Method/-Uri/-Host/-Proto/-For; X-Original-Upgrade for an upgrade), Cookie and Authorization; 2xx allows (the response
 headers named in `proxy.auth_copy_headers` are added to the upstream request), 401 and 403 are
 passed on, anything else or no answer within `proxy.auth_timeout` is a 503: it fails closed.
-Decisions are cached per (credentials, project, read/write) for `proxy.auth_cache_ttl`.
+A decision is cached for `proxy.auth_cache_ttl` under the whole question it answered (method, target,
+Host, scheme, the client address as forwarded, project, Cookie, Authorization), never for another.
 `proxy.auth: none` passes everything (loopback listens only; see actions/proxy.py).
 """
 
@@ -134,7 +135,7 @@ class Presented:
     """The credentials of one request, and how its head must change before it is forwarded."""
 
     __slots__ = ("kind", "secret", "sessions", "login", "answer", "drop", "cookie_line", "raw", "digest",
-                 "digests")
+                 "digests", "question")
 
     def __init__(self):
         self.kind: str | None = None      # "token" | "session"
@@ -147,6 +148,7 @@ class Presented:
         self.raw = b""                    # external mode: Cookie and Authorization as sent
         self.digest: bytes | None = None  # sha256 of the secret (or of raw): the cache key's part
         self.digests: tuple | None = None  # kind "session": sha256 of each of `sessions`
+        self.question: bytes | None = None  # external mode: the request to the decision point
 
 
 class Pass:
@@ -400,9 +402,15 @@ class Access:
     def _keys(self, head, p: Presented, project_id: str, peer: str = "-", trusted: bool = False) -> list:
         """The cache keys of the candidates to decide on, in order (empty: no credential)."""
         if self.mode == "external":
-            if p.digest is None:
-                p.digest = hashlib.sha256(p.raw).digest()
-            return [(p.digest, project_id, head.method in SAFE_METHODS and head.upgrade is None)]
+            # the key is the whole question (method, target, Host, scheme, client address, project,
+            # Cookie, Authorization): a decision point may decide by any of them, so a cached answer
+            # may only answer the very same question
+            if p.question is None:
+                p.question = self.external.question(head, p, project_id, policy.forwarded_for(head, peer.encode(),
+                                                                                             trusted),
+                                                    client_scheme(head, trusted, self.scheme))
+                p.digest = hashlib.sha256(p.question).digest()
+            return [(p.digest, project_id)]
         if p.kind == "session":
             if p.digests is None:
                 p.digests = tuple(hashlib.sha256(s).digest() for s in p.sessions)
@@ -438,7 +446,7 @@ class Access:
         generation = self.generation
         now = time.monotonic()
         if self.mode == "external":
-            d = await self.external.decide(head, p, project_id, peer, client_scheme(head, trusted, self.scheme))
+            d = await self.external.decide(p.question, project_id)
             d.deadline = now + self.ttl
             d.project_id = project_id
             if d.answer is None or d.answer.status in (401, 403):
@@ -636,15 +644,20 @@ class ExternalAuth:
         self.timeout = float(timeout)
         self.copy = frozenset(h.lower().encode() for h in copy_headers)
 
-    async def decide(self, head, p: Presented, project_id: str, peer: str, scheme: bytes) -> Decision:
+    def question(self, head, p: Presented, project_id: str, client: bytes, scheme: bytes) -> bytes:
+        """The request that asks about `head`; `client`: the X-Forwarded-For the upstream gets."""
         lines = [b"GET %s HTTP/1.1" % self.path.encode(), b"host: " + self.hostport, b"connection: close",
                  b"x-original-method: " + head.method, b"x-original-uri: " + head.target,
                  b"x-forwarded-method: " + head.method, b"x-forwarded-uri: " + head.target,
                  b"x-forwarded-host: " + head.host, b"x-forwarded-proto: " + scheme,
-                 b"x-forwarded-for: " + peer.encode(), b"x-cocalc-project: " + project_id.encode()]
+                 b"x-forwarded-for: " + client, b"x-cocalc-project: " + project_id.encode()]
+        if head.upgrade is not None:  # a WebSocket is no plain GET: the decision point may tell them apart
+            lines.append(b"x-original-upgrade: " + head.upgrade)
         if p.raw:
             lines.append(p.raw)
-        request = b"\r\n".join(lines) + b"\r\n\r\n"
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+    async def decide(self, request: bytes, project_id: str) -> Decision:
         writer = None
         try:
             async with asyncio.timeout(self.timeout):
