@@ -9,7 +9,9 @@ it gets the same 401 for every uuid. What a check returns:
 - `Pass`: forward; `Pass.forward()` gives the header changes the upstream head gets (see below).
 
 Credentials (`proxy.auth: builtin`), in this order: `Authorization: Bearer cct_...`, the proxy's
-session cookie `cocalc_ctl_session=ccs_...`. A browser logs in with `/<project>/...?token=cct_...`
+session cookie `<name>=ccs_...`, its name by the client's scheme and addressing (cookie_name(): `__Host-`
+over https in subdomain mode, `__Secure-` over https in path mode, bare over http); up to MAX_SESSIONS
+of them are tried in the order sent and the first one the hub accepts for the request counts. A browser logs in with `/<project>/...?token=cct_...`
 (GET or HEAD only): the token is checked, a session is created in the hub and set as an HttpOnly,
 SameSite=Lax cookie scoped to the project's path (Secure when the client's scheme is https), and the
 answer is a 303 to the same URL without the token. A credential that is not valid: 401; valid but
@@ -29,10 +31,11 @@ query.
 
 `proxy.auth: external` asks `proxy.auth_url` instead, as nginx's auth_request and Traefik's
 ForwardAuth do: a GET carrying the original method and target (X-Original-Method/-URI and
-X-Forwarded-Method/-Uri/-Host/-Proto/-For), Cookie and Authorization; 2xx allows (the response
+X-Forwarded-Method/-Uri/-Host/-Proto/-For; X-Original-Upgrade for an upgrade), Cookie and Authorization; 2xx allows (the response
 headers named in `proxy.auth_copy_headers` are added to the upstream request), 401 and 403 are
 passed on, anything else or no answer within `proxy.auth_timeout` is a 503: it fails closed.
-Decisions are cached per (credentials, project, read/write) for `proxy.auth_cache_ttl`.
+A decision is cached for `proxy.auth_cache_ttl` under the whole question it answered (method, target,
+Host, scheme, the client address as forwarded, project, Cookie, Authorization), never for another.
 `proxy.auth: none` passes everything (loopback listens only; see actions/proxy.py).
 """
 
@@ -52,6 +55,18 @@ from cocalc_ctl.proxy.lru import SingleFlight, SplitCache
 MODES = ("builtin", "external", "none")
 SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 _COOKIE_NAME = SESSION_COOKIE.encode()
+# The name a session cookie has, by the client's scheme and the addressing: over https in subdomain mode
+# `__Host-` (browsers refuse such a cookie with a Domain, so no sibling subdomain can plant one, and
+# require Path=/ and Secure); over https in path mode `__Secure-` (__Host- needs Path=/, and a cookie
+# scoped to one project's path cannot have it); over http the bare name (prefixes need Secure).
+HOST_COOKIE = b"__Host-" + _COOKIE_NAME
+SECURE_COOKIE = b"__Secure-" + _COOKIE_NAME
+# Every variant is ours: none is ever forwarded to a project (cookies.py keeps projects from setting them).
+_ALL_COOKIE_NAMES = frozenset(n.lower() for n in (_COOKIE_NAME, HOST_COOKIE, SECURE_COOKIE))
+# At most this many session cookies of the name that applies are tried (in the order the client sent
+# them: a planted cookie with a longer Path or a parent Domain comes first and must not shadow the
+# client's own), so one request costs at most this many lookups.
+MAX_SESSIONS = 3
 _TOKEN_PREFIX = TOKEN_PREFIX.encode()
 _SESSION_PREFIX = SESSION_PREFIX.encode()
 _QUERY_NAME = TOKEN_QUERY.encode()
@@ -119,17 +134,21 @@ class Decision:
 class Presented:
     """The credentials of one request, and how its head must change before it is forwarded."""
 
-    __slots__ = ("kind", "secret", "login", "answer", "drop", "cookie_line", "raw", "digest")
+    __slots__ = ("kind", "secret", "sessions", "login", "answer", "drop", "cookie_line", "raw", "digest",
+                 "digests", "question")
 
     def __init__(self):
         self.kind: str | None = None      # "token" | "session"
-        self.secret: bytes | None = None
+        self.secret: bytes | None = None  # the token, or the first well-formed session
+        self.sessions: tuple = ()         # kind "session": the well-formed sessions to try, in order
         self.login = False                # the token came in the query (login link)
         self.answer: Answer | None = None  # refused before any lookup
         self.drop = HUB_DROP
         self.cookie_line = b""            # the Cookie header without the session cookie
         self.raw = b""                    # external mode: Cookie and Authorization as sent
         self.digest: bytes | None = None  # sha256 of the secret (or of raw): the cache key's part
+        self.digests: tuple | None = None  # kind "session": sha256 of each of `sessions`
+        self.question: bytes | None = None  # external mode: the request to the decision point
 
 
 class Pass:
@@ -152,12 +171,23 @@ def _is_secret(value: bytes, prefix: bytes) -> bool:
             and _B64URL.issuperset(value[len(prefix):]))
 
 
-def present(head) -> Presented:
-    """Read (and plan the removal of) the credentials a request carries. Never looks anything up."""
+def cookie_name(https: bool, subdomains: bool) -> bytes:
+    """The session cookie's name for a client on https (or not), in subdomain mode (or path mode)."""
+    if not https:
+        return _COOKIE_NAME
+    return HOST_COOKIE if subdomains else SECURE_COOKIE
+
+
+def present(head, name: bytes = _COOKIE_NAME) -> Presented:
+    """Read (and plan the removal of) the credentials a request carries. Never looks anything up.
+    `name`: the session cookie's name that applies to this request (cookie_name()); only cookies of
+    exactly that name are read (up to MAX_SESSIONS), every variant of it is removed."""
     p = Presented()
-    bearer = session = None
+    bearer = None
+    sessions: list[bytes] = []
+    seen = 0  # cookies of `name`, well-formed or not
     authz = 0
-    has_cookie = strip_cookie = False
+    strip_cookie = False
     kept: list[bytes] = []
     raw = []
     for lname, _, value in head.headers:
@@ -169,16 +199,18 @@ def present(head) -> Presented:
             if scheme.lower() == b"bearer" and rest.startswith(_TOKEN_PREFIX):
                 bearer = rest
         elif lname == b"cookie":
-            has_cookie = True
             raw.append(b"cookie: " + value)
             for piece in value.split(b";"):
                 piece = piece.strip()
-                name, eq, val = piece.partition(b"=")
-                if name.strip() == _COOKIE_NAME:
+                cname, eq, val = piece.partition(b"=")
+                cname = cname.strip()
+                if cname.lower() in _ALL_COOKIE_NAMES:
                     strip_cookie = True
-                    val = val.strip()
-                    if session is None and val.startswith(_SESSION_PREFIX):
-                        session = val
+                    if cname == name and seen < MAX_SESSIONS:
+                        seen += 1
+                        val = val.strip()
+                        if _is_secret(val, _SESSION_PREFIX):
+                            sessions.append(val)
                 elif piece:
                     kept.append(piece)
     p.raw = b"\r\n".join(raw)
@@ -199,9 +231,12 @@ def present(head) -> Presented:
         p.kind, p.secret, p.login = "token", query_token, True
     elif bearer is not None:
         p.kind, p.secret = "token", bearer
-    elif session is not None:
-        p.kind, p.secret = "session", session
-    if p.secret is not None and not _is_secret(p.secret, _TOKEN_PREFIX if p.kind == "token" else _SESSION_PREFIX):
+    elif sessions:
+        p.kind, p.secret, p.sessions = "session", sessions[0], tuple(sessions)
+    elif seen:
+        p.answer = UNAUTHENTICATED  # only session cookies not even shaped like one: no lookup
+        return p
+    if p.kind == "token" and not _is_secret(p.secret, _TOKEN_PREFIX):
         p.answer = UNAUTHENTICATED  # not even the shape of one: no lookup
     return p
 
@@ -291,63 +326,100 @@ class Access:
     def _cacheable(self) -> bool:
         return self.mode == "external" or self.link.listening
 
-    def check_now(self, head, project_id: str, trusted: bool = False, p: Presented | None = None):
+    def check_now(self, head, project_id: str, trusted: bool = False, p: Presented | None = None,
+                  peer: str = "-"):
         """Answer or Pass when known without I/O; None when a lookup is needed (then call check).
-        `p`: what present_for(head) returned for this very head before (the fast path keeps it for a
-        keep-alive client repeating its request), to save reading the head again."""
+        `p`: what present_for(head, trusted) returned for this very head before (the fast path keeps it
+        for a keep-alive client repeating its request), to save reading the head again."""
         if self.mode == "none":
             return self.open_pass
         if p is None:
-            p = self._present(head)
+            p = self._present(head, trusted)
         if p.answer is not None:
             return self._count(p.answer)
         if p.login:
             return None
-        key = self._key(head, p, project_id)
-        if key is None:
+        keys = self._keys(head, p, project_id, peer, trusted)
+        if not keys:
             return self._count(UNAUTHENTICATED)
         if not self._cacheable():
             return None
-        d = self.cache.get(key)
-        if d is None or d.deadline <= time.monotonic():
-            return None
-        return self._verdict(d, head, p)
+        now = time.monotonic()
+        refusal = None
+        for key in keys:
+            d = self.cache.get(key)
+            if d is None or d.deadline <= now:
+                return None  # a lookup is needed before the next candidate could decide
+            v = self._judge(d, head, p)
+            if v.__class__ is Pass:
+                return self._count(v)
+            if refusal is None:
+                refusal = v
+        return self._count(refusal)
 
-    async def check(self, head, project_id: str, peer: str = "-", trusted: bool = False):
-        v = self.check_now(head, project_id, trusted)
+    async def check(self, head, project_id: str, peer: str = "-", trusted: bool = False,
+                    p: Presented | None = None):
+        v = self.check_now(head, project_id, trusted, p, peer)
         if v is not None:
             return v
-        p = self._present(head)
+        if p is None:
+            p = self._present(head, trusted)
         if p.login:
             return self._count(await self._login(head, project_id, p, trusted))
-        key = self._key(head, p, project_id)
-        d = await self.flights.run(key, lambda: self._decide(key, head, p, project_id, peer, trusted))
-        return self._verdict(d, head, p)
+        refusal = None
+        for key in self._keys(head, p, project_id, peer, trusted):
+            d = self.cache.get(key)
+            if d is None or d.deadline <= time.monotonic():
+                d = await self.flights.run(key, lambda key=key: self._decide(key, head, p, project_id, peer,
+                                                                             trusted))
+            v = self._judge(d, head, p)
+            if v.__class__ is Pass:
+                return self._count(v)
+            # the first candidate's refusal, unless a lookup failed (then no refusal is certain: 503)
+            if refusal is None or (v.status >= 500 and refusal.status < 500):
+                refusal = v
+        return self._count(refusal)
 
-    def present_for(self, head) -> Presented | None:
+    def present_for(self, head, trusted: bool = False) -> Presented | None:
         """The credentials of `head` as this decision point reads them (None with proxy.auth none)."""
-        return None if self.mode == "none" else self._present(head)
+        return None if self.mode == "none" else self._present(head, trusted)
 
-    def _present(self, head) -> Presented:
-        p = present(head)
+    def cookie_name(self, head, trusted: bool) -> bytes:
+        return cookie_name(client_scheme(head, trusted, self.scheme) == b"https", self.subdomains)
+
+    def _present(self, head, trusted: bool = False) -> Presented:
         if self.mode == "external":
+            p = present(head)
             # the credentials are the decision point's: passed on as sent; what it vouches for
             # (proxy.auth_copy_headers) a client cannot send itself
-            p.drop, p.cookie_line, p.kind, p.secret, p.login = self.external_drop, b"", None, None, False
+            p.drop, p.cookie_line, p.kind, p.secret, p.sessions, p.login = (self.external_drop, b"", None, None,
+                                                                             (), False)
             if p.answer is LOGIN_METHOD or p.answer is UNAUTHENTICATED:
                 p.answer = None  # our own token rules do not apply to the decision point's credentials
-        return p
+            return p
+        return present(head, self.cookie_name(head, trusted))
 
-    def _key(self, head, p: Presented, project_id: str):
+    def _keys(self, head, p: Presented, project_id: str, peer: str = "-", trusted: bool = False) -> list:
+        """The cache keys of the candidates to decide on, in order (empty: no credential)."""
         if self.mode == "external":
-            if p.digest is None:
-                p.digest = hashlib.sha256(p.raw).digest()
-            return (p.digest, project_id, head.method in SAFE_METHODS and head.upgrade is None)
+            # the key is the whole question (method, target, Host, scheme, client address, project,
+            # Cookie, Authorization): a decision point may decide by any of them, so a cached answer
+            # may only answer the very same question
+            if p.question is None:
+                p.question = self.external.question(head, p, project_id, policy.forwarded_for(head, peer.encode(),
+                                                                                             trusted),
+                                                    client_scheme(head, trusted, self.scheme))
+                p.digest = hashlib.sha256(p.question).digest()
+            return [(p.digest, project_id)]
+        if p.kind == "session":
+            if p.digests is None:
+                p.digests = tuple(hashlib.sha256(s).digest() for s in p.sessions)
+            return [(digest, project_id) for digest in p.digests]
         if p.secret is None:
-            return None
+            return []
         if p.digest is None:
             p.digest = hashlib.sha256(p.secret).digest()
-        return (p.digest, project_id)
+        return [(p.digest, project_id)]
 
     def _count(self, v):
         if isinstance(v, Pass):
@@ -356,24 +428,25 @@ class Access:
             self.refused += 1
         return v
 
-    def _verdict(self, d: Decision, head, p: Presented):
+    def _judge(self, d: Decision, head, p: Presented):
+        """The Answer or Pass decision `d` gives this request (not counted)."""
         if d.answer is not None:
-            return self._count(d.answer)
+            return d.answer
         if self.mode == "external":
-            return self._count(Pass(d, p))
+            return Pass(d, p)
         if d.account_id is None:
-            return self._count(UNAUTHENTICATED)
+            return UNAUTHENTICATED
         if d.role is None:
-            return self._count(FORBIDDEN)
+            return FORBIDDEN
         if d.role == "viewer" and (head.method not in SAFE_METHODS or head.upgrade is not None):
-            return self._count(READ_ONLY)
-        return self._count(Pass(d, p))
+            return READ_ONLY
+        return Pass(d, p)
 
     async def _decide(self, key, head, p: Presented, project_id: str, peer: str, trusted: bool) -> Decision:
         generation = self.generation
         now = time.monotonic()
         if self.mode == "external":
-            d = await self.external.decide(head, p, project_id, peer, client_scheme(head, trusted, self.scheme))
+            d = await self.external.decide(p.question, project_id)
             d.deadline = now + self.ttl
             d.project_id = project_id
             if d.answer is None or d.answer.status in (401, 403):
@@ -436,10 +509,11 @@ class Access:
                                                           project_id, expires))
         except Exception:  # noqa: BLE001
             return HUB_DOWN
-        secure = b"; Secure" if client_scheme(head, trusted, self.scheme) == b"https" else b""
+        https = client_scheme(head, trusted, self.scheme) == b"https"
+        secure = b"; Secure" if https else b""
         path = b"/" if self.subdomains else b"/%s/" % project_id.encode()
         cookie = b"%s=%s; Path=%s; Max-Age=%d; HttpOnly; SameSite=Lax%s" % (
-            _COOKIE_NAME, session.encode(), path, int(lifetime), secure)
+            cookie_name(https, self.subdomains), session.encode(), path, int(lifetime), secure)
         headers = (b"location: %s\r\nset-cookie: %s\r\ncache-control: no-store\r\nreferrer-policy: no-referrer\r\n"
                    % (without_token(head.target), cookie))
         return Answer(303, "login: session created", b"", headers=headers)
@@ -519,7 +593,7 @@ class Access:
                 continue
             head, p, project_id, _ = entry
             try:
-                v = await self.check(head, project_id)
+                v = await self.check(head, project_id, p=p)
             except Exception:  # noqa: BLE001
                 continue
             if isinstance(v, Pass):
@@ -570,15 +644,20 @@ class ExternalAuth:
         self.timeout = float(timeout)
         self.copy = frozenset(h.lower().encode() for h in copy_headers)
 
-    async def decide(self, head, p: Presented, project_id: str, peer: str, scheme: bytes) -> Decision:
+    def question(self, head, p: Presented, project_id: str, client: bytes, scheme: bytes) -> bytes:
+        """The request that asks about `head`; `client`: the X-Forwarded-For the upstream gets."""
         lines = [b"GET %s HTTP/1.1" % self.path.encode(), b"host: " + self.hostport, b"connection: close",
                  b"x-original-method: " + head.method, b"x-original-uri: " + head.target,
                  b"x-forwarded-method: " + head.method, b"x-forwarded-uri: " + head.target,
                  b"x-forwarded-host: " + head.host, b"x-forwarded-proto: " + scheme,
-                 b"x-forwarded-for: " + peer.encode(), b"x-cocalc-project: " + project_id.encode()]
+                 b"x-forwarded-for: " + client, b"x-cocalc-project: " + project_id.encode()]
+        if head.upgrade is not None:  # a WebSocket is no plain GET: the decision point may tell them apart
+            lines.append(b"x-original-upgrade: " + head.upgrade)
         if p.raw:
             lines.append(p.raw)
-        request = b"\r\n".join(lines) + b"\r\n\r\n"
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+    async def decide(self, request: bytes, project_id: str) -> Decision:
         writer = None
         try:
             async with asyncio.timeout(self.timeout):

@@ -190,10 +190,10 @@ class ClientProtocol(asyncio.Protocol):
             if lp is not None and lp[0] is head:
                 presented = lp[1]
             else:
-                presented = access.present_for(head)
+                presented = access.present_for(head, self.trusted)
                 if head is self.last_head:
                     self.last_presented = (head, presented)
-            verdict = access.check_now(head, project_id, self.trusted, presented)
+            verdict = access.check_now(head, project_id, self.trusted, presented, self.peer)
             if verdict is None:  # needs a database lookup (or a login): do it, then carry on here
                 asyncio.ensure_future(self._after_lookup(head, project_id, t0, None, account, True))
                 return

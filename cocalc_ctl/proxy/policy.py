@@ -126,6 +126,18 @@ def request_drop(*names: bytes) -> frozenset:
     return _REQUEST_DROP | frozenset(names)
 
 
+def forwarded_for(head, peer: bytes, trusted: bool) -> bytes:
+    """The X-Forwarded-For value upstream_request_head sends: a trusted peer's list plus the peer."""
+    if trusted:
+        xff = None
+        for lname, _, value in head.headers:
+            if lname == b"x-forwarded-for":
+                xff = value if xff is None else xff + b", " + value
+        if xff:
+            return xff + b", " + peer
+    return peer
+
+
 def upstream_request_head(head, peer: bytes, local_port: bytes, fwd: Forwarding, trusted: bool,
                           extra: bytes = b"", drop: frozenset = _REQUEST_DROP) -> bytes:
     """The request head the proxy sends upstream: end-to-end fields, our forwarded fields, our framing.

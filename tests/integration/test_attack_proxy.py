@@ -63,8 +63,12 @@ def fleet(tmp_path_factory, postgres):
                                             "proxy": {"project_domain": DOMAIN, "auth_cache_ttl": LONG}})
         hub_path = start_proxy(work, "hub", {"data_dir": str(work / "hub-p"), "hub_dsn": dsn,
                                              "proxy": {"auth_cache_ttl": LONG}})
-        started += [hub_sub, hub_path]
-        yield {"dsn": dsn, "token": token, "account": account, "hub_sub": hub_sub, "hub_path": hub_path}
+        # behind a TLS front end: clients are https (proxy.scheme), so the session cookie is __Host-
+        hub_tls = start_proxy(work, "hub", {"data_dir": str(work / "hub-t"), "hub_dsn": dsn,
+                                            "proxy": {"project_domain": DOMAIN, "scheme": "https"}})
+        started += [hub_sub, hub_path, hub_tls]
+        yield {"dsn": dsn, "token": token, "account": account, "hub_sub": hub_sub, "hub_path": hub_path,
+               "hub_tls": hub_tls}
     finally:
         for s in reversed(started):
             s.stop()
@@ -164,10 +168,8 @@ def test_metrics_through_a_front_end_on_this_machine_is_not_a_loopback_client(fl
     assert status_of(raw) == (200 if header is None else 403)
 
 
-@pytest.mark.xfail(strict=True, reason="only the first cocalc_ctl_session cookie is tried: a sibling subdomain's "
-                                       "script can toss one (Domain=<project_domain>, a longer Path) ahead of the "
-                                       "victim's own and lock it out (fix: __Host- cookie over https, or try each)")
 def test_a_tossed_session_cookie_cannot_shadow_the_clients_own(fleet):
+    """Over http no cookie prefix helps: the proxy tries each session cookie (up to 3) in order."""
     host = f"{P2}.{DOMAIN}"
     raw = send_raw(fleet["hub_sub"].port, f"GET /info?token={fleet['token']} HTTP/1.1\r\nHost: {host}\r\n"
                                           "Connection: close\r\n\r\n")
@@ -183,3 +185,35 @@ def test_a_tossed_session_cookie_cannot_shadow_the_clients_own(fleet):
     both = send_raw(fleet["hub_sub"].port, f"GET /lab/info HTTP/1.1\r\nHost: {host}\r\nCookie: {tossed}; {cookie}\r\n"
                                            "Connection: close\r\n\r\n")
     assert status_of(both) == 200
+
+
+def _login(port: int, host: str, target: str, token: str) -> tuple[str, list[str]]:
+    """(name=value, attributes) of the session cookie a login link sets."""
+    raw = send_raw(port, f"GET {target}?token={token} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+    assert status_of(raw) == 303
+    line = next(line.split(b":", 1)[1].strip().decode() for line in raw.split(b"\r\n")
+                if line.lower().startswith(b"set-cookie:"))
+    pair, *attrs = [a.strip() for a in line.split(";")]
+    return pair, attrs
+
+
+def test_over_https_a_sibling_cannot_plant_a_session_the_subdomain_proxy_reads(fleet):
+    """Over https in subdomain mode the session cookie is `__Host-` (a browser refuses one with a Domain,
+    so no sibling project can plant it); a bare-named cookie, which a sibling can plant with
+    Domain=<project_domain> (the attacker's own valid session: session fixation), is not read at all."""
+    port, host = fleet["hub_tls"].port, f"{P2}.{DOMAIN}"
+    own, attrs = _login(port, host, "/info", fleet["token"])
+    assert own.startswith("__Host-cocalc_ctl_session=ccs_")
+    assert {"Path=/", "Secure", "HttpOnly", "SameSite=Lax"} <= set(attrs)
+    assert not any(a.lower().startswith("domain") for a in attrs)
+    value = own.partition("=")[2]
+
+    def status(cookie: str) -> int:
+        return status_of(send_raw(port, f"GET /info HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
+                                        "Connection: close\r\n\r\n"))
+
+    assert status(own) == 200
+    planted = f"cocalc_ctl_session={value}"  # a real session, under the name a sibling can plant
+    assert status(planted) == 401
+    assert status(f"__Secure-cocalc_ctl_session={value}") == 401  # the path mode's name is not this mode's
+    assert status(f"{planted}; {own}") == 200

@@ -444,7 +444,13 @@ class DecisionPoint:
                 method = self.headers.get("X-Original-Method", "")
                 if "sso=slow" in cookie:
                     time.sleep(3)
-                if "sso=alice" in cookie or ("sso=reader" in cookie and method in ("GET", "HEAD")):
+                if "sso=by-path" in cookie:  # a decision by the target
+                    self.send_response(403 if "/admin" in self.headers.get("X-Original-URI", "") else 204)
+                elif "sso=by-address" in cookie:  # a decision by the client's address, as forwarded
+                    forwarded = self.headers.get("X-Forwarded-For", "")
+                    self.send_response(204 if forwarded.startswith("198.51.100.") else 403)
+                elif "sso=alice" in cookie or ("sso=reader" in cookie and method in ("GET", "HEAD")
+                                               and not self.headers.get("X-Original-Upgrade")):
                     self.send_response(204)
                     self.send_header("X-Auth-User", cookie.split("sso=")[1].split(";")[0])
                     self.send_header("X-Not-Copied", "1")
@@ -468,6 +474,34 @@ class DecisionPoint:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def test_an_external_decision_by_path_or_address_is_never_reused_for_another(rig, tmp_path):
+    """A cached decision answers only the very question it was given: a decision point that allows a
+    path (or a client address) is asked again for another path (address), however long the cache lives;
+    the very same request is answered from the cache."""
+    dp = DecisionPoint()
+    hub = None
+    try:
+        hub = start_proxy(tmp_path, "hub", {"data_dir": str(tmp_path / "hub"), "hub_dsn": rig["dsn"], "proxy": {
+            "auth": "external", "auth_url": f"http://127.0.0.1:{dp.port}/check", "auth_cache_ttl": 3600,
+            "trust_forwarded": ["127.0.0.1"]}})
+        port = hub.port
+        path = {"Cookie": "sso=by-path"}
+        assert request(port, "GET", f"/{P}/info", path)[0] == 200
+        asked = len(dp.seen)
+        assert request(port, "GET", f"/{P}/info", path)[0] == 200
+        assert len(dp.seen) == asked  # the same question: cached
+        assert request(port, "GET", f"/{P}/admin", path)[0] == 403  # another target: asked, refused
+        office = {"Cookie": "sso=by-address", "X-Forwarded-For": "198.51.100.7"}
+        assert request(port, "GET", f"/{P}/info", office)[0] == 200
+        assert dp.seen[-1][1]["x-forwarded-for"] == "198.51.100.7, 127.0.0.1"  # what the project gets too
+        away = {"Cookie": "sso=by-address", "X-Forwarded-For": "203.0.113.9"}
+        assert request(port, "GET", f"/{P}/info", away)[0] == 403  # another address: asked, refused
+    finally:
+        dp.close()
+        if hub is not None:
+            hub.stop()
 
 
 def test_external_decision_point_allows_denies_copies_and_fails_closed(rig, tmp_path):
@@ -544,6 +578,8 @@ def test_a_session_never_outlives_its_token_and_is_secure_for_https_clients(rig)
     cookie = next(line for line in answer.headers.split(b"\r\n") if line.startswith(b"set-cookie:")).decode()
     attrs = [a.strip() for a in cookie.split(";")]
     assert "Secure" in attrs and "HttpOnly" in attrs
+    # path mode over https: __Secure- (a __Host- cookie must have Path=/, this one is the project's path)
+    assert attrs[0].startswith("set-cookie: __Secure-cocalc_ctl_session=ccs_") and f"Path=/{P}/" in attrs
     max_age = int(next(a for a in attrs if a.startswith("Max-Age="))[8:])
     assert 500 < max_age <= 600
     assert token.encode() not in answer.headers

@@ -15,7 +15,9 @@ import uuid
 
 import pytest
 
-from tests.support.proxy import host_state, start_backend, start_proxy
+from tests.support.access import add_account, add_token, grant
+from tests.support.proxy import (DIRECT, host_identity, host_state, hub_secret, send_raw, start_backend, start_proxy,
+                                 status_of)
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +72,8 @@ def env(tmp_path):
     started = []
 
     def proxy(workers, **proxy_cfg):
-        p = start_proxy(tmp_path, "host", {"data_dir": str(tmp_path / "data"), "proxy": proxy_cfg},
+        # talked to directly (no hub in front): no hub credential, as on a loopback listen only
+        p = start_proxy(tmp_path, "host", {"data_dir": str(tmp_path / "data"), "proxy": {**DIRECT, **proxy_cfg}},
                         json_log=True, workers=workers)
         started.append(p)
         return p
@@ -93,18 +96,22 @@ def test_every_worker_serves_and_metrics_and_access_log_name_each(env):
     proxy = env(2)
     assert len(wait_for(lambda: len(children(proxy.pid)) == 2 and children(proxy.pid), what="2 workers")) == 2
     wait_for(lambda: "(asyncio, 2 workers)" in proxy.log() or "(uvloop, 2 workers)" in proxy.log(), what="ready line")
+    unknown = str(uuid.uuid4())
     for _ in range(40):  # a new connection each: the kernel spreads them over the workers' sockets
         assert get(proxy.port, f"/{RUNNING}/info")[0] == 200
+        assert get(proxy.port, f"/{unknown}/info")[0] == 404
 
     def scrape():  # the other worker's series on the board are about a second old
         status, body = get(proxy.port, "/metrics")
         assert status == 200
         text = body.decode()
-        counts = [metric(text, "cocalc_proxy_requests_total", worker=w, status=200) or 0 for w in (0, 1)]
+        # 404s, not 200s: every scrape is a 200 too, so the 200s never stop growing while we poll
+        counts = [metric(text, "cocalc_proxy_requests_total", worker=w, status=404) or 0 for w in (0, 1)]
         return (text, counts) if sum(counts) == 40 else None
 
     text, per_worker = wait_for(scrape, 30, "both workers' counts on /metrics")
     assert all(n > 0 for n in per_worker), per_worker
+    assert sum(metric(text, "cocalc_proxy_requests_total", worker=w, status=200) or 0 for w in (0, 1)) >= 40
     assert metric(text, "cocalc_proxy_workers") == 2
     assert metric(text, "cocalc_proxy_worker_restarts_total", worker=0) == 0
     types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
@@ -265,7 +272,8 @@ def test_hub_mode_each_worker_listens_for_route_changes(tmp_path, postgres):
                              (hid, f"host-{port}", f"http://127.0.0.1:{port}"))
             conn.execute("INSERT INTO projects(project_id, host_id) VALUES (%s, %s)", (RUNNING, host_a))
         hub = start_proxy(tmp_path, "hub", {"data_dir": str(tmp_path / "hub"), "hub_dsn": dsn,
-                                            "proxy": {"route_cache_ttl": 3600}}, json_log=True, workers=2)
+                                            "proxy": {"route_cache_ttl": 3600, "auth": "none"}},
+                          json_log=True, workers=2)  # routes, not access, are under test here (loopback)
         started.append(hub)
 
         def names(n):
@@ -282,6 +290,81 @@ def test_hub_mode_each_worker_listens_for_route_changes(tmp_path, postgres):
 
         wait_for(notified, 30, "the route NOTIFY in both workers")
         assert names(30) == ["b"] * 30
+    finally:
+        for s in reversed(started):
+            pids = children(s.pid)
+            s.stop()
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def test_every_hub_worker_enforces_access_and_every_host_worker_checks_the_hub_credential(tmp_path, postgres):
+    """Access control and the hub credential are built per worker (after the fork): with 2 workers each,
+    a request without a credential gets 401 from every hub worker, a token 200 from every one through a
+    host whose every worker refuses what its hub did not sign and serves what it did."""
+    import psycopg
+
+    from cocalc_ctl.proxy import hubcred
+    from cocalc_ctl.state import hub_db
+
+    dsn = postgres.new_database()
+    hub_db.migrate(dsn)
+    host_id = str(uuid.uuid4())
+    started = []
+    try:
+        backend = start_backend(tmp_path, name="a")
+        started.append(backend)
+        host_dir = tmp_path / "host"
+        host_state(host_dir, {RUNNING: backend.port})
+        key_id, secret = hub_secret(dsn, host_id, host_dir)
+        host = start_proxy(tmp_path, "host", {"data_dir": str(host_dir), **host_identity(host_id, host_dir),
+                                              "proxy": {"trust_forwarded": ["127.0.0.1"]}},
+                           json_log=True, workers=2)
+        started.append(host)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO project_hosts(id, name, internal_url) VALUES (%s, 'h', %s)",
+                         (host_id, f"http://127.0.0.1:{host.port}"))
+            conn.execute("INSERT INTO projects(project_id, host_id) VALUES (%s, %s)", (RUNNING, host_id))
+        account = add_account(dsn, "workers")
+        grant(dsn, RUNNING, account, "collaborator")
+        token = add_token(dsn, account)[0]
+        hub = start_proxy(tmp_path, "hub", {"data_dir": str(tmp_path / "hub"), "hub_dsn": dsn}, json_log=True,
+                          workers=2)
+        started.append(hub)
+        for proxy in (host, hub):
+            wait_for(lambda: "2 workers)" in proxy.log(), what="ready line")
+
+        def status(port: int, extra: str = "") -> int:
+            return status_of(send_raw(port, f"GET /{RUNNING}/info HTTP/1.1\r\nHost: h\r\n{extra}"
+                                            "Connection: close\r\n\r\n"))
+
+        def statuses(proxy, extra: str = "") -> dict[int, set[int]]:
+            """status per worker over 30 new connections (the kernel spreads them over both)"""
+            before = len(access_lines(proxy))
+            for _ in range(30):
+                status(proxy.port, extra)
+            lines = wait_for(lambda: len(access_lines(proxy)) >= before + 30 and access_lines(proxy)[before:],
+                             what="access-log lines")
+            seen: dict[int, set[int]] = {}
+            for line in lines:
+                if line["path"] == f"/{RUNNING}/info":
+                    seen.setdefault(line["worker"], set()).add(line["status"])
+            return seen
+
+        assert statuses(hub) == {0: {401}, 1: {401}}  # no credential: every hub worker refuses
+        assert statuses(hub, "Authorization: Bearer cct_" + "A" * 43 + "\r\n") == {0: {401}, 1: {401}}
+        assert statuses(host) == {0: {401}, 1: {401}}  # straight to the host: no hub credential
+        assert statuses(hub, f"Authorization: Bearer {token}\r\n") == {0: {200}, 1: {200}}
+        # the hub's pooled connections may all sit on one host worker: sign new connections here, as the hub
+        cred = hubcred.credential(secret, key_id.encode(), host_id.encode(), b"GET", b"h",
+                                  f"/{RUNNING}/info".encode(), project=RUNNING.encode()).decode()
+        assert statuses(host, f"x-cocalc-hub-auth: {cred}\r\n") == {0: {200}, 1: {200}}
+        head, _, mac = cred.rpartition(".")
+        forged = f"{head}.{'B' if mac[0] == 'A' else 'A'}{mac[1:]}"  # another MAC
+        assert statuses(host, f"x-cocalc-hub-auth: {forged}\r\n") == {0: {401}, 1: {401}}
     finally:
         for s in reversed(started):
             pids = children(s.pid)

@@ -264,3 +264,65 @@ def test_psycopg_pool_is_imported_by_hub_mode_only():
             "assert 'psycopg_pool' in sys.modules\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+SESSION2, SESSION3, SESSION4 = ("ccs_" + c * 43 for c in "cde")
+
+
+def test_up_to_three_session_cookies_are_tried_in_the_order_sent_and_all_are_stripped():
+    """A cookie planted with a parent Domain or a longer Path comes first: it must not shadow the
+    client's own, yet one request may cost no more than MAX_SESSIONS lookups."""
+    h = head(f"Cookie: cocalc_ctl_session={SESSION}; a=1; cocalc_ctl_session=ccs_bad",
+             f"Cookie: cocalc_ctl_session={SESSION2}; cocalc_ctl_session={SESSION3}; cocalc_ctl_session={SESSION4}")
+    p = access.present(h)
+    assert p.kind == "session" and p.sessions == (SESSION.encode(), SESSION2.encode())  # 3 read, 1 misshapen
+    assert access.MAX_SESSIONS == 3
+    out = upstream(h, p)
+    assert b"ccs_" not in out and b"cookie: a=1\r\n" in out
+
+
+def test_only_the_cookie_name_of_the_scheme_and_mode_is_read_and_every_variant_is_stripped():
+    assert access.cookie_name(False, False) == access.cookie_name(False, True) == b"cocalc_ctl_session"
+    assert access.cookie_name(True, True) == b"__Host-cocalc_ctl_session"
+    assert access.cookie_name(True, False) == b"__Secure-cocalc_ctl_session"
+    h = head(f"Cookie: cocalc_ctl_session={SESSION}; __Secure-cocalc_ctl_session={SESSION2}; "
+             f"__Host-cocalc_ctl_session={SESSION3}; __host-cocalc_ctl_session={SESSION4}; b=2")
+    assert access.present(h, b"__Host-cocalc_ctl_session").sessions == (SESSION3.encode(),)
+    assert access.present(h, b"__Secure-cocalc_ctl_session").sessions == (SESSION2.encode(),)
+    assert access.present(h).sessions == (SESSION.encode(),)
+    for name in (b"cocalc_ctl_session", b"__Host-cocalc_ctl_session", b"__Secure-cocalc_ctl_session"):
+        out = upstream(h, access.present(h, name))
+        assert b"ccs_" not in out and b"cookie: b=2\r\n" in out
+    # over https in subdomain mode a bare-named cookie (which a sibling subdomain can plant) is no credential
+    only_bare = head(f"Cookie: cocalc_ctl_session={SESSION}")
+    assert access.present(only_bare, b"__Host-cocalc_ctl_session").kind is None
+
+
+def _cached(acc, digest_of: str, project: str, decision):
+    import hashlib
+    import time
+
+    decision.deadline = time.monotonic() + 60
+    acc.cache.put((hashlib.sha256(digest_of.encode()).digest(), project), decision,
+                  positive=decision.role is not None)
+
+
+def test_a_refused_first_session_does_not_shadow_an_accepted_second_one():
+    class Link:
+        listening = True
+
+        def subscribe(self, *a):
+            pass
+
+    acc = access.Access("builtin", link=Link())
+    _cached(acc, SESSION, PID, access.Decision(0, PID))  # unknown session: 401 on its own
+    _cached(acc, SESSION2, PID, access.Decision(0, PID, "acct", "tok", "collaborator"))
+    h = head(f"Cookie: cocalc_ctl_session={SESSION}; cocalc_ctl_session={SESSION2}")
+    v = acc.check_now(h, PID)
+    assert isinstance(v, access.Pass) and v.decision.account_id == "acct"
+    # refused by every candidate: the first one's refusal
+    _cached(acc, SESSION3, PID, access.Decision(0, PID, "other", "tok2", None))
+    v = acc.check_now(head(f"Cookie: cocalc_ctl_session={SESSION3}; cocalc_ctl_session={SESSION}"), PID)
+    assert v is access.FORBIDDEN
+    # a candidate not decided yet needs a lookup before a later one may count
+    assert acc.check_now(head(f"Cookie: cocalc_ctl_session={SESSION4}; cocalc_ctl_session={SESSION2}"), PID) is None

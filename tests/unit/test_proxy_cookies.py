@@ -33,6 +33,10 @@ def test_path_mode_drops_domain_and_narrows_path(given, expected):
     b"cocalc_ctl_session=ccs_x; Path=/", b"cocalc_ctl_session=; Max-Age=0", b" cocalc_ctl_session =x",
     b"COCALC_CTL_SESSION=x", b"__Host-cocalc_ctl_session=x; Path=/; Secure", b"__Secure-cocalc_ctl_session=x",
     b"=cocalc_ctl_session=evil", b"cocalc_ctl_session",
+    # every variant the proxy reads or strips, in any case, nameless or padded
+    b"__host-cocalc_ctl_session=x; Path=/; Secure", b"__SECURE-COCALC_CTL_SESSION=x; Secure",
+    b"=__Host-cocalc_ctl_session=x", b"=__Secure-cocalc_ctl_session=x", b"\t__Host-cocalc_ctl_session=x",
+    b"__Host-cocalc_ctl_session=; Max-Age=0; Path=/; Secure",
 ])
 def test_the_proxys_own_cookie_cannot_be_set_or_cleared(given):
     assert cookies.rewrite(given, SCOPE) is None
