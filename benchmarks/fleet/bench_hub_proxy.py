@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import random
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -362,7 +362,7 @@ def main() -> int:
                     f'location / {{ return 200 "ok\\n"; }} }}')
         t = time.monotonic()
         fill(dsn, args.hosts, args.projects, nport)
-        hit = [str(uuid.UUID(bytes=__import__("hashlib").md5(f"p{i}".encode()).digest()))
+        hit = [str(uuid.UUID(bytes=hashlib.md5(f"p{i}".encode()).digest()))
                for i in random.Random(16).sample(range(1, args.projects + 1), args.hit)]
         token = bench_account(dsn, hit)
         print(f"hub: {args.hosts} hosts, {args.projects} projects, {args.projects} accounts with a grant and a "
