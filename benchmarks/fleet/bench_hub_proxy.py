@@ -287,12 +287,16 @@ def run_rss(work: Path, dsn: str, token: str, requests: int, connections: int, s
               f"{(r['after'] - r['before']) / 1024:.1f} |")
     print()
     for small, big in zip(results[0::2], results[1::2]):
-        extra_entries = big["neg"] - small["neg"]
+        # refusals actually held at the end (every request names a new id, so min(requests, bound))
+        extra_entries = min(big["done"], big["neg"]) - min(small["done"], small["neg"])
         per = (big["after"] - small["after"]) * 1024 / extra_entries
         print(f"- {small['auth']}: {small['key']} {small['size']} -> {big['size']} (refusals kept {small['neg']} -> "
               f"{big['neg']}): RSS after {small['after'] / 1024:.1f} -> {big['after'] / 1024:.1f} MB, about "
               f"{per:.0f} bytes per cached refusal; so the configured size bounds the growth at about "
               f"{per * (small['size'] + small['neg']) / 2**20:.1f} MB (both halves full) at {small['size']}")
+        if big["done"] < 2 * big["neg"]:
+            print(f"  (the larger LRU saw fewer than twice its bound in requests: whether RSS stops growing past it "
+                  f"is not shown; use more --requests)")
         for r in (small, big):
             curve = ", ".join(f"{n // 1000}k:{kb / 1024:.0f}" for n, kb in r["samples"])
             print(f"  {r['key']}={r['size']} RSS (requests:MB): {curve}")
