@@ -24,7 +24,8 @@ with a grant and a token, so the decision query runs at that scale).
    the same exception instance, which chains each raise's traceback onto it).
 
     .venv/bin/python benchmarks/fleet/bench_hub_proxy.py [--projects 100000] [--hit 10000] \
-        [--requests 1000000] [--clients 64] [--hot-seconds 20] [--quick] [--skip-cold] [--skip-rss]
+        [--requests 1000000] [--clients 64] [--hot-seconds 20] [--quick] [--skip-cold] [--skip-rss] \
+        [--rss-auth none|builtin|both] [--scale 10]
 
 Needs root, wrk, nginx (nginx-light) and the PostgreSQL server binaries (as the tests). Prints the
 environment first (load average: on a busy machine every figure is "under load").
@@ -239,7 +240,8 @@ def wrk_slice(url: str, script: Path, seconds: int, connections: int, headers: l
     return n, int(bad.group(1)) if bad else 0
 
 
-def run_rss(work: Path, dsn: str, token: str, requests: int, connections: int, scale: int) -> None:
+def run_rss(work: Path, dsn: str, token: str, requests: int, connections: int, scale: int,
+            modes: tuple = ("none", "builtin")) -> None:
     script = work / "random_uuid.lua"
     script.write_text(LUA)
     base = 10000  # the default of proxy.route_cache_size and proxy.auth_cache_size
@@ -247,6 +249,8 @@ def run_rss(work: Path, dsn: str, token: str, requests: int, connections: int, s
           f"project ids ({connections} connections, 5 s slices), under load\n", flush=True)
     results = []
     for auth, key in (("none", "route_cache_size"), ("builtin", "auth_cache_size")):
+        if auth not in modes:
+            continue
         for size in (base, base * scale):
             hub = start_hub(work, dsn, auth, {key: size})
             try:
@@ -340,6 +344,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes: finishes in about a minute")
     ap.add_argument("--skip-cold", action="store_true")
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--rss-auth", choices=("none", "builtin", "both"), default="both",
+                    help="which proxy.auth the RSS runs use (default both)")
     ap.add_argument("--hot-seconds", type=int, default=20, help="seconds of section 3 (0: skip)")
     args = ap.parse_args()
     if args.quick:
@@ -378,7 +384,8 @@ def main() -> int:
         if args.hot_seconds > 0:
             run_hot(work, dsn, args.clients, args.hot_seconds)
         if not args.skip_rss:
-            run_rss(work, dsn, token, args.requests, args.clients, args.scale)
+            run_rss(work, dsn, token, args.requests, args.clients, args.scale,
+                    ("none", "builtin") if args.rss_auth == "both" else (args.rss_auth,))
         print_environment()
     finally:
         procs.stop_all()
