@@ -179,9 +179,9 @@ class Soak:
     def ctl_json(self, node: demo.Node, *args: str):
         return json.loads(self.ctl(node, "--json", *args).stdout)
 
-    def spawn(self, name: str, argv: list[str], log: Path) -> subprocess.Popen:
+    def spawn(self, name: str, argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
         p = subprocess.Popen(argv, stdout=open(log, "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             env=self.env(), cwd=str(REPO), start_new_session=True)
+                             env={**self.env(), **(env or {})}, cwd=str(REPO), start_new_session=True)
         self.procs[name] = p
         self.state["pids"][name] = p.pid
         self.save_state()
@@ -298,7 +298,10 @@ class Soak:
         self.hub_proxy_port = demo.free_port("127.0.0.1")
         self.spawn("proxy-hub", [*CLI, "--config", str(self.hub.config_path), "proxy", "serve", "--mode", "hub",
                                  "--listen", f"127.0.0.1:{self.hub_proxy_port}", "--no-access-log"],
-                   self.hub.base / "proxy.log")
+                   self.hub.base / "proxy.log",
+                   # the soak checks routing, not access control: no credentials (allowed on loopback);
+                   # the hosts' proxies still check the hub's credential
+                   env={"COCALC_CTL_PROXY_AUTH": "none"})
         demo.wait_port("127.0.0.1", self.hub_proxy_port, self.procs["proxy-hub"], timeout=60)
         self.say(f"restic repository, busybox image pulled on every host, host proxies, hub proxy on "
                  f"127.0.0.1:{self.hub_proxy_port}")

@@ -90,6 +90,10 @@ browser in for this project and takes the token out of the address. Programs sen
 """
 
 
+TOUCH_EVERY = 60.0  # seconds: how often this process sends a token's last-used time (the hub keeps a minute)
+TOUCHED_MAX = 10000  # tokens remembered for that; past it the memory starts again (a few extra writes)
+
+
 class Answer:
     """A request the proxy answers itself (nothing is forwarded)."""
 
@@ -290,6 +294,7 @@ class Access:
         self.cache = SplitCache(cache_size, max(16, cache_size // 4))
         self.flights = SingleFlight()
         self.generation = 0
+        self._touched: dict[str, float] = {}  # token id -> when this process last sent its last-used time
         self.tunnels: dict = {}  # Tunnel -> (head, Presented, project_id, Decision)
         self.expiry: dict = {}  # Tunnel -> the timer that checks it again when its credential expires
         self.allowed = 0
@@ -473,7 +478,13 @@ class Access:
         expires = float("inf")
         if expires_at is not None:
             expires = now + (expires_at - dt.datetime.now(dt.timezone.utc)).total_seconds()
-        asyncio.ensure_future(self._touch(token_id))
+        if now - self._touched.get(token_id, -TOUCH_EVERY) >= TOUCH_EVERY:
+            # the database writes last-used at most once a minute anyway: a flood of lookups for one
+            # token (e.g. 403s for random project ids) costs one round trip a minute, not one per miss
+            if len(self._touched) >= TOUCHED_MAX:
+                self._touched.clear()
+            self._touched[token_id] = now
+            asyncio.ensure_future(self._touch(token_id))
         return Decision(min(now + self.ttl, expires), project_id, account_id, token_id, role,
                         extra=b"%s: %s\r\n" % (ACCOUNT_HEADER, account_id.encode()), expires=expires)
 

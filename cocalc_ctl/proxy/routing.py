@@ -224,6 +224,14 @@ _WAL_HDR = 48  # bytes in one copy of the wal-index header (sqlite's walformat: 
 _CACHE_MAX = 10000  # cached routes; past it lookups go to sqlite
 
 
+def _fresh(cached: HttpError) -> HttpError:
+    """A new exception for a cached refusal. Raising the cached instance itself would chain every raise's
+    traceback onto it (Python prepends to an exception's existing __traceback__), keeping the frames of
+    every request that hit the entry alive until it expires: memory growing with request rate x TTL,
+    not with the cache's bound."""
+    return HttpError(cached.status, cached.reason)
+
+
 def parse_internal_url(url: str | None) -> tuple[str, int] | None:
     """`http://HOST:PORT` (optionally with a trailing `/`) -> (host, port); None if unusable."""
     if not url:
@@ -315,7 +323,7 @@ class HubRoutes:
         if hit is None or hit[0] <= time.monotonic():
             return None
         if isinstance(hit[1], HttpError):
-            raise hit[1]
+            raise _fresh(hit[1])
         return hit[1]
 
     async def resolve(self, project_id: str) -> Route:
@@ -324,7 +332,7 @@ class HubRoutes:
             return hit
         result = await self._flights.run(project_id, lambda: self._lookup_and_cache(project_id))
         if isinstance(result, HttpError):
-            raise result
+            raise _fresh(result)
         return result
 
     async def _lookup_and_cache(self, project_id: str) -> Route | HttpError:

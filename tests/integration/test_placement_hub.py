@@ -192,7 +192,8 @@ def test_the_hub_proxy_follows_placement_commands_at_once(hub, hub_dsn, tmp_path
         a.cli("keys", "register", "--internal-url", f"http://127.0.0.1:{back_a.port}")
         b.cli("keys", "register", "--internal-url", f"http://127.0.0.1:{back_b.port}")
         proxy = start_proxy(tmp_path, "hub", {"data_dir": str(tmp_path / "hubproxy"), "hub_dsn": hub_dsn,
-                                              "proxy": {"route_cache_ttl": 3600}})
+                                              # routing is under test: no access control (loopback listen)
+                                              "proxy": {"route_cache_ttl": 3600, "auth": "none"}})
         started.append(proxy)
         port = proxy.port
         assert _route(port) == (404, None)  # cached for an hour: only a NOTIFY can change the answer now

@@ -4,6 +4,7 @@ the login redirect's target, the bounded caches and single flight, the config ke
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 
@@ -326,3 +327,36 @@ def test_a_refused_first_session_does_not_shadow_an_accepted_second_one():
     assert v is access.FORBIDDEN
     # a candidate not decided yet needs a lookup before a later one may count
     assert acc.check_now(head(f"Cookie: cocalc_ctl_session={SESSION4}; cocalc_ctl_session={SESSION2}"), PID) is None
+
+
+def test_a_flood_of_lookups_for_one_token_sends_its_last_used_time_once_a_minute():
+    """Every decision lookup that finds a token used to queue a last-used UPDATE: random project ids
+    with one valid token cost two round trips per request. Now one per token per TOUCH_EVERY."""
+    from cocalc_ctl.state.hub_access import TOUCH_TOKEN_SQL
+
+    sent = []
+
+    class Link:
+        listening = True
+
+        def subscribe(self, *a):
+            pass
+
+        async def fetchone(self, sql, params):
+            if sql == TOUCH_TOKEN_SQL:
+                sent.append(params)
+                return None
+            return ("acct", "tok-1", None, None)  # authenticated, no grant on this project: 403
+
+    async def main():
+        acc = access.Access("builtin", link=Link())
+        t0 = 1000.0
+        for i in range(50):
+            await acc._lookup("token", b"d" * 32, str(uuid.uuid4()), t0 + i * 0.1)
+        await asyncio.sleep(0)
+        assert sent == [("tok-1",)]
+        await acc._lookup("token", b"d" * 32, PID, t0 + access.TOUCH_EVERY + 1)
+        await asyncio.sleep(0)
+        assert sent == [("tok-1",), ("tok-1",)]
+
+    asyncio.run(main())

@@ -114,6 +114,45 @@ def test_hub_cache_eviction_by_project_and_host():
     asyncio.run(go())
 
 
+def _tb_len(exc) -> int:
+    n, tb = 0, exc.__traceback__
+    while tb is not None:
+        n, tb = n + 1, tb.tb_next
+    return n
+
+
+def test_hub_route_cached_refusal_does_not_grow_with_each_request():
+    """A cached 404 is answered many times until it expires; raising the cached instance itself would chain
+    every request's frames onto its traceback (memory growing with request rate x TTL, not the bound)."""
+    class Link:
+        listening = True
+        db_errors = 0
+
+        def subscribe(self, *a):
+            pass
+
+        async def fetchone(self, sql, params):
+            return None  # no such project
+
+    async def go():
+        routes = HubRoutes(Link(), ttl=60)
+        seen = []
+        for _ in range(50):
+            try:
+                await routes.resolve(PID)
+            except HttpError as exc:
+                seen.append(exc.status)
+            try:
+                routes.resolve_now(PID)
+            except HttpError as exc:
+                seen.append(exc.status)
+        assert seen == [404] * 100 and routes.lookups == 1
+        (_, cached), = routes._cache.neg.d.values()
+        assert isinstance(cached, HttpError) and _tb_len(cached) == 0
+
+    asyncio.run(go())
+
+
 def test_chunked_relay_reencodes_and_drops_extensions_and_trailers():
     async def go():
         reader = asyncio.StreamReader()
