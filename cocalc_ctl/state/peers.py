@@ -75,20 +75,9 @@ def replace_peers(conn: sqlite3.Connection, peers: list[PeerRow], now: str) -> t
             removed.append(hid)
         for hid, p in sorted(wanted.items()):
             prev = old.get(hid)
-            same = prev is not None and (prev.name, prev.ssh_server, prev.host_to_host_public_key,
-                                         prev.sshpiperd_public_key, prev.trusted) == (
-                p.name, p.ssh_server, p.host_to_host_public_key, p.sshpiperd_public_key, True)
-            if same:
+            if prev is not None and _unchanged(prev, p):
                 continue
-            conn.execute(
-                """INSERT INTO project_hosts(host_id, name, ssh_server, host_to_host_public_key,
-                                             sshpiperd_public_key, trusted, is_self, updated_at)
-                   VALUES (?,?,?,?,?,1,0,?)
-                   ON CONFLICT(host_id) DO UPDATE SET name=excluded.name, ssh_server=excluded.ssh_server,
-                       host_to_host_public_key=excluded.host_to_host_public_key,
-                       sshpiperd_public_key=excluded.sshpiperd_public_key, trusted=1,
-                       updated_at=excluded.updated_at""",
-                (hid, p.name, p.ssh_server, p.host_to_host_public_key, p.sshpiperd_public_key, now))
+            _store_trusted(conn, hid, p, now)
             (changed if prev is not None else added).append(hid)
         conn.execute("COMMIT")
     except BaseException:
@@ -115,22 +104,31 @@ def set_peers(conn: sqlite3.Connection, host_ids: list[str], peers: list[PeerRow
                     conn.execute("DELETE FROM project_hosts WHERE host_id=? AND is_self=0", (hid,))
                     removed.append(hid)
                 continue
-            if prev is not None and (prev.name, prev.ssh_server, prev.host_to_host_public_key,
-                                     prev.sshpiperd_public_key, prev.trusted) == (
-                    p.name, p.ssh_server, p.host_to_host_public_key, p.sshpiperd_public_key, True):
+            if prev is not None and _unchanged(prev, p):
                 continue
-            conn.execute(
-                """INSERT INTO project_hosts(host_id, name, ssh_server, host_to_host_public_key,
-                                             sshpiperd_public_key, trusted, is_self, updated_at)
-                   VALUES (?,?,?,?,?,1,0,?)
-                   ON CONFLICT(host_id) DO UPDATE SET name=excluded.name, ssh_server=excluded.ssh_server,
-                       host_to_host_public_key=excluded.host_to_host_public_key,
-                       sshpiperd_public_key=excluded.sshpiperd_public_key, trusted=1,
-                       updated_at=excluded.updated_at""",
-                (hid, p.name, p.ssh_server, p.host_to_host_public_key, p.sshpiperd_public_key, now))
+            _store_trusted(conn, hid, p, now)
             (changed if prev is not None else added).append(hid)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     return added, changed, removed
+
+
+def _unchanged(prev, p: PeerRow) -> bool:
+    """The cached entry already says what the hub says (and is trusted)."""
+    return (prev.name, prev.ssh_server, prev.host_to_host_public_key, prev.sshpiperd_public_key,
+            prev.trusted) == (p.name, p.ssh_server, p.host_to_host_public_key, p.sshpiperd_public_key, True)
+
+
+def _store_trusted(conn: sqlite3.Connection, hid: str, p: PeerRow, now: str) -> None:
+    """Insert or update one trusted peer (never this host's own row)."""
+    conn.execute(
+        """INSERT INTO project_hosts(host_id, name, ssh_server, host_to_host_public_key,
+                                     sshpiperd_public_key, trusted, is_self, updated_at)
+           VALUES (?,?,?,?,?,1,0,?)
+           ON CONFLICT(host_id) DO UPDATE SET name=excluded.name, ssh_server=excluded.ssh_server,
+               host_to_host_public_key=excluded.host_to_host_public_key,
+               sshpiperd_public_key=excluded.sshpiperd_public_key, trusted=1,
+               updated_at=excluded.updated_at""",
+        (hid, p.name, p.ssh_server, p.host_to_host_public_key, p.sshpiperd_public_key, now))
