@@ -61,10 +61,13 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "COCALC_CTL_CONFIG": str(base / "config.yaml")}
     pool_mounted = False
     try:
-        (base / "config.yaml").write_text(f"btrfs_root: {base / 'pool'}\ndata_dir: {base / 'data'}\n")
+        images = base / "images"  # image sources must lie under rootfs.local_roots
+        images.mkdir()
+        (base / "config.yaml").write_text(f"btrfs_root: {base / 'pool'}\ndata_dir: {base / 'data'}\n"
+                                          f"rootfs:\n  local_roots: [{images}]\n")
         subprocess.run([*CLI, "host", "init", "--loopback", "2G"], check=True, env=env, capture_output=True)
         pool_mounted = True
-        tree = base / "tree"
+        tree = images / "tree"
         tree.mkdir()
         sh("cp", "-a", args.tree + "/.", str(tree) + "/")
         files = sum(len(f) for _, _, f in os.walk(tree))
