@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from _bench import print_environment, round_robin, sh, wait_for_cleaner, write_random  # noqa: E402
 
 from tests.support.hosts import Host, cleanup_mounts_under  # noqa: E402
-from tests.support.move import Receiver, ensure_host_key  # noqa: E402
+from tests.support.move import Receiver, ensure_host_key, install_rig_hub  # noqa: E402
 
 
 def main() -> int:
@@ -49,6 +49,7 @@ def main() -> int:
         ensure_host_key(a)
         rcv = Receiver(b, "127.0.0.3", base / "sshd-b").start()
         rcv.allow(a)
+        install_rig_hub([a], {rcv.addr: b})  # the receiver needs a hub-signed ticket for every send, as in a fleet
         # a second key for the raw baseline: its forced command is plain `btrfs receive`
         raw_dir = b.pool / "_bench_raw"
         raw_dir.mkdir()
