@@ -171,7 +171,9 @@ def main() -> None:
                                capture_output=True)
                 rs[name].append(time.perf_counter() - t)
         load = os.getloadavg()
-        print(f"cipher: {args.cipher or 'the client's default negotiation (its first choice, chacha20-poly1305@openssh.com, is offered by both servers)'}")
+        default = ("the client's default negotiation (its first choice, chacha20-poly1305@openssh.com, is offered "
+                   "by both servers)")
+        print(f"cipher: {args.cipher or default}")
         print(f"load average after the run {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
         print(f"| measure | OpenSSH to the host | project sshd | project / OpenSSH | target |")
         print("|---|---:|---:|---:|---|")
