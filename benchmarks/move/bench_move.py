@@ -49,7 +49,7 @@ def main() -> int:
         ensure_host_key(a)
         rcv = Receiver(b, "127.0.0.3", base / "sshd-b").start()
         rcv.allow(a)
-        install_rig_hub([a], {rcv.addr: b})  # the receiver needs a hub-signed ticket for every send, as in a fleet
+        install_rig_hub([a, b], {rcv.addr: b})  # the receiver needs a hub-signed ticket for every send, as in a fleet
         # a second key for the raw baseline: its forced command is plain `btrfs receive`
         raw_dir = b.pool / "_bench_raw"
         raw_dir.mkdir()

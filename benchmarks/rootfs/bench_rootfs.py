@@ -45,7 +45,9 @@ def interleaved(methods: dict, runs: int) -> dict[str, float]:
 
 
 def sh(*argv, **kw):
-    subprocess.run(argv, check=True, capture_output=True, **kw)
+    p = subprocess.run(argv, capture_output=True, **kw)
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(map(str, argv))} exited {p.returncode}: {p.stderr.decode(errors='replace').strip()}")
 
 
 def main() -> None:
@@ -58,6 +60,7 @@ def main() -> None:
 
     print_environment(sys.executable)
     base = Path(tempfile.mkdtemp(prefix="cocalc-bench-rootfs-", dir="/var/tmp"))
+    os.chmod(base, 0o711)  # a project's mapped root must pass through to data_dir/project-roots
     env = {**os.environ, "PYTHONPATH": str(REPO), "COCALC_CTL_CONFIG": str(base / "config.yaml")}
     pool_mounted = False
     try:
@@ -65,7 +68,7 @@ def main() -> None:
         images.mkdir()
         (base / "config.yaml").write_text(f"btrfs_root: {base / 'pool'}\ndata_dir: {base / 'data'}\n"
                                           f"rootfs:\n  local_roots: [{images}]\n")
-        subprocess.run([*CLI, "host", "init", "--loopback", "2G"], check=True, env=env, capture_output=True)
+        sh(*CLI, "host", "init", "--loopback", "2G", env=env)
         pool_mounted = True
         tree = images / "tree"
         tree.mkdir()
@@ -106,11 +109,10 @@ def main() -> None:
             print(f"extract  rsync -aHAX  {t_rsync * 1000:8.1f} ms  ratio {t_rsync / t_cp:.2f}")
 
         def pull():
-            subprocess.run([*CLI, "rootfs", "pull", "--force", f"dir:{tree}"], check=True, env=env,
-                           capture_output=True)
+            sh(*CLI, "rootfs", "pull", "--force", f"dir:{tree}", env=env)
 
         def cli_noop():
-            subprocess.run([*CLI, "--version"], check=True, env=env, capture_output=True)
+            sh(*CLI, "--version", env=env)
 
         med = interleaved({"pull": pull, "cp": cp_a, "start": cli_noop}, args.runs)
         t_pull, t_start, t_cp = med["pull"], med["start"], med["cp"]  # cp -a again, in this group's conditions
@@ -118,10 +120,9 @@ def main() -> None:
               f"(of which CLI start {t_start * 1000:.0f} ms)")
 
         pid = str(uuid.uuid4())
-        subprocess.run([*CLI, "project", "create", pid], check=True, env=env, capture_output=True)
-        subprocess.run([*CLI, "rootfs", "mount", pid, "--image", f"dir:{tree}"], check=True, env=env,
-                       capture_output=True)
-        subprocess.run([*CLI, "rootfs", "umount", pid], check=True, env=env, capture_output=True)
+        sh(*CLI, "project", "create", pid, env=env)
+        sh(*CLI, "rootfs", "mount", pid, "--image", f"dir:{tree}", env=env)
+        sh(*CLI, "rootfs", "umount", pid, env=env)
         up, wk, mp = base / "raw-up", base / "raw-wk", base / "raw-mp"
         for d in (up, wk, mp):
             d.mkdir()
@@ -131,8 +132,8 @@ def main() -> None:
             sh("umount", str(mp))
 
         def cli_mount():
-            subprocess.run([*CLI, "rootfs", "mount", pid], check=True, env=env, capture_output=True)
-            subprocess.run([*CLI, "rootfs", "umount", pid], check=True, env=env, capture_output=True)
+            sh(*CLI, "rootfs", "mount", pid, env=env)
+            sh(*CLI, "rootfs", "umount", pid, env=env)
 
         med = interleaved({"raw": raw_mount, "cli": cli_mount}, args.runs)
         t_raw, t_cli = med["raw"], med["cli"]
