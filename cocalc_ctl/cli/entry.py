@@ -4,6 +4,8 @@
   receiver: it calls the decision directly.
 - `move start PROJECT [--to|--mode|--compress V]` (plain forms only, see cli/fast_move.py): the
   hub's frequent enqueue, without typer.
+- `[--config F] move recv --from HOST` (exactly): the move receiver's forced command, run once per
+  request of a move (every snapshot stream, the inventories, the final check).
 - `--version`, `--help`/`-h` of any command (text pre-rendered by scripts/regenerate into
   `cocalc_ctl/cli/helpcache.py`; used when the terminal is at least 80 columns wide, where click's
   help is 78 columns whatever the width, so the text is byte for byte what typer prints), a noun
@@ -49,6 +51,34 @@ def _split_config(argv: list[str]) -> tuple[str | None, list[str]]:
             rest.append(a)
         i += 1
     return config, rest
+
+
+def fast_recv(argv: list[str]) -> tuple[str | None, str] | None:
+    """(config path, source host) when argv is exactly `[--config F] move recv --from HOST` (or `--from=HOST`):
+    the form a receiver's authorized_keys forced command has. Any other flag goes to the full CLI."""
+    config, rest = _split_config(argv)
+    if len(rest) == 4 and rest[:3] == ["move", "recv", "--from"] and not rest[3].startswith("-"):
+        return config, rest[3]
+    if len(rest) == 3 and rest[:2] == ["move", "recv"] and rest[2].startswith("--from=") and len(rest[2]) > 7:
+        return config, rest[2].split("=", 1)[1]
+    return None
+
+
+def _run_recv(config_path: str | None, source: str) -> int:
+    """`move recv` without typer: the same action and error mapping as cli/move.py's command."""
+    import os
+
+    from cocalc_ctl.cli import common
+
+    common.apply_globals(config=config_path, json=False, dry_run=False, verbose=False, quiet=False)
+    try:
+        from cocalc_ctl.actions.move import recv
+
+        return recv.serve(common.config(), source, os.environ.get("SSH_ORIGINAL_COMMAND"))
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes its one line and exit code
+        if isinstance(exc, SystemExit):
+            raise
+        return common.exit_for(exc)
 
 
 GLOBAL_FLAGS = {"--json", "--dry-run", "-v", "--verbose", "-q", "--quiet", "--wide"}
@@ -108,6 +138,9 @@ def main() -> None:
         from cocalc_ctl.actions.keys.sshauth import authorized_keys_fast
 
         sys.exit(authorized_keys_fast(fast[1], fast[0]))
+    recv = fast_recv(sys.argv[1:]) if "recv" in sys.argv else None
+    if recv is not None:
+        _exit_now(_run_recv(*recv))
     if "start" in sys.argv:
         from cocalc_ctl.cli import fast_move
 

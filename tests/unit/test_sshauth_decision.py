@@ -309,3 +309,38 @@ def test_authorized_keys_fast_path_imports_no_cli_framework(kh):
     assert res.returncode == 0 and res.stdout == ""
     imported = {line.split("|")[-1].strip() for line in res.stderr.splitlines() if "import time:" in line}
     assert not imported & {"typer", "click", "rich", "psycopg", "cryptography", "asyncio"}
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["move", "recv", "--from", "h1"], (None, "h1")),
+    (["--config", "/etc/c.yaml", "move", "recv", "--from", "h1"], ("/etc/c.yaml", "h1")),
+    (["--config=/c", "move", "recv", "--from=h1"], ("/c", "h1")),
+    (["move", "recv", "--from="], None),
+    (["move", "recv", "--from", "--help"], None),
+    (["move", "recv", "--help"], None),
+    (["-v", "move", "recv", "--from", "h1"], None),  # any other flag: the full CLI
+    (["move", "recv", "--from", "h1", "extra"], None),
+    (["move", "send", "--from", "h1"], None),
+])
+def test_entry_fast_recv_only_for_the_exact_forced_command(argv, expected):
+    from cocalc_ctl.cli.entry import fast_recv
+
+    assert fast_recv(argv) == expected
+
+
+def test_move_recv_fast_path_imports_no_cli_framework_and_answers_as_the_full_cli(kh):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in kh.env.items() if k != "SSH_ORIGINAL_COMMAND"}
+    src = str(uuid.uuid4())
+    fast = subprocess.run([sys.executable, "-X", "importtime", "-m", "cocalc_ctl", "move", "recv", "--from", src],
+                          env=env, capture_output=True, text=True)
+    imported = {line.split("|")[-1].strip() for line in fast.stderr.splitlines() if "import time:" in line}
+    assert "cocalc_ctl.actions.move.recv" in imported  # the method sees the action's import
+    assert not imported & {"typer", "click", "rich", "cocalc_ctl.cli.main"}
+    full = subprocess.run([sys.executable, "-m", "cocalc_ctl", "-q", "move", "recv", "--from", src],  # -q: full CLI
+                          env=env, capture_output=True, text=True)
+    errors = [ln for ln in fast.stderr.splitlines() if not ln.startswith("import time:")]
+    assert fast.returncode == full.returncode != 0
+    assert errors == full.stderr.splitlines() and len(errors) == 1 and errors[0].startswith("cocalc-ctl: error:")
