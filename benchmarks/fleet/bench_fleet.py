@@ -9,8 +9,9 @@ Measured, interleaved round by round against baselines in the same run:
 - claim: CLAIM_SQL (the worker's) in a transaction rolled back after each run (every run claims the
   oldest queued move, like a poll) — with the partial index, and with it dropped inside the same kind
   of transaction (the baseline: what every poll cost before). Target: p99 < 2 ms.
-- destination choice alone: the one aggregate of `move start` vs the correlated count per host it
-  replaced (with projects(host_id, project_id) present, and without any index on host_id). Hosts are marked
+- destination choice alone: `move start`'s read of the per-host counters (kept by a trigger) vs the
+  one aggregate over the candidates' projects it replaced, and the correlated count per host before
+  that (with projects(host_id, project_id) present, and without any index on host_id). Hosts are marked
   seen a day ahead so that every host stays a candidate for the whole run (`move start` only
   considers hosts seen in the last 2 minutes).
 - `move start PROJECT` (no --to) wall time through the CLI, including its start, against the same
@@ -95,7 +96,7 @@ def main() -> int:
 
     import psycopg
 
-    from cocalc_ctl.actions.move.hub import LEAST_LOADED_SQL
+    from cocalc_ctl.actions.move.hub import LEAST_LOADED_COUNTED_SQL, LEAST_LOADED_SQL
     from cocalc_ctl.actions.move.worker import CLAIM_SQL
     from cocalc_ctl.state import hub_db
     from tests.support.postgres import Postgres
@@ -116,7 +117,7 @@ def main() -> int:
 
         # -- claim and destination queries, interleaved with their baselines -------------------------
         claim_new, claim_old = [], []
-        dest_new, dest_old_idx, dest_old_noidx = [], [], []
+        dest_new, dest_agg, dest_old_idx, dest_old_noidx = [], [], [], []
         params = {"owner": "bench", "lease": 60}
         with psycopg.connect(dsn, prepare_threshold=None) as conn:
             source = conn.execute("SELECT host_id FROM projects LIMIT 1").fetchone()[0]
@@ -132,9 +133,11 @@ def main() -> int:
                         claim_old.append(timed(conn, CLAIM_SQL, params))
                         conn.rollback()
             for i in range(args.dest_rounds):
-                for which in ([0, 1, 2] if i % 2 == 0 else [2, 1, 0]):
+                for which in ([0, 3, 1, 2] if i % 2 == 0 else [2, 1, 3, 0]):
                     if which == 0:
                         dest_new.append(timed(conn, LEAST_LOADED_SQL, dparams))
+                    elif which == 3:
+                        dest_agg.append(timed(conn, LEAST_LOADED_COUNTED_SQL, dparams))
                     elif which == 1:
                         dest_old_idx.append(timed(conn, OLD_DEST_SQL, dparams))
                     else:
@@ -163,7 +166,8 @@ def main() -> int:
         print(f"  target p99 < 2 ms (client-side): {verdict}\n")
         print("destination choice of `move start` (query alone), client-side ms:")
         print(f"  {'variant':44} {'median':>9} {'p99':>9}")
-        for name, xs in (("one aggregate (this code)", dest_new),
+        for name, xs in (("per-host counter (this code)", dest_new),
+                         ("one aggregate over projects", dest_agg),
                          ("count per host, host_id index", dest_old_idx),
                          ("count per host, no host_id index (baseline)", dest_old_noidx)):
             print(f"  {name:44} {ms(statistics.median(xs)):>9} {ms(pct(xs, 99)):>9}")

@@ -393,6 +393,44 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             USING (host_id = cocalc_ctl_host_id())""",
         """ALTER TABLE host_proxy_secrets ENABLE ROW LEVEL SECURITY""",
     ]),
+    # fleet scale: how many projects each host holds, kept by a trigger on projects, so `move start`'s
+    # destination choice reads one row per candidate host instead of every project of the fleet. The
+    # backfill runs under a lock that keeps writers out between the count and the trigger's first change.
+    ("fleet scale: per-host project counts", [
+        """LOCK TABLE projects IN SHARE ROW EXCLUSIVE MODE""",
+        """CREATE TABLE IF NOT EXISTS host_project_counts (
+               host_id uuid PRIMARY KEY,
+               n       bigint NOT NULL DEFAULT 0 CHECK (n >= 0))""",
+        """CREATE OR REPLACE FUNCTION cocalc_ctl_count_projects() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             IF TG_OP = 'UPDATE' AND OLD.host_id IS NOT DISTINCT FROM NEW.host_id THEN
+               RETURN NULL;
+             END IF;
+             IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.host_id IS NOT NULL THEN
+               UPDATE host_project_counts SET n = n - 1 WHERE host_id = OLD.host_id;
+             END IF;
+             IF TG_OP IN ('UPDATE', 'INSERT') AND NEW.host_id IS NOT NULL THEN
+               INSERT INTO host_project_counts (host_id, n) VALUES (NEW.host_id, 1)
+                 ON CONFLICT (host_id) DO UPDATE SET n = host_project_counts.n + 1;
+             END IF;
+             RETURN NULL;
+           END $$""",
+        """CREATE OR REPLACE FUNCTION cocalc_ctl_count_projects_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             DELETE FROM host_project_counts;
+             RETURN NULL;
+           END $$""",
+        """DROP TRIGGER IF EXISTS cocalc_ctl_projects_count ON projects""",
+        """CREATE TRIGGER cocalc_ctl_projects_count AFTER INSERT OR DELETE OR UPDATE OF host_id ON projects
+           FOR EACH ROW EXECUTE FUNCTION cocalc_ctl_count_projects()""",
+        """DROP TRIGGER IF EXISTS cocalc_ctl_projects_count_truncate ON projects""",
+        """CREATE TRIGGER cocalc_ctl_projects_count_truncate AFTER TRUNCATE ON projects
+           FOR EACH STATEMENT EXECUTE FUNCTION cocalc_ctl_count_projects_truncated()""",
+        """DELETE FROM host_project_counts""",
+        """INSERT INTO host_project_counts (host_id, n)
+           SELECT host_id, count(*) FROM projects WHERE host_id IS NOT NULL GROUP BY host_id""",
+        *_no_hosts("host_project_counts"),
+    ]),
 ]
 
 

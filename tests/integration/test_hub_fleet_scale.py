@@ -1,5 +1,6 @@
 """Fleet scale against a real PostgreSQL: the index migration on a hub that already has data, the
-move worker's claim query on its partial index, `move start`'s least-loaded host as one aggregate."""
+move worker's claim query on its partial index, `move start`'s least-loaded host from per-host project
+counts that a trigger keeps equal to the projects table."""
 
 from __future__ import annotations
 
@@ -139,6 +140,81 @@ def test_move_start_without_to_picks_the_least_loaded_active_trusted_host(admin,
     _sql(hub_dsn, "UPDATE project_hosts SET trusted = false WHERE id <> %s", (source,))
     res = admin.cli("move", "start", pid, check=False, env=env)
     assert res.returncode != 0 and "no trusted, active host" in res.stderr
+
+
+def _counts(dsn: str) -> dict[str, int]:
+    return {h: n for h, n in _sql(dsn, "SELECT host_id::text, n FROM host_project_counts") if n}
+
+
+def _counted(dsn: str) -> dict[str, int]:
+    return dict(_sql(dsn, "SELECT host_id::text, count(*) FROM projects WHERE host_id IS NOT NULL GROUP BY host_id"))
+
+
+def test_per_host_project_counts_follow_every_change_to_projects(admin, hub_dsn):
+    import random
+
+    hosts = _fill(hub_dsn, hosts=5, projects=500, done_moves=0, queued=0)
+    assert _counts(hub_dsn) == _counted(hub_dsn) and sum(_counts(hub_dsn).values()) == 500
+    rng = random.Random(16)
+    pids = [r[0] for r in _sql(hub_dsn, "SELECT project_id::text FROM projects")]
+    with psycopg.connect(hub_dsn, autocommit=True) as conn:
+        for _ in range(300):
+            op, pid, host = rng.randrange(6), rng.choice(pids), rng.choice(hosts + [None])
+            if op == 0:  # a new project, placed or not
+                new = str(uuid.uuid4())
+                conn.execute("INSERT INTO projects (project_id, host_id) VALUES (%s, %s)", (new, host))
+                pids.append(new)
+            elif op == 1:
+                conn.execute("DELETE FROM projects WHERE project_id = %s", (pid,))
+            elif op == 2:  # moved, unplaced or placed
+                conn.execute("UPDATE projects SET host_id = %s WHERE project_id = %s", (host, pid))
+            elif op == 3:  # an update that leaves host_id alone counts nothing
+                conn.execute("UPDATE projects SET rootfs_image = 'x', host_id = host_id WHERE project_id = %s", (pid,))
+            elif op == 4:  # many rows in one statement
+                conn.execute("UPDATE projects SET host_id = %s WHERE project_id IN "
+                             "(SELECT project_id FROM projects ORDER BY random() LIMIT 20)", (host,))
+            else:  # a transaction rolled back changes nothing
+                with pytest.raises(RuntimeError), conn.transaction():
+                    conn.execute("UPDATE projects SET host_id = %s", (hosts[0],))
+                    raise RuntimeError("roll back")
+        assert _counts(hub_dsn) == _counted(hub_dsn)
+        conn.execute("TRUNCATE projects CASCADE")
+    assert _counts(hub_dsn) == {} == _counted(hub_dsn)
+
+
+def test_per_host_project_counts_are_backfilled_on_a_hub_that_has_projects(admin, hub_dsn):
+    from cocalc_ctl.state.hub_db import MIGRATIONS
+
+    _fill(hub_dsn, hosts=4, projects=400, done_moves=0, queued=0)
+    version = next(i for i, (name, _) in enumerate(MIGRATIONS, 1) if name == "fleet scale: per-host project counts")
+    # a hub from before the migration: no counts, no triggers, the version not recorded
+    _sql(hub_dsn, "DROP TRIGGER cocalc_ctl_projects_count ON projects")
+    _sql(hub_dsn, "DROP TRIGGER cocalc_ctl_projects_count_truncate ON projects")
+    _sql(hub_dsn, "DROP TABLE host_project_counts")
+    _sql(hub_dsn, "DELETE FROM cocalc_ctl_schema_migrations WHERE version >= %s", (version,))
+    admin.cli("hub", "migrate", env={"COCALC_CTL_HUB_DSN": hub_dsn})
+    assert _counts(hub_dsn) == _counted(hub_dsn) and sum(_counts(hub_dsn).values()) == 400
+    admin.cli("hub", "migrate", env={"COCALC_CTL_HUB_DSN": hub_dsn})  # again: nothing doubles
+    assert _counts(hub_dsn) == _counted(hub_dsn)
+
+
+def _relations(node: dict) -> set[str]:
+    return {node["Relation Name"]} if "Relation Name" in node else set() | {
+        r for n in node.get("Plans", []) for r in _relations(n)}
+
+
+def test_the_destination_choice_reads_one_row_per_host_not_the_projects(admin, hub_dsn):
+    from cocalc_ctl.actions.move.hub import LEAST_LOADED_COUNTED_SQL, LEAST_LOADED_SQL
+
+    hosts = _fill(hub_dsn, hosts=6, projects=30000, done_moves=0, queued=0)
+    _sql(hub_dsn, "VACUUM host_project_counts")  # 30,000 inserts in one burst leave dead row versions; autovacuum's job
+    with psycopg.connect(hub_dsn) as conn:
+        plan = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + LEAST_LOADED_SQL, {"source": hosts[0]}).fetchone()[0]
+        counted = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + LEAST_LOADED_COUNTED_SQL,
+                               {"source": hosts[0]}).fetchone()[0]
+    assert _relations(plan[0]["Plan"]) == {"project_hosts", "host_project_counts"}
+    assert _max_rows(plan[0]["Plan"]) <= len(hosts)
+    assert "projects" in _relations(counted[0]["Plan"]) and _max_rows(counted[0]["Plan"]) >= 20000  # the method sees it
 
 
 def _max_rows(node: dict) -> int:
