@@ -24,7 +24,6 @@ def test_destination_too_small_fails_cleanly(small_pair):
     assert res.returncode == 5 and "free" in res.stderr, res.stderr
     assert not (b.pool / "_incoming" / big).exists()
     assert tree_digest(a.project_path(big)) == before
-    assert os.listdir(a.project_path(big) / ".snapshots") == ["s1"]  # a failed send by hand takes its snapshot away
 
     # 2. the live project fits but its snapshots together do not: the receive runs out of space
     #    half way, the partial receive is deleted and the sender rolls the destination back
@@ -43,4 +42,3 @@ def test_destination_too_small_fails_cleanly(small_pair):
     assert tree_digest(a.project_path(pid)) == live
     for n, d in digests.items():
         assert tree_digest(a.project_path(pid) / ".snapshots" / n) == d
-    assert sorted(os.listdir(a.project_path(pid) / ".snapshots")) == ["s1", "s2"]  # no move snapshot left

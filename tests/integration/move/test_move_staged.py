@@ -99,10 +99,9 @@ def test_staged_copy_resumes_after_the_send_is_killed(pair):
 
 
 def test_a_failed_moves_snapshot_is_dropped_by_the_next_move_and_never_sent(small_pair):
-    """A staged send run by hand that fails after taking its move snapshot removes it again; one that a
-    crash left behind (the host died mid-send) is deleted by the next move (another name) instead of
-    being shipped as an ordinary snapshot. A retry under the same name reuses its snapshot
-    (test_staged_copy_resumes_after_the_send_is_killed)."""
+    """A staged move that fails after taking its move snapshot leaves it behind; a new move (another
+    name) deletes it instead of shipping it as an ordinary snapshot. A retry under the same name
+    reuses its snapshot (test_staged_copy_resumes_after_the_send_is_killed)."""
     from tests.support.move import make_project
 
     a, b, rb, _ = small_pair
@@ -113,10 +112,7 @@ def test_a_failed_moves_snapshot_is_dropped_by_the_next_move_and_never_sent(smal
     subprocess.run(["btrfs", "filesystem", "sync", str(a.pool)], check=True)
     res = a.cli("move", "send", pid, "--to", rb.spec(), "--mode", "staged", "--snapshot", "move-one", check=False)
     assert res.returncode == 5 and "free" in res.stderr, res.stderr
-    assert sorted(os.listdir(a.project_path(pid) / ".snapshots")) == ["s1"]  # the failed send took it away
-    # what a send that crashed at that point leaves: the snapshot its move log names
-    subprocess.run(["btrfs", "subvolume", "snapshot", "-r", str(a.project_path(pid)),
-                    str(a.project_path(pid) / ".snapshots" / "move-one")], check=True, capture_output=True)
+    assert (a.project_path(pid) / ".snapshots" / "move-one").is_dir()  # what the failed move left
     (a.project_path(pid) / "big.bin").unlink()
     subprocess.run(["btrfs", "filesystem", "sync", str(a.pool)], check=True)
     evs = events(a.cli("--json", "move", "send", pid, "--to", rb.spec(), "--mode", "staged",
