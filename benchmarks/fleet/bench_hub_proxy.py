@@ -131,13 +131,23 @@ def start_hub(work: Path, dsn: str, auth: str, extra: dict | None = None, code: 
     path = write_config(work / f"hub-{port}.yaml", cfg)
     env = {k: v for k, v in os.environ.items() if not k.startswith("COCALC_CTL_")}
     prog = [sys.executable, "-m", "cocalc_ctl"]
-    if PROFILE is not None and code is None:
-        prog = [sys.executable, "-m", "cProfile", "-o", str(PROFILE / f"hub-{auth}-{port}.prof"), "-m", "cocalc_ctl"]
-    if code is not None:
-        run = "runpy.run_module('cocalc_ctl', run_name='__main__', alter_sys=True)"
-        if PROFILE is not None:  # cProfile writes its file in a finally: also when the CLI exits by SystemExit
-            run = f"cProfile.runctx({run!r}, globals(), None, {str(PROFILE / f'hub-{auth}-{port}.prof')!r})"
-        prog = [sys.executable, "-c", f"import cProfile, runpy, sys; sys.path.insert(0, {str(code)!r}); {run}"]
+    if code is not None or PROFILE is not None:
+        lines = ["import cProfile, os, runpy, sys"]
+        if code is not None:
+            lines.append(f"sys.path.insert(0, {str(code)!r})")
+        if PROFILE is not None:
+            # the CLI ends with os._exit (no interpreter teardown): write the profile on the way out
+            lines += ["prof = cProfile.Profile()", "_exit = os._exit",
+                      "def _dump():",
+                      "    prof.disable()",
+                      f"    prof.dump_stats({str(PROFILE / f'hub-{auth}-{port}.prof')!r})",
+                      "def _exit_dumping(code):",
+                      "    _dump()",
+                      "    _exit(code)",
+                      "os._exit = _exit_dumping",
+                      "prof.enable()"]
+        lines.append("runpy.run_module('cocalc_ctl', run_name='__main__', alter_sys=True)")
+        prog = [sys.executable, "-c", "\n".join(lines)]
     return Service([*prog, "--config", str(path), "proxy", "serve", "--mode", "hub",
                     "--listen", f"127.0.0.1:{port}", "--workers", str(WORKERS), "--no-access-log"],
                    work / f"hub-{port}.log", port, env=env)
