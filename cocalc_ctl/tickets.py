@@ -10,7 +10,8 @@ every host checks that it is named in the right role.
 Payload fields: `v` (1), `mid` move id, `att` attempt, `p` project, `src`/`dst` host ids, `mode`,
 `snap` snapshot name, `verbs` (sorted subset of VERBS), `iat`/`exp` (unix seconds).
 
-Roles: `send` and `cleanup` are run by the source (`src` = this host); `finalize` and `abort` by
+Roles: `send`, `cleanup` and `release` (after a failed or cancelled move: drop that move's own
+snapshot and stream files, the project stays) are run by the source (`src` = this host); `finalize` and `abort` by
 the destination (`dst` = this host); the receiver grammar (list/receive/persist/abort/rsync of the
 btrfs-<peer> login) needs a `send` ticket naming this host as `dst` and the logged-in peer as `src`.
 This module is import-light (stdlib + cryptography) for the receiver's forced command.
@@ -29,7 +30,7 @@ from cocalc_ctl import ids
 from cocalc_ctl.errors import InvalidInput
 
 VERSION = 1
-VERBS = ("send", "finalize", "cleanup", "abort")
+VERBS = ("send", "finalize", "cleanup", "abort", "release")
 MODES = ("pipe", "staged", "backup")
 SKEW_SECONDS = 300          # clocks of hub and hosts may differ this much
 MAX_TICKET = 1024           # characters; a real one is about 480 (570 with two signatures)
@@ -197,7 +198,7 @@ def require(ticket: Ticket, *, verb: str, me: str, project_id: str, peer: str | 
         raise TicketRefused(f"the ticket is for project {ticket.project_id}, not {project_id}")
     if verb not in ticket.verbs:
         raise TicketRefused(f"the ticket does not authorise {verb}")
-    role_host = ticket.source if verb in ("send", "cleanup") and peer is None else ticket.dest
+    role_host = ticket.source if verb in ("send", "cleanup", "release") and peer is None else ticket.dest
     if role_host != me:
         role = "source" if role_host == ticket.source else "destination"
         raise TicketRefused(f"the ticket names another host as {role}")

@@ -14,7 +14,7 @@ _cocalc_ctl() {
         ['cocalc-ctl hub token']='create list prune revoke'
         ['cocalc-ctl keys']='broadcast ensure known-hosts peers proxy-secret register rotate show sync trust untrust watch'
         ['cocalc-ctl metrics']='show write'
-        ['cocalc-ctl move']='abort cancel cleanup finalize host-step recv send start status worker'
+        ['cocalc-ctl move']='abort cancel cleanup finalize host-step recv release send start status worker'
         ['cocalc-ctl project']='create delete list show ssh start status stop'
         ['cocalc-ctl proxy']='serve'
         ['cocalc-ctl rootfs']='gc list mount pull resolve rm umount'
@@ -87,6 +87,7 @@ _cocalc_ctl() {
         ['cocalc-ctl move finalize']='--from-backup --quota --ticket -h --help'
         ['cocalc-ctl move host-step']='-h --help'
         ['cocalc-ctl move recv']='--from -h --help'
+        ['cocalc-ctl move release']='--snapshot --ticket -h --help'
         ['cocalc-ctl move send']='--to --mode --compress --bwlimit --snapshot --ticket -h --help'
         ['cocalc-ctl move start']='--to --mode --compress -h --help'
         ['cocalc-ctl move status']='--watch --limit --after -h --help'
@@ -135,7 +136,7 @@ _cocalc_ctl() {
     )
     local globals='--config --json --dry-run -v --verbose -q --quiet --wide --version -h --help'
     local valopts=' --account --after --bin --bwlimit --compress --concurrency --config --cpu-shares --disk --expires --from --from-backup --host --id --image --internal-url --keep-daily --keep-frequent --keep-hourly --keep-last --keep-monthly --keep-weekly --keep-yearly --limit --listen --loopback --max-size --memory --mode --name --older-than --only --out --password-file --path --pids --poll --project --quota --reason --role --seconds --snapshot --swap --textfile-dir --ticket --tmp --to --to-project --unit-dir --user --user-unit-dir --which --workers '
-    local projcmds='|cocalc-ctl backup cleanup|cocalc-ctl backup create|cocalc-ctl backup list|cocalc-ctl backup prune|cocalc-ctl hub project add|cocalc-ctl hub project grant|cocalc-ctl hub project revoke|cocalc-ctl hub project rm|cocalc-ctl hub project set|cocalc-ctl hub project show|cocalc-ctl hub project users|cocalc-ctl move abort|cocalc-ctl move cancel|cocalc-ctl move cleanup|cocalc-ctl move finalize|cocalc-ctl move send|cocalc-ctl move start|cocalc-ctl move status|cocalc-ctl project create|cocalc-ctl project delete|cocalc-ctl project show|cocalc-ctl project ssh|cocalc-ctl project start|cocalc-ctl project status|cocalc-ctl project stop|cocalc-ctl restore|cocalc-ctl rootfs mount|cocalc-ctl rootfs resolve|cocalc-ctl rootfs umount|cocalc-ctl snapshot auto|cocalc-ctl snapshot create|cocalc-ctl snapshot delete|cocalc-ctl snapshot list|cocalc-ctl snapshot lock|cocalc-ctl snapshot prune|cocalc-ctl snapshot unlock|cocalc-ctl sshpiper keys-refresh|'
+    local projcmds='|cocalc-ctl backup cleanup|cocalc-ctl backup create|cocalc-ctl backup list|cocalc-ctl backup prune|cocalc-ctl hub project add|cocalc-ctl hub project grant|cocalc-ctl hub project revoke|cocalc-ctl hub project rm|cocalc-ctl hub project set|cocalc-ctl hub project show|cocalc-ctl hub project users|cocalc-ctl move abort|cocalc-ctl move cancel|cocalc-ctl move cleanup|cocalc-ctl move finalize|cocalc-ctl move release|cocalc-ctl move send|cocalc-ctl move start|cocalc-ctl move status|cocalc-ctl project create|cocalc-ctl project delete|cocalc-ctl project show|cocalc-ctl project ssh|cocalc-ctl project start|cocalc-ctl project status|cocalc-ctl project stop|cocalc-ctl restore|cocalc-ctl rootfs mount|cocalc-ctl rootfs resolve|cocalc-ctl rootfs umount|cocalc-ctl snapshot auto|cocalc-ctl snapshot create|cocalc-ctl snapshot delete|cocalc-ctl snapshot list|cocalc-ctl snapshot lock|cocalc-ctl snapshot prune|cocalc-ctl snapshot unlock|cocalc-ctl sshpiper keys-refresh|'
     local cmdpath=cocalc-ctl i w cfg=
     for ((i = 1; i < COMP_CWORD; i++)); do
         w="${COMP_WORDS[i]}"

@@ -25,7 +25,11 @@ with a grant and a token, so the decision query runs at that scale).
 
     .venv/bin/python benchmarks/fleet/bench_hub_proxy.py [--projects 100000] [--hit 10000] \
         [--requests 1000000] [--clients 64] [--hot-seconds 20] [--quick] [--skip-cold] [--skip-rss] \
-        [--rss-auth none|builtin|both] [--scale 10]
+        [--rss-auth none|builtin|both] [--scale 10] [--workers N] [--baseline REV]
+
+Section 1 also prints the lookup's own latency (miss -> answer, measured inside the proxy: its /metrics
+histogram `cocalc_proxy_hub_lookup_seconds`) beside the whole request's; `--baseline REV` runs it with
+another revision's code too, interleaved (that code may lack the histogram).
 
 Needs root, wrk, nginx (nginx-light) and the PostgreSQL server binaries (as the tests). Prints the
 environment first (load average: on a busy machine every figure is "under load").
@@ -112,7 +116,13 @@ def bench_account(dsn: str, hit: list[str]) -> str:
     return add_token(dsn, account)[0]
 
 
-def start_hub(work: Path, dsn: str, auth: str, extra: dict | None = None):
+WORKERS = 1  # --workers of every hub proxy started (set by main)
+PROFILE: Path | None = None  # --profile DIR: this code's proxies run under cProfile, stats written there
+
+
+def start_hub(work: Path, dsn: str, auth: str, extra: dict | None = None, code: Path | None = None):
+    """A hub proxy of this checkout, or (`code`: a directory holding another revision's cocalc_ctl
+    package, see export_code) of that revision."""
     from tests.support.proxy import Service, write_config
     from tests.support.ports import free_port
 
@@ -120,9 +130,36 @@ def start_hub(work: Path, dsn: str, auth: str, extra: dict | None = None):
     cfg = {"data_dir": str(work / f"hub-{port}"), "hub_dsn": dsn, "proxy": {"auth": auth, **(extra or {})}}
     path = write_config(work / f"hub-{port}.yaml", cfg)
     env = {k: v for k, v in os.environ.items() if not k.startswith("COCALC_CTL_")}
-    return Service([sys.executable, "-m", "cocalc_ctl", "--config", str(path), "proxy", "serve", "--mode", "hub",
-                    "--listen", f"127.0.0.1:{port}", "--workers", "1", "--no-access-log"],
+    prog = [sys.executable, "-m", "cocalc_ctl"]
+    if code is not None or PROFILE is not None:
+        lines = ["import cProfile, os, runpy, sys"]
+        if code is not None:
+            lines.append(f"sys.path.insert(0, {str(code)!r})")
+        if PROFILE is not None:
+            # the CLI ends with os._exit (no interpreter teardown): write the profile on the way out
+            lines += ["prof = cProfile.Profile()", "_exit = os._exit",
+                      "def _dump():",
+                      "    prof.disable()",
+                      f"    prof.dump_stats({str(PROFILE / f'hub-{auth}-{port}.prof')!r})",
+                      "def _exit_dumping(code):",
+                      "    _dump()",
+                      "    _exit(code)",
+                      "os._exit = _exit_dumping",
+                      "prof.enable()"]
+        lines.append("runpy.run_module('cocalc_ctl', run_name='__main__', alter_sys=True)")
+        prog = [sys.executable, "-c", "\n".join(lines)]
+    return Service([*prog, "--config", str(path), "proxy", "serve", "--mode", "hub",
+                    "--listen", f"127.0.0.1:{port}", "--workers", str(WORKERS), "--no-access-log"],
                    work / f"hub-{port}.log", port, env=env)
+
+
+def export_code(work: Path, rev: str) -> Path:
+    """The cocalc_ctl package of git revision `rev` of this checkout, in a directory of its own."""
+    dest = work / f"code-{re.sub(r'[^A-Za-z0-9]', '_', rev)}"
+    dest.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "cocalc_ctl"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
 
 
 # -- 1. cold vs warm ------------------------------------------------------------------------------
@@ -162,57 +199,152 @@ async def cold_warm(port: int, projects: list[str], clients: int, token: str | N
 
 
 def lookups(port: int) -> dict:
+    """/metrics as {series: value}, summed over the workers' labels; histogram buckets as
+    `name_bucket|kind|le` (summed over workers too)."""
     import urllib.request
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(cocalc_proxy_\w+?)(?:\{[^}]*\})? ([\d.e+-]+)$",
-                                                              text, re.M)}
+    out: dict = {}
+    for m in re.finditer(r"^(cocalc_proxy_\w+?)(?:\{([^}]*)\})? ([\d.e+-]+|\+Inf)$", text, re.M):
+        name, labels, value = m.group(1), dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or "")), float(m.group(3))
+        if name.startswith("cocalc_proxy_hub_lookup_seconds"):
+            key = "|".join([name, labels.get("kind", "")] + ([labels["le"]] if "le" in labels else []))
+        else:
+            key = name
+        out[key] = out.get(key, 0) + value
+    return out
 
 
-def run_cold(work: Path, dsn: str, hit: list[str], token: str, clients: int) -> None:
-    print(f"## 1. cold vs warm: {len(hit)} distinct projects, {clients} concurrent keep-alive clients, "
-          "each project's first request (cold) then the same again (warm, cached), whole request through "
-          "hub proxy -> nginx, under load\n")
+def lookup_percentiles(before: dict, after: dict, kind: str) -> tuple[int, float, float] | None:
+    """(n, median ms, p99 ms) of the proxy's own lookup histogram between two scrapes (linear within a
+    bucket); None when the proxy has no such histogram (older code) or it saw no lookup."""
+    prefix = f"cocalc_proxy_hub_lookup_seconds_bucket|{kind}|"
+    les = sorted((float(k[len(prefix):]) if k[len(prefix):] != "+Inf" else float("inf"), k)
+                 for k in after if k.startswith(prefix))
+    if not les:
+        return None
+    cum = [(le, after[k] - before.get(k, 0)) for le, k in les]
+    n = cum[-1][1]
+    if n <= 0:
+        return None
+
+    def q(p: float) -> float:
+        target, lo, below = p * n, 0.0, 0.0
+        for le, c in cum:
+            if c >= target:
+                if le == float("inf"):
+                    return lo * 1000
+                return (lo + (le - lo) * ((target - below) / max(c - below, 1e-9))) * 1000
+            lo, below = le, c
+        return lo * 1000
+
+    return int(n), q(0.5), q(0.99)
+
+
+def run_cold(work: Path, dsn: str, hit: list[str], token: str, clients: int,
+             baseline: tuple[str, Path] | None = None) -> None:
+    """Each proxy.auth with this code and, with `baseline` (name, exported code), with that revision too,
+    alternating which goes first; every variant is a fresh proxy, so the same projects are cold in each."""
+    variants = [(auth, "this code", None) for auth in ("none", "builtin")]
+    if baseline is not None:
+        variants = []
+        for i, auth in enumerate(("none", "builtin")):
+            pair = [(auth, "this code", None), (auth, baseline[0], baseline[1])]
+            variants += pair if i % 2 else pair[::-1]
+    print(f"## 1. cold vs warm: {len(hit)} distinct projects (each variant a fresh proxy: all cold again), "
+          f"{clients} concurrent keep-alive clients, each project's first request (cold) then the same again (warm, cached), whole request through "
+          f"hub proxy (--workers {WORKERS}) -> nginx, under load\n")
     rows = []
-    for auth in ("none", "builtin"):
-        hub = start_hub(work, dsn, auth)
-        try:
-            # warm the proxy itself (code paths, pool connections) on projects not measured
-            asyncio.run(cold_warm(hub.port, hit[-50:], 8, token if auth == "builtin" else None))
-            # one client: the lookup's latency without queueing behind other clients' lookups
-            solo = hit[-50 - max(1, len(hit) // 20):-50]
-            cold1, warm1 = asyncio.run(cold_warm(hub.port, solo, 1, token if auth == "builtin" else None))
-            before = lookups(hub.port)
-            cpu0 = cpu_seconds(hub.pid)
-            t = time.monotonic()
-            cold, warm = asyncio.run(cold_warm(hub.port, hit[:-50 - len(solo)], clients,
-                                               token if auth == "builtin" else None))
-            wall = time.monotonic() - t
-            cpu = cpu_seconds(hub.pid) - cpu0
-            after = lookups(hub.port)
-        finally:
-            hub.stop()
-        rl = after.get("cocalc_proxy_route_lookups_total", 0) - before.get("cocalc_proxy_route_lookups_total", 0)
-        al = after.get("cocalc_proxy_auth_lookups_total", 0) - before.get("cocalc_proxy_auth_lookups_total", 0)
-        rows.append((auth, cold, warm, wall, rl, al, cpu, cold1, warm1))
-    print("| proxy.auth | request | n | median ms | p90 ms | p99 ms | max ms |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for auth, cold, warm, wall, rl, al, cpu, cold1, warm1 in rows:
-        for name, xs in ((f"cold (first), {clients} clients", cold), (f"warm (cached), {clients} clients", warm),
-                         ("cold (first), 1 client", cold1), ("warm (cached), 1 client", warm1)):
-            print(f"| {auth} | {name} | {len(xs)} | {pct(xs, 50):.2f} | {pct(xs, 90):.2f} | {pct(xs, 99):.2f} | "
-                  f"{max(xs):.2f} |")
+    for auth, label, code in variants:
+        rows.append(_cold_variant(work, dsn, hit, token, clients, auth, label, code))
+    print("| code | proxy.auth | request | n | median ms | p90 ms | p99 ms | max ms |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        for name, xs in ((f"cold (first), {clients} clients", r["cold"]), (f"warm (cached), {clients} clients", r["warm"]),
+                         ("cold (first), 1 client", r["cold1"]), ("warm (cached), 1 client", r["warm1"])):
+            print(f"| {r['label']} | {r['auth']} | {name} | {len(xs)} | {pct(xs, 50):.2f} | {pct(xs, 90):.2f} | "
+                  f"{pct(xs, 99):.2f} | {max(xs):.2f} |")
     print()
-    for auth, cold, warm, wall, rl, al, cpu, cold1, warm1 in rows:
-        print(f"- {auth}, {clients} clients: the proxy used {cpu:.2f} s of CPU for {len(cold) + len(warm)} requests "
-              f"in {wall:.2f} s ({cpu / wall:.2f} cores): {cpu / (len(cold) + len(warm)) * 1e6:.0f} us per request, "
-              f"half of them cold")
+    print("The lookup alone (miss -> answer inside the proxy, its /metrics histogram "
+          "`cocalc_proxy_hub_lookup_seconds`, interpolated within buckets), during the 64-client run:\n")
+    print("| code | proxy.auth | lookup | n | median ms | p99 ms | whole cold request p99 ms |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        for kind in ("decision", "route"):
+            got = lookup_percentiles(r["before"], r["after"], kind)
+            if got is None:
+                if r["code"] is None and not (kind == "route" and r["auth"] == "builtin"):
+                    print(f"| {r['label']} | {r['auth']} | {kind} | 0 | - | - | {pct(r['cold'], 99):.2f} |")
+                continue
+            print(f"| {r['label']} | {r['auth']} | {kind} | {got[0]} | {got[1]:.2f} | {got[2]:.2f} | "
+                  f"{pct(r['cold'], 99):.2f} |")
+        if r["code"] is not None:
+            print(f"| {r['label']} | {r['auth']} | (no histogram in that code) | | | | {pct(r['cold'], 99):.2f} |")
+    print()
+    for r in rows:
+        cold, warm, wall, cpu = r["cold"], r["warm"], r["wall"], r["cpu"]
+        print(f"- {r['label']}, {r['auth']}, {clients} clients: the proxy used {cpu:.2f} s of CPU for "
+              f"{len(cold) + len(warm)} requests in {wall:.2f} s ({cpu / wall:.2f} cores): "
+              f"{cpu / (len(cold) + len(warm)) * 1e6:.0f} us per request, half of them cold")
         verdict = "met" if pct(cold, 99) < 5 else "NOT met"
-        print(f"- {auth}: cold - warm: median {pct(cold, 50) - pct(warm, 50):+.2f} ms, p99 "
-              f"{pct(cold, 99) - pct(warm, 99):+.2f} ms; cold/warm median {pct(cold, 50) / pct(warm, 50):.2f}; "
-              f"target cold p99 < 5 ms: {verdict}; {len(cold) * 2 / wall:.0f} req/s; route lookups "
-              f"{rl:.0f}, decision lookups {al:.0f} (from /metrics; one per cold request expected)")
+        batches = r["after"].get("cocalc_proxy_hub_batches_total", 0) - r["before"].get("cocalc_proxy_hub_batches_total", 0)
+        keys = r["after"].get("cocalc_proxy_hub_batched_keys_total", 0) - \
+            r["before"].get("cocalc_proxy_hub_batched_keys_total", 0)
+        print(f"  cold - warm: median {pct(cold, 50) - pct(warm, 50):+.2f} ms, p99 "
+              f"{pct(cold, 99) - pct(warm, 99):+.2f} ms; target cold p99 < 5 ms: {verdict}; "
+              f"{len(cold) * 2 / wall:.0f} req/s; route lookups {r['rl']:.0f}, decision lookups {r['al']:.0f}"
+              + (f"; {batches:.0f} batched queries ({keys / batches:.1f} keys each)" if batches else ""))
     print(flush=True)
+
+
+def _cold_variant(work, dsn, hit, token, clients, auth, label, code) -> dict:
+    tok = token if auth == "builtin" else None
+    hub = start_hub(work, dsn, auth, code=code)
+    try:
+        # warm the proxy itself (code paths, pool connections) on projects not measured
+        asyncio.run(cold_warm(hub.port, hit[-50:], 8, tok))
+        # one client: the lookup's latency without queueing behind other clients' lookups
+        solo = hit[-50 - max(1, len(hit) // 20):-50]
+        cold1, warm1 = asyncio.run(cold_warm(hub.port, solo, 1, tok))
+        settle = 1.5 if WORKERS > 1 else 0.0  # the other workers' series on /metrics are up to 1 s old
+        time.sleep(settle)
+        before = lookups(hub.port)
+        cpu0 = cpu_seconds_tree(hub.pid)
+        t = time.monotonic()
+        cold, warm = asyncio.run(cold_warm(hub.port, hit[:-50 - len(solo)], clients, tok))
+        wall = time.monotonic() - t
+        cpu = cpu_seconds_tree(hub.pid) - cpu0
+        time.sleep(settle)
+        after = lookups(hub.port)
+    finally:
+        hub.stop()
+    if PROFILE is not None:
+        _print_profile(PROFILE / f"hub-{auth}-{hub.port}.prof", f"{label}, proxy.auth {auth}")
+    rl = after.get("cocalc_proxy_route_lookups_total", 0) - before.get("cocalc_proxy_route_lookups_total", 0)
+    al = after.get("cocalc_proxy_auth_lookups_total", 0) - before.get("cocalc_proxy_auth_lookups_total", 0)
+    return {"auth": auth, "label": label, "code": code, "cold": cold, "warm": warm, "wall": wall, "rl": rl,
+            "al": al, "cpu": cpu, "cold1": cold1, "warm1": warm1, "before": before, "after": after}
+
+
+def _print_profile(path: Path, what: str, top: int = 30) -> None:
+    """The functions the profiled proxy spent its own time in (cProfile's tottime), most first."""
+    import io
+    import pstats
+
+    for _ in range(50):  # the process writes its profile as it exits
+        if path.exists() and path.stat().st_size > 0:
+            break
+        time.sleep(0.1)
+    if not path.exists():
+        print(f"(no profile written at {path})")
+        return
+    out = io.StringIO()
+    st = pstats.Stats(str(path), stream=out)
+    st.sort_stats("tottime").print_stats(top)
+    print(f"### cProfile of the proxy ({what}; whole life of the process, top {top} by own time)\n")
+    print("```")
+    print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[-6000:])
+    print("```\n", flush=True)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -220,13 +352,36 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_seconds_tree(pid: int) -> float:
+    """CPU of the proxy and its worker processes (`--workers N` >= 2 forks them; they outlive the run)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += cpu_seconds(p)
+            for t in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{t}/children").read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return total
+
+
 # -- 2. RSS under random unknown ids ----------------------------------------------------------------
 
 def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    """VmRSS of the proxy, plus its worker processes' with --workers N >= 2."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+            for t in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{t}/children").read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return total
 
 
 def wrk_slice(url: str, script: Path, seconds: int, connections: int, headers: list[str]) -> tuple[int, int]:
@@ -245,7 +400,7 @@ def run_rss(work: Path, dsn: str, token: str, requests: int, connections: int, s
     script = work / "random_uuid.lua"
     script.write_text(LUA)
     base = 10000  # the default of proxy.route_cache_size and proxy.auth_cache_size
-    print(f"## 2. RSS of the hub proxy (--workers 1) while wrk sends {requests} requests for random unknown "
+    print(f"## 2. RSS of the hub proxy (--workers {WORKERS}) while wrk sends {requests} requests for random unknown "
           f"project ids ({connections} connections, 5 s slices), under load\n", flush=True)
     results = []
     for auth, key in (("none", "route_cache_size"), ("builtin", "auth_cache_size")):
@@ -347,7 +502,17 @@ def main() -> int:
     ap.add_argument("--rss-auth", choices=("none", "builtin", "both"), default="both",
                     help="which proxy.auth the RSS runs use (default both)")
     ap.add_argument("--hot-seconds", type=int, default=20, help="seconds of section 3 (0: skip)")
+    ap.add_argument("--workers", type=int, default=1, help="`proxy serve --workers N` of every hub proxy (default 1)")
+    ap.add_argument("--baseline", metavar="REV", help="also run section 1 with the cocalc_ctl of git revision REV "
+                    "of this checkout, interleaved with this code (e.g. the commit before a change)")
+    ap.add_argument("--profile", metavar="DIR", help="run this code's proxies under cProfile (slower: compare "
+                    "shares, not times) and print where their CPU went")
     args = ap.parse_args()
+    global WORKERS, PROFILE
+    WORKERS = args.workers
+    if args.profile:
+        PROFILE = Path(args.profile).resolve()
+        PROFILE.mkdir(parents=True, exist_ok=True)
     if args.quick:
         args.projects, args.hit, args.requests, args.hosts, args.hot_seconds = 5000, 1000, 20000, 10, 5
     if args.hit > args.projects:
@@ -380,7 +545,8 @@ def main() -> int:
               f"(built in {time.monotonic() - t:.1f} s); backend: nginx `return 200` on 127.0.0.1:{nport}\n",
               flush=True)
         if not args.skip_cold:
-            run_cold(work, dsn, hit, token, args.clients)
+            baseline = (f"baseline {args.baseline}", export_code(work, args.baseline)) if args.baseline else None
+            run_cold(work, dsn, hit, token, args.clients, baseline)
         if args.hot_seconds > 0:
             run_hot(work, dsn, args.clients, args.hot_seconds)
         if not args.skip_rss:

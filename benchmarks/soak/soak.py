@@ -21,7 +21,7 @@ sometimes a snapshot before each of their moves; their checksums are taken right
 At the end it checks: every move finished `done`, or `failing` with a reason and cleaned up, and a
 failed move could be started again; every project lives on exactly one host (the one the hub names),
 with the checksums of its last pre-move state; no `_incoming`, `_streams` or restore-staging debris, no
-`move-*` snapshot left on any host, no hub lease held, no backup job left running, no host lock held;
+`move-*` snapshot left on any host (nor by a failed move before its retry), no hub lease held, no backup job left running, no host lock held;
 and a request for every project through the hub proxy reaches that project's own server on its
 current host (`project start`, the request, `project stop`).
 
@@ -82,6 +82,24 @@ STATE = "demo-state.json"  # the demo's state file format: scripts/demo.py's tea
 PREFIX = "cocalc-soak-"
 MODES = [("pipe", "none"), ("pipe", "zstd"), ("staged", "lz4"), ("staged", "zstd"), ("backup", "none")]
 TERMINAL = ("done", "failing", "cancelled")
+
+
+def move_subvolumes(pool: Path) -> list[str]:
+    """Every subvolume in the btrfs filesystem of `pool` whose last path component looks like a move
+    snapshot (`move-*`), as `btrfs subvolume list` names it: a project's `.snapshots/move-*`, a
+    destination's `_incoming/<p>/move-*`, anything. Strict: a listing that fails is reported as a
+    finding, never read as "none"."""
+    found = []
+    for argv in (["btrfs", "subvolume", "list", str(pool)], ["btrfs", "subvolume", "list", "-o", str(pool)]):
+        r = subprocess.run(argv, capture_output=True, text=True)
+        if r.returncode != 0:
+            found.append(f"({' '.join(argv[:3])} failed: {r.stderr.strip()[:120]})")
+            continue
+        for line in r.stdout.splitlines():
+            path = line.split(" path ", 1)[-1].strip()
+            if path.rsplit("/", 1)[-1].startswith("move-"):
+                found.append(path)
+    return sorted(set(found))
 
 
 class SoakFailed(Exception):
@@ -585,13 +603,15 @@ class Soak:
         self.checks_at_end()
 
     def left_by_failed_moves(self, failed: list[Project]) -> list[str]:
-        """What failed moves left on their sources before anything retried them (reported, not a check:
-        the next send of the project removes it; a project never moved again keeps it)."""
+        """What failed moves left on their sources before anything retried them (a check: the worker
+        releases a failed move's snapshot and stream files on its source when it marks it failed)."""
         left = []
         for p in failed:
             node = self.hosts[p.host]
             r = self.ctl(node, "--json", "snapshot", "list", p.pid, check=False)
-            if r.returncode == 0:
+            if r.returncode != 0:
+                left.append(f"{p.pid[:8]}@{p.host}: `snapshot list` failed ({r.stderr.strip()[:120]})")
+            else:
                 left += [f"{p.pid[:8]}@{p.host}:{s['name']}" for s in json.loads(r.stdout) if s["name"].startswith("move-")]
             streams = node.pool / "_streams" / p.pid
             if streams.is_dir():
@@ -664,14 +684,11 @@ class Soak:
             if p.host in found.get(p.pid, []):
                 names = [s["name"] for s in self.ctl_json(self.hosts[p.host], "snapshot", "list", p.pid)]
                 move_snaps += [f"{p.pid[:8]}@{p.host}:{s}" for s in names if s.startswith("move-")]
-        for label, n in self.hosts.items():  # read-only subvolumes anywhere named like a move snapshot
-            out = subprocess.run(["btrfs", "subvolume", "list", "-o", str(n.pool)], capture_output=True, text=True).stdout
-            out += subprocess.run(["btrfs", "subvolume", "list", str(n.pool)], capture_output=True, text=True).stdout
-            for line in out.splitlines():
-                tail = line.rsplit(" ", 1)[-1]
-                if "/move-" in tail or tail.startswith("move-"):
-                    move_snaps.append(f"{label}:{tail}")
+        for label, n in self.hosts.items():  # subvolumes anywhere in a pool named like a move snapshot
+            move_snaps += [f"{label}:{tail}" for tail in move_subvolumes(n.pool)]
         self.check("no move snapshot left", not move_snaps, ", ".join(sorted(set(move_snaps))[:8]))
+        self.check("failed moves left nothing on their sources (before their retry)", not self.leftover_by_failed,
+                   ", ".join(self.leftover_by_failed[:8]))
         leases = self.hub_sql("SELECT project_id::text, lease_owner FROM project_moves WHERE lease_owner IS NOT NULL")
         running = []
         for label, n in self.hosts.items():

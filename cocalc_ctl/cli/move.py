@@ -223,6 +223,37 @@ def abort(project: str = PROJECT, ticket: Optional[str] = TICKET) -> None:
                                    + (" and the half-finalized project" if r.deleted_partial_project else "")))
 
 
+@app.command("release")
+def release(project: str = PROJECT,
+            snapshot: Optional[str] = typer.Option(None, "--snapshot", metavar="NAME",
+                                                   help="The failed move's snapshot (as `move status` or the "
+                                                        "send named it); with --ticket: the ticket's."),
+            ticket: Optional[str] = TICKET) -> None:
+    """On the source, after a failed or cancelled move: delete that move's own snapshot and staged
+    stream files; the project stays. Only a name this host's move log records as a send of the
+    project is deleted (never a pattern), a locked snapshot is kept."""
+    from cocalc_ctl import ids
+    from cocalc_ctl.actions.move import authority
+    from cocalc_ctl.actions.move import send as send_action
+    from cocalc_ctl.errors import InvalidInput
+
+    cfg = config()
+    pid = ids.project_id(project)
+    if ticket is not None:
+        # the move ends on this host now: its other tickets (a killed worker's send) are refused from here on
+        t = authority.close(cfg, ticket, verb="release", project_id=pid)
+        if snapshot is not None and ids.snapshot_name(snapshot) != t.snapshot:
+            raise InvalidInput("--snapshot is not the ticket's move snapshot", hint="give only the ticket")
+        snapshot = t.snapshot
+    if snapshot is None:
+        raise InvalidInput("move release needs --snapshot NAME (the failed move's snapshot)",
+                           hint="`move status PROJECT --json` shows snapshot_name")
+    result = send_action.release(cfg, pid, snapshot)
+    render(result, lambda r: done(f"released the move of {r.project_id}: deleted snapshot {r.snapshot}"
+                                   + (" and its stream files" if r.deleted_streams else "")
+                                   if r.deleted_snapshot else f"{r.project_id}: {r.reason}"))
+
+
 # -- hub side -----------------------------------------------------------------------------------------
 
 def _status_table(moves) -> None:

@@ -303,6 +303,14 @@ class Access:
         self.websockets_closed = 0
         self.open_pass = Pass(Decision(float("inf"), ""), Presented())
         self.external = None
+        from cocalc_ctl.proxy.metrics import Histogram
+
+        self.lookup_latency = Histogram()  # seconds from a miss to its decision (lookups of this process)
+        self.routes = None  # hub mode: the HubRoutes a decision lookup primes with the project's route
+        # batched lookups when the link offers them (HubLink); a link with only fetchone() asks one by one
+        self._batches = None
+        if mode == "builtin" and hasattr(link, "batch"):
+            self._batches = {"token": link.batch(_token_decisions), "session": link.batch(_session_decisions)}
         # proxy.project_domain: each project is its own origin, so the session cookie is scoped to all of
         # it (Path=/, host-only); in path mode to /<project_id>/ (set by actions/proxy.py)
         self.subdomains = False
@@ -364,19 +372,21 @@ class Access:
 
     async def check(self, head, project_id: str, peer: str = "-", trusted: bool = False,
                     p: Presented | None = None):
+        if p is None and self.mode != "none":
+            p = self._present(head, trusted)  # once: check_now and the lookups below share it
         v = self.check_now(head, project_id, trusted, p, peer)
         if v is not None:
             return v
-        if p is None:
-            p = self._present(head, trusted)
         if p.login:
             return self._count(await self._login(head, project_id, p, trusted))
         refusal = None
         for key in self._keys(head, p, project_id, peer, trusted):
             d = self.cache.get(key)
             if d is None or d.deadline <= time.monotonic():
+                t0 = time.perf_counter()
                 d = await self.flights.run(key, lambda key=key: self._decide(key, head, p, project_id, peer,
                                                                              trusted))
+                self.lookup_latency.observe(time.perf_counter() - t0)
             v = self._judge(d, head, p)
             if v.__class__ is Pass:
                 return self._count(v)
@@ -468,12 +478,21 @@ class Access:
         from cocalc_ctl.state.hub_access import SESSION_DECISION_SQL, TOKEN_DECISION_SQL
 
         sql = TOKEN_DECISION_SQL if kind == "token" else SESSION_DECISION_SQL
+        routes = self.routes
+        generation = routes.generation if routes is not None else 0  # before the query, as a route lookup
         try:
-            row = await self.link.fetchone(sql, (digest, project_id))
+            if self._batches is not None:
+                row = await self._batches[kind].get((digest, project_id))
+            else:
+                row = await self.link.fetchone(sql, (digest, project_id))
         except Exception:  # noqa: BLE001 - fail closed
             return Decision(0.0, project_id, answer=HUB_DOWN)
         if row is None:
             return Decision(now + self.ttl, project_id)
+        if len(row) > 4:  # the batched form brings the project's route along: the request needs it next
+            if routes is not None:
+                routes.prime(project_id, generation, row[4:])
+            row = row[:4]
         account_id, token_id, role, expires_at = str(row[0]), str(row[1]), row[2], row[3]
         expires = float("inf")
         if expires_at is not None:
@@ -628,6 +647,25 @@ class Access:
             "cocalc_proxy_auth_websockets_closed_total": ("counter", "Open WebSockets closed because access went.",
                                                           self.websockets_closed),
         }
+
+
+async def _decisions(sql: str, conn, keys: list) -> dict:
+    """A batched decision lookup: {(hash, project): (account, token, role, expires, exists, host, url)} of
+    the valid credentials among `keys` (the others get no row: unauthenticated)."""
+    cur = await conn.execute(sql, ([k[0] for k in keys], [k[1] for k in keys]))
+    return {keys[r[0] - 1]: r[1:] for r in await cur.fetchall()}
+
+
+async def _token_decisions(conn, keys: list) -> dict:
+    from cocalc_ctl.state.hub_access import TOKEN_DECISIONS_SQL
+
+    return await _decisions(TOKEN_DECISIONS_SQL, conn, keys)
+
+
+async def _session_decisions(conn, keys: list) -> dict:
+    from cocalc_ctl.state.hub_access import SESSION_DECISIONS_SQL
+
+    return await _decisions(SESSION_DECISIONS_SQL, conn, keys)
 
 
 def parse_auth_url(url: str | None) -> tuple[str, int, bool, bytes, str]:

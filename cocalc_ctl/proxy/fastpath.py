@@ -195,7 +195,7 @@ class ClientProtocol(asyncio.Protocol):
                     self.last_presented = (head, presented)
             verdict = access.check_now(head, project_id, self.trusted, presented, self.peer)
             if verdict is None:  # needs a database lookup (or a login): do it, then carry on here
-                asyncio.ensure_future(self._after_lookup(head, project_id, t0, None, account, True))
+                asyncio.ensure_future(self._after_lookup(head, project_id, t0, None, account, True, presented))
                 return
             if verdict.__class__ is not Pass:
                 return self.reply_answer(head, verdict, t0)
@@ -212,10 +212,10 @@ class ClientProtocol(asyncio.Protocol):
         self._routed(head, route, project_id, t0, verdict, account, key)
 
     async def _after_lookup(self, head, project_id: str, t0: float, verdict, account: bytes = b"",
-                            check: bool = False) -> None:
+                            check: bool = False, presented=None) -> None:
         if check:
             try:
-                verdict = await self.p.access.check(head, project_id, self.peer, self.trusted)
+                verdict = await self.p.access.check(head, project_id, self.peer, self.trusted, presented)
             except Exception as exc:  # noqa: BLE001 - never forward on a failed check
                 verdict = Answer(503, f"access check failed: {type(exc).__name__}")
             if verdict.__class__ is not Pass:

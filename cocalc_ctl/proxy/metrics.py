@@ -21,6 +21,7 @@ class Metrics:
         self.fast_path = 0         # exchanges finished on the Protocol fast path
         self.stream_path = 0       # exchanges finished on the stream relay
         self.event_loop = ""       # "uvloop" or "asyncio", set by serve()
+        self.lookup_seconds: dict[str, Histogram] = {}  # hub mode: "route", "decision" (set by the server)
         self.started = time.time()
 
     def render(self, extra: dict[str, tuple[str, str, float]] | None = None) -> bytes:
@@ -62,7 +63,55 @@ class Metrics:
         ]
         for name, (kind, help_, value) in (extra or {}).items():
             out += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value:g}"]
+        if self.lookup_seconds:
+            out += render_histograms("cocalc_proxy_hub_lookup_seconds", "Hub lookups from the cache miss to the "
+                                     "answer, measured in the proxy (route; decision, with the route beside it).",
+                                     "kind", self.lookup_seconds)
         return ("\n".join(out) + "\n").encode()
+
+
+# Seconds: from a cache miss to its answer, for lookups that take a hub round trip (0.25 ms .. 5 s).
+LOOKUP_BUCKETS = (0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05,
+                  0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Histogram:
+    """A Prometheus histogram (cumulative `_bucket{le=…}`, `_sum`, `_count`) of one labelled series."""
+
+    __slots__ = ("bounds", "counts", "sum", "count")
+
+    def __init__(self, bounds: tuple = LOOKUP_BUCKETS):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        i = 0
+        bounds = self.bounds
+        n = len(bounds)
+        while i < n and value > bounds[i]:
+            i += 1
+        self.counts[i] += 1
+        self.sum += value
+        self.count += 1
+
+    def samples(self, name: str, labels: str) -> list[str]:
+        out, total = [], 0
+        for bound, n in zip((*self.bounds, "+Inf"), self.counts):
+            total += n
+            le = bound if isinstance(bound, str) else f"{bound:g}"
+            out.append(f'{name}_bucket{{{labels},le="{le}"}} {total}')
+        out += [f"{name}_sum{{{labels}}} {self.sum:.6f}", f"{name}_count{{{labels}}} {self.count}"]
+        return out
+
+
+def render_histograms(name: str, help_: str, label: str, series: dict) -> list[str]:
+    """One histogram family with a series per label value ({value: Histogram})."""
+    out = [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
+    for value, h in series.items():
+        out += h.samples(name, f'{label}="{value}"')
+    return out
 
 
 # A token or session value anywhere in a logged path (`/<p>/x;token=cct_...`, `/<p>/cct_...`): never logged.

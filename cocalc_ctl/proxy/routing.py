@@ -272,10 +272,15 @@ class HubRoutes:
             link = HubLink(link)
         self.link = link
         self.ttl = ttl
+        from cocalc_ctl.proxy.metrics import Histogram
+
         self._cache = SplitCache(cache_size, max(16, cache_size // 4))
         self._flights = SingleFlight()
         self.notifications = 0
         self._generation = 0  # bumped by every eviction: a lookup that raced one is not cached
+        self.lookup_latency = Histogram()  # seconds from a miss to its answer (routes this process looked up)
+        # batched lookups when the link offers them (HubLink); a link with only fetchone() asks one by one
+        self._batch = link.batch(_routes_query) if hasattr(link, "batch") else None
         link.subscribe(ROUTE_CHANNEL, self._note, self._reset)
 
     @property
@@ -330,10 +335,31 @@ class HubRoutes:
         hit = self.resolve_now(project_id)
         if hit is not None:
             return hit
+        t0 = time.perf_counter()
         result = await self._flights.run(project_id, lambda: self._lookup_and_cache(project_id))
+        self.lookup_latency.observe(time.perf_counter() - t0)
         if isinstance(result, HttpError):
             raise _fresh(result)
         return result
+
+    @property
+    def generation(self) -> int:
+        """Take before a lookup elsewhere (a decision bringing the route along) and pass to prime()."""
+        return self._generation
+
+    def prime(self, project_id: str, generation: int, row) -> None:
+        """Cache a route another query read (row: exists, host_id, internal_url), under the same rule as
+        our own lookups: only while listening and if no invalidation came since `generation` was taken;
+        a route already cached (fresh) is left alone."""
+        if not self.link.listening or generation != self._generation:
+            return
+        hit = self._cache.get(project_id)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return
+        exists, host_id, internal_url = row
+        result = _route_of((host_id, internal_url)) if exists else HttpError(404, "no such project")
+        self._cache.put(project_id, (now + self.ttl, result), positive=isinstance(result, Route))
 
     async def _lookup_and_cache(self, project_id: str) -> Route | HttpError:
         generation = self._generation
@@ -348,13 +374,29 @@ class HubRoutes:
         from cocalc_ctl.state.hub_db import PROJECT_ROUTE_SQL
 
         try:
-            row = await self.link.fetchone(PROJECT_ROUTE_SQL, (project_id,))
+            if self._batch is not None:
+                row = await self._batch.get(project_id)
+            else:
+                row = await self.link.fetchone(PROJECT_ROUTE_SQL, (project_id,))
         except Exception:  # noqa: BLE001
             return HttpError(503, "hub database unavailable")
         if row is None:
             return HttpError(404, "no such project")
-        host_id, internal_url = row
-        target = parse_internal_url(internal_url)
-        if host_id is None or target is None:
-            return HttpError(502, "project has no reachable host")
-        return Route(target[0], target[1], str(host_id))
+        return _route_of(row)
+
+
+def _route_of(row) -> Route | HttpError:
+    """(host_id, internal_url) of an existing project -> its Route, or 502 without a reachable host."""
+    host_id, internal_url = row
+    target = parse_internal_url(internal_url)
+    if host_id is None or target is None:
+        return HttpError(502, "project has no reachable host")
+    return Route(target[0], target[1], str(host_id))
+
+
+async def _routes_query(conn, keys: list) -> dict:
+    """The batched route lookup: {project_id: (host_id, internal_url)} of those that exist."""
+    from cocalc_ctl.state.hub_db import PROJECT_ROUTES_SQL
+
+    cur = await conn.execute(PROJECT_ROUTES_SQL, (keys,))
+    return {r[0]: (r[1], r[2]) for r in await cur.fetchall()}

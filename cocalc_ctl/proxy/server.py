@@ -76,6 +76,13 @@ class Proxy(StreamRelay):
         self.s = settings
         self.log = access_log
         self.metrics = Metrics()
+        # hub mode: how long the lookups behind cache misses take, measured here (a /metrics histogram)
+        if getattr(routes, "lookup_latency", None) is not None:
+            self.metrics.lookup_seconds["route"] = routes.lookup_latency
+        if access is not None and access.mode == "builtin":
+            self.metrics.lookup_seconds["decision"] = access.lookup_latency
+            if getattr(routes, "prime", None) is not None:
+                access.routes = routes  # a decision lookup brings the project's route along
         self.fwd = policy.Forwarding(settings.trust_forwarded, settings.scheme)
         # a StreamReader's limit must let the largest head we accept (from a trusted peer) through
         self.read_limit = max(policy.RESPONSE_ACCEPT_BYTES, settings.max_head_bytes + policy.FORWARD_BUDGET_BYTES)
@@ -325,6 +332,12 @@ class Proxy(StreamRelay):
                 "counter", "Route NOTIFY messages received from the hub.", self.routes.notifications)
             extra["cocalc_proxy_route_db_errors_total"] = (
                 "counter", "Hub database errors while resolving routes.", self.routes.db_errors)
+        link = getattr(self.routes, "link", None)
+        if link is not None and hasattr(link, "batches"):
+            extra["cocalc_proxy_hub_batches_total"] = (
+                "counter", "Batched lookup queries sent to the hub (routes and decisions).", link.batches)
+            extra["cocalc_proxy_hub_batched_keys_total"] = (
+                "counter", "Lookups those batched queries answered.", link.batched_keys)
         self._extra_auth_metrics(extra)
         return extra
 

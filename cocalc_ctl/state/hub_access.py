@@ -85,6 +85,30 @@ SESSION_DECISION_SQL = f"""SELECT t.account_id, t.token_id, {_ROLE}, least(s.exp
     JOIN accounts a ON a.account_id = t.account_id
     WHERE s.expires_at > statement_timestamp() AND {_VALID}"""
 
+# The hub proxy's batched forms: many (hash, project) questions in one query (params: a list of hashes,
+# a list of project uuids as text), answered by their position `i` (1-based), with the project's route
+# (exists, host, internal_url) beside each decision: a cold request of a valid credential costs one
+# round trip for both. Ids as text: no uuid objects to build per row.
+_ROUTE_COLUMNS = """p.project_id IS NOT NULL, p.host_id::text, h.internal_url"""
+_ROUTE_JOIN = """LEFT JOIN projects p ON p.project_id = q.project_id
+    LEFT JOIN project_hosts h ON h.id = p.host_id"""
+
+TOKEN_DECISIONS_SQL = f"""SELECT q.i, t.account_id::text, t.token_id::text, {_ROLE}, t.expires_at, {_ROUTE_COLUMNS}
+    FROM unnest(%s::bytea[], %s::uuid[]) WITH ORDINALITY AS q(token_hash, project_id, i)
+    JOIN access_tokens t ON t.token_hash = q.token_hash
+    JOIN accounts a ON a.account_id = t.account_id
+    {_ROUTE_JOIN}
+    WHERE {_VALID}"""
+
+SESSION_DECISIONS_SQL = f"""SELECT q.i, t.account_id::text, t.token_id::text, {_ROLE},
+        least(s.expires_at, t.expires_at), {_ROUTE_COLUMNS}
+    FROM unnest(%s::bytea[], %s::uuid[]) WITH ORDINALITY AS q(session_hash, project_id, i)
+    JOIN access_sessions s ON s.session_hash = q.session_hash AND s.project_id = q.project_id
+    JOIN access_tokens t ON t.token_id = s.token_id AND t.account_id = s.account_id
+    JOIN accounts a ON a.account_id = t.account_id
+    {_ROUTE_JOIN}
+    WHERE s.expires_at > statement_timestamp() AND {_VALID}"""
+
 # params (token_id,): at most one write a minute per token (and no NOTIFY: the trigger ignores it)
 TOUCH_TOKEN_SQL = """UPDATE access_tokens SET last_used_at = statement_timestamp()
     WHERE token_id = %s AND (last_used_at IS NULL OR last_used_at < statement_timestamp() - interval '1 minute')"""

@@ -29,6 +29,10 @@ ROUTE_CHANNEL = "cocalc_ctl_routes"
 # The hub proxy's cache evicts what a payload names; while it is not listening it must not cache.
 PROJECT_ROUTE_SQL = """SELECT p.host_id, h.internal_url FROM projects p
                        LEFT JOIN project_hosts h ON h.id = p.host_id WHERE p.project_id = %s"""
+# the hub proxy's batched form: many projects in one query (params: a list of project uuids as text);
+# one row per project that exists, all columns text (no uuid objects to build per row)
+PROJECT_ROUTES_SQL = """SELECT p.project_id::text, p.host_id::text, h.internal_url FROM projects p
+                        LEFT JOIN project_hosts h ON h.id = p.host_id WHERE p.project_id = ANY(%s::uuid[])"""
 
 # moves: the channel `move worker`s LISTEN on. Payload: the project uuid of a move that just became
 # claimable (inserted or re-queued, its state changed while no worker holds it, or its lease released:

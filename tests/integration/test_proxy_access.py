@@ -395,13 +395,17 @@ def test_concurrent_misses_share_one_lookup(rig):
         access = Access("builtin", link=link, ttl=LONG)
         routes = HubRoutes(link, ttl=LONG)
         queries = []
-        real = link.fetchone
+        real_one, real_batch = link.fetchone, link.run_batch
 
         async def counting(q, params):
             queries.append(q)
-            return await real(q, params)
+            return await real_one(q, params)
 
-        link.fetchone = counting
+        async def counting_batch(query, keys):
+            queries.append((query.__name__, list(keys)))
+            return await real_batch(query, keys)
+
+        link.fetchone, link.run_batch = counting, counting_batch
         await access.start()
         try:
             verdicts = await asyncio.gather(*(access.check(head, P) for _ in range(50)))
@@ -409,10 +413,58 @@ def test_concurrent_misses_share_one_lookup(rig):
         finally:
             await access.close()
         assert all(isinstance(v, Pass) for v in verdicts) and len({r.port for r in found}) == 1
-        decisions = [q for q in queries if "access_tokens" in q and "SELECT" in q]
-        route_reads = [q for q in queries if "project_hosts" in q]
-        assert len(decisions) == 1 and access.lookups == 1, queries
-        assert len(route_reads) == 1 and routes.lookups == 1
+        decisions = [q for q in queries if isinstance(q, tuple) and q[0] == "_token_decisions"]
+        route_reads = [q for q in queries if isinstance(q, tuple) and q[0] == "_routes_query"]
+        assert len(decisions) == 1 and len(decisions[0][1]) == 1 and access.lookups == 1, queries
+        assert route_reads == [("_routes_query", [P])] and routes.lookups == 1
+        assert not [q for q in queries if isinstance(q, str) and "SELECT" in q], queries  # no one-by-one query
+
+    asyncio.run(main())
+
+
+def test_batched_lookups_answer_exactly_what_one_by_one_queries_answer(rig):
+    """Many concurrent misses of different credentials and projects go as a few batched queries; every
+    answer equals the one-by-one decision query's (valid, expired, revoked, scoped to another project,
+    unknown; granted, not granted, unknown project), and a decision brings the route along."""
+    import hashlib
+
+    import psycopg
+
+    from cocalc_ctl.proxy.access import Access
+    from cocalc_ctl.proxy.hublink import HubLink
+    from cocalc_ctl.proxy.routing import HubRoutes
+    from cocalc_ctl.state.hub_access import TOKEN_DECISION_SQL, new_token
+
+    tokens = [*rig["tok"].values(), new_token()]
+    projects = [P, Q, D, str(uuid.uuid4())]
+
+    async def main():
+        link = HubLink(rig["dsn"], pool_size=2)
+        access = Access("builtin", link=link, ttl=LONG)
+        routes = HubRoutes(link, ttl=LONG)
+        access.routes = routes
+        await access.start()
+        try:
+            now = time.monotonic()
+            pairs = [(t, p) for t in tokens for p in projects]
+            got = await asyncio.gather(*(access._lookup("token", hashlib.sha256(t.encode()).digest(), p, now)
+                                         for t, p in pairs))
+            assert link.batches <= 2 and link.batched_keys == len(pairs), (link.batches, link.batched_keys)
+            with psycopg.connect(rig["dsn"], autocommit=True) as conn:
+                for (t, p), d in zip(pairs, got):
+                    row = conn.execute(TOKEN_DECISION_SQL, (hashlib.sha256(t.encode()).digest(), p)).fetchone()
+                    want = (None, None, None) if row is None else (str(row[0]), str(row[1]), row[2])
+                    assert (d.account_id, d.token_id, d.role) == want, (t[:8], p)
+            # the owner's decisions primed the routes: P and D without a route query, the unknown one a 404
+            n = routes.lookups
+            assert routes.resolve_now(P).port == rig["host"].port and routes.resolve_now(D).port == rig["backend"].port
+            with pytest.raises(HttpError) as exc:
+                routes.resolve_now(projects[-1])
+            assert exc.value.status == 404 and routes.lookups == n == 0
+        finally:
+            await access.close()
+
+    from cocalc_ctl.proxy.http1 import HttpError
 
     asyncio.run(main())
 

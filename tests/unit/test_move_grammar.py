@@ -115,6 +115,7 @@ def test_host_step_accepts_the_workers_steps_only():
         == ["move", "finalize", PID, "--quota", "80740352", *T]
     assert host_step.parse(f"move cleanup {PID} --force{t}") == ["move", "cleanup", PID, "--force", *T]
     assert host_step.parse(f"move abort {PID}{t}") == ["move", "abort", PID, *T]
+    assert host_step.parse(f"move release {PID}{t}") == ["move", "release", PID, *T]
     assert host_step.parse(f"move send {PID} --to {to} --mode staged --compress lz4 --snapshot move-1 --bwlimit 10M{t}") \
         == ["move", "send", PID, "--to", to, "--mode", "staged", "--compress", "lz4", "--snapshot", "move-1",
             "--bwlimit", "10M", *T]
@@ -123,12 +124,15 @@ def test_host_step_accepts_the_workers_steps_only():
                 f"move send {PID} --to {to} --snapshot s --snapshot t", f"move recv --from {U}", "host teardown",
                 f"move finalize ../{PID}", f"move abort {PID} {PID}", f"move abort {PID} --quota 5",
                 f"move finalize {PID} --quota 10G", f"move finalize {PID} --quota 0", f"move finalize {PID} --quota -5",
-                f"move finalize {PID} --quota 1 --quota 2", "move finalize --quota 5"]:
+                f"move finalize {PID} --quota 1 --quota 2", "move finalize --quota 5",
+                # release takes the snapshot from its ticket only: no name, no pattern from the line
+                f"move release {PID} --snapshot move-1", f"move release {PID} move-*", f"move release {PID} --force",
+                f"move release ../{PID}", f"move release {PID} --quota 5"]:
         for cmd in (bad, bad + t):
             with pytest.raises(recv.Refused):
                 host_step.parse(cmd)
     # every step that changes state needs a ticket; a read takes none; a ticket is one safe word
-    for bad in [f"move finalize {PID}", f"move cleanup {PID} --force", f"move abort {PID}",
+    for bad in [f"move finalize {PID}", f"move cleanup {PID} --force", f"move abort {PID}", f"move release {PID}",
                 f"move send {PID} --to {to} --mode pipe --compress none --snapshot move-1",
                 f"move send {PID} --mode backup --snapshot move-1", f"project show {PID}{t}",
                 f"move abort {PID} --ticket a/b", f"move abort {PID} --ticket {'a' * 1025}",

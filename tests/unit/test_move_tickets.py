@@ -120,6 +120,15 @@ def test_roles_project_and_peer():
             tickets.require(t, **kw)
     fin = make(verbs=("finalize",))
     tickets.require(fin, verb="finalize", me=DST, project_id=P)
+    # release (a failed move's snapshot on the source) is the source's verb, and only in its own ticket
+    rel = make(verbs=("release",))
+    tickets.require(rel, verb="release", me=SRC, project_id=P)
+    for kw in (dict(verb="release", me=DST, project_id=P), dict(verb="release", me=SRC, project_id=Q),
+               dict(verb="release", me=OTHER, project_id=P)):
+        with pytest.raises(TicketRefused):
+            tickets.require(rel, **kw)
+    with pytest.raises(TicketRefused, match="does not authorise"):
+        tickets.require(t, verb="release", me=SRC, project_id=P)  # a send ticket releases nothing
     with pytest.raises(TicketRefused, match="another host"):
         tickets.require(fin, verb="finalize", me=SRC, project_id=P)
 

@@ -20,6 +20,8 @@ repository.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import re
@@ -78,7 +80,10 @@ def _previous_backup(cfg: Config, eng, pid: str, tag: str) -> str | None:
     return None
 
 
-def send(cfg: Config, project_id: str, *, snapshot: str | None = None, progress=None) -> BackupSendResult:
+def send(cfg: Config, project_id: str, *, snapshot: str | None = None, progress=None,
+         by_hand: bool = False) -> BackupSendResult:
+    """Back the project's final snapshot up for a move. `by_hand` (no hub ticket): a failed backup
+    removes the move snapshot it took (the worker's sends keep it for their next attempt)."""
     from cocalc_ctl.actions.move.source import stop_if_running, take_move_snapshot
 
     pid = existing_project(cfg, project_id)
@@ -114,6 +119,11 @@ def send(cfg: Config, project_id: str, *, snapshot: str | None = None, progress=
             res = jobs.create(cfg, pid, wait=True, progress=on_progress, snapshot=snap_path, tags=[tag])
         except CocalcError as exc:
             common.log(cfg, pid, "send", "failed", "failed", move_id=name, detail=exc.one_line())
+            if by_hand and not proc.DRY_RUN:
+                from cocalc_ctl.actions.move.send import release
+
+                with contextlib.suppress(CocalcError):
+                    release(cfg, pid, name, locked=True)
             raise
         # the full id: unambiguous in the hub row and on the destination's command line
         full_id = res.backup_id

@@ -12,6 +12,7 @@ host in the right role, this project, not expired, not replayed):
     move finalize <project> [--from-backup <backup-id>] [--quota <bytes>] --ticket <T>
     move cleanup <project> --force --ticket <T>
     move abort <project> --ticket <T>
+    move release <project> --ticket <T>
 
 The answer is the step's JSON result on stdout (JSON lines ending with the result for `send`).
 """
@@ -56,7 +57,7 @@ def parse(command: str | None) -> list[str]:
     try:
         if words[:2] == ["project", "show"] and len(words) == 3:
             return ["project", "show", ids.project_id(words[2])]
-        if words[:2] == ["move", "abort"] and len(words) == 3 and not quota:
+        if words[:2] in (["move", "abort"], ["move", "release"]) and len(words) == 3 and not quota:
             return [*words[:2], ids.project_id(words[2]), *ticket]
         if words[:2] == ["move", "finalize"] and len(words) == 3:
             return [*words[:2], ids.project_id(words[2]), *quota, *ticket]

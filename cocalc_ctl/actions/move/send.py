@@ -137,7 +137,7 @@ def send(cfg: Config, project_id: str, to: str | None, *, mode: str | None = Non
                                hint="the destination restores the backup with `move finalize PROJECT --from-backup ID`")
         from cocalc_ctl.actions.move import backup_mode
 
-        return backup_mode.send(cfg, project_id, snapshot=snapshot, progress=progress)
+        return backup_mode.send(cfg, project_id, snapshot=snapshot, progress=progress, by_hand=ticket is None)
     if not to:
         raise InvalidInput(f"--mode {mode} needs --to btrfs-<this-host-uuid>@HOST:PORT")
     pid = existing_project(cfg, project_id)
@@ -164,7 +164,11 @@ def send(cfg: Config, project_id: str, to: str | None, *, mode: str | None = Non
             proc.plan_only(f"# staged: btrfs send each snapshot into {layout.streams_dir(cfg, pid) / name}/, "
                            f"rsync --partial it to {peer.spec}, then receive-file each")
             return SendResult(pid, peer.spec, mode, codec, name)
-        _check_space(cfg, pid, inv)
+        try:
+            _check_space(cfg, pid, inv)
+        except CocalcError:
+            _release_by_hand(cfg, pid, name, ticket)
+            raise
         snaps = _ordered_snapshots(cfg, pid, name)
         held = {r["received_uuid"] for r in inv.get("received", [])}
         result = SendResult(pid, peer.spec, mode, codec, name)
@@ -179,14 +183,31 @@ def send(cfg: Config, project_id: str, to: str | None, *, mode: str | None = Non
             common.log(cfg, pid, "send", "failed", "failed", move_id=name, detail=exc.one_line())
             if mode == "pipe" and _out_of_space(exc):
                 _remote_abort(cfg, sess, pid)
+            _release_by_hand(cfg, pid, name, ticket)
             raise
         if proc.DRY_RUN:
             return result
-        _check_received(cfg, sess, pid, snaps, name)
+        try:
+            _check_received(cfg, sess, pid, snaps, name)
+        except CocalcError:
+            _release_by_hand(cfg, pid, name, ticket)
+            raise
         result.seconds = time.monotonic() - start
         common.log(cfg, pid, "send", "done", "ok", move_id=name, nbytes=result.bytes_total)
         emit({"event": "done", "project_id": pid, "bytes": result.bytes_total, "seconds": round(result.seconds, 3)})
         return result
+
+
+def _release_by_hand(cfg: Config, pid: str, name: str, ticket: str | None) -> None:
+    """A send run by hand (no hub ticket) that fails removes its own move snapshot and stream files
+    (a rerun takes them again; what the destination holds is still skipped). A send of the hub's worker
+    keeps them for its next attempt: the worker releases them once it marks the move failed."""
+    if ticket is not None or proc.DRY_RUN:
+        return
+    try:
+        release(cfg, pid, name, locked=True)
+    except CocalcError:
+        pass  # the send's own error is the one to report; the next send drops what is left
 
 
 def _receiver_peer(cfg: Config, to: str) -> transport.Peer:
@@ -233,6 +254,67 @@ def drop_earlier_move_snapshots(cfg: Config, pid: str, *, keep: str) -> list[str
         if os.path.isdir(stale) and not os.path.islink(stale) and not proc.plan_only(f"rm -rf {stale}"):
             shutil.rmtree(stale, ignore_errors=True)
     return dropped
+
+
+@dataclass
+class ReleaseResult:
+    project_id: str
+    snapshot: str
+    deleted_snapshot: bool = False
+    deleted_streams: bool = False
+    reason: str = ""
+
+
+def release(cfg: Config, project_id: str, snapshot: str, *, locked: bool = False) -> ReleaseResult:
+    """After a failed or cancelled move: delete that move's own snapshot `snapshot` (the exact name the
+    move recorded, never a pattern) and its staged stream files on this source; the project stays.
+
+    Only a name this host's move log records as a send of this project is deleted (a user's snapshot
+    that happens to look like one is never touched), and a locked snapshot is left alone. Holds the
+    project's move lock (`locked`: the caller holds it already), so a send still running here (a
+    killed worker's) is never cut short: that refuses as busy and the worker tries again later."""
+    pid = ids.project_id(project_id)
+    name = ids.snapshot_name(snapshot)
+    if not layout.project_subvolume(cfg, pid).exists():
+        return ReleaseResult(pid, name, reason="project not on this host")
+    if locked:
+        return _release(cfg, pid, name)
+    with locks.hold(cfg.data_dir, f"project-{pid}.move", what=f"move of project {pid}"):
+        return _release(cfg, pid, name)
+
+
+def _release(cfg: Config, pid: str, name: str) -> ReleaseResult:
+    result = ReleaseResult(pid, name)
+    try:
+        with host_db.connect(cfg.data_dir) as conn:
+            ours = conn.execute("SELECT 1 FROM move_log WHERE project_id=? AND role='send' AND move_id=? LIMIT 1",
+                                (pid, name)).fetchone() is not None
+    except sqlite3.Error:
+        ours = False
+    if not ours:
+        result.reason = f"no send of {name} recorded here: nothing of that move to delete"
+        return result
+    names, locked_names = snapshot_names(cfg, pid)
+    path = layout.snapshot_path(cfg, pid, name)
+    if name in locked_names:
+        result.reason = f"{name} is locked: kept"
+    elif name in names and common.is_subvolume(path):
+        proc.run(btrfs.subvolume_delete(str(path)))
+        result.deleted_snapshot = True
+    stale = layout.streams_dir(cfg, pid) / name
+    if os.path.isdir(stale) and not os.path.islink(stale) and not proc.plan_only(f"rm -rf {stale}"):
+        shutil.rmtree(stale, ignore_errors=True)
+        result.deleted_streams = True
+        try:
+            layout.streams_dir(cfg, pid).rmdir()
+        except OSError:
+            pass
+    if result.deleted_snapshot or result.deleted_streams:
+        common.log(cfg, pid, "send", "release", "ok", move_id=name, snapshot=name)
+        result.reason = result.reason or "released"
+    else:
+        result.reason = result.reason or "nothing left of that move here"
+    return result
 
 
 def _out_of_space(exc: CocalcError) -> bool:

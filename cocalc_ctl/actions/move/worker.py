@@ -9,7 +9,8 @@ hosts (send skips what the destination holds, finalize resumes, cleanup/abort ar
 In backup mode the sending step backs the project up on the source and records the backup id in
 the row (with the move to finalizing); finalizing restores exactly that id on the destination.
 Each claim of an unfinished move counts one attempt; after `move.max_attempts` it ends `failing`
-and the destination is rolled back, leaving the source intact.
+and the destination is rolled back, leaving the source intact; then the source drops that move's own
+snapshot and stream files (`move release`), which a failing or cancelled move would otherwise leave.
 
 Every host step that changes state carries a move ticket (tickets.py) signed with this machine's hub
 key (`hub keys ensure`; during a rotation with both keys, re-read for every ticket): move id,
@@ -279,6 +280,7 @@ class Worker:
         if m.state in ("failing", "cancelled") and m.cleaned_at is None:
             if m.dest_host_id and m.dest_host_id != m.source_host_id:
                 m, ticket = self._ticket(m, "abort")
+                live_at_dest = False
                 try:
                     self.transport().run(m.dest_host_id, ["move", "abort", pid, "--ticket", ticket])
                 except CommandFailed as exc:
@@ -286,6 +288,13 @@ class Worker:
                     # of this move (the collision the move failed on): there is nothing to roll back
                     if exc.returncode != 3 or "live project" not in exc.stderr_tail:
                         raise
+                    live_at_dest = True
+                # then the source: this move's own snapshot (the name in this row, nothing else) and staged
+                # stream files go, the project stays. Not when a project lives on the destination: what
+                # the source holds of the move is then left for an operator to judge.
+                if m.source_host_id and m.snapshot_name and not live_at_dest:
+                    m, ticket = self._ticket(m, "release")
+                    self.transport().run(m.source_host_id, ["move", "release", pid, "--ticket", ticket])
             return self._update(m, cleaned_at=_now(), status_reason=_without_cleanup_failure(m.status_reason))
         return None
 
