@@ -234,7 +234,7 @@ def release(project: str = PROJECT,
     project is deleted (never a pattern), a locked snapshot is kept."""
     from cocalc_ctl import ids
     from cocalc_ctl.actions.move import authority
-    from cocalc_ctl.actions.move import send as send_action
+    from cocalc_ctl.actions.move.release import release as release_move
     from cocalc_ctl.errors import InvalidInput
 
     cfg = config()
@@ -248,7 +248,7 @@ def release(project: str = PROJECT,
     if snapshot is None:
         raise InvalidInput("move release needs --snapshot NAME (the failed move's snapshot)",
                            hint="`move status PROJECT --json` shows snapshot_name")
-    result = send_action.release(cfg, pid, snapshot)
+    result = release_move(cfg, pid, snapshot)
     render(result, lambda r: done(f"released the move of {r.project_id}: deleted snapshot {r.snapshot}"
                                    + (" and its stream files" if r.deleted_streams else "")
                                    if r.deleted_snapshot else f"{r.project_id}: {r.reason}"))

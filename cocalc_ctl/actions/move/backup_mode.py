@@ -120,7 +120,7 @@ def send(cfg: Config, project_id: str, *, snapshot: str | None = None, progress=
         except CocalcError as exc:
             common.log(cfg, pid, "send", "failed", "failed", move_id=name, detail=exc.one_line())
             if by_hand and not proc.DRY_RUN:
-                from cocalc_ctl.actions.move.send import release
+                from cocalc_ctl.actions.move.release import release
 
                 with contextlib.suppress(CocalcError):
                     release(cfg, pid, name, locked=True)
