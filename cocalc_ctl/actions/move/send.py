@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from cocalc_ctl import ids, layout, locks, proc
+from cocalc_ctl import ids, layout, locks, proc, safepath
 from cocalc_ctl.actions.host.identity import host_id as own_host_id
 from cocalc_ctl.actions.move import common, transport
 from cocalc_ctl.actions.move.source import stop_if_running, take_move_snapshot
@@ -320,12 +320,7 @@ def _send_persist(cfg, sess, pid, result, inv) -> None:
 # -- staged mode ---------------------------------------------------------------------------------
 
 def _write_manifest(path: Path, doc: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(doc, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    safepath.write_atomic(path, json.dumps(doc, indent=2), mode=0o644)
 
 
 def _send_staged(cfg, sess, pid, move_id, snaps, held, codec, bwlimit, result, emit, inv) -> None:
