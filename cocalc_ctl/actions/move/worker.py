@@ -419,6 +419,89 @@ def _listen(cfg: Config, wake: Wakeup, stop: threading.Event, listening: threadi
             backoff = min(backoff * 2, 30.0)
 
 
+class _Workers:
+    """The claim loops `run` starts: threads sharing one hub pool, one wake-up and one result."""
+
+    def __init__(self, cfg: Config, *, base: str, threads_n: int, once: bool, poll: float,
+                 transport: HostTransport | None, stop: threading.Event, on_claim):
+        self.cfg, self.base, self.once, self.poll = cfg, base, once, poll
+        self.transport, self.stop, self.on_claim = transport, stop, on_claim
+        self.result = WorkerResult(base)
+        self.lock = threading.Lock()
+        self.wake = Wakeup()
+        self.failures: list[BaseException] = []
+        # each thread: one connection at a time for its statements, one for its move's heartbeat
+        self.pool = hub_db.HubPool(cfg["hub_dsn"], max_size=2 * threads_n, name="move-worker")
+
+    def guarded(self, n: int) -> None:
+        try:
+            self.loop(n)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            self.failures.append(exc)
+            self.stop.set()
+
+    def loop(self, n: int) -> None:
+        import psycopg
+
+        from cocalc_ctl import output
+
+        w = Worker(self.cfg, transport=self.transport, owner=f"{self.base}:{n}", pool=self.pool)
+        backoff = 1.0
+        while not self.stop.is_set():
+            seen = self.wake.generation
+            try:
+                move = w.claim()
+                due = None if move is not None or self.once else w.next_due()
+            except (CocalcError, psycopg.Error) as exc:
+                if self.once:
+                    raise
+                output.warn(f"move worker: claim failed ({' '.join(str(exc).split())[:200]}); "
+                            f"retrying in {backoff:.0f}s")
+                backoff = self._back_off(backoff)
+                continue
+            backoff = 1.0
+            if move is None:
+                if self.once:
+                    return
+                self.wake.wait(seen, self.poll if due is None else min(self.poll, due + 0.05))
+                continue
+            if not self._advance(w, move):
+                backoff = self._back_off(backoff)
+
+    def _back_off(self, backoff: float) -> float:
+        self.stop.wait(backoff)
+        return min(backoff * 2, 30.0)
+
+    def _advance(self, w: Worker, move: Move) -> bool:
+        """Process a claimed move and record where it ended; False if the hub went away meanwhile."""
+        import psycopg
+
+        from cocalc_ctl import output
+
+        if self.on_claim is not None:
+            self.on_claim(move)
+        try:
+            final = w.process(move)
+        except (CocalcError, psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            # the hub went away while the move ran (not even its failure could be recorded): the move
+            # resumes when its lease lapses; a long-running worker goes on, `--once` reports it
+            if self.once:
+                raise
+            output.warn(f"move worker: {errors.describe(exc)}; the move of {move.project_id} resumes when "
+                        f"its lease lapses")
+            return False
+        with self.lock:
+            self.result.processed.append({"project_id": final.project_id, "state": final.state,
+                                          "attempt": final.attempt, "reason": final.status_reason})
+        return True
+
+
+def _join_all(threads: list[threading.Thread]) -> None:
+    for t in threads:
+        while t.is_alive():
+            t.join(0.5)
+
+
 def run(cfg: Config, *, once: bool = False, concurrency: int = 1, poll: float | None = None,
         transport: HostTransport | None = None, stop: threading.Event | None = None,
         on_claim=None, listening: threading.Event | None = None) -> WorkerResult:
@@ -427,90 +510,31 @@ def run(cfg: Config, *, once: bool = False, concurrency: int = 1, poll: float | 
     Without `once` the threads wait for the listener's wake-ups (NOTIFY), for the next lease to come
     due, or at most `poll` seconds (default `move.poll_seconds`). `on_claim(move)` is called right
     after each claim (measurements, tests); `listening` is set while the listener holds its LISTEN."""
-    import psycopg
-
-    from cocalc_ctl import output
-
     poll = float(cfg["move.poll_seconds"]) if poll is None else poll
     base = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-    result = WorkerResult(base)
     stop = stop or threading.Event()
-    lock = threading.Lock()
-    wake = Wakeup()
     threads_n = max(1, concurrency)
-    # each thread: one connection at a time for its statements, one for its move's heartbeat
-    pool = hub_db.HubPool(cfg["hub_dsn"], max_size=2 * threads_n, name="move-worker")
-
-    def loop(n: int) -> None:
-        w = Worker(cfg, transport=transport, owner=f"{base}:{n}", pool=pool)
-        backoff = 1.0
-        while not stop.is_set():
-            seen = wake.generation
-            try:
-                move = w.claim()
-                due = None if move is not None or once else w.next_due()
-            except (CocalcError, psycopg.Error) as exc:
-                if once:
-                    raise
-                output.warn(f"move worker: claim failed ({' '.join(str(exc).split())[:200]}); "
-                            f"retrying in {backoff:.0f}s")
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
-            backoff = 1.0
-            if move is None:
-                if once:
-                    return
-                wake.wait(seen, poll if due is None else min(poll, due + 0.05))
-                continue
-            if on_claim is not None:
-                on_claim(move)
-            try:
-                final = w.process(move)
-            except (CocalcError, psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                # the hub went away while the move ran (not even its failure could be recorded): the move
-                # resumes when its lease lapses; a long-running worker goes on, `--once` reports it
-                if once:
-                    raise
-                output.warn(f"move worker: {errors.describe(exc)}; the move of {move.project_id} resumes when "
-                            f"its lease lapses")
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
-            with lock:
-                result.processed.append({"project_id": final.project_id, "state": final.state,
-                                         "attempt": final.attempt, "reason": final.status_reason})
-
-    failures: list[BaseException] = []
-
-    def guarded(n: int) -> None:
-        try:
-            loop(n)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            failures.append(exc)
-            stop.set()
-
+    workers = _Workers(cfg, base=base, threads_n=threads_n, once=once, poll=poll, transport=transport,
+                       stop=stop, on_claim=on_claim)
     listener = None
     if not once:
-        listener = threading.Thread(target=listen, args=(cfg, wake, stop), kwargs={"listening": listening, "poll": poll},
-                                    daemon=True, name="move-listener")
+        listener = threading.Thread(target=listen, args=(cfg, workers.wake, stop),
+                                    kwargs={"listening": listening, "poll": poll}, daemon=True, name="move-listener")
         listener.start()
-    threads = [threading.Thread(target=guarded, args=(n,), daemon=True) for n in range(threads_n)]
+    threads = [threading.Thread(target=workers.guarded, args=(n,), daemon=True) for n in range(threads_n)]
     for t in threads:
         t.start()
     try:
-        for t in threads:
-            while t.is_alive():
-                t.join(0.5)
+        _join_all(threads)
     except KeyboardInterrupt:
         stop.set()
-        wake.kick()
+        workers.wake.kick()
         raise
     finally:
         if listener is not None:
             stop.set()
             listener.join(5.0)
-        pool.close()
-    if failures:
-        raise failures[0]
-    return result
+        workers.pool.close()
+    if workers.failures:
+        raise workers.failures[0]
+    return workers.result
