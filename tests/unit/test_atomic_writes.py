@@ -21,7 +21,7 @@ HELPER = "cocalc_ctl.safepath"
 # file written by another program, never a file the module itself just wrote.
 ALLOWED = {
     # trash a project subvolume (a btrfs subvolume moves by rename)
-    ("cocalc_ctl.actions.project.projects", "delete", "path"),
+    ("cocalc_ctl.actions.project.projects", "_rename_aside", "path"),
     # swap a pulled image tree into the cache: the old tree aside, the new one in place
     ("cocalc_ctl.actions.project.rootfs", "pull", "entry"),
     ("cocalc_ctl.actions.project.rootfs", "pull", "new_root"),
