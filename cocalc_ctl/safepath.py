@@ -10,7 +10,7 @@ ENOTDIR: `UnsafePath`), never followed. Linux has `openat2(RESOLVE_BENEATH)`, bu
 expose it; the component walk gives the same guarantee for the names we use.
 
 `write_atomic` (and `staged_write`) write root's own files the same careful way; together with
-`write_file` they are the only way cocalc-ctl writes a whole file (tests/unit/test_atomic_writes.py).
+`write_file` they are the only way cocalc-ctl replaces a file atomically (tests/unit/test_atomic_writes.py).
 """
 
 from __future__ import annotations
@@ -109,9 +109,9 @@ def write_file(root: Path | str, parts: tuple[str, ...], data: bytes, *, mode: i
 
 # -- atomic writes of root's own files -------------------------------------------------------------
 #
-# Every whole file cocalc-ctl writes goes through one of two doors: `write_file` above for a file under
-# a tree a project can change, `write_atomic` below for a path only root can change (config, secrets,
-# markers, units, metrics). Both write the same way (`StagedWrite`): a unique temporary in the target's
+# Every file cocalc-ctl creates or replaces atomically goes through one of two doors: `write_file` above
+# for a file under a tree a project can change, `write_atomic` below for a path only root can change
+# (secrets, markers, units, metrics, profiles). Both write the same way (`StagedWrite`): a unique temporary in the target's
 # directory (`.<name>.<pid>.<random>.tmp`, a name the directory's cleaners may remove), created
 # O_CREAT|O_EXCL|O_NOFOLLOW with the final mode from the start (a secret is never readable by others,
 # not even for a moment), written, fsynced, renamed over the target, then the directory fsynced; the
