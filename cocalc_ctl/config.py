@@ -515,32 +515,42 @@ def load(path: str | None = None, env: dict[str, str] | None = None) -> Config:
     raw: dict[str, Any] = {}
     used_file: str | None = None
     if os.path.exists(file):
-        import yaml  # imported here: PyYAML costs startup time that --help does not need
-
-        try:
-            with open(file, "rb") as fh:
-                text = fh.read().decode("utf-8")
-            data = yaml.load(text, Loader=_unique_key_loader(yaml))
-        except _DuplicateKey as exc:
-            raise ConfigError(f"config file {file} line {exc.line}: key {exc.key!r} is given twice "
-                              f"(first on line {exc.first_line})", hint="keep one of them") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"config file {file}{where}: invalid YAML", hint="fix the syntax") from None
-        except UnicodeDecodeError as exc:
-            line = _line_of(exc)
-            raise ConfigError(f"config file {file} line {line}: not UTF-8 text (byte {exc.object[exc.start]:#04x})",
-                              hint="save the file as UTF-8") from None
-        except OSError as exc:
-            raise ConfigError(f"config file {file}: {exc.strerror}") from None
+        data = _read_yaml(file)
         if data is not None:
             _flatten(data, "", raw, file)
         used_file = file
     elif explicit:
         raise ConfigError(f"config file {file} does not exist",
                           hint="pass an existing file to --config or unset COCALC_CTL_CONFIG")
+    _refuse_unknown_keys(raw, file, env)
+    values, sources = _effective_values(raw, file, env)
+    return Config(values=values, sources=sources, file=used_file)
 
+
+def _read_yaml(file: str) -> Any:
+    """The parsed YAML of a config file; every way it can be unreadable is a one-line ConfigError."""
+    import yaml  # imported here: PyYAML costs startup time that --help does not need
+
+    try:
+        with open(file, "rb") as fh:
+            text = fh.read().decode("utf-8")
+        return yaml.load(text, Loader=_unique_key_loader(yaml))
+    except _DuplicateKey as exc:
+        raise ConfigError(f"config file {file} line {exc.line}: key {exc.key!r} is given twice "
+                          f"(first on line {exc.first_line})", hint="keep one of them") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {file}{where}: invalid YAML", hint="fix the syntax") from None
+    except UnicodeDecodeError as exc:
+        line = _line_of(exc)
+        raise ConfigError(f"config file {file} line {line}: not UTF-8 text (byte {exc.object[exc.start]:#04x})",
+                          hint="save the file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {file}: {exc.strerror}") from None
+
+
+def _refuse_unknown_keys(raw: dict[str, Any], file: str, env: dict[str, str]) -> None:
     for name in raw:
         if name not in SCHEMA:
             raise ConfigError(f"config file {file}: unknown key {name!r}",
@@ -551,6 +561,9 @@ def load(path: str | None = None, env: dict[str, str] | None = None) -> Config:
             raise ConfigError(f"environment variable {var} is not a config key",
                               hint="unset it or fix the name (see `cocalc-ctl config show`)")
 
+
+def _effective_values(raw: dict[str, Any], file: str, env: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every key's converted value and its source: the environment over the file over the default."""
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for name, key in SCHEMA.items():
@@ -568,4 +581,4 @@ def load(path: str | None = None, env: dict[str, str] | None = None) -> Config:
             where = f"environment variable {var}" if source.startswith("env:") else f"config file {file}"
             raise ConfigError(f"{where}: key {name}: {exc}") from None
         sources[name] = source
-    return Config(values=values, sources=sources, file=used_file)
+    return values, sources

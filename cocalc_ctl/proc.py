@@ -278,15 +278,18 @@ def _wait_all(procs: list[subprocess.Popen], deadline: float, shown: str) -> Non
         raise CommandTimeout(f"pipeline timed out: {shown[:200]}", hint="raise command_timeout or check the target")
 
 
+def _stderr_tail(ef) -> str:
+    """The last STDERR_TAIL_BYTES of a child's stderr file, decoded; the file is closed."""
+    ef.seek(0, os.SEEK_END)
+    size = ef.tell()
+    ef.seek(max(0, size - STDERR_TAIL_BYTES))
+    text = ef.read().decode("utf-8", "replace")
+    ef.close()
+    return text
+
+
 def _stage_results(stages: Sequence[Stage], procs: list[subprocess.Popen], err_files: list) -> list[Result]:
-    results = []
-    for st, p, ef in zip(stages, procs, err_files):
-        ef.seek(0, os.SEEK_END)
-        size = ef.tell()
-        ef.seek(max(0, size - STDERR_TAIL_BYTES))
-        results.append(Result(list(st.argv), p.returncode, "", ef.read().decode("utf-8", "replace")))
-        ef.close()
-    return results
+    return [Result(list(st.argv), p.returncode, "", _stderr_tail(ef)) for st, p, ef in zip(stages, procs, err_files)]
 
 
 def _raise_for_failed_stage(stages: Sequence[Stage], results: list[Result], shown: str) -> None:
@@ -302,6 +305,49 @@ def _raise_for_failed_stage(stages: Sequence[Stage], results: list[Result], show
     st, r = (real[0] if real else failed[0])
     raise CommandFailed(r.argv, r.returncode, r.stderr,
                         hint=f"stage {stages.index(st) + 1} of {len(stages)} in: {shown[:160]}")
+
+
+@dataclass
+class _Started:
+    """What a pipeline has started so far: its children and their stderr files, the relays, fds to close."""
+    counters: list[int]
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    err_files: list = field(default_factory=list)
+    relays: list[threading.Thread] = field(default_factory=list)
+    relay_errors: list[BaseException] = field(default_factory=list)
+    opened: list[int] = field(default_factory=list)
+
+
+def _spawn_stages(stages: Sequence[Stage], run: _Started, count_after: Sequence[int], on_progress) -> None:
+    """Start every stage, each reading the previous one's pipe (through a counting relay where asked)."""
+    prev_read: int | None = None
+    for i, st in enumerate(stages):
+        stdin = _first_stdin(st, run.opened) if i == 0 else prev_read
+        last = i == len(stages) - 1
+        stdout, next_read = _stage_stdout(st, last, run.opened)
+        ef = tempfile.TemporaryFile()
+        run.err_files.append(ef)
+        p = subprocess.Popen(list(st.argv), executable=which(st.argv[0], _environment(st.env)), stdin=stdin,
+                             stdout=stdout, stderr=ef, env=_environment(st.env), cwd=st.cwd,
+                             preexec_fn=_death_signal_setter())
+        run.procs.append(p)
+        # The parent must not hold pipe ends, or EOF/EPIPE never propagate.
+        if i > 0 and prev_read is not None:
+            os.close(prev_read)
+        if not last:
+            os.close(stdout)
+        if not last and i in count_after:
+            t, next_read = _start_relay(next_read, run.counters, list(count_after).index(i), on_progress,
+                                        run.relay_errors)
+            run.relays.append(t)
+        prev_read = next_read
+
+
+def _kill_all(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 def pipeline(stages: Sequence[Stage], *, mutates: bool = True, timeout: float | None = None,
@@ -322,56 +368,29 @@ def pipeline(stages: Sequence[Stage], *, mutates: bool = True, timeout: float | 
     _log(shown)
     deadline = time.monotonic() + (timeout if timeout is not None else (DEFAULT_TIMEOUT or 1e12))
     start = time.monotonic()
-    procs: list[subprocess.Popen] = []
-    err_files = []
-    relays: list[threading.Thread] = []
-    relay_errors: list[BaseException] = []
-    counters = [0] * len(count_after)
-    prev_read: int | None = None
-    opened: list[int] = []
+    run = _Started([0] * len(count_after))
     try:
-        for i, st in enumerate(stages):
-            stdin = _first_stdin(st, opened) if i == 0 else prev_read
-            last = i == len(stages) - 1
-            stdout, next_read = _stage_stdout(st, last, opened)
-            ef = tempfile.TemporaryFile()
-            err_files.append(ef)
-            p = subprocess.Popen(list(st.argv), executable=which(st.argv[0], _environment(st.env)), stdin=stdin,
-                                 stdout=stdout, stderr=ef, env=_environment(st.env), cwd=st.cwd,
-                                 preexec_fn=_death_signal_setter())
-            procs.append(p)
-            # The parent must not hold pipe ends, or EOF/EPIPE never propagate.
-            if i > 0 and prev_read is not None:
-                os.close(prev_read)
-            if not last:
-                os.close(stdout)
-            if not last and i in count_after:
-                t, next_read = _start_relay(next_read, counters, list(count_after).index(i), on_progress, relay_errors)
-                relays.append(t)
-            prev_read = next_read
-        for fd in opened:
+        _spawn_stages(stages, run, count_after, on_progress)
+        for fd in run.opened:
             os.close(fd)
-        opened.clear()
-        _wait_all(procs, deadline, shown)
-        for t in relays:
+        run.opened.clear()
+        _wait_all(run.procs, deadline, shown)
+        for t in run.relays:
             t.join()
     except BaseException:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        _kill_all(run.procs)
         raise
     finally:
-        for fd in opened:
+        for fd in run.opened:
             try:
                 os.close(fd)
             except OSError:
                 pass
-    results = _stage_results(stages, procs, err_files)
+    results = _stage_results(stages, run.procs, run.err_files)
     _raise_for_failed_stage(stages, results, shown)
-    if relay_errors:
-        raise relay_errors[0]
-    return PipelineResult(results, counters, time.monotonic() - start)
+    if run.relay_errors:
+        raise run.relay_errors[0]
+    return PipelineResult(results, run.counters, time.monotonic() - start)
 
 
 def plan_only(text: str) -> bool:
@@ -413,6 +432,36 @@ def _death_signal_setter() -> Callable[[], None] | None:
     return set_pdeathsig
 
 
+def _kill_after(limit: float, p: subprocess.Popen, timed_out: list[bool]) -> threading.Timer:
+    """A started timer that kills `p` after `limit` seconds and notes it in `timed_out`."""
+    def kill() -> None:
+        timed_out.append(True)
+        p.kill()
+
+    timer = threading.Timer(limit, kill)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _read_lines(p: subprocess.Popen, on_line, keep_output: bool) -> tuple[str, list[str]]:
+    """Read `p`'s stdout to its end, `on_line` for each non-empty line: (the last such line, every line
+    if `keep_output`)."""
+    last = ""
+    kept: list[str] = []
+    assert p.stdout is not None
+    for raw in p.stdout:
+        text = raw.decode("utf-8", "surrogateescape")
+        if keep_output:
+            kept.append(text)
+        line = text.rstrip("\n")
+        if line:
+            last = line
+            if on_line:
+                on_line(line)
+    return last, kept
+
+
 def stream(argv: Sequence[str], on_line: Callable[[str], None] | None = None, *, mutates: bool = True,
            cwd: str | None = None, env: dict[str, str] | None = None, timeout: float | None = None,
            ok_codes: Sequence[int] = (0,), check: bool = True, keep_output: bool = False) -> Result:
@@ -433,43 +482,18 @@ def stream(argv: Sequence[str], on_line: Callable[[str], None] | None = None, *,
     err = tempfile.TemporaryFile()
     p = subprocess.Popen(argv, executable=exe, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
                          cwd=cwd, env=full_env, preexec_fn=_death_signal_setter())
-    timer = None
-    timed_out = []
-    if limit:
-        def kill() -> None:
-            timed_out.append(True)
-            p.kill()
-
-        timer = threading.Timer(limit, kill)
-        timer.daemon = True
-        timer.start()
-    last = ""
-    kept: list[str] = []
+    timed_out: list[bool] = []
+    timer = _kill_after(limit, p, timed_out) if limit else None
     try:
-        assert p.stdout is not None
-        for raw in p.stdout:
-            text = raw.decode("utf-8", "surrogateescape")
-            if keep_output:
-                kept.append(text)
-            line = text.rstrip("\n")
-            if line:
-                last = line
-                if on_line:
-                    on_line(line)
+        last, kept = _read_lines(p, on_line, keep_output)
         p.wait()
     except BaseException:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        _kill_all([p])
         raise
     finally:
         if timer:
             timer.cancel()
-    err.seek(0, os.SEEK_END)
-    size = err.tell()
-    err.seek(max(0, size - STDERR_TAIL_BYTES))
-    stderr = err.read().decode("utf-8", "replace")
-    err.close()
+    stderr = _stderr_tail(err)
     if timed_out:
         raise CommandTimeout(f"{argv[0]} timed out after {limit:.0f}s", hint="raise command_timeout or check the target")
     result = Result(argv, p.returncode, "".join(kept) if keep_output else last, stderr, time.monotonic() - start)

@@ -182,17 +182,40 @@ def cookie_name(https: bool, subdomains: bool) -> bytes:
     return HOST_COOKIE if subdomains else SECURE_COOKIE
 
 
+class _Cookies:
+    """What the Cookie headers of one request carry: the sessions of cookie `name` (up to
+    MAX_SESSIONS), how many cookies of that name came (well-formed or not), whether any of our
+    cookie names came (all are removed), and the other cookies, kept."""
+
+    __slots__ = ("name", "seen", "sessions", "strip", "kept")
+
+    def __init__(self, name: bytes):
+        self.name, self.seen, self.sessions, self.strip, self.kept = name, 0, [], False, []
+
+    def read(self, value: bytes) -> None:
+        for piece in value.split(b";"):
+            piece = piece.strip()
+            cname, eq, val = piece.partition(b"=")
+            cname = cname.strip()
+            if cname.lower() in _ALL_COOKIE_NAMES:
+                self.strip = True
+                if cname == self.name and self.seen < MAX_SESSIONS:
+                    self.seen += 1
+                    val = val.strip()
+                    if _is_secret(val, _SESSION_PREFIX):
+                        self.sessions.append(val)
+            elif piece:
+                self.kept.append(piece)
+
+
 def present(head, name: bytes = _COOKIE_NAME) -> Presented:
     """Read (and plan the removal of) the credentials a request carries. Never looks anything up.
     `name`: the session cookie's name that applies to this request (cookie_name()); only cookies of
     exactly that name are read (up to MAX_SESSIONS), every variant of it is removed."""
     p = Presented()
     bearer = None
-    sessions: list[bytes] = []
-    seen = 0  # cookies of `name`, well-formed or not
+    cookies = _Cookies(name)
     authz = 0
-    strip_cookie = False
-    kept: list[bytes] = []
     raw = []
     for lname, _, value in head.headers:
         if lname == b"authorization":
@@ -204,29 +227,23 @@ def present(head, name: bytes = _COOKIE_NAME) -> Presented:
                 bearer = rest
         elif lname == b"cookie":
             raw.append(b"cookie: " + value)
-            for piece in value.split(b";"):
-                piece = piece.strip()
-                cname, eq, val = piece.partition(b"=")
-                cname = cname.strip()
-                if cname.lower() in _ALL_COOKIE_NAMES:
-                    strip_cookie = True
-                    if cname == name and seen < MAX_SESSIONS:
-                        seen += 1
-                        val = val.strip()
-                        if _is_secret(val, _SESSION_PREFIX):
-                            sessions.append(val)
-                elif piece:
-                    kept.append(piece)
+            cookies.read(value)
     p.raw = b"\r\n".join(raw)
     if authz > 1:
         p.answer = Answer(400, "more than one Authorization header")
         return p
     if bearer is not None:
-        p.drop = _DROP_BOTH if strip_cookie else _DROP_AUTHZ
-    elif strip_cookie:
+        p.drop = _DROP_BOTH if cookies.strip else _DROP_AUTHZ
+    elif cookies.strip:
         p.drop = _DROP_COOKIE
-    if strip_cookie and kept:
-        p.cookie_line = b"cookie: " + b"; ".join(kept) + b"\r\n"
+    if cookies.strip and cookies.kept:
+        p.cookie_line = b"cookie: " + b"; ".join(cookies.kept) + b"\r\n"
+    return _choose_credential(p, head, bearer, cookies)
+
+
+def _choose_credential(p: Presented, head, bearer: bytes | None, cookies: _Cookies) -> Presented:
+    """The credential the request is judged by: a query token (GET/HEAD only), else the bearer token,
+    else the session cookies; what is not even shaped like a secret is answered without a lookup."""
     query_token = _query_token(head.target)
     if query_token is not None:
         if head.method not in (b"GET", b"HEAD") or head.upgrade is not None:
@@ -235,9 +252,9 @@ def present(head, name: bytes = _COOKIE_NAME) -> Presented:
         p.kind, p.secret, p.login = "token", query_token, True
     elif bearer is not None:
         p.kind, p.secret = "token", bearer
-    elif sessions:
-        p.kind, p.secret, p.sessions = "session", sessions[0], tuple(sessions)
-    elif seen:
+    elif cookies.sessions:
+        p.kind, p.secret, p.sessions = "session", cookies.sessions[0], tuple(cookies.sessions)
+    elif cookies.seen:
         p.answer = UNAUTHENTICATED  # only session cookies not even shaped like one: no lookup
         return p
     if p.kind == "token" and not _is_secret(p.secret, _TOKEN_PREFIX):

@@ -119,6 +119,7 @@ class UpstreamProtocol(asyncio.Protocol):
     def upstream_name(self) -> str:
         return f"{self.key[0]}:{self.key[1]}"
 
+    # Kept flat (over 60 lines): runs per chunk of every fast-path response; a call per step costs measurable time.
     def data_received(self, data):
         conn = self.conn
         if conn is None:

@@ -14,7 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from cocalc_ctl import ids, proc
+from cocalc_ctl import ids, proc, safepath
 from cocalc_ctl.config import Config, redact_dsn
 from cocalc_ctl.errors import CommandFailed, InvalidInput, NotFound, PreconditionFailed
 from cocalc_ctl.state import backup_jobs, host_db
@@ -76,11 +76,7 @@ def _write_rustic_profile(cfg: Config, repo: str, pw: str | None, cache: str) ->
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(d, 0o700)
     if not path.exists() or path.read_text() != text:
-        tmp = d / ".rustic-profile.toml.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
+        safepath.write_atomic(path, text, mode=0o600)
     return path
 
 

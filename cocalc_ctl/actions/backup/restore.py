@@ -60,9 +60,10 @@ def cleanup(cfg: Config, project_id: str | None = None) -> list[CleanupResult]:
         root = staging_root(cfg)
         if root.is_dir():
             for e in os.scandir(root):
+                name = safepath.temp_target(e.name) or e.name  # a marker's temporary names its project too
                 for prefix in (".restore_in_progress.", "project-"):
-                    if e.name.startswith(prefix):
-                        cand = e.name[len(prefix):].removesuffix(".old").removesuffix(".tmp")
+                    if name.startswith(prefix):
+                        cand = name[len(prefix):].removesuffix(".old").removesuffix(".tmp")
                         if ids.is_uuid(cand):
                             found.add(cand)
         for e in os.scandir(cfg.btrfs_root):
@@ -104,9 +105,15 @@ def marker(cfg: Config, pid: str) -> Path:
     return staging_root(cfg) / f".restore_in_progress.{pid}"
 
 
-def _marker_tmp(cfg: Config, pid: str) -> Path:
+def _marker_tmps(cfg: Config, pid: str) -> list[Path]:
+    """Temporaries of a marker update cut short: safepath's, and the older `<marker>.tmp`."""
     path = marker(cfg, pid)
-    return path.with_name(path.name + ".tmp")
+    try:
+        names = os.listdir(path.parent)
+    except FileNotFoundError:
+        return []
+    return [path.with_name(n) for n in sorted(names)
+            if n == path.name + ".tmp" or safepath.temp_target(n) == path.name]
 
 
 def aside(cfg: Config, pid: str) -> Path:
@@ -124,13 +131,7 @@ def persist_old(cfg: Config, pid: str) -> Path:
 def _write_marker(cfg: Config, pid: str, data: dict) -> None:
     if proc.plan_only(f"# write {marker(cfg, pid)} phase={data['phase']}"):
         return
-    path, tmp = marker(cfg, pid), _marker_tmp(cfg, pid)
-    with open(tmp, "w") as fh:
-        json.dump(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    safepath.write_atomic(marker(cfg, pid), json.dumps(data), mode=0o644)
 
 
 def _read_marker(cfg: Config, pid: str) -> dict | None:
@@ -138,14 +139,6 @@ def _read_marker(cfg: Config, pid: str) -> dict | None:
         return json.loads(marker(cfg, pid).read_text())
     except (OSError, ValueError):
         return None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _rename(src: Path, dst: Path) -> None:
@@ -167,8 +160,9 @@ def recover(cfg: Config, pid: str) -> list[str]:
     staging = layout.restore_staging(cfg, pid)
     old = aside(cfg, pid)
     mark = _read_marker(cfg, pid)
-    if os.path.lexists(_marker_tmp(cfg, pid)) and not proc.plan_only(f"rm -f {_marker_tmp(cfg, pid)}"):
-        _marker_tmp(cfg, pid).unlink()  # a marker update cut short: the old marker (or none) still rules
+    for tmp in _marker_tmps(cfg, pid):
+        if not proc.plan_only(f"rm -f {tmp}"):
+            tmp.unlink()  # a marker update cut short: the old marker (or none) still rules
     if mark and mark.get("phase") == "verified":
         _roll_forward(cfg, pid, mark)
         done.append("finished an interrupted restore (verified staging swapped in)")

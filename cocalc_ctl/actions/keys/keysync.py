@@ -17,7 +17,6 @@ the hub publishes (none for an untrusted host); they verify move tickets and log
 
 from __future__ import annotations
 
-import os
 import random
 from contextlib import closing
 import time
@@ -25,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from cocalc_ctl import ids, output, proc
+from cocalc_ctl import ids, output, proc, safepath
 from cocalc_ctl.actions.keys import keys as keys_mod
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import InvalidInput, NotFound, OperationFailed, PreconditionFailed
@@ -410,14 +409,7 @@ def write_known_hosts(cfg: Config, out: str | None = None) -> KnownHostsResult:
     if proc.plan_only(f"# write {n} pinned host key(s) to {path}"):
         return KnownHostsResult(str(path), n, text)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)  # atomic: a concurrent ssh sees the old or the new file, never half
+    safepath.write_atomic(path, text, mode=0o644)  # a concurrent ssh sees the old or the new file, never half
     return KnownHostsResult(str(path), n, text)
 
 

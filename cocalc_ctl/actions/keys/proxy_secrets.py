@@ -18,7 +18,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cocalc_ctl import ids, proc
+from cocalc_ctl import ids, proc, safepath
 from cocalc_ctl.actions.keys import keys as keys_mod
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import NotFound, PreconditionFailed
@@ -130,11 +130,7 @@ def write_own(cfg: Config, rows: list[tuple[str, bytes]]) -> tuple[str, bool]:
         return str(path), False
     if proc.plan_only(f"# write {len(rows)} hub secret(s) to {path} (0600)"):
         return str(path), True
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    keys_mod.write_new_file(tmp, data, 0o600)
-    os.replace(tmp, path)
+    safepath.write_atomic(path, data, mode=0o600)
     return str(path), True
 
 

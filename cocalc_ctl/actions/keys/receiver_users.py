@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cocalc_ctl import ids, proc
+from cocalc_ctl import ids, proc, safepath
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import InvalidInput, OperationFailed
 
@@ -87,14 +87,5 @@ def apply(cfg: Config, out: str | None = None) -> ReceiverUsers:
                                   hint="remove or rename that entry first")
         result.added = sorted(set(users) - ours)
         result.removed = sorted(ours - set(users))
-        tmp = path.with_name(f".{path.name}.cocalc-ctl.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        try:
-            os.fchmod(fd, mode)
-            os.fchown(fd, uid, gid)
-            os.write(fd, "".join(ln + "\n" for ln in kept + lines).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        safepath.write_atomic(path, "".join(ln + "\n" for ln in kept + lines), mode=mode, owner=(uid, gid))
     return result

@@ -455,16 +455,7 @@ def write_receiver_keys(cfg: Config) -> ReceiverKeysResult:
                     continue
             except OSError:
                 pass
-            tmp = f".{login}.{os.getpid()}.tmp"
-            wfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                          dir_fd=fd)
-            try:
-                os.fchmod(wfd, 0o644)
-                os.write(wfd, data)
-                os.fsync(wfd)
-            finally:
-                os.close(wfd)
-            os.rename(tmp, login, src_dir_fd=fd, dst_dir_fd=fd)
+            safepath.write_atomic(login, data, mode=0o644, dir_fd=fd)
             res.written.append(login)
         os.fsync(fd)
     finally:

@@ -12,12 +12,11 @@ AuthorizedKeysCommand.
 
 from __future__ import annotations
 
-import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from cocalc_ctl import proc
+from cocalc_ctl import proc, safepath
 from cocalc_ctl.actions.keys import keys
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import ConfigError, PreconditionFailed
@@ -115,15 +114,7 @@ def write_env_file(cfg: Config, path: Path) -> None:
     if not path.parent.is_dir():
         path.parent.mkdir(mode=0o700, parents=True)
     keys.check_secret_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, f"{ENV_VAR}={rest_url(cfg)}/{token}\n".encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    safepath.write_atomic(path, f"{ENV_VAR}={rest_url(cfg)}/{token}\n", mode=0o600)
 
 
 def build(cfg: Config, *, write_env: bool = False) -> PiperConfig:

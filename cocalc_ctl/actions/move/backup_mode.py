@@ -28,7 +28,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from cocalc_ctl import ids, layout, locks, proc
+from cocalc_ctl import ids, layout, locks, proc, safepath
 from cocalc_ctl.actions.backup import common as backup_common
 from cocalc_ctl.actions.backup import jobs, repository
 from cocalc_ctl.actions.project import projects
@@ -161,12 +161,7 @@ def _write_marker(incoming, doc: dict) -> None:
         return
     incoming.mkdir(parents=True, exist_ok=True)
     os.chmod(incoming, 0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(doc, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    safepath.write_atomic(path, json.dumps(doc), mode=0o644)
 
 
 def _finalized_here(cfg: Config, pid: str, backup_id: str) -> bool:

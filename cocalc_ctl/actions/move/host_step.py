@@ -36,6 +36,21 @@ MAX_COMMAND = 2048
 
 def parse(command: str | None) -> list[str]:
     """Validate the worker's request; return the argv for `cocalc-ctl --json …` (with its ticket)."""
+    words, ticket = _words_and_ticket(command)
+    words, quota = _split_quota(words)
+    try:
+        argv = _step_argv(words, quota, ticket)
+    except InvalidInput as exc:
+        if isinstance(exc, Refused):
+            raise
+        raise Refused(f"refused host step: {exc.message}") from None
+    if argv is None:
+        raise Refused(f"refused host step {ids.quoted(command)}")
+    return argv
+
+
+def _words_and_ticket(command: str | None) -> tuple[list[str], list[str]]:
+    """The command's words and its trailing `--ticket T` (required but for `project show`, refused there)."""
     if not command or len(command) > MAX_COMMAND or not _SAFE.fullmatch(command) or "  " in command \
             or command != command.strip():
         raise Refused(f"refused host step {ids.quoted(command)}")
@@ -49,55 +64,64 @@ def parse(command: str | None) -> list[str]:
         raise Refused("refused host step: a step that changes state needs --ticket (the hub's signed move ticket)")
     if words[:2] == ["project", "show"] and ticket:
         raise Refused("refused host step: project show takes no ticket")
-    quota: list[str] = []
+    return words, ticket
+
+
+def _split_quota(words: list[str]) -> tuple[list[str], list[str]]:
+    """A finalize's trailing `--quota BYTES`, split off."""
     if words[:2] == ["move", "finalize"] and len(words) >= 5 and words[-2] == "--quota":
         if not _BYTES.fullmatch(words[-1]):
             raise Refused(f"refused host step: quota {ids.quoted(words[-1])} (bytes, digits only)")
-        quota, words = words[-2:], words[:-2]
-    try:
-        if words[:2] == ["project", "show"] and len(words) == 3:
-            return ["project", "show", ids.project_id(words[2])]
-        if words[:2] in (["move", "abort"], ["move", "release"]) and len(words) == 3 and not quota:
-            return [*words[:2], ids.project_id(words[2]), *ticket]
-        if words[:2] == ["move", "finalize"] and len(words) == 3:
-            return [*words[:2], ids.project_id(words[2]), *quota, *ticket]
-        if words[:2] == ["move", "finalize"] and len(words) == 5 and words[3] == "--from-backup":
-            if not _BACKUP_ID.fullmatch(words[4]):
-                raise Refused(f"refused host step: backup id {ids.quoted(words[4])}")
-            return ["move", "finalize", ids.project_id(words[2]), "--from-backup", words[4], *quota, *ticket]
-        if words[:2] == ["move", "cleanup"] and len(words) == 4 and words[3] == "--force":
-            return ["move", "cleanup", ids.project_id(words[2]), "--force", *ticket]
-        if words[:2] == ["move", "send"] and len(words) >= 3:
-            argv = ["move", "send", ids.project_id(words[2])]
-            opts = words[3:]
-            if len(opts) % 2:
-                raise Refused("refused host step: options come in pairs")
-            seen = set()
-            for flag, value in zip(opts[::2], opts[1::2]):
-                if flag in seen:
-                    raise Refused(f"refused host step: {flag} given twice")
-                seen.add(flag)
-                if flag == "--to":
-                    parse_peer(value)
-                elif flag == "--mode" and value in ("pipe", "staged", "backup"):
-                    pass
-                elif flag == "--compress" and value in ("none", "lz4", "zstd"):
-                    pass
-                elif flag == "--snapshot":
-                    ids.snapshot_name(value)
-                elif flag == "--bwlimit" and _RATE.fullmatch(value):
-                    pass
-                else:
-                    raise Refused(f"refused host step: option {ids.quoted(flag)} {ids.quoted(value)}")
-                argv += [flag, value]
-            if dict(zip(opts[::2], opts[1::2])).get("--mode") == "backup":
-                if seen != {"--mode", "--snapshot"}:
-                    raise Refused("refused host step: a backup-mode send takes only --mode and --snapshot")
-            elif not {"--to", "--snapshot"} <= seen:
-                raise Refused("refused host step: send needs --to and --snapshot")
-            return [*argv, *ticket]
-    except InvalidInput as exc:
-        if isinstance(exc, Refused):
-            raise
-        raise Refused(f"refused host step: {exc.message}") from None
-    raise Refused(f"refused host step {ids.quoted(command)}")
+        return words[:-2], words[-2:]
+    return words, []
+
+
+def _step_argv(words: list[str], quota: list[str], ticket: list[str]) -> list[str] | None:
+    """The argv of one of the known steps, its values validated; None for anything else."""
+    if words[:2] == ["project", "show"] and len(words) == 3:
+        return ["project", "show", ids.project_id(words[2])]
+    if words[:2] in (["move", "abort"], ["move", "release"]) and len(words) == 3 and not quota:
+        return [*words[:2], ids.project_id(words[2]), *ticket]
+    if words[:2] == ["move", "finalize"] and len(words) == 3:
+        return [*words[:2], ids.project_id(words[2]), *quota, *ticket]
+    if words[:2] == ["move", "finalize"] and len(words) == 5 and words[3] == "--from-backup":
+        if not _BACKUP_ID.fullmatch(words[4]):
+            raise Refused(f"refused host step: backup id {ids.quoted(words[4])}")
+        return ["move", "finalize", ids.project_id(words[2]), "--from-backup", words[4], *quota, *ticket]
+    if words[:2] == ["move", "cleanup"] and len(words) == 4 and words[3] == "--force":
+        return ["move", "cleanup", ids.project_id(words[2]), "--force", *ticket]
+    if words[:2] == ["move", "send"] and len(words) >= 3:
+        return [*_send_argv(ids.project_id(words[2]), words[3:]), *ticket]
+    return None
+
+
+def _send_argv(pid: str, opts: list[str]) -> list[str]:
+    """`move send PID` with its options, each flag once with a valid value; backup mode takes only
+    --mode and --snapshot, the others need --to and --snapshot."""
+    argv = ["move", "send", pid]
+    if len(opts) % 2:
+        raise Refused("refused host step: options come in pairs")
+    seen = set()
+    for flag, value in zip(opts[::2], opts[1::2]):
+        if flag in seen:
+            raise Refused(f"refused host step: {flag} given twice")
+        seen.add(flag)
+        if flag == "--to":
+            parse_peer(value)
+        elif flag == "--mode" and value in ("pipe", "staged", "backup"):
+            pass
+        elif flag == "--compress" and value in ("none", "lz4", "zstd"):
+            pass
+        elif flag == "--snapshot":
+            ids.snapshot_name(value)
+        elif flag == "--bwlimit" and _RATE.fullmatch(value):
+            pass
+        else:
+            raise Refused(f"refused host step: option {ids.quoted(flag)} {ids.quoted(value)}")
+        argv += [flag, value]
+    if dict(zip(opts[::2], opts[1::2])).get("--mode") == "backup":
+        if seen != {"--mode", "--snapshot"}:
+            raise Refused("refused host step: a backup-mode send takes only --mode and --snapshot")
+    elif not {"--to", "--snapshot"} <= seen:
+        raise Refused("refused host step: send needs --to and --snapshot")
+    return argv

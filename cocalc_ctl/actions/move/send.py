@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from cocalc_ctl import ids, layout, locks, proc
+from cocalc_ctl import ids, layout, locks, proc, safepath
 from cocalc_ctl.actions.host.identity import host_id as own_host_id
 from cocalc_ctl.actions.move import common, transport
 from cocalc_ctl.actions.move.release import release
@@ -127,18 +127,9 @@ def send(cfg: Config, project_id: str, to: str | None, *, mode: str | None = Non
     it again; without one (a root operator here) the destination refuses the push."""
     mode = mode or cfg["move.mode"]
     if ticket is not None:
-        from cocalc_ctl.actions.move import authority
-
-        t = authority.check(cfg, ticket, verb="send", project_id=ids.project_id(project_id), mode=mode,
-                            snapshot=ids.snapshot_name(snapshot) if snapshot else None)
-        snapshot = t.snapshot  # the ticket names the move snapshot
+        snapshot = _ticket_snapshot(cfg, ticket, project_id, mode, snapshot)
     if mode == "backup":  # no peer: the destination restores from the shared repository
-        if to or codec or bwlimit:
-            raise InvalidInput("--mode backup takes no --to, --compress or --bwlimit",
-                               hint="the destination restores the backup with `move finalize PROJECT --from-backup ID`")
-        from cocalc_ctl.actions.move import backup_mode
-
-        return backup_mode.send(cfg, project_id, snapshot=snapshot, progress=progress, by_hand=ticket is None)
+        return _send_backup(cfg, project_id, to, codec, bwlimit, snapshot, progress, by_hand=ticket is None)
     if not to:
         raise InvalidInput(f"--mode {mode} needs --to btrfs-<this-host-uuid>@HOST:PORT")
     pid = existing_project(cfg, project_id)
@@ -154,41 +145,19 @@ def send(cfg: Config, project_id: str, to: str | None, *, mode: str | None = Non
             transport.PeerSession(cfg, peer, ticket=ticket) as sess:
         stop_if_running(cfg, pid)
         inv = remote_list(cfg, sess, pid)
-        if inv.get("project_exists"):
-            raise PreconditionFailed(f"project {pid} already exists on {peer.host}",
-                                     hint="it was moved already; run `move cleanup` here if the hub says done")
-        # logged before the snapshot exists: a move that fails from here on is known by its name
-        common.log(cfg, pid, "send", "start", "ok", move_id=name, detail=f"{mode}/{codec} to {peer.spec}")
-        drop_earlier_move_snapshots(cfg, pid, keep=name)
-        take_move_snapshot(cfg, pid, name)
+        _begin(cfg, pid, peer, inv, name, f"{mode}/{codec}")
         if proc.DRY_RUN and mode == "staged":
             proc.plan_only(f"# staged: btrfs send each snapshot into {layout.streams_dir(cfg, pid) / name}/, "
                            f"rsync --partial it to {peer.spec}, then receive-file each")
             return SendResult(pid, peer.spec, mode, codec, name)
-        try:
-            _check_space(cfg, pid, inv)
-        except CocalcError:
-            _release_by_hand(cfg, pid, name, ticket)
-            raise
-        snaps = _ordered_snapshots(cfg, pid, name)
-        held = {r["received_uuid"] for r in inv.get("received", [])}
         result = SendResult(pid, peer.spec, mode, codec, name)
         try:
-            if mode == "pipe":
-                _send_persist(cfg, sess, pid, result, inv)
-                for snap in snaps:
-                    _send_pipe(cfg, sess, pid, snap, snaps, held, codec, rate, result, emit)
-            else:
-                _send_staged(cfg, sess, pid, name, snaps, held, codec, bwlimit, result, emit, inv)
-        except CocalcError as exc:
-            common.log(cfg, pid, "send", "failed", "failed", move_id=name, detail=exc.one_line())
-            if mode == "pipe" and _out_of_space(exc):
-                _remote_abort(cfg, sess, pid)
-            _release_by_hand(cfg, pid, name, ticket)
-            raise
-        if proc.DRY_RUN:
-            return result
-        try:
+            _check_space(cfg, pid, inv)
+            snaps = _ordered_snapshots(cfg, pid, name)
+            held = {r["received_uuid"] for r in inv.get("received", [])}
+            _transfer(cfg, sess, pid, name, snaps, held, codec, rate, bwlimit, result, emit, inv)
+            if proc.DRY_RUN:
+                return result
             _check_received(cfg, sess, pid, snaps, name)
         except CocalcError:
             _release_by_hand(cfg, pid, name, ticket)
@@ -209,6 +178,53 @@ def _release_by_hand(cfg: Config, pid: str, name: str, ticket: str | None) -> No
         release(cfg, pid, name, locked=True)
     except CocalcError:
         pass  # the send's own error is the one to report; the next send drops what is left
+
+
+def _ticket_snapshot(cfg: Config, ticket: str, project_id: str, mode: str, snapshot: str | None) -> str | None:
+    """Check the hub's ticket for this send; the move snapshot it names."""
+    from cocalc_ctl.actions.move import authority
+
+    t = authority.check(cfg, ticket, verb="send", project_id=ids.project_id(project_id), mode=mode,
+                        snapshot=ids.snapshot_name(snapshot) if snapshot else None)
+    return t.snapshot
+
+
+def _send_backup(cfg: Config, project_id: str, to, codec, bwlimit, snapshot: str | None, progress, *,
+                 by_hand: bool):
+    if to or codec or bwlimit:
+        raise InvalidInput("--mode backup takes no --to, --compress or --bwlimit",
+                           hint="the destination restores the backup with `move finalize PROJECT --from-backup ID`")
+    from cocalc_ctl.actions.move import backup_mode
+
+    return backup_mode.send(cfg, project_id, snapshot=snapshot, progress=progress, by_hand=by_hand)
+
+
+def _begin(cfg: Config, pid: str, peer: transport.Peer, inv: dict, name: str, how: str) -> None:
+    """Refuse a project the peer has already, log the start and take the move snapshot `name`."""
+    if inv.get("project_exists"):
+        raise PreconditionFailed(f"project {pid} already exists on {peer.host}",
+                                 hint="it was moved already; run `move cleanup` here if the hub says done")
+    # logged before the snapshot exists: a move that fails from here on is known by its name
+    common.log(cfg, pid, "send", "start", "ok", move_id=name, detail=f"{how} to {peer.spec}")
+    drop_earlier_move_snapshots(cfg, pid, keep=name)
+    take_move_snapshot(cfg, pid, name)
+
+
+def _transfer(cfg, sess, pid, name, snaps, held, codec, rate, bwlimit, result, emit, inv) -> None:
+    """Stream the persist store and every snapshot the peer lacks (pipe), or stage them (staged); a
+    failure is logged, and a pipe that ran the peer out of space is aborted there."""
+    try:
+        if result.mode == "pipe":
+            _send_persist(cfg, sess, pid, result, inv)
+            for snap in snaps:
+                _send_pipe(cfg, sess, pid, snap, snaps, held, codec, rate, result, emit)
+        else:
+            _send_staged(cfg, sess, pid, name, snaps, held, codec, bwlimit, result, emit, inv)
+    except CocalcError as exc:
+        common.log(cfg, pid, "send", "failed", "failed", move_id=name, detail=exc.one_line())
+        if result.mode == "pipe" and _out_of_space(exc):
+            _remote_abort(cfg, sess, pid)
+        raise
 
 
 def _receiver_peer(cfg: Config, to: str) -> transport.Peer:
@@ -342,12 +358,7 @@ def _send_persist(cfg, sess, pid, result, inv) -> None:
 # -- staged mode ---------------------------------------------------------------------------------
 
 def _write_manifest(path: Path, doc: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(doc, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    safepath.write_atomic(path, json.dumps(doc, indent=2), mode=0o644)
 
 
 def _send_staged(cfg, sess, pid, move_id, snaps, held, codec, bwlimit, result, emit, inv) -> None:

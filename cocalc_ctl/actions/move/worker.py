@@ -230,6 +230,7 @@ class Worker:
             move = nxt
 
     def _step(self, m: Move) -> Move | None:
+        """Take the move one state further (None: nothing left to do for it)."""
         pid = m.project_id
         if m.state == "queued":
             return self._update(m, state="preparing", snapshot_name=m.snapshot_name or common.now_name(),
@@ -240,63 +241,78 @@ class Worker:
         if m.state == "sending" and m.mode == "backup":
             return self._send_backup(m)
         if m.state == "sending":
-            user = self.cfg["move.receiver_user"] or f"btrfs-{m.source_host_id}"
-            args = ["move", "send", pid, "--to", f"{user}@{self._ssh_server(m.dest_host_id)}", "--mode", m.mode,
-                    "--compress", m.compress, "--snapshot", ids.snapshot_name(m.snapshot_name)]
-            if self.cfg["move.bwlimit"]:
-                args += ["--bwlimit", self.cfg["move.bwlimit"]]
-            m, ticket = self._ticket(m, "send")
-            args += ["--ticket", ticket]
-            t0 = time.monotonic()
-
-            def on_event(ev: dict) -> None:  # the heartbeat publishes the latest one into `progress`
-                if ev.get("event") in ("progress", "sent", "staged", "copied"):
-                    self._live = {"event": ev["event"], "snapshot": ev.get("snapshot"), "bytes": ev.get("bytes"),
-                                  "rate": ev.get("rate"), "seconds": round(time.monotonic() - t0, 1)}
-
-            res = self.transport().run(m.source_host_id, args, on_event=on_event)
-            self._live = None
-            progress = {"bytes": res.get("bytes_total"), "seconds": round(time.monotonic() - t0, 3),
-                        "streams": len([s for s in res.get("snapshots", []) if not s.get("skipped")])}
-            return self._update(m, state="finalizing", progress=progress)
+            return self._send_stream(m)
         if m.state == "finalizing":
-            args = ["move", "finalize", pid]
-            if m.mode == "backup":
-                if not m.backup_id:
-                    raise PreconditionFailed(f"backup-mode move of {pid} reached finalizing without a backup id")
-                args += ["--from-backup", m.backup_id]
-            # the project keeps its qgroup limit (the source still holds it until `done`)
-            quota = self.transport().run(m.source_host_id, ["project", "show", pid]).get("quota_bytes")
-            if isinstance(quota, int) and quota > 0:
-                args += ["--quota", str(quota)]
-            m, ticket = self._ticket(m, "finalize")
-            self.transport().run(m.dest_host_id, [*args, "--ticket", ticket])
-            return self._update(m, state="done", status_reason=None)
+            return self._finalize(m)
         if m.state == "done" and m.cleaned_at is None:
             if m.source_host_id != m.dest_host_id:
                 m, ticket = self._ticket(m, "cleanup")
                 self.transport().run(m.source_host_id, ["move", "cleanup", pid, "--force", "--ticket", ticket])
             return self._update(m, cleaned_at=_now(), status_reason=None)  # an old clean-up failure is over
         if m.state in ("failing", "cancelled") and m.cleaned_at is None:
-            if m.dest_host_id and m.dest_host_id != m.source_host_id:
-                m, ticket = self._ticket(m, "abort")
-                live_at_dest = False
-                try:
-                    self.transport().run(m.dest_host_id, ["move", "abort", pid, "--ticket", ticket])
-                except CommandFailed as exc:
-                    # exit 3 "live project": the destination has its own project with this id and nothing
-                    # of this move (the collision the move failed on): there is nothing to roll back
-                    if exc.returncode != 3 or "live project" not in exc.stderr_tail:
-                        raise
-                    live_at_dest = True
-                # then the source: this move's own snapshot (the name in this row, nothing else) and staged
-                # stream files go, the project stays. Not when a project lives on the destination: what
-                # the source holds of the move is then left for an operator to judge.
-                if m.source_host_id and m.snapshot_name and not live_at_dest:
-                    m, ticket = self._ticket(m, "release")
-                    self.transport().run(m.source_host_id, ["move", "release", pid, "--ticket", ticket])
-            return self._update(m, cleaned_at=_now(), status_reason=_without_cleanup_failure(m.status_reason))
+            return self._roll_back(m)
         return None
+
+    def _send_stream(self, m: Move) -> Move:
+        """`sending` (pipe or staged): the source pushes to the destination's receiver."""
+        user = self.cfg["move.receiver_user"] or f"btrfs-{m.source_host_id}"
+        args = ["move", "send", m.project_id, "--to", f"{user}@{self._ssh_server(m.dest_host_id)}", "--mode",
+                m.mode, "--compress", m.compress, "--snapshot", ids.snapshot_name(m.snapshot_name)]
+        if self.cfg["move.bwlimit"]:
+            args += ["--bwlimit", self.cfg["move.bwlimit"]]
+        m, ticket = self._ticket(m, "send")
+        args += ["--ticket", ticket]
+        t0 = time.monotonic()
+
+        def on_event(ev: dict) -> None:  # the heartbeat publishes the latest one into `progress`
+            if ev.get("event") in ("progress", "sent", "staged", "copied"):
+                self._live = {"event": ev["event"], "snapshot": ev.get("snapshot"), "bytes": ev.get("bytes"),
+                              "rate": ev.get("rate"), "seconds": round(time.monotonic() - t0, 1)}
+
+        res = self.transport().run(m.source_host_id, args, on_event=on_event)
+        self._live = None
+        progress = {"bytes": res.get("bytes_total"), "seconds": round(time.monotonic() - t0, 3),
+                    "streams": len([s for s in res.get("snapshots", []) if not s.get("skipped")])}
+        return self._update(m, state="finalizing", progress=progress)
+
+    def _finalize(self, m: Move) -> Move:
+        """`finalizing`: the destination makes the project live (with the source's quota)."""
+        pid = m.project_id
+        args = ["move", "finalize", pid]
+        if m.mode == "backup":
+            if not m.backup_id:
+                raise PreconditionFailed(f"backup-mode move of {pid} reached finalizing without a backup id")
+            args += ["--from-backup", m.backup_id]
+        # the project keeps its qgroup limit (the source still holds it until `done`)
+        quota = self.transport().run(m.source_host_id, ["project", "show", pid]).get("quota_bytes")
+        if isinstance(quota, int) and quota > 0:
+            args += ["--quota", str(quota)]
+        m, ticket = self._ticket(m, "finalize")
+        self.transport().run(m.dest_host_id, [*args, "--ticket", ticket])
+        return self._update(m, state="done", status_reason=None)
+
+    def _roll_back(self, m: Move) -> Move:
+        """A failed or cancelled move: the destination drops what it received, then the source releases
+        this move's own snapshot and stream files (the project stays)."""
+        pid = m.project_id
+        if m.dest_host_id and m.dest_host_id != m.source_host_id:
+            m, ticket = self._ticket(m, "abort")
+            live_at_dest = False
+            try:
+                self.transport().run(m.dest_host_id, ["move", "abort", pid, "--ticket", ticket])
+            except CommandFailed as exc:
+                # exit 3 "live project": the destination has its own project with this id and nothing
+                # of this move (the collision the move failed on): there is nothing to roll back
+                if exc.returncode != 3 or "live project" not in exc.stderr_tail:
+                    raise
+                live_at_dest = True
+            # then the source: this move's own snapshot (the name in this row, nothing else) and staged
+            # stream files go, the project stays. Not when a project lives on the destination: what
+            # the source holds of the move is then left for an operator to judge.
+            if m.source_host_id and m.snapshot_name and not live_at_dest:
+                m, ticket = self._ticket(m, "release")
+                self.transport().run(m.source_host_id, ["move", "release", pid, "--ticket", ticket])
+        return self._update(m, cleaned_at=_now(), status_reason=_without_cleanup_failure(m.status_reason))
 
     def _ticket(self, m: Move, verb: str) -> tuple[Move, str]:
         """Sign the ticket for one step (a move from before move ids gets one first)."""
@@ -428,6 +444,89 @@ def _listen(cfg: Config, wake: Wakeup, stop: threading.Event, listening: threadi
             backoff = min(backoff * 2, 30.0)
 
 
+class _Workers:
+    """The claim loops `run` starts: threads sharing one hub pool, one wake-up and one result."""
+
+    def __init__(self, cfg: Config, *, base: str, threads_n: int, once: bool, poll: float,
+                 transport: HostTransport | None, stop: threading.Event, on_claim):
+        self.cfg, self.base, self.once, self.poll = cfg, base, once, poll
+        self.transport, self.stop, self.on_claim = transport, stop, on_claim
+        self.result = WorkerResult(base)
+        self.lock = threading.Lock()
+        self.wake = Wakeup()
+        self.failures: list[BaseException] = []
+        # each thread: one connection at a time for its statements, one for its move's heartbeat
+        self.pool = hub_db.HubPool(cfg["hub_dsn"], max_size=2 * threads_n, name="move-worker")
+
+    def guarded(self, n: int) -> None:
+        try:
+            self.loop(n)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            self.failures.append(exc)
+            self.stop.set()
+
+    def loop(self, n: int) -> None:
+        import psycopg
+
+        from cocalc_ctl import output
+
+        w = Worker(self.cfg, transport=self.transport, owner=f"{self.base}:{n}", pool=self.pool)
+        backoff = 1.0
+        while not self.stop.is_set():
+            seen = self.wake.generation
+            try:
+                move = w.claim()
+                due = None if move is not None or self.once else w.next_due()
+            except (CocalcError, psycopg.Error) as exc:
+                if self.once:
+                    raise
+                output.warn(f"move worker: claim failed ({' '.join(str(exc).split())[:200]}); "
+                            f"retrying in {backoff:.0f}s")
+                backoff = self._back_off(backoff)
+                continue
+            backoff = 1.0
+            if move is None:
+                if self.once:
+                    return
+                self.wake.wait(seen, self.poll if due is None else min(self.poll, due + 0.05))
+                continue
+            if not self._advance(w, move):
+                backoff = self._back_off(backoff)
+
+    def _back_off(self, backoff: float) -> float:
+        self.stop.wait(backoff)
+        return min(backoff * 2, 30.0)
+
+    def _advance(self, w: Worker, move: Move) -> bool:
+        """Process a claimed move and record where it ended; False if the hub went away meanwhile."""
+        import psycopg
+
+        from cocalc_ctl import output
+
+        if self.on_claim is not None:
+            self.on_claim(move)
+        try:
+            final = w.process(move)
+        except (CocalcError, psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            # the hub went away while the move ran (not even its failure could be recorded): the move
+            # resumes when its lease lapses; a long-running worker goes on, `--once` reports it
+            if self.once:
+                raise
+            output.warn(f"move worker: {errors.describe(exc)}; the move of {move.project_id} resumes when "
+                        f"its lease lapses")
+            return False
+        with self.lock:
+            self.result.processed.append({"project_id": final.project_id, "state": final.state,
+                                          "attempt": final.attempt, "reason": final.status_reason})
+        return True
+
+
+def _join_all(threads: list[threading.Thread]) -> None:
+    for t in threads:
+        while t.is_alive():
+            t.join(0.5)
+
+
 def run(cfg: Config, *, once: bool = False, concurrency: int = 1, poll: float | None = None,
         transport: HostTransport | None = None, stop: threading.Event | None = None,
         on_claim=None, listening: threading.Event | None = None) -> WorkerResult:
@@ -436,90 +535,31 @@ def run(cfg: Config, *, once: bool = False, concurrency: int = 1, poll: float | 
     Without `once` the threads wait for the listener's wake-ups (NOTIFY), for the next lease to come
     due, or at most `poll` seconds (default `move.poll_seconds`). `on_claim(move)` is called right
     after each claim (measurements, tests); `listening` is set while the listener holds its LISTEN."""
-    import psycopg
-
-    from cocalc_ctl import output
-
     poll = float(cfg["move.poll_seconds"]) if poll is None else poll
     base = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-    result = WorkerResult(base)
     stop = stop or threading.Event()
-    lock = threading.Lock()
-    wake = Wakeup()
     threads_n = max(1, concurrency)
-    # each thread: one connection at a time for its statements, one for its move's heartbeat
-    pool = hub_db.HubPool(cfg["hub_dsn"], max_size=2 * threads_n, name="move-worker")
-
-    def loop(n: int) -> None:
-        w = Worker(cfg, transport=transport, owner=f"{base}:{n}", pool=pool)
-        backoff = 1.0
-        while not stop.is_set():
-            seen = wake.generation
-            try:
-                move = w.claim()
-                due = None if move is not None or once else w.next_due()
-            except (CocalcError, psycopg.Error) as exc:
-                if once:
-                    raise
-                output.warn(f"move worker: claim failed ({' '.join(str(exc).split())[:200]}); "
-                            f"retrying in {backoff:.0f}s")
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
-            backoff = 1.0
-            if move is None:
-                if once:
-                    return
-                wake.wait(seen, poll if due is None else min(poll, due + 0.05))
-                continue
-            if on_claim is not None:
-                on_claim(move)
-            try:
-                final = w.process(move)
-            except (CocalcError, psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                # the hub went away while the move ran (not even its failure could be recorded): the move
-                # resumes when its lease lapses; a long-running worker goes on, `--once` reports it
-                if once:
-                    raise
-                output.warn(f"move worker: {errors.describe(exc)}; the move of {move.project_id} resumes when "
-                            f"its lease lapses")
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
-            with lock:
-                result.processed.append({"project_id": final.project_id, "state": final.state,
-                                         "attempt": final.attempt, "reason": final.status_reason})
-
-    failures: list[BaseException] = []
-
-    def guarded(n: int) -> None:
-        try:
-            loop(n)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            failures.append(exc)
-            stop.set()
-
+    workers = _Workers(cfg, base=base, threads_n=threads_n, once=once, poll=poll, transport=transport,
+                       stop=stop, on_claim=on_claim)
     listener = None
     if not once:
-        listener = threading.Thread(target=listen, args=(cfg, wake, stop), kwargs={"listening": listening, "poll": poll},
-                                    daemon=True, name="move-listener")
+        listener = threading.Thread(target=listen, args=(cfg, workers.wake, stop),
+                                    kwargs={"listening": listening, "poll": poll}, daemon=True, name="move-listener")
         listener.start()
-    threads = [threading.Thread(target=guarded, args=(n,), daemon=True) for n in range(threads_n)]
+    threads = [threading.Thread(target=workers.guarded, args=(n,), daemon=True) for n in range(threads_n)]
     for t in threads:
         t.start()
     try:
-        for t in threads:
-            while t.is_alive():
-                t.join(0.5)
+        _join_all(threads)
     except KeyboardInterrupt:
         stop.set()
-        wake.kick()
+        workers.wake.kick()
         raise
     finally:
         if listener is not None:
             stop.set()
             listener.join(5.0)
-        pool.close()
-    if failures:
-        raise failures[0]
-    return result
+        workers.pool.close()
+    if workers.failures:
+        raise workers.failures[0]
+    return workers.result

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cocalc_ctl import __version__, proc
+from cocalc_ctl import __version__, proc, safepath
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import PreconditionFailed
 
@@ -213,15 +213,5 @@ def write(cfg: Config, *, textfile_dir: str | None = None) -> WriteResult:
     target = d / FILE_NAME
     if proc.plan_only(f"install -m 0644 /dev/stdin {target}  # {len(text)} bytes of metrics"):
         return WriteResult(str(target), sum(len(f.samples) for f in families), len(families))
-    tmp = d / f".{FILE_NAME}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    safepath.write_atomic(target, text, mode=0o644)
     return WriteResult(str(target), sum(len(f.samples) for f in families), len(families))

@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cocalc_ctl import proc
+from cocalc_ctl import proc, safepath
 from cocalc_ctl.config import DEFAULT_CONFIG_PATH, Config
 from cocalc_ctl.errors import InvalidInput, NotFound, PreconditionFailed
 
@@ -325,14 +325,6 @@ def _manages_systemd(cfg: Config, unit_dir: str) -> bool:
     return os.path.abspath(unit_dir) == os.path.abspath(cfg["ops.unit_dir"]) and systemd_running()
 
 
-def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
 def install(cfg: Config, *, unit_dir: str | None = None, role: str = "host", only: list[str] | None = None,
             bin: str | None = None, enable: bool = True) -> InstallResult:
     jobs = select(role, only)
@@ -352,7 +344,7 @@ def install(cfg: Config, *, unit_dir: str | None = None, role: str = "host", onl
             raise InvalidInput(f"{path} exists and was not written by cocalc-ctl; refusing to overwrite it",
                                hint="move it aside, or choose another --unit-dir")
         if not proc.plan_only(f"install -m 0644 /dev/stdin {shlex.quote(str(path))}  # {len(text)} bytes"):
-            _write_atomic(path, text)
+            safepath.write_atomic(path, text, mode=0o644)
         result.written.append(name)
     if _manages_systemd(cfg, unit_dir):
         proc.run(["systemctl", "daemon-reload"])

@@ -143,10 +143,7 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
             return StartResult(pid, container_name(pid), row["image"], str(layout.project_root_mount(cfg, pid)),
                                row["http_port"], row["ssh_port"], True, info.get("Id"),
                                _revive_sshd(cfg, store, pid, row["ssh_port"]))
-        if info is not None:  # an exited or half-made container of an earlier run
-            proc.run(podman.rm_container(store, container_name(pid), stop_timeout=cfg["podman.stop_timeout"]))
-        if row is not None and not proc.DRY_RUN:  # ports of an earlier run that ended without `project stop`
-            isolation.unguard_ports(cfg, pid, [p for p in (row["http_port"], row["ssh_port"]) if p])
+        _clear_earlier_run(cfg, store, pid, info, row)
         snapshots_mount = _snapshots_mount(cfg, pid)  # nothing of the project runs now
         limits = _run_quota(cfg, pid, row["run_quota"] if row else None)  # a bad quota refuses the start here
         if not proc.plan_only(f"# record project {pid} starting in host sqlite"):
@@ -157,42 +154,9 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
         except BaseException:
             _record_stopped(cfg, pid)
             raise
-        key = rootfs.normalize(mounted.image, cfg["rootfs.default_image"]).key
-        marker = rootfs.read_marker(cfg, key) or {}
         http_port, ssh_port = _free_ports(taken, 2)
-        spec = _run_spec(cfg, pid, mounted, marker, ulimits, limits, snapshots_mount, http_port, ssh_port)
-        rng = isolation.get_range(cfg, pid) if isolation.enabled(cfg) and not proc.DRY_RUN else None
-        if rng is not None:
-            spec.isolation_args = isolation.container_args(cfg, pid, rng)
-        ssh_volumes = None
-        if project_ssh.enabled(cfg):  # the sshd's bundle and state, read-only (a bad setup refuses the start)
-            try:
-                ssh_volumes = project_ssh.prepare(cfg, pid, rng.base if rng is not None else 0)
-            except BaseException:
-                overlay.umount(cfg, pid, stopping=True)
-                _record_stopped(cfg, pid)
-                raise
-            if ssh_volumes is not None:
-                spec.readonly_volumes += ssh_volumes
-        monitor = _monitor_dir(cfg, pid)
-        if not proc.DRY_RUN:
-            monitor.mkdir(mode=0o700, parents=True, exist_ok=True)
-            (monitor / "oom").unlink(missing_ok=True)
-        try:
-            if limits.disk:
-                proc.run(btrfs.qgroup_limit(limits.disk, str(layout.project_subvolume(cfg, pid))))
-            isolation.guard_ports(cfg, pid, [http_port, ssh_port])  # before anything listens on them
-            # podman's monitor (conmon) inherits our working directory and writes an `oom` file there
-            # when the kernel OOM-kills in the container: give it a directory of ours, not the caller's
-            res = proc.run(podman.run(store, spec), cwd=None if proc.DRY_RUN else str(monitor))
-        except BaseException:
-            if not proc.DRY_RUN:
-                isolation.unguard_ports(cfg, pid, [http_port, ssh_port])
-                proc.run(podman.rm_container(store, container_name(pid), stop_timeout=0), check=False)
-                overlay.umount(cfg, pid, stopping=True)
-                project_ssh.cleanup(cfg, pid)
-                _record_stopped(cfg, pid)
-            raise
+        spec, ssh_volumes = _container_spec(cfg, pid, mounted, ulimits, limits, snapshots_mount, http_port, ssh_port)
+        res = _launch(cfg, store, pid, spec, limits.disk, [http_port, ssh_port])
         sshd = _start_project_sshd(cfg, store, pid, ssh_port, ssh_volumes)
         if proc.plan_only(f"# record project {pid} running on ports http {http_port}, ssh {ssh_port}"):
             return StartResult(pid, container_name(pid), mounted.image, mounted.merged, None, None, False)
@@ -201,6 +165,60 @@ def start(cfg: Config, project_id: str, *, image: str | None = None) -> StartRes
                                    ssh_port=ssh_port)
         return StartResult(pid, container_name(pid), mounted.image, mounted.merged, http_port, ssh_port, False,
                            res.stdout.strip() or None, sshd)
+
+
+def _clear_earlier_run(cfg: Config, store, pid: str, info: dict | None, row) -> None:
+    """Remove what an earlier run left: its exited or half-made container, the guards of its ports."""
+    if info is not None:
+        proc.run(podman.rm_container(store, container_name(pid), stop_timeout=cfg["podman.stop_timeout"]))
+    if row is not None and not proc.DRY_RUN:  # ports of an earlier run that ended without `project stop`
+        isolation.unguard_ports(cfg, pid, [p for p in (row["http_port"], row["ssh_port"]) if p])
+
+
+def _container_spec(cfg: Config, pid: str, mounted, ulimits, limits, snapshots_mount, http_port: int,
+                    ssh_port: int) -> tuple[podman.RunSpec, list | None]:
+    """The container's run spec with its isolation and the project sshd's read-only volumes (None
+    without project ssh); a bad ssh setup unmounts the root again and refuses the start."""
+    key = rootfs.normalize(mounted.image, cfg["rootfs.default_image"]).key
+    marker = rootfs.read_marker(cfg, key) or {}
+    spec = _run_spec(cfg, pid, mounted, marker, ulimits, limits, snapshots_mount, http_port, ssh_port)
+    rng = isolation.get_range(cfg, pid) if isolation.enabled(cfg) and not proc.DRY_RUN else None
+    if rng is not None:
+        spec.isolation_args = isolation.container_args(cfg, pid, rng)
+    ssh_volumes = None
+    if project_ssh.enabled(cfg):  # the sshd's bundle and state, read-only (a bad setup refuses the start)
+        try:
+            ssh_volumes = project_ssh.prepare(cfg, pid, rng.base if rng is not None else 0)
+        except BaseException:
+            overlay.umount(cfg, pid, stopping=True)
+            _record_stopped(cfg, pid)
+            raise
+        if ssh_volumes is not None:
+            spec.readonly_volumes += ssh_volumes
+    return spec, ssh_volumes
+
+
+def _launch(cfg: Config, store, pid: str, spec: podman.RunSpec, disk_limit, ports: list[int]):
+    """Set the disk limit, guard the ports and run the container; on failure undo the whole start."""
+    monitor = _monitor_dir(cfg, pid)
+    if not proc.DRY_RUN:
+        monitor.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (monitor / "oom").unlink(missing_ok=True)
+    try:
+        if disk_limit:
+            proc.run(btrfs.qgroup_limit(disk_limit, str(layout.project_subvolume(cfg, pid))))
+        isolation.guard_ports(cfg, pid, ports)  # before anything listens on them
+        # podman's monitor (conmon) inherits our working directory and writes an `oom` file there
+        # when the kernel OOM-kills in the container: give it a directory of ours, not the caller's
+        return proc.run(podman.run(store, spec), cwd=None if proc.DRY_RUN else str(monitor))
+    except BaseException:
+        if not proc.DRY_RUN:
+            isolation.unguard_ports(cfg, pid, ports)
+            proc.run(podman.rm_container(store, container_name(pid), stop_timeout=0), check=False)
+            overlay.umount(cfg, pid, stopping=True)
+            project_ssh.cleanup(cfg, pid)
+            _record_stopped(cfg, pid)
+        raise
 
 
 def _run_spec(cfg: Config, pid: str, mounted, marker: dict, ulimits, limits, snapshots_mount,

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cocalc_ctl import layout, locks, proc
+from cocalc_ctl import layout, locks, proc, safepath
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import InvalidInput, OperationFailed, PreconditionFailed
 from cocalc_ctl.state import host_db
@@ -439,10 +439,7 @@ def seccomp_profile(cfg: Config) -> str:
             return str(path)
     except OSError:
         pass
-    tmp = d / f".seccomp.json.{os.getpid()}"
-    tmp.write_text(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    safepath.write_atomic(path, text, mode=0o644)
     return str(path)
 
 

@@ -170,6 +170,46 @@ def _take_apart(cfg: Config, pid: str) -> None:
         pass  # another delete is under way, or it was never there
 
 
+def _is_running(cfg: Config, pid: str) -> bool:
+    """Host sqlite has the project running (or starting, stopping)."""
+    if not host_db.db_path(cfg.data_dir).exists():
+        return False
+    with host_db.connect(cfg.data_dir) as conn:
+        row = host_db.get_project(conn, pid)
+    return bool(row) and row["state"] in ("running", "starting", "stopping")
+
+
+def _rename_aside(pid: str, path, trash) -> None:
+    """Lift the subvolume's qgroup limit and rename it to `trash`: from then on the project is gone.
+    On failure the limit is put back and the project is as it was."""
+    sub = btrfs.show(str(path))
+    limit = (btrfs.qgroups(str(path)).get(f"0/{sub.subvolume_id}") or None)
+    _lift_limits([str(path)])
+    try:
+        trash.parent.mkdir(mode=0o700, exist_ok=True)
+        if os.path.lexists(trash):
+            raise OperationFailed(f"{trash} is in the way of deleting project {pid}",
+                                  hint="remove it (an earlier delete of this project left it)")
+        os.rename(path, trash)
+    except BaseException:
+        if limit is not None and limit.max_referenced:
+            proc.run(btrfs.qgroup_limit(limit.max_referenced, str(path)), check=False)
+        raise
+
+
+def _forget(cfg: Config, pid: str) -> None:
+    """Drop a renamed-aside project's host sqlite row (freeing its uid range) and its persist store."""
+    if host_db.db_path(cfg.data_dir).exists():
+        with host_db.connect(cfg.data_dir) as conn:
+            host_db.delete_project(conn, pid)
+            from cocalc_ctl.actions.project import isolation
+
+            isolation.release(conn, pid)  # its uid range is free again only now
+    persist = layout.persist_dir(cfg, pid)
+    if persist.exists():
+        shutil.rmtree(persist)
+
+
 def delete(cfg: Config, project_id: str, *, force: bool = False) -> DeleteResult:
     """All or nothing as far as btrfs allows: every check first, then the project's qgroup limit is
     lifted and the subvolume renamed aside in one step (from then on the project is gone), then taken
@@ -186,13 +226,9 @@ def delete(cfg: Config, project_id: str, *, force: bool = False) -> DeleteResult
     if locked and not force:
         raise Busy(f"project {pid} has locked snapshots: {', '.join(locked)}",
                    hint="unlock them with `snapshot unlock` or pass --force")
-    running = False
-    if host_db.db_path(cfg.data_dir).exists():
-        with host_db.connect(cfg.data_dir) as conn:
-            row = host_db.get_project(conn, pid)
-        running = bool(row) and row["state"] in ("running", "starting", "stopping")
-        if running and not force:
-            raise Busy(f"project {pid} is running", hint="stop it first with `project stop` or pass --force")
+    running = _is_running(cfg, pid)
+    if running and not force:
+        raise Busy(f"project {pid} is running", hint="stop it first with `project stop` or pass --force")
     if running or mounts.mount_at(str(layout.project_root_mount(cfg, pid))) is not None:
         # its container and overlay root hold the subvolume: stop them first (ports cleared too)
         from cocalc_ctl.actions.project import containers
@@ -203,28 +239,8 @@ def delete(cfg: Config, project_id: str, *, force: bool = False) -> DeleteResult
         _take_apart(cfg, pid)
         proc.plan_only(f"rm -rf {layout.persist_dir(cfg, pid)}; # remove project {pid} from host sqlite")
         return DeleteResult(pid, names, True)
-    sub = btrfs.show(str(path))
-    limit = (btrfs.qgroups(str(path)).get(f"0/{sub.subvolume_id}") or None)
-    _lift_limits([str(path)])
-    try:
-        trash.parent.mkdir(mode=0o700, exist_ok=True)
-        if os.path.lexists(trash):
-            raise OperationFailed(f"{trash} is in the way of deleting project {pid}",
-                                  hint="remove it (an earlier delete of this project left it)")
-        os.rename(path, trash)
-    except BaseException:
-        if limit is not None and limit.max_referenced:
-            proc.run(btrfs.qgroup_limit(limit.max_referenced, str(path)), check=False)
-        raise
-    if host_db.db_path(cfg.data_dir).exists():
-        with host_db.connect(cfg.data_dir) as conn:
-            host_db.delete_project(conn, pid)
-            from cocalc_ctl.actions.project import isolation
-
-            isolation.release(conn, pid)  # its uid range is free again only now
-    persist = layout.persist_dir(cfg, pid)
-    if persist.exists():
-        shutil.rmtree(persist)
+    _rename_aside(pid, path, trash)
+    _forget(cfg, pid)
     try:
         _take_apart(cfg, pid)
     except OperationFailed as exc:

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cocalc_ctl import ids, layout, locks, output, proc
+from cocalc_ctl import ids, layout, locks, output, proc, safepath
 from cocalc_ctl.actions.project import isolation
 from cocalc_ctl.config import Config, parse_size
 from cocalc_ctl.errors import Busy, InvalidInput, NotFound, OperationFailed, PreconditionFailed
@@ -409,10 +409,7 @@ def pull(cfg: Config, image: str, *, force: bool = False, keep: bool | None = No
                 os.rename(entry, partial / "old")
             entry.parent.mkdir(parents=True, exist_ok=True)
             os.rename(new_root, entry)
-            tmp = marker.with_name(marker.name + ".tmp")
-            tmp.write_text(json.dumps(data, indent=2) + "\n")
-            os.chmod(tmp, 0o644)
-            os.rename(tmp, marker)
+            safepath.write_atomic(marker, json.dumps(data, indent=2) + "\n", mode=0o644)
         finally:
             _rm_tree(partial)
     return _result_from_marker(cfg, ref, data, downloaded=True)
