@@ -308,7 +308,16 @@ def test_a_fifo_for_etc_passwd_does_not_hang_project_start(rig, shared):
     except subprocess.TimeoutExpired:
         res, hung = None, time.monotonic() - t0
     finally:
-        rig.container_exec(shared, "rm -f /etc/passwd && mv /etc/passwd.a15 /etc/passwd")
+        # a blocked reader of the FIFO (podman, as host root) gets EOF from this write end; then put it back
+        for _ in range(3):
+            try:
+                fd = os.open(rig.host.data / "project-roots" / shared / "etc" / "passwd", os.O_WRONLY | os.O_NONBLOCK)
+                os.close(fd)
+            except OSError:
+                pass
+            time.sleep(0.5)
+        rig.store.run("exec", "--user", "0:0", f"project-{shared}", "/bin/sh", "-c",
+                      "rm -f /etc/passwd && mv /etc/passwd.a15 /etc/passwd", check=False)
         rig.host.cli("project", "start", shared)
         rig.refresh(shared)
     assert hung is None, f"`project start` still blocked after {hung:.0f}s on the project's FIFO /etc/passwd"
