@@ -244,6 +244,78 @@ def test_a_lan_neighbour_cannot_reach_the_sshd_at_its_container_address(rig, sha
                                          f"{ip}:22 past the port guard: {got!r}")
 
 
+SYN_ACK_SNIFFER = """\
+import socket, struct, sys, threading, time
+port, ifname = int(sys.argv[1]), sys.argv[2]
+r = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+r.bind((ifname, 0))
+r.settimeout(0.5)
+def connect():
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=6)
+    except OSError:
+        pass
+threading.Thread(target=connect, daemon=True).start()
+end = time.monotonic() + 6
+while time.monotonic() < end:
+    try:
+        f = r.recv(2048)
+    except OSError:
+        continue
+    ip = f[14:]
+    ihl = (ip[0] & 15) * 4
+    if ip[9] == 6 and struct.unpack(">H", ip[ihl:ihl + 2])[0] == port and ip[ihl + 13] & 0x12 == 0x12:
+        print("SYN-ACK from", socket.inet_ntoa(ip[12:16]))
+        break
+"""
+
+
+def test_a_lan_neighbour_cannot_reach_a_published_port_through_its_loopback_dnat(rig, shared):
+    """The neighbour sends a SYN to 127.0.0.1:<published ssh port> through the host (its own loopback
+    routes removed): the port mapping's DNAT (any source) sends it on to the container. The guard must
+    drop it like any other connection the host forwards into a project. Its kernel drops the answer
+    (source 127.0.0.1 from outside), so the neighbour watches its link for the SYN-ACK."""
+    port = rig.ports[shared]
+    assert banner("127.0.0.1", port).startswith(b"SSH-"), "root (sshpiperd's user) reaches the published port"
+    with Neighbour() as n:
+        for c in (["ip", "route", "del", "table", "local", "127.0.0.0/8", "dev", "lo"],
+                  ["ip", "route", "del", "table", "local", "127.0.0.1", "dev", "lo"],
+                  ["ip", "route", "add", "127.0.0.1/32", "via", f"{n.net}.1", "src", f"{n.net}.2"]):
+            subprocess.run(n.argv(*c), check=True, capture_output=True)
+        got = subprocess.run(n.argv("/usr/bin/python3", "-c", SYN_ACK_SNIFFER, str(port), n.inner),
+                             capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr
+    assert "SYN-ACK" not in got.stdout, (f"a client routed through the host reached the project sshd through "
+                                         f"127.0.0.1:{port} (the port mapping's DNAT): {got.stdout!r}")
+
+
+def test_the_guard_keeps_a_projects_own_traffic_to_the_hosts_network(rig, shared):
+    """The guard drops what the host forwards into a project, not the replies to the project's own
+    connections: the container opens a TCP connection to a machine on the host's network and asks it a
+    DNS question (UDP), and gets both answers."""
+    code = ("import socket,struct,threading\nt=socket.socket()\nt.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+            "t.bind(('0.0.0.0',7070))\nt.listen(4)\nu=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+            "u.bind(('0.0.0.0',53))\n"
+            "def dns():\n"
+            " while True:\n"
+            "  q,a=u.recvfrom(512); end=q.index(b'\\0',12)+5; a_rr=q[end-4:end-2]==b'\\0\\1'\n"
+            "  rr=b'\\xc0\\x0c\\0\\1\\0\\1\\0\\0\\0\\x3c\\0\\4'+bytes([192,0,2,77]) if a_rr else b''\n"
+            "  u.sendto(q[:2]+b'\\x81\\x80'+struct.pack('>HHHH',1,int(a_rr),0,0)+q[12:end]+rr,a)\n"
+            "threading.Thread(target=dns,daemon=True).start()\nprint('ready',flush=True)\n"
+            "while True:\n c,_=t.accept(); c.sendall(b'tcp-answer\\n'); c.close()\n")
+    with Neighbour() as n:
+        server = subprocess.Popen(n.argv("/usr/bin/python3", "-c", code), stdout=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout.readline().strip() == "ready"
+            tcp = rig.container_exec(shared, f"nc -w 5 {n.net}.2 7070 </dev/null")
+            udp = rig.container_exec(shared, f"/bin/busybox nslookup -type=a probe.test {n.net}.2")
+        finally:
+            server.kill()
+            server.wait()
+    assert "tcp-answer" in tcp.stdout, f"the project's TCP connection out got no answer: {tcp.stdout!r} {tcp.stderr!r}"
+    assert "192.0.2.77" in udp.stdout, f"the project's DNS question (UDP) got no answer: {udp.stdout!r} {udp.stderr!r}"
+
+
 def test_a_dead_containers_ssh_port_is_not_routed_to_whoever_binds_it(rig):
     """The project kills its own container (its init's child): host sqlite still says running with the
     old ports, which no one holds any more. A local unprivileged user binds the ssh port; the auth hook

@@ -111,8 +111,18 @@ def test_nft_ruleset_parses_and_matches_the_socket_uid():
     assert "meta skuid != @port_users reject" in text and "priority -150" in text
     assert "add element inet cocalc_ctl port_users { 0, 33 }" in text
     # the host's own connections straight to a project container's address need an allowed uid too
-    assert ("add rule bridge cocalc_ctl output ether daddr @project_macs meta l4proto tcp "
-            "tcp flags & (syn | ack) == syn meta skuid != @port_users drop") in text
+    # a SYN passes only from an allowed uid's socket; one without a socket (forwarded) falls to the drop
+    syn = "add rule bridge cocalc_ctl output ether daddr @project_macs meta l4proto tcp tcp flags & (syn | ack) == syn"
+    assert f"{syn} meta skuid @port_users accept\n{syn} drop\n" in text
+    # what the host routes into a bridge and is not a reply is marked, and dropped before a project MAC
+    mark = f"meta mark & {nft.FORWARDED:#x} == {nft.FORWARDED:#x}"
+    fwd, out = "add rule inet cocalc_ctl forward", "add rule bridge cocalc_ctl output"
+    assert (f"{fwd} ct state established,related return\n"
+            f"{fwd} meta oifkind \"bridge\" meta mark set meta mark | {nft.FORWARDED:#x}\n") in text
+    assert (f"{out} {mark} ether daddr @project_macs drop\n"
+            f"{out} {mark} meta mark set meta mark & {0xffffffff ^ nft.FORWARDED:#x}\n") in text
+    assert text.index(f"output {mark} ether daddr") < text.index(f"{syn} meta skuid @port_users accept")
+    assert "flush chain inet cocalc_ctl forward" in text
     assert ("add rule bridge cocalc_ctl output ether daddr @project_macs meta l4proto udp "
             "meta skuid != @port_users drop") in text
     assert "add element bridge cocalc_ctl port_users { 0, 33 }" in text

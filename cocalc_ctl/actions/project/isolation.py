@@ -16,8 +16,10 @@
   id-mapped bind mount, so the container sees it owned by its own root and copy-ups land in the
   upper dir with mapped ids.
 - **Ports.** A project's published loopback ports and its container's MAC go into nft sets: only
-  sockets of `isolation.port_users` (the proxies, sshpiperd) may connect to the ports, and no frame
-  passes between a project container and another container on the bridge.
+  sockets of `isolation.port_users` (the proxies, sshpiperd) may connect to the ports or to the
+  container's address, nothing the host routes in from outside opens a connection to a project
+  container (replies to its own connections pass), and no frame passes between a project container
+  and another container on the bridge.
 - **Pool.** Mounted `nosuid,nodev`, top directory 0700; merged roots under `project-roots/` (0700)
   are reachable only by the ranges of projects that run (an ACL entry --x per running project).
 """

@@ -28,7 +28,8 @@ Design (why this one; the README's "SSH into a project" section says the same at
   restores already carry, so `known_hosts` entries survive restarts and moves. Each start copies it
   into the state mount owned by the project's mapped root (dropbear reads it as that user).
 - **Reaching the port**: the published loopback port is in the isolation port guard (nft): only
-  `isolation.port_users` (sshpiperd) may connect to it, so the upstream key is the only way in.
+  `isolation.port_users` (sshpiperd) may connect to it (or to the container's address; a connection the
+  host routes in from outside is dropped), so the upstream key is the only way in.
 - The project's root can of course stop its own sshd or run another on the port: it is the project's
   server, like its web server; that gives it nothing beyond its own container.
 """
