@@ -270,6 +270,10 @@ class Resolver:
             port = row["ssh_port"]
             if row["state"] != "running" or not isinstance(port, int) or not 1 <= port <= 65535:
                 return DENY, Decision(login, u.kind, u.id, False, "project is not running")
+            if not port_held_by_root(port):
+                # the container died (its monitor held the port): whoever binds the port now would get
+                # sshpiperd's login with the upstream key and sit between the project's users and nothing
+                return DENY, Decision(login, u.kind, u.id, False, "project's ssh port is not held by its container")
             keys = self.project_keys(u.id, row["authorized_keys"])
             user, host = self.upstream_user, f"127.0.0.1:{port}"
         elif u.kind == "hub":
@@ -306,6 +310,35 @@ class Resolver:
         if db is None:
             return []
         return [line for g in receiver_logins(self.cfg, db) if g.login == login for line in g.lines()]
+
+
+TCP_TABLE = "/proc/net/tcp"  # this network namespace's IPv4 TCP sockets (the hook runs in the host's)
+_LISTEN = "0A"
+
+
+def port_held_by_root(port: int, table: str = TCP_TABLE) -> bool:
+    """Is 127.0.0.1:<port> held by a root-owned listening socket (or one of the hook's own user), and by
+    no other user's? A running project's published port is: podman's monitor (conmon, host root) holds
+    it for the container's life, and the kernel's NAT sends connections on to the container. When the
+    container is gone the port is free and any local user may bind it; only root (and so no local user)
+    can make a root-owned socket, and no other project is given the port while host sqlite records it
+    for this one. One read of the kernel's socket table: cheap enough for every login."""
+    local = {f"0100007F:{port:04X}", f"00000000:{port:04X}"}  # 127.0.0.1 / 0.0.0.0, little-endian hex
+    trusted = {"0", str(os.geteuid())}
+    root = False
+    try:
+        with open(table, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return False
+    for line in data.decode("ascii", "replace").splitlines()[1:]:
+        f = line.split()
+        if len(f) < 8 or f[1] not in local or f[3] != _LISTEN:
+            continue
+        if f[7] not in trusted:
+            return False
+        root = True
+    return root
 
 
 def _hub_key_lines(db: sqlite3.Connection) -> list[str]:
