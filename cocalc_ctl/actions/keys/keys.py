@@ -279,7 +279,7 @@ def _ensure(cfg: Config) -> EnsureResult:
                                      hint=f"remove {_pub(path)} (or restore the private key) and rerun")
         if not proc.plan_only(f"# generate an ed25519 key {path} (0600) and {_pub(path)}"):
             _create_pair(path, _comment(cfg, which, hid))
-            _relay_changed(cfg, which)
+            _key_changed(cfg, which)
         result.created.append(str(path))
     tpath, made = ensure_token(cfg)
     (result.created if made else result.existing).append(str(tpath))
@@ -345,12 +345,18 @@ def rotate(cfg: Config, which: str, *, finish: bool = False) -> RotateResult:
         return _rotate(cfg, which, finish=finish)
 
 
-def _relay_changed(cfg: Config, which: str) -> None:
-    """The receiver's static authorized_keys files carry the relay key: rewrite them when it changes."""
+def _key_changed(cfg: Config, which: str) -> None:
+    """The receiver's static authorized_keys files carry the relay key: rewrite them when it changes.
+    Running projects' sshds accept exactly the upstream key(s): rewrite their key lists when it changes
+    (during a rotation both keys, after the finish only the new one)."""
     if which == "relay":
         from cocalc_ctl.actions.keys import sshauth
 
         sshauth.write_receiver_keys(cfg)
+    elif which == "upstream":
+        from cocalc_ctl.actions.project import project_ssh
+
+        project_ssh.refresh_upstream_keys(cfg)
 
 
 def _rotate(cfg: Config, which: str, *, finish: bool = False) -> RotateResult:
@@ -371,7 +377,7 @@ def _rotate(cfg: Config, which: str, *, finish: bool = False) -> RotateResult:
                 if os.path.lexists(p):
                     os.unlink(p)
             record_self(cfg, hid)
-            _relay_changed(cfg, which)
+            _key_changed(cfg, which)
         cur = ssh.parse_public_key(_public_line(path) or "")
         return RotateResult(which, "finished", cur.line if cur else None, cur.fingerprint if cur else None,
                             old.fingerprint if old else None,
@@ -389,7 +395,7 @@ def _rotate(cfg: Config, which: str, *, finish: bool = False) -> RotateResult:
                 os.unlink(src)
         _create_pair(path, _comment(cfg, which, hid))
         record_self(cfg, hid)
-        _relay_changed(cfg, which)
+        _key_changed(cfg, which)
     cur = ssh.parse_public_key(_public_line(path) or "")
     return RotateResult(which, "rotated", cur.line if cur else None, cur.fingerprint if cur else None,
                         old.fingerprint if old else None,

@@ -263,14 +263,31 @@ def prepare(cfg: Config, pid: str, owner: int) -> list[tuple[str, str]] | None:
     returns the read-only volumes to add to the container, or None when this host has no upstream
     key yet (the sshd would accept nobody: the project runs without one)."""
     login_user(cfg)
-    upstream = [] if proc.DRY_RUN else _upstream_keys(cfg)
-    if not upstream and not proc.DRY_RUN:
+    if not proc.DRY_RUN and not _upstream_keys(cfg):
         return None
     bundle = ensure_bundle(cfg)
     key = ensure_host_key(cfg, pid)
     state = state_dir(cfg, pid)
     if proc.plan_only(f"# write {state} (host key copy, authorized_keys = the upstream key), owner {owner}"):
         return [(str(bundle), BUNDLE_MOUNT), (str(state), STATE_MOUNT)]
+    # under the keys lock: a rotation either sees this state directory (and rewrites its key list) or
+    # ran before the keys are read here
+    with _keys_lock(cfg):
+        upstream = _upstream_keys(cfg)
+        if not upstream:
+            return None
+        _write_state(cfg, pid, owner, key, upstream)
+    return [(str(bundle), BUNDLE_MOUNT), (str(state), STATE_MOUNT)]
+
+
+def _keys_lock(cfg: Config):
+    from cocalc_ctl.actions.keys import keys
+
+    return keys.keys_lock(cfg)
+
+
+def _write_state(cfg: Config, pid: str, owner: int, key: Path, upstream: list[str]) -> None:
+    state = state_dir(cfg, pid)
     top = run_dir(cfg, pid)
     shutil.rmtree(top, ignore_errors=True)
     top.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -286,7 +303,44 @@ def prepare(cfg: Config, pid: str, owner: int) -> list[tuple[str, str]] | None:
                     (ssh_dir, 0o700), (state / "home", 0o700), (state, 0o700)):
         os.chown(p, owner, owner, follow_symlinks=False)
         os.chmod(p, mode)
-    return [(str(bundle), BUNDLE_MOUNT), (str(state), STATE_MOUNT)]
+
+
+AUTHORIZED_KEYS = ("state", "home", ".ssh", "authorized_keys")  # below run_dir(cfg, pid)
+
+
+def refresh_upstream_keys(cfg: Config) -> list[str]:
+    """After a rotation of the upstream key (or its `--finish`): rewrite the login user's authorized_keys
+    of every project that has sshd state (= every running project's sshd) to the current upstream key(s),
+    so running projects accept sshpiperd's new key at once and, after the finish, no longer the old one.
+    The caller holds the keys lock (a start in between writes its state under it too). Each file is
+    replaced atomically (a temporary in the same directory, renamed over it): the container's read-only
+    bind mount of the state directory sees the new file, dropbear reads it at each login. Returns the
+    project ids rewritten."""
+    base = cfg.data_dir / "project-ssh"
+    if proc.plan_only(f"# rewrite {base}/<project>/state/home/.ssh/authorized_keys (the upstream key(s))"):
+        return []
+    try:
+        names = sorted(os.listdir(base))
+    except FileNotFoundError:
+        return []
+    from cocalc_ctl import ids, output, safepath
+
+    text = authorized_keys_text(cfg, _upstream_keys(cfg))
+    done = []
+    for name in names:
+        if not ids.is_uuid(name):  # run dirs are named by project id; anything else is not ours
+            continue
+        try:
+            with safepath.open_dir(base, (name, *AUTHORIZED_KEYS[:-1])) as dfd:
+                st = os.fstat(dfd)  # the file belongs to the project's mapped root, like its directory
+                safepath.StagedWrite(dfd, AUTHORIZED_KEYS[-1], text, 0o600, (st.st_uid, st.st_gid)).commit()
+        except FileNotFoundError:
+            continue  # stopped meanwhile, or a project without sshd state
+        except (OSError, PreconditionFailed) as exc:  # one broken state dir must not keep the others unchanged
+            output.warn(f"project {name}: cannot rewrite its sshd's upstream key list: {exc}")
+            continue
+        done.append(name)
+    return done
 
 
 def _sh_word(text: str) -> str:
