@@ -146,3 +146,27 @@ def test_upstream_rotation_rewrites_every_running_projects_key_list(tmp_path):
     assert accepted() == [new]
     assert stray.read_text() == "stray\n"
     assert not [p for p in ssh_dir.iterdir() if p.name != "authorized_keys"]  # no temporary left
+
+
+def test_upstream_rotation_reaches_the_projects_before_sshpiperd_can_hand_out_the_new_key(tmp_path, monkeypatch):
+    """sshpiperd logs in with whatever key file is in place: the projects' key lists must list the new
+    key before the file is replaced, not after (else logins fail in between)."""
+    from cocalc_ctl import config as config_mod
+    from cocalc_ctl.actions.keys import keys
+    from tests.support.keys import KeyHost
+
+    h = KeyHost(tmp_path / "a")
+    h.cli("keys", "ensure")
+    cfg = config_mod.load(str(h.config_path))
+    key_file = h.secrets / "sshpiper" / "upstream_key.pub"
+    old = key_file.read_text().split()[1]
+    calls = []
+    real = project_ssh.refresh_upstream_keys
+    monkeypatch.setattr(project_ssh, "refresh_upstream_keys",
+                        lambda c, upstream=None: calls.append((key_file.read_text().split()[1],
+                                                               upstream or keys.public_lines(c, "upstream")))
+                        or real(c, upstream))
+    keys.rotate(cfg, "upstream")
+    new = key_file.read_text().split()[1]
+    in_place, listed = calls[0]
+    assert in_place == old and [line.split()[1] for line in listed] == [new, old]

@@ -188,8 +188,8 @@ def _comment(cfg: Config, which: str, host_id: str | None) -> str:
     return f"cocalc-ctl-{KEYS[which][2]}@{host_id or cfg.host_name}"
 
 
-def _create_pair(path: Path, comment: str) -> None:
-    private, public = _generate(comment)
+def _create_pair(path: Path, comment: str, pair: tuple[bytes, str] | None = None) -> None:
+    private, public = pair or _generate(comment)
     write_new_file(path, private, 0o600)
     write_new_file(_pub(path), (public + "\n").encode(), 0o644)
 
@@ -388,12 +388,18 @@ def _rotate(cfg: Config, which: str, *, finish: bool = False) -> RotateResult:
     old = ssh.parse_public_key(_public_line(path) or "")
     if not proc.plan_only(f"mv {path} {prev}; mv {_pub(path)} {_pub(prev)}; "
                           f"# generate a new ed25519 key {path}"):
+        pair = _generate(_comment(cfg, which, hid))
+        if which == "upstream":  # running projects accept the new key before sshpiperd can hand it out
+            from cocalc_ctl.actions.project import project_ssh
+
+            new = ssh.parse_public_key(pair[1])
+            project_ssh.refresh_upstream_keys(cfg, [new.line, *public_lines(cfg, which)] if new else None)
         # link+unlink instead of rename: link fails if the target exists, so nothing is overwritten
         for src, dst in ((path, prev), (_pub(path), _pub(prev))):
             if os.path.lexists(src):
                 os.link(src, dst, follow_symlinks=False)
                 os.unlink(src)
-        _create_pair(path, _comment(cfg, which, hid))
+        _create_pair(path, _comment(cfg, which, hid), pair)
         record_self(cfg, hid)
         _key_changed(cfg, which)
     cur = ssh.parse_public_key(_public_line(path) or "")

@@ -308,14 +308,14 @@ def _write_state(cfg: Config, pid: str, owner: int, key: Path, upstream: list[st
 AUTHORIZED_KEYS = ("state", "home", ".ssh", "authorized_keys")  # below run_dir(cfg, pid)
 
 
-def refresh_upstream_keys(cfg: Config) -> list[str]:
+def refresh_upstream_keys(cfg: Config, upstream: list[str] | None = None) -> list[str]:
     """After a rotation of the upstream key (or its `--finish`): rewrite the login user's authorized_keys
     of every project that has sshd state (= every running project's sshd) to the current upstream key(s),
     so running projects accept sshpiperd's new key at once and, after the finish, no longer the old one.
     The caller holds the keys lock (a start in between writes its state under it too). Each file is
     replaced atomically (a temporary in the same directory, renamed over it): the container's read-only
     bind mount of the state directory sees the new file, dropbear reads it at each login. Returns the
-    project ids rewritten."""
+    project ids rewritten. `upstream`: the key lines to write (default: the current key files')."""
     base = cfg.data_dir / "project-ssh"
     if proc.plan_only(f"# rewrite {base}/<project>/state/home/.ssh/authorized_keys (the upstream key(s))"):
         return []
@@ -325,7 +325,7 @@ def refresh_upstream_keys(cfg: Config) -> list[str]:
         return []
     from cocalc_ctl import ids, output, safepath
 
-    text = authorized_keys_text(cfg, _upstream_keys(cfg))
+    text = authorized_keys_text(cfg, _upstream_keys(cfg) if upstream is None else upstream)
     done = []
     for name in names:
         if not ids.is_uuid(name):  # run dirs are named by project id; anything else is not ours
