@@ -385,3 +385,30 @@ def test_running_project_whose_port_nobody_holds_is_denied(kh):
     assert kh.cli("sshpiper", "authorized-keys", P).stdout == ""
     kh.set_project(P, keys=user_key(1))  # the port held (as a running container's monitor holds it)
     assert kh.json("sshpiper", "auth", P)["allowed"]
+
+
+def test_port_check_by_sock_diag_agrees_with_the_table_and_refuses_another_users_listener():
+    import socket
+    import subprocess
+
+    from cocalc_ctl.actions.keys import sshauth
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        assert sshauth._listeners_netlink(port) == sshauth._listeners_table(port, sshauth.TCP_TABLE) == [os.geteuid()]
+        assert sshauth.port_held_by_root(port)
+    assert sshauth._listeners_netlink(port) == [] and not sshauth.port_held_by_root(port)
+    if os.geteuid() != 0:
+        return
+    code = ("import socket,sys\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen(1)\n"
+            "print(s.getsockname()[1],flush=True)\nsys.stdin.read()\n")
+    p = subprocess.Popen(["runuser", "-u", "nobody", "--", "/usr/bin/python3", "-c", code], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        theirs = int(p.stdout.readline())
+        assert sshauth._listeners_netlink(theirs) == [65534] and not sshauth.port_held_by_root(theirs)
+    finally:
+        p.stdin.close()
+        p.wait(timeout=30)
