@@ -153,6 +153,7 @@ def test_upstream_rotation_reaches_the_projects_before_sshpiperd_can_hand_out_th
     key before the file is replaced, not after (else logins fail in between)."""
     from cocalc_ctl import config as config_mod
     from cocalc_ctl.actions.keys import keys
+    from cocalc_ctl.actions.project import ssh_state
     from tests.support.keys import KeyHost
 
     h = KeyHost(tmp_path / "a")
@@ -161,10 +162,9 @@ def test_upstream_rotation_reaches_the_projects_before_sshpiperd_can_hand_out_th
     key_file = h.secrets / "sshpiper" / "upstream_key.pub"
     old = key_file.read_text().split()[1]
     calls = []
-    real = project_ssh.refresh_upstream_keys
-    monkeypatch.setattr(project_ssh, "refresh_upstream_keys",
-                        lambda c, upstream=None: calls.append((key_file.read_text().split()[1],
-                                                               upstream or keys.public_lines(c, "upstream")))
+    real = ssh_state.refresh_upstream_keys
+    monkeypatch.setattr(ssh_state, "refresh_upstream_keys",
+                        lambda c, upstream: calls.append((key_file.read_text().split()[1], upstream))
                         or real(c, upstream))
     keys.rotate(cfg, "upstream")
     new = key_file.read_text().split()[1]

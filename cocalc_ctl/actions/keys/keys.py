@@ -354,9 +354,9 @@ def _key_changed(cfg: Config, which: str) -> None:
 
         sshauth.write_receiver_keys(cfg)
     elif which == "upstream":
-        from cocalc_ctl.actions.project import project_ssh
+        from cocalc_ctl.actions.project import ssh_state
 
-        project_ssh.refresh_upstream_keys(cfg)
+        ssh_state.refresh_upstream_keys(cfg, public_lines(cfg, which))
 
 
 def _rotate(cfg: Config, which: str, *, finish: bool = False) -> RotateResult:
@@ -390,10 +390,9 @@ def _rotate(cfg: Config, which: str, *, finish: bool = False) -> RotateResult:
                           f"# generate a new ed25519 key {path}"):
         pair = _generate(_comment(cfg, which, hid))
         if which == "upstream":  # running projects accept the new key before sshpiperd can hand it out
-            from cocalc_ctl.actions.project import project_ssh
+            from cocalc_ctl.actions.project import ssh_state
 
-            new = ssh.parse_public_key(pair[1])
-            project_ssh.refresh_upstream_keys(cfg, [new.line, *public_lines(cfg, which)] if new else None)
+            ssh_state.refresh_upstream_keys(cfg, [ssh.parse_public_key(pair[1]).line] + public_lines(cfg, which))
         # link+unlink instead of rename: link fails if the target exists, so nothing is overwritten
         for src, dst in ((path, prev), (_pub(path), _pub(prev))):
             if os.path.lexists(src):
