@@ -332,6 +332,9 @@ def test_a_dead_containers_ssh_port_is_not_routed_to_whoever_binds_it(rig):
     assert rig.host.json("sshpiper", "auth", f"project-{pid}")["allowed"]
     rig.ssh(pid, "kill -9 -1", check=False, timeout=60)  # every process but init: init follows its child
     wait_until("the container to exit", lambda: rig.host.json("project", "status", pid)["state"].startswith("crashed"))
+    st = rig.host.json("project", "status", pid)
+    # it killed its own processes (exit 137 under a memory limit): no OOM kill, and status must not say one
+    assert st["state"] == "crashed" and not st["out_of_memory"] and st["limits"].get("memory"), st
     fake = ("import socket,sys\ns=socket.socket()\ns.bind(('127.0.0.1', int(sys.argv[1])))\ns.listen(4)\n"
             "print('bound', flush=True)\nwhile True:\n c,_=s.accept(); c.sendall(b'SSH-2.0-not-the-project\\r\\n'); c.close()\n")
     listener = subprocess.Popen(["runuser", "-u", "nobody", "--", "/usr/bin/python3", "-c", fake, str(port)],

@@ -132,7 +132,7 @@ def test_generated_unit_keeps_the_token_out_of_every_argv_and_doctor_notices_one
                 time.sleep(0.1)
             answer = json.loads(out.read_text())
             # the URL from the environment works: the real endpoint allowed the project login
-            assert answer["host"] == "127.0.0.1:2201" and answer["authorizedKeys"] == USER_KEY + "\n"
+            assert answer["host"] == f"127.0.0.1:{kh.held_port}" and answer["authorizedKeys"] == USER_KEY + "\n"
             assert argv_holding(token) == []  # while both stand-ins run with the token in their environment
             assert doctor.check_argv_secrets(cfg).status == "ok"
         finally:
@@ -187,10 +187,10 @@ def test_serve_answers_only_the_configured_user(kh):
     token = (kh.secrets / "sshpiper" / "token").read_text().strip()
     with rest_server(kh, kh.rest_port) as (port, proc):
         # default sshpiper.rest_client_user = root: root is served, nobody (with the right token) is not
-        assert json.loads(ask_as(None, port, token)[len("ANSWER "):])["host"] == "127.0.0.1:2201"
+        assert json.loads(ask_as(None, port, token)[len("ANSWER "):])["host"] == f"127.0.0.1:{kh.held_port}"
         assert ask_as("nobody", port, token) == "CLOSED"
         c = PluginClient("127.0.0.1", port)  # and root's keep-alive connection keeps working
-        assert c.lookup(token, f"project-{P}")[1]["host"] == "127.0.0.1:2201"
+        assert c.lookup(token, f"project-{P}")[1]["host"] == f"127.0.0.1:{kh.held_port}"
         c.close()
     log = proc.stderr.read()
     assert "closed a connection from uid 65534" in log and "1 other-user connections" in log
@@ -199,5 +199,5 @@ def test_serve_answers_only_the_configured_user(kh):
     kh.extra["sshpiper.rest_client_user"] = "nobody"
     kh.write_config()
     with rest_server(kh, kh.rest_port) as (port, _):
-        assert json.loads(ask_as("nobody", port, token)[len("ANSWER "):])["host"] == "127.0.0.1:2201"
+        assert json.loads(ask_as("nobody", port, token)[len("ANSWER "):])["host"] == f"127.0.0.1:{kh.held_port}"
         assert ask_as(None, port, token) == "CLOSED"

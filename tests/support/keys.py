@@ -55,8 +55,23 @@ class KeyHost(Host):
         conn.row_factory = sqlite3.Row
         return conn
 
-    def set_project(self, pid: str, *, state: str = "running", ssh_port: int | None = 2201,
+    @property
+    def held_port(self) -> int:
+        """A loopback port this host's "running projects" get: held by a listening socket of the test's
+        own user for the host's life, as podman's monitor holds a running container's published port (the
+        auth hook routes only to a port so held)."""
+        sock = getattr(self, "_held", None)
+        if sock is None:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(1)
+            self._held = sock
+        return sock.getsockname()[1]
+
+    def set_project(self, pid: str, *, state: str = "running", ssh_port: int | None | str = "held",
                     keys: str | None = None) -> None:
+        if ssh_port == "held":
+            ssh_port = self.held_port
         self.cli("keys", "show")  # creates/migrates the database if needed
         with contextlib.closing(self.db()) as db:
             db.execute("""INSERT INTO projects(project_id, state, ssh_port, authorized_keys, created_at, updated_at)

@@ -107,3 +107,66 @@ def test_two_builders_of_one_bundle_both_end_with_it(tmp_path, monkeypatch):
     assert final == tmp_path / "ssh-bundle" / "d1" and (final / "bin").is_dir()
     assert not (final / "bin" / "dropbear").exists()  # the winner's bundle, not a mix
     assert [p.name for p in final.parent.iterdir()] == ["d1"]  # no temporary left
+
+
+def test_upstream_rotation_rewrites_every_running_projects_key_list(tmp_path):
+    """`keys rotate --which upstream`: each project's sshd state (what its read-only mount shows) accepts
+    both keys at once, and after `--finish` only the new one; replaced by a rename (a new file, never
+    written in place), keeping the project root's owner and 0600; a run dir not named by a project id
+    is not touched."""
+    import uuid
+
+    from tests.support.keys import KeyHost
+
+    h = KeyHost(tmp_path / "a")
+    h.cli("keys", "ensure")
+    pid, owner = str(uuid.uuid4()), 1 << 20
+    ssh_dir = h.data / "project-ssh" / pid / "state" / "home" / ".ssh"
+    ssh_dir.mkdir(parents=True)
+    os.chown(ssh_dir, owner, owner)
+    keys_file = ssh_dir / "authorized_keys"
+    keys_file.write_text("no-X11-forwarding ssh-ed25519 AAAA-stale\n")
+    stray = h.data / "project-ssh" / "not-a-project" / "state" / "home" / ".ssh" / "authorized_keys"
+    stray.parent.mkdir(parents=True)
+    stray.write_text("stray\n")
+
+    def accepted() -> list[str]:
+        return [line.split()[2] for line in keys_file.read_text().splitlines()]
+
+    def upstream(suffix: str = "") -> str:
+        return (h.secrets / "sshpiper" / f"upstream_key{suffix}.pub").read_text().split()[1]
+
+    before = keys_file.stat().st_ino
+    h.cli("keys", "rotate", "--which", "upstream")
+    assert accepted() == [upstream(), upstream(".previous")]
+    st = keys_file.stat()
+    assert st.st_ino != before and (st.st_uid, st.st_gid, st.st_mode & 0o777) == (owner, owner, 0o600)
+    new = upstream()
+    h.cli("keys", "rotate", "--which", "upstream", "--finish")
+    assert accepted() == [new]
+    assert stray.read_text() == "stray\n"
+    assert not [p for p in ssh_dir.iterdir() if p.name != "authorized_keys"]  # no temporary left
+
+
+def test_upstream_rotation_reaches_the_projects_before_sshpiperd_can_hand_out_the_new_key(tmp_path, monkeypatch):
+    """sshpiperd logs in with whatever key file is in place: the projects' key lists must list the new
+    key before the file is replaced, not after (else logins fail in between)."""
+    from cocalc_ctl import config as config_mod
+    from cocalc_ctl.actions.keys import keys
+    from cocalc_ctl.actions.project import ssh_state
+    from tests.support.keys import KeyHost
+
+    h = KeyHost(tmp_path / "a")
+    h.cli("keys", "ensure")
+    cfg = config_mod.load(str(h.config_path))
+    key_file = h.secrets / "sshpiper" / "upstream_key.pub"
+    old = key_file.read_text().split()[1]
+    calls = []
+    real = ssh_state.refresh_upstream_keys
+    monkeypatch.setattr(ssh_state, "refresh_upstream_keys",
+                        lambda c, upstream: calls.append((key_file.read_text().split()[1], upstream))
+                        or real(c, upstream))
+    keys.rotate(cfg, "upstream")
+    new = key_file.read_text().split()[1]
+    in_place, listed = calls[0]
+    assert in_place == old and [line.split()[1] for line in listed] == [new, old]

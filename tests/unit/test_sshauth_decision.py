@@ -52,7 +52,7 @@ def test_running_project_gets_all_three_key_sources(kh):
     (root / ".ssh" / ".cocalc" / "authorized_keys").write_text(user_key(2) + "\n# comment\ngarbage line\n")
     (root / ".ssh" / "authorized_keys").write_text(user_key(3) + "\n" + user_key(1) + "\n")
     d = kh.json("sshpiper", "auth", f"project-{P}")
-    assert d["allowed"] and d["upstream_host"] == "127.0.0.1:2201" and d["upstream_user"] == "user"
+    assert d["allowed"] and d["upstream_host"] == f"127.0.0.1:{kh.held_port}" and d["upstream_user"] == "user"
     assert d["authorized_keys"] == [user_key(1), user_key(2), user_key(3)]
     assert kh.cli("sshpiper", "authorized-keys", P.replace("-", "")).stdout.splitlines() == d["authorized_keys"]
 
@@ -161,7 +161,7 @@ def test_rest_contract_allow_deny_wrong_token_healthz(kh, peer):
         tok = token(kh)
         status, body = c.lookup(tok, f"project-{P}")
         assert status == 200 and set(body) == {"user", "host", "authorizedKeys", "privateKey"}
-        assert body["host"] == "127.0.0.1:2201" and body["user"] == "user"
+        assert body["host"] == f"127.0.0.1:{kh.held_port}" and body["user"] == "user"
         assert body["authorizedKeys"] == user_key(1) + "\n"
         assert body["privateKey"] == (kh.secrets / "sshpiper" / "upstream_key").read_text()
         status, body = c.lookup(tok, f"btrfs-{peer.host_id}")
@@ -174,7 +174,7 @@ def test_rest_contract_allow_deny_wrong_token_healthz(kh, peer):
         assert c.lookup(tok, f"btrfs-{uuid.uuid4()}") == (200, EMPTY)
         assert c.lookup_path("/healthz") == (200, {"ok": True})
         # the plugin escapes with url.QueryEscape; a valid name arrives unchanged or %-escaped
-        assert c.lookup_path(f"/{tok}/{quote_plus('project-' + P)}")[1]["host"] == "127.0.0.1:2201"
+        assert c.lookup_path(f"/{tok}/{quote_plus('project-' + P)}")[1]["host"] == f"127.0.0.1:{kh.held_port}"
         c.close()
     log = proc.stderr.read()
     assert "Traceback" not in log and "listening on http://127.0.0.1:" in log
@@ -186,7 +186,7 @@ def test_rest_stopping_a_project_denies_at_once(kh):
     kh.set_project(P, keys=user_key(1))
     with rest_server(kh) as (port, _):
         c = PluginClient("127.0.0.1", port)
-        assert c.lookup(token(kh), P)[1]["host"] == "127.0.0.1:2201"
+        assert c.lookup(token(kh), P)[1]["host"] == f"127.0.0.1:{kh.held_port}"
         kh.set_project(P, state="stopped", ssh_port=None, keys=user_key(1))
         assert c.lookup(token(kh), P) == (200, EMPTY)
 
@@ -225,7 +225,7 @@ def test_rest_survives_thousands_of_hostile_names_and_paths(kh, peer):
             status, _, body, _ = c.raw(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
             assert status == 200
             data = json.loads(body)
-            assert data == EMPTY or data["host"] in ("127.0.0.1:2201", "127.0.0.1:2222")
+            assert data == EMPTY or data["host"] in (f"127.0.0.1:{kh.held_port}", "127.0.0.1:2222")
 
         raw_paths()
         # garbage that is not HTTP at all still gets a 200 deny and the server keeps serving
@@ -235,7 +235,7 @@ def test_rest_survives_thousands_of_hostile_names_and_paths(kh, peer):
             status, _, body, _ = c2.raw(junk)
             assert status == 200 and json.loads(body) == EMPTY
             c2.close()
-        assert c.lookup(tok, P)[1]["host"] == "127.0.0.1:2201"
+        assert c.lookup(tok, P)[1]["host"] == f"127.0.0.1:{kh.held_port}"
         c.close()
     assert "Traceback" not in proc.stderr.read()
 
@@ -344,3 +344,71 @@ def test_move_recv_fast_path_imports_no_cli_framework_and_answers_as_the_full_cl
     errors = [ln for ln in fast.stderr.splitlines() if not ln.startswith("import time:")]
     assert fast.returncode == full.returncode != 0
     assert errors == full.stderr.splitlines() and len(errors) == 1 and errors[0].startswith("cocalc-ctl: error:")
+
+
+# -- the port a running project is routed to must still be its container's ----------------------
+
+TABLE_HEAD = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+
+
+def _table(tmp_path, *rows: tuple[str, str, int]) -> str:
+    """A /proc/net/tcp with (local address, state, uid) rows."""
+    lines = [f"   {i}: {local} 00000000:0000 {state} 00000000:00000000 00:00000000 00000000 {uid:>5}        0 {100 + i} 1 "
+             "0000000000000000 100 0 0 10 0\n" for i, (local, state, uid) in enumerate(rows)]
+    p = tmp_path / "tcp"
+    p.write_text(TABLE_HEAD + "".join(lines))
+    return str(p)
+
+
+def test_port_held_only_by_a_root_listener_counts(tmp_path):
+    from cocalc_ctl.actions.keys.sshauth import port_held_by_root
+
+    port = 0xB4B1
+    assert port_held_by_root(port, _table(tmp_path, ("0100007F:B4B1", "0A", 0)))
+    assert port_held_by_root(port, _table(tmp_path, ("00000000:B4B1", "0A", 0)))
+    # nobody listening, only a connection from the port, another address or port: not held
+    assert not port_held_by_root(port, _table(tmp_path))
+    assert not port_held_by_root(port, _table(tmp_path, ("0100007F:B4B1", "01", 0)))
+    assert not port_held_by_root(port, _table(tmp_path, ("0200007F:B4B1", "0A", 0), ("0100007F:B4B2", "0A", 0)))
+    # a local user's listener (the container died and `nobody` bound the port), alone or beside root's
+    assert not port_held_by_root(port, _table(tmp_path, ("0100007F:B4B1", "0A", 65534)))
+    assert not port_held_by_root(port, _table(tmp_path, ("0100007F:B4B1", "0A", 0), ("00000000:B4B1", "0A", 65534)))
+    assert not port_held_by_root(port, str(tmp_path / "missing"))
+
+
+def test_running_project_whose_port_nobody_holds_is_denied(kh):
+    from tests.support.ports import free_port
+
+    kh.set_project(P, state="running", ssh_port=free_port(), keys=user_key(1))
+    d = kh.json("sshpiper", "auth", P)
+    assert not d["allowed"] and d["reason"] == "project's ssh port is not held by its container"
+    assert kh.cli("sshpiper", "authorized-keys", P).stdout == ""
+    kh.set_project(P, keys=user_key(1))  # the port held (as a running container's monitor holds it)
+    assert kh.json("sshpiper", "auth", P)["allowed"]
+
+
+def test_port_check_by_sock_diag_agrees_with_the_table_and_refuses_another_users_listener():
+    import socket
+    import subprocess
+
+    from cocalc_ctl.actions.keys import sshauth
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        assert sshauth._listeners_netlink(port) == sshauth._listeners_table(port, sshauth.TCP_TABLE) == [os.geteuid()]
+        assert sshauth.port_held_by_root(port)
+    assert sshauth._listeners_netlink(port) == [] and not sshauth.port_held_by_root(port)
+    if os.geteuid() != 0:
+        return
+    code = ("import socket,sys\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen(1)\n"
+            "print(s.getsockname()[1],flush=True)\nsys.stdin.read()\n")
+    p = subprocess.Popen(["runuser", "-u", "nobody", "--", "/usr/bin/python3", "-c", code], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        theirs = int(p.stdout.readline())
+        assert sshauth._listeners_netlink(theirs) == [65534] and not sshauth.port_held_by_root(theirs)
+    finally:
+        p.stdin.close()
+        p.wait(timeout=30)

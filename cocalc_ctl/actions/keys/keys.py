@@ -188,8 +188,8 @@ def _comment(cfg: Config, which: str, host_id: str | None) -> str:
     return f"cocalc-ctl-{KEYS[which][2]}@{host_id or cfg.host_name}"
 
 
-def _create_pair(path: Path, comment: str) -> None:
-    private, public = _generate(comment)
+def _create_pair(path: Path, comment: str, pair: tuple[bytes, str] | None = None) -> None:
+    private, public = pair or _generate(comment)
     write_new_file(path, private, 0o600)
     write_new_file(_pub(path), (public + "\n").encode(), 0o644)
 
@@ -279,7 +279,7 @@ def _ensure(cfg: Config) -> EnsureResult:
                                      hint=f"remove {_pub(path)} (or restore the private key) and rerun")
         if not proc.plan_only(f"# generate an ed25519 key {path} (0600) and {_pub(path)}"):
             _create_pair(path, _comment(cfg, which, hid))
-            _relay_changed(cfg, which)
+            _key_changed(cfg, which)
         result.created.append(str(path))
     tpath, made = ensure_token(cfg)
     (result.created if made else result.existing).append(str(tpath))
@@ -345,12 +345,18 @@ def rotate(cfg: Config, which: str, *, finish: bool = False) -> RotateResult:
         return _rotate(cfg, which, finish=finish)
 
 
-def _relay_changed(cfg: Config, which: str) -> None:
-    """The receiver's static authorized_keys files carry the relay key: rewrite them when it changes."""
+def _key_changed(cfg: Config, which: str) -> None:
+    """The receiver's static authorized_keys files carry the relay key: rewrite them when it changes.
+    Running projects' sshds accept exactly the upstream key(s): rewrite their key lists when it changes
+    (during a rotation both keys, after the finish only the new one)."""
     if which == "relay":
         from cocalc_ctl.actions.keys import sshauth
 
         sshauth.write_receiver_keys(cfg)
+    elif which == "upstream":
+        from cocalc_ctl.actions.project import ssh_state
+
+        ssh_state.refresh_upstream_keys(cfg, public_lines(cfg, which))
 
 
 def _rotate(cfg: Config, which: str, *, finish: bool = False) -> RotateResult:
@@ -371,7 +377,7 @@ def _rotate(cfg: Config, which: str, *, finish: bool = False) -> RotateResult:
                 if os.path.lexists(p):
                     os.unlink(p)
             record_self(cfg, hid)
-            _relay_changed(cfg, which)
+            _key_changed(cfg, which)
         cur = ssh.parse_public_key(_public_line(path) or "")
         return RotateResult(which, "finished", cur.line if cur else None, cur.fingerprint if cur else None,
                             old.fingerprint if old else None,
@@ -382,14 +388,19 @@ def _rotate(cfg: Config, which: str, *, finish: bool = False) -> RotateResult:
     old = ssh.parse_public_key(_public_line(path) or "")
     if not proc.plan_only(f"mv {path} {prev}; mv {_pub(path)} {_pub(prev)}; "
                           f"# generate a new ed25519 key {path}"):
+        pair = _generate(_comment(cfg, which, hid))
+        if which == "upstream":  # running projects accept the new key before sshpiperd can hand it out
+            from cocalc_ctl.actions.project import ssh_state
+
+            ssh_state.refresh_upstream_keys(cfg, [ssh.parse_public_key(pair[1]).line] + public_lines(cfg, which))
         # link+unlink instead of rename: link fails if the target exists, so nothing is overwritten
         for src, dst in ((path, prev), (_pub(path), _pub(prev))):
             if os.path.lexists(src):
                 os.link(src, dst, follow_symlinks=False)
                 os.unlink(src)
-        _create_pair(path, _comment(cfg, which, hid))
+        _create_pair(path, _comment(cfg, which, hid), pair)
         record_self(cfg, hid)
-        _relay_changed(cfg, which)
+        _key_changed(cfg, which)
     cur = ssh.parse_public_key(_public_line(path) or "")
     return RotateResult(which, "rotated", cur.line if cur else None, cur.fingerprint if cur else None,
                         old.fingerprint if old else None,

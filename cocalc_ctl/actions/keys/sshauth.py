@@ -270,6 +270,10 @@ class Resolver:
             port = row["ssh_port"]
             if row["state"] != "running" or not isinstance(port, int) or not 1 <= port <= 65535:
                 return DENY, Decision(login, u.kind, u.id, False, "project is not running")
+            if not port_held_by_root(port):
+                # the container died (its monitor held the port): whoever binds the port now would get
+                # sshpiperd's login with the upstream key and sit between the project's users and nothing
+                return DENY, Decision(login, u.kind, u.id, False, "project's ssh port is not held by its container")
             keys = self.project_keys(u.id, row["authorized_keys"])
             user, host = self.upstream_user, f"127.0.0.1:{port}"
         elif u.kind == "hub":
@@ -306,6 +310,81 @@ class Resolver:
         if db is None:
             return []
         return [line for g in receiver_logins(self.cfg, db) if g.login == login for line in g.lines()]
+
+
+TCP_TABLE = "/proc/net/tcp"  # this network namespace's IPv4 TCP sockets (the hook runs in the host's)
+_LISTEN = "0A"
+_LOOPBACK_OR_ANY = (b"\x7f\x00\x00\x01", b"\x00\x00\x00\x00")
+
+
+def port_held_by_root(port: int, table: str | None = None) -> bool:
+    """Is 127.0.0.1:<port> held by a root-owned listening socket (or one of the hook's own user), and by
+    no other user's? A running project's published port is: podman's monitor (conmon, host root) holds
+    it for the container's life, and the kernel's NAT sends connections on to the container. When the
+    container is gone the port is free and any local user may bind it; only root (and so no local user)
+    can make a root-owned socket, and no other project is given the port while host sqlite records it
+    for this one. Cheap enough for every login: one sock_diag query for the listening sockets only (tens
+    of microseconds; reading `table`, /proc/net/tcp, walks every connection of the host: milliseconds),
+    falling back to the table where netlink is unavailable."""
+    listeners = None
+    if table is None:
+        try:
+            listeners = _listeners_netlink(port)
+        except OSError:
+            table = TCP_TABLE
+    if listeners is None:
+        listeners = _listeners_table(port, table)
+    trusted = {0, os.geteuid()}
+    return bool(listeners) and all(uid in trusted for uid in listeners)
+
+
+def _listeners_table(port: int, table: str) -> list[int] | None:
+    """Owners (uids) of the IPv4 listeners on 127.0.0.1/0.0.0.0:<port>, from a /proc/net/tcp table."""
+    local = {f"0100007F:{port:04X}", f"00000000:{port:04X}"}  # little-endian hex address, port
+    try:
+        with open(table, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return []
+    out = []
+    for line in data.decode("ascii", "replace").splitlines()[1:]:
+        f = line.split()
+        if len(f) >= 8 and f[1] in local and f[3] == _LISTEN:
+            out.append(int(f[7]) if f[7].isdigit() else -1)
+    return out
+
+
+def _listeners_netlink(port: int) -> list[int]:
+    """The same from the kernel's sock_diag (NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, TCP, LISTEN only)."""
+    import socket
+    import struct
+
+    nl_sock_diag, by_family, dump = 4, 20, 0x1 | 0x300  # NLM_F_REQUEST | NLM_F_DUMP
+    req = struct.pack("=BBBxI", socket.AF_INET, socket.IPPROTO_TCP, 0, 1 << 10) + bytes(48)  # states: TCP_LISTEN
+    msg = struct.pack("=IHHII", 16 + len(req), by_family, dump, 1, 0) + req
+    out: list[int] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, nl_sock_diag) as s:
+        s.settimeout(2)
+        s.sendall(msg)
+        while True:
+            data = s.recv(65536)
+            off = 0
+            while off + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, off)
+                if length < 16:
+                    raise OSError("sock_diag: bad message")
+                if kind == 3:  # NLMSG_DONE
+                    return out
+                if kind == 2:  # NLMSG_ERROR
+                    raise OSError("sock_diag: error")
+                body = off + 16
+                if length >= 16 + 72:
+                    sport = struct.unpack_from("!H", data, body + 4)[0]
+                    src = data[body + 8:body + 12]
+                    uid = struct.unpack_from("=I", data, body + 64)[0]
+                    if sport == port and src in _LOOPBACK_OR_ANY:
+                        out.append(uid)
+                off += (length + 3) & ~3
 
 
 def _hub_key_lines(db: sqlite3.Connection) -> list[str]:

@@ -393,8 +393,9 @@ def status(cfg: Config, project_id: str) -> ProjectStatus:
     exit_code = cst.get("ExitCode") if info and not _is_running(info) else None
     kills = cgroups.oom_kills(cst["Pid"]) if _is_running(info) and cst.get("Pid") else None
     limits = _limits_in_force(cfg, pid, info)
-    # podman's OOMKilled is unreliable on hybrid cgroups; a SIGKILL (137) under a memory limit is the kernel's
-    oom = bool(cst.get("OOMKilled")) or bool(kills) or (exit_code == 137 and "memory" in limits) \
+    # podman's OOMKilled is unreliable on hybrid cgroups: its monitor's `oom` file is what tells. An exit
+    # status of 137 alone does not: a project that SIGKILLs its own processes exits so too
+    oom = bool(cst.get("OOMKilled")) or bool(kills) \
         or (info is not None and (_monitor_dir(cfg, pid) / "oom").exists())
     if state == "running" and not _is_running(info):
         state = "crashed (out of memory)" if oom else "crashed"  # sqlite says running but the container is not

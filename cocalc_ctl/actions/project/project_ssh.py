@@ -48,6 +48,7 @@ from pathlib import Path
 from cocalc_ctl import layout, proc
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import InvalidInput, NotFound, OperationFailed, PreconditionFailed
+from cocalc_ctl.actions.project.ssh_state import authorized_keys_text, key_options, run_dir  # noqa: F401
 from cocalc_ctl.tools import dropbear, podman
 
 BUNDLE_MOUNT = "/opt/cocalc/ssh"
@@ -232,10 +233,6 @@ def host_public_key(cfg: Config, pid: str) -> str | None:
 
 # -- per-start state ------------------------------------------------------------------------------
 
-def run_dir(cfg: Config, pid: str) -> Path:
-    return cfg.data_dir / "project-ssh" / pid
-
-
 def state_dir(cfg: Config, pid: str) -> Path:
     return run_dir(cfg, pid) / "state"
 
@@ -246,32 +243,37 @@ def _upstream_keys(cfg: Config) -> list[str]:
     return keys.public_lines(cfg, "upstream")
 
 
-def key_options(cfg: Config) -> str:
-    opts = ["no-X11-forwarding"]
-    if not cfg["ssh.agent_forwarding"]:
-        opts.append("no-agent-forwarding")
-    return ",".join(opts)
-
-
-def authorized_keys_text(cfg: Config, upstream: list[str]) -> str:
-    opts = key_options(cfg)
-    return "".join(f"{opts} {line}\n" for line in upstream)
-
-
 def prepare(cfg: Config, pid: str, owner: int) -> list[tuple[str, str]] | None:
     """Before `podman run`: the bundle, the host key and the state directory (host key copy, the
     login user's authorized_keys = the upstream key(s)), owned by `owner` (the project's mapped root);
     returns the read-only volumes to add to the container, or None when this host has no upstream
     key yet (the sshd would accept nobody: the project runs without one)."""
     login_user(cfg)
-    upstream = [] if proc.DRY_RUN else _upstream_keys(cfg)
-    if not upstream and not proc.DRY_RUN:
+    if not proc.DRY_RUN and not _upstream_keys(cfg):
         return None
     bundle = ensure_bundle(cfg)
     key = ensure_host_key(cfg, pid)
     state = state_dir(cfg, pid)
     if proc.plan_only(f"# write {state} (host key copy, authorized_keys = the upstream key), owner {owner}"):
         return [(str(bundle), BUNDLE_MOUNT), (str(state), STATE_MOUNT)]
+    # under the keys lock: a rotation either sees this state directory (and rewrites its key list) or
+    # ran before the keys are read here
+    with _keys_lock(cfg):
+        upstream = _upstream_keys(cfg)
+        if not upstream:
+            return None
+        _write_state(cfg, pid, owner, key, upstream)
+    return [(str(bundle), BUNDLE_MOUNT), (str(state), STATE_MOUNT)]
+
+
+def _keys_lock(cfg: Config):
+    from cocalc_ctl.actions.keys import keys
+
+    return keys.keys_lock(cfg)
+
+
+def _write_state(cfg: Config, pid: str, owner: int, key: Path, upstream: list[str]) -> None:
+    state = state_dir(cfg, pid)
     top = run_dir(cfg, pid)
     shutil.rmtree(top, ignore_errors=True)
     top.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -287,7 +289,6 @@ def prepare(cfg: Config, pid: str, owner: int) -> list[tuple[str, str]] | None:
                     (ssh_dir, 0o700), (state / "home", 0o700), (state, 0o700)):
         os.chown(p, owner, owner, follow_symlinks=False)
         os.chmod(p, mode)
-    return [(str(bundle), BUNDLE_MOUNT), (str(state), STATE_MOUNT)]
 
 
 def _sh_word(text: str) -> str:
