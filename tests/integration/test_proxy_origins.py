@@ -131,7 +131,8 @@ def test_subdomain_mode_routes_by_host_with_the_path_unchanged(fleet):
     (f"x.{P_SUB}.{DOMAIN}", 400), (f"project.{DOMAIN}", 400), (f"{P_SUB}.{DOMAIN}.", 400),
     (f"{P_SUB.replace('-', '')}.{DOMAIN}", 400), (f"{uuid.uuid4()}.{DOMAIN}", 403), (DOMAIN, 404),
     (f"{P_SUB}.{DOMAIN}.evil.net", 404),
-])
+], ids=["x.P.domain", "project.domain", "P.domain.", "P-without-dashes.domain", "unknown-uuid.domain", "domain",
+        "P.domain.evil.net"])  # fixed ids: the uuids are new in every process (pytest -n compares collections)
 def test_subdomain_mode_refuses_other_host_forms(fleet, host, status):
     """Malformed names under the domain: 400; outside it: 404; a well-formed project this account has no
     grant on: the hub's 403."""
