@@ -14,6 +14,13 @@ from tests.support.postgres import Postgres
 
 IS_ROOT = os.geteuid() == 0
 
+# The suite starts thousands of `python -m cocalc_ctl` processes (hosts, workers, receivers, demos). With
+# PYTHONDONTWRITEBYTECODE set (some shells and tools set it) no bytecode is ever cached and each of them
+# compiles every module it imports again, about a third of a command's start-up. The children get
+# Python's default instead: bytecode cached in the checkout's (git-ignored) __pycache__ directories, as an
+# installed cocalc-ctl has it (benchmarks/fleet/bench_fleet.py does the same for its timed commands).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 
 def pytest_collection_modifyitems(config, items):
     if IS_ROOT:
