@@ -67,10 +67,68 @@ def _assert_gone(base: Path, out: str) -> None:
     assert not _receiver_lines(out), "receiver users were left in /etc/passwd"
 
 
-def test_demo_completes_prints_summary_and_cleans_up():
+@pytest.fixture(scope="module")
+def kept_demo():
+    """One full run of the demo serves both the completion and the --keep/--teardown tests: it runs with
+    --keep, the fleet it leaves is probed while it runs (the login link, the receiver users, then what the
+    run without --keep checks last: the project stopped on B answers 502 through the hub proxy), and
+    `--teardown` removes it. Returns what each step showed; the tests assert on it."""
     t0 = time.monotonic()
-    r = subprocess.run(DEMO, capture_output=True, text=True, timeout=600)
-    out = r.stdout + r.stderr
+    r = subprocess.run([*DEMO, "--keep"], capture_output=True, text=True, timeout=600)
+    seen: dict = {"run": r, "out": r.stdout + r.stderr, "link": None}
+    m = re.search(r"^demo directory (/\S+); project ([0-9a-f-]{36})$", r.stdout, re.M)
+    base = Path(m.group(1)) if m else None
+    try:
+        if base is not None and r.returncode == 0:
+            _probe_kept_fleet(r.stdout, seen)
+    finally:
+        if base is not None:
+            seen["teardown"] = subprocess.run([*DEMO, "--teardown", str(base)], capture_output=True, text=True,
+                                              timeout=300)
+            seen["left"] = leftovers(base)  # directory, mounts, loop devices, processes
+            seen["receivers_left"] = _receiver_lines(r.stdout)
+        print(f"demo (--keep, probes, --teardown) took {time.monotonic() - t0:.1f}s")
+    yield seen
+
+
+def _probe_kept_fleet(stdout: str, seen: dict) -> None:
+    import urllib.error
+    import urllib.request
+
+    link = re.search(r"curl -L -c \S+ '(http://127\.0\.0\.1:(\d+)/([0-9a-f-]{36})/\?token=(cct_[A-Za-z0-9_-]{43}))'"
+                     r"\s+# hub proxy \(login link\)", stdout)
+    seen["link"] = link
+    if link:
+        # the login link: 303 to the URL without the token, with the session cookie the jar keeps
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with opener.open(link.group(1), timeout=10) as resp:
+            seen["login"] = (resp.status, resp.read(), resp.url)
+    seen["receiver_lines"] = _receiver_lines(stdout)
+    ctl_b = re.search(r"^  alias ctl-b='(\S+) --config (\S+)'$", stdout, re.M)
+    seen["ctl_b"] = ctl_b
+    if link and ctl_b:
+        # what the demo without --keep does last in its proxy step: stop the project on B; the next request
+        # through the hub proxy is 502 at once
+        port, pid, token = link.group(2), link.group(3), link.group(4)
+        seen["stop"] = subprocess.run([ctl_b.group(1), "--config", ctl_b.group(2), "project", "stop", pid],
+                                      capture_output=True, text=True, timeout=120)
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/{pid}/", headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                seen["stopped"] = resp.status
+        except urllib.error.HTTPError as e:
+            seen["stopped"] = e.code
+
+
+def _assert_torn_down(seen: dict) -> None:
+    t = seen["teardown"]
+    assert t.returncode == 0, t.stdout + t.stderr
+    assert not seen["left"], seen["left"]
+    assert not seen["receivers_left"], "receiver users were left in /etc/passwd"
+
+
+def test_demo_completes_prints_summary_and_cleans_up(kept_demo):
+    r, out = kept_demo["run"], kept_demo["out"]
     assert r.returncode == 0, out[-4000:]
     rows = _summary(r.stdout)
     titles = " | ".join(t for t, _ in rows)
@@ -82,39 +140,32 @@ def test_demo_completes_prints_summary_and_cleans_up():
             assert ("backup" in title and not _has("backup")) or ("proxy" in title and not _has("proxy")), title
         else:
             assert result == "ok", (title, result)
-    assert r.stdout.rstrip().splitlines()[-1].startswith("cleaned up in")
     assert "demo: ok" in r.stdout
     # every cocalc-ctl command is shown with the host it ran on
     assert re.search(r"^\[A\] \$ cocalc-ctl project create [0-9a-f-]{36}", r.stdout, re.M)
     assert "ok: all 23 files arrived on B with their checksums" in r.stdout
-    _assert_gone(_demo_dir(r.stdout), r.stdout)
-    print(f"demo took {time.monotonic() - t0:.1f}s")
+    if kept_demo["link"] or _has("proxy", "serve"):  # what a run without --keep checks itself, last:
+        assert kept_demo["ctl_b"], r.stdout[-3000:]       # a project stopped on B is 502 at once
+        assert kept_demo["stop"].returncode == 0, kept_demo["stop"].stderr
+        assert kept_demo["stopped"] == 502
+    # the clean-up a run without --keep does at its end is the same `teardown()` as `--teardown`; that the
+    # run itself calls it (and says so last) is checked on the interrupted run below
+    _assert_torn_down(kept_demo)
 
 
-def test_demo_keep_leaves_it_running_then_teardown_removes_everything():
-    r = subprocess.run([*DEMO, "--keep"], capture_output=True, text=True, timeout=600)
-    base = _demo_dir(r.stdout)
-    try:
-        assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-        assert "== left running (--keep)" in r.stdout
-        # the project still serves through the hub proxy, and the receiver users are there
-        m = re.search(r"curl -L -c \S+ '(http://127\.0\.0\.1:\d+/[0-9a-f-]{36}/\?token=cct_[A-Za-z0-9_-]{43})'"
-                      r"\s+# hub proxy \(login link\)", r.stdout)
-        assert m or not _has("proxy", "serve"), r.stdout[-3000:]
-        if m:
-            import urllib.request
-
-            # the login link: 303 to the URL without the token, with the session cookie the jar keeps
-            opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
-            with opener.open(m.group(1), timeout=10) as resp:
-                assert resp.status == 200 and b"on host-b" in resp.read()
-                assert "token=" not in resp.url
-        assert len(_receiver_lines(r.stdout)) == 2  # btrfs-<peer> on each host
-        assert "--teardown " + str(base) in r.stdout
-    finally:
-        t = subprocess.run([*DEMO, "--teardown", str(base)], capture_output=True, text=True, timeout=300)
-    assert t.returncode == 0, t.stdout + t.stderr
-    _assert_gone(base, r.stdout)
+def test_demo_keep_leaves_it_running_then_teardown_removes_everything(kept_demo):
+    r = kept_demo["run"]
+    assert r.returncode == 0, kept_demo["out"][-4000:]
+    assert "== left running (--keep)" in r.stdout
+    # the project still serves through the hub proxy, and the receiver users are there
+    assert kept_demo["link"] or not _has("proxy", "serve"), r.stdout[-3000:]
+    if kept_demo["link"]:
+        status, body, url = kept_demo["login"]
+        assert status == 200 and b"on host-b" in body
+        assert "token=" not in url
+    assert len(kept_demo["receiver_lines"]) == 2  # btrfs-<peer> on each host
+    assert "--teardown " + str(_demo_dir(r.stdout)) in r.stdout
+    _assert_torn_down(kept_demo)
 
 
 def test_demo_killed_half_way_still_cleans_up():
@@ -136,4 +187,6 @@ def test_demo_killed_half_way_still_cleans_up():
     assert p.returncode == 1, out[-3000:]
     assert "demo: interrupted" in out and "demo: FAILED" in out
     assert any(result == "FAILED" for _, result in _summary(out))
+    # the run's own clean-up (the same for a run that completes) reports itself after the summary
+    assert re.search(r"^cleaned up in \d", out.split("\n== summary\n", 1)[1], re.M), out[-2000:]
     _assert_gone(_demo_dir(out), out)
