@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -308,16 +309,27 @@ def test_a_fifo_for_etc_passwd_does_not_hang_project_start(rig, shared):
     except subprocess.TimeoutExpired:
         res, hung = None, time.monotonic() - t0
     finally:
-        # a blocked reader of the FIFO (podman, as host root) gets EOF from this write end; then put it back
-        for _ in range(3):
-            try:
-                fd = os.open(rig.host.data / "project-roots" / shared / "etc" / "passwd", os.O_WRONLY | os.O_NONBLOCK)
-                os.close(fd)
-            except OSError:
-                pass
-            time.sleep(0.5)
-        rig.store.run("exec", "--user", "0:0", f"project-{shared}", "/bin/sh", "-c",
-                      "rm -f /etc/passwd && mv /etc/passwd.a15 /etc/passwd", check=False)
+        # every reader of the FIFO (podman, as host root: even the clean-up's exec opens it) gets EOF from
+        # a write end opened while it waits; then put the file back
+        fifo = rig.host.data / "project-roots" / shared / "etc" / "passwd"
+        done = threading.Event()
+
+        def feed() -> None:
+            while not done.is_set():
+                try:
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # ENXIO while no reader waits
+                except OSError:
+                    pass
+                time.sleep(0.1)
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        try:
+            rig.store.run("exec", "--user", "0:0", f"project-{shared}", "/bin/sh", "-c",
+                          "rm -f /etc/passwd && mv /etc/passwd.a15 /etc/passwd", check=False)
+        finally:
+            done.set()
+            feeder.join()
         rig.host.cli("project", "start", shared)
         rig.refresh(shared)
     assert hung is None, f"`project start` still blocked after {hung:.0f}s on the project's FIFO /etc/passwd"

@@ -83,6 +83,15 @@ def test_ensure_user_refuses_a_name_the_image_already_has(tmp_path):
     assert passwd.read_text() == "user:x:1000:1000::/home/user:/bin/bash\n"
 
 
+def test_ensure_user_never_opens_a_passwd_that_is_not_a_regular_file(tmp_path):
+    """The project may make its /etc/passwd a FIFO: reading it would block the start that runs this."""
+    passwd = tmp_path / "passwd"
+    os.mkfifo(passwd)
+    res = subprocess.run(["/bin/sh", "-c", project_ssh.ENSURE_USER, "sh", "user:*:0:0:g:/h:/bin/sh", str(passwd)],
+                         capture_output=True, text=True, timeout=10)
+    assert res.returncode == 3 and "not a regular file" in res.stderr
+
+
 def test_authorized_keys_carry_the_restrictions():
     text = project_ssh.authorized_keys_text({"ssh.agent_forwarding": False}, ["ssh-ed25519 AAAA"])
     assert text == "no-X11-forwarding,no-agent-forwarding ssh-ed25519 AAAA\n"

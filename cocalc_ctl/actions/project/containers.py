@@ -210,7 +210,9 @@ def _launch(cfg: Config, store, pid: str, spec: podman.RunSpec, disk_limit, port
         isolation.guard_ports(cfg, pid, ports)  # before anything listens on them
         # podman's monitor (conmon) inherits our working directory and writes an `oom` file there
         # when the kernel OOM-kills in the container: give it a directory of ours, not the caller's
-        return proc.run(podman.run(store, spec), cwd=None if proc.DRY_RUN else str(monitor))
+        # bounded: podman (host root) opens the project's /etc/passwd, which the project may make a FIFO
+        return proc.run(podman.run(store, spec), cwd=None if proc.DRY_RUN else str(monitor),
+                        timeout=cfg["podman.run_timeout"])
     except BaseException:
         if not proc.DRY_RUN:
             isolation.unguard_ports(cfg, pid, ports)
@@ -239,7 +241,10 @@ def _run_spec(cfg: Config, pid: str, mounted, marker: dict, ulimits, limits, sna
         env=env, volumes=[(str(layout.project_subvolume(cfg, pid)), home)],
         readonly_volumes=[snapshots_mount],
         publish=[(LOOPBACK, http_port, cfg["podman.http_port"]), (LOOPBACK, ssh_port, cfg["podman.ssh_port"])],
-        network=cfg["podman.network"], workdir=home, hostname=container_name(pid)[:63], init=cfg["podman.init"])
+        network=cfg["podman.network"], workdir=home, hostname=container_name(pid)[:63], init=cfg["podman.init"],
+        # no container log: podman's default (k8s-file) would write the project's output, unbounded and
+        # outside its disk quota, to the host's disk; nothing reads it (crash detection uses inspect)
+        log_driver="none")
 
 
 def _start_project_sshd(cfg: Config, store: podman.Storage, pid: str, ssh_port: int, ssh_volumes) -> str | None:

@@ -88,6 +88,7 @@ esac
 # Runs in the container (as its root, with its shell builtins only: the image may have no grep):
 # add the login user's line to /etc/passwd unless it is there; refuse if the name is taken.
 ENSURE_USER = r"""line=$1; f=${2:-/etc/passwd}; name=${line%%:*}; nl=
+if [ -e "$f" ] && [ ! -f "$f" ]; then echo "the image's $f is not a regular file" >&2; exit 3; fi
 if [ -e "$f" ]; then
   while IFS= read -r l || { [ -n "$l" ] && nl=1; }; do
     case $l in
@@ -303,13 +304,16 @@ def server_argv(cfg: Config) -> list[str]:
 
 def start_sshd(cfg: Config, storage: podman.Storage, container: str) -> None:
     """After `podman run`: the login user in the image's /etc/passwd, then dropbear, detached."""
+    # as 0:0 and bounded: podman (host root) still opens the container's /etc/passwd, which the project
+    # controls (a FIFO there blocks the open); a timeout raises CommandTimeout, an OperationFailed
+    timeout = cfg["podman.exec_timeout"]
     res = proc.run(podman.exec_(storage, container, ["/bin/sh", "-c", ENSURE_USER, "sh", passwd_line(cfg)]),
-                   check=False)
+                   check=False, timeout=timeout)
     if res.returncode != 0 and not proc.DRY_RUN:
         raise OperationFailed(f"cannot add the ssh login user to the image: {res.stderr.strip() or res.returncode}",
                               hint="the image needs /bin/sh; if it already has the user, set "
                                    "sshpiper.upstream_user to a name it does not use")
-    proc.run(podman.exec_(storage, container, server_argv(cfg), detach=True))
+    proc.run(podman.exec_(storage, container, server_argv(cfg), detach=True), timeout=timeout)
 
 
 def cleanup(cfg: Config, pid: str) -> None:
