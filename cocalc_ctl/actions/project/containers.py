@@ -18,7 +18,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cocalc_ctl import ids, layout, locks, output, proc
+from cocalc_ctl import ids, layout, locks, output, proc, safepath
 from cocalc_ctl.actions.project import isolation, overlay, project_ssh, quota, rootfs
 from cocalc_ctl.actions.project.subvolume import existing_project
 from cocalc_ctl.config import Config
@@ -208,6 +208,7 @@ def _launch(cfg: Config, store, pid: str, spec: podman.RunSpec, disk_limit, port
         if disk_limit:
             proc.run(btrfs.qgroup_limit(disk_limit, str(layout.project_subvolume(cfg, pid))))
         isolation.guard_ports(cfg, pid, ports)  # before anything listens on them
+        _refuse_special_passwd(pid, spec.rootfs)
         # podman's monitor (conmon) inherits our working directory and writes an `oom` file there
         # when the kernel OOM-kills in the container: give it a directory of ours, not the caller's
         # bounded: podman (host root) opens the project's /etc/passwd, which the project may make a FIFO
@@ -221,6 +222,23 @@ def _launch(cfg: Config, store, pid: str, spec: podman.RunSpec, disk_limit, port
             project_ssh.cleanup(cfg, pid)
             _record_stopped(cfg, pid)
         raise
+
+
+def _refuse_special_passwd(pid: str, rootfs: str) -> None:
+    """podman run (host root) opens the container's /etc/passwd: a FIFO or device the project left there
+    would block it. Nothing of the project runs before its start, so the entry seen here (reached
+    without following a symlink) is the one podman meets; a symlink is left to podman.run_timeout."""
+    if proc.DRY_RUN:
+        return
+    try:
+        with safepath.open_dir(rootfs, ("etc",)) as fd:
+            mode = os.stat("passwd", dir_fd=fd, follow_symlinks=False).st_mode
+    except (OSError, safepath.UnsafePath):
+        return  # no /etc/passwd, or /etc is no plain directory: podman's lookup, bounded by the timeout
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise PreconditionFailed(f"project {pid}: its /etc/passwd is not a regular file (podman would block on it)",
+                                 hint="replace it with a regular file in the project's overlay upper dir, "
+                                      "then start it again")
 
 
 def _run_spec(cfg: Config, pid: str, mounted, marker: dict, ulimits, limits, snapshots_mount,
