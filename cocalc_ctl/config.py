@@ -298,6 +298,10 @@ SCHEMA: dict[str, Key] = {k.name: k for k in [
     _k("podman.init", _as_bool, True,
        "run an init (catatonit) as PID 1 of project containers: reaps zombies, forwards signals"),
     _k("podman.stop_timeout", _as_nonneg_int, 10, "seconds `project stop` waits before killing the container"),
+    _k("podman.exec_timeout", _as_pos_int, 30,
+       "seconds a `podman exec` into a project container may take (podman reads the project's /etc/passwd)"),
+    _k("podman.run_timeout", _as_pos_int, 300,
+       "seconds `podman run` of a project container may take (it reads the project's /etc/passwd)"),
     # isolation: user namespaces, capabilities, pool hardening, port guard (project containers)
     _k("isolation.enabled", _as_bool, True,
        "run project containers in their own user namespace with a reduced capability set and guarded ports"),

@@ -96,6 +96,7 @@ class RunSpec:
     init: bool = False
     isolation_args: list[str] = field(default_factory=list)  # from `isolation_args()`
     quota_args: list[str] = field(default_factory=list)  # run quota flags (quota_args())
+    log_driver: str | None = None  # `--log-driver` (podman's default when None: k8s-file, unbounded)
 
 
 def isolation_args(id_base: int, id_count: int, capabilities: list[str], mac: str | None,
@@ -119,6 +120,8 @@ def run(storage: Storage, spec: RunSpec) -> list[str]:
         args += ["--runtime", spec.runtime]
     if spec.init:
         args.append("--init")
+    if spec.log_driver:
+        args += ["--log-driver", spec.log_driver]
     for u in spec.ulimits:
         args += ["--ulimit", u]
     if spec.memory:
@@ -221,9 +224,13 @@ def parse_inspect(stdout: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def exec_(storage: Storage, name: str, argv: list[str], *, detach: bool = False, interactive: bool = False) -> list[str]:
-    """`podman exec` of `argv` in a running container, as the container's default user, with its env."""
-    args = ["exec"]
+def exec_(storage: Storage, name: str, argv: list[str], *, user: str = "0:0", detach: bool = False,
+          interactive: bool = False) -> list[str]:
+    """`podman exec` of `argv` in a running container, as the numeric `user` (uid:gid, never a name the
+    container's /etc/passwd would have to resolve), with the container's env."""
+    if not re.fullmatch(r"\d+:\d+", user, re.ASCII):
+        raise ValueError(f"exec user {user!r} is not numeric uid:gid")
+    args = ["exec", "--user", user]
     if detach:
         args.append("--detach")
     if interactive:

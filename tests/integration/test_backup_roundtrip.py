@@ -76,6 +76,8 @@ def test_full_restore_keeps_snapshots_and_replaces_content(make_host, workdir):
     persist = h.data / "sync" / "projects" / PID_A
     persist.mkdir(parents=True)
     (persist / "p").write_text("p1")
+    (persist / "ssh").mkdir(mode=0o700)  # the project sshd's host key: A's identity
+    (persist / "ssh" / "ssh_host_ed25519_key").write_text("host key of A")
     assert h.json("backup", "list", PID_A) == []
     bid = _last_json_line(h.cli("--json", "backup", "create", PID_A).stdout)["backup_id"]
     before = tree_digest(live)
@@ -90,6 +92,7 @@ def test_full_restore_keeps_snapshots_and_replaces_content(make_host, workdir):
     assert out["unshared_snapshots"] == 1  # "after" no longer shares extents with the restored files
     assert tree_digest(live) == before
     assert (persist / "p").read_text() == "p1"
+    assert (persist / "ssh" / "ssh_host_ed25519_key").read_text() == "host key of A"
     assert os.listdir(live / ".snapshots") == ["after"]
     assert h.json("project", "show", PID_A)["quota_bytes"] == 300 << 20  # the qgroup limit survives the swap
     said = h.cli("restore", PID_A, bid).stdout
@@ -121,6 +124,9 @@ def test_full_restore_keeps_snapshots_and_replaces_content(make_host, workdir):
     assert out["project_id"] == PID_B and out["created_project"] is True and out["unshared_snapshots"] == 0
     assert tree_digest(h.project_path(PID_B)) == before
     assert PID_B in {p["project_id"] for p in h.json("project", "list")}
+    # ... with the rest of A's persist store but never A's sshd host key (B's root could then pose as A's sshd)
+    persist_b = h.data / "sync" / "projects" / PID_B
+    assert (persist_b / "p").read_text() == "p1" and not (persist_b / "ssh").exists()
 
     # a backup whose tags say one project and whose manifest says another is refused, untouched
     restic(h, "tag", "--remove", f"project:{PID_A}", "--add", f"project:{PID_C}", bid)

@@ -406,7 +406,7 @@ def test_dry_run_start_prints_the_sshd_and_makes_nothing(ssh_host, workdir):
     h.cli("project", "create", pid)
     out = h.cli("--dry-run", "project", "start", pid, "--image", f"dir:{tree}").stdout
     assert "/opt/cocalc/ssh/bin/dropbear -F -E -e -s -k -c /opt/cocalc/ssh-state/session" in out, out
-    assert "exec --detach -- project-" in out
+    assert "exec --user 0:0 --detach -- project-" in out  # a numeric user: no name to resolve
     assert not (h.data / "ssh-bundle").exists()
     assert not (h.data / "sync" / "projects" / pid / "ssh").exists()
     assert not (h.data / "project-ssh" / pid).exists()

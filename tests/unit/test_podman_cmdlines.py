@@ -81,3 +81,18 @@ def test_run_quota_flags():
         "--memory", str(32 << 20), "--memory-swap", str(32 << 20), "--pids-limit", "64", "--cpu-shares", "512",
         "--tmpfs", f"/tmp:rw,nosuid,nodev,mode=1777,size={8 << 20}"]
     assert quota_args(memory=1 << 30, swap=1 << 30)[:4] == ["--memory", str(1 << 30), "--memory-swap", str(2 << 30)]
+
+
+def test_run_with_a_log_driver_passes_it():
+    spec = podman.RunSpec(name="n", rootfs="/r", command=["x"], log_driver="none")
+    assert podman.run(podman.Storage(), spec) == ["podman", "run", "--detach", "--name", "n", "--log-driver", "none",
+                                                 "--rootfs", "/r", "x"]
+
+
+def test_exec_runs_as_a_numeric_user_only():
+    assert podman.exec_(podman.Storage(), "c", ["/bin/sh", "-c", "true"], detach=True) == [
+        "podman", "exec", "--user", "0:0", "--detach", "--", "c", "/bin/sh", "-c", "true"]
+    assert podman.exec_(podman.Storage(), "c", ["id"], user="1000:1000")[2:4] == ["--user", "1000:1000"]
+    for user in ("root", "0", "0:root", "user:0", ""):
+        with pytest.raises(ValueError):
+            podman.exec_(podman.Storage(), "c", ["id"], user=user)

@@ -83,6 +83,15 @@ def test_ensure_user_refuses_a_name_the_image_already_has(tmp_path):
     assert passwd.read_text() == "user:x:1000:1000::/home/user:/bin/bash\n"
 
 
+def test_ensure_user_never_opens_a_passwd_that_is_not_a_regular_file(tmp_path):
+    """The project may make its /etc/passwd a FIFO: reading it would block the start that runs this."""
+    passwd = tmp_path / "passwd"
+    os.mkfifo(passwd)
+    res = subprocess.run(["/bin/sh", "-c", project_ssh.ENSURE_USER, "sh", "user:*:0:0:g:/h:/bin/sh", str(passwd)],
+                         capture_output=True, text=True, timeout=10)
+    assert res.returncode == 3 and "not a regular file" in res.stderr
+
+
 def test_authorized_keys_carry_the_restrictions():
     text = project_ssh.authorized_keys_text({"ssh.agent_forwarding": False}, ["ssh-ed25519 AAAA"])
     assert text == "no-X11-forwarding,no-agent-forwarding ssh-ed25519 AAAA\n"
@@ -170,3 +179,38 @@ def test_upstream_rotation_reaches_the_projects_before_sshpiperd_can_hand_out_th
     new = key_file.read_text().split()[1]
     in_place, listed = calls[0]
     assert in_place == old and [line.split()[1] for line in listed] == [new, old]
+
+
+def test_project_ssh_reads_no_ssh_config_and_forwards_nothing(tmp_path, monkeypatch):
+    """`project ssh` runs as root into an untrusted container: root's ~/.ssh/config (an agent to
+    forward, a RemoteForward, a ControlPath) must not apply. `ssh -G` shows what ssh would use."""
+    from cocalc_ctl.actions.keys import keys
+
+    class C(dict):
+        pass
+
+    key = tmp_path / "upstream_key"
+    key.write_text("k")
+    monkeypatch.setattr(keys, "key_path", lambda cfg, which: key)
+    monkeypatch.setattr(project_ssh, "host_public_key", lambda cfg, pid: "ssh-ed25519 AAAA")
+    monkeypatch.setattr(project_ssh, "run_dir", lambda cfg, pid: tmp_path / "run")
+    plan = project_ssh.session_argv(C({"sshpiper.upstream_user": "user"}), "p", 40022, ["echo", "hi"])
+    argv = plan.argv
+    assert argv[:3] == ["ssh", "-F", "/dev/null"] and argv[-3:] == ["--", "echo", "hi"]
+    dest = argv.index("user@127.0.0.1")
+
+    def resolved(options: list[str]) -> list[str]:
+        return subprocess.run([*options, "-G", argv[dest]], capture_output=True, text=True, check=True,
+                              timeout=30).stdout.lower().splitlines()
+
+    plain = resolved(argv[:dest])
+    assert "forwardagent no" in plain and "clearallforwardings yes" in plain and "forwardx11 no" in plain
+    assert "identityagent none" in plain and "stricthostkeychecking true" in plain
+    assert not [ln for ln in plain if ln.startswith(("remoteforward", "localforward", "controlpath", "proxycommand"))]
+    # even a config file that asks for everything (were one read) forwards nothing: the -o options win
+    config = tmp_path / "config"
+    config.write_text("Host *\n  ForwardAgent yes\n  RemoteForward 9999 127.0.0.1:22\n  LocalForward 9998 127.0.0.1:22\n"
+                      "  ForwardX11 yes\n  IdentityAgent /tmp/agent.sock\n")
+    hostile = resolved([argv[0], "-F", str(config), *argv[3:dest]])
+    assert "forwardagent no" in hostile and "forwardx11 no" in hostile and "identityagent none" in hostile
+    assert "clearallforwardings yes" in hostile

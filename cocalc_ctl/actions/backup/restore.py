@@ -27,6 +27,7 @@ from pathlib import Path
 from cocalc_ctl import ids, layout, locks, output, proc, safepath
 from cocalc_ctl.actions.backup import common, repository
 from cocalc_ctl.actions.host.pool import require_pool
+from cocalc_ctl.actions.project import project_ssh
 from cocalc_ctl.config import Config
 from cocalc_ctl.errors import Busy, CommandFailed, InvalidInput, NotFound, OperationFailed
 from cocalc_ctl.state import host_db
@@ -389,6 +390,8 @@ def _restore_full(cfg: Config, eng, pid: str, snap_id: str, source_pid: str, *, 
             pnew.parent.mkdir(parents=True, exist_ok=True)
             proc.run(["cp", "-a", "--reflink=auto", str(staged_persist), str(pnew)])
             proc.run(["rm", "-rf", "--one-file-system", str(staged_persist)])
+            if pid != source_pid:  # the sshd host key is the source project's identity: the target makes its own
+                proc.run(["rm", "-rf", "--one-file-system", str(pnew / project_ssh.PERSIST_SUBDIR)])
         manifest = staging / common.MANIFEST_IN_BACKUP
         if not proc.DRY_RUN and os.path.lexists(manifest):
             manifest.unlink()

@@ -18,7 +18,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cocalc_ctl import ids, layout, locks, output, proc
+from cocalc_ctl import ids, layout, locks, output, proc, safepath
 from cocalc_ctl.actions.project import isolation, overlay, project_ssh, quota, rootfs
 from cocalc_ctl.actions.project.subvolume import existing_project
 from cocalc_ctl.config import Config
@@ -208,9 +208,12 @@ def _launch(cfg: Config, store, pid: str, spec: podman.RunSpec, disk_limit, port
         if disk_limit:
             proc.run(btrfs.qgroup_limit(disk_limit, str(layout.project_subvolume(cfg, pid))))
         isolation.guard_ports(cfg, pid, ports)  # before anything listens on them
+        _refuse_special_passwd(pid, spec.rootfs)
         # podman's monitor (conmon) inherits our working directory and writes an `oom` file there
         # when the kernel OOM-kills in the container: give it a directory of ours, not the caller's
-        return proc.run(podman.run(store, spec), cwd=None if proc.DRY_RUN else str(monitor))
+        # bounded: podman (host root) opens the project's /etc/passwd, which the project may make a FIFO
+        return proc.run(podman.run(store, spec), cwd=None if proc.DRY_RUN else str(monitor),
+                        timeout=cfg["podman.run_timeout"])
     except BaseException:
         if not proc.DRY_RUN:
             isolation.unguard_ports(cfg, pid, ports)
@@ -219,6 +222,23 @@ def _launch(cfg: Config, store, pid: str, spec: podman.RunSpec, disk_limit, port
             project_ssh.cleanup(cfg, pid)
             _record_stopped(cfg, pid)
         raise
+
+
+def _refuse_special_passwd(pid: str, rootfs: str) -> None:
+    """podman run (host root) opens the container's /etc/passwd: a FIFO or device the project left there
+    would block it. Nothing of the project runs before its start, so the entry seen here (reached
+    without following a symlink) is the one podman meets; a symlink is left to podman.run_timeout."""
+    if proc.DRY_RUN:
+        return
+    try:
+        with safepath.open_dir(rootfs, ("etc",)) as fd:
+            mode = os.stat("passwd", dir_fd=fd, follow_symlinks=False).st_mode
+    except (OSError, safepath.UnsafePath):
+        return  # no /etc/passwd, or /etc is no plain directory: podman's lookup, bounded by the timeout
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise PreconditionFailed(f"project {pid}: its /etc/passwd is not a regular file (podman would block on it)",
+                                 hint="replace it with a regular file in the project's overlay upper dir, "
+                                      "then start it again")
 
 
 def _run_spec(cfg: Config, pid: str, mounted, marker: dict, ulimits, limits, snapshots_mount,
@@ -239,7 +259,10 @@ def _run_spec(cfg: Config, pid: str, mounted, marker: dict, ulimits, limits, sna
         env=env, volumes=[(str(layout.project_subvolume(cfg, pid)), home)],
         readonly_volumes=[snapshots_mount],
         publish=[(LOOPBACK, http_port, cfg["podman.http_port"]), (LOOPBACK, ssh_port, cfg["podman.ssh_port"])],
-        network=cfg["podman.network"], workdir=home, hostname=container_name(pid)[:63], init=cfg["podman.init"])
+        network=cfg["podman.network"], workdir=home, hostname=container_name(pid)[:63], init=cfg["podman.init"],
+        # no container log: podman's default (k8s-file) would write the project's output, unbounded and
+        # outside its disk quota, to the host's disk; nothing reads it (crash detection uses inspect)
+        log_driver="none")
 
 
 def _start_project_sshd(cfg: Config, store: podman.Storage, pid: str, ssh_port: int, ssh_volumes) -> str | None:

@@ -63,6 +63,7 @@ PROGRAMS = {
 # the path Debian's dropbear hands the forced command for the `sftp` subsystem (its SFTPSERVER_PATH)
 SFTP_REQUEST = "/usr/lib/sftp-server"
 HOST_KEY = "ssh_host_ed25519_key"
+PERSIST_SUBDIR = "ssh"  # the host key's directory in the project's persist store (one project's identity)
 PID_FILE = "/tmp/.cocalc-sshd.pid"
 GECOS = "cocalc project ssh"
 _LOGIN_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}", re.ASCII)
@@ -90,6 +91,7 @@ esac
 # Runs in the container (as its root, with its shell builtins only: the image may have no grep):
 # add the login user's line to /etc/passwd unless it is there; refuse if the name is taken.
 ENSURE_USER = r"""line=$1; f=${2:-/etc/passwd}; name=${line%%:*}; nl=
+if [ -e "$f" ] && [ ! -f "$f" ]; then echo "the image's $f is not a regular file" >&2; exit 3; fi
 if [ -e "$f" ]; then
   while IFS= read -r l || { [ -n "$l" ] && nl=1; }; do
     case $l in
@@ -193,7 +195,7 @@ def ensure_bundle(cfg: Config) -> Path:
 # -- host keys (persistent, root-only) ------------------------------------------------------------
 
 def host_key_path(cfg: Config, pid: str) -> Path:
-    return layout.persist_dir(cfg, pid) / "ssh" / HOST_KEY
+    return layout.persist_dir(cfg, pid) / PERSIST_SUBDIR / HOST_KEY
 
 
 def ensure_host_key(cfg: Config, pid: str) -> Path:
@@ -305,13 +307,16 @@ def server_argv(cfg: Config) -> list[str]:
 
 def start_sshd(cfg: Config, storage: podman.Storage, container: str) -> None:
     """After `podman run`: the login user in the image's /etc/passwd, then dropbear, detached."""
+    # as 0:0 and bounded: podman (host root) still opens the container's /etc/passwd, which the project
+    # controls (a FIFO there blocks the open); a timeout raises CommandTimeout, an OperationFailed
+    timeout = cfg["podman.exec_timeout"]
     res = proc.run(podman.exec_(storage, container, ["/bin/sh", "-c", ENSURE_USER, "sh", passwd_line(cfg)]),
-                   check=False)
+                   check=False, timeout=timeout)
     if res.returncode != 0 and not proc.DRY_RUN:
         raise OperationFailed(f"cannot add the ssh login user to the image: {res.stderr.strip() or res.returncode}",
                               hint="the image needs /bin/sh; if it already has the user, set "
                                    "sshpiper.upstream_user to a name it does not use")
-    proc.run(podman.exec_(storage, container, server_argv(cfg), detach=True))
+    proc.run(podman.exec_(storage, container, server_argv(cfg), detach=True), timeout=timeout)
 
 
 def cleanup(cfg: Config, pid: str) -> None:
@@ -354,7 +359,8 @@ class SessionPlan:
 
 def session_argv(cfg: Config, pid: str, port: int, args: list[str]) -> SessionPlan:
     """`ssh` into the project exactly as sshpiperd does: the upstream key, the login user, the
-    project's published port, its host key pinned (StrictHostKeyChecking=yes)."""
+    project's published port, its host key pinned (StrictHostKeyChecking=yes); no ssh config file
+    of the host is read and no agent, X11 display or port is forwarded."""
     from cocalc_ctl.actions.keys import keys
 
     key = keys.key_path(cfg, "upstream")
@@ -367,7 +373,10 @@ def session_argv(cfg: Config, pid: str, port: int, args: list[str]) -> SessionPl
     if not proc.plan_only(f"# write {kh}"):
         kh.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         kh.write_text(f"[127.0.0.1]:{port} {pub}\n")
-    argv = ["ssh", "-i", str(key), "-p", str(port), "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+    # -F /dev/null: root's own ssh config (agents, forwardings, ControlPath, ProxyCommand) never applies to
+    # a session into an untrusted container; nothing is forwarded into it
+    argv = ["ssh", "-F", "/dev/null", "-i", str(key), "-p", str(port), "-o", "IdentitiesOnly=yes",
+            "-o", "IdentityAgent=none", "-o", "ForwardAgent=no", "-o", "ForwardX11=no", "-o", "ClearAllForwardings=yes",
             "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={kh}", "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", "LogLevel=ERROR", f"{login_user(cfg)}@127.0.0.1"]
     if args:
