@@ -19,6 +19,7 @@ from cocalc_ctl.tools import nft
 from tests.support.backup import backup_host
 from tests.support.proxy import DIRECT, start_proxy
 from tests.support.rootfs import busybox_tree, podman_store  # noqa: F401 (fixture)
+from tests.support.poll import wait_for_path as wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -44,14 +45,6 @@ def tree(workdir):
 def config(podman_store, **more):  # noqa: F811
     return {**podman_store.config, "podman.command": COMMAND, "podman.ulimits": "nofile=1024:1024,nproc=1024:1024",
             **more}
-
-
-def wait_for(path, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} never appeared")
-        time.sleep(0.1)
 
 
 def as_nobody(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -283,7 +276,6 @@ def test_project_ports_answer_the_proxies_only(make_host, workdir, podman_store)
     assert f" {port}" not in listing.replace(",", " ").replace("{", " ").replace("}", " ") + " ", \
         "stop removes the port from the guard"
     h.cli("project", "stop", b)
-
 
 
 def test_a_project_cannot_swap_its_snapshots_for_a_symlink_root_would_follow(make_host, workdir,

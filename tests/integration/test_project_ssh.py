@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.rootfs import busybox_tree, podman_store  # noqa: F401 (fixture)
+from tests.support.poll import wait_for_path as wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -92,14 +93,6 @@ class Session:
     def sftp(self, script: str) -> subprocess.CompletedProcess:
         return subprocess.run(["sftp", *self.options(), "-P", str(self.port), "-b", "-", f"{self.user}@127.0.0.1"],
                               input=script, capture_output=True, text=True, timeout=120)
-
-
-def wait_for(path: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} never appeared")
-        time.sleep(0.1)
 
 
 def tree_digest(root: Path) -> dict[str, str]:

@@ -28,6 +28,8 @@ import pytest
 
 from tests.support.hosts import Host, cleanup_mounts_under, release_guarded_ports
 from tests.support.rootfs import PodmanStore, busybox_tree
+from tests.support.poll import wait_for_path as wait_for
+from tests.support.poll import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -93,22 +95,6 @@ class Rig:
 
     def container_exec(self, pid: str, script: str) -> subprocess.CompletedProcess:
         return self.store.run("exec", f"project-{pid}", "/bin/sh", "-c", script, check=False)
-
-
-def wait_for(path: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} never appeared")
-        time.sleep(0.1)
-
-
-def wait_until(what: str, pred, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
 
 
 def disk_bytes(*roots: Path) -> int:

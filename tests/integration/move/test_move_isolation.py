@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 import uuid
 
 import pytest
 
 from tests.support.rootfs import busybox_tree, podman_store  # noqa: F401 (fixture)
+from tests.support.poll import wait_for_path as wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -21,13 +21,6 @@ COMMAND = ("/bin/sh -c 'cat /home/user/doc.txt > /home/user/readback; echo w > /
 def base_of(host, pid):
     with sqlite3.connect(host.data / "host.sqlite") as conn:
         return conn.execute("SELECT base FROM project_idmaps WHERE project_id=?", (pid,)).fetchone()[0]
-
-
-def wait_for(path, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.1)
 
 
 def test_move_to_a_host_with_another_range_shifts_ownership_at_start(pair, workdir, podman_store):  # noqa: F811

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 
 from tests.support.rootfs import busybox_tree, podman_store  # noqa: F401 (fixture)
+from tests.support.poll import wait_for_path as wait_for
 
 pytestmark = pytest.mark.integration
 
 COMMAND = "/bin/sh -c 'echo w > /home/user/written; exec /bin/sleep 100000'"
-
-
-def wait_for(path, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.1)
 
 
 def test_move_carries_the_project_sshd_host_key(pair, workdir, podman_store):  # noqa: F811
